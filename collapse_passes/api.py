@@ -1,0 +1,267 @@
+"""collapse(model, ...) -> CollapseResult: the library entry point behind the CLI.
+
+load -> resolve keys -> score -> choose -> passes -> verify -> (caller writes).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from .config import CollapseConfig
+from .errors import CollapseError, VerificationError
+from .onnx.analysis import model_stats
+from .onnx.graph import as_model, node_key_names, save_model_atomic, to_graph
+from .onnx.keys import display_key, lookup, resolve_keys
+from .onnx.patterns import find_activations, unknown_nonlinear_nodes
+
+
+@dataclass
+class CollapseResult:
+    model: onnx.ModelProto
+    report: dict
+    requested: onnx.ModelProto | None = None
+    passed: bool = True
+
+    def save(self, path) -> Path:
+        return save_model_atomic(self.model, path)
+
+
+# ------------------------------------------------------------------------------------ scores
+
+def read_scores(scores) -> dict[str, float]:
+    """Accept {"scores": {...}}, a plain {key: score} dict, or a path to a JSON file."""
+    src = "scores"
+    if isinstance(scores, (str, os.PathLike)):
+        src = str(scores)
+        p = Path(scores)
+        if not p.is_file():
+            raise CollapseError(f"{src}: scores file not found")
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CollapseError(f"{src}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                                'expected {"scores": {"<key>": <float>}}') from None
+        if not isinstance(data, dict) or "scores" not in data:
+            raise CollapseError(f'{src}: no "scores" object; expected {{"scores": {{"<key>": <float>}}}}')
+        data = data["scores"]
+    elif isinstance(scores, dict):
+        data = scores["scores"] if "scores" in scores and isinstance(scores["scores"], dict) else scores
+    else:
+        raise CollapseError(f"scores must be a dict or a JSON path, got {type(scores).__name__}")
+    if not isinstance(data, dict):
+        raise CollapseError(f'{src}: "scores" must map layer keys to numbers')
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise CollapseError(f"{src}: score of {k!r} is {v!r}, not a number")
+        if not math.isfinite(v):
+            raise CollapseError(f"{src}: score of {k!r} is {v}, expected a finite number")
+        out[str(k)] = float(v)
+    return out
+
+
+def _assign_scores(acts, index, raw: dict[str, float], src: str, notes: list) -> dict[int, float]:
+    by_act: dict[int, float] = {}
+    origin: dict[int, str] = {}
+    for key, s in raw.items():
+        targets = lookup(index, key, src)
+        if len(targets) > 1:
+            notes.append(f"key {key!r} names {len(targets)} activations (a module called at several places): "
+                         "the score applies to all of them")
+        for a in targets:
+            if id(a) in by_act and by_act[id(a)] != s:
+                raise CollapseError(f"{src}: keys {origin[id(a)]!r} and {key!r} name the same activation "
+                                    f"with different scores ({by_act[id(a)]} vs {s}); keep one")
+            by_act[id(a)] = s
+            origin[id(a)] = key
+    return by_act
+
+
+# ------------------------------------------------------------------------------------ collapse
+
+def collapse(model, scores=None, threshold: float | None = None, remove: int | None = None,
+             config: CollapseConfig | None = None, **kwargs) -> CollapseResult:
+    """Collapse the chosen activations of an ONNX model (ModelProto or path) and verify the result.
+
+    Raises CollapseError on bad input and VerificationError when the result does not match the
+    requested semantics (unless force=True, then result.passed is False).
+    """
+    cfg = config or CollapseConfig()
+    if scores is not None:
+        cfg.scores = scores
+    if threshold is not None:
+        cfg.threshold = threshold
+    if remove is not None:
+        cfg.remove = remove
+    for k, v in kwargs.items():
+        if not hasattr(cfg, k):
+            raise TypeError(f"collapse() got an unexpected keyword argument {k!r}")
+        setattr(cfg, k, v)
+    if _is_torch_module(model):
+        raise CollapseError("torch.nn.Module input: export it first (models.export.export_onnx or "
+                            "torch.onnx.export); the torch.fx front end is not built yet")
+    t0 = time.perf_counter()
+    original, path = as_model(model)
+    if cfg.threshold is not None and cfg.remove is not None:
+        raise CollapseError("give either threshold or remove, not both")
+    if cfg.remove is not None and cfg.remove < 0:
+        raise CollapseError(f"remove must be >= 0, got {cfg.remove}")
+    notes: list[str] = []
+    warnings: list[str] = []
+
+    graph = to_graph(original)
+    acts = find_activations(graph)
+    index = resolve_keys(acts, node_key_names(original))
+    unknown = unknown_nonlinear_nodes(graph, acts)
+
+    raw_scores: dict[str, float] = {}
+    score_details = None
+    if cfg.method:
+        from .scores import compute_scores
+
+        computed = compute_scores(cfg.method, original, calib=cfg.calib, calib_batches=cfg.calib_batches)
+        raw_scores = computed.scores
+        score_details = computed.as_dict()
+        notes.extend(computed.notes)
+    if cfg.scores is not None:
+        raw_scores.update(read_scores(cfg.scores))
+    src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
+    act_scores = _assign_scores(acts, index, raw_scores, src, notes) if raw_scores else {}
+
+    chosen = _choose(acts, index, act_scores, cfg, warnings)
+    if not raw_scores and not cfg.collapse:
+        notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
+
+    from .onnx.driver import requested_semantics, run_passes
+
+    input_shapes = _input_shapes(original)
+    cost_model = _cost_model(cfg, original)
+    result_model, ctx, pm = run_passes(original, {a.name for a in chosen}, merge=cfg.merge,
+                                       allow_border_approx=cfg.allow_border_approx, cost_model=cost_model,
+                                       input_shapes=input_shapes)
+    requested = requested_semantics(original, {a.name for a in chosen})
+
+    from .verify import random_inputs, verify
+
+    if cfg.calib is not None:
+        from .calib import calibration_feeds
+
+        feeds = calibration_feeds(cfg.calib, original, limit=cfg.calib_batches or 8)
+        desc = f"calibration data ({sum(next(iter(f.values())).shape[0] for f in feeds)} samples)"
+    else:
+        if cfg.check < 1:
+            raise CollapseError("--check must be at least 1: every result is verified")
+        feeds = random_inputs(original, cfg.check, cfg.seed)
+        desc = f"{cfg.check} random input(s), seed {cfg.seed}"
+    ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc)
+
+    passed = ver.against_requested.passed
+    approx = bool(ctx.approximations)
+    if approx and not passed:
+        warnings.append(f"border approximation: max abs error {ver.against_requested.max_abs:.3g} vs the requested "
+                        f"semantics (opt-in with --allow-border-approx)")
+        limit = cfg.approx_max_error
+        passed = limit is None or ver.against_requested.max_abs <= limit
+
+    chosen_ids = {id(a) for a in chosen}
+    report = {
+        "input": str(path) if path else None,
+        "activations": [
+            {"key": display_key(a), "keys": a.keys, "kind": a.kind, "nodes": a.node_names,
+             "score": act_scores.get(id(a)), "collapsed": id(a) in chosen_ids}
+            for a in acts],
+        "collapsed": len(chosen),
+        "before": model_stats(original).as_dict(),
+        "after": model_stats(result_model).as_dict(),
+        "verification": ver.as_dict(),
+        "passed": passed,
+        "approximate": approx,
+        "approximations": ctx.approximations,
+        "folds": ctx.folds,
+        "merges": ctx.merges,
+        "passes": [{"name": r.name, "runs": r.runs, "changes": r.changes, "seconds": round(r.seconds, 4)}
+                   for r in pm.records.values()],
+        "left_alone": sorted({f"{n.op}" for n in unknown}),
+        "left_alone_nodes": [n.name for n in unknown][:200],
+        "notes": list(dict.fromkeys(notes + ctx.notes)),
+        "warnings": warnings,
+        "score_details": score_details,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    res = CollapseResult(result_model, report, requested, passed)
+    if not passed and not cfg.force:
+        c = ver.against_requested
+        raise VerificationError(
+            f"verification failed: output differs from the requested semantics (max abs {c.max_abs:.3g}, "
+            f"max rel {c.max_rel:.3g}, rtol {cfg.rtol}, atol {cfg.atol}); nothing written (use --force to write anyway)",
+            report=res)
+    return res
+
+
+def _choose(acts, index, act_scores: dict, cfg: CollapseConfig, warnings: list) -> list:
+    chosen: dict[int, object] = {}
+    for key in cfg.collapse or []:
+        for a in lookup(index, key, "--collapse"):
+            chosen[id(a)] = a
+    scored = [a for a in acts if id(a) in act_scores]
+    if cfg.threshold is not None:
+        if not math.isfinite(cfg.threshold):
+            raise CollapseError(f"threshold must be a finite number, got {cfg.threshold}")
+        picked = [a for a in scored if act_scores[id(a)] <= cfg.threshold]
+        if scored and not picked:
+            warnings.append(f"threshold {cfg.threshold} collapses nothing: the lowest score is "
+                            f"{min(act_scores.values()):.4g}")
+        for a in picked:
+            chosen[id(a)] = a
+    elif cfg.remove is not None:
+        if cfg.remove > len(scored):
+            warnings.append(f"remove {cfg.remove} asks for more activations than have scores ({len(scored)})")
+        ranked = sorted(scored, key=lambda a: (act_scores[id(a)], acts.index(a)))
+        for a in ranked[:cfg.remove]:
+            chosen[id(a)] = a
+    elif act_scores and not cfg.collapse:
+        warnings.append("scores given without --threshold or --remove: nothing collapsed")
+    return [a for a in acts if id(a) in chosen]
+
+
+def _input_shapes(model: onnx.ModelProto) -> dict:
+    from .calib import model_inputs
+
+    return {n: dims for n, dims, _ in model_inputs(model)}
+
+
+def _cost_model(cfg: CollapseConfig, model):
+    from .algebra.cost import CostModel
+
+    kw = {}
+    if cfg.per_op_overhead is not None:
+        kw["per_op_overhead_macs"] = cfg.per_op_overhead
+    cm = CostModel(**kw)
+    if cfg.cost == "measured":
+        from .onnx.measure import measured_cost_model
+
+        cm = measured_cost_model(model, cm)
+    elif cfg.cost != "macs":
+        raise CollapseError(f"unknown cost model {cfg.cost!r}; use macs or measured")
+    return cm
+
+
+def list_keys(model) -> list[dict]:
+    original, _ = as_model(model)
+    graph = to_graph(original)
+    acts = find_activations(graph)
+    resolve_keys(acts, node_key_names(original))
+    return [{"key": display_key(a), "keys": a.keys, "kind": a.kind, "nodes": a.node_names} for a in acts]
+
+
+def _is_torch_module(obj) -> bool:
+    mod = type(obj).__module__
+    if not mod.startswith("torch"):
+        return any(c.__module__.startswith("torch.nn") for c in type(obj).__mro__)
+    return True

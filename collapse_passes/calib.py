@@ -1,0 +1,137 @@
+"""Calibration data: an .npz (arrays named after the model inputs, first axis = samples) or a folder
+of .npy files (`<input>.npy` per input, or for single-input models any number of files, each a
+batch). Batches are streamed: nothing holds the whole set beyond what the file format forces.
+Every check fails with one line naming the file, the array and what was expected.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from .errors import CollapseError
+
+_ELEM = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+         onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
+         onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_}
+
+
+def model_inputs(model: onnx.ModelProto) -> list[tuple[str, list, type]]:
+    inits = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        out.append((vi.name, dims, _ELEM.get(tt.elem_type, np.float32)))
+    return out
+
+
+def _check_array(src: str, name: str, arr: np.ndarray, dims: list, dt) -> np.ndarray:
+    if arr.dtype.kind not in "fiub":
+        raise CollapseError(f"{src}: array {name!r} has dtype {arr.dtype}, expected numbers ({np.dtype(dt).name})")
+    if np.issubdtype(dt, np.floating) and arr.dtype.kind != "f":
+        raise CollapseError(f"{src}: array {name!r} has dtype {arr.dtype}, expected a float array ({np.dtype(dt).name})")
+    if arr.ndim != len(dims):
+        raise CollapseError(f"{src}: array {name!r} has shape {arr.shape}, the model input has rank {len(dims)} "
+                            f"({_fmt(dims)}); the first axis is the sample axis")
+    for i, (a, d) in enumerate(zip(arr.shape[1:], dims[1:]), start=1):
+        if d is not None and a != d:
+            raise CollapseError(f"{src}: array {name!r} has shape {arr.shape}, model input expects {_fmt(dims)} "
+                                f"(axis {i} is {a}, expected {d})")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise CollapseError(f"{src}: array {name!r} contains NaN or Inf values; clean the calibration data")
+    return arr.astype(dt, copy=False)
+
+
+def _fmt(dims) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in dims) + ")"
+
+
+def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None,
+                     max_batches: int | None = None, min_samples: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Yield feeds (input name -> batch). The batch is the model's static batch size when it has one."""
+    if isinstance(path, dict):
+        yield from _iter_arrays("calibration arrays", dict(path), model, batch_size, max_batches, min_samples)
+        return
+    p = Path(path)
+    if not p.exists():
+        raise CollapseError(f"{p}: calibration data not found; pass an .npz file or a folder of .npy files")
+    inputs = model_inputs(model)
+    names = [n for n, _, _ in inputs]
+    if p.is_dir():
+        files = sorted(p.glob("*.npy"))
+        if not files:
+            raise CollapseError(f"{p}: folder holds no .npy files")
+        by_name = {f.stem: f for f in files}
+        if all(n in by_name for n in names):
+            arrays = {n: np.load(by_name[n], mmap_mode="r") for n in names}
+            yield from _iter_arrays(str(p), arrays, model, batch_size, max_batches, min_samples)
+            return
+        if len(names) != 1:
+            raise CollapseError(f"{p}: expected files {', '.join(n + '.npy' for n in names)} (one per model input)")
+        name, dims, dt = inputs[0]
+        count = 0
+        for k, f in enumerate(files):
+            if max_batches is not None and k >= max_batches:
+                break
+            arr = _load_npy(f)
+            if arr.ndim == len(dims) - 1:
+                arr = arr[None]
+            arr = _check_array(str(f), name, arr, dims, dt)
+            count += arr.shape[0]
+            yield {name: np.ascontiguousarray(arr)}
+        if count < min_samples:
+            raise CollapseError(f"{p}: {count} calibration sample(s), at least {min_samples} needed")
+        return
+    try:
+        data = np.load(p, allow_pickle=False)
+    except Exception as exc:
+        raise CollapseError(f"{p}: not a readable .npz/.npy file ({' '.join(str(exc).split())[:120]})") from None
+    if isinstance(data, np.ndarray):
+        if len(names) != 1:
+            raise CollapseError(f"{p}: a single array, but the model has inputs {names}; use an .npz with those names")
+        arrays = {names[0]: data}
+    else:
+        arrays = {k: data[k] for k in data.files}
+    yield from _iter_arrays(str(p), arrays, model, batch_size, max_batches, min_samples)
+
+
+def _load_npy(f: Path) -> np.ndarray:
+    try:
+        return np.load(f, allow_pickle=False)
+    except Exception as exc:
+        raise CollapseError(f"{f}: not a readable .npy file ({' '.join(str(exc).split())[:120]})") from None
+
+
+def _iter_arrays(src: str, arrays: dict, model, batch_size, max_batches, min_samples):
+    inputs = model_inputs(model)
+    missing = [n for n, _, _ in inputs if n not in arrays]
+    if missing:
+        raise CollapseError(f"{src}: no array named {', '.join(map(repr, missing))}; "
+                            f"arrays present: {sorted(arrays)}; name them after the model inputs")
+    checked = {n: _check_array(src, n, np.asarray(arrays[n]) if not isinstance(arrays[n], np.memmap) else arrays[n],
+                               dims, dt) for n, dims, dt in inputs}
+    counts = {n: a.shape[0] for n, a in checked.items()}
+    if len(set(counts.values())) != 1:
+        raise CollapseError(f"{src}: arrays have different sample counts {counts}")
+    total = next(iter(counts.values()))
+    if total < min_samples:
+        raise CollapseError(f"{src}: {total} calibration sample(s), at least {min_samples} needed")
+    static_b = {dims[0] for _, dims, _ in inputs}
+    b = next(iter(static_b)) if len(static_b) == 1 and None not in static_b else (batch_size or 16)
+    if total % b and None not in static_b:
+        total -= total % b  # a model with a static batch cannot take a partial batch
+        if total == 0:
+            raise CollapseError(f"{src}: fewer samples than the model's fixed batch size {b}")
+    for k, start in enumerate(range(0, total, b)):
+        if max_batches is not None and k >= max_batches:
+            break
+        yield {n: np.ascontiguousarray(a[start:start + b]) for n, a in checked.items()}
+
+
+def calibration_feeds(path, model: onnx.ModelProto, limit: int | None = None) -> list[dict]:
+    return list(iter_calibration(path, model, max_batches=limit))

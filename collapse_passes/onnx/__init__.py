@@ -1,0 +1,1 @@
+"""ONNX front end: load/save, key resolution, activation patterns and the graph passes."""

@@ -1,0 +1,127 @@
+"""Model statistics for the report: nodes, parameters, MACs and critical-path depth."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import networkx as nx
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..algebra.cost import conv_macs, linear_macs
+from .graph import const_value
+from .linear_ops import ConvView, DenseView
+from .patterns import NONLINEAR_OPS, find_activations
+
+_FREE_OPS = {"Constant", "Identity"}
+
+
+@dataclass
+class ModelStats:
+    nodes: int
+    params: int
+    macs: int
+    depth_ops: int          # longest input->output path, counted in ops
+    depth_nonlinear: int    # the same path measure counted in nonlinear ops (a fused GELU is one)
+    activations: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dims(t) -> list[int] | None:
+    if t is None or t.shape is None:
+        return None
+    return [d if isinstance(d, int) and d > 0 else 1 for d in t.shape]
+
+
+def node_macs(node) -> int:
+    """Multiply-accumulates of one node for the model's static shapes (dynamic dims count as 1)."""
+    out = _dims(node.outputs[0]) if node.outputs else None
+    if out is None:
+        return 0
+    cv = ConvView.of(node)
+    if cv is not None:
+        return int(out[0] * conv_macs(cv.params, tuple(out[2:])))
+    if node.op == "Gemm":
+        dv = DenseView.of(node)
+        if dv is not None:
+            return int(linear_macs(dv.params, rows=out[0]))
+        a = _dims(node.inputs[0])
+        k = a[0] if a and int(node.attrs.get("transA", 0)) else (a[-1] if a else 0)
+        return int(np.prod(out) * k)
+    if node.op == "MatMul":
+        a = _dims(node.inputs[0])
+        if not a:
+            return 0
+        return int(np.prod(out) * a[-1])
+    if node.op == "ConvTranspose":
+        w = const_value(node.inputs[1])
+        if w is None:
+            return 0
+        a = _dims(node.inputs[0])
+        return int(np.prod(a) * w.shape[1] * np.prod(w.shape[2:])) if a else 0
+    return 0
+
+
+def model_stats(model: onnx.ModelProto) -> ModelStats:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:
+        inferred = model
+    graph = gs.import_onnx(inferred)
+    graph.toposort()
+    acts = find_activations(graph)
+    anchor = {id(a.nodes[-1]) for a in acts}
+    inside = {id(n) for a in acts for n in a.nodes}
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    params += int(np.prod(a.t.dims))
+    macs = sum(node_macs(n) for n in graph.nodes)
+
+    g = nx.DiGraph()
+    w_ops, w_nl = {}, {}
+    for n in graph.nodes:
+        if n.op in _FREE_OPS:
+            continue
+        k = id(n)
+        g.add_node(k)
+        w_ops[k] = 1
+        if id(n) in anchor:
+            w_nl[k] = 1
+        elif id(n) in inside:
+            w_nl[k] = 0
+        else:
+            w_nl[k] = 1 if n.op in NONLINEAR_OPS else 0
+        for t in n.inputs:
+            for p in t.inputs:
+                if p.op not in _FREE_OPS:
+                    g.add_edge(id(p), k)
+                else:  # walk through Identity chains
+                    for q in _through_free(p):
+                        g.add_edge(id(q), k)
+    return ModelStats(
+        nodes=len([n for n in graph.nodes if n.op != "Constant"]),
+        params=params, macs=int(macs),
+        depth_ops=_longest(g, w_ops), depth_nonlinear=_longest(g, w_nl), activations=len(acts))
+
+
+def _through_free(node):
+    out = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        for t in n.inputs:
+            for p in t.inputs:
+                (stack if p.op in _FREE_OPS else out).append(p)
+    return out
+
+
+def _longest(g: nx.DiGraph, weight: dict) -> int:
+    best: dict = {}
+    for k in nx.topological_sort(g):
+        best[k] = weight[k] + max((best[p] for p in g.predecessors(k)), default=0)
+    return max(best.values(), default=0)

@@ -1,0 +1,23 @@
+"""The state the ONNX passes share: the graph, the request, and what each pass did."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_graphsurgeon as gs
+
+
+@dataclass
+class OnnxContext:
+    graph: gs.Graph
+    chosen: set = field(default_factory=set)          # anchor node names of activations to linearize
+    allow_border_approx: bool = False
+    cost_model: object = None                         # algebra.cost.CostModel, used by merge planning
+    input_shapes: dict = field(default_factory=dict)  # static input shapes, for per-position bias maps
+    notes: list = field(default_factory=list)         # human-readable lines for the report
+    folds: list = field(default_factory=list)         # one dict per folded op
+    merges: list = field(default_factory=list)        # one dict per merged chain segment
+    approximations: list = field(default_factory=list)  # merges that are not exact (opt-in only)
+
+    @property
+    def graph_outputs(self) -> set:
+        return {t.name for t in self.graph.outputs}

@@ -1,0 +1,213 @@
+"""Loading, saving and small graph helpers shared by every ONNX pass.
+
+Loading turns every way a file can be wrong into one CollapseError line; saving is atomic
+(temp file in the target folder + os.replace) so a crash never leaves a half-written model.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from ..errors import CollapseError
+
+ONNX_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read and validate an ONNX file, with external data, or raise a one-line CollapseError."""
+    p = Path(path)
+    if not p.exists():
+        raise CollapseError(f"{p}: no such file; check the path")
+    if p.is_dir():
+        raise CollapseError(f"{p}: is a directory, expected an .onnx file")
+    if not os.access(p, os.R_OK):
+        raise CollapseError(f"{p}: not readable (permission denied); check its permissions")
+    if p.stat().st_size == 0:
+        raise CollapseError(f"{p}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise CollapseError(f"{p}: not an ONNX model or the file is truncated/corrupt ({_short(exc)})") from None
+    except Exception as exc:  # protobuf raises several types depending on the backend
+        raise CollapseError(f"{p}: cannot parse as ONNX ({_short(exc)}); is it truncated or another format?") from None
+    if not model.graph.node and not model.graph.output:
+        raise CollapseError(f"{p}: parsed, but holds no graph; not an ONNX model or the file is truncated")
+    _load_external(model, p)
+    check_model(model, str(p))
+    return model
+
+
+def _load_external(model: onnx.ModelProto, path: Path) -> None:
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    missing = []
+    for t in model.graph.initializer:
+        if uses_external_data(t):
+            loc = {e.key: e.value for e in t.external_data}.get("location", "")
+            if not (path.parent / loc).exists():
+                missing.append(loc)
+    if missing:
+        raise CollapseError(
+            f"{path}: external data file(s) missing: {', '.join(sorted(set(missing)))}; "
+            "keep them in the model's folder")
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise CollapseError(f"{path}: cannot read external data ({_short(exc)})") from None
+
+
+def check_model(model: onnx.ModelProto, where: str = "model") -> None:
+    try:
+        onnx.checker.check_model(model)
+    except ValueError:
+        # models over 2 GiB cannot be checked in memory; the passes still validate shapes later
+        pass
+    except onnx.checker.ValidationError as exc:
+        raise CollapseError(f"{where}: invalid ONNX model ({_short(exc)})") from None
+
+
+def as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path, None
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load_model(model_or_path), Path(model_or_path)
+    raise CollapseError(f"expected an onnx.ModelProto or a path, got {type(model_or_path).__name__}")
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write next to the destination, fsync, then rename: readers never see a partial file."""
+    return write_bytes_atomic(model.SerializeToString(), path)
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    return write_bytes_atomic(text.encode(), path)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:160] + ("..." if len(text) > 160 else "") if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- graph helpers
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a graph, keeping the template's opset imports and model-level metadata."""
+    out = gs.export_onnx(graph, do_type_check=False)
+    out.ir_version = template.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(template.opset_import)
+    out.producer_name = "collapse_passes"
+    del out.metadata_props[:]
+    out.metadata_props.extend(template.metadata_props)
+    return out
+
+
+def const_value(t) -> np.ndarray | None:
+    """The value of a tensor if it is a constant (initializer or Constant node output)."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    if isinstance(t, gs.Variable) and len(t.inputs) == 1 and t.inputs[0].op == "Constant":
+        attrs = t.inputs[0].attrs
+        if "value" in attrs:
+            v = attrs["value"]
+            return np.asarray(v.values if hasattr(v, "values") else v)
+        for k in ("value_float", "value_int"):
+            if k in attrs:
+                return np.asarray(attrs[k])
+        for k in ("value_floats", "value_ints"):
+            if k in attrs:
+                return np.asarray(attrs[k])
+    return None
+
+
+def is_const(t) -> bool:
+    return const_value(t) is not None
+
+
+def producer(t):
+    return t.inputs[0] if t.inputs else None
+
+
+def consumers(t) -> list:
+    return list(t.outputs)
+
+
+def single_consumer(t):
+    outs = list(t.outputs)
+    return outs[0] if len(outs) == 1 else None
+
+
+def is_graph_output(graph: gs.Graph, t) -> bool:
+    return any(o is t for o in graph.outputs)
+
+
+def replace_tensor_uses(graph: gs.Graph, old, new) -> None:
+    """Make every consumer of `old` read `new` instead; graph outputs keep their name."""
+    for node in list(old.outputs):
+        for i, inp in enumerate(node.inputs):
+            if inp is old:
+                node.inputs[i] = new
+    for i, out in enumerate(graph.outputs):
+        if out is old:
+            ident = gs.Node(op="Identity", name=_unique_name(graph, f"{old.name}_identity"),
+                            inputs=[new], outputs=[gs.Variable(old.name, dtype=old.dtype, shape=old.shape)])
+            # the old producer's output must be renamed so the graph output name stays stable
+            old.name = old.name + "__replaced"
+            graph.nodes.append(ident)
+            graph.outputs[i] = ident.outputs[0]
+
+
+def _unique_name(graph: gs.Graph, base: str) -> str:
+    names = {n.name for n in graph.nodes}
+    if base not in names:
+        return base
+    k = 1
+    while f"{base}_{k}" in names:
+        k += 1
+    return f"{base}_{k}"
+
+
+def unique_name(graph: gs.Graph, base: str) -> str:
+    return _unique_name(graph, base)
+
+
+def make_const(graph: gs.Graph, base: str, value: np.ndarray) -> gs.Constant:
+    names = set(graph.tensors().keys())
+    name = base
+    k = 1
+    while name in names:
+        name = f"{base}_{k}"
+        k += 1
+    return gs.Constant(name, np.ascontiguousarray(value))
+
+
+def node_key_names(model: onnx.ModelProto) -> dict[str, dict[str, str]]:
+    """Node name -> its metadata_props, read from the proto (graphsurgeon drops node metadata)."""
+    return {n.name: {p.key: p.value for p in n.metadata_props} for n in model.graph.node}

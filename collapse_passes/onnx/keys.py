@@ -1,0 +1,111 @@
+"""Resolve user keys (ONNX node names or torch module paths) to activations.
+
+Both torch exporters leave the module path behind, in different places:
+- TorchScript exporter (dynamo=False): node names are scope paths, "/layer1/layer1.0/relu1/Relu";
+  each segment is either relative ("relu1") or the full dotted path ("layer1.0"). A module
+  called a second time gets a numbered scope ("relu_1").
+- torch.export-based exporter (default): node metadata "pkg.torch.onnx.name_scopes" holds the list
+  of full module paths ['', 'layer1', 'layer1.0', 'layer1.0.relu1', '<fx node>'].
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+from collections import defaultdict
+
+from ..errors import CollapseError
+from .patterns import Activation
+
+
+def module_path_from_scope_name(node_name: str) -> str | None:
+    """'/layer1/layer1.0/relu1/Relu' -> 'layer1.0.relu1'; None if the name is not a scope path."""
+    if not node_name.startswith("/"):
+        return None
+    segs = [s for s in node_name.split("/") if s]
+    if len(segs) < 2:
+        return None
+    path = ""
+    for seg in segs[:-1]:
+        if path and seg.startswith(path + "."):
+            path = seg
+        elif path:
+            path = f"{path}.{seg}"
+        else:
+            path = seg
+    return path or None
+
+
+def module_path_from_metadata(meta: dict[str, str]) -> str | None:
+    raw = meta.get("pkg.torch.onnx.name_scopes")
+    if raw:
+        try:
+            scopes = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            scopes = None
+        if isinstance(scopes, list) and len(scopes) >= 2:
+            mods = [s for s in scopes[:-1] if s]
+            return mods[-1] if mods else None
+    ns = meta.get("namespace")
+    if ns:
+        # ": __main__.M/layer1: ...Sequential/layer1.0.relu1: torch...ReLU/relu: aten.relu.default"
+        parts = [p.split(":")[0].strip() for p in ns.split("/")]
+        mods = [p for p in parts[:-1] if p]
+        return mods[-1] if mods else None
+    return None
+
+
+_CALL_SUFFIX = re.compile(r"^(.*)_(\d+)$")
+
+
+def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, str]]) -> dict:
+    """Attach keys to each activation; return the key -> [activations] index.
+
+    Keys: every node name in the region, and the module path when one can be read. A module
+    path that maps to several activations (module reused) maps to all of them.
+    """
+    paths: dict[int, str] = {}
+    for a in activations:
+        path = None
+        for n in reversed(a.nodes):
+            path = module_path_from_metadata(node_meta.get(n.name, {}))
+            if path:
+                break
+        if not path:
+            path = module_path_from_scope_name(a.name)
+        if path:
+            paths[id(a)] = path
+    # TorchScript numbers repeated calls: relu, relu_1, relu_2 -> all calls of module "relu"
+    known = set(paths.values())
+    for a in activations:
+        p = paths.get(id(a))
+        if p is None:
+            continue
+        head, _, last = p.rpartition(".")
+        m = _CALL_SUFFIX.match(last)
+        if m and (f"{head}.{m.group(1)}" if head else m.group(1)) in known:
+            paths[id(a)] = f"{head}.{m.group(1)}" if head else m.group(1)
+    index: dict[str, list[Activation]] = defaultdict(list)
+    for a in activations:
+        a.keys = []
+        p = paths.get(id(a))
+        if p:
+            a.keys.append(p)
+        a.keys.extend(n for n in a.node_names if n)
+        for k in dict.fromkeys(a.keys):
+            if a not in index[k]:
+                index[k].append(a)
+    return dict(index)
+
+
+def display_key(a: Activation) -> str:
+    return a.keys[0] if a.keys else a.name
+
+
+def lookup(index: dict, key: str, source: str = "scores") -> list[Activation]:
+    if key in index:
+        return index[key]
+    near = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else \
+        "; run with --list-keys to see the activation keys of this model"
+    raise CollapseError(f"{source}: unknown layer key {key!r}{hint}")

@@ -1,0 +1,170 @@
+"""Views of ONNX linear ops as algebra parameters, and writing parameters back.
+
+Conv  <-> algebra.conv.ConvParams
+Gemm (transA=0), or MatMul with a constant 2-D right operand optionally followed by an Add of a
+constant bias  <-> algebra.linear.LinearParams
+Anything else (auto_pad, dynamic weights, transA) is not a view: passes leave it alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..algebra.conv import ConvParams
+from ..algebra.linear import LinearParams, from_gemm, from_matmul_const
+from .graph import const_value, make_const, single_consumer
+
+
+@dataclass
+class ConvView:
+    node: gs.Node
+
+    @staticmethod
+    def of(node) -> "ConvView | None":
+        if node is None or node.op != "Conv" or (node.domain or "") not in ("", "ai.onnx"):
+            return None
+        if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
+            return None
+        w = const_value(node.inputs[1])
+        if w is None:
+            return None
+        if len(node.inputs) > 2 and node.inputs[2].name and const_value(node.inputs[2]) is None:
+            return None
+        return ConvView(node)
+
+    @property
+    def input(self):
+        return self.node.inputs[0]
+
+    @property
+    def output(self):
+        return self.node.outputs[0]
+
+    @property
+    def params(self) -> ConvParams:
+        n = self.node
+        w = const_value(n.inputs[1])
+        b = const_value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2].name else None
+        nd = w.ndim - 2
+        pads = tuple(n.attrs.get("pads", [0] * (2 * nd)))
+        return ConvParams(weight=w, bias=b, strides=tuple(n.attrs.get("strides", [1] * nd)), pads=pads,
+                          dilations=tuple(n.attrs.get("dilations", [1] * nd)), group=int(n.attrs.get("group", 1)))
+
+    def write(self, graph: gs.Graph, p: ConvParams) -> None:
+        n = self.node
+        base = n.name or "conv"
+        w = make_const(graph, f"{base}.weight", p.weight.astype(_dtype(n.inputs[1])))
+        inputs = [n.inputs[0], w]
+        if p.bias is not None:
+            inputs.append(make_const(graph, f"{base}.bias", p.bias.astype(_dtype(n.inputs[1]))))
+        n.inputs.clear()
+        n.inputs.extend(inputs)
+        n.attrs["kernel_shape"] = list(p.weight.shape[2:])
+        n.attrs["strides"] = list(p.strides)
+        n.attrs["pads"] = list(p.pads)
+        n.attrs["dilations"] = list(p.dilations)
+        n.attrs["group"] = int(p.group)
+        n.attrs.pop("auto_pad", None)
+
+
+@dataclass
+class DenseView:
+    """y = x @ W.T + b with W (out, in); a Gemm, or MatMul [+ Add bias]."""
+    node: gs.Node
+    bias_add: gs.Node | None = None
+
+    @staticmethod
+    def of(node, graph_outputs: set | None = None) -> "DenseView | None":
+        if node is None or (node.domain or "") not in ("", "ai.onnx"):
+            return None
+        if node.op == "Gemm":
+            if int(node.attrs.get("transA", 0)) != 0:
+                return None
+            if const_value(node.inputs[1]) is None:
+                return None
+            if len(node.inputs) > 2 and node.inputs[2].name:
+                c = const_value(node.inputs[2])
+                if c is None or (c.ndim == 2 and c.shape[0] != 1):
+                    return None
+            return DenseView(node)
+        if node.op == "MatMul":
+            b = const_value(node.inputs[1])
+            if b is None or b.ndim != 2:
+                return None
+            add = single_consumer(node.outputs[0])
+            if add is not None and add.op == "Add" and not (graph_outputs and node.outputs[0].name in graph_outputs):
+                other = add.inputs[1] if add.inputs[0] is node.outputs[0] else add.inputs[0]
+                c = const_value(other)
+                if c is not None and c.size == b.shape[1] and (c.ndim == 1 or (c.ndim >= 1 and c.shape[-1] == c.size)):
+                    return DenseView(node, add)
+            return DenseView(node)
+        return None
+
+    @property
+    def input(self):
+        return self.node.inputs[0]
+
+    @property
+    def output(self):
+        return (self.bias_add or self.node).outputs[0]
+
+    @property
+    def nodes(self) -> list:
+        return [self.node] + ([self.bias_add] if self.bias_add is not None else [])
+
+    @property
+    def params(self) -> LinearParams:
+        n = self.node
+        if n.op == "Gemm":
+            c = const_value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2].name else None
+            return from_gemm(const_value(n.inputs[1]), c, transB=int(n.attrs.get("transB", 0)),
+                             alpha=float(n.attrs.get("alpha", 1.0)), beta=float(n.attrs.get("beta", 1.0)))
+        p = from_matmul_const(const_value(n.inputs[1]))
+        if self.bias_add is not None:
+            a = self.bias_add
+            other = a.inputs[1] if a.inputs[0] is n.outputs[0] else a.inputs[0]
+            p = LinearParams(p.weight, np.asarray(const_value(other), dtype=np.float64).reshape(-1))
+        return p
+
+    def write(self, graph: gs.Graph, p: LinearParams) -> None:
+        n = self.node
+        dt = _dtype(n.inputs[1])
+        base = n.name or "dense"
+        if n.op == "Gemm":
+            new = [n.inputs[0], make_const(graph, f"{base}.weight", p.weight.astype(dt))] + (
+                [make_const(graph, f"{base}.bias", p.bias.astype(dt))] if p.bias is not None else [])
+            n.inputs.clear()
+            n.inputs.extend(new)
+            n.attrs.update(transA=0, transB=1, alpha=1.0, beta=1.0)
+            return
+        n.inputs[1] = make_const(graph, f"{base}.weight", np.ascontiguousarray(p.weight.T).astype(dt))
+        if p.bias is None:
+            if self.bias_add is not None:
+                a = self.bias_add
+                i = 1 if a.inputs[0] is n.outputs[0] else 0
+                a.inputs[i] = make_const(graph, f"{base}.bias", np.zeros(p.weight.shape[0], dt))
+            return
+        bias = make_const(graph, f"{base}.bias", p.bias.astype(dt))
+        if self.bias_add is not None:
+            a = self.bias_add
+            i = 1 if a.inputs[0] is n.outputs[0] else 0
+            a.inputs[i] = bias
+            return
+        # insert an Add after the MatMul
+        out = n.outputs[0]
+        mid = gs.Variable(f"{out.name}__mm", dtype=out.dtype)
+        n.outputs[0] = mid
+        add = gs.Node("Add", name=f"{base}_bias_add", inputs=[mid, bias], outputs=[out])
+        graph.nodes.append(add)
+        self.bias_add = add
+
+
+def _dtype(t) -> np.dtype:
+    v = const_value(t)
+    return v.dtype if v is not None and v.dtype.kind == "f" else np.dtype(np.float32)
+
+
+def linear_view(node, graph_outputs: set | None = None):
+    return ConvView.of(node) or DenseView.of(node, graph_outputs)

@@ -1,0 +1,251 @@
+"""fold: per-channel affine ops (BatchNormalization, Mul/Add/Sub/Div by constants, LayerNorm's
+gamma/beta) folded into the Conv / Gemm / MatMul beside them -- only where that is exact.
+
+One small class per pattern (onnxslim style), all registered in FOLD_PATTERNS; FoldAffine runs
+them until none applies. After a linear op is always exact. Before a Conv only when the conv has
+no padding: zero padding would not see the shift (the reference doc's padding rule).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...algebra import conv as conv_alg
+from ...algebra import linear as lin_alg
+from ...pipeline import PassResult
+from ..graph import const_value, single_consumer
+from ..linear_ops import ConvView, DenseView
+
+
+# ------------------------------------------------------------------ affine views of single nodes
+
+def _channel_vector(c: np.ndarray, channels: int, rank: int, axis: int) -> np.ndarray | None:
+    """A constant broadcast against a rank-`rank` tensor, as a per-channel vector on `axis`."""
+    if c.size == 1:
+        return np.full(channels, float(c.reshape(())), dtype=np.float64)
+    if c.ndim > rank:
+        return None
+    shape = (1,) * (rank - c.ndim) + tuple(c.shape)
+    ax = axis % rank
+    if shape[ax] != channels or any(s != 1 for i, s in enumerate(shape) if i != ax):
+        return None
+    return np.asarray(c, dtype=np.float64).reshape(channels)
+
+
+def affine_of(node, x, channels: int, rank: int, axis: int):
+    """(scale, shift) if node computes scale*x + shift per channel of its input x, else None."""
+    op = node.op
+    if op == "BatchNormalization":
+        if node.inputs[0] is not x or len([o for o in node.outputs if o.name]) != 1:
+            return None
+        if int(node.attrs.get("training_mode", 0)) or axis % rank != 1:
+            return None
+        vals = [const_value(t) for t in node.inputs[1:5]]
+        if any(v is None for v in vals) or vals[0].size != channels:
+            return None
+        return conv_alg.bn_to_affine(*[np.asarray(v, np.float64) for v in vals],
+                                     eps=float(node.attrs.get("epsilon", 1e-5)))
+    if op not in ("Mul", "Add", "Sub", "Div") or len(node.inputs) != 2:
+        return None
+    if node.inputs[0] is x:
+        c = const_value(node.inputs[1])
+        x_first = True
+    elif node.inputs[1] is x:
+        c = const_value(node.inputs[0])
+        x_first = False
+    else:
+        return None
+    if c is None or c.dtype.kind != "f":
+        return None
+    v = _channel_vector(c, channels, rank, axis)
+    if v is None:
+        return None
+    ones, zeros = np.ones(channels), np.zeros(channels)
+    if op == "Mul":
+        return v, zeros
+    if op == "Add":
+        return ones, v
+    if op == "Sub":
+        return (ones, -v) if x_first else (-ones, v)
+    if op == "Div" and x_first and np.all(v != 0):
+        return 1.0 / v, zeros
+    return None
+
+
+def _out_rank(t, default: int) -> int:
+    return len(t.shape) if t.shape is not None else default
+
+
+def _detach(node) -> None:
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+# ------------------------------------------------------------------------------- the patterns
+
+class FoldAffineIntoPrevConv:
+    """conv -> BN/Mul/Add: W' = W*scale per output channel, b' = b*scale + shift."""
+    name = "affine_into_prev_conv"
+
+    def apply(self, ctx) -> bool:
+        for node in list(ctx.graph.nodes):
+            v = ConvView.of(node)
+            if v is None or v.output.name in ctx.graph_outputs:
+                continue
+            nxt = single_consumer(v.output)
+            if nxt is None:
+                continue
+            p = v.params
+            aff = affine_of(nxt, v.output, p.out_channels, p.ndim + 2, 1)
+            if aff is None:
+                continue
+            v.write(ctx.graph, conv_alg.fold_affine_after(p, *aff))
+            _take_output(node, nxt)
+            ctx.folds.append({"op": nxt.op, "node": nxt.name, "into": node.name, "where": "after"})
+            return True
+        return False
+
+
+class FoldAffineIntoNextConv:
+    """BN/Mul/Add -> conv without padding: scale the input channels of the kernel."""
+    name = "affine_into_next_conv"
+
+    def apply(self, ctx) -> bool:
+        for node in list(ctx.graph.nodes):
+            v = ConvView.of(node)
+            if v is None:
+                continue
+            x = v.input
+            prev = x.inputs[0] if x.inputs else None
+            if prev is None or single_consumer(x) is not node or x.name in ctx.graph_outputs:
+                continue
+            p = v.params
+            if any(p.pads):
+                continue
+            src = prev.inputs[0] if prev.inputs else None
+            if src is None:
+                continue
+            aff = affine_of(prev, src, p.in_channels, p.ndim + 2, 1)
+            if aff is None:
+                continue
+            v.write(ctx.graph, conv_alg.fold_affine_before(p, *aff))
+            node.inputs[0] = src
+            _detach(prev)
+            ctx.folds.append({"op": prev.op, "node": prev.name, "into": node.name, "where": "before"})
+            return True
+        return False
+
+
+class FoldAffineIntoPrevDense:
+    """Gemm/MatMul -> Mul/Add on the feature axis (or BN on a 2-D output)."""
+    name = "affine_into_prev_dense"
+
+    def apply(self, ctx) -> bool:
+        for node in list(ctx.graph.nodes):
+            v = DenseView.of(node, ctx.graph_outputs)
+            if v is None or v.output.name in ctx.graph_outputs:
+                continue
+            nxt = single_consumer(v.output)
+            if nxt is None:
+                continue
+            p = v.params
+            rank = _out_rank(v.output, 2)
+            aff = affine_of(nxt, v.output, p.weight.shape[0], rank, -1 if nxt.op != "BatchNormalization" else 1)
+            if aff is None or (nxt.op == "BatchNormalization" and rank != 2):
+                continue
+            v.write(ctx.graph, lin_alg.fold_affine_after(p, *aff))
+            _take_output(v.nodes[-1], nxt)
+            ctx.folds.append({"op": nxt.op, "node": nxt.name, "into": node.name, "where": "after"})
+            return True
+        return False
+
+
+class FoldAffineIntoNextDense:
+    """Mul/Add on the feature axis -> Gemm/MatMul: W' = W*scale (columns), b' = b + W@shift."""
+    name = "affine_into_next_dense"
+
+    def apply(self, ctx) -> bool:
+        for node in list(ctx.graph.nodes):
+            v = DenseView.of(node, ctx.graph_outputs)
+            if v is None:
+                continue
+            x = v.input
+            prev = x.inputs[0] if x.inputs else None
+            if prev is None or single_consumer(x) is not node or x.name in ctx.graph_outputs:
+                continue
+            src = prev.inputs[0] if prev.inputs else None
+            if src is None:
+                continue
+            p = v.params
+            rank = _out_rank(x, 2)
+            aff = affine_of(prev, src, p.weight.shape[1], rank, -1 if prev.op != "BatchNormalization" else 1)
+            if aff is None or (prev.op == "BatchNormalization" and rank != 2):
+                continue
+            v.write(ctx.graph, lin_alg.fold_affine_before(p, *aff))
+            node.inputs[0] = src
+            _detach(prev)
+            ctx.folds.append({"op": prev.op, "node": prev.name, "into": node.name, "where": "before"})
+            return True
+        return False
+
+
+class FoldLayerNormAffine:
+    """LayerNorm(gamma, beta) -> linear: move gamma/beta into the linear, leave a plain LayerNorm."""
+    name = "layernorm_affine_into_next_dense"
+
+    def apply(self, ctx) -> bool:
+        for ln in list(ctx.graph.nodes):
+            if ln.op != "LayerNormalization" or int(ln.attrs.get("axis", -1)) != -1:
+                continue
+            y = ln.outputs[0]
+            dense = DenseView.of(single_consumer(y), ctx.graph_outputs) if not y.name in ctx.graph_outputs else None
+            if dense is None:
+                continue
+            gamma = const_value(ln.inputs[1])
+            beta = const_value(ln.inputs[2]) if len(ln.inputs) > 2 and ln.inputs[2].name else None
+            if gamma is None or (len(ln.inputs) > 2 and ln.inputs[2].name and beta is None):
+                continue
+            gamma = np.asarray(gamma, np.float64).reshape(-1)
+            beta = np.zeros_like(gamma) if beta is None else np.asarray(beta, np.float64).reshape(-1)
+            if np.all(gamma == 1.0) and np.all(beta == 0.0):
+                continue
+            p = dense.params
+            if gamma.size != p.weight.shape[1]:
+                continue
+            dense.write(ctx.graph, lin_alg.fold_affine_before(p, gamma, beta))
+            from ..graph import make_const
+            dt = np.asarray(const_value(ln.inputs[1])).dtype
+            ln.inputs[1] = make_const(ctx.graph, f"{ln.name}.scale_one", np.ones(gamma.size, dt))
+            if len(ln.inputs) > 2 and ln.inputs[2].name:
+                ln.inputs[2] = make_const(ctx.graph, f"{ln.name}.bias_zero", np.zeros(gamma.size, dt))
+            ctx.folds.append({"op": "LayerNormalization(affine)", "node": ln.name, "into": dense.node.name,
+                              "where": "before"})
+            return True
+        return False
+
+
+def _take_output(producer_node, absorbed) -> None:
+    """producer now computes what `absorbed` computed: give it absorbed's output tensor."""
+    out = absorbed.outputs[0]
+    _detach(absorbed)
+    producer_node.outputs[0] = out
+
+
+FOLD_PATTERNS = [FoldAffineIntoPrevConv(), FoldAffineIntoPrevDense(), FoldAffineIntoNextConv(),
+                 FoldAffineIntoNextDense(), FoldLayerNormAffine()]
+
+
+class FoldAffine:
+    name = "fold"
+
+    def __init__(self, patterns=None):
+        self.patterns = patterns or FOLD_PATTERNS
+
+    def __call__(self, ctx) -> PassResult:
+        n0 = len(ctx.folds)
+        for _ in range(10_000):
+            if not any(p.apply(ctx) for p in self.patterns):
+                break
+        done = len(ctx.folds) - n0
+        if done:
+            ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        return PassResult(done > 0, [f"folded {done} affine op(s)"] if done else [])

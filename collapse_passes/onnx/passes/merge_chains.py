@@ -1,0 +1,256 @@
+"""merge: fold chains of consecutive linear ops into fewer ops, exactly and only where it pays.
+
+Chains are maximal runs Conv -> Conv -> ... (or Gemm/MatMul -> ...) where each intermediate result
+has one consumer. planning.plan_segments picks the cut that minimises the cost model; a segment is
+merged only when the algebra says the merge is exact (or --allow-border-approx was given). A
+residual Add whose other operand is the chain's own input is absorbed into the last segment when
+the segment starts there (conv(x) + x as one conv).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ...algebra import conv as conv_alg
+from ...algebra import linear as lin_alg
+from ...algebra.cost import CostModel, conv_macs, conv_signature, linear_macs, linear_signature
+from ...errors import CollapseError
+from ...pipeline import PassResult
+from ...planning import plan_segments
+from ..graph import make_const, single_consumer
+from ..linear_ops import ConvView, DenseView
+
+MAX_SEGMENT = 6
+
+
+def _spatial(t) -> tuple | None:
+    if t.shape is None or len(t.shape) < 3:
+        return None
+    s = t.shape[2:]
+    return tuple(int(d) for d in s) if all(isinstance(d, int) and d > 0 for d in s) else None
+
+
+def _rows(t) -> int:
+    if t.shape is None:
+        return 1
+    return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in t.shape[:-1]])) if len(t.shape) else 1
+
+
+def compose_conv_segment(params: list, spatials: list, allow_approx: bool):
+    """Compose convs exactly if any order of association allows it.
+
+    Left-to-right and right-to-left give the same weights but differ in where a position-dependent
+    bias map is needed; one can be exact where the other is not (pointwise-depthwise-pointwise).
+    Returns (MergedConv, exact) or None if nothing composes.
+    """
+    tries = []
+    try:
+        tries.append(conv_alg.compose_conv_chain(params, spatials[0]))
+    except CollapseError:
+        pass
+    try:
+        acc = conv_alg.MergedConv(params[-1], None, True, "single conv")
+        for k in range(len(params) - 2, -1, -1):
+            if acc.bias_map is not None:
+                acc = None
+                break
+            m = conv_alg.compose_conv(params[k], acc.params, spatials[k])
+            acc = conv_alg.MergedConv(m.params, m.bias_map, acc.exact and m.exact, m.reason)
+        if acc is not None:
+            tries.append(acc)
+    except CollapseError:
+        pass
+    exact = [t for t in tries if t.exact]
+    if exact:
+        return min(exact, key=lambda t: t.bias_map is not None)
+    if allow_approx and tries:
+        return tries[0]
+    return tries[0] if tries else None
+
+
+def _conv_chains(ctx) -> list[list]:
+    outs = ctx.graph_outputs
+    nodes = [n for n in ctx.graph.nodes if ConvView.of(n)]
+    starts = []
+    for n in nodes:
+        x = n.inputs[0]
+        prev = x.inputs[0] if x.inputs else None
+        if prev is not None and ConvView.of(prev) and len(x.outputs) == 1 and x.name not in outs:
+            continue
+        starts.append(n)
+    chains = []
+    for n in starts:
+        chain = [n]
+        while True:
+            y = chain[-1].outputs[0]
+            nxt = single_consumer(y)
+            if y.name in outs or nxt is None or not ConvView.of(nxt) or nxt.inputs[0] is not y:
+                break
+            chain.append(nxt)
+        chains.append(chain)
+    return chains
+
+
+def _dense_chains(ctx) -> list[list]:
+    outs = ctx.graph_outputs
+    views = [DenseView.of(n, outs) for n in ctx.graph.nodes]
+    views = [v for v in views if v is not None]
+    by_out = {id(v.output): v for v in views}
+    nxt_of = {}
+    has_prev = set()
+    for v in views:
+        y = v.output
+        c = single_consumer(y)
+        if y.name in outs or c is None:
+            continue
+        w = next((u for u in views if u.node is c and u.input is y), None)
+        if w is not None:
+            nxt_of[id(v)] = w
+            has_prev.add(id(w))
+    chains = []
+    for v in views:
+        if id(v) in has_prev:
+            continue
+        chain = [v]
+        while id(chain[-1]) in nxt_of:
+            chain.append(nxt_of[id(chain[-1])])
+        chains.append(chain)
+    del by_out
+    return chains
+
+
+class MergeLinearChains:
+    name = "merge"
+
+    def __call__(self, ctx) -> PassResult:
+        cm = ctx.cost_model or CostModel()
+        merged = 0
+        for chain in _conv_chains(ctx):
+            if len(chain) >= 2:
+                merged += self._merge_conv_chain(ctx, chain, cm)
+        for chain in _dense_chains(ctx):
+            if len(chain) >= 2:
+                merged += self._merge_dense_chain(ctx, chain, cm)
+        if merged:
+            ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        return PassResult(merged > 0, [f"merged {merged} segment(s)"] if merged else [])
+
+    # ------------------------------------------------------------------------------ convs
+    def _merge_conv_chain(self, ctx, chain, cm) -> int:
+        params = [ConvView(n).params for n in chain]
+        spatials = [_spatial(n.inputs[0]) for n in chain]
+        outs = [_spatial(n.outputs[0]) for n in chain]
+        if any(s is None for s in spatials) or any(o is None for o in outs):
+            ctx.notes.append(f"chain {chain[0].name}..{chain[-1].name}: shapes unknown, not merged")
+            return 0
+        single = [cm.op_cost("Conv", conv_macs(p, o), conv_signature(p, s)) for p, s, o in zip(params, spatials, outs)]
+        cache = {}
+
+        def seg_cost(i, j):
+            if j - i == 1:
+                return single[i]
+            m = compose_conv_segment(params[i:j], spatials[i:j], ctx.allow_border_approx)
+            if m is None or (not m.exact and not ctx.allow_border_approx):
+                cache[(i, j)] = m
+                return None
+            cache[(i, j)] = m
+            c = cm.op_cost("Conv", conv_macs(m.params, outs[j - 1]), conv_signature(m.params, spatials[i]))
+            if m.bias_map is not None:
+                c += cm.op_cost("Add", 0)
+            return c
+
+        segs = plan_segments(len(chain), seg_cost, MAX_SEGMENT)
+        done = 0
+        for i, j in segs:
+            if j - i < 2:
+                continue
+            m = cache[(i, j)]
+            nodes = chain[i:j]
+            before = sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
+            after = conv_macs(m.params, outs[j - 1])
+            self._apply_conv(ctx, nodes, m)
+            rec = {"kind": "conv", "nodes": [n.name for n in nodes], "macs_before": int(before),
+                   "macs_after": int(after), "ops_before": len(nodes), "ops_after": 1 + (m.bias_map is not None),
+                   "exact": bool(m.exact), "kernel": list(m.params.kernel_shape), "group": m.params.group,
+                   "reason": _reason(before, after, len(nodes), m)}
+            ctx.merges.append(rec)
+            if not m.exact:
+                ctx.approximations.append(rec)
+            done += 1
+        unmerged = [(i, j) for i, j in [(k, k + 2) for k in range(len(chain) - 1)]
+                    if all(not (a <= i and j <= b) for a, b in segs if b - a >= 2)]
+        for i, j in unmerged:
+            m = cache.get((i, j))
+            if m is not None and not m.exact and not ctx.allow_border_approx:
+                ctx.notes.append(f"not merged {chain[i].name} + {chain[i + 1].name}: {m.reason}")
+        return done
+
+    def _apply_conv(self, ctx, nodes, m) -> None:
+        first, last = nodes[0], nodes[-1]
+        out = last.outputs[0]
+        ConvView(first).write(ctx.graph, m.params)
+        for n in nodes[1:]:
+            n.inputs.clear()
+            n.outputs.clear()
+        if m.bias_map is None:
+            first.outputs[0] = out
+            return
+        mid = gs.Variable(f"{out.name}__merged", dtype=out.dtype)
+        first.outputs[0] = mid
+        bm = make_const(ctx.graph, f"{first.name}.bias_map", m.bias_map[None])
+        ctx.graph.nodes.append(gs.Node("Add", name=f"{first.name}_bias_map", inputs=[mid, bm], outputs=[out]))
+
+    # ------------------------------------------------------------------------------ dense
+    def _merge_dense_chain(self, ctx, chain, cm) -> int:
+        params = [v.params for v in chain]
+        rows = _rows(chain[0].input)
+        single = [cm.op_cost("Gemm", linear_macs(p, rows), linear_signature(p, rows)) for p in params]
+        cache = {}
+
+        def seg_cost(i, j):
+            if j - i == 1:
+                return single[i]
+            p = lin_alg.compose_linear_chain(params[i:j])
+            cache[(i, j)] = p
+            return cm.op_cost("Gemm", linear_macs(p, rows), linear_signature(p, rows))
+
+        segs = plan_segments(len(chain), seg_cost, MAX_SEGMENT)
+        done = 0
+        for i, j in segs:
+            if j - i < 2:
+                continue
+            p = cache[(i, j)]
+            views = chain[i:j]
+            before = sum(linear_macs(q, rows) for q in params[i:j])
+            after = linear_macs(p, rows)
+            out = views[-1].output
+            head = views[0]
+            for v in views[1:]:
+                for n in v.nodes:
+                    n.inputs.clear()
+                    n.outputs.clear()
+            if head.bias_add is not None:
+                head.bias_add.outputs[0] = out
+            else:
+                head.node.outputs[0] = out
+            head.write(ctx.graph, p)
+            ctx.merges.append({"kind": "dense", "nodes": [v.node.name for v in views], "macs_before": int(before),
+                               "macs_after": int(after), "ops_before": sum(len(v.nodes) for v in views),
+                               "ops_after": len(head.nodes), "exact": True,
+                               "reason": _reason(before, after, len(views), None)})
+            done += 1
+        return done
+
+
+def _reason(before, after, n, m) -> str:
+    if after < before:
+        why = f"{n} ops -> 1, MACs {before:,} -> {after:,} ({before / max(after, 1):.2f}x fewer)"
+    elif after == before:
+        why = f"{n} ops -> 1 at equal MACs"
+    else:
+        why = f"{n} ops -> 1; MACs rise {before:,} -> {after:,} but the saved op overhead pays for it"
+    if m is not None and m.bias_map is not None:
+        why += "; first bias as a per-position map"
+    if m is not None and not m.exact:
+        why += "; APPROXIMATE on the border"
+    return why

@@ -1,0 +1,305 @@
+"""Activation patterns: find every nonlinearity the tool can collapse, as one unit with one key.
+
+Single-op activations are matched by op type. Activations that exporters spell out as several
+elementwise nodes (SiLU = x*sigmoid(x), GELU = x*0.5*(1+erf(x/sqrt2)), tanh-GELU, decomposed
+HardSwish, Mish) are found structurally -- a region of scalar-constant elementwise ops with a
+single non-constant input -- and then identified by evaluating the region on probe points and
+comparing with the known function. A region that matches nothing is left alone, never guessed.
+
+Each activation also knows its *linear regime* (the branch it follows when "always on"): that is
+what linearize substitutes. For almost all it is the identity; SELU's is lambda*x and
+HardSigmoid's is alpha*x+beta (both then fold into the neighbouring linear op).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .graph import const_value
+
+# op types that are always nonlinear; used by depth accounting and "ops left alone" listings
+NONLINEAR_OPS = {
+    "Relu", "Clip", "LeakyRelu", "PRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Elu",
+    "Selu", "Celu", "Gelu", "Erf", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Softmax",
+    "LogSoftmax", "MaxPool", "GlobalMaxPool", "Exp", "Log", "Pow", "Sqrt", "Abs", "Sin", "Cos",
+    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization",
+    "ReduceMax", "ReduceMin", "Max", "Min", "Floor", "Ceil", "Round", "Sign", "Reciprocal",
+}
+
+# op types that are always elementwise and cheap to evaluate on probe points
+_ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Erf", "Tanh", "Sigmoid", "Pow", "Relu", "Clip",
+                "HardSigmoid", "Softplus", "Exp", "Neg", "Sqrt", "Reciprocal", "Max", "Min",
+                "Identity", "Abs"}
+
+
+@dataclass
+class Activation:
+    """One collapsible activation: a region of nodes computing y = f(x) elementwise."""
+    name: str                    # the ONNX node name that produces y (the primary key)
+    kind: str                    # relu, relu6, clip, leaky_relu, prelu, hardswish, hardsigmoid, silu, gelu, ...
+    nodes: list                  # gs.Node objects of the region (anchor last)
+    input: object                # gs.Variable x
+    output: object               # gs.Variable y
+    linear_scale: float = 1.0    # linear regime y = scale*x + shift
+    linear_shift: float = 0.0
+    params: dict = field(default_factory=dict)   # e.g. slope for LeakyRelu / PRelu values
+    keys: list = field(default_factory=list)     # filled by keys.resolve_keys
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    @property
+    def is_identity_when_linear(self) -> bool:
+        return self.linear_scale == 1.0 and self.linear_shift == 0.0
+
+
+def _scalar(t) -> float | None:
+    v = const_value(t)
+    if v is None or v.size != 1:
+        return None
+    return float(v.reshape(()))
+
+
+def _clip_bounds(node) -> tuple[float | None, float | None, bool]:
+    """(min, max, understood) of a Clip in either opset form."""
+    lo = node.attrs.get("min")
+    hi = node.attrs.get("max")
+    ok = True
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        lo = _scalar(node.inputs[1])
+        ok &= lo is not None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        hi = _scalar(node.inputs[2])
+        ok &= hi is not None
+    return lo, hi, ok
+
+
+def _single_op(node) -> Activation | None:
+    if not node.inputs or not node.outputs:
+        return None
+    op = node.op
+    x, y = node.inputs[0], node.outputs[0]
+    act = lambda kind, **kw: Activation(node.name, kind, [node], x, y, **kw)
+    if (node.domain or "") not in ("", "ai.onnx", "com.microsoft"):
+        return None
+    if op == "Relu":
+        return act("relu")
+    if op == "Clip":
+        lo, hi, ok = _clip_bounds(node)
+        if not ok:
+            return None
+        if lo == 0.0 and hi == 6.0:
+            return act("relu6")
+        if lo is not None and hi is not None and lo < hi:
+            return act("clip", params={"min": lo, "max": hi})
+        if lo is not None and hi is None:
+            return act("clip", params={"min": lo})
+        return None
+    if op == "LeakyRelu":
+        return act("leaky_relu", params={"alpha": float(node.attrs.get("alpha", 0.01))})
+    if op == "PRelu":
+        slope = const_value(node.inputs[1])
+        if slope is None:
+            return None
+        return act("prelu", params={"slope": np.asarray(slope, dtype=np.float64)})
+    if op == "HardSwish":
+        return act("hardswish")
+    if op == "HardSigmoid":
+        a = float(node.attrs.get("alpha", 0.2))
+        b = float(node.attrs.get("beta", 0.5))
+        return act("hardsigmoid", linear_scale=a, linear_shift=b, params={"alpha": a, "beta": b})
+    if op == "Elu":
+        return act("elu", params={"alpha": float(node.attrs.get("alpha", 1.0))})
+    if op == "Celu":
+        return act("celu", params={"alpha": float(node.attrs.get("alpha", 1.0))})
+    if op == "Selu":
+        gamma = float(node.attrs.get("gamma", 1.0507009873554805))
+        return act("selu", linear_scale=gamma, params={"gamma": gamma,
+                                                        "alpha": float(node.attrs.get("alpha", 1.6732632423543772))})
+    if op == "Gelu":  # opset 20, or com.microsoft
+        approx = node.attrs.get("approximate", "none")
+        approx = approx.decode() if isinstance(approx, bytes) else approx
+        return act("gelu_tanh" if approx == "tanh" else "gelu")
+    if op == "FastGelu" and node.domain == "com.microsoft" and len(node.inputs) == 1:
+        return act("gelu_tanh")
+    if op == "Mish":
+        return act("mish")
+    if op == "Softplus":
+        return None  # no identity regime worth collapsing to; kept and listed as nonlinear
+    return None
+
+
+# ----------------------------------------------------------------- fused (multi-node) patterns
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+
+
+def _erf(v):
+    return np.vectorize(math.erf)(v)
+
+
+_GATED_CATALOGUE = {
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x * _SQRT1_2)),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
+    "silu": lambda x: x / (1.0 + np.exp(-x)),
+    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "mish": lambda x: x * np.tanh(np.log1p(np.exp(x))),
+}
+_PROBE = np.linspace(-7.0, 7.0, 141)
+
+
+def _eval_region(nodes: list, x_name: str, probe: np.ndarray) -> np.ndarray | None:
+    """Evaluate an elementwise region in float64; None if it uses something non-scalar."""
+    env = {x_name: probe}
+
+    def val(t):
+        if t.name in env:
+            return env[t.name]
+        c = const_value(t)
+        if c is None or c.size != 1:
+            raise KeyError(t.name)
+        return float(c.reshape(()))
+
+    try:
+        with np.errstate(all="ignore"):
+            for n in nodes:
+                ins = [val(t) if t.name else None for t in n.inputs]
+                op = n.op
+                if op == "Mul":
+                    r = ins[0] * ins[1]
+                elif op == "Add":
+                    r = ins[0] + ins[1]
+                elif op == "Sub":
+                    r = ins[0] - ins[1]
+                elif op == "Div":
+                    r = ins[0] / ins[1]
+                elif op == "Erf":
+                    r = _erf(ins[0])
+                elif op == "Tanh":
+                    r = np.tanh(ins[0])
+                elif op == "Sigmoid":
+                    r = 1.0 / (1.0 + np.exp(-ins[0]))
+                elif op == "Pow":
+                    r = np.power(ins[0], ins[1])
+                elif op == "Relu":
+                    r = np.maximum(ins[0], 0.0)
+                elif op == "Clip":
+                    lo, hi, ok = _clip_bounds(n)
+                    if not ok:
+                        return None
+                    r = np.clip(ins[0], -np.inf if lo is None else lo, np.inf if hi is None else hi)
+                elif op == "HardSigmoid":
+                    a, b = float(n.attrs.get("alpha", 0.2)), float(n.attrs.get("beta", 0.5))
+                    r = np.clip(a * ins[0] + b, 0.0, 1.0)
+                elif op == "Softplus":
+                    r = np.log1p(np.exp(ins[0]))
+                elif op == "Exp":
+                    r = np.exp(ins[0])
+                elif op == "Neg":
+                    r = -ins[0]
+                elif op == "Sqrt":
+                    r = np.sqrt(ins[0])
+                elif op == "Reciprocal":
+                    r = 1.0 / ins[0]
+                elif op == "Max":
+                    r = np.maximum(ins[0], ins[1])
+                elif op == "Min":
+                    r = np.minimum(ins[0], ins[1])
+                elif op == "Abs":
+                    r = np.abs(ins[0])
+                elif op == "Identity":
+                    r = ins[0]
+                else:
+                    return None
+                env[n.outputs[0].name] = np.broadcast_to(np.asarray(r, dtype=np.float64), probe.shape)
+    except KeyError:
+        return None
+    return env[nodes[-1].outputs[0].name]
+
+
+def _classify(nodes: list, x_name: str) -> str | None:
+    out = _eval_region(nodes, x_name, _PROBE)
+    if out is None or not np.all(np.isfinite(out)):
+        return None
+    for kind, fn in _GATED_CATALOGUE.items():
+        ref = fn(_PROBE)
+        if np.allclose(out, ref, rtol=1e-4, atol=1e-5):
+            return kind
+    return None
+
+
+def _grow_region(anchor, order: dict, claimed: set, max_nodes: int = 16):
+    """Expand backwards from anchor; yield (region_nodes_in_topo_order, x) each time one tensor bounds it."""
+    region = {id(anchor): anchor}
+    frontier = {t.name: t for t in anchor.inputs if t.name and const_value(t) is None}
+    while True:
+        if len(frontier) == 1 and len(region) >= 2:
+            x = next(iter(frontier.values()))
+            yield sorted(region.values(), key=lambda n: order[id(n)]), x
+        if not frontier or len(region) >= max_nodes:
+            return
+        # expand the most recently produced frontier tensor
+        cand = [t for t in frontier.values() if t.inputs]
+        if not cand:
+            return
+        t = max(cand, key=lambda t: order[id(t.inputs[0])])
+        prod = t.inputs[0]
+        if prod.op not in _ELEMENTWISE or id(prod) in claimed or len(prod.outputs) != 1:
+            return
+        # every consumer of the expanded tensor must be inside the region (it is internal)
+        if any(id(c) not in region for c in t.outputs):
+            return
+        region[id(prod)] = prod
+        del frontier[t.name]
+        for inp in prod.inputs:
+            if inp.name and const_value(inp) is None and id(inp.inputs[0] if inp.inputs else inp) not in region:
+                frontier[inp.name] = inp
+
+
+def _fused(graph: gs.Graph, order: dict, claimed: set, outputs: set) -> list[Activation]:
+    found = []
+    for anchor in sorted(graph.nodes, key=lambda n: -order[id(n)]):
+        if anchor.op not in ("Mul", "Div") or id(anchor) in claimed:
+            continue
+        best = None
+        for nodes, x in _grow_region(anchor, order, claimed):
+            # intermediate tensors must not be graph outputs
+            if any(n.outputs[0].name in outputs for n in nodes[:-1]):
+                break
+            kind = _classify(nodes, x.name)
+            if kind:
+                best = (nodes, x, kind)
+        if best:
+            nodes, x, kind = best
+            for n in nodes:
+                claimed.add(id(n))
+            found.append(Activation(anchor.name, kind, nodes, x, anchor.outputs[0]))
+    return found
+
+
+def find_activations(graph: gs.Graph) -> list[Activation]:
+    """All collapsible activations in topological order."""
+    graph.toposort()
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    outputs = {t.name for t in graph.outputs}
+    claimed: set = set()
+    acts = _fused(graph, order, claimed, outputs)
+    for n in graph.nodes:
+        if id(n) in claimed:
+            continue
+        a = _single_op(n)
+        if a is not None:
+            claimed.add(id(n))
+            acts.append(a)
+    acts.sort(key=lambda a: order[id(a.nodes[-1])])
+    return acts
+
+
+def unknown_nonlinear_nodes(graph: gs.Graph, activations: list[Activation]) -> list:
+    """Nonlinear ops that are not part of a recognised activation: left alone and listed."""
+    inside = {id(n) for a in activations for n in a.nodes}
+    return [n for n in graph.nodes if id(n) not in inside and n.op in NONLINEAR_OPS]
