@@ -121,14 +121,22 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     unknown = unknown_nonlinear_nodes(graph, acts)
 
     raw_scores: dict[str, float] = {}
+    block_scores: dict[str, float] = {}
     score_details = None
     if cfg.method:
         from .scores import compute_scores
 
         computed = compute_scores(cfg.method, original, calib=cfg.calib, calib_batches=cfg.calib_batches)
-        raw_scores = computed.scores
+        if computed.kind == "block":
+            block_scores = dict(computed.scores)
+        else:
+            raw_scores = dict(computed.scores)
         score_details = computed.as_dict()
         notes.extend(computed.notes)
+    blocks_removed = sorted(k for k, v in block_scores.items()
+                            if cfg.remove_blocks is not None and v <= cfg.remove_blocks)
+    if block_scores and cfg.remove_blocks is None:
+        notes.append("block scores computed; add --remove-blocks T to replace blocks scoring <= T by their skip")
     if cfg.scores is not None:
         raw_scores.update(read_scores(cfg.scores))
     src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
@@ -144,8 +152,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     cost_model = _cost_model(cfg, original)
     result_model, ctx, pm = run_passes(original, {a.name for a in chosen}, merge=cfg.merge,
                                        allow_border_approx=cfg.allow_border_approx, cost_model=cost_model,
-                                       input_shapes=input_shapes)
-    requested = requested_semantics(original, {a.name for a in chosen})
+                                       input_shapes=input_shapes, remove_blocks=blocks_removed)
+    requested = requested_semantics(original, {a.name for a in chosen}, remove_blocks=blocks_removed)
 
     from .verify import random_inputs, verify
 
@@ -177,6 +185,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
              "score": act_scores.get(id(a)), "collapsed": id(a) in chosen_ids}
             for a in acts],
         "collapsed": len(chosen),
+        "blocks": [{"key": k, "score": v, "removed": k in blocks_removed} for k, v in block_scores.items()],
         "before": model_stats(original).as_dict(),
         "after": model_stats(result_model).as_dict(),
         "verification": ver.as_dict(),

@@ -1,5 +1,8 @@
 """The verification gate: run the requested semantics and the result through onnxruntime.
 
+An element passes when |out - ref| <= atol + rtol * max(|ref|, rms(ref)); max_rel is reported on
+the same scale.
+
 Requested semantics = the input model with the chosen activations replaced by their linear
 regime (linearize alone). The result must match it to float tolerance; the error against the
 original, uncollapsed model is reported separately as the price of the collapse itself.
@@ -106,8 +109,12 @@ def compare(ref_outs, outs, names, rtol: float, atol: float) -> Comparison:
                 continue
             err = np.abs(r - o)
             a = float(np.nanmax(err)) if np.all(np.isfinite(err)) else float("inf")
-            rel = float(np.max(err / (np.abs(r) + 1e-12))) if np.isfinite(a) else float("inf")
-            ok = bool(np.all(err <= atol + rtol * np.abs(r))) and np.isfinite(a)
+            # fp32 re-association (merged kernels sum in another order) errs in proportion to the
+            # tensor's scale, not to an element that happens to be near zero: rtol applies to
+            # max(|ref|, rms(ref)).
+            scale = np.maximum(np.abs(r), float(np.sqrt(np.mean(r * r))))
+            rel = float(np.max(err / (scale + 1e-12))) if np.isfinite(a) else float("inf")
+            ok = bool(np.all(err <= atol + rtol * scale)) and np.isfinite(a)
             if a > max_abs:
                 max_abs, worst = a, name
             max_rel = max(max_rel, rel)

@@ -9,7 +9,15 @@ from .graph import check_model, to_graph, to_model
 from .passes import Cleanup, FoldAffine, LinearizeActivations
 
 
-def build_pass_manager(merge: bool = True) -> PassManager:
+def _pre_passes(remove_blocks) -> list:
+    if not remove_blocks:
+        return [LinearizeActivations()]
+    from .passes.remove_blocks import RemoveResidualBlocks
+
+    return [RemoveResidualBlocks(), LinearizeActivations()]
+
+
+def build_pass_manager(merge: bool = True, remove_blocks=None) -> PassManager:
     loop = [FoldAffine()]
     if merge:
         from .passes.merge_chains import MergeLinearChains
@@ -17,22 +25,25 @@ def build_pass_manager(merge: bool = True) -> PassManager:
 
         loop += [AbsorbResidual(), MergeLinearChains()]
     loop.append(Cleanup())
-    return PassManager([Cleanup(), LinearizeActivations(), ("fixed_point", loop)])
+    return PassManager([Cleanup(), *_pre_passes(remove_blocks), ("fixed_point", loop)])
 
 
 def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow_border_approx: bool = False,
-               cost_model=None, input_shapes=None) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
+               cost_model=None, input_shapes=None, remove_blocks=None) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), allow_border_approx=allow_border_approx,
-                      cost_model=cost_model, input_shapes=dict(input_shapes or {}))
-    pm = build_pass_manager(merge)
+                      cost_model=cost_model, input_shapes=dict(input_shapes or {}),
+                      remove_blocks=set(remove_blocks or ()))
+    pm = build_pass_manager(merge, remove_blocks)
     pm.run(ctx)
     out = to_model(ctx.graph, model)
     check_model(out, "collapsed model")
     return out, ctx, pm
 
 
-def requested_semantics(model: onnx.ModelProto, chosen: set) -> onnx.ModelProto:
-    """The input model with the chosen activations linearized and nothing else: the reference."""
-    ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen))
-    LinearizeActivations()(ctx)
+def requested_semantics(model: onnx.ModelProto, chosen: set, remove_blocks=None) -> onnx.ModelProto:
+    """The input model with the chosen activations linearized (and chosen residual blocks replaced by
+    their skip) and nothing else: the reference the result is verified against."""
+    ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), remove_blocks=set(remove_blocks or ()))
+    for p in _pre_passes(remove_blocks):
+        p(ctx)
     return to_model(ctx.graph, model)
