@@ -36,36 +36,11 @@ def _rows(t) -> int:
     return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in t.shape[:-1]])) if len(t.shape) else 1
 
 
-def compose_conv_segment(params: list, spatials: list, allow_approx: bool):
-    """Compose convs exactly if any order of association allows it.
-
-    Left-to-right and right-to-left give the same weights but differ in where a position-dependent
-    bias map is needed; one can be exact where the other is not (pointwise-depthwise-pointwise).
-    Returns (MergedConv, exact) or None if nothing composes.
-    """
-    tries = []
-    try:
-        tries.append(conv_alg.compose_conv_chain(params, spatials[0]))
-    except CollapseError:
-        pass
-    try:
-        acc = conv_alg.MergedConv(params[-1], None, True, "single conv")
-        for k in range(len(params) - 2, -1, -1):
-            if acc.bias_map is not None:
-                acc = None
-                break
-            m = conv_alg.compose_conv(params[k], acc.params, spatials[k])
-            acc = conv_alg.MergedConv(m.params, m.bias_map, acc.exact and m.exact, m.reason)
-        if acc is not None:
-            tries.append(acc)
-    except CollapseError:
-        pass
-    exact = [t for t in tries if t.exact]
-    if exact:
-        return min(exact, key=lambda t: t.bias_map is not None)
-    if allow_approx and tries:
-        return tries[0]
-    return tries[0] if tries else None
+def _shape_only(p):
+    """A 1-channel stand-in with the same geometry: enough for compose_conv's exactness reason."""
+    g = 1
+    w = np.ones((1, 1) + tuple(p.kernel_shape))
+    return p.replace(weight=w, bias=None if p.bias is None else np.ones(1), group=g)
 
 
 def _conv_chains(ctx) -> list[list]:
@@ -144,16 +119,43 @@ class MergeLinearChains:
             ctx.notes.append(f"chain {chain[0].name}..{chain[-1].name}: shapes unknown, not merged")
             return 0
         single = [cm.op_cost("Conv", conv_macs(p, o), conv_signature(p, s)) for p, s, o in zip(params, spatials, outs)]
-        cache = {}
+        cache = {}      # (i, j) -> MergedConv of chain[i:j], built by extending (i, j-1)
+        refused = {}    # (i, j) -> reason the merge is not allowed (inexact); longer segments inherit it
+
+        def merged(i, j):
+            if (i, j) in cache or (i, j) in refused:
+                return cache.get((i, j))
+            if j - i == 1:
+                cache[(i, j)] = conv_alg.MergedConv(params[i], None, True, "single conv")
+                return cache[(i, j)]
+            if (i, j - 1) in refused or (i + 1, j) in refused:
+                refused[(i, j)] = refused.get((i, j - 1)) or refused[(i + 1, j)]
+                return None
+            prefix = merged(i, j - 1)
+            if prefix is None:
+                refused[(i, j)] = refused.get((i, j - 1), "prefix not mergeable")
+                return None
+            try:
+                if not ctx.allow_border_approx and not conv_alg.merge_is_exact(prefix.params, params[j - 1], spatials[i]):
+                    refused[(i, j)] = conv_alg.compose_conv(
+                        _shape_only(prefix.params), _shape_only(params[j - 1]), spatials[i]).reason
+                    return None
+                m = conv_alg.extend_chain(prefix, params[j - 1], spatials[i])
+            except CollapseError as exc:
+                refused[(i, j)] = str(exc)
+                return None
+            if not m.exact and not ctx.allow_border_approx:
+                refused[(i, j)] = m.reason
+                return None
+            cache[(i, j)] = m
+            return m
 
         def seg_cost(i, j):
             if j - i == 1:
                 return single[i]
-            m = compose_conv_segment(params[i:j], spatials[i:j], ctx.allow_border_approx)
-            if m is None or (not m.exact and not ctx.allow_border_approx):
-                cache[(i, j)] = m
+            m = merged(i, j)
+            if m is None:
                 return None
-            cache[(i, j)] = m
             c = cm.op_cost("Conv", conv_macs(m.params, outs[j - 1]), conv_signature(m.params, spatials[i]))
             if m.bias_map is not None:
                 c += cm.op_cost("Add", 0)
@@ -177,12 +179,9 @@ class MergeLinearChains:
             if not m.exact:
                 ctx.approximations.append(rec)
             done += 1
-        unmerged = [(i, j) for i, j in [(k, k + 2) for k in range(len(chain) - 1)]
-                    if all(not (a <= i and j <= b) for a, b in segs if b - a >= 2)]
-        for i, j in unmerged:
-            m = cache.get((i, j))
-            if m is not None and not m.exact and not ctx.allow_border_approx:
-                ctx.notes.append(f"not merged {chain[i].name} + {chain[i + 1].name}: {m.reason}")
+        for k in range(len(chain) - 1):
+            if (k, k + 2) in refused and not any(a <= k and k + 2 <= b for a, b in segs if b - a >= 2):
+                ctx.notes.append(f"not merged {chain[k].name} + {chain[k + 1].name}: {refused[(k, k + 2)]}")
         return done
 
     def _apply_conv(self, ctx, nodes, m) -> None:

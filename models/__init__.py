@@ -1,0 +1,33 @@
+"""Reference models for collapse_passes (plain PyTorch, no torchvision).
+
+``MODELS`` maps a name to its builder; ``build(name, **kw)`` calls it.
+See ``models/README.md`` for module-path naming, ONNX export and the
+scikit-learn digits training helpers (``models.digits``).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .mobilenet import mobilenet_v2
+from .resnet import resnet18
+from .swin import swin_t
+from .vgg import vgg16_bn
+
+__all__ = ["MODELS", "build", "resnet18", "mobilenet_v2", "vgg16_bn", "swin_t"]
+
+MODELS = {
+    "resnet18": resnet18,
+    "mobilenet_v2": mobilenet_v2,
+    "vgg16_bn": vgg16_bn,
+    "swin_t": swin_t,
+}
+
+
+def build(name: str, **kw) -> nn.Module:
+    """Build registry model ``name`` with keyword arguments ``kw``."""
+    try:
+        fn = MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}") from None
+    return fn(**kw)

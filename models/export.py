@@ -1,0 +1,130 @@
+"""ONNX export helper for the reference models.
+
+``export_onnx(model, path, input_shape, dynamo=False, opset=17)`` puts the
+model in eval mode and writes a self-contained ONNX file (weights embedded, no
+external data file) with one input ``"input"`` and one output ``"logits"``,
+static shapes.
+
+* ``dynamo=False``: TorchScript-based exporter. Node names look like
+  ``/layer1/layer1.0/relu1/Relu`` (the scope path of the module that produced
+  the node). Note: in eval mode this exporter folds BatchNorm into the
+  preceding Conv (its eval peephole), so the graph has no BatchNormalization
+  nodes.
+* ``dynamo=True``: ``torch.export``-based exporter. Node names look like
+  ``node_relu_3`` and each node carries ``metadata_props`` such as
+  ``pkg.torch.onnx.name_scopes`` / ``pkg.torch.onnx.class_hierarchy`` /
+  ``namespace`` that give the module path (e.g. ``layer1.0.relu1``).
+  Opset 18 is the lowest opset this exporter targets natively; a smaller
+  requested ``opset`` is raised to 18 (the exporter would otherwise run the
+  ONNX version converter, which is slow and lossy for some ops). The effective
+  opset is the one recorded in the file.
+
+Node names are left exactly as the exporters write them.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import warnings
+from typing import Sequence
+
+import torch
+
+__all__ = ["export_onnx", "node_module_path", "DYNAMO_MIN_OPSET"]
+
+#: lowest opset used for the torch.export-based exporter
+DYNAMO_MIN_OPSET = 18
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    input_shape: Sequence[int],
+    dynamo: bool = False,
+    opset: int = 17,
+    **export_kwargs,
+) -> str:
+    """Export ``model`` (in eval mode) to ``path`` and return ``str(path)``.
+
+    Args:
+        model: the module; it is switched to ``eval()`` (and left so).
+        path: output ``.onnx`` file; parent folders are created.
+        input_shape: full static input shape, e.g. ``(1, 3, 32, 32)``.
+        dynamo: use the ``torch.export``-based exporter instead of TorchScript.
+        opset: ONNX opset; for ``dynamo=True`` at least
+            :data:`DYNAMO_MIN_OPSET` is used.
+        **export_kwargs: passed to :func:`torch.onnx.export` unchanged (e.g.
+            ``do_constant_folding=False`` for the TorchScript exporter).
+
+    The input is random normal data of ``input_shape`` (float32) on the
+    model's device.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    x = torch.randn(*input_shape, dtype=torch.float32, device=device)
+    common = dict(input_names=["input"], output_names=["logits"])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            export_kwargs.setdefault("verbose", False)
+            torch.onnx.export(
+                model,
+                (x,),
+                path,
+                dynamo=True,
+                opset_version=max(int(opset), DYNAMO_MIN_OPSET),
+                external_data=False,
+                **common,
+                **export_kwargs,
+            )
+        else:
+            torch.onnx.export(
+                model,
+                (x,),
+                path,
+                dynamo=False,
+                opset_version=int(opset),
+                **common,
+                **export_kwargs,
+            )
+    return path
+
+
+def node_module_path(node) -> str | None:
+    """Torch module path (``"layer1.0.relu1"``) of an exported ``onnx.NodeProto``.
+
+    * torch.export exporter: second-to-last entry of the node's
+      ``pkg.torch.onnx.name_scopes`` metadata (``""`` for the root module).
+    * TorchScript exporter: parsed from the scope name
+      ``/layer1/layer1.0/relu1/Relu``. Components are attribute names, except
+      that a child of a container is written ``<parent>.<index>`` (e.g.
+      ``layer1.0``, ``shortcut.0``, ``features.3``); the last component is
+      the op.
+
+    Returns ``None`` when the node carries neither (e.g. TorchScript
+    ``Identity_3`` / ``Constant_7`` nodes outside any module). This is a
+    convenience for the reference models; the exported names are not changed.
+    """
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            scopes = ast.literal_eval(p.value)
+            return scopes[-2] if len(scopes) >= 2 else ""
+    if not node.name.startswith("/"):
+        return None
+    comps = node.name.split("/")[1:-1]
+    path: list[str] = []
+    prev = None
+    for c in comps:
+        if prev is not None and c.startswith(prev + ".") and c[len(prev) + 1 :].isdigit():
+            path.append(c[len(prev) + 1 :])
+        else:
+            path.append(c)
+        prev = c
+    return ".".join(path)
