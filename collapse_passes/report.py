@@ -17,7 +17,7 @@ def _pct(before, after) -> str:
     return f"{100.0 * (after - before) / before:+.1f}%"
 
 
-def print_report(report: dict, console: Console | None = None, max_rows: int = 60) -> None:
+def print_report(report: dict, console: Console | None = None, max_rows: int = 60, max_notes: int = 6) -> None:
     console = console or Console()
     acts = report.get("activations", [])
     t = Table(title=f"Activations ({report.get('collapsed', 0)} of {len(acts)} collapsed)", show_lines=False)
@@ -68,8 +68,11 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
                   f"max rel {o['max_rel']:.3g}")
     if report.get("left_alone"):
         console.print(f"nonlinear ops left alone (not collapsible activations): {', '.join(report['left_alone'])}")
-    for n in report.get("notes", []):
-        console.print(f"[dim]note:[/] {n}")
+    notes = report.get("notes", [])
+    for n in notes[:max_notes]:
+        console.print(f"[dim]note:[/] {n}", highlight=False)
+    if len(notes) > max_notes:
+        console.print(f"[dim]note:[/] {len(notes) - max_notes} more note(s) in the --report JSON")
     for w in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
 

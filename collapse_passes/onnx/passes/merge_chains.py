@@ -180,8 +180,15 @@ class MergeLinearChains:
                 ctx.approximations.append(rec)
             done += 1
         for k in range(len(chain) - 1):
-            if (k, k + 2) in refused and not any(a <= k and k + 2 <= b for a, b in segs if b - a >= 2):
+            if any(a <= k and k + 2 <= b for a, b in segs if b - a >= 2):
+                continue
+            if (k, k + 2) in refused:
                 ctx.notes.append(f"not merged {chain[k].name} + {chain[k + 1].name}: {refused[(k, k + 2)]}")
+            elif (k, k + 2) in cache:
+                m = cache[(k, k + 2)]
+                a, b = sum(conv_macs(p, o) for p, o in zip(params[k:k + 2], outs[k:k + 2])), conv_macs(m.params, outs[k + 1])
+                ctx.notes.append(f"kept {chain[k].name} + {chain[k + 1].name} separate: merging is exact but costs more "
+                                 f"(MACs {a:,} -> {b:,}, kernel {list(m.params.kernel_shape)}, group {m.params.group})")
         return done
 
     def _apply_conv(self, ctx, nodes, m) -> None:
