@@ -217,3 +217,22 @@ def test_python_dash_m_entry_point(tmp_path, model_path):
     r = subprocess.run([sys.executable, "-m", "collapse_passes", str(tmp_path / "missing.onnx")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_gate_on_calibration_data(tmp_path, model_path, capsys):
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((4, 4, 6, 6)).astype(np.float32))
+    s = scores_file(tmp_path, {"block.relu": 0.0})
+    assert run_cli(model_path, "--scores", s, "--threshold", "0", "--calib", tmp_path / "c.npz", "-o", tmp_path / "o.onnx") == 0
+    assert "calibration data (4 samples)" in capsys.readouterr().out.replace("\n", " ")
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    ({"wrong": np.zeros((2, 4, 6, 6), np.float32)}, "no array named 'x'"),
+    ({"x": np.zeros((2, 3, 6, 6), np.float32)}, "expected 4"),
+    ({"x": np.zeros((2, 4, 6, 6), np.int32)}, "dtype"),
+    ({"x": np.full((2, 4, 6, 6), np.nan, np.float32)}, "NaN"),
+])
+def test_bad_calibration_for_the_gate(tmp_path, model_path, capsys, arrays, needle):
+    np.savez(tmp_path / "c.npz", **arrays)
+    assert_bad(capsys, run_cli(model_path, "--calib", tmp_path / "c.npz", "-o", tmp_path / "o.onnx"), needle)
+    assert not (tmp_path / "o.onnx").exists()
