@@ -43,6 +43,10 @@ class ConvView:
         return self.node.outputs[0]
 
     @property
+    def nodes(self) -> list:
+        return [self.node]
+
+    @property
     def params(self) -> ConvParams:
         n = self.node
         w = const_value(n.inputs[1])

@@ -82,105 +82,114 @@ def _detach(node) -> None:
 
 # ------------------------------------------------------------------------------- the patterns
 
-class FoldAffineIntoPrevConv:
-    """conv -> BN/Mul/Add: W' = W*scale per output channel, b' = b*scale + shift."""
-    name = "affine_into_prev_conv"
+class _ConvKind:
+    """How a Conv sees a per-channel affine: channels on axis 1; folding before needs no padding."""
+    name = "conv"
+    fold_after = staticmethod(conv_alg.fold_affine_after)
+    fold_before = staticmethod(conv_alg.fold_affine_before)
+
+    @staticmethod
+    def view(node, outs):
+        return ConvView.of(node)
+
+    @staticmethod
+    def channel_axis(op, p, t):
+        """(rank, axis) of the per-channel constant against tensor t, or None."""
+        return p.ndim + 2, 1
+
+    @staticmethod
+    def can_fold_before(p) -> bool:
+        return not any(p.pads)
+
+    @staticmethod
+    def in_channels(p) -> int:
+        return p.in_channels
+
+
+class _DenseKind:
+    """How a Gemm/MatMul sees it: features on the last axis (BN only on 2-D tensors, axis 1)."""
+    name = "dense"
+    fold_after = staticmethod(lin_alg.fold_affine_after)
+    fold_before = staticmethod(lin_alg.fold_affine_before)
+
+    @staticmethod
+    def view(node, outs):
+        return DenseView.of(node, outs)
+
+    @staticmethod
+    def channel_axis(op, p, t):
+        rank = _out_rank(t, 2)
+        if op == "BatchNormalization":
+            return (2, 1) if rank == 2 else None
+        return rank, -1
+
+    @staticmethod
+    def can_fold_before(p) -> bool:
+        return True
+
+    @staticmethod
+    def in_channels(p) -> int:
+        return p.in_features
+
+
+class FoldAffineIntoPrev:
+    """linear -> BN/Mul/Add: W' = W*scale per output channel, b' = b*scale + shift (always exact)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.name = f"affine_into_prev_{kind.name}"
 
     def apply(self, ctx) -> bool:
+        outs = ctx.graph_outputs
         for node in list(ctx.graph.nodes):
-            v = ConvView.of(node)
-            if v is None or v.output.name in ctx.graph_outputs:
+            v = self.kind.view(node, outs)
+            if v is None or v.output.name in outs:
                 continue
             nxt = single_consumer(v.output)
             if nxt is None:
                 continue
             p = v.params
-            aff = affine_of(nxt, v.output, p.out_channels, p.ndim + 2, 1)
+            ra = self.kind.channel_axis(nxt.op, p, v.output)
+            n_out = p.weight.shape[0]
+            aff = affine_of(nxt, v.output, n_out, *ra) if ra else None
             if aff is None:
                 continue
-            v.write(ctx.graph, conv_alg.fold_affine_after(p, *aff))
-            _take_output(node, nxt)
-            ctx.folds.append({"op": nxt.op, "node": nxt.name, "into": node.name, "where": "after"})
-            return True
-        return False
-
-
-class FoldAffineIntoNextConv:
-    """BN/Mul/Add -> conv without padding: scale the input channels of the kernel."""
-    name = "affine_into_next_conv"
-
-    def apply(self, ctx) -> bool:
-        for node in list(ctx.graph.nodes):
-            v = ConvView.of(node)
-            if v is None:
-                continue
-            x = v.input
-            prev = x.inputs[0] if x.inputs else None
-            if prev is None or single_consumer(x) is not node or x.name in ctx.graph_outputs:
-                continue
-            p = v.params
-            if any(p.pads):
-                continue
-            src = prev.inputs[0] if prev.inputs else None
-            if src is None:
-                continue
-            aff = affine_of(prev, src, p.in_channels, p.ndim + 2, 1)
-            if aff is None:
-                continue
-            v.write(ctx.graph, conv_alg.fold_affine_before(p, *aff))
-            node.inputs[0] = src
-            _detach(prev)
-            ctx.folds.append({"op": prev.op, "node": prev.name, "into": node.name, "where": "before"})
-            return True
-        return False
-
-
-class FoldAffineIntoPrevDense:
-    """Gemm/MatMul -> Mul/Add on the feature axis (or BN on a 2-D output)."""
-    name = "affine_into_prev_dense"
-
-    def apply(self, ctx) -> bool:
-        for node in list(ctx.graph.nodes):
-            v = DenseView.of(node, ctx.graph_outputs)
-            if v is None or v.output.name in ctx.graph_outputs:
-                continue
-            nxt = single_consumer(v.output)
-            if nxt is None:
-                continue
-            p = v.params
-            rank = _out_rank(v.output, 2)
-            aff = affine_of(nxt, v.output, p.weight.shape[0], rank, -1 if nxt.op != "BatchNormalization" else 1)
-            if aff is None or (nxt.op == "BatchNormalization" and rank != 2):
-                continue
-            v.write(ctx.graph, lin_alg.fold_affine_after(p, *aff))
+            v.write(ctx.graph, self.kind.fold_after(p, *aff))
             _take_output(v.nodes[-1], nxt)
             ctx.folds.append({"op": nxt.op, "node": nxt.name, "into": node.name, "where": "after"})
             return True
         return False
 
 
-class FoldAffineIntoNextDense:
-    """Mul/Add on the feature axis -> Gemm/MatMul: W' = W*scale (columns), b' = b + W@shift."""
-    name = "affine_into_next_dense"
+class FoldAffineIntoNext:
+    """BN/Mul/Add -> linear: scale the input channels of the weight, push the shift into the bias.
+
+    Before a conv only when it has no padding (zero padding would not see the shift).
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.name = f"affine_into_next_{kind.name}"
 
     def apply(self, ctx) -> bool:
+        outs = ctx.graph_outputs
         for node in list(ctx.graph.nodes):
-            v = DenseView.of(node, ctx.graph_outputs)
+            v = self.kind.view(node, outs)
             if v is None:
                 continue
             x = v.input
             prev = x.inputs[0] if x.inputs else None
-            if prev is None or single_consumer(x) is not node or x.name in ctx.graph_outputs:
+            if prev is None or single_consumer(x) is not node or x.name in outs:
                 continue
             src = prev.inputs[0] if prev.inputs else None
-            if src is None:
-                continue
             p = v.params
-            rank = _out_rank(x, 2)
-            aff = affine_of(prev, src, p.weight.shape[1], rank, -1 if prev.op != "BatchNormalization" else 1)
-            if aff is None or (prev.op == "BatchNormalization" and rank != 2):
+            if src is None or not self.kind.can_fold_before(p):
                 continue
-            v.write(ctx.graph, lin_alg.fold_affine_before(p, *aff))
+            ra = self.kind.channel_axis(prev.op, p, x)
+            aff = affine_of(prev, src, self.kind.in_channels(p), *ra) if ra else None
+            if aff is None:
+                continue
+            v.write(ctx.graph, self.kind.fold_before(p, *aff))
             node.inputs[0] = src
             _detach(prev)
             ctx.folds.append({"op": prev.op, "node": prev.name, "into": node.name, "where": "before"})
@@ -230,8 +239,8 @@ def _take_output(producer_node, absorbed) -> None:
     producer_node.outputs[0] = out
 
 
-FOLD_PATTERNS = [FoldAffineIntoPrevConv(), FoldAffineIntoPrevDense(), FoldAffineIntoNextConv(),
-                 FoldAffineIntoNextDense(), FoldLayerNormAffine()]
+FOLD_PATTERNS = [FoldAffineIntoPrev(_ConvKind), FoldAffineIntoPrev(_DenseKind), FoldAffineIntoNext(_ConvKind),
+                 FoldAffineIntoNext(_DenseKind), FoldLayerNormAffine()]
 
 
 class FoldAffine:
