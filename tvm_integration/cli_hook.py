@@ -1,0 +1,477 @@
+"""Glue called lazily by the ``collapse-passes`` CLI when the user passes ``--target``.
+
+Interface (kept stable for the core CLI)::
+
+    add_arguments(parser) -> None
+    run_from_args(args, original_model, collapsed_model, inputs, console=None) -> dict
+    TVMError  # raised with a one-line message; the CLI prints it and exits non-zero
+
+Importing this module does not import TVM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import TVMError
+
+__all__ = ["TVMError", "add_arguments", "run_from_args", "default_tune_dir", "atomic_directory"]
+
+DEFAULT_REPEAT = 20
+REPORT_NAME = "report.json"
+LIB_NAME = "model.so"
+TUNING_SUBDIR = "tuning"
+RTOL = 1e-4
+ATOL = 1e-5
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the TVM flags to the core CLI's parser (all optional; nothing happens without --target)."""
+    g = parser.add_argument_group(
+        "TVM compilation (needs apache-tvm; active only with --target)",
+        "Compile the collapsed model with Apache TVM (Relax + MetaSchedule), compare "
+        "latencies with onnxruntime and optionally export a deployable library.",
+    )
+    g.add_argument(
+        "--target",
+        metavar="NAME",
+        default=None,
+        help="cpu (host LLVM, detected -mcpu), cuda|gpu, aarch64|arm (cross-compiled with "
+        "aarch64-linux-gnu-g++), a TVM target tag such as raspberry-pi/4b-aarch64, or a "
+        'JSON target dict such as \'{"kind": "llvm", "num-cores": 4}\'',
+    )
+    g.add_argument(
+        "--cuda-arch",
+        metavar="SM",
+        default=None,
+        help="CUDA architecture for --target cuda, e.g. sm_90 (default: from nvidia-smi)",
+    )
+    g.add_argument(
+        "--tune-trials",
+        type=int,
+        metavar="N",
+        default=0,
+        help="MetaSchedule trial budget for the collapsed model, then the same for the input "
+        "model's kernels not tuned yet (default 0: no tuning; records already in --tune-dir "
+        "are still applied)",
+    )
+    g.add_argument(
+        "--tune-dir",
+        metavar="DIR",
+        default=None,
+        help="persistent tuning database + logs (default: <output stem>.tvm/<target>/); "
+        "a rerun with the same dir reuses the records and tunes only new tasks",
+    )
+    g.add_argument(
+        "--rpc-tracker",
+        metavar="HOST:PORT",
+        default=None,
+        help="measure tuning candidates on remote boards registered at this TVM RPC tracker",
+    )
+    g.add_argument("--rpc-key", metavar="KEY", default=None, help="device key at the RPC tracker")
+    g.add_argument(
+        "--export",
+        metavar="DIR",
+        default=None,
+        help="write DIR/model.so (weights bound), DIR/tuning/ and DIR/report.json atomically",
+    )
+    g.add_argument(
+        "--tvm-repeat",
+        type=int,
+        metavar="N",
+        default=DEFAULT_REPEAT,
+        help=f"latency measurements per model and backend, median reported (default {DEFAULT_REPEAT})",
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _say(console, msg: str) -> None:
+    if console is None:
+        print(msg, file=sys.stderr)
+    elif hasattr(console, "print"):
+        try:  # rich.Console: no markup ('["cpu"]' in target JSON would be eaten as a tag)
+            console.print(msg, markup=False, highlight=False)
+        except TypeError:
+            console.print(msg)
+    elif callable(console):
+        console(msg)
+    else:  # file-like
+        console.write(msg + "\n")
+
+
+def _path_arg(args, names) -> str | None:
+    for n in names:
+        v = getattr(args, n, None)
+        if isinstance(v, (str, os.PathLike)) and os.fspath(v):
+            return os.fspath(v)
+    return None
+
+
+def default_tune_dir(args, target_info) -> str:
+    """``--tune-dir`` if given, else ``<output stem>.tvm/<target>/``.
+
+    The output path is looked up on ``args`` as ``output``/``out``/
+    ``output_path``; without one, the input model path (``model``/``input``/
+    ``model_path``) is used, and as a last resort ``./tvm_tune/<target>/``.
+    """
+    from .targets import target_slug
+
+    if getattr(args, "tune_dir", None):
+        return os.path.abspath(os.fspath(args.tune_dir))
+    slug = target_slug(target_info)
+    base = _path_arg(args, ("output", "out", "output_path")) or _path_arg(
+        args, ("model", "input", "model_path", "input_model")
+    )
+    if base:
+        stem = os.path.splitext(os.path.abspath(base))[0]
+        return os.path.join(stem + ".tvm", slug)
+    return os.path.abspath(os.path.join("tvm_tune", slug))
+
+
+@contextlib.contextmanager
+def atomic_directory(final_dir: str | os.PathLike):
+    """Yield a temp dir next to ``final_dir``; rename it to ``final_dir`` only on success.
+
+    On an exception nothing is left behind (the temp dir is removed and an
+    existing ``final_dir`` is untouched).  An existing ``final_dir`` is
+    replaced on success.
+    """
+    final = os.path.abspath(os.fspath(final_dir))
+    parent, base = os.path.split(final)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give it a normal dir's mode
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    backup = None
+    try:
+        if os.path.lexists(final):
+            backup = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+            os.rmdir(backup)
+            os.replace(final, backup)
+        os.replace(tmp, final)
+    except BaseException:
+        if backup is not None and not os.path.lexists(final):
+            os.replace(backup, final)
+            backup = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+
+
+def _compare(got: list[np.ndarray], ref: list[np.ndarray]) -> dict[str, Any]:
+    if len(got) != len(ref):
+        return {"ok": False, "max_abs_err": None, "why": f"{len(got)} outputs vs {len(ref)}"}
+    worst, ok = 0.0, True
+    for a, b in zip(got, ref):
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        if a.shape != b.shape:
+            return {"ok": False, "max_abs_err": None, "why": f"shape {a.shape} vs {b.shape}"}
+        if a.size == 0:
+            continue
+        err = float(np.max(np.abs(a - b)))
+        worst = max(worst, err)
+        scale = max(1.0, float(np.max(np.abs(b))))
+        ok = ok and bool(np.allclose(a, b, rtol=RTOL, atol=ATOL * scale))
+    return {"ok": ok, "max_abs_err": worst, "rtol": RTOL, "atol": ATOL}
+
+
+def _model_summary(model) -> dict[str, Any]:
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items()))}
+
+
+def _ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return round(float(a) / float(b), 3)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def run_from_args(
+    args,
+    original_model,
+    collapsed_model,
+    inputs: Mapping[str, np.ndarray],
+    console=None,
+) -> dict:
+    """Compile (and tune) the collapsed model with TVM, compare, optionally export.
+
+    Returns the dict written to ``<export>/report.json``.  Raises
+    :class:`TVMError` with a one-line message on user-fixable problems.
+    """
+    if not getattr(args, "target", None):
+        raise TVMError("--target is required for the TVM path")
+    try:
+        import tvm  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise TVMError(
+            f"--target needs Apache TVM ({e}); install the extra: pip install '.[tvm]'"
+        ) from None
+
+    from . import compile as tc
+    from .targets import host_cpu_name, resolve_target
+    from .tune import check_tracker, tune_with_report
+
+    t_all = time.perf_counter()
+    repeat = max(1, int(getattr(args, "tvm_repeat", DEFAULT_REPEAT) or DEFAULT_REPEAT))
+    trials = int(getattr(args, "tune_trials", 0) or 0)
+    rpc_tracker = getattr(args, "rpc_tracker", None)
+    rpc_key = getattr(args, "rpc_key", None)
+    export_dir = getattr(args, "export", None)
+    if trials < 0:
+        raise TVMError(f"--tune-trials must be >= 0, got {trials}")
+    if rpc_key and not rpc_tracker:
+        raise TVMError("--rpc-key needs --rpc-tracker HOST:PORT")
+
+    # 1. Cheap checks first: target, cross compiler, tracker.
+    target, info = resolve_target(args.target, getattr(args, "cuda_arch", None))
+    rpc_info = None
+    if rpc_tracker:
+        rpc_info = check_tracker(rpc_tracker, rpc_key)
+    tune_dir = default_tune_dir(args, info)
+    _say(console, f"TVM: target {info.name} -> {json.dumps(info.target_json, separators=(',', ':'))}")
+
+    inputs = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+    seconds: dict[str, float] = {}
+
+    # 2. Import both models.
+    t0 = time.perf_counter()
+    mod_orig = tc.import_onnx(original_model)
+    mod_coll = tc.import_onnx(collapsed_model)
+    seconds["import"] = time.perf_counter() - t0
+
+    # 3. Untuned builds.
+    t0 = time.perf_counter()
+    ex_orig = tc.build(mod_orig, target)
+    ex_coll = tc.build(mod_coll, target)
+    seconds["build_untuned"] = time.perf_counter() - t0
+
+    latency: dict[str, dict[str, float | None]] = {
+        "original": {"onnxruntime": None, "tvm_untuned": None, "tvm_tuned": None},
+        "collapsed": {"onnxruntime": None, "tvm_untuned": None, "tvm_tuned": None},
+    }
+    verification: dict[str, Any] = {}
+    notes: list[str] = []
+    ref_coll = tc.run_ort(collapsed_model, inputs)
+    latency["original"]["onnxruntime"] = tc.measure_ort_latency(original_model, inputs, repeat=repeat)
+    latency["collapsed"]["onnxruntime"] = tc.measure_ort_latency(collapsed_model, inputs, repeat=repeat)
+
+    if info.runs_on_host:
+        got = tc.run(ex_coll, inputs)
+        verification["collapsed_tvm_untuned_vs_onnxruntime"] = _compare(got, ref_coll)
+        latency["original"]["tvm_untuned"] = tc.measure_latency(ex_orig, inputs, repeat=repeat)
+        latency["collapsed"]["tvm_untuned"] = tc.measure_latency(ex_coll, inputs, repeat=repeat)
+    else:
+        notes.append(f"target {info.name} does not run on this host: TVM latencies not measured here")
+
+    # 4. Tuning (also picks up an existing database when trials == 0).
+    tune_report = None
+    ex_tuned = None
+    t0 = time.perf_counter()
+    db, rep = tune_with_report(
+        mod_coll,
+        target,
+        info,
+        work_dir=tune_dir,
+        trials=trials,
+        rpc_tracker=rpc_tracker,
+        rpc_key=rpc_key,
+        progress=bool(getattr(args, "verbose", False)),
+        log=lambda m: _say(console, "TVM: " + m),
+    )
+    seconds["tune"] = time.perf_counter() - t0
+    tune_report = rep.to_dict()
+    tune_report["estimated_total_us_from_records"] = rep.estimated_total_us()
+    if db is not None:
+        t0 = time.perf_counter()
+        ex_tuned = tc.build(mod_coll, target, database=db)
+        seconds["build_tuned"] = time.perf_counter() - t0
+        tune_report["tuned_functions"] = ex_tuned.tuned_functions
+        tune_report["untuned_functions"] = ex_tuned.untuned_functions
+        if not ex_tuned.tuned_functions:
+            notes.append("the tuning database had no record for this model: tuned == untuned")
+        if info.runs_on_host:
+            got = tc.run(ex_tuned, inputs)
+            verification["collapsed_tvm_tuned_vs_onnxruntime"] = _compare(got, ref_coll)
+            latency["collapsed"]["tvm_tuned"] = tc.measure_latency(ex_tuned, inputs, repeat=repeat)
+
+    # 4b. The input model, for the comparison: same database and work dir, so
+    # kernels it shares with the collapsed model are reused, not tuned again.
+    tune_report_orig = None
+    if db is not None or trials > 0:
+        same = original_model is collapsed_model or (
+            original_model.SerializeToString() == collapsed_model.SerializeToString()
+        )
+        if same:
+            db_o, rep_o, ex_tuned_orig = db, rep, ex_tuned
+        else:
+            t0 = time.perf_counter()
+            db_o, rep_o = tune_with_report(
+                mod_orig,
+                target,
+                info,
+                work_dir=tune_dir,
+                trials=trials,
+                rpc_tracker=rpc_tracker,
+                rpc_key=rpc_key,
+                progress=bool(getattr(args, "verbose", False)),
+                log=lambda m: _say(console, "TVM (input model): " + m),
+            )
+            seconds["tune_original"] = time.perf_counter() - t0
+            ex_tuned_orig = tc.build(mod_orig, target, database=db_o) if db_o is not None else None
+        tune_report_orig = rep_o.to_dict()
+        if ex_tuned_orig is not None:
+            tune_report_orig["tuned_functions"] = ex_tuned_orig.tuned_functions
+            tune_report_orig["untuned_functions"] = ex_tuned_orig.untuned_functions
+            if info.runs_on_host:
+                if same:
+                    latency["original"]["tvm_tuned"] = latency["collapsed"]["tvm_tuned"]
+                else:
+                    got = tc.run(ex_tuned_orig, inputs)
+                    check = _compare(got, tc.run_ort(original_model, inputs))
+                    verification["original_tvm_tuned_vs_onnxruntime"] = check
+                    if not check["ok"]:
+                        notes.append("TVM output of the input model differs from onnxruntime")
+                    latency["original"]["tvm_tuned"] = tc.measure_latency(
+                        ex_tuned_orig, inputs, repeat=repeat
+                    )
+
+    bad = [k for k, v in verification.items() if k.startswith("collapsed") and not v.get("ok")]
+    if bad:
+        v = verification[bad[0]]
+        raise TVMError(
+            f"TVM output of the collapsed model differs from onnxruntime ({bad[0]}: "
+            f"max abs err {v.get('max_abs_err')}, rtol {RTOL}); nothing exported"
+        )
+
+    lat_c, lat_o = latency["collapsed"], latency["original"]
+    report: dict[str, Any] = {
+        "tvm_version": str(getattr(__import__("tvm"), "__version__", "?")),
+        "target": {
+            "spec": args.target if isinstance(args.target, str) else json.dumps(args.target),
+            **info.to_dict(),
+        },
+        "host": {
+            "machine": platform.machine(),
+            "cpu": host_cpu_name(),
+            "cpu_count": os.cpu_count(),
+        },
+        "models": {
+            "original": _model_summary(original_model),
+            "collapsed": _model_summary(collapsed_model),
+            "inputs": {k: list(v.shape) for k, v in inputs.items()},
+        },
+        "latency_ms": latency,
+        "latency_protocol": {
+            "statistic": "median",
+            "repeat": repeat,
+            "min_repeat_ms": 10,
+            "onnxruntime_threads": os.cpu_count(),
+            "note": "TVM: VirtualMachine.time_evaluator('invoke_stateful'); onnxruntime: "
+            "InferenceSession.run, CPUExecutionProvider; same host, same inputs",
+        },
+        "speedup": {
+            "collapsed_vs_original_onnxruntime": _ratio(lat_o["onnxruntime"], lat_c["onnxruntime"]),
+            "collapsed_vs_original_tvm_untuned": _ratio(lat_o["tvm_untuned"], lat_c["tvm_untuned"]),
+            "tvm_tuned_vs_untuned_collapsed": _ratio(lat_c["tvm_untuned"], lat_c["tvm_tuned"]),
+            "collapsed_vs_original_tvm_tuned": _ratio(lat_o["tvm_tuned"], lat_c["tvm_tuned"]),
+            "tvm_tuned_collapsed_vs_onnxruntime_original": _ratio(lat_o["onnxruntime"], lat_c["tvm_tuned"]),
+        },
+        "verification": verification,
+        "tuning": tune_report,
+        "tuning_original": tune_report_orig,
+        "rpc": rpc_info,
+        "notes": notes,
+        "seconds": seconds,
+        "export": None,
+    }
+
+    # 5. Export, atomically.
+    if export_dir:
+        final = os.path.abspath(os.fspath(export_dir))
+        lib_ex = ex_tuned if ex_tuned is not None else ex_coll
+        t0 = time.perf_counter()
+        with atomic_directory(final) as tmp:
+            tc.export_library(lib_ex, os.path.join(tmp, LIB_NAME), info)
+            files = [LIB_NAME]
+            from .tune import DB_FILES, SUMMARY_FILE
+
+            tuning_files = [
+                f for f in (*DB_FILES, SUMMARY_FILE) if os.path.exists(os.path.join(tune_dir, f))
+            ]
+            if tuning_files:
+                os.makedirs(os.path.join(tmp, TUNING_SUBDIR))
+                for f in tuning_files:
+                    shutil.copy2(os.path.join(tune_dir, f), os.path.join(tmp, TUNING_SUBDIR, f))
+                    files.append(f"{TUNING_SUBDIR}/{f}")
+            files.append(REPORT_NAME)
+            seconds["export"] = time.perf_counter() - t0
+            seconds["total"] = time.perf_counter() - t_all
+            report["export"] = {
+                "dir": final,
+                "files": files,
+                "library": LIB_NAME,
+                "library_is_tuned": ex_tuned is not None and bool(ex_tuned.tuned_functions),
+                "load": "relax.VirtualMachine(tvm.runtime.load_module('model.so'), dev)['main'](*inputs)",
+                "cross_compiler": info.cross_compiler,
+            }
+            with open(os.path.join(tmp, REPORT_NAME), "w") as f:
+                json.dump(report, f, indent=2, default=_json_default)
+        _say(console, f"TVM: exported {final}/{{{', '.join(files)}}}")
+    else:
+        seconds["total"] = time.perf_counter() - t_all
+
+    _say(console, format_latency_table(report))
+    return json.loads(json.dumps(report, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def format_latency_table(report: Mapping[str, Any]) -> str:
+    """Plain-text table of ``report["latency_ms"]``."""
+    lat = report["latency_ms"]
+    cols = ("onnxruntime", "tvm_untuned", "tvm_tuned")
+
+    def cell(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [f"{'latency (ms, median)':<22}" + "".join(f"{c:>14}" for c in cols)]
+    for row in ("original", "collapsed"):
+        lines.append(f"{row:<22}" + "".join(f"{cell(lat[row][c]):>14}" for c in cols))
+    return "\n".join(lines)

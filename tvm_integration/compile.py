@@ -1,0 +1,522 @@
+"""Import into Relax, build (optionally with a tuned MetaSchedule database), run, time, export.
+
+All functions import TVM lazily, so ``import tvm_integration`` stays cheap.
+
+Build pipeline (shared with :mod:`tvm_integration.tune`, so the tuned
+database's workloads match the functions being built)::
+
+    DecomposeOpsForInference, CanonicalizeBindings,
+    <target library dispatch>, LegalizeOps, AnnotateTIROpPattern,
+    FoldConstant, FuseOps, FuseTIR                      <- prepare_passes()
+    MetaScheduleApplyDatabase                            (when a database is given)
+    DLight default GPU schedules                         (GPU targets, untuned functions)
+    <target dataflow lowering + finalize passes>         (as tvm.compile's default)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import TVMError
+
+# --------------------------------------------------------------------------- import
+
+
+def _iter_nodes(graph):
+    """All nodes of an ONNX graph including nested subgraphs (If/Loop/Scan bodies)."""
+    import onnx
+
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _iter_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _iter_nodes(g)
+
+
+def unsupported_onnx_ops(model) -> list[str]:
+    """Op types in ``model`` that TVM's Relax ONNX importer has no converter for."""
+    try:
+        from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    except ImportError:  # pragma: no cover - layout changed
+        return []
+    supported = set(_get_convert_map().keys()) | {"Constant", "If"}
+    missing = {n.op_type for n in _iter_nodes(model.graph) if n.op_type not in supported}
+    return sorted(missing)
+
+
+def _load_onnx(model):
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return onnx.load(os.fspath(model))
+    raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
+
+
+def import_onnx(model, shape_dict: Mapping[str, Sequence[int]] | None = None):
+    """ONNX model (proto or path) -> Relax ``IRModule``.
+
+    Weights (initializers) are bound as constants, so ``main`` takes the model
+    inputs only.  Ops the importer lacks raise :class:`TVMError` naming them.
+    """
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    proto = _load_onnx(model)
+    missing = unsupported_onnx_ops(proto)
+    if missing:
+        raise TVMError(
+            "TVM's ONNX importer (tvm.relax.frontend.onnx) does not support op(s): "
+            + ", ".join(missing)
+        )
+    try:
+        mod = from_onnx(
+            proto,
+            shape_dict=dict(shape_dict) if shape_dict else None,
+            keep_params_in_input=False,
+        )
+    except tvm.error.OpNotImplemented as e:
+        raise TVMError(f"TVM's ONNX importer failed: {_first_line(e)}") from None
+    except NotImplementedError as e:
+        raise TVMError(f"TVM's ONNX importer does not support part of this model: {_first_line(e)}") from None
+    return mod
+
+
+def import_exported_program(ep, **kwargs):
+    """``torch.export.ExportedProgram`` -> Relax ``IRModule`` (weights bound as constants)."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    kwargs.setdefault("keep_params_as_input", False)
+    return from_exported_program(ep, **kwargs)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("Traceback") and not line.startswith("File "):
+            return line
+    return type(e).__name__
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _as_target(target):
+    import tvm
+
+    if isinstance(target, tvm.target.Target):
+        return target
+    if isinstance(target, (str, dict)):
+        from .targets import resolve_target
+
+        return resolve_target(target)[0]
+    raise TypeError(f"expected a tvm Target, a target name or a JSON dict, got {type(target).__name__}")
+
+
+def _backend_pipeline_module(target):
+    """``tvm.relax.backend.<x>.pipeline`` for a target.
+
+    Gotcha (TVM 0.27): ``relax.pipeline.dataflow_lower_passes(llvm_target)``
+    raises AttributeError because ``relax.backend.cpu_generic`` does not
+    re-export it; the functions exist in ``relax.backend.cpu_generic.pipeline``.
+    """
+    import importlib
+
+    from tvm.relax.backend.utils import BackendDispatcher
+
+    kind = target.kind.name
+    if kind == "llvm":
+        name = "cpu_generic"
+    elif kind in ("cuda", "rocm", "metal"):
+        name = kind if kind != "metal" else "gpu_generic"
+    elif kind == "opencl" and "adreno" in target.keys:
+        name = "adreno"
+    elif BackendDispatcher.is_gpu_target(target):
+        name = "gpu_generic"
+    else:
+        raise TVMError(f"TVM has no Relax pipeline for target kind {kind!r}")
+    return importlib.import_module(f"tvm.relax.backend.{name}.pipeline")
+
+
+def prepare_passes(target) -> list:
+    """Passes up to fused TIR: the functions MetaSchedule tunes and later replaces."""
+    from tvm import relax
+
+    backend = _backend_pipeline_module(target)
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        *backend.library_dispatch_passes(target),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def prepare(mod, target):
+    """Apply :func:`prepare_passes` (under the target and opt_level 3)."""
+    import tvm
+
+    target = _as_target(target)
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(prepare_passes(target))(mod)
+
+
+def _is_gpu(target) -> bool:
+    from tvm.relax.backend.utils import BackendDispatcher
+
+    return bool(BackendDispatcher.is_gpu_target(target))
+
+
+def _scheduled_functions(mod) -> tuple[list[str], list[str]]:
+    """(scheduled, not scheduled) PrimFunc names of a prepared module."""
+    import tvm
+
+    done, todo = [], []
+    for gv, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            attrs = func.attrs
+            flag = False
+            if attrs is not None:
+                for key in ("tirx.is_scheduled", "tir.is_scheduled"):
+                    if key in attrs and bool(attrs[key]):
+                        flag = True
+            (done if flag else todo).append(gv.name_hint)
+    return sorted(done), sorted(todo)
+
+
+@dataclass
+class TVMExecutable:
+    """A built Relax VM executable plus what was learnt while building it.
+
+    Behaves like the underlying ``relax.VMExecutable`` (attribute access is
+    forwarded: ``.export_library``, ``.stats()``, ``.as_text()`` ...).
+
+    Attributes
+    ----------
+    executable: the ``tvm.relax.VMExecutable``.
+    target: the ``tvm.target.Target`` it was built for.
+    tuned_functions: fused TIR functions whose schedule came from the database.
+    untuned_functions: the other fused TIR functions (default schedules).
+    build_seconds: wall time of the build.
+    """
+
+    executable: Any
+    target: Any
+    tuned_functions: list[str] = field(default_factory=list)
+    untuned_functions: list[str] = field(default_factory=list)
+    build_seconds: float = 0.0
+
+    def __getattr__(self, name):
+        # Only called for attributes not found normally: forward to the executable.
+        if name == "executable":
+            raise AttributeError(name)
+        return getattr(self.executable, name)
+
+
+def _raw(executable):
+    return executable.executable if isinstance(executable, TVMExecutable) else executable
+
+
+def build(mod, target, database=None, *, enable_warning: bool = False) -> TVMExecutable:
+    """Compile a Relax module for ``target`` into a VM executable.
+
+    ``database`` (a MetaSchedule ``Database``, e.g. the one :func:`tune`
+    returns) replaces the fused TIR functions it has records for with their
+    tuned schedules; the others keep TVM's default schedule (DLight rules on
+    GPU, plain loops on CPU -- the same as ``tvm.compile``).  The returned
+    :class:`TVMExecutable` says which functions were tuned.
+    """
+    import tvm
+    from tvm import relax
+
+    target = _as_target(target)
+    t0 = time.perf_counter()
+    backend = _backend_pipeline_module(target)
+    gpu = _is_gpu(target)
+    record: dict[str, list[str]] = {}
+
+    @tvm.transform.module_pass(opt_level=0, name="CollapseTVMPipeline")
+    def _pipeline(m, _ctx):
+        m = tvm.transform.Sequential(prepare_passes(target))(m)
+        if database is not None:
+            with database:
+                m = relax.transform.MetaScheduleApplyDatabase(enable_warning=enable_warning)(m)
+        record["tuned"], record["untuned"] = _scheduled_functions(m)
+        if gpu:
+            from tvm.s_tir import dlight as dl
+
+            m = dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(),
+                dl.gpu.GEMV(),
+                dl.gpu.Reduction(),
+                dl.gpu.GeneralReduction(),
+                dl.gpu.Fallback(),
+            )(m)
+        m = tvm.transform.Sequential(
+            list(backend.dataflow_lower_passes(target)) + list(backend.finalize_passes(target))
+        )(m)
+        return m
+
+    try:
+        with target, tvm.transform.PassContext(opt_level=3):
+            ex = tvm.compile(mod, target=target, relax_pipeline=_pipeline)
+    except TVMError:
+        raise
+    except Exception as e:
+        raise TVMError(f"TVM build for {target.kind.name} failed: {_first_line(e)}") from e
+    return TVMExecutable(
+        executable=ex,
+        target=target,
+        tuned_functions=record.get("tuned", []),
+        untuned_functions=record.get("untuned", []),
+        build_seconds=time.perf_counter() - t0,
+    )
+
+
+# --------------------------------------------------------------------------- run / time
+
+
+def _device(device, executable=None):
+    import tvm
+
+    if device is None:
+        target = getattr(executable, "target", None)
+        kind = target.kind.name if target is not None else "llvm"
+        return tvm.cpu(0) if kind == "llvm" else tvm.device(kind, 0)
+    if isinstance(device, str):
+        return tvm.device(device, 0)
+    return device
+
+
+def ensure_cuda_runtime_compiler() -> str:
+    """Register TVM's CUDA JIT callback; returns the backend used ("nvrtc" or "nvcc").
+
+    TVM 0.27 CUDA modules carry CUDA source that is compiled when the module
+    is loaded; that needs ``import tvm.support.nvcc`` and either the
+    ``cuda-bindings`` package (NVRTC, TVM's default) or nvcc (selected here
+    through ``TVM_CUDA_COMPILE_MODE=nvcc`` when cuda-bindings is missing).
+    """
+    import importlib.util
+    import shutil as _sh
+
+    import tvm.support.nvcc  # noqa: F401  (registers tvm_callback_cuda_compile)
+
+    if "TVM_CUDA_COMPILE_MODE" not in os.environ:
+        if importlib.util.find_spec("cuda") is None and _sh.which("nvcc"):
+            os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    return os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc")
+
+
+def _vm(executable, device):
+    from tvm import relax
+
+    if getattr(device, "dlpack_device_type", None) and device.dlpack_device_type() == 2:  # kDLCUDA
+        ensure_cuda_runtime_compiler()
+    return relax.VirtualMachine(_raw(executable), device)
+
+
+def _ordered_args(vm, inputs: Mapping[str, np.ndarray], func_name: str = "main") -> list:
+    """Map an ONNX-style ``{name: array}`` dict onto the VM function's parameters.
+
+    Exact names first, then the importer's sanitised spelling ("." -> "_"),
+    then the remaining ones in dict order.
+    """
+    arity = vm._get_function_arity(func_name)  # noqa: SLF001 - public in all but name
+    params = [vm._get_function_param_name(func_name, i) for i in range(arity)]  # noqa: SLF001
+    if len(inputs) != arity:
+        raise TVMError(
+            f"the compiled model takes {arity} input(s) {params}, got {len(inputs)}: {list(inputs)}"
+        )
+    remaining = dict(inputs)
+    ordered: list[Any] = [None] * arity
+    for i, p in enumerate(params):
+        for key in list(remaining):
+            if key == p or key.replace(".", "_") == p or ("input_" + key.replace(".", "_")) == p:
+                ordered[i] = remaining.pop(key)
+                break
+    rest = iter(remaining.values())
+    return [a if a is not None else next(rest) for a in ordered]
+
+
+def _flatten_outputs(out) -> list[np.ndarray]:
+    import tvm
+
+    if isinstance(out, tvm.runtime.Tensor):
+        return [out.numpy()]
+    if isinstance(out, (list, tuple)) or hasattr(out, "__len__") and not isinstance(out, np.ndarray):
+        res: list[np.ndarray] = []
+        for item in out:
+            res.extend(_flatten_outputs(item))
+        return res
+    return [np.asarray(out)]
+
+
+def run(executable, inputs: Mapping[str, np.ndarray], device=None) -> list[np.ndarray]:
+    """Run ``main`` once on ``device`` (default: the target's device 0); outputs as numpy."""
+    import tvm
+
+    dev = _device(device, executable)
+    vm = _vm(executable, dev)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in _ordered_args(vm, inputs)]
+    return _flatten_outputs(vm["main"](*args))
+
+
+def measure_latency(
+    executable,
+    inputs: Mapping[str, np.ndarray],
+    device=None,
+    *,
+    repeat: int = 20,
+    min_repeat_ms: int = 10,
+) -> float:
+    """Median latency in milliseconds of ``main`` (``time_evaluator``, warm-up discarded).
+
+    Each of the ``repeat`` measurements averages as many calls as needed to
+    last ``min_repeat_ms``; the median over them is returned.
+    """
+    import tvm
+
+    dev = _device(device, executable)
+    vm = _vm(executable, dev)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in _ordered_args(vm, inputs)]
+    vm.set_input("main", *args)
+    timer = vm.time_evaluator(
+        "invoke_stateful", dev, number=1, repeat=max(1, int(repeat)), min_repeat_ms=min_repeat_ms
+    )
+    return float(timer("main").median * 1e3)
+
+
+def measure_ort_latency(
+    model,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    repeat: int = 20,
+    min_repeat_ms: float = 10.0,
+    threads: int | None = None,
+) -> float:
+    """Median latency in ms of an ONNX model on onnxruntime's CPU provider (same protocol)."""
+    import onnxruntime as ort
+
+    proto = _load_onnx(model)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(
+        proto.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]
+    )
+    feed = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+    sess.run(None, feed)  # warm-up
+    t0 = time.perf_counter()
+    sess.run(None, feed)
+    one = max(time.perf_counter() - t0, 1e-7)
+    number = max(1, int(np.ceil(min_repeat_ms / 1e3 / one)))
+    results = []
+    for _ in range(max(1, int(repeat))):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            sess.run(None, feed)
+        results.append((time.perf_counter() - t0) / number)
+    return float(np.median(results) * 1e3)
+
+
+def run_ort(model, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of an ONNX model on onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    proto = _load_onnx(model)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(
+        proto.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]
+    )
+    return [np.asarray(o) for o in sess.run(None, dict(inputs))]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_library(executable, path: str | os.PathLike, target_info=None) -> str:
+    """Write the executable as a shared library loadable with ``tvm.runtime.load_module``.
+
+    For cross targets (``target_info.cross_compiler``, e.g. aarch64) the
+    library is linked with that compiler (``tvm.support.cc.cross_compiler``;
+    ``tvm.contrib.cc`` of older TVMs moved to ``tvm.support.cc`` in 0.27).
+    Load it with ``relax.VirtualMachine(tvm.runtime.load_module(path), dev)``;
+    weights are bound, so ``vm["main"]`` takes the model inputs only.
+    """
+    from tvm.support import cc
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    cross = getattr(target_info, "cross_compiler", None)
+    try:
+        if cross:
+            _raw(executable).export_library(path, fcompile=cc.cross_compiler(cross))
+        else:
+            _raw(executable).export_library(path)
+    except Exception as e:
+        raise TVMError(f"exporting {path} failed: {_first_line(e)}") from e
+    return path
+
+
+def _find_modules(mod, kind: str, seen=None) -> list:
+    seen = set() if seen is None else seen
+    out = []
+    for m in mod.imports:
+        key = int(m.__chandle__()) if hasattr(m, "__chandle__") else id(m)
+        if key in seen:
+            continue
+        seen.add(key)
+        if m.kind == kind:
+            out.append(m)
+        out.extend(_find_modules(m, kind, seen))
+    return out
+
+
+def cuda_source(executable) -> str:
+    """CUDA C source of the device code of a CUDA build.
+
+    Gotcha (TVM 0.27): the CUDA codegen embeds CUDA *source* in the module;
+    the CUDA runtime compiles it when the module is loaded, through
+    ``tvm_callback_cuda_compile`` (registered by ``import tvm.support.nvcc``;
+    NVRTC from the ``cuda-bindings`` package by default, nvcc with
+    ``TVM_CUDA_COMPILE_MODE=nvcc``).
+    """
+    mods = _find_modules(_raw(executable).mod, "cuda")
+    if not mods:
+        raise TVMError("the executable has no CUDA module")
+    return "\n".join(str(m.inspect_source("")) for m in mods)
+
+
+def compile_cuda_source(executable, target, target_format: str = "fatbin") -> bytes:
+    """Compile the device code of a CUDA build with nvcc (works without a GPU)."""
+    import shutil as _sh
+
+    from tvm.support import nvcc
+
+    if _sh.which("nvcc") is None:
+        raise TVMError("nvcc not found on PATH: install the CUDA toolkit to compile CUDA kernels")
+    target = _as_target(target)
+    with target:  # nvcc.compile_cuda reads the arch from the current target
+        return bytes(
+            nvcc.compile_cuda(cuda_source(executable), target_format=target_format, compiler="nvcc")
+        )
+
+
+def compile_onnx(model, target, database=None):
+    """Convenience: :func:`import_onnx` then :func:`build`."""
+    return build(import_onnx(model), target, database=database)

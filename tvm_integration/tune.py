@@ -1,0 +1,574 @@
+"""MetaSchedule tuning (``tvm.s_tir.meta_schedule`` in TVM 0.27) with a persistent JSON database.
+
+* Tasks are the fused TIR functions of :func:`tvm_integration.compile.prepare`
+  -- exactly what :func:`tvm_integration.compile.build` later looks up in the
+  database, so every record found is applied.
+* The database lives in ``work_dir`` (``database_workload.json`` +
+  ``database_tuning_record.json``, MetaSchedule's JSON format).  A task that
+  already has a record there is *reused*, not tuned again: a rerun with the
+  same work dir tunes only what is new.
+* Builder/runner workers get an initializer that imports only the tensor
+  intrinsics the target needs (see :mod:`tvm_integration._worker`); without it
+  the first build in every worker imports all of ``tvm.s_tir.tensor_intrin``
+  (~60 s), exceeds the 30 s build timeout, and every candidate fails.
+* ``rpc_tracker="HOST:PORT", rpc_key=KEY`` measures candidates on remote
+  boards through MetaSchedule's ``RPCRunner``; the tracker is checked with a
+  short timeout first, so a wrong address fails in seconds with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import TVMError
+
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
+SUMMARY_FILE = "tune_summary.json"
+LOGGER_NAME = "tvm.s_tir.meta_schedule"
+
+
+# --------------------------------------------------------------------------- RPC
+
+
+def parse_tracker(spec: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` -> ``(host, port)``; TVMError on a malformed value."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise TVMError(f"--rpc-tracker must be HOST:PORT, got {spec!r}")
+    host, _, port_s = spec.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise TVMError(f"--rpc-tracker must be HOST:PORT, got {spec!r}") from None
+    if not 0 < port < 65536:
+        raise TVMError(f"--rpc-tracker port out of range: {port}")
+    return host, port
+
+
+def check_tracker(spec: str, key: str | None, timeout: float = 5.0) -> dict[str, Any]:
+    """Fail fast (one-line :class:`TVMError`) unless the tracker answers and has a server for ``key``.
+
+    Returns ``{"host", "port", "key", "servers"}`` (servers registered under the key).
+    """
+    host, port = parse_tracker(spec)
+    if not key:
+        raise TVMError("--rpc-tracker needs --rpc-key (the key the RPC servers registered with)")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise TVMError(
+            f"RPC tracker {host}:{port} is unreachable ({reason}); start one with "
+            f"`python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}`"
+        ) from None
+
+    result: dict[str, Any] = {}
+
+    def _query():
+        try:
+            from tvm import rpc
+
+            tracker = rpc.connect_tracker(host, port)
+            result["summary"] = tracker.summary()
+        except Exception as e:  # pragma: no cover - reported below
+            result["error"] = e
+
+    t = threading.Thread(target=_query, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive() or "summary" not in result:
+        why = result.get("error")
+        raise TVMError(
+            f"RPC tracker {host}:{port} accepted the connection but did not answer"
+            + (f" ({why})" if why else f" within {timeout:g} s")
+            + "; is it a TVM RPC tracker?"
+        )
+    servers = 0
+    for item in result["summary"].get("server_info", []):
+        item_key = str(item.get("key", "")).split(":", 1)[-1]
+        if item_key == key:
+            servers += 1
+    queue = result["summary"].get("queue_info", {}).get(key, {})
+    if servers == 0 and not queue.get("free", 0):
+        raise TVMError(
+            f"no RPC server is registered under key {key!r} at tracker {host}:{port}; start one "
+            f"with `python -m tvm.exec.rpc_server --tracker {host}:{port} --key {key}`"
+        )
+    return {"host": host, "port": port, "key": key, "servers": servers}
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def _make_pooled_builder(max_workers: int, timeout_sec: float, initializer, f_export=None):
+    """A LocalBuilder that keeps its worker processes between batches.
+
+    ``meta_schedule.LocalBuilder`` starts a fresh process pool for every batch
+    of candidates; each worker then imports TVM again (~3-8 s on a small
+    machine), which dominates small tuning budgets.  This builder reuses the
+    pool (workers are recycled after 64 builds to bound leaks) and runs the
+    same worker function as LocalBuilder, with the intrinsic-preloading
+    initializer.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import (
+        _serialize_params,
+        _worker_func,
+    )
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PooledLocalBuilder(PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self.timeout_sec = timeout_sec
+            self.pool = PopenPoolExecutor(
+                max_workers=max_workers,
+                timeout=timeout_sec,
+                initializer=initializer,
+                maximum_process_uses=64,
+            )
+
+        def build(self, build_inputs):
+            results = []
+            for map_result in self.pool.map_with_error_catching(
+                lambda x: _worker_func(*x),
+                [
+                    (None, f_export, bi.mod, bi.target, _serialize_params(bi.params))
+                    for bi in build_inputs
+                ],
+            ):
+                if map_result.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(map_result.value, None))
+                elif map_result.status == StatusKind.TIMEOUT:
+                    results.append(
+                        BuilderResult(None, f"LocalBuilder: Timeout, killed after {self.timeout_sec} seconds")
+                    )
+                else:
+                    results.append(
+                        BuilderResult(None, "LocalBuilder: An exception occurred\n" + str(map_result.value))
+                    )
+            return results
+
+        def shutdown(self):
+            try:
+                self.pool.shutdown()
+            except Exception:  # pragma: no cover
+                pass
+
+    return PooledLocalBuilder()
+
+
+def _register_worker_module_by_value() -> None:
+    import cloudpickle
+
+    from . import _worker
+
+    try:
+        cloudpickle.register_pickle_by_value(_worker)
+    except ValueError:  # already registered
+        pass
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+@dataclass
+class TaskReport:
+    name: str
+    flops: float
+    weight: int
+    reused: bool
+    skipped: bool = False
+    best_us: float | None = None
+
+
+@dataclass
+class TuneReport:
+    """What a :func:`tune_with_report` call did (also written to ``work_dir/tune_summary.json``)."""
+
+    work_dir: str
+    trials_requested: int
+    target: str
+    tasks: list[TaskReport] = field(default_factory=list)
+    tasks_reused: int = 0
+    tasks_tuned: int = 0
+    tasks_skipped: int = 0
+    new_records: int = 0
+    total_records: int = 0
+    seconds: float = 0.0
+    rpc: dict[str, Any] | None = None
+    builder: str = "pooled-local"
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def estimated_total_us(self) -> float | None:
+        """Sum over tasks of weight x best measured latency (what the tuning log reports)."""
+        vals = [(t.weight, t.best_us) for t in self.tasks if not t.skipped]
+        if not vals or any(b is None for _, b in vals):
+            return None
+        return float(sum(w * b for w, b in vals))
+
+
+def _db_paths(work_dir: str) -> list[str]:
+    return [os.path.join(work_dir, f) for f in DB_FILES]
+
+
+def open_database(work_dir: str, *, create: bool = True):
+    """The JSON database in ``work_dir`` (None when absent and ``create`` is False)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not create and not all(os.path.exists(p) for p in _db_paths(work_dir)):
+        return None
+    os.makedirs(work_dir, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=work_dir, module_equality="structural")
+
+
+def _best_us(db, task_mod, target) -> float | None:
+    rec = db.query_tuning_record(task_mod, target, "main")
+    if rec is None or rec.run_secs is None:
+        return None
+    secs = [float(x) for x in rec.run_secs]
+    good = [s for s in secs if s < 1e9]
+    return (sum(good) / len(good) * 1e6) if good else None
+
+
+def _is_view_only(task_name: str, flops: float) -> bool:
+    """Pure reshapes: ``RewriteDataflowReshape`` lowers them to a VM view, so tuning is wasted."""
+    return flops == 0.0 and task_name.rstrip("0123456789_").endswith("reshape")
+
+
+def _configure_logging(progress: bool) -> list:
+    """Prepare MetaSchedule's logger; returns foreign handlers detached from it.
+
+    MetaSchedule sizes its console handler from this logger's level when it
+    (re)creates its loggers for a work dir; file logs stay at DEBUG.  It also
+    re-lists the logger's current handlers *by name* in a ``dictConfig``, which
+    crashes (``'NoneType' object has no attribute 'format'``) when an unnamed
+    handler is attached -- e.g. pytest's LogCaptureHandler.  Those are detached
+    here and given back by :func:`_restore_handlers`.
+    """
+    import logging
+
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.INFO if progress else logging.WARNING)
+    foreign = [h for h in logger.handlers if not h.get_name()]
+    for h in foreign:
+        logger.removeHandler(h)
+    return foreign
+
+
+def _restore_handlers(foreign: list) -> None:
+    import logging
+
+    logger = logging.getLogger(LOGGER_NAME)
+    for h in foreign:
+        if h not in logger.handlers:
+            logger.addHandler(h)
+
+
+def _run_tune_tasks(
+    tasks,
+    target_info,
+    work_dir: str,
+    db,
+    *,
+    trials: int,
+    per_iter: int,
+    max_trials_per_task: int | None,
+    population: int,
+    num_threads: int,
+    host_threads: int,
+    seed: int | None,
+    rpc_info: dict[str, Any] | None,
+    builder_timeout_s: float,
+    runner_timeout_s: float,
+) -> None:
+    """MetaSchedule proper: contexts, builder, runner, task scheduler."""
+    import functools
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import _worker
+
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        tasks,
+        work_dir,
+        strategy=ms.search_strategy.EvolutionarySearch(
+            population_size=population, init_min_unmeasured=min(50, population)
+        ),
+        num_threads=num_threads,
+        seed=seed,
+    )
+    _register_worker_module_by_value()
+    initializer = _worker.make_initializer(target_info.intrin_modules)
+    f_export = None
+    if target_info.cross_compiler:
+        # Cross targets: ship a linked .so (the board needs no compiler).
+        f_export = functools.partial(
+            _worker.export_with_cross_compiler, cxx=target_info.cross_compiler
+        )
+    builder = _make_pooled_builder(
+        max_workers=host_threads,
+        timeout_sec=builder_timeout_s,
+        initializer=initializer,
+        f_export=f_export,
+    )
+    try:
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50)
+        if rpc_info is not None:
+            runner = ms.runner.RPCRunner(
+                rpc_config=ms.runner.RPCConfig(
+                    tracker_host=rpc_info["host"],
+                    tracker_port=rpc_info["port"],
+                    tracker_key=rpc_info["key"],
+                    session_timeout_sec=int(runner_timeout_s),
+                ),
+                evaluator_config=evaluator,
+                max_workers=1,
+                initializer=initializer,
+            )
+        else:
+            runner = ms.runner.LocalRunner(
+                timeout_sec=runner_timeout_s, evaluator_config=evaluator, initializer=initializer
+            )
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=work_dir,
+            max_trials_global=trials,
+            max_trials_per_task=max_trials_per_task,
+            num_trials_per_iter=per_iter,
+            builder=builder,
+            runner=runner,
+            database=db,
+            cost_model="xgb",
+            measure_callbacks="default",
+            task_scheduler="gradient",
+        )
+    finally:
+        builder.shutdown()
+
+
+# --------------------------------------------------------------------------- main API
+
+
+def tune(
+    mod,
+    target,
+    target_info=None,
+    work_dir: str = "tvm_tune",
+    trials: int = 64,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    progress: bool = True,
+    **kwargs,
+):
+    """Tune ``mod`` for ``target`` with MetaSchedule; returns the database (or None).
+
+    See :func:`tune_with_report` for the parameters; this returns only the
+    database (``None`` when ``trials == 0`` and ``work_dir`` holds no database).
+    """
+    db, _ = tune_with_report(
+        mod,
+        target,
+        target_info,
+        work_dir=work_dir,
+        trials=trials,
+        rpc_tracker=rpc_tracker,
+        rpc_key=rpc_key,
+        progress=progress,
+        **kwargs,
+    )
+    return db
+
+
+def tune_with_report(
+    mod,
+    target,
+    target_info=None,
+    work_dir: str = "tvm_tune",
+    trials: int = 64,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    progress: bool = True,
+    *,
+    num_trials_per_iter: int | None = None,
+    max_trials_per_task: int | None = None,
+    population_size: int | None = None,
+    seed: int | None = 0,
+    builder_timeout_s: float = 60.0,
+    runner_timeout_s: float = 60.0,
+    tracker_timeout_s: float = 5.0,
+    retune: bool = False,
+    log=None,
+):
+    """Tune with MetaSchedule; returns ``(database, TuneReport)``.
+
+    Parameters
+    ----------
+    mod: Relax ``IRModule`` (e.g. from :func:`~tvm_integration.compile.import_onnx`).
+    target, target_info: from :func:`~tvm_integration.targets.resolve_target`
+        (``target`` may also be a name / JSON dict; then ``target_info`` is derived).
+    work_dir: holds the JSON database, MetaSchedule's logs and ``tune_summary.json``.
+    trials: global trial budget for the tasks that still need tuning.  ``0``
+        tunes nothing and returns the database already in ``work_dir``, if any.
+    rpc_tracker, rpc_key: measure candidates on boards behind a TVM RPC tracker.
+    progress: show MetaSchedule's per-task progress tables on stdout.
+    retune: tune tasks even if the database already has records for them.
+    log: callable(str) for one-line status messages (default: nothing).
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import _worker
+    from .compile import _as_target, prepare
+    from .targets import resolve_target
+
+    say = log or (lambda _msg: None)
+    if target_info is None:
+        if isinstance(target, (str, dict)):
+            target, target_info = resolve_target(target)
+        else:
+            from .targets import _info_for
+
+            target_info = _info_for(target, "json")
+    target = _as_target(target)
+    trials = int(trials)
+    if trials < 0:
+        raise TVMError(f"--tune-trials must be >= 0, got {trials}")
+    work_dir = os.path.abspath(os.fspath(work_dir))
+    report = TuneReport(work_dir=work_dir, trials_requested=trials, target=str(target))
+    t_start = time.perf_counter()
+
+    if trials == 0:
+        db = open_database(work_dir, create=False)
+        if db is not None:
+            report.total_records = len(db)
+            report.note = "trials=0: reused the existing database, tuned nothing"
+        else:
+            report.note = "trials=0: no tuning"
+        report.seconds = time.perf_counter() - t_start
+        return db, report
+
+    rpc_info = None
+    if rpc_tracker:
+        rpc_info = check_tracker(rpc_tracker, rpc_key, timeout=tracker_timeout_s)
+        report.rpc = rpc_info
+    elif rpc_key:
+        raise TVMError("--rpc-key needs --rpc-tracker HOST:PORT")
+    elif not target_info.runs_on_host:
+        raise TVMError(
+            f"cannot tune for {target_info.name!r} here: this machine cannot run it; "
+            "pass --rpc-tracker HOST:PORT --rpc-key KEY to measure on a device"
+        )
+
+    # Importing tvm.s_tir.tensor_intrin in full (TuneContext does) costs ~60 s:
+    # install the light placeholder in this process too.
+    _worker.preload_intrinsics(target_info.intrin_modules)
+
+    prepared = prepare(mod, target)
+    all_tasks = list(ms.relax_integration.extract_tasks(prepared, target))
+    os.makedirs(work_dir, exist_ok=True)
+    db = open_database(work_dir)
+    records_before = len(db)
+
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    todo, task_reports = [], {}
+    for task in all_tasks:
+        tmod = task.dispatched[0]
+        try:
+            flops = float(estimate_tir_flops(tmod))
+        except Exception:  # pragma: no cover
+            flops = 0.0
+        skipped = _is_view_only(task.task_name, flops)
+        reused = (
+            (not skipped)
+            and (not retune)
+            and db.query_tuning_record(tmod, target, "main") is not None
+        )
+        task_reports[task.task_name] = TaskReport(
+            name=task.task_name,
+            flops=flops,
+            weight=int(task.weight),
+            reused=reused,
+            skipped=skipped,
+        )
+        if not reused and not skipped:
+            todo.append((flops, task))
+    report.tasks_reused = sum(1 for r in task_reports.values() if r.reused)
+    report.tasks_skipped = sum(1 for r in task_reports.values() if r.skipped)
+
+    if todo:
+        todo.sort(key=lambda ft: -ft[0])  # heavy tasks first: they get the budget
+        tasks = [t for _, t in todo]
+        n = len(tasks)
+        per_iter = num_trials_per_iter or max(2, min(64, math.ceil(trials / n)))
+        pop = population_size or max(64, min(512, 4 * trials))
+        host_threads = os.cpu_count() or 1
+        # Threads of the search (cost model, evolutionary search) run on this host.
+        num_threads = int(target_info.num_cores or host_threads) if target_info.kind == "llvm" else host_threads
+        say(
+            f"tuning {n} task(s) ({report.tasks_reused} reused from {work_dir}) "
+            f"with {trials} trials on {target_info.name}"
+            + (f" via RPC {rpc_tracker} key={rpc_key}" if rpc_tracker else "")
+        )
+        foreign_handlers = _configure_logging(progress)
+        try:
+            _run_tune_tasks(
+                tasks,
+                target_info,
+                work_dir,
+                db,
+                trials=trials,
+                per_iter=per_iter,
+                max_trials_per_task=max_trials_per_task,
+                population=pop,
+                num_threads=min(num_threads, host_threads),
+                host_threads=host_threads,
+                seed=seed,
+                rpc_info=rpc_info,
+                builder_timeout_s=builder_timeout_s,
+                runner_timeout_s=runner_timeout_s,
+            )
+        finally:
+            _restore_handlers(foreign_handlers)
+        report.tasks_tuned = n
+    else:
+        say(
+            f"all {len(all_tasks) - report.tasks_skipped} tunable task(s) already tuned in "
+            f"{work_dir}: reusing the records, tuning nothing"
+        )
+
+    for task in all_tasks:
+        task_reports[task.task_name].best_us = _best_us(db, task.dispatched[0], target)
+    report.tasks = list(task_reports.values())
+    report.total_records = len(db)
+    report.new_records = report.total_records - records_before
+    report.seconds = time.perf_counter() - t_start
+    if todo and report.new_records == 0:
+        report.note = (
+            "no candidate was built and measured successfully; see "
+            f"{os.path.join(work_dir, 'logs')}"
+        )
+    elif todo and any(task_reports[t.task_name].best_us is None for _, t in todo):
+        # A rerun with the same work dir tunes exactly those tasks.
+        report.note = "some tasks got no trial within the budget; raise --tune-trials"
+    with open(os.path.join(work_dir, SUMMARY_FILE), "w") as f:
+        json.dump(report.to_dict(), f, indent=2)
+    say(
+        f"tuning done in {report.seconds:.1f} s: {report.tasks_tuned} task(s) tuned, "
+        f"{report.tasks_reused} reused, {report.new_records} new record(s)"
+    )
+    return db, report
