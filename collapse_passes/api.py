@@ -143,7 +143,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     act_scores = _assign_scores(acts, index, raw_scores, src, notes) if raw_scores else {}
 
     chosen = _choose(acts, index, act_scores, cfg, warnings)
-    if not raw_scores and not cfg.collapse:
+    if not raw_scores and not cfg.collapse and not block_scores:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
 
     from .onnx.driver import requested_semantics, run_passes

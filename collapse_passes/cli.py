@@ -140,10 +140,11 @@ def _main(args, console: Console, err: Console) -> int:
     if args.plot:
         from .report import plot_scores
 
-        scores = {a["key"]: a["score"] for a in report["activations"] if a["score"] is not None}
+        scores = _report_scores(report)
         if not scores:
             raise CollapseError("--plot: no scores to plot; give --scores or --method")
-        plot_scores(scores, args.threshold, args.plot, title=f"{Path(args.model).name}: collapse scores")
+        thr = args.remove_blocks if args.method == "lacoot" else args.threshold
+        plot_scores(scores, thr, args.plot, title=f"{Path(args.model).name}: collapse scores")
         console.print(f"plot written to {args.plot}")
     tvm_out = None
     if getattr(args, "target", None):
@@ -167,11 +168,17 @@ def _main(args, console: Console, err: Console) -> int:
     return 0
 
 
+def _report_scores(report: dict) -> dict:
+    """Per-activation scores, or per-block scores for LaCoOT."""
+    s = {a["key"]: a["score"] for a in report["activations"] if a["score"] is not None}
+    return s or {b["key"]: b["score"] for b in report.get("blocks", []) if b.get("score") is not None}
+
+
 def _save_scores(report: dict, path) -> None:
     from .onnx.graph import write_text_atomic
     from .report import report_json
 
-    scores = {a["key"]: a["score"] for a in report["activations"] if a["score"] is not None}
+    scores = _report_scores(report)
     if not scores:
         raise CollapseError("--save-scores: no scores were computed or given; use --method")
     payload = {"scores": scores}

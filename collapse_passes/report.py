@@ -35,6 +35,17 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
         t.caption = f"{len(acts) - len(shown)} kept activations not shown (see --report JSON)"
     console.print(t)
 
+    blocks = report.get("blocks") or []
+    if blocks:
+        bt = Table(title=f"Residual blocks ({sum(b['removed'] for b in blocks)} of {len(blocks)} removed)")
+        bt.add_column("block")
+        bt.add_column("score", justify="right")
+        bt.add_column("action")
+        for blk in blocks[:max_rows]:
+            bt.add_row(blk["key"], "-" if blk.get("score") is None else f"{blk['score']:.4f}",
+                       "[bold green]replaced by skip[/]" if blk["removed"] else "kept")
+        console.print(bt)
+
     b, a = report["before"], report["after"]
     m = Table(title="Model", show_lines=False)
     m.add_column("")

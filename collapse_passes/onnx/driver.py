@@ -5,7 +5,7 @@ import onnx
 
 from ..pipeline import PassManager
 from .context import OnnxContext
-from .graph import check_model, to_graph, to_model
+from .graph import check_model, node_key_names, to_graph, to_model
 from .passes import Cleanup, FoldAffine, LinearizeActivations
 
 
@@ -32,7 +32,7 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
                cost_model=None, input_shapes=None, remove_blocks=None) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), allow_border_approx=allow_border_approx,
                       cost_model=cost_model, input_shapes=dict(input_shapes or {}),
-                      remove_blocks=set(remove_blocks or ()))
+                      remove_blocks=set(remove_blocks or ()), node_meta=node_key_names(model))
     pm = build_pass_manager(merge, remove_blocks)
     pm.run(ctx)
     out = to_model(ctx.graph, model)
@@ -43,7 +43,8 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
 def requested_semantics(model: onnx.ModelProto, chosen: set, remove_blocks=None) -> onnx.ModelProto:
     """The input model with the chosen activations linearized (and chosen residual blocks replaced by
     their skip) and nothing else: the reference the result is verified against."""
-    ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), remove_blocks=set(remove_blocks or ()))
+    ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), remove_blocks=set(remove_blocks or ()),
+                      node_meta=node_key_names(model))
     for p in _pre_passes(remove_blocks):
         p(ctx)
     return to_model(ctx.graph, model)

@@ -1,0 +1,65 @@
+"""EASIER (Quétu et al., ECML-PKDD 2024): entropy of each activation's on/off state on data.
+
+Per channel, p_on = fraction of (sample, position) entries where the activation input is >= the
+activation's kink (0 for ReLU-like and smooth gates; see _common.activation_kink). The channel
+score is the binary entropy H(p_on) in bits; the layer score is the mean over channels. 0 means
+every channel is always on (linear) or always off (dead): the activation can be removed.
+
+Calibration batches are streamed (calib.iter_calibration): only per-channel counts are kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CollapseError
+from ._acts import conv_like, group_by_key, load_activations, shared_key_note
+from ._common import (ChannelStats, ScoreResult, activation_kink, channel_axis_for_rank, layer_summary,
+                      require_calib, tapped_batches, upper_bound)
+
+#: EASIER needs at least two samples: one sample cannot tell a channel's on/off frequency from noise
+MIN_SAMPLES = 2
+
+
+def easier_scores(model, calib=None, calib_batches=None) -> ScoreResult:
+    require_calib(calib, "easier", "EASIER measures how often each activation input is >= 0")
+    _, acts = load_activations(model)
+    if not acts:
+        raise CollapseError("easier: the model has no recognised activations to score")
+    stats = collect_stats(model, acts, calib, calib_batches, "easier", MIN_SAMPLES, moments=False)
+    groups = group_by_key(acts)
+    scores, details = {}, {}
+    for key, group in groups.items():
+        per_call = [activation_details(a, stats[id(a)]) for a in group]
+        scores[key] = float(np.mean([d["score"] for d in per_call]))
+        details[key] = per_call[0] if len(per_call) == 1 else {**per_call[0], "score": scores[key],
+                                                                "calls": per_call}
+    samples = next(iter(stats.values())).samples
+    notes = [f"easier: entropy of on/off (input >= 0) per channel over {samples} calibration sample(s), "
+             "mean over channels; 0 = always on or always off"]
+    notes += shared_key_note(groups, "easier")
+    return ScoreResult("easier", "empirical", "activation", scores, details, notes)
+
+
+def collect_stats(model, acts, calib, calib_batches, method: str, min_samples: int, moments: bool) -> dict:
+    """Stream the calibration set once; return id(activation) -> ChannelStats of its input."""
+    stats: dict[int, ChannelStats] = {}
+    for got, _ in tapped_batches(model, [a.input.name for a in acts], calib, calib_batches, min_samples, method):
+        for a in acts:
+            arr = got[a.input.name]
+            st = stats.get(id(a))
+            if st is None:
+                axis = channel_axis_for_rank(arr.ndim, conv_like(a.input))
+                st = stats[id(a)] = ChannelStats(axis, activation_kink(a.kind, a.params),
+                                                 upper_bound(a.kind, a.params), moments=moments)
+            st.update(arr)
+    if not stats:
+        raise CollapseError(f"{method}: the calibration data holds no batches")
+    return stats
+
+
+def activation_details(a, st: ChannelStats) -> dict:
+    d = {"kind": a.kind, "node": a.name, **layer_summary(1.0 - st.p_on), "channel_axis": st.axis,
+         "samples": st.samples, "positions_per_channel": int(st.n)}
+    if st.above is not None:
+        d["frac_above_upper_bound"] = float(st.above.sum() / max(st.n * st.above.size, 1))
+    return d

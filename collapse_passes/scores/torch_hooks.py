@@ -1,0 +1,311 @@
+"""The score methods on a torch.nn.Module, through forward hooks (keys = module paths).
+
+    module_scores(model, method, calib_batches=None) -> ScoreResult
+
+calib_batches: an iterable of input batches (a tensor or numpy array, a tuple/list of positional
+inputs, or a dict of keyword inputs), first axis = samples. The model is run in eval mode under
+torch.no_grad() (its training flag is restored afterwards); it is not modified.
+
+- "easier": hooks on the activation modules (nn.ReLU, ReLU6, LeakyReLU, PReLU, GELU, SiLU, Hardswish,
+  ELU, SELU, CELU, Mish) count, per channel, how often their input is >= 0.
+- "tlc": an nn.BatchNorm1d/2d/3d feeding an activation module directly (found data-free with
+  torch.fx.symbolic_trace; if the model cannot be traced, from the calibration run's hooks) gives
+  p_off = Phi(-beta/|gamma|); other activations use the empirical per-channel mean/std of their input.
+- "prelu": nn.PReLU weights and nn.LeakyReLU negative_slope, score mean |1 - alpha|.
+A module called at several places is scored per call and the calls are averaged (a note says so).
+
+torch is imported here only: the ONNX core never needs it.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from ..errors import CollapseError
+from ._common import ChannelStats, ScoreResult, activation_kink, gaussian_p_off, layer_summary, upper_bound
+
+_KINDS = {"ReLU": "relu", "ReLU6": "relu6", "LeakyReLU": "leaky_relu", "PReLU": "prelu", "GELU": "gelu",
+          "SiLU": "silu", "Hardswish": "hardswish", "ELU": "elu", "SELU": "selu", "CELU": "celu", "Mish": "mish"}
+_BN = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+_CONV_LIKE = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+              "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "GroupNorm")
+METHODS = ("tlc", "easier", "prelu")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is an extra
+        raise CollapseError("module_scores needs torch: pip install '.[torch]'") from None
+    return torch
+
+
+def _kind(mod) -> str | None:
+    for cls in type(mod).__mro__:
+        if cls.__module__.startswith("torch.nn") and cls.__name__ in _KINDS:
+            return _KINDS[cls.__name__]
+    return None
+
+
+def _is(mod, names) -> bool:
+    return any(cls.__module__.startswith("torch.nn") and cls.__name__ in names for cls in type(mod).__mro__)
+
+
+def activation_modules(model) -> dict:
+    """module path -> (module, kind) for every activation module, in registration order."""
+    return {name: (m, _kind(m)) for name, m in model.named_modules() if name and _kind(m) is not None}
+
+
+def _params(mod, kind: str) -> dict:
+    if kind == "leaky_relu":
+        return {"alpha": float(mod.negative_slope)}
+    if kind == "relu6":
+        return {"min": 0.0, "max": 6.0}
+    return {}
+
+
+def module_scores(model, method: str, calib_batches=None) -> ScoreResult:
+    torch = _torch()
+    if not isinstance(model, torch.nn.Module):
+        raise CollapseError(f"module_scores expects a torch.nn.Module, got {type(model).__name__}")
+    name = str(method).strip().lower() if method is not None else ""
+    if name == "lacoot":
+        raise CollapseError("module_scores: lacoot scores residual blocks found in the ONNX graph; export the model "
+                            "(models.export.export_onnx) and use compute_scores('lacoot', onnx_model, calib)")
+    if name not in METHODS:
+        raise CollapseError(f"unknown score method {method!r} for a torch module; valid methods: {', '.join(METHODS)}")
+    acts = activation_modules(model)
+    if not acts:
+        raise CollapseError("module_scores: the model has no activation modules (nn.ReLU, nn.GELU, ...); "
+                            "activations called as functions (F.relu) cannot be hooked")
+    if name == "prelu":
+        return _prelu(acts, calib_batches)
+    if name == "easier":
+        if calib_batches is None:
+            raise CollapseError("module_scores: easier needs calib_batches (an iterable of input batches)")
+        stats, _, calls = _run_hooks(model, acts, calib_batches, moments=False, min_samples=2)
+        return _from_stats("easier", "empirical", acts, stats, calls, lambda st: 1.0 - st.p_on, {})
+    return _tlc(model, acts, calib_batches)
+
+
+# ------------------------------------------------------------------------------------ prelu
+
+def _prelu(acts: dict, calib_batches) -> ScoreResult:
+    from .prelu import slope_details
+
+    scores, details = {}, {}
+    others = defaultdict(int)
+    for key, (mod, kind) in acts.items():
+        if kind == "prelu":
+            d = slope_details(kind, mod.weight.detach().cpu().double().numpy())
+        elif kind == "leaky_relu":
+            d = slope_details(kind, [float(mod.negative_slope)])
+        else:
+            others[kind] += 1
+            continue
+        scores[key], details[key] = d["score"], d
+    if not scores:
+        raise CollapseError("module_scores: --method prelu scores nn.PReLU / nn.LeakyReLU slopes, and this model has "
+                            f"none (activations: {', '.join(f'{k}: {n}' for k, n in others.items())}); use easier or tlc")
+    notes = ["prelu: score = mean |1 - slope| per nn.PReLU / nn.LeakyReLU (0 = identity); data-free"]
+    if others:
+        notes.append("prelu: activations of other kinds get no score (" +
+                     ", ".join(f"{k}: {n}" for k, n in sorted(others.items())) + ")")
+    return ScoreResult("prelu", "slopes", "activation", scores, details, notes)
+
+
+# ------------------------------------------------------------------------------------ hooks
+
+def _as_call(batch, torch):
+    if isinstance(batch, np.ndarray):
+        batch = torch.from_numpy(batch)
+    if isinstance(batch, torch.Tensor):
+        return (batch,), {}, batch
+    if isinstance(batch, (tuple, list)):
+        args = tuple(torch.from_numpy(b) if isinstance(b, np.ndarray) else b for b in batch)
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        return args, {}, first
+    if isinstance(batch, dict):
+        kw = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+        first = next((a for a in kw.values() if isinstance(a, torch.Tensor)), None)
+        return (), kw, first
+    raise CollapseError(f"module_scores: a calibration batch must be a tensor, array, tuple or dict, "
+                        f"got {type(batch).__name__}")
+
+
+def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int):
+    """Run the batches with hooks; return ((key, call) -> ChannelStats, key -> module path of the leaf
+    module that produced the first call's input ("" if none), key -> calls per forward).
+
+    Activation inputs are read in forward *pre*-hooks: an in-place activation overwrites them."""
+    torch = _torch()
+    stats: dict[tuple, ChannelStats] = {}
+    producer: dict[str, str] = {}
+    calls: dict[str, int] = {}
+    state = {"count": defaultdict(int), "made": {}}
+    leaves = {n: m for n, m in model.named_modules() if n and not list(m.children())}
+    types = {n: type(m).__name__ for n, m in leaves.items()}
+
+    def leaf_hook(name):
+        def hook(mod, inputs, output):
+            if isinstance(output, torch.Tensor):
+                state["made"][id(output)] = (output, name)
+        return hook
+
+    def act_hook(key):
+        mod, kind = acts[key]
+
+        def hook(m, inputs):
+            if not inputs or not isinstance(inputs[0], torch.Tensor):
+                return
+            x = inputs[0]
+            call = state["count"][key]
+            state["count"][key] += 1
+            made = state["made"].get(id(x))
+            prod = made[1] if made is not None and made[0] is x else ""
+            if (key, call) not in stats:
+                if call == 0:
+                    producer[key] = prod
+                rank = x.dim()
+                axis = None if rank <= 1 else (1 if rank != 3 else (1 if types.get(prod) in _CONV_LIKE else 2))
+                p = _params(mod, kind)
+                stats[(key, call)] = ChannelStats(axis, activation_kink(kind, p), upper_bound(kind, p), moments=moments)
+            stats[(key, call)].update(x.detach().to("cpu", torch.float64).numpy())
+        return hook
+
+    handles = [m.register_forward_hook(leaf_hook(n)) for n, m in leaves.items()]
+    handles += [acts[k][0].register_forward_pre_hook(act_hook(k)) for k in acts]
+    was_training = model.training
+    model.eval()
+    samples = 0
+    try:
+        with torch.no_grad():
+            for batch in calib_batches:
+                args, kw, first = _as_call(batch, torch)
+                state["count"] = defaultdict(int)
+                state["made"] = {}
+                try:
+                    model(*args, **kw)
+                except CollapseError:
+                    raise
+                except Exception as exc:
+                    raise CollapseError(f"module_scores: the model failed on a calibration batch "
+                                        f"({' '.join(str(exc).split())[:160]})") from None
+                for k, n in state["count"].items():
+                    calls[k] = max(calls.get(k, 0), n)
+                samples += int(first.shape[0]) if first is not None and first.dim() else 1
+                state["made"] = {}
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if samples < min_samples:
+        raise CollapseError(f"module_scores: {samples} calibration sample(s), at least {min_samples} needed")
+    if not stats:
+        raise CollapseError("module_scores: no activation module was called on the calibration batches")
+    return stats, producer, calls
+
+
+def _from_stats(method, variant, acts, stats, calls, p_off_fn, fixed: dict, notes=None) -> ScoreResult:
+    scores, details = {}, {}
+    notes = list(notes or [])
+    unused = []
+    multi = []
+    for key, (mod, kind) in acts.items():
+        if key in fixed:
+            scores[key], details[key] = fixed[key]["score"], fixed[key]
+            continue
+        per_call = []
+        for call in range(calls.get(key, 0)):
+            st = stats.get((key, call))
+            if st is None:
+                continue
+            per_call.append({"kind": kind, "source": "empirical", **layer_summary(p_off_fn(st)),
+                             "channel_axis": st.axis, "samples": st.samples})
+        if not per_call:
+            unused.append(key)
+            continue
+        scores[key] = float(np.mean([d["score"] for d in per_call]))
+        details[key] = per_call[0] if len(per_call) == 1 else {**per_call[0], "score": scores[key], "calls": per_call}
+        if len(per_call) > 1:
+            multi.append(key)
+    samples = max((st.samples for st in stats.values()), default=0)
+    if method == "easier":
+        notes.insert(0, f"easier: entropy of on/off (input >= 0) per channel over {samples} calibration sample(s), "
+                        "mean over channels (forward hooks)")
+    if multi:
+        notes.append(f"{method}: {len(multi)} module(s) called at several places ({', '.join(multi[:3])}); "
+                     "their per-call scores are averaged")
+    if unused:
+        notes.append(f"{method}: {len(unused)} activation module(s) never called on the calibration data get no score "
+                     f"({', '.join(unused[:3])})")
+    return ScoreResult(method, variant, "activation", scores, details, notes)
+
+
+# ------------------------------------------------------------------------------------ tlc
+
+def _bn_by_fx(model, acts: dict) -> dict | None:
+    """activation key -> BN module path, from torch.fx.symbolic_trace (None when untraceable)."""
+    torch = _torch()
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:
+        return None
+    modules = dict(model.named_modules())
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in acts or not node.args:
+            continue
+        arg = node.args[0]
+        if isinstance(arg, torch.fx.Node) and arg.op == "call_module" and _is(modules.get(arg.target), _BN):
+            out[node.target] = arg.target
+    return out
+
+
+def _bn_p_off(bn, kind: str, params: dict):
+    n = bn.num_features
+    gamma = bn.weight.detach().cpu().double().numpy() if bn.weight is not None else np.ones(n)
+    beta = bn.bias.detach().cpu().double().numpy() if bn.bias is not None else np.zeros(n)
+    return gaussian_p_off(beta, gamma, activation_kink(kind, params))
+
+
+def _tlc(model, acts: dict, calib_batches) -> ScoreResult:
+    modules = dict(model.named_modules())
+    bn_of = _bn_by_fx(model, acts)
+    traced = bn_of is not None
+    stats = producer = calls = None
+    if bn_of is None:
+        if calib_batches is None:
+            raise CollapseError("module_scores: tlc could not trace the model with torch.fx to find the BatchNorm "
+                                "before each activation; give calib_batches (hooks then find it, and the empirical "
+                                "variant covers the rest)")
+        stats, producer, calls = _run_hooks(model, acts, calib_batches, moments=True, min_samples=2)
+        # the hooks saw which leaf module produced each activation's input
+        bn_of = {k: p for k, p in producer.items() if p and _is(modules.get(p), _BN)}
+    fixed = {}
+    for key, bn in bn_of.items():
+        mod, kind = acts[key]
+        fixed[key] = {"kind": kind, "source": "bn", "bn": bn, **layer_summary(_bn_p_off(modules[bn], kind, _params(mod, kind)))}
+    rest = [k for k in acts if k not in fixed]
+    if rest and stats is None:
+        if calib_batches is None:
+            if not fixed:
+                raise CollapseError("module_scores: tlc found no BatchNorm directly before the activations; give "
+                                    "calib_batches for the empirical variant (per-channel mean/std of each input)")
+            raise CollapseError(f"module_scores: tlc: {len(rest)} of {len(acts)} activation modules have no BatchNorm "
+                                f"right before them (e.g. {', '.join(repr(k) for k in rest[:3])}); give calib_batches "
+                                "for their empirical statistics")
+        stats, producer, calls = _run_hooks(model, {k: acts[k] for k in rest}, calib_batches, moments=True, min_samples=2)
+    calls = calls or {}
+    variant = "bn" if not rest else ("empirical" if not fixed else "mixed")
+    how = "torch.fx" if traced else "forward hooks"
+    notes = {"bn": [f"tlc: variant bn (data-free): p_off = Phi(-beta/|gamma|) of the BatchNorm before each activation "
+                    f"(found with {how})"],
+             "empirical": ["tlc: variant empirical: no BatchNorm directly before the activations, so p_off = "
+                           "Phi(-mean/std) of each activation input per channel on the calibration batches"],
+             "mixed": [f"tlc: variant mixed: {len(fixed)} activation(s) from their BatchNorm (found with {how}), "
+                       f"{len(rest)} from per-channel mean/std on the calibration batches"]}[variant]
+    res = _from_stats("tlc", variant, {k: acts[k] for k in acts if k in fixed or k in rest}, stats or {}, calls,
+                      lambda st: gaussian_p_off(st.mean, st.std, st.kink), fixed, notes)
+    return res
