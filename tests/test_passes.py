@@ -230,3 +230,15 @@ def test_cost_model_refuses_merge_that_costs_more():
     r = cp.collapse(m, collapse=["act"], per_op_overhead=1e9)
     assert ops(r.model).count("Conv") == 1
     assert_same(r.requested, r.model)
+
+
+def test_weights_shared_through_identity_count_in_macs():
+    # the TorchScript exporter shares equal initializers through Identity nodes
+    c = 4
+    nodes = [helper.make_node("Identity", ["w"], ["w_shared"]),
+             conv("c1", "x", "h", "w_shared", kernel_shape=[1, 1]), helper.make_node("Relu", ["h"], ["y"], name="act")]
+    m = make_model(nodes, [vinfo("x", [1, c, 4, 4])], [vinfo("y", [1, c, 4, 4])], {"w": rnd(c, c, 1, 1)})
+    from collapse_passes.onnx.analysis import model_stats
+
+    st = model_stats(m)
+    assert st.macs == c * c * 16 and st.nodes == 2

@@ -104,7 +104,7 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
                     for q in _through_free(p):
                         g.add_edge(id(q), k)
     return ModelStats(
-        nodes=len([n for n in graph.nodes if n.op != "Constant"]),
+        nodes=len([n for n in graph.nodes if n.op not in _FREE_OPS]),
         params=params, macs=int(macs),
         depth_ops=_longest(g, w_ops), depth_nonlinear=_longest(g, w_nl), activations=len(acts))
 

@@ -133,6 +133,9 @@ def const_value(t) -> np.ndarray | None:
     """The value of a tensor if it is a constant (initializer or Constant node output)."""
     if isinstance(t, gs.Constant):
         return np.asarray(t.values)
+    if isinstance(t, gs.Variable) and len(t.inputs) == 1 and t.inputs[0].op == "Identity" and t.inputs[0].inputs:
+        # the TorchScript exporter shares equal initializers through Identity nodes
+        return const_value(t.inputs[0].inputs[0])
     if isinstance(t, gs.Variable) and len(t.inputs) == 1 and t.inputs[0].op == "Constant":
         attrs = t.inputs[0].attrs
         if "value" in attrs:
