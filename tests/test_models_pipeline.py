@@ -58,3 +58,17 @@ def test_partial_collapse_by_module_path(exported):
     r = cp.collapse(path, scores={"layer1.0.relu1": 0.0, "layer2.1.relu2": 0.05, "layer3.0.relu1": 0.9}, threshold=0.1)
     assert [a["key"] for a in r.report["activations"] if a["collapsed"]] == ["layer1.0.relu1", "layer2.1.relu2"]
     assert r.report["passed"]
+
+
+def test_block_keys_are_module_paths_for_both_exporters(exported):
+    import onnx
+
+    from collapse_passes.onnx.blocks import find_residual_blocks
+    from collapse_passes.onnx.graph import node_key_names, to_graph
+
+    keys = []
+    for dynamo in (False, True):
+        m = onnx.load(exported("resnet18", dynamo))
+        keys.append([b.key for b in find_residual_blocks(to_graph(m), node_key_names(m))])
+    assert keys[0] == keys[1] == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1",
+                                  "layer4.0", "layer4.1"]
