@@ -298,17 +298,13 @@ def run_from_args(
     tune_report = None
     ex_tuned = None
     t0 = time.perf_counter()
-    db, rep = tune_with_report(
-        mod_coll,
-        target,
-        info,
-        work_dir=tune_dir,
-        trials=trials,
-        rpc_tracker=rpc_tracker,
-        rpc_key=rpc_key,
-        progress=bool(getattr(args, "verbose", False)),
-        log=lambda m: _say(console, "TVM: " + m),
-    )
+    def _tune(mod, label):
+        # the collapsed and the input model share one work dir, so shared kernels are tuned once
+        return tune_with_report(mod, target, info, work_dir=tune_dir, trials=trials, rpc_tracker=rpc_tracker,
+                                rpc_key=rpc_key, progress=bool(getattr(args, "verbose", False)),
+                                log=lambda m: _say(console, label + m))
+
+    db, rep = _tune(mod_coll, "TVM: ")
     seconds["tune"] = time.perf_counter() - t0
     tune_report = rep.to_dict()
     tune_report["estimated_total_us_from_records"] = rep.estimated_total_us()
@@ -336,17 +332,7 @@ def run_from_args(
             db_o, rep_o, ex_tuned_orig = db, rep, ex_tuned
         else:
             t0 = time.perf_counter()
-            db_o, rep_o = tune_with_report(
-                mod_orig,
-                target,
-                info,
-                work_dir=tune_dir,
-                trials=trials,
-                rpc_tracker=rpc_tracker,
-                rpc_key=rpc_key,
-                progress=bool(getattr(args, "verbose", False)),
-                log=lambda m: _say(console, "TVM (input model): " + m),
-            )
+            db_o, rep_o = _tune(mod_orig, "TVM (input model): ")
             seconds["tune_original"] = time.perf_counter() - t0
             ex_tuned_orig = tc.build(mod_orig, target, database=db_o) if db_o is not None else None
         tune_report_orig = rep_o.to_dict()
