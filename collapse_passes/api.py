@@ -27,6 +27,7 @@ class CollapseResult:
     report: dict
     requested: onnx.ModelProto | None = None
     passed: bool = True
+    original: onnx.ModelProto | None = None   # the input as loaded (external data resolved)
 
     def save(self, path) -> Path:
         return save_model_atomic(self.model, path)
@@ -203,7 +204,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         "score_details": score_details,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    res = CollapseResult(result_model, report, requested, passed)
+    res = CollapseResult(result_model, report, requested, passed, original)
     if not passed and not cfg.force:
         c = ver.against_requested
         raise VerificationError(

@@ -195,18 +195,11 @@ def _run_tvm(args, result, console):
         raise CollapseError(f"--target needs the TVM extra: pip install '.[tvm]' ({exc})") from None
     from .verify import random_inputs
 
-    original = _load_original(args.model)
-    feeds = random_inputs(original, 1, args.seed)[0]
+    feeds = random_inputs(result.original, 1, args.seed)[0]
     try:
-        return run_from_args(args, original, result.model, feeds, console=console)
+        return run_from_args(args, result.original, result.model, feeds, console=console)
     except TVMError as exc:
         raise CollapseError(f"TVM: {exc}") from None
-
-
-def _load_original(path):
-    from .onnx.graph import load_model
-
-    return load_model(path)
 
 
 if __name__ == "__main__":

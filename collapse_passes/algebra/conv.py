@@ -50,6 +50,7 @@ __all__ = [
     "compose_conv_chain",
     "extend_chain",
     "merge_is_exact",
+    "merge_exactness",
     "exact_output_region",
     "trim_unread_end_pads",
     "add_identity_skip",
@@ -492,17 +493,34 @@ def _border_reads(first: ConvParams, second_t: ConvParams, input_spatial, n1, n2
     return ([] if not all_axes_real else bad), padded_read
 
 
-def merge_is_exact(first: ConvParams, second: ConvParams, input_spatial=None) -> bool:
-    """Whether compose_conv(first, second) would be exact, from shapes alone (no weight maths).
+def _exactness(bad: list, padded_read: bool, has_first_bias: bool, size_known: bool) -> tuple[bool, str]:
+    """(exact, reason) of a merge from its border reads; the single source of the reason texts."""
+    if bad:
+        return False, ("approximate: the second conv zero-pads the first conv's output but the merged conv "
+                       f"sees real input pixels there ({', '.join(bad)}); the outer ring of the output differs "
+                       "(merge only as an opt-in approximation, or move the padding to the first conv)")
+    if padded_read and has_first_bias:
+        if not size_known:
+            return False, ("approximate: the first conv's bias reaches the padded border with less weight; "
+                           "pass input_spatial to get an exact per-position bias_map")
+        return True, "exact with a per-position bias_map (first conv's bias is smaller on the border)"
+    return True, ("exact: the second conv reads no padding" if not padded_read else
+                  "exact: the first conv's windows at the second's padding read only zero padding")
+
+
+def merge_exactness(first: ConvParams, second: ConvParams, input_spatial=None) -> tuple[bool, str]:
+    """(exact, reason) that compose_conv(first, second) would give, from shapes alone (no weight maths).
 
     Lets a planner reject inexact segments before paying for the kernel composition.
     """
     _check_chain(first, second)
     input_spatial, n1, n2, second_t = _chain_sizes(first, second, input_spatial)
     bad, padded_read = _border_reads(first, second_t, input_spatial, n1, n2)
-    if bad:
-        return False
-    return not (padded_read and not is_zero(first.bias) and input_spatial is None)
+    return _exactness(bad, padded_read, not is_zero(first.bias), input_spatial is not None)
+
+
+def merge_is_exact(first: ConvParams, second: ConvParams, input_spatial=None) -> bool:
+    return merge_exactness(first, second, input_spatial)[0]
 
 
 def compose_conv(first: ConvParams, second: ConvParams, input_spatial=None) -> MergedConv:
@@ -532,34 +550,14 @@ def compose_conv(first: ConvParams, second: ConvParams, input_spatial=None) -> M
     if second.bias is not None:
         bias = f64(second.bias) if bias is None else bias + f64(second.bias)
 
-    # Exactness per axis and side: every position of the first conv's output that the second conv
-    # reads as zero padding must have a first-conv window lying entirely in x's zero padding.
-    # A read position contributes real pixels only if its window sees one along *every* axis, so an
-    # axis whose reads never see a real pixel makes the whole weight part vanish (exact, bias only).
     bad, padded_read = _border_reads(first, second_t, input_spatial, n1, n2)
-
+    exact, reason = _exactness(bad, padded_read, b1 is not None, input_spatial is not None)
     bias_map = None
-    if bad:
-        exact = False
-        reason = ("approximate: the second conv zero-pads the first conv's output but the merged conv "
-                  f"sees real input pixels there ({', '.join(bad)}); the outer ring of the output differs "
-                  "(merge only as an opt-in approximation, or move the padding to the first conv)")
-    elif padded_read and b1 is not None:
-        if input_spatial is None:
-            exact = False
-            reason = ("approximate: the first conv's bias reaches the padded border with less weight; "
-                      "pass input_spatial to get an exact per-position bias_map")
-        else:
-            exact = True
-            ones = np.broadcast_to(b1.reshape((1, -1) + (1,) * n), (1, b1.shape[0]) + n1)
-            bias_map = conv_nd(ones, second_t.replace(weight=f64(second.weight),
-                                                      bias=None if second.bias is None else f64(second.bias)))[0]
-            bias = None
-            reason = "exact with a per-position bias_map (first conv's bias is smaller on the border)"
-    else:
-        exact = True
-        reason = ("exact: the second conv reads no padding" if not padded_read else
-                  "exact: the first conv's windows at the second's padding read only zero padding")
+    if exact and padded_read and b1 is not None:  # exact only because the bias goes in as a map
+        ones = np.broadcast_to(b1.reshape((1, -1) + (1,) * n), (1, b1.shape[0]) + n1)
+        bias_map = conv_nd(ones, second_t.replace(weight=f64(second.weight),
+                                                  bias=None if second.bias is None else f64(second.bias)))[0]
+        bias = None
 
     params = ConvParams(weight=weight.astype(dtype), bias=None if bias is None else bias.astype(dtype),
                         strides=strides, pads=pads, dilations=mdil, group=G)

@@ -36,13 +36,6 @@ def _rows(t) -> int:
     return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in t.shape[:-1]])) if len(t.shape) else 1
 
 
-def _shape_only(p):
-    """A 1-channel stand-in with the same geometry: enough for compose_conv's exactness reason."""
-    g = 1
-    w = np.ones((1, 1) + tuple(p.kernel_shape))
-    return p.replace(weight=w, bias=None if p.bias is None else np.ones(1), group=g)
-
-
 def _conv_chains(ctx) -> list[list]:
     outs = ctx.graph_outputs
     nodes = [n for n in ctx.graph.nodes if ConvView.of(n)]
@@ -68,9 +61,8 @@ def _conv_chains(ctx) -> list[list]:
 
 def _dense_chains(ctx) -> list[list]:
     outs = ctx.graph_outputs
-    views = [DenseView.of(n, outs) for n in ctx.graph.nodes]
-    views = [v for v in views if v is not None]
-    by_out = {id(v.output): v for v in views}
+    views = [v for v in (DenseView.of(n, outs) for n in ctx.graph.nodes) if v is not None]
+    by_node = {id(v.node): v for v in views}
     nxt_of = {}
     has_prev = set()
     for v in views:
@@ -78,8 +70,8 @@ def _dense_chains(ctx) -> list[list]:
         c = single_consumer(y)
         if y.name in outs or c is None:
             continue
-        w = next((u for u in views if u.node is c and u.input is y), None)
-        if w is not None:
+        w = by_node.get(id(c))
+        if w is not None and w.input is y:
             nxt_of[id(v)] = w
             has_prev.add(id(w))
     chains = []
@@ -90,7 +82,6 @@ def _dense_chains(ctx) -> list[list]:
         while id(chain[-1]) in nxt_of:
             chain.append(nxt_of[id(chain[-1])])
         chains.append(chain)
-    del by_out
     return chains
 
 
@@ -136,10 +127,11 @@ class MergeLinearChains:
                 refused[(i, j)] = refused.get((i, j - 1), "prefix not mergeable")
                 return None
             try:
-                if not ctx.allow_border_approx and not conv_alg.merge_is_exact(prefix.params, params[j - 1], spatials[i]):
-                    refused[(i, j)] = conv_alg.compose_conv(
-                        _shape_only(prefix.params), _shape_only(params[j - 1]), spatials[i]).reason
-                    return None
+                if not ctx.allow_border_approx:
+                    exact, why = conv_alg.merge_exactness(prefix.params, params[j - 1], spatials[i])
+                    if not exact:
+                        refused[(i, j)] = why
+                        return None
                 m = conv_alg.extend_chain(prefix, params[j - 1], spatials[i])
             except CollapseError as exc:
                 refused[(i, j)] = str(exc)
@@ -161,6 +153,9 @@ class MergeLinearChains:
                 c += cm.op_cost("Add", 0)
             return c
 
+        def seq_macs(i, j):
+            return sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
+
         segs = plan_segments(len(chain), seg_cost, MAX_SEGMENT)
         done = 0
         for i, j in segs:
@@ -168,7 +163,7 @@ class MergeLinearChains:
                 continue
             m = cache[(i, j)]
             nodes = chain[i:j]
-            before = sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
+            before = seq_macs(i, j)
             after = conv_macs(m.params, outs[j - 1])
             self._apply_conv(ctx, nodes, m)
             rec = {"kind": "conv", "nodes": [n.name for n in nodes], "macs_before": int(before),
@@ -186,7 +181,7 @@ class MergeLinearChains:
                 ctx.notes.append(f"not merged {chain[k].name} + {chain[k + 1].name}: {refused[(k, k + 2)]}")
             elif (k, k + 2) in cache:
                 m = cache[(k, k + 2)]
-                a, b = sum(conv_macs(p, o) for p, o in zip(params[k:k + 2], outs[k:k + 2])), conv_macs(m.params, outs[k + 1])
+                a, b = seq_macs(k, k + 2), conv_macs(m.params, outs[k + 1])
                 ctx.notes.append(f"kept {chain[k].name} + {chain[k + 1].name} separate: merging is exact but costs more "
                                  f"(MACs {a:,} -> {b:,}, kernel {list(m.params.kernel_shape)}, group {m.params.group})")
         return done
