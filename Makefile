@@ -15,11 +15,15 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-## collapse the bundled example (MobileNetV2 trained on sklearn digits) and print the report
+TRAINED := models/examples/mobilenet_v2_digits_prelu.onnx
+
+## collapse the bundled example (MobileNetV2 trained on sklearn digits with the Layer Folding term by
+## models/train_digits_collapse.py): fold PReLU slopes >= 0.9, merge, report accuracy / depth / latency
 run: setup
-	$(PY) -m collapse_passes $(EXAMPLE) --scores models/examples/mobilenet_v2_digits.scores.json \
-		--threshold 0.99 -o out/mobilenet_v2_digits.collapsed.onnx --report out/report.json \
-		--calib models/examples/digits_calib.npz
+	mkdir -p out
+	$(PY) -m collapse_passes $(TRAINED) --method prelu --threshold 0.1 \
+		--eval models/examples/digits_eval.npz --calib models/examples/digits_calib.npz \
+		-o out/mobilenet_v2_digits.collapsed.onnx --report out/report.json
 
 ## the whole test suite (under 15 minutes on 2 cores)
 test: setup

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -30,6 +30,9 @@ class CollapseResult:
     original: onnx.ModelProto | None = None   # the input as loaded (external data resolved)
 
     def save(self, path) -> Path:
+        if not isinstance(self.model, onnx.ModelProto):   # a torch result (GraphModule / ExportedProgram)
+            raise CollapseError("save() writes ONNX results; for a torch result use torch.export.save(ep, path) or "
+                                "models.export.export_onnx(result.model, path, input_shape)")
         return save_model_atomic(self.model, path)
 
 
@@ -48,6 +51,11 @@ def read_scores(scores) -> dict[str, float]:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CollapseError(f"{src}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
                                 'expected {"scores": {"<key>": <float>}}') from None
+        except (ValueError, RecursionError) as exc:  # integers of > 4300 digits, nesting deeper than the stack
+            why = ("nested too deeply" if isinstance(exc, RecursionError) else "a number with more digits than "
+                   "Python reads" if "digits" in str(exc) else " ".join(str(exc).split())[:80])
+            raise CollapseError(f"{src}: JSON not accepted ({why}); "
+                                'expected {"scores": {"<key>": <float>}}') from None
         if not isinstance(data, dict) or "scores" not in data:
             raise CollapseError(f'{src}: no "scores" object; expected {{"scores": {{"<key>": <float>}}}}')
         data = data["scores"]
@@ -60,23 +68,33 @@ def read_scores(scores) -> dict[str, float]:
     out = {}
     for k, v in data.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise CollapseError(f"{src}: score of {k!r} is {v!r}, not a number")
-        if not math.isfinite(v):
-            raise CollapseError(f"{src}: score of {k!r} is {v}, expected a finite number")
-        out[str(k)] = float(v)
+            shown = repr(v) if isinstance(v, (str, type(None))) and len(repr(v)) < 40 else f"a {type(v).__name__}"
+            raise CollapseError(f"{src}: score of {str(k)[:80]!r} is {shown}, not a number")
+        try:
+            fv = float(v)
+        except OverflowError:
+            fv = math.inf
+        if not math.isfinite(fv):
+            raise CollapseError(f"{src}: score of {str(k)[:80]!r} is {'too large' if isinstance(v, int) else v}, "
+                                "expected a finite number")
+        out[str(k)] = fv
     return out
 
 
 def _assign_scores(acts, index, raw: dict[str, float], src: str, notes: list) -> dict[int, float]:
+    """id(activation) -> score. A key naming several sites (the bare path of a shared module) scores
+    all of them; a key naming one site (path:i, a node name) overrides it for that site."""
     by_act: dict[int, float] = {}
     origin: dict[int, str] = {}
-    for key, s in raw.items():
-        targets = lookup(index, key, src)
+    resolved = [(key, s, lookup(index, key, src)) for key, s in raw.items()]
+    for key, s, targets in sorted(resolved, key=lambda r: len(r[2]) == 1):
         if len(targets) > 1:
-            notes.append(f"key {key!r} names {len(targets)} activations (a module called at several places): "
-                         "the score applies to all of them")
+            sites = ", ".join(display_key(a) for a in targets)
+            notes.append(f"key {key!r} names {len(targets)} activations (a module called at several places: "
+                         f"{sites}): the score applies to each of them unless a key names that site")
         for a in targets:
-            if id(a) in by_act and by_act[id(a)] != s:
+            if len(targets) == 1 and id(a) in by_act and by_act[id(a)] != s and \
+                    len(index.get(origin[id(a)], ())) == 1:
                 raise CollapseError(f"{src}: keys {origin[id(a)]!r} and {key!r} name the same activation "
                                     f"with different scores ({by_act[id(a)]} vs {s}); keep one")
             by_act[id(a)] = s
@@ -86,13 +104,9 @@ def _assign_scores(acts, index, raw: dict[str, float], src: str, notes: list) ->
 
 # ------------------------------------------------------------------------------------ collapse
 
-def collapse(model, scores=None, threshold: float | None = None, remove: int | None = None,
-             config: CollapseConfig | None = None, **kwargs) -> CollapseResult:
-    """Collapse the chosen activations of an ONNX model (ModelProto or path) and verify the result.
-
-    Raises CollapseError on bad input and VerificationError when the result does not match the
-    requested semantics (unless force=True, then result.passed is False).
-    """
+def make_config(config: CollapseConfig | None, scores=None, threshold=None, remove=None, caller: str = "collapse",
+                **kwargs) -> CollapseConfig:
+    """`config` (or a default one) with the keyword arguments of collapse() / torch_backend() applied."""
     cfg = config or CollapseConfig()
     if scores is not None:
         cfg.scores = scores
@@ -102,13 +116,37 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         cfg.remove = remove
     for k, v in kwargs.items():
         if not hasattr(cfg, k):
-            raise TypeError(f"collapse() got an unexpected keyword argument {k!r}")
+            raise TypeError(f"{caller}() got an unexpected keyword argument {k!r}")
         setattr(cfg, k, v)
-    if _is_torch_module(model):
-        raise CollapseError("torch.nn.Module input: export it first (models.export.export_onnx or "
-                            "torch.onnx.export); the torch.fx front end is not built yet")
+    return cfg
+
+
+def collapse(model, scores=None, threshold: float | None = None, remove: int | None = None,
+             config: CollapseConfig | None = None, **kwargs) -> CollapseResult:
+    """Collapse the chosen activations of an ONNX model (ModelProto or path) and verify the result.
+
+    Raises CollapseError on bad input and VerificationError when the result does not match the
+    requested semantics (unless force=True, then result.passed is False).
+    """
+    example_inputs = kwargs.pop("example_inputs", None)   # torch models: shapes for planning, inputs for the gate
+    cfg = make_config(config, scores, threshold, remove, "collapse", **kwargs)
+    if _is_torch_module(model):   # nn.Module, fx.GraphModule, torch.export.ExportedProgram
+        if cfg.eval_data is not None or cfg.target_speedup is not None:
+            raise CollapseError("eval_data / target_speedup apply to ONNX models; for a torch model use "
+                                "collapse_passes.train.iterative_collapse(..., target_speedup=S) or export it first")
+        from .fx.api import collapse_torch
+
+        return collapse_torch(model, cfg, example_inputs)
+    if example_inputs is not None:
+        raise CollapseError("example_inputs is for torch models; ONNX models are verified on check= random "
+                            "inputs or calib= data")
     t0 = time.perf_counter()
     original, path = as_model(model)
+    eval_set = None
+    if cfg.eval_data is not None:
+        from .evaluation import load_eval_data
+
+        eval_set = load_eval_data(cfg.eval_data, original)
     if cfg.threshold is not None and cfg.remove is not None:
         raise CollapseError("give either threshold or remove, not both")
     if cfg.remove is not None and cfg.remove < 0:
@@ -127,7 +165,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     if cfg.method:
         from .scores import compute_scores
 
-        computed = compute_scores(cfg.method, original, calib=cfg.calib, calib_batches=cfg.calib_batches)
+        computed = compute_scores(cfg.method, original, calib=cfg.calib, calib_batches=cfg.calib_batches,
+                                  activations=(graph, acts))   # found once above, only read by the scores
         if computed.kind == "block":
             block_scores = dict(computed.scores)
         else:
@@ -144,17 +183,26 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     act_scores = _assign_scores(acts, index, raw_scores, src, notes) if raw_scores else {}
 
     chosen = _choose(acts, index, act_scores, cfg, warnings)
+    speedup_rows = None
+    if cfg.target_speedup is not None:
+        from .speedup import onnx_target_choice
+
+        chosen, speedup_rows = onnx_target_choice(original, acts, act_scores, chosen, cfg, notes)
     if not raw_scores and not cfg.collapse and not block_scores:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
 
     from .onnx.driver import requested_semantics, run_passes
+    from .pruning.api_hook import finish_pruning, prepare_pruning
 
+    base, prune_off, prune_report = prepare_pruning(original, cfg, score_details)
     input_shapes = _input_shapes(original)
     cost_model = _cost_model(cfg, original)
-    result_model, ctx, pm = run_passes(original, {a.name for a in chosen}, merge=cfg.merge,
+    result_model, ctx, pm = run_passes(base, {a.name for a in chosen}, merge=cfg.merge,
                                        allow_border_approx=cfg.allow_border_approx, cost_model=cost_model,
-                                       input_shapes=input_shapes, remove_blocks=blocks_removed)
-    requested = requested_semantics(original, {a.name for a in chosen}, remove_blocks=blocks_removed)
+                                       input_shapes=input_shapes, remove_blocks=blocks_removed,
+                                       prune=cfg.prune, prune_off=prune_off)
+    requested = requested_semantics(base, {a.name for a in chosen}, remove_blocks=blocks_removed,
+                                    constant_channels=ctx.pruning.get("data_dependent_channels"))
 
     from .verify import random_inputs, verify
 
@@ -168,9 +216,11 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             raise CollapseError("--check must be at least 1: every result is verified")
         feeds = random_inputs(original, cfg.check, cfg.seed)
         desc = f"{cfg.check} random input(s), seed {cfg.seed}"
-    ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc)
+    ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
+    warnings.extend(ver.warnings)
 
     passed = ver.against_requested.passed
+    passed = finish_pruning(prune_report, ctx, original, base, feeds, cfg, warnings, passed)
     approx = bool(ctx.approximations)
     if approx and not passed:
         warnings.append(f"border approximation: max abs error {ver.against_requested.max_abs:.3g} vs the requested "
@@ -182,13 +232,13 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     report = {
         "input": str(path) if path else None,
         "activations": [
-            {"key": display_key(a), "keys": a.keys, "kind": a.kind, "nodes": a.node_names,
+            {"key": display_key(a), "keys": a.keys, "module": a.module_path, "kind": a.kind, "nodes": a.node_names,
              "score": act_scores.get(id(a)), "collapsed": id(a) in chosen_ids}
             for a in acts],
         "collapsed": len(chosen),
         "blocks": [{"key": k, "score": v, "removed": k in blocks_removed} for k, v in block_scores.items()],
         "before": model_stats(original).as_dict(),
-        "after": model_stats(result_model).as_dict(),
+        "after": model_stats(result_model, graph=ctx.graph).as_dict(),   # shapes inferred by the last Cleanup
         "verification": ver.as_dict(),
         "passed": passed,
         "approximate": approx,
@@ -202,22 +252,32 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         "notes": list(dict.fromkeys(notes + ctx.notes)),
         "warnings": warnings,
         "score_details": score_details,
+        "pruning": prune_report,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if speedup_rows is not None:
+        report["target_speedup"] = {"target": cfg.target_speedup, "tried": speedup_rows}
+    if eval_set is not None:
+        from .evaluation import eval_report
+
+        report.update(eval_report(original, result_model, eval_set))
     res = CollapseResult(result_model, report, requested, passed, original)
+    if prune_report.get("refused") and not cfg.force:
+        raise VerificationError(f"{prune_report['refused']}; nothing written (use --force to write anyway)", report=res)
     if not passed and not cfg.force:
-        c = ver.against_requested
-        raise VerificationError(
-            f"verification failed: output differs from the requested semantics (max abs {c.max_abs:.3g}, "
-            f"max rel {c.max_rel:.3g}, rtol {cfg.rtol}, atol {cfg.atol}); nothing written (use --force to write anyway)",
-            report=res)
+        raise VerificationError.mismatch(ver.against_requested, cfg.rtol, cfg.atol,
+                                         "nothing written (use --force to write anyway)", res)
     return res
 
 
 def _choose(acts, index, act_scores: dict, cfg: CollapseConfig, warnings: list) -> list:
     chosen: dict[int, object] = {}
     for key in cfg.collapse or []:
-        for a in lookup(index, key, "--collapse"):
+        targets = lookup(index, key, "--collapse")
+        if len(targets) > 1:
+            warnings.append(f"--collapse {key!r} names {len(targets)} call sites of one module "
+                            f"({', '.join(display_key(a) for a in targets)}): all of them are collapsed")
+        for a in targets:
             chosen[id(a)] = a
     scored = [a for a in acts if id(a) in act_scores]
     if cfg.threshold is not None:
@@ -262,12 +322,17 @@ def _cost_model(cfg: CollapseConfig, model):
     return cm
 
 
-def list_keys(model) -> list[dict]:
+def list_keys(model, example_inputs=None) -> list[dict]:
+    if _is_torch_module(model):   # nn.Module / GraphModule / ExportedProgram: keys from the fx graph
+        from .fx.api import list_torch_keys
+
+        return list_torch_keys(model, example_inputs)
     original, _ = as_model(model)
     graph = to_graph(original)
     acts = find_activations(graph)
     resolve_keys(acts, node_key_names(original))
-    return [{"key": display_key(a), "keys": a.keys, "kind": a.kind, "nodes": a.node_names} for a in acts]
+    return [{"key": display_key(a), "keys": a.keys, "module": a.module_path, "kind": a.kind, "nodes": a.node_names}
+            for a in acts]
 
 
 def _is_torch_module(obj) -> bool:

@@ -68,7 +68,7 @@ def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None
             raise CollapseError(f"{p}: folder holds no .npy files")
         by_name = {f.stem: f for f in files}
         if all(n in by_name for n in names):
-            arrays = {n: np.load(by_name[n], mmap_mode="r") for n in names}
+            arrays = {n: _load_npy(by_name[n], mmap_mode="r") for n in names}
             yield from _iter_arrays(str(p), arrays, model, batch_size, max_batches, min_samples)
             return
         if len(names) != 1:
@@ -96,15 +96,29 @@ def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None
             raise CollapseError(f"{p}: a single array, but the model has inputs {names}; use an .npz with those names")
         arrays = {names[0]: data}
     else:
-        arrays = {k: data[k] for k in data.files}
+        arrays = {k: _load_member(p, data, k) for k in data.files}
     yield from _iter_arrays(str(p), arrays, model, batch_size, max_batches, min_samples)
 
 
-def _load_npy(f: Path) -> np.ndarray:
+def _load_npy(f: Path, mmap_mode=None) -> np.ndarray:
     try:
-        return np.load(f, allow_pickle=False)
+        return np.load(f, allow_pickle=False, mmap_mode=mmap_mode)
     except Exception as exc:
-        raise CollapseError(f"{f}: not a readable .npy file ({' '.join(str(exc).split())[:120]})") from None
+        raise CollapseError(f"{f}: not a readable .npy file ({_why(exc)})") from None
+
+
+def _load_member(p: Path, data, key: str) -> np.ndarray:
+    """An .npz is read lazily: a corrupt member or an object (pickled) array fails only here."""
+    try:
+        return data[key]
+    except Exception as exc:
+        raise CollapseError(f"{p}: array {key!r} cannot be read ({_why(exc)}); save numeric arrays with "
+                            "numpy.savez") from None
+
+
+def _why(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:120]
+    return text or type(exc).__name__
 
 
 def _iter_arrays(src: str, arrays: dict, model, batch_size, max_batches, min_samples):

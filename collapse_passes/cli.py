@@ -1,26 +1,32 @@
 """python -m collapse_passes MODEL.onnx [-o OUT.onnx] [--scores S.json --threshold T | --remove N] ...
 
-Flags -> one CollapseConfig -> api.collapse -> report -> atomic write. Exit codes: 0 written (or
-dry run), 1 verification failed (nothing written), 2 bad input (nothing written).
-TVM is imported only when --target is given.
+Flags -> checks (validate_args, the output plan) -> one CollapseConfig -> api.collapse -> report ->
+staged writes renamed in a fixed order. Exit codes: 0 written (or dry run), 1 verification failed
+(at most the --report written), 2 bad input (one line, nothing written), 3 a bug (traceback),
+128+signal when interrupted (the message says what was written). docs/file_safety.md has the list.
+TVM is imported only when --target is given; the collapsed model is written before it runs.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 from rich.console import Console
 
 from .config import CollapseConfig
-from .errors import CollapseError, VerificationError
+from .errors import BUG_REPORT, EXIT_BAD_INPUT, EXIT_BUG, CollapseError, VerificationError
+from .outputs import Interrupted, OutputPlan, interrupt_guard
 
 METHODS = ("tlc", "easier", "prelu", "lacoot")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m collapse_passes",
         description="Collapse activations of an ONNX model, fold and merge the linear ops around them, "
                     "verify the result against the requested semantics, and write it.")
@@ -42,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plot", metavar="FILE.png", help="plot per-layer scores with the threshold")
     g.add_argument("--remove-blocks", type=float, metavar="T",
                    help="with --method lacoot: replace residual blocks scoring <= T by their skip")
+    g.add_argument("--target-speedup", type=float, metavar="S",
+                   help="collapse lowest-scored activations first, skipping those whose collapse buys no predicted "
+                        "speed-up (cost model on the merged graph), until the predicted speed-up reaches S")
     g.add_argument("--list-keys", action="store_true", help="list the activation keys of the model and exit")
     m = p.add_argument_group("merging")
     m.add_argument("--no-merge", action="store_true", help="do not merge linear chains (fold BN/affine only)")
@@ -53,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cost model for merge planning: MACs + per-op overhead, or op latencies measured "
                         "with onnxruntime on this machine")
     m.add_argument("--per-op-overhead", type=float, metavar="MACS", help="MAC-equivalent cost of one extra op")
+    pr = p.add_argument_group("channel pruning (docs/pruning.md)")
+    pr.add_argument("--no-prune", action="store_true",
+                    help="keep constant channels (by default they are removed exactly: zero filters before a ReLU, "
+                         "zero-gamma BN, and with --calib ReLU channels off on all calibration data)")
+    pr.add_argument("--prune-ratio", type=float, metavar="R",
+                    help="also prune about R (0 <= R < 1) of the prunable channels, lowest importance first "
+                         "(approximate: the error against the unpruned model is reported)")
+    pr.add_argument("--prune-scope", choices=("global", "layer"), default="global",
+                    help="rank channels across all layers (default) or take R of every layer")
+    pr.add_argument("--prune-importance", default="l1", metavar="l1|l2|tlc|easier|FILE.json",
+                    help="channel importance: L1/L2 norm of the filters, TLC/EASIER per-channel p_on, or "
+                         'per-channel scores {"<tensor or node>": [...]} (higher = keep)')
+    pr.add_argument("--round-to", type=int, default=1, metavar="N",
+                    help="keep channel counts a multiple of N (SIMD width) when pruning to a ratio")
+    pr.add_argument("--prune-max-error", type=float, metavar="E",
+                    help="refuse (unless --force) a ratio prune whose max abs error against the unpruned model exceeds E")
     v = p.add_argument_group("verification and output")
     v.add_argument("--check", type=int, default=3, metavar="N", help="random inputs for the check (default 3)")
     v.add_argument("--rtol", type=float, default=1e-4)
@@ -61,82 +86,247 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--force", action="store_true", help="write the model even if verification fails")
     v.add_argument("--dry-run", action="store_true", help="compute and report, write no model")
     v.add_argument("--report", metavar="FILE.json", help="write the report as JSON")
+    v.add_argument("--eval", metavar="DATA.npz", help="labelled data (arrays named after the model inputs plus "
+                   "'labels'): report top-1 accuracy and onnxruntime batch-1 latency of the original and the result")
     v.add_argument("-q", "--quiet", action="store_true", help="print only errors and the output path")
+    v.add_argument("-v", "--verbose", action="store_true", help="show progress (e.g. TVM MetaSchedule tuning)")
     try:
         from tvm_integration.cli_hook import add_arguments
     except ImportError:
         pass
     else:
+        known = set(id(a) for a in p._actions)
         add_arguments(p)
+        # flags that mean something only with --target: refused without it (validate_args)
+        p.tvm_flags = {a.dest: a.option_strings[-1] for a in p._actions
+                       if id(a) not in known and a.option_strings and a.dest != "target"}
     return p
 
 
-def _output_path(args) -> Path:
-    src = Path(args.model)
-    out = Path(args.output) if args.output else src.with_name(src.stem + ".collapsed.onnx")
-    if out.resolve() == src.resolve() or (out.exists() and src.exists() and os.path.samefile(out, src)):
-        raise CollapseError(f"output {out} is the input model; choose another path with -o (the input is never "
-                            "overwritten)")
-    if out.exists() and out.is_dir():
-        raise CollapseError(f"output {out} is a directory; give a file path")
-    return out
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2) like every other bad input."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
+
+
+def _finite(flag: str, v, minimum=0.0, why: str = "") -> None:
+    if v is None:
+        return
+    if not math.isfinite(v) or v < minimum:
+        raise CollapseError(f"{flag} must be a finite number >= {minimum:g}{why}, got {v}")
+
+
+def _validate_prune_args(args) -> None:
+    if args.prune_ratio is not None and not (math.isfinite(args.prune_ratio) and 0.0 <= args.prune_ratio < 1.0):
+        raise CollapseError(f"--prune-ratio must be in [0, 1), got {args.prune_ratio} (0.3 removes 30% of the channels)")
+    if args.round_to < 1:
+        raise CollapseError(f"--round-to must be an integer >= 1, got {args.round_to} (1 = no rounding)")
+    if args.prune_ratio is None:
+        for flag, v, default in (("--round-to", args.round_to, 1), ("--prune-scope", args.prune_scope, "global"),
+                                 ("--prune-importance", args.prune_importance, "l1"),
+                                 ("--prune-max-error", args.prune_max_error, None)):
+            if v != default:
+                raise CollapseError(f"{flag} has an effect only with --prune-ratio; add --prune-ratio R or drop {flag}")
+    _finite("--prune-max-error", args.prune_max_error)
+
+
+def validate_args(args, parser: argparse.ArgumentParser) -> None:
+    """Refuse values that cannot be meant, and flags that would be ignored, naming the flag that
+    makes them meaningful. Runs before anything is read or written."""
+    if args.list_keys:
+        extra = [a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest not in
+                 ("list_keys", "quiet", "verbose", "help") and getattr(args, a.dest, None) != a.default]
+        if extra:
+            raise CollapseError(f"--list-keys only lists the activation keys; drop {', '.join(extra)}")
+        return
+    _finite("--rtol", args.rtol)
+    _finite("--atol", args.atol)
+    if args.seed < 0:
+        raise CollapseError(f"--seed must be >= 0, got {args.seed}")
+    if args.check < 1:
+        raise CollapseError(f"--check must be at least 1 (every result is verified), got {args.check}")
+    if args.calib_batches is not None:
+        if args.calib_batches < 1:
+            raise CollapseError(f"--calib-batches must be at least 1 (omit it for the default), got {args.calib_batches}")
+        if args.calib is None:
+            raise CollapseError("--calib-batches has an effect only with --calib; add --calib FILE.npz or drop it")
+    if args.approx_max_error is not None:
+        if not args.allow_border_approx:
+            raise CollapseError("--approx-max-error has an effect only with --allow-border-approx; add it or drop "
+                                "--approx-max-error")
+        _finite("--approx-max-error", args.approx_max_error)
+    if args.per_op_overhead is not None:
+        _finite("--per-op-overhead", args.per_op_overhead, why=" (the MAC-equivalent cost of one op in merge planning)")
+        if args.no_merge:
+            raise CollapseError("--per-op-overhead has an effect only on merge planning; drop --no-merge or drop "
+                                "--per-op-overhead")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise CollapseError(f"--threshold must be a finite number, got {args.threshold}")
+    if args.remove is not None and args.remove < 0:
+        raise CollapseError(f"--remove must be >= 0, got {args.remove}")
+    has_scores = args.scores is not None or args.method is not None
+    for flag, v in (("--threshold", args.threshold), ("--remove", args.remove), ("--plot", args.plot),
+                    ("--save-scores", args.save_scores)):
+        if v is not None and not has_scores:
+            raise CollapseError(f"{flag} needs scores: add --scores FILE.json or --method")
+    if args.remove_blocks is not None and args.method != "lacoot":
+        raise CollapseError("--remove-blocks needs --method lacoot")
+    _validate_prune_args(args)
+    if args.dry_run:
+        if args.output is not None:
+            raise CollapseError("-o has no effect with --dry-run (no model is written); drop one of them")
+        if args.force:
+            raise CollapseError("--force has no effect with --dry-run (no model is written); drop one of them")
+    if not getattr(args, "target", None):
+        for dest, flag in getattr(parser, "tvm_flags", {}).items():
+            if getattr(args, dest, None) != parser.get_default(dest):
+                raise CollapseError(f"{flag} has an effect only with --target; add --target cpu (or another) "
+                                    f"or drop {flag}")
+    else:
+        if (getattr(args, "tune_trials", 0) or 0) < 0:
+            raise CollapseError(f"--tune-trials must be >= 0, got {args.tune_trials}")
+        if getattr(args, "tvm_repeat", 1) is not None and getattr(args, "tvm_repeat", 1) < 1:
+            raise CollapseError(f"--tvm-repeat must be at least 1, got {args.tvm_repeat}")
+
+
+def default_output(model: str) -> Path:
+    src = Path(model)
+    return src.with_name(src.stem + ".collapsed.onnx")
+
+
+def build_plan(args) -> OutputPlan:
+    """Every file this run may read and write, checked before any work (collapse_passes.outputs)."""
+    plan = OutputPlan()
+    plan.add_model_input(args.model)
+    plan.add_input("--scores file", args.scores)
+    plan.add_input("--calib data", args.calib)
+    imp = getattr(args, "prune_importance", None)
+    if isinstance(imp, str) and os.path.isfile(imp):
+        plan.add_input("--prune-importance file", imp)
+    if not args.dry_run:
+        plan.add_output("model", "-o" if args.output else "the default output", args.output or default_output(args.model))
+    plan.add_output("scores", "--save-scores", args.save_scores)
+    plan.add_output("plot", "--plot", args.plot)
+    plan.add_output("report", "--report", args.report)
+    if getattr(args, "target", None):
+        plan.add_output("export", "--export", getattr(args, "export", None), kind="dir")
+        tune = getattr(args, "tune_dir", None)
+        if tune:
+            plan.add_output("tune", "--tune-dir", tune, kind="tree")
+        else:  # cli_hook.default_tune_dir: <output or model stem>.tvm/<target>/
+            base = args.output or args.model
+            plan.add_output("tune", "the default tuning dir", os.path.splitext(base)[0] + ".tvm", kind="tree")
+    plan.check()
+    return plan
+
+
+class _Run:
+    plan: OutputPlan | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    console = Console(stderr=False, quiet=args.quiet)
-    err = Console(stderr=True)
-    try:
-        return _main(args, console, err)
-    except VerificationError as exc:
-        if exc.report is not None and not args.quiet:
-            from .report import print_report
+    run = _Run()
+    with interrupt_guard():
+        err = Console(stderr=True)
+        try:
+            try:
+                parser = build_parser()
+                args = parser.parse_args(argv)   # a usage error exits 2 here (SystemExit), one line
+                console = Console(stderr=False, quiet=args.quiet)
+                return _main(args, parser, console, err, run)
+            except Exception as exc:
+                cause = _interruption(exc)
+                if cause is not None:   # e.g. a C extension's import wraps the signal in ImportError
+                    raise cause from None
+                raise
+        except (KeyboardInterrupt, Interrupted) as exc:
+            if run.plan is not None:
+                run.plan.discard()
+            signum = getattr(exc, "signum", signal.SIGINT)
+            name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+            err.print(f"interrupted ({name}); {run.plan.summary() if run.plan else 'nothing written'}",
+                      highlight=False, markup=False, soft_wrap=True)
+            return 128 + int(signum)
+        except CollapseError as exc:
+            err.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
+            return exc.exit_code
+        except OSError as exc:  # a file the user named cannot be read or written: theirs to fix
+            where = f"{exc.filename}: " if exc.filename else ""
+            done = f"; {run.plan.summary()}" if run.plan else ""
+            err.print(f"[bold red]error:[/] {where}{exc.strerror or exc}{done}", highlight=False, soft_wrap=True)
+            return EXIT_BAD_INPUT
+        except Exception:
+            traceback.print_exc()
+            done = f" ({run.plan.summary()})" if run.plan else ""
+            err.print(f"[bold red]internal error:[/] {BUG_REPORT}{done}", highlight=False, soft_wrap=True)
+            return EXIT_BUG
+        finally:
+            if run.plan is not None:
+                run.plan.discard()
 
-            print_report(exc.report.report, console)
-        if args.report and exc.report is not None:
-            from .onnx.graph import write_text_atomic
-            from .report import report_json
 
-            write_text_atomic(report_json(exc.report.report), args.report)
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 1
-    except CollapseError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        err.print("interrupted; nothing written")
-        return 130
+def _interruption(exc: BaseException):
+    """The SIGINT/SIGTERM hidden in an exception's cause/context chain, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
-def _main(args, console: Console, err: Console) -> int:
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
     from . import api
-    from .onnx.graph import write_text_atomic
     from .report import print_report, report_json
 
+    validate_args(args, parser)
     if args.list_keys:
-        for row in api.list_keys(args.model):
-            console.print(f"{row['key']}\t{row['kind']}\t{', '.join(k for k in row['keys'] if k != row['key'])}",
-                          highlight=False, soft_wrap=True)
+        rows = api.list_keys(args.model)
+        sys.stdout.write("".join(f"{r['key']}\t{r['kind']}\t{', '.join(k for k in r['keys'] if k != r['key'])}\n"
+                                 for r in rows))
+        sys.stdout.flush()
         return 0
-    out = None if args.dry_run else _output_path(args)
-    if args.remove_blocks is not None and args.method != "lacoot":
-        raise CollapseError("--remove-blocks needs --method lacoot")
-    if args.check < 1:
-        raise CollapseError("--check must be at least 1: every result is verified")
+    plan = run.plan = build_plan(args)
+    if plan.removed_stale and not args.quiet:
+        err.print(f"note: removed {len(plan.removed_stale)} temp file(s) left by an interrupted run: "
+                  f"{', '.join(str(p) for p in plan.removed_stale[:5])}", highlight=False, markup=False, soft_wrap=True)
     cfg = CollapseConfig(
         scores=args.scores, threshold=args.threshold, remove=args.remove,
         collapse=[k for k in (args.collapse or "").split(",") if k], method=args.method,
         merge=not args.no_merge, allow_border_approx=args.allow_border_approx,
         approx_max_error=args.approx_max_error, cost=args.cost, per_op_overhead=args.per_op_overhead,
         check=args.check, calib=args.calib, calib_batches=args.calib_batches, rtol=args.rtol, atol=args.atol,
-        force=args.force, seed=args.seed, remove_blocks=args.remove_blocks)
-    result = api.collapse(args.model, config=cfg)
+        force=args.force, seed=args.seed, remove_blocks=args.remove_blocks,
+        prune=not args.no_prune, prune_ratio=args.prune_ratio, prune_scope=args.prune_scope,
+        prune_importance=args.prune_importance, round_to=args.round_to, prune_max_error=args.prune_max_error,
+        eval_data=args.eval, target_speedup=args.target_speedup)
+    try:
+        result = api.collapse(args.model, config=cfg)
+    except VerificationError as exc:
+        if exc.report is not None:
+            if not args.quiet:
+                print_report(exc.report.report, console)
+            if args.report:
+                plan.stage("report", report_json(exc.report.report).encode())
+                plan.commit(("report",))
+                raise VerificationError(f"{_one_line(exc)}; only the report was written: {args.report}") from None
+        raise
     report = result.report
     if not args.quiet:
         print_report(report, console)
+
+    # stage everything, then rename in one fixed order: all of it lands, or none of it
+    if plan.path("model") is not None:
+        plan.stage("model", result.model.SerializeToString())
+        report["output"] = plan.outputs["model"].given
     if args.save_scores:
-        _save_scores(report, args.save_scores)
-        console.print(f"scores written to {args.save_scores}")
+        plan.stage("scores", _scores_json(report).encode())
     if args.plot:
         from .report import plot_scores
 
@@ -144,28 +334,51 @@ def _main(args, console: Console, err: Console) -> int:
         if not scores:
             raise CollapseError("--plot: no scores to plot; give --scores or --method")
         thr = args.remove_blocks if args.method == "lacoot" else args.threshold
-        plot_scores(scores, thr, args.plot, title=f"{Path(args.model).name}: collapse scores")
-        console.print(f"plot written to {args.plot}")
-    tvm_out = None
-    if getattr(args, "target", None):
-        tvm_out = _run_tvm(args, result, console)
-        report["tvm"] = tvm_out
-    if out is not None:
-        try:
-            result.save(out)
-        except OSError as exc:
-            raise CollapseError(f"cannot write {out}: {exc.strerror or exc}") from None
-        report["output"] = str(out)
-    if args.report:
-        write_text_atomic(report_json(report), args.report)
-    if out is not None:
-        flag = " [yellow](verification failed, written because of --force)[/]" if not result.passed else ""
-        console.print(f"wrote {out}{flag}", highlight=False)
-        if args.quiet:
-            print(out)
-    else:
+        plan.stage("plot", plot_scores(scores, thr, None, title=f"{Path(args.model).name}: collapse scores"))
+    for o in plan.commit(("model", "scores", "plot")):
+        if o.role == "model":
+            flag = " [yellow](verification failed, written because of --force)[/]" if not result.passed else ""
+            console.print(f"wrote {o.given}{flag}", highlight=False)
+        else:
+            console.print(f"{o.role} written to {o.given}", highlight=False)
+    if plan.path("model") is None:
         console.print("dry run: no model written")
+    _say_if_nothing_changed(report, args, err)
+
+    if getattr(args, "target", None):
+        # the collapsed model is verified and written first: a TVM failure leaves it in place
+        plan.tvm_started = True
+        try:
+            report["tvm"] = _run_tvm(args, result, console)
+        except CollapseError as exc:
+            report["tvm"] = {"error": _one_line(exc)}
+            if args.report:
+                plan.stage("report", report_json(report).encode())
+                plan.commit(("report",))
+            kind = type(exc)
+            raise kind(f"{_one_line(exc)}; {plan.summary()}") from None
+        if getattr(args, "export", None):
+            plan.mark_written("export")
+    if args.report:
+        plan.stage("report", report_json(report).encode())
+        for o in plan.commit(("report",)):
+            console.print(f"report written to {o.given}", highlight=False)
+    if args.quiet and plan.path("model") is not None:
+        print(plan.outputs["model"].given)
     return 0
+
+
+def _say_if_nothing_changed(report: dict, args, err: Console) -> None:
+    """A selection that selects nothing is not silent: exit 0, but say it on stderr."""
+    removed = sum(1 for b in report.get("blocks", []) if b.get("removed"))
+    if report.get("collapsed") or report.get("folds") or report.get("merges") or removed:
+        return
+    if args.scores is None and args.method is None and not args.collapse:
+        why = "no selection given (use --scores with --threshold/--remove, --collapse KEYS or --method)"
+    else:
+        why = "the selection chose no activation and nothing could be folded or merged"
+    err.print(f"note: this run collapsed, folded and merged nothing: {why}", highlight=False, markup=False,
+              soft_wrap=True)
 
 
 def _report_scores(report: dict) -> dict:
@@ -174,8 +387,7 @@ def _report_scores(report: dict) -> dict:
     return s or {b["key"]: b["score"] for b in report.get("blocks", []) if b.get("score") is not None}
 
 
-def _save_scores(report: dict, path) -> None:
-    from .onnx.graph import write_text_atomic
+def _scores_json(report: dict) -> str:
     from .report import report_json
 
     scores = _report_scores(report)
@@ -185,7 +397,7 @@ def _save_scores(report: dict, path) -> None:
     if report.get("score_details"):
         payload["method"] = report["score_details"].get("method")
         payload["details"] = report["score_details"].get("details", {})
-    write_text_atomic(report_json(payload), path)
+    return report_json(payload)
 
 
 def _run_tvm(args, result, console):
@@ -199,7 +411,9 @@ def _run_tvm(args, result, console):
     try:
         return run_from_args(args, result.original, result.model, feeds, console=console)
     except TVMError as exc:
-        raise CollapseError(f"TVM: {exc}") from None
+        # the TVM build of a verified model disagreeing with onnxruntime is a verification failure
+        kind = VerificationError if getattr(exc, "is_mismatch", False) else CollapseError
+        raise kind(f"TVM: {exc}") from None
 
 
 if __name__ == "__main__":

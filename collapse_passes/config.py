@@ -24,3 +24,11 @@ class CollapseConfig:
     force: bool = False              # write even when the gate fails
     seed: int = 0
     remove_blocks: float | None = None     # LaCoOT: replace residual blocks with score <= T by their skip
+    prune: bool = True               # remove constant channels exactly (pruning/); --no-prune turns it off
+    prune_ratio: float | None = None # also prune this fraction of channels (approximate, measured)
+    prune_scope: str = "global"      # global ranking or per layer
+    prune_importance: object = "l1"  # l1 | l2 | tlc | easier | {tensor or node: [per-channel scores]} | .json
+    round_to: int = 1                # keep channel counts a multiple of this
+    prune_max_error: float | None = None   # refuse a ratio prune whose max abs error exceeds this (unless force)
+    eval_data: object = None         # .npz / dict: model inputs + "labels": top-1 accuracy and latency in the report
+    target_speedup: float | None = None    # pick lowest-scored activations that buy predicted speed-up until S

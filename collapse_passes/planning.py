@@ -6,7 +6,7 @@ cost more than leaving the chain alone: the tool never makes a model slower by i
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 
 def plan_segments(n: int, segment_cost: Callable[[int, int], float | None], max_len: int = 8) -> list[tuple[int, int]]:
@@ -37,3 +37,22 @@ def plan_segments(n: int, segment_cost: Callable[[int, int], float | None], max_
         segs.append((cut[j], j))
         j = cut[j]
     return segs[::-1]
+
+
+def cheapest_point(costs: Sequence[float]) -> int:
+    """Index of the cheapest of equivalent places to put one op (ties go to the last, i.e. the place
+    the values flow to anyway). Used to place a summed bias map anywhere on a chain it passes intact."""
+    if not costs:
+        raise ValueError("cheapest_point: no candidate places")
+    best = 0
+    for i, c in enumerate(costs):
+        if c <= costs[best] + 1e-9 * max(1.0, abs(costs[best])):
+            best = i
+    return best
+
+
+def rewrite_pays(cost_before: Sequence[float], cost_after: Sequence[float]) -> bool:
+    """A rewrite that moves or sums ops pays only if it strictly lowers the model's own total (so a
+    fixed-point loop over it terminates and never makes the model slower by its count)."""
+    b, a = float(sum(cost_before)), float(sum(cost_after))
+    return a < b - 1e-9 * max(1.0, abs(b))

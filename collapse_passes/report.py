@@ -56,6 +56,13 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
                        ("depth_ops", "critical path (ops)"), ("depth_nonlinear", "critical path (nonlinear ops)"),
                        ("activations", "activations")]:
         m.add_row(label, _fmt_int(b[key]), _fmt_int(a[key]), _pct(b[key], a[key]))
+    acc, lat = report.get("accuracy"), report.get("latency")
+    if acc:
+        m.add_row(f"top-1 accuracy ({acc['samples']} samples)", f"{100 * acc['original']:.2f}%",
+                  f"{100 * acc['result']:.2f}%", f"{100 * (acc['result'] - acc['original']):+.2f} pt")
+    if lat:
+        m.add_row("latency, onnxruntime CPU batch 1 (median)", f"{lat['original_ms']:.3f} ms", f"{lat['result_ms']:.3f} ms",
+                  f"{lat['speedup']:.2f}x" if lat.get("speedup") else "")
     console.print(m)
 
     merges = report.get("merges") or []
@@ -69,10 +76,12 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
                        mg.get("reason", ""))
         console.print(mt)
 
+    _print_pruning(report.get("pruning") or {}, console, max_rows)
+
     v = report["verification"]
     r, o = v["against_requested"], v["against_original"]
     status = "[bold green]PASS[/]" if r["passed"] else "[bold red]FAIL[/]"
-    console.print(f"verification on {v['inputs']} (onnxruntime, graph optimizations off): {status}")
+    console.print(f"verification on {v['inputs']} ({v.get('runtime', 'onnxruntime, graph optimizations off')}): {status}")
     console.print(f"  vs requested semantics: max abs {r['max_abs']:.3g}, max rel {r['max_rel']:.3g} "
                   f"(rtol {v['rtol']}, atol {v['atol']})")
     console.print(f"  vs original model (the price of the collapse): max abs {o['max_abs']:.3g}, "
@@ -86,6 +95,33 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
         console.print(f"[dim]note:[/] {len(notes) - max_notes} more note(s) in the --report JSON")
     for w in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
+
+
+def _print_pruning(pr: dict, console: Console, max_rows: int) -> None:
+    """Channel pruning: per group channels before/after, parameters and MACs saved, frozen ops."""
+    sections = [("exact removal", pr)] + ([("ratio prune", pr["ratio"])] if pr.get("ratio") else [])
+    for label, sec in sections:
+        rows = sec.get("groups") or []
+        if not rows:
+            continue
+        t = Table(title=f"Channel pruning, {label}: {sec.get('removed_channels', 0)} channel(s), "
+                        f"{_fmt_int(sec.get('params_saved', 0))} parameters and {_fmt_int(sec.get('macs_saved', 0))} "
+                        "MACs saved")
+        for col in ("group", "channels", "kind"):
+            t.add_column(col, overflow="fold")
+        for r in rows[:max_rows]:
+            t.add_row(r["group"], f"{r['channels_before']} -> {r['channels_after']}", r.get("kind", ""))
+        console.print(t)
+    ratio = pr.get("ratio") or {}
+    err = ratio.get("error_vs_unpruned")
+    if err:
+        console.print(f"ratio prune (approximate): max abs error {err['max_abs']:.3g} against the unpruned model"
+                      + (f", accuracy {ratio['accuracy']}" if ratio.get("accuracy") else ""), highlight=False)
+    frozen = pr.get("frozen_ops") or ratio.get("frozen_ops") or []
+    if frozen and (pr.get("groups") or ratio):
+        kinds = sorted({f"{f['op_type']} ({f['reason']})" for f in frozen})
+        console.print(f"channels frozen (never pruned) by {len(frozen)} op(s): {'; '.join(kinds[:6])}"
+                      + (" ..." if len(kinds) > 6 else ""), highlight=False, soft_wrap=True)
 
 
 def report_json(report: dict) -> str:
@@ -129,4 +165,6 @@ def plot_scores(scores: dict[str, float], threshold: float | None, path, title: 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    if path is None:  # the CLI stages the bytes itself (collapse_passes.outputs)
+        return buf.getvalue()
     write_bytes_atomic(buf.getvalue(), path)

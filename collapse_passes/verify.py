@@ -9,6 +9,7 @@ original, uncollapsed model is reported separately as the price of the collapse 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,62 +17,9 @@ import onnx
 
 from .errors import CollapseError
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-}
-
-
-def session(model: onnx.ModelProto, optimize: bool = False, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        msg = " ".join(str(exc).split())[:200]
-        raise CollapseError(f"onnxruntime cannot load the model ({msg})") from None
-
-
-def input_specs(model: onnx.ModelProto) -> list[tuple[str, list, type]]:
-    sess = session(model)
-    return [(i.name, list(i.shape), _ORT_TYPES.get(i.type, np.float32)) for i in sess.get_inputs()]
-
-
-def random_inputs(model: onnx.ModelProto, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """`count` seeded random feeds; dynamic dimensions are taken as 1."""
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for _ in range(count):
-        feed = {}
-        for name, shape, dt in input_specs(model):
-            dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
-            if np.issubdtype(dt, np.floating):
-                feed[name] = rng.standard_normal(dims).astype(dt)
-            elif dt is np.bool_:
-                feed[name] = rng.integers(0, 2, dims).astype(bool)
-            else:
-                feed[name] = rng.integers(0, 2, dims).astype(dt)
-        feeds.append(feed)
-    return feeds
-
-
-@dataclass
-class Comparison:
-    max_abs: float
-    max_rel: float
-    passed: bool
-    samples: int
-    worst_output: str = ""
-
-    def as_dict(self) -> dict:
-        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed,
-                "samples": self.samples, "worst_output": self.worst_output}
+# sessions, random feeds, the comparison rule: one runtime module for every front end and benchmark
+from .core.runtime import Comparison, compare, input_specs, random_inputs, session  # noqa: F401
+from .core.runtime import run as _runtime_run
 
 
 @dataclass
@@ -82,6 +30,7 @@ class Verification:
     atol: float
     inputs: str
     notes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)   # about the input model itself, not the collapse
 
     def as_dict(self) -> dict:
         return {"against_requested": self.against_requested.as_dict(),
@@ -89,46 +38,96 @@ class Verification:
                 "rtol": self.rtol, "atol": self.atol, "inputs": self.inputs}
 
 
-def run(model: onnx.ModelProto, feeds: list[dict], sess=None) -> list[list[np.ndarray]]:
-    sess = sess or session(model)
+def ort_message(exc: BaseException, limit: int = 240) -> str:
+    """onnxruntime's error text without its prefix and C++ source locations, on one line."""
+    msg = " ".join(str(exc).split())
+    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+    msg = re.sub(r"/onnxruntime_src/\S+ .*? was false\. ", "", msg)
+    return msg[:limit] + ("..." if len(msg) > limit else "")
+
+
+def run(model: onnx.ModelProto, feeds: list[dict], sess=None) -> tuple[list[list[np.ndarray]], list[str]]:
+    """([outputs] per feed, output names); `sess` reuses a session of `model`."""
+    return _runtime_run(sess or session(model), feeds)
+
+
+def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str):
+    """Run the input model alone first: if it cannot run on these feeds, the feeds (or the model)
+    are the user's problem, not the collapse's."""
+    sess = session(model)
     names = [o.name for o in sess.get_outputs()]
-    return [sess.run(names, f) for f in feeds], names
+    outs = []
+    for k, f in enumerate(feeds):
+        try:
+            outs.append(sess.run(names, f))
+        except Exception as exc:
+            msg = ort_message(exc)
+            shapes = ", ".join(f"{n} {tuple(np.shape(v))}" for n, v in f.items())
+            raise CollapseError(f"onnxruntime cannot run the input model on {inputs_desc} (batch {k}: {shapes}): "
+                                f"{msg}; give data that fits the model's inputs") from None
+    return outs, names
 
 
-def compare(ref_outs, outs, names, rtol: float, atol: float) -> Comparison:
-    max_abs = max_rel = 0.0
-    passed = True
-    worst = ""
-    for ref_list, out_list in zip(ref_outs, outs):
-        for name, r, o in zip(names, ref_list, out_list):
-            r = np.asarray(r, np.float64)
-            o = np.asarray(o, np.float64)
-            if r.shape != o.shape:
-                return Comparison(float("inf"), float("inf"), False, len(ref_outs), name)
-            if r.size == 0:
-                continue
-            err = np.abs(r - o)
-            a = float(np.nanmax(err)) if np.all(np.isfinite(err)) else float("inf")
-            # fp32 re-association (merged kernels sum in another order) errs in proportion to the
-            # tensor's scale, not to an element that happens to be near zero: rtol applies to
-            # max(|ref|, rms(ref)).
-            scale = np.maximum(np.abs(r), float(np.sqrt(np.mean(r * r))))
-            rel = float(np.max(err / (scale + 1e-12))) if np.isfinite(a) else float("inf")
-            ok = bool(np.all(err <= atol + rtol * scale)) and np.isfinite(a)
-            if a > max_abs:
-                max_abs, worst = a, name
-            max_rel = max(max_rel, rel)
-            passed &= ok
-    return Comparison(max_abs, max_rel, passed, len(ref_outs), worst)
+def input_model_warnings(model: onnx.ModelProto, outs, names, feeds: list[dict], seed: int = 0) -> list[str]:
+    """What is wrong with the input model itself: NaN/Inf outputs, or outputs that ignore the input.
+    Said as warnings with the numbers, so they are not read as a failure of the collapse."""
+    warns = []
+    for i, name in enumerate(names):
+        vals = [np.asarray(o[i]) for o in outs]
+        if not all(v.dtype.kind == "f" for v in vals):
+            continue
+        n_nan = sum(int(np.isnan(v).sum()) for v in vals)
+        n_inf = sum(int(np.isinf(v).sum()) for v in vals)
+        total = sum(v.size for v in vals)
+        if n_nan or n_inf:
+            warns.append(f"the input model itself outputs non-finite values: {name!r} has {n_nan} NaN and {n_inf} "
+                         f"Inf of {total} values on these inputs; those positions are compared as equal when the "
+                         "result has the same value there")
+    float_idx = [i for i in range(len(names)) if all(np.asarray(o[i]).dtype.kind == "f" for o in outs)]
+    if not float_idx:
+        return warns
+    probe_outs = list(outs)
+    if len(feeds) < 2:
+        try:
+            extra = random_inputs(model, 1, seed + 1)[0]
+            probe_outs = probe_outs + run(model, [extra])[0]
+            feeds = list(feeds) + [extra]
+        except Exception:
+            return warns
+    distinct = any(not _same_feed(feeds[0], f) for f in feeds[1:])
+    if not distinct:
+        return warns
+    same = all(_same_arrays(probe_outs[0][i], o[i]) for o in probe_outs[1:] for i in float_idx)
+    if same:
+        peak = max(float(np.nanmax(np.abs(np.asarray(probe_outs[0][i])))) if np.asarray(probe_outs[0][i]).size
+                   else 0.0 for i in float_idx)
+        warns.append(f"the input model's outputs do not depend on its input: identical on {len(probe_outs)} different "
+                     f"inputs (max |output| {peak:.3g}); the check cannot show that the collapse preserves anything")
+    return warns
+
+
+def _same_feed(a: dict, b: dict) -> bool:
+    return all(k in b and _same_arrays(v, b[k]) for k, v in a.items())
+
+
+def _same_arrays(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
 
 
 def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.ModelProto,
-           feeds: list[dict], rtol: float, atol: float, inputs_desc: str) -> Verification:
-    res_out, names = run(result, feeds)
-    req_out, _ = run(requested, feeds)
-    orig_out, _ = run(original, feeds)
+           feeds: list[dict], rtol: float, atol: float, inputs_desc: str, seed: int = 0) -> Verification:
+    for what, v in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+            raise CollapseError(f"{what} must be a finite number >= 0, got {v}")
+    orig_out, names = run_input_model(original, feeds, inputs_desc)
+    warns = input_model_warnings(original, orig_out, names, feeds, seed)
+    # the input ran on these feeds: a failure of the result or the requested model is ours (a bug)
+    res_out, _ = run(result, feeds, session(result, ours=True))
+    # nothing requested (requested is the input model itself): its outputs are the input's
+    req_out = orig_out if requested is original else run(requested, feeds, session(requested, ours=True))[0]
     return Verification(compare(req_out, res_out, names, rtol, atol),
-                        compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc)
+                        compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc, warnings=warns)
 
 
 def load_calibration(path, model: onnx.ModelProto, limit: int | None = None) -> list[dict]:

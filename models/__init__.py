@@ -10,15 +10,19 @@ from __future__ import annotations
 from torch import nn
 
 from .mobilenet import mobilenet_v2
+from .mobilenet_tv import mobilenet_v2_tv
 from .resnet import resnet18
+from .resnet_tv import resnet18_tv
 from .swin import swin_t
 from .vgg import vgg16_bn
 
-__all__ = ["MODELS", "build", "resnet18", "mobilenet_v2", "vgg16_bn", "swin_t"]
+__all__ = ["MODELS", "build", "resnet18", "resnet18_tv", "mobilenet_v2", "mobilenet_v2_tv", "vgg16_bn", "swin_t"]
 
 MODELS = {
     "resnet18": resnet18,
+    "resnet18_tv": resnet18_tv,
     "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v2_tv": mobilenet_v2_tv,
     "vgg16_bn": vgg16_bn,
     "swin_t": swin_t,
 }

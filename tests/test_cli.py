@@ -236,3 +236,25 @@ def test_bad_calibration_for_the_gate(tmp_path, model_path, capsys, arrays, need
     np.savez(tmp_path / "c.npz", **arrays)
     assert_bad(capsys, run_cli(model_path, "--calib", tmp_path / "c.npz", "-o", tmp_path / "o.onnx"), needle)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_usage_errors_are_one_line_exit_2(model_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(model_path, "--check", "many")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error:") and "--check" in err
+
+
+def test_quiet_prints_only_the_output_path(tmp_path, model_path, capsys):
+    assert run_cli(model_path, "--collapse", "block.relu", "-o", tmp_path / "o.onnx", "-q") == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "o.onnx")
+
+
+def test_verification_failure_writes_only_the_report(tmp_path, model_path, capsys):
+    rc = run_cli(model_path, "--collapse", "block.relu", "-o", tmp_path / "o.onnx", "--report", tmp_path / "r.json",
+                 "--rtol", "0", "--atol", "0")
+    if rc == 0:
+        pytest.skip("merge happened to be bit-exact")
+    err = capsys.readouterr().err
+    assert rc == 1 and "only the report was written" in err
+    assert not (tmp_path / "o.onnx").exists() and json.loads((tmp_path / "r.json").read_text())["passed"] is False

@@ -62,7 +62,7 @@ def _randomize_norm_stats(model: nn.Module) -> None:
 
 
 def test_registry_names():
-    assert set(MODELS) == {"resnet18", "mobilenet_v2", "vgg16_bn", "swin_t"}
+    assert set(MODELS) == {"resnet18", "resnet18_tv", "mobilenet_v2", "mobilenet_v2_tv", "vgg16_bn", "swin_t"}
     with pytest.raises(KeyError):
         build("nope")
 

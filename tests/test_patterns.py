@@ -48,7 +48,8 @@ def test_every_activation_kind_found_once_with_module_key(tmp_path, dynamo):
     by_key = {}
     for r in rows:
         by_key.setdefault(r["key"], []).append(r["kind"])
-    assert by_key["relu"] == ["relu", "relu"], "a module called twice maps to both call sites"
+    assert by_key["relu:0"] == ["relu"] and by_key["relu:1"] == ["relu"], "a module called twice: one key per call"
+    assert [r["module"] for r in rows[:2]] == ["relu", "relu"] and all("relu" in r["keys"] for r in rows[:2])
     for i, kind in enumerate(EXPECTED):
         assert by_key[f"acts.{i}"] == [kind], (i, kind, by_key.get(f"acts.{i}"))
     assert len(rows) == 2 + len(EXPECTED)

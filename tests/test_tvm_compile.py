@@ -57,7 +57,9 @@ def _args(**kw):
 def test_cpu_target_detects_host(cpu_target):
     target, info = cpu_target
     assert target.kind.name == "llvm"
-    assert int(target.attrs["num-cores"]) == (os.cpu_count() or 1)
+    from tvm_integration.targets import host_physical_cores
+
+    assert int(target.attrs["num-cores"]) == host_physical_cores() <= (os.cpu_count() or 1)
     assert info.runs_on_host and info.device == "cpu" and info.cross_compiler is None
     assert info.intrin_modules in (("x86",), ("arm_cpu",))
 
@@ -109,6 +111,51 @@ def test_missing_cross_compiler_message(monkeypatch):
         resolve_target("aarch64")
     msg = str(ei.value)
     assert "make cross" in msg and "g++-aarch64-linux-gnu" in msg and "\n" not in msg
+
+
+def test_runtime_threads_follow_num_cores():
+    """TVM's pool takes half the x86 cores unless told; configure_runtime_threads tells it."""
+    import subprocess
+    import sys
+
+    n = os.cpu_count() or 1
+    if n < 2:
+        pytest.skip("needs 2 cores")
+    code = (
+        "from tvm_integration.targets import configure_runtime_threads as c; "
+        f"r = c({n}); print(r['runtime_threads'], r['source'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == [str(n), "set"]  # TVM alone would take n // 2 on x86
+    env["TVM_NUM_THREADS"] = "1"  # a user's choice is kept
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[-2:] == ["1", "user"]
+
+
+def test_recommended_aarch64_target_dicts_are_valid():
+    from tvm.target import Target
+
+    from tvm_integration.targets import AARCH64_TARGETS
+
+    for spec in AARCH64_TARGETS.values():
+        t = Target(dict(spec))  # LLVM knows the mcpu / mattr names
+        assert str(t.attrs["mtriple"]) == "aarch64-linux-gnu" and "+neon" in list(t.attrs["mattr"])
+        assert "arm_cpu" in list(t.keys)
+
+
+@pytest.mark.skipif(not HAS_CROSS, reason=f"{AARCH64_CXX} not installed (make cross)")
+def test_recommended_aarch64_boards():
+    from tvm_integration.targets import AARCH64_TARGETS
+
+    for board, spec in AARCH64_TARGETS.items():
+        t, info = resolve_target(f"aarch64:{board}")
+        assert info.arch == "aarch64" and info.cross_compiler == AARCH64_CXX
+        assert str(t.attrs["mcpu"]) == spec["mcpu"] and int(t.attrs["num-cores"]) == spec["num-cores"]
+        assert info.intrin_modules == ("arm_cpu",)
+    with pytest.raises(UnknownTargetError, match="rpi4"):
+        resolve_target("aarch64:toaster")
 
 
 @pytest.mark.skipif(not HAS_CROSS, reason=f"{AARCH64_CXX} not installed (make cross)")
@@ -177,6 +224,16 @@ def test_aarch64_export_is_aarch64_elf(tmp_path, cnn_mod):
     assert elf_machine(path) == 183  # EM_AARCH64
 
 
+def test_cuda_route_lowers_without_gpu(cnn_mod):
+    """DLight + DefaultGPUSchedule + CUDA graph capture: builds for sm_80 with no GPU (nothing run)."""
+    target, _ = resolve_target({"kind": "cuda", "arch": "sm_80"})
+    ex = tc.build(cnn_mod, target)
+    assert "__global__" in tc.cuda_source(ex)
+    text = ex.executable.as_text()
+    assert "cuda_graph" in text  # relax.backend.use_cuda_graph: launches captured in a graph
+    assert "cuda_graph" not in tc.build(cnn_mod, target, cuda_graph=False).executable.as_text()
+
+
 @pytest.mark.skipif(not HAS_NVCC, reason="nvcc not installed")
 def test_cuda_build_compiles_without_gpu(cnn_mod):
     target, info = resolve_target({"kind": "cuda", "arch": "sm_90"})
@@ -205,7 +262,7 @@ def test_run_from_args_exports_atomically(tmp_path, cnn):
     out = tmp_path / "export"
     args = _args(target="cpu", export=out, tune_dir=tmp_path / "tune", tvm_repeat=3)
     report = cli_hook.run_from_args(args, model, model, inputs, console=lambda _m: None)
-    assert sorted(os.listdir(out)) == ["model.so", "report.json"]
+    assert sorted(os.listdir(out)) == [cli_hook.EXPORT_MARKER, "model.so", "report.json"]
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["latency_ms"] == report["latency_ms"]
     lat = report["latency_ms"]
@@ -251,11 +308,16 @@ def test_atomic_directory_replaces_existing(tmp_path):
     final = tmp_path / "d"
     final.mkdir()
     (final / "old").write_text("1")
+    with pytest.raises(TVMError, match="not made by this tool"):  # never replaces a user's folder
+        with cli_hook.atomic_directory(final):
+            pass
+    assert sorted(os.listdir(final)) == ["old"]
+    (final / cli_hook.EXPORT_MARKER).write_text("")  # made by an earlier export: replaced
     with cli_hook.atomic_directory(final) as tmp:
         with open(os.path.join(tmp, "new"), "w") as f:
             f.write("2")
         assert not (final / "new").exists()  # not visible before the end
-    assert sorted(os.listdir(final)) == ["new"]
+    assert sorted(os.listdir(final)) == [cli_hook.EXPORT_MARKER, "new"]
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
 
 

@@ -1,7 +1,8 @@
 """TVM integration: MetaSchedule tuning, database reuse, RPC runner, tracker errors.
 
-Budget: one module-scoped tuning run (8 trials on a 1x3x16x16, 8-channel CNN),
-one RPC run (2 trials); about 2-3 minutes on 2 cores.
+Budget: one module-scoped tuning run (8 trials on a 1x3x16x16, 8-channel CNN,
+weight prepacking on), one 2-trial run of a second model on a copy of its
+database, one RPC run (2 trials); about 2-4 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -28,9 +29,27 @@ from tvm_integration import compile as tc  # noqa: E402
 from tvm_integration.errors import TVMError  # noqa: E402
 from tvm_integration.targets import AARCH64_CXX, resolve_target  # noqa: E402
 from tvm_integration.testing import tiny_cnn_onnx  # noqa: E402
-from tvm_integration.tune import check_tracker, parse_tracker, tune, tune_with_report  # noqa: E402
+from tvm_integration.tune import (  # noqa: E402
+    DB_ENV,
+    check_tracker,
+    database_key,
+    default_database_dir,
+    parse_tracker,
+    plan_trials,
+    tune,
+    tune_with_report,
+)
 
 TRIALS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_shared_database(tmp_path_factory):
+    """Tests never touch the user's ~/.cache: the shared database goes to a temp dir."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv(DB_ENV, str(tmp_path_factory.mktemp("shared_tvm_db")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +97,8 @@ def tuned(tmp_path_factory, mod, cpu):
         else:
             t0 = time.perf_counter()
             db, report = tune_with_report(
-                mod, target, info, work_dir=str(work), trials=TRIALS, progress=False
+                mod, target, info, work_dir=str(work), trials=TRIALS, progress=False,
+                shared_database=False,
             )
             seconds = time.perf_counter() - t0
             saved.write_text(json.dumps(dataclasses.asdict(report)))
@@ -123,7 +143,8 @@ def test_rerun_with_same_dir_reuses_records(tuned, mod, cpu):
     before = len(tuned["db"])
     t0 = time.perf_counter()
     db2, rep2 = tune_with_report(
-        mod, target, info, work_dir=str(tuned["work"]), trials=TRIALS, progress=False
+        mod, target, info, work_dir=str(tuned["work"]), trials=TRIALS, progress=False,
+        shared_database=False,
     )
     elapsed = time.perf_counter() - t0
     if tuned["report"].note:  # a task got no trial the first time: it is tuned now
@@ -132,6 +153,92 @@ def test_rerun_with_same_dir_reuses_records(tuned, mod, cpu):
     assert rep2.tasks_reused == tuned["report"].tasks_tuned
     assert len(db2) == before
     assert elapsed < 20, elapsed  # no builder/runner started
+    assert sorted(rep2.tasks_from_database()) == sorted(t.name for t in rep2.tasks if not t.skipped)
+
+
+# --------------------------------------------------------------------------- prepacking, shared database
+
+
+def test_trial_plan_gives_every_task_several_rounds():
+    per_iter, per_task = plan_trials(1024, 17)
+    assert 1024 / (17 * per_iter) >= 4  # >= 4 rounds per task: the gradient scheduler has room
+    assert per_task < 1024 and per_task >= 3 * 1024 // 17  # capped, but heavy tasks may take 3x
+    assert plan_trials(8, 4) == (2, 8)  # tiny budgets still reach every task
+    assert plan_trials(100, 4, num_trials_per_iter=5, max_trials_per_task=30) == (5, 30)
+
+
+def test_prepacked_build_equals_unpacked(tuned, cnn, mod, cpu):
+    """Weight prepacking re-lays out the weights at compile time; the numbers must not change."""
+    model, inputs = cnn
+    target, _ = cpu
+    assert tuned["report"].prepack
+    packed = tc.build(mod, target, database=tuned["db"], prepack=True)
+    plain = tc.build(mod, target, database=tuned["db"], prepack=False)
+    assert packed.tuned_functions and plain.tuned_functions
+    # The layout rewrite happened: tuned kernels read pre-packed weights.
+    assert "_prepacked" in packed.executable.as_text()
+    assert "_prepacked" not in plain.executable.as_text()
+    got_packed, got_plain = tc.run(packed, inputs)[0], tc.run(plain, inputs)[0]
+    np.testing.assert_allclose(got_packed, got_plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_packed, tc.run_ort(model, inputs)[0], rtol=1e-4, atol=1e-5)
+
+
+def _second_model():
+    """Shares both convolutions (shapes) with the fixture CNN, but not its weights, first
+    epilogue (LeakyReLU instead of BN+ReLU) or classifier (6 classes instead of 4)."""
+    import torch
+    from torch import nn
+
+    from tvm_integration.testing import export_onnx
+
+    torch.manual_seed(3)
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.LeakyReLU(0.1),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6),
+    ).eval()
+    x = torch.randn(1, 3, 16, 16)
+    return export_onnx(m, (x,)), {"input": x.numpy()}
+
+
+def test_shared_database_is_reused_by_a_second_model(tuned, cpu, tmp_path):
+    """A model with the same convs takes them from the shared database: no new trials for them."""
+    if tuned["report"].note:
+        pytest.skip(f"first run did not cover every task: {tuned['report'].note}")
+    target, info = cpu
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for f in ("database_workload.json", "database_tuning_record.json"):
+        shutil.copy(tuned["work"] / f, shared / f)
+    model2, inputs2 = _second_model()
+    mod2 = tc.import_onnx(model2)
+    db, rep = tune_with_report(mod2, target, info, work_dir=str(tmp_path / "run"), trials=2,
+                               progress=False, shared_database=str(shared))
+    convs = [t for t in rep.tasks if "conv2d" in t.name]
+    assert len(convs) == 2
+    for t in convs:  # both convs (one with another epilogue) came from the shared database
+        assert t.reused and t.source == "shared", t
+    assert set(t.name for t in convs) <= set(rep.to_dict()["tasks_from_shared_database"])
+    # Only the kernels the fixture model lacks were tuned (the 8->6 classifier).
+    tuned_now = [t.name for t in rep.tasks if not t.reused and not t.skipped]
+    assert tuned_now and not any("conv2d" in n for n in tuned_now), tuned_now
+    ex = tc.build(mod2, target, database=db)
+    assert sum("conv2d" in f for f in ex.tuned_functions) == 2, ex.tuned_functions
+    np.testing.assert_allclose(tc.run(ex, inputs2)[0], tc.run_ort(model2, inputs2)[0], rtol=1e-4, atol=1e-5)
+    # What was tuned now was published to the shared database for the next model.
+    assert rep.published == len(tuned_now)
+
+
+def test_default_database_dir_is_per_target_and_overridable(monkeypatch, tmp_path):
+    monkeypatch.delenv(DB_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cpu2 = {"kind": "llvm", "num-cores": 2, "mcpu": "znver3"}
+    d = default_database_dir(cpu2)
+    assert d.startswith(str(tmp_path / "xdg" / "collapse_passes" / "tvm-db"))
+    assert default_database_dir({"kind": "llvm", "num-cores": 4, "mcpu": "znver3"}) != d
+    assert database_key(cpu2, prepack=False) != database_key(cpu2, prepack=True)
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "mine"))
+    assert default_database_dir(cpu2).startswith(str(tmp_path / "mine"))
 
 
 def test_zero_trials_returns_existing_database_or_none(tuned, mod, cpu, tmp_path):

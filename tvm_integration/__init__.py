@@ -10,9 +10,11 @@ Public API::
     resolve_target(spec, cuda_arch=None) -> (tvm.target.Target, TargetInfo)
     import_onnx(model) -> IRModule
     import_exported_program(ep) -> IRModule
+    relax_from_torch(model_or_result, example_inputs) -> IRModule   (torch.export route)
     build(mod, target, database=None) -> TVMExecutable
     run(executable, inputs, device=None) -> list[np.ndarray]
     measure_latency(executable, inputs, device=None, *, repeat=20) -> float (ms, median)
+    profile(executable, inputs) -> dict (per-VM-call times: where the time goes)
     export_library(executable, path, target_info=None) -> str
     tune(mod, target, target_info, work_dir, trials, rpc_tracker=None, rpc_key=None,
          progress=True) -> Database | None
@@ -32,10 +34,14 @@ _LAZY = {
     "list_target_tags": "targets",
     "import_onnx": "compile",
     "import_exported_program": "compile",
+    "relax_from_torch": "from_torch",
     "build": "compile",
     "run": "compile",
     "measure_latency": "compile",
     "measure_ort_latency": "compile",
+    "profile": "compile",
+    "configure_runtime_threads": "targets",
+    "default_database_dir": "tune",
     "export_library": "compile",
     "TVMExecutable": "compile",
     "tune": "tune",

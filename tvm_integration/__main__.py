@@ -17,26 +17,11 @@ import numpy as np
 from .cli_hook import add_arguments, run_from_args
 from .errors import TVMError
 
-_NP = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
-       10: np.float16, 11: np.float64}
-
-
 def random_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for the graph inputs of ``model`` that are not initializers."""
-    rng = np.random.default_rng(seed)
-    inits = {i.name for i in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        shape = [d.dim_value if d.dim_value > 0 else 1 for d in tt.shape.dim]
-        dtype = _NP.get(tt.elem_type, np.float32)
-        if np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[vi.name] = np.zeros(shape, dtype=dtype)
-    return feeds
+    """One seeded random feed for the inputs of ``model`` (core.runtime.random_inputs)."""
+    from collapse_passes.core.runtime import random_inputs as feeds
+
+    return feeds(model, 1, seed)[0]
 
 
 def main(argv=None) -> int:

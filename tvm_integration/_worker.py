@@ -53,6 +53,10 @@ def make_initializer(modules):
 
     def _init() -> None:
         preload_intrinsics(modules)
+        if "cuda" in modules:
+            # CUDA candidates carry CUDA source, compiled when the runner loads them:
+            # that needs tvm_callback_cuda_compile, registered by this import.
+            importlib.import_module("tvm.support.nvcc")
 
     return _init
 

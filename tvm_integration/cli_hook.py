@@ -18,22 +18,30 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from collapse_passes.outputs import EXPORT_MARKER  # marks a directory --export made (and may replace)
+
 from .errors import TVMError
 
-__all__ = ["TVMError", "add_arguments", "run_from_args", "default_tune_dir", "atomic_directory"]
+__all__ = ["TVMError", "TVMMismatchError", "add_arguments", "run_from_args", "default_tune_dir",
+           "atomic_directory", "EXPORT_MARKER"]
+
+
+class TVMMismatchError(TVMError):
+    """TVM's output of the collapsed model differs from onnxruntime's: a verification failure."""
+
+    is_mismatch = True
 
 DEFAULT_REPEAT = 20
 REPORT_NAME = "report.json"
 LIB_NAME = "model.so"
 TUNING_SUBDIR = "tuning"
-RTOL = 1e-4
+RTOL = 1e-4  # defaults when the caller's args carry no --rtol/--atol
 ATOL = 1e-5
 
 
@@ -150,17 +158,26 @@ def atomic_directory(final_dir: str | os.PathLike):
     """Yield a temp dir next to ``final_dir``; rename it to ``final_dir`` only on success.
 
     On an exception nothing is left behind (the temp dir is removed and an
-    existing ``final_dir`` is untouched).  An existing ``final_dir`` is
-    replaced on success.
+    existing ``final_dir`` is untouched).  The directory gets an
+    ``EXPORT_MARKER`` file; an existing ``final_dir`` is replaced on success
+    only if it carries that marker (made by this tool), never otherwise.
+    Temp and backup dirs carry names the next CLI run recognises and removes
+    if this process is killed (collapse_passes.outputs.temp_path).
     """
+    from collapse_passes.outputs import temp_path
+
     final = os.path.abspath(os.fspath(final_dir))
     parent, base = os.path.split(final)
+    if os.path.lexists(final) and not (os.path.isdir(final) and not os.path.islink(final)
+                                       and os.path.isfile(os.path.join(final, EXPORT_MARKER))):
+        raise TVMError(f"{final} exists and was not made by this tool (no {EXPORT_MARKER} marker); "
+                       "export into a new directory")
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give it a normal dir's mode
+    tmp = os.fspath(temp_path(final, "tmpdir"))
+    os.mkdir(tmp)  # mode 0777 & ~umask, like a plain mkdir
     try:
+        with open(os.path.join(tmp, EXPORT_MARKER), "w") as f:
+            f.write("made by collapse_passes --export; a later --export to this path replaces this directory\n")
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,8 +185,7 @@ def atomic_directory(final_dir: str | os.PathLike):
     backup = None
     try:
         if os.path.lexists(final):
-            backup = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-            os.rmdir(backup)
+            backup = os.fspath(temp_path(final, "old"))
             os.replace(final, backup)
         os.replace(tmp, final)
     except BaseException:
@@ -183,22 +199,14 @@ def atomic_directory(final_dir: str | os.PathLike):
             shutil.rmtree(backup, ignore_errors=True)
 
 
-def _compare(got: list[np.ndarray], ref: list[np.ndarray]) -> dict[str, Any]:
-    if len(got) != len(ref):
-        return {"ok": False, "max_abs_err": None, "why": f"{len(got)} outputs vs {len(ref)}"}
-    worst, ok = 0.0, True
-    for a, b in zip(got, ref):
-        a = np.asarray(a, dtype=np.float64)
-        b = np.asarray(b, dtype=np.float64)
-        if a.shape != b.shape:
-            return {"ok": False, "max_abs_err": None, "why": f"shape {a.shape} vs {b.shape}"}
-        if a.size == 0:
-            continue
-        err = float(np.max(np.abs(a - b)))
-        worst = max(worst, err)
-        scale = max(1.0, float(np.max(np.abs(b))))
-        ok = ok and bool(np.allclose(a, b, rtol=RTOL, atol=ATOL * scale))
-    return {"ok": ok, "max_abs_err": worst, "rtol": RTOL, "atol": ATOL}
+def _compare(got: list[np.ndarray], ref: list[np.ndarray], rtol: float = RTOL, atol: float = ATOL) -> dict[str, Any]:
+    """TVM's outputs against onnxruntime's, with the verification's tolerance rule (core.runtime)."""
+    from collapse_passes.core.runtime import compare_outputs
+
+    c = compare_outputs(got, ref, rtol, atol)
+    if c.why:
+        return {"ok": False, "max_abs_err": None, "why": c.why}
+    return {"ok": c.passed, "max_abs_err": c.max_abs, "max_rel_err": c.max_rel, "rtol": rtol, "atol": atol}
 
 
 def _model_summary(model) -> dict[str, Any]:
@@ -248,6 +256,9 @@ def run_from_args(
     rpc_tracker = getattr(args, "rpc_tracker", None)
     rpc_key = getattr(args, "rpc_key", None)
     export_dir = getattr(args, "export", None)
+    # the user's tolerances (--rtol/--atol) decide whether TVM's output matches onnxruntime's
+    rtol = float(getattr(args, "rtol", None) if getattr(args, "rtol", None) is not None else RTOL)
+    atol = float(getattr(args, "atol", None) if getattr(args, "atol", None) is not None else ATOL)
     if trials < 0:
         raise TVMError(f"--tune-trials must be >= 0, got {trials}")
     if rpc_key and not rpc_tracker:
@@ -288,7 +299,7 @@ def run_from_args(
 
     if info.runs_on_host:
         got = tc.run(ex_coll, inputs)
-        verification["collapsed_tvm_untuned_vs_onnxruntime"] = _compare(got, ref_coll)
+        verification["collapsed_tvm_untuned_vs_onnxruntime"] = _compare(got, ref_coll, rtol, atol)
         latency["original"]["tvm_untuned"] = tc.measure_latency(ex_orig, inputs, repeat=repeat)
         latency["collapsed"]["tvm_untuned"] = tc.measure_latency(ex_coll, inputs, repeat=repeat)
     else:
@@ -318,7 +329,7 @@ def run_from_args(
             notes.append("the tuning database had no record for this model: tuned == untuned")
         if info.runs_on_host:
             got = tc.run(ex_tuned, inputs)
-            verification["collapsed_tvm_tuned_vs_onnxruntime"] = _compare(got, ref_coll)
+            verification["collapsed_tvm_tuned_vs_onnxruntime"] = _compare(got, ref_coll, rtol, atol)
             latency["collapsed"]["tvm_tuned"] = tc.measure_latency(ex_tuned, inputs, repeat=repeat)
 
     # 4b. The input model, for the comparison: same database and work dir, so
@@ -344,7 +355,7 @@ def run_from_args(
                     latency["original"]["tvm_tuned"] = latency["collapsed"]["tvm_tuned"]
                 else:
                     got = tc.run(ex_tuned_orig, inputs)
-                    check = _compare(got, tc.run_ort(original_model, inputs))
+                    check = _compare(got, tc.run_ort(original_model, inputs), rtol, atol)
                     verification["original_tvm_tuned_vs_onnxruntime"] = check
                     if not check["ok"]:
                         notes.append("TVM output of the input model differs from onnxruntime")
@@ -355,9 +366,9 @@ def run_from_args(
     bad = [k for k, v in verification.items() if k.startswith("collapsed") and not v.get("ok")]
     if bad:
         v = verification[bad[0]]
-        raise TVMError(
+        raise TVMMismatchError(
             f"TVM output of the collapsed model differs from onnxruntime ({bad[0]}: "
-            f"max abs err {v.get('max_abs_err')}, rtol {RTOL}); nothing exported"
+            f"max abs err {v.get('max_abs_err')}, rtol {rtol}, atol {atol}); nothing exported"
         )
 
     lat_c, lat_o = latency["collapsed"], latency["original"]

@@ -7,10 +7,21 @@ database's workloads match the functions being built)::
 
     DecomposeOpsForInference, CanonicalizeBindings,
     <target library dispatch>, LegalizeOps, AnnotateTIROpPattern,
-    FoldConstant, FuseOps, FuseTIR                      <- prepare_passes()
+    FoldConstant, FuseOps, FuseTIR,
+    AttachAttrLayoutFreeBuffers                          (CPU: weight prepacking)  <- prepare_passes()
     MetaScheduleApplyDatabase                            (when a database is given)
-    DLight default GPU schedules                         (GPU targets, untuned functions)
-    <target dataflow lowering + finalize passes>         (as tvm.compile's default)
+    SplitLayoutRewritePreproc, LiftTransformParams,
+    FoldConstant                                         (CPU: weights re-laid out at compile time)
+    DLight default GPU schedules, DefaultGPUSchedule     (GPU targets, untuned functions)
+    <target dataflow lowering + finalize passes>         (as tvm.compile's default;
+                                                          CUDA graphs with cuda_graph=True)
+
+Weight prepacking is the CPU half of ``relax.get_pipeline("static_shape_tuning",
+cpu_weight_prepack=True)``: the weights are marked layout-free, MetaSchedule's
+``RewriteLayout`` postprocessor picks a blocked weight layout for each tuned
+kernel, and the layout change is split out and folded into the (bound,
+constant) weights at compile time -- so unlike that pipeline's example no
+``main_transform_params`` call is needed at run time.
 """
 
 from __future__ import annotations
@@ -149,11 +160,21 @@ def _backend_pipeline_module(target):
     return importlib.import_module(f"tvm.relax.backend.{name}.pipeline")
 
 
-def prepare_passes(target) -> list:
-    """Passes up to fused TIR: the functions MetaSchedule tunes and later replaces."""
+def default_prepack(target) -> bool:
+    """Weight prepacking is on for CPU (LLVM) targets, off elsewhere (as TVM recommends)."""
+    return target.kind.name == "llvm"
+
+
+def prepare_passes(target, *, prepack: bool = False) -> list:
+    """Passes up to fused TIR: the functions MetaSchedule tunes and later replaces.
+
+    ``prepack`` appends ``AttachAttrLayoutFreeBuffers`` (weights and constants
+    become ``layout_free_buffers`` of the kernels that read them).
+    """
     from tvm import relax
 
     backend = _backend_pipeline_module(target)
+    tail = [relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else []
     return [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
@@ -163,16 +184,19 @@ def prepare_passes(target) -> list:
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+        *tail,
     ]
 
 
-def prepare(mod, target):
+def prepare(mod, target, *, prepack: bool | None = None):
     """Apply :func:`prepare_passes` (under the target and opt_level 3)."""
     import tvm
 
     target = _as_target(target)
+    if prepack is None:
+        prepack = default_prepack(target)
     with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(prepare_passes(target))(mod)
+        return tvm.transform.Sequential(prepare_passes(target, prepack=prepack))(mod)
 
 
 def _is_gpu(target) -> bool:
@@ -231,14 +255,29 @@ def _raw(executable):
     return executable.executable if isinstance(executable, TVMExecutable) else executable
 
 
-def build(mod, target, database=None, *, enable_warning: bool = False) -> TVMExecutable:
+def build(
+    mod,
+    target,
+    database=None,
+    *,
+    prepack: bool | None = None,
+    cuda_graph: bool | None = None,
+    enable_warning: bool = False,
+) -> TVMExecutable:
     """Compile a Relax module for ``target`` into a VM executable.
 
     ``database`` (a MetaSchedule ``Database``, e.g. the one :func:`tune`
     returns) replaces the fused TIR functions it has records for with their
-    tuned schedules; the others keep TVM's default schedule (DLight rules on
-    GPU, plain loops on CPU -- the same as ``tvm.compile``).  The returned
-    :class:`TVMExecutable` says which functions were tuned.
+    tuned schedules; the others keep TVM's default schedule (DLight rules then
+    ``DefaultGPUSchedule`` on GPU, plain loops on CPU -- as ``tvm.compile``).
+    The returned :class:`TVMExecutable` says which functions were tuned.
+
+    ``prepack`` (default: on for CPU) lets tuned kernels read weights in the
+    blocked layout MetaSchedule chose; the re-layout is folded into the
+    constants here.  It must match the setting the database was tuned with
+    (:func:`tvm_integration.tune.tune_with_report` uses the same default).
+    ``cuda_graph`` (default: on for CUDA) captures the kernel launches of
+    ``main`` in a CUDA graph (``relax.backend.use_cuda_graph``).
     """
     import tvm
     from tvm import relax
@@ -247,15 +286,29 @@ def build(mod, target, database=None, *, enable_warning: bool = False) -> TVMExe
     t0 = time.perf_counter()
     backend = _backend_pipeline_module(target)
     gpu = _is_gpu(target)
+    if prepack is None:
+        prepack = default_prepack(target)
+    if cuda_graph is None:
+        cuda_graph = target.kind.name == "cuda"
     record: dict[str, list[str]] = {}
 
     @tvm.transform.module_pass(opt_level=0, name="CollapseTVMPipeline")
     def _pipeline(m, _ctx):
-        m = tvm.transform.Sequential(prepare_passes(target))(m)
+        m = tvm.transform.Sequential(prepare_passes(target, prepack=prepack))(m)
         if database is not None:
             with database:
                 m = relax.transform.MetaScheduleApplyDatabase(enable_warning=enable_warning)(m)
         record["tuned"], record["untuned"] = _scheduled_functions(m)
+        if prepack:
+            # Tuned kernels now start with a layout-rewrite block on their weights:
+            # split it into its own function and fold it into the constant weights.
+            m = tvm.transform.Sequential(
+                [
+                    relax.transform.SplitLayoutRewritePreproc(),
+                    relax.transform.LiftTransformParams(),
+                    relax.transform.FoldConstant(),
+                ]
+            )(m)
         if gpu:
             from tvm.s_tir import dlight as dl
 
@@ -266,13 +319,18 @@ def build(mod, target, database=None, *, enable_warning: bool = False) -> TVMExe
                 dl.gpu.GeneralReduction(),
                 dl.gpu.Fallback(),
             )(m)
+            # What DLight has no rule for (e.g. convolutions) still needs thread bindings.
+            from tvm.s_tir import transform as s_tir_transform
+
+            m = s_tir_transform.DefaultGPUSchedule()(m)
         m = tvm.transform.Sequential(
             list(backend.dataflow_lower_passes(target)) + list(backend.finalize_passes(target))
         )(m)
         return m
 
+    config = {"relax.backend.use_cuda_graph": True} if cuda_graph else {}
     try:
-        with target, tvm.transform.PassContext(opt_level=3):
+        with target, tvm.transform.PassContext(opt_level=3, config=config):
             ex = tvm.compile(mod, target=target, relax_pipeline=_pipeline)
     except TVMError:
         raise
@@ -326,6 +384,13 @@ def _vm(executable, device):
 
     if getattr(device, "dlpack_device_type", None) and device.dlpack_device_type() == 2:  # kDLCUDA
         ensure_cuda_runtime_compiler()
+    target = getattr(executable, "target", None)
+    if target is not None and target.kind.name == "llvm":
+        # TVM's pool would otherwise take half the cores on x86 (see targets.py).
+        from .targets import configure_runtime_threads
+
+        cores = target.attrs.get("num-cores", None)
+        configure_runtime_threads(int(cores) if cores is not None else None)
     return relax.VirtualMachine(_raw(executable), device)
 
 
@@ -400,6 +465,53 @@ def measure_latency(
     return float(timer("main").median * 1e3)
 
 
+def profile(executable, inputs: Mapping[str, np.ndarray], device=None, *, runs: int = 20) -> dict:
+    """Where the time of one ``main`` call goes: per-callee wall times from a VM instrument.
+
+    TVM 0.27's ``relax.VirtualMachine`` has no ``profile=True`` (the profiler VM
+    of older releases is gone); ``VirtualMachine.set_instrument`` is called
+    before and after every ``Call`` instruction, which is timed here.  Returns
+    ``{"total_us", "calls_us", "outside_us", "rows"}`` averaged over ``runs``
+    calls (after a warm-up): ``rows`` has one entry per callee (TIR kernel or VM
+    builtin such as ``vm.builtin.alloc_storage``), sorted by time, with
+    ``count``, ``total_us``, ``mean_us``; ``outside_us`` is the rest of the call
+    (VM dispatch plus the instrument's own Python overhead, a few us per call:
+    run :func:`measure_latency` for the un-instrumented time).
+    """
+    import tvm
+
+    dev = _device(device, executable)
+    vm = _vm(executable, dev)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in _ordered_args(vm, inputs)]
+    totals: dict[str, list[float]] = {}
+    started: list[float] = []
+
+    def instrument(_func, symbol, before_run, _ret, *_args):
+        now = time.perf_counter()
+        if before_run:
+            started.append(now)
+        elif started:
+            entry = totals.setdefault(str(symbol), [0, 0.0])
+            entry[0] += 1
+            entry[1] += (now - started.pop()) * 1e6
+        return 0
+
+    vm["main"](*args)  # warm-up, not instrumented
+    vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
+    runs = max(1, int(runs))
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        vm["main"](*args)
+    total_us = (time.perf_counter() - t0) * 1e6 / runs
+    rows = [
+        {"name": k, "count": v[0] / runs, "total_us": v[1] / runs, "mean_us": v[1] / v[0] if v[0] else 0.0}
+        for k, v in totals.items()
+    ]
+    rows.sort(key=lambda r: -r["total_us"])
+    calls_us = sum(r["total_us"] for r in rows)
+    return {"total_us": total_us, "calls_us": calls_us, "outside_us": total_us - calls_us, "rows": rows}
+
+
 def measure_ort_latency(
     model,
     inputs: Mapping[str, np.ndarray],
@@ -409,41 +521,22 @@ def measure_ort_latency(
     threads: int | None = None,
 ) -> float:
     """Median latency in ms of an ONNX model on onnxruntime's CPU provider (same protocol)."""
-    import onnxruntime as ort
+    from collapse_passes.core import runtime
 
-    proto = _load_onnx(model)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(
-        proto.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]
-    )
+    sess = runtime.session(_load_onnx(model), optimize=True, threads=threads or (os.cpu_count() or 1))
     feed = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
-    sess.run(None, feed)  # warm-up
-    t0 = time.perf_counter()
-    sess.run(None, feed)
-    one = max(time.perf_counter() - t0, 1e-7)
+    one = max(min(runtime.time_runs(sess, feed, repeat=1, warmup=1)), 1e-7)
     number = max(1, int(np.ceil(min_repeat_ms / 1e3 / one)))
-    results = []
-    for _ in range(max(1, int(repeat))):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            sess.run(None, feed)
-        results.append((time.perf_counter() - t0) / number)
+    results = [sum(runtime.time_runs(sess, feed, repeat=number, warmup=0)) / number
+               for _ in range(max(1, int(repeat)))]
     return float(np.median(results) * 1e3)
 
 
 def run_ort(model, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of an ONNX model on onnxruntime's CPU provider."""
-    import onnxruntime as ort
+    """Outputs of an ONNX model on onnxruntime's CPU provider (graph optimizations on)."""
+    from collapse_passes.core import runtime
 
-    proto = _load_onnx(model)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(
-        proto.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]
-    )
-    return [np.asarray(o) for o in sess.run(None, dict(inputs))]
+    return runtime.outputs(runtime.session(_load_onnx(model), optimize=True), dict(inputs))
 
 
 # --------------------------------------------------------------------------- export

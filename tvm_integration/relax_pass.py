@@ -1,4 +1,4 @@
-"""Relax-level entry point: replace chosen activations with identity ("linearize" them).
+"""Relax-level entry point: replace chosen activations with their linear regime ("linearize" them).
 
 For users who already hold a Relax ``IRModule`` (e.g. from
 ``tvm.relax.frontend.onnx.from_onnx`` or ``from_exported_program``).  The full
@@ -25,8 +25,12 @@ silu           ``R.nn.silu(x)``
 swish          ``R.multiply(x, R.sigmoid(x))`` (either operand order; the sigmoid
                then becomes dead and is removed by DeadCodeElimination)
 selu           ``R.nn.selu(x)``
-softplus       ``R.nn.softplus(x)``
 =============  ====================================================================
+
+Each kind names an entry of the activation catalogue (``collapse_passes.core.activations``;
+``leakyrelu`` is ``leaky_relu`` there, ``swish`` is ``silu``), which gives the linear regime the
+activation becomes: the identity for all of the above but SELU, which becomes ``gamma * x`` as in
+the ONNX front end. ``R.nn.softplus`` is not listed: the catalogue marks it not collapsible.
 
 Activations are numbered per Relax function in dataflow order (the order of
 their bindings), starting at 0; :func:`list_activations` shows the numbering.
@@ -48,6 +52,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Union
 
+from collapse_passes.core import activations as catalogue
+
 ACTIVATION_OPS: dict[str, str] = {
     "relax.nn.relu": "relu",
     "relax.nn.relu6": "relu6",
@@ -57,7 +63,6 @@ ACTIVATION_OPS: dict[str, str] = {
     "relax.nn.gelu_tanh": "gelu_tanh",
     "relax.nn.silu": "silu",
     "relax.nn.selu": "selu",
-    "relax.nn.softplus": "softplus",
 }
 KINDS = tuple(sorted(set(ACTIVATION_OPS.values()) | {"relu6", "clip", "swish"}))
 
@@ -287,17 +292,27 @@ def _linearize_function(func, func_name: str, pred, mod, strict: bool):
             raise IndexError(
                 f"activation index {bad} out of range: function {func_name!r} has {n} activation(s)"
             )
-    chosen = [(var, inp) for site, var, inp in sites if pred(site, n)]
+    chosen = [(var, inp, catalogue.linear_regime(site.kind)) for site, var, inp in sites if pred(site, n)]
     if not chosen:
         return func, 0
 
     @mutator
     class _Linearizer(PyExprMutator):
         def visit_var_binding_(self, binding):
-            for var, inp in chosen:
+            for var, inp, (scale, shift) in chosen:
                 if binding.var.same_as(var):
-                    # `lv = act(x)`  ->  `lv = x`; CanonicalizeBindings removes the alias.
-                    return super().visit_var_binding_(relax.VarBinding(binding.var, inp))
+                    # `lv = act(x)`  ->  `lv = x` (identity regime; CanonicalizeBindings removes the
+                    # alias), or `lv = x * scale + shift` (SELU: gamma*x)
+                    value = inp
+                    if scale != 1.0 or shift != 0.0:
+                        dtype = str(getattr(inp, "dtype", None) or "float32")
+                        x = self.visit_expr(inp)
+                        if scale != 1.0:
+                            x = self.builder_.emit(relax.op.multiply(x, relax.const(scale, dtype)))
+                        if shift != 0.0:
+                            x = self.builder_.emit(relax.op.add(x, relax.const(shift, dtype)))
+                        value = x
+                    return super().visit_var_binding_(relax.VarBinding(binding.var, value))
             return super().visit_var_binding_(binding)
 
     new_func = _Linearizer(mod).visit_expr(func)
@@ -309,7 +324,9 @@ def LinearizeActivations(  # noqa: N802 - TVM pass naming convention
     func_names: Iterable[str] | None = None,
     strict: bool = True,
 ):
-    """Module pass replacing the selected activation calls with their input.
+    """Module pass replacing the selected activation calls with their linear regime.
+
+    The regime comes from the activation catalogue: the input itself, or gamma*input for SELU.
 
     Parameters
     ----------

@@ -11,6 +11,9 @@ Accepted specs (see :func:`resolve_target`):
 ``aarch64`` / ``arm`` / ``arm64``
     64-bit Arm Linux (``mtriple aarch64-linux-gnu``, ``+neon``), cross-compiled
     and linked with Debian's ``aarch64-linux-gnu-g++``.
+``aarch64:<board>``
+    a recommended dict from :data:`AARCH64_TARGETS` (``rpi4``, ``rpi5``,
+    ``orin-cpu``, ``graviton2``, ``graviton3``): ``mcpu`` and ``num-cores`` set.
 a TVM target tag
     e.g. ``raspberry-pi/4b-aarch64`` or ``nvidia/geforce-rtx-3090-ti``; the list
     is :func:`list_target_tags` (``tvm.target.tag.list_tags()`` in TVM 0.27).
@@ -43,6 +46,24 @@ BUILTIN_NAMES = CPU_NAMES + CUDA_NAMES + AARCH64_NAMES
 
 # Default core count for the generic aarch64 target (most boards: 4).
 AARCH64_DEFAULT_CORES = 4
+
+# Recommended aarch64 Linux targets (``--target aarch64:<board>``).  ``mcpu``
+# lets LLVM schedule for the core and enables its extensions (dotprod on
+# A76/Neoverse, SVE on V1); ``num-cores`` is what MetaSchedule parallelises for
+# (big cores only on big.LITTLE boards).  TVM's own tags cover some boards too
+# (``raspberry-pi/4b-aarch64``, ``arm/rasp4b64``; see list_target_tags()).
+AARCH64_TARGETS: dict[str, dict[str, Any]] = {
+    "rpi4": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
+             "mattr": ["+neon"], "num-cores": 4},
+    "rpi5": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76",
+             "mattr": ["+neon", "+dotprod"], "num-cores": 4},
+    "orin-cpu": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae",
+                 "mattr": ["+neon", "+dotprod"], "num-cores": 8},
+    "graviton2": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
+                  "mattr": ["+neon", "+dotprod"], "num-cores": 4},
+    "graviton3": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-v1",
+                  "mattr": ["+neon", "+dotprod", "+sve"], "num-cores": 4},
+}
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,43 @@ def host_cpu_name() -> str | None:
     except Exception:  # pragma: no cover - LLVM-less TVM builds
         pass
     return None
+
+
+def host_physical_cores() -> int:
+    """Physical cores of this host (hyper-threads do not help dense kernels); logical count as fallback."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except Exception:  # pragma: no cover - psutil missing
+        pass
+    return os.cpu_count() or 1
+
+
+def configure_runtime_threads(num_cores: int | None = None) -> dict[str, Any]:
+    """Make TVM's runtime thread pool use ``num_cores`` threads; returns what it uses.
+
+    Gotcha (TVM 0.27, x86): without ``TVM_NUM_THREADS`` the runtime takes
+    ``hardware_concurrency() / 2`` threads (it assumes hyper-threading), i.e.
+    **one** thread on a 2-core VM, while the kernels were scheduled for
+    ``num-cores`` and onnxruntime uses every core.  The pool reads the variable
+    once, when it is first used, so this must run before the first parallel
+    kernel in this process (MetaSchedule's runner workers inherit it).  A value
+    the user set is respected.
+    """
+    import tvm
+
+    wanted = int(num_cores or host_physical_cores())
+    source = "user"
+    if not os.environ.get("TVM_NUM_THREADS"):
+        os.environ["TVM_NUM_THREADS"] = str(wanted)
+        source = "set"
+    f = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
+    used = int(f()) if f is not None else None
+    return {"TVM_NUM_THREADS": os.environ["TVM_NUM_THREADS"], "source": source, "runtime_threads": used,
+            "wanted": wanted}
 
 
 def host_arch() -> str:
@@ -296,7 +354,7 @@ def resolve_target(spec: str | dict, cuda_arch: str | None = None):
 
     low = s.lower()
     if low in CPU_NAMES:
-        cfg: dict[str, Any] = {"kind": "llvm", "num-cores": os.cpu_count() or 1}
+        cfg: dict[str, Any] = {"kind": "llvm", "num-cores": host_physical_cores()}
         mcpu = host_cpu_name()
         if mcpu:
             cfg["mcpu"] = mcpu
@@ -324,6 +382,17 @@ def resolve_target(spec: str | dict, cuda_arch: str | None = None):
                 "num-cores": AARCH64_DEFAULT_CORES,
             }
         )
+        return target, _info_for(target, low)
+
+    if low.startswith("aarch64:"):
+        board = low.split(":", 1)[1]
+        if board not in AARCH64_TARGETS:
+            raise UnknownTargetError(
+                f"unknown aarch64 board {board!r}; known: {', '.join(sorted(AARCH64_TARGETS))} "
+                "(or give a JSON target dict)"
+            )
+        _require_cross_compiler()
+        target = Target(dict(AARCH64_TARGETS[board]))
         return target, _info_for(target, low)
 
     if "/" in s:

@@ -4,9 +4,21 @@
   -- exactly what :func:`tvm_integration.compile.build` later looks up in the
   database, so every record found is applied.
 * The database lives in ``work_dir`` (``database_workload.json`` +
-  ``database_tuning_record.json``, MetaSchedule's JSON format).  A task that
-  already has a record there is *reused*, not tuned again: a rerun with the
-  same work dir tunes only what is new.
+  ``database_tuning_record.json``, MetaSchedule's JSON format); by default
+  that is one *shared* directory per target under the user's cache
+  (:func:`default_database_dir`), reused across models and runs.  Records are
+  matched with ``module_equality="anchor-block"``: a kernel whose main block
+  (the conv / matmul) was tuned before -- in any model, with any fused
+  epilogue -- is *reused*, not tuned again, so a second model with the same
+  convolutions tunes in seconds.
+* CPU targets tune with weight prepacking (layout-free weights, MetaSchedule's
+  ``RewriteLayout``), as ``relax.get_pipeline("static_shape_tuning",
+  cpu_weight_prepack=True)`` does; :func:`tvm_integration.compile.build`
+  applies the same setting.
+* Trial allocation (:func:`plan_trials`): small rounds (``num_trials_per_iter``)
+  so every task gets several rounds and the gradient task scheduler can move
+  the budget to the tasks that dominate the latency, capped per task
+  (``max_trials_per_task``).
 * Builder/runner workers get an initializer that imports only the tensor
   intrinsics the target needs (see :mod:`tvm_integration._worker`); without it
   the first build in every worker imports all of ``tvm.s_tir.tensor_intrin``
@@ -18,6 +30,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,6 +45,80 @@ from .errors import TVMError
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 SUMMARY_FILE = "tune_summary.json"
 LOGGER_NAME = "tvm.s_tir.meta_schedule"
+LOCK_FILE = ".tuning.lock"
+MODULE_EQUALITY = "anchor-block"
+DB_ENV = "COLLAPSE_PASSES_TVM_DB"
+# Rounds every task should get: the gradient scheduler first gives each task
+# window_size (3) rounds, then moves the rest of the budget by expected gain.
+# A round has a fixed cost (evolutionary search + cost-model update: 5-25 s on
+# the shared 2-core machine), so rounds are not made smaller than 8 trials
+# unless the budget is tiny.
+ROUNDS_PER_TASK = 4
+MIN_TRIALS_PER_ROUND = 8
+
+
+# --------------------------------------------------------------------------- shared database
+
+
+def default_database_root() -> str:
+    """``$COLLAPSE_PASSES_TVM_DB``, else ``$XDG_CACHE_HOME/collapse_passes/tvm-db``
+    (``~/.cache/collapse_passes/tvm-db``)."""
+    env = os.environ.get(DB_ENV)
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.abspath(cache), "collapse_passes", "tvm-db")
+
+
+def database_key(target, prepack: bool | None = None) -> str:
+    """Directory name of a target's database: readable prefix + hash of the full target.
+
+    MetaSchedule's JSON database does not separate records by target when it is
+    queried, so each target (kind, mcpu, cores, arch, features) and prepacking
+    setting gets its own directory.
+    """
+    import hashlib
+    import re
+
+    from .compile import _as_target, default_prepack
+
+    target = _as_target(target)
+    if prepack is None:
+        prepack = default_prepack(target)
+    d = json.loads(str(target))
+    parts = [target.kind.name]
+    for key in ("mtriple", "mcpu", "arch"):
+        if d.get(key):
+            parts.append(str(d[key]).split("-")[0] if key == "mtriple" else str(d[key]))
+    if d.get("num-cores"):
+        parts.append(f"{d['num-cores']}c")
+    if not prepack and target.kind.name == "llvm":
+        parts.append("noprepack")
+    digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)) + "-" + digest
+
+
+def default_database_dir(target, prepack: bool | None = None) -> str:
+    """The shared tuning database of ``target``: ``default_database_root()/database_key(target)``."""
+    return os.path.join(default_database_root(), database_key(target, prepack))
+
+
+def plan_trials(trials: int, num_tasks: int, *, num_trials_per_iter: int | None = None,
+                max_trials_per_task: int | None = None) -> tuple[int, int]:
+    """``(num_trials_per_iter, max_trials_per_task)`` for a global budget over ``num_tasks``.
+
+    ``num_trials_per_iter = ceil(trials / tasks)`` (what this package did
+    before) gives every task one round, so the gradient scheduler never gets
+    to move budget.  Here a round is about ``trials / (tasks * 4)`` (8..64,
+    fewer only when the budget is below 8 trials per task)
+    and a task may take up to 3x its fair share, so heavy kernels can get more.
+    """
+    n = max(1, int(num_tasks))
+    trials = max(0, int(trials))
+    floor = max(2, min(MIN_TRIALS_PER_ROUND, trials // n))
+    per_iter = num_trials_per_iter or max(floor, min(64, trials // (n * ROUNDS_PER_TASK)))
+    cap = max_trials_per_task or min(trials, max(per_iter * ROUNDS_PER_TASK, math.ceil(3 * trials / n)))
+    return int(per_iter), int(max(cap, per_iter))
 
 
 # --------------------------------------------------------------------------- RPC
@@ -190,6 +277,8 @@ class TaskReport:
     reused: bool
     skipped: bool = False
     best_us: float | None = None
+    records: int = 0  # measured candidates in the database for this kernel (all runs)
+    source: str = ""  # where a reused schedule came from: "work_dir" or "shared"
 
 
 @dataclass
@@ -209,9 +298,23 @@ class TuneReport:
     rpc: dict[str, Any] | None = None
     builder: str = "pooled-local"
     note: str = ""
+    prepack: bool = False
+    module_equality: str = MODULE_EQUALITY
+    num_trials_per_iter: int | None = None
+    max_trials_per_task: int | None = None
+    threads: dict[str, Any] | None = None
+    shared_database: str | None = None
+    published: int = 0  # records copied to the shared database after tuning
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["tasks_from_database"] = self.tasks_from_database()
+        d["tasks_from_shared_database"] = [t.name for t in self.tasks if t.source == "shared"]
+        return d
+
+    def tasks_from_database(self) -> list[str]:
+        """Kernels whose schedule was already in the database before this run (not tuned now)."""
+        return [t.name for t in self.tasks if t.reused]
 
     def estimated_total_us(self) -> float | None:
         """Sum over tasks of weight x best measured latency (what the tuning log reports)."""
@@ -226,13 +329,64 @@ def _db_paths(work_dir: str) -> list[str]:
 
 
 def open_database(work_dir: str, *, create: bool = True):
-    """The JSON database in ``work_dir`` (None when absent and ``create`` is False)."""
+    """The JSON database in ``work_dir`` (None when absent and ``create`` is False).
+
+    Opened with ``module_equality="anchor-block"``: a query matches any record
+    whose kernel has the same anchor block (conv, matmul...), whatever it fused.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     if not create and not all(os.path.exists(p) for p in _db_paths(work_dir)):
         return None
     os.makedirs(work_dir, exist_ok=True)
-    return ms.database.JSONDatabase(work_dir=work_dir, module_equality="structural")
+    return ms.database.JSONDatabase(work_dir=work_dir, module_equality=MODULE_EQUALITY)
+
+
+@contextlib.contextmanager
+def _exclusive(work_dir: str, say):
+    """Serialise tuning runs that share a database directory (advisory ``flock``)."""
+    import fcntl
+
+    with open(os.path.join(work_dir, LOCK_FILE), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            say(f"waiting for another tuning run that uses {work_dir}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _copy_best(src, dst, task_mod, target) -> bool:
+    """Copy ``src``'s best record for ``task_mod`` (anchor-block match) into ``dst``.
+
+    The record keeps the workload it was tuned on (maybe another epilogue);
+    ``MetaScheduleApplyDatabase`` then replays its trace on the anchor block.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    if not src.has_workload(task_mod):
+        return False
+    rec = src.query_tuning_record(task_mod, target, "main")
+    if rec is None:
+        return False
+    dst.commit_tuning_record(
+        ms.database.TuningRecord(
+            rec.trace, dst.commit_workload(rec.workload.mod), rec.run_secs, rec.target, rec.args_info
+        )
+    )
+    return True
+
+
+def _record_count(db, task_mod) -> int:
+    try:
+        if not db.has_workload(task_mod):
+            return 0
+        return len(db.get_top_k(db.commit_workload(task_mod), 100000))
+    except Exception:  # pragma: no cover - API drift
+        return 0
 
 
 def _best_us(db, task_mod, target) -> float | None:
@@ -353,6 +507,7 @@ def _run_tune_tasks(
             builder=builder,
             runner=runner,
             database=db,
+            module_equality=MODULE_EQUALITY,
             cost_model="xgb",
             measure_callbacks="default",
             task_scheduler="gradient",
@@ -368,7 +523,7 @@ def tune(
     mod,
     target,
     target_info=None,
-    work_dir: str = "tvm_tune",
+    work_dir: str | None = None,
     trials: int = 64,
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
@@ -398,7 +553,7 @@ def tune_with_report(
     mod,
     target,
     target_info=None,
-    work_dir: str = "tvm_tune",
+    work_dir: str | None = None,
     trials: int = 64,
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
@@ -412,6 +567,8 @@ def tune_with_report(
     runner_timeout_s: float = 60.0,
     tracker_timeout_s: float = 5.0,
     retune: bool = False,
+    prepack: bool | None = None,
+    shared_database: str | bool | None = None,
     log=None,
 ):
     """Tune with MetaSchedule; returns ``(database, TuneReport)``.
@@ -421,9 +578,17 @@ def tune_with_report(
     mod: Relax ``IRModule`` (e.g. from :func:`~tvm_integration.compile.import_onnx`).
     target, target_info: from :func:`~tvm_integration.targets.resolve_target`
         (``target`` may also be a name / JSON dict; then ``target_info`` is derived).
-    work_dir: holds the JSON database, MetaSchedule's logs and ``tune_summary.json``.
+    work_dir: holds the JSON database, MetaSchedule's logs and ``tune_summary.json``;
+        default: the target's shared database (:func:`default_database_dir`).
     trials: global trial budget for the tasks that still need tuning.  ``0``
         tunes nothing and returns the database already in ``work_dir``, if any.
+    num_trials_per_iter, max_trials_per_task: override :func:`plan_trials`.
+    prepack: tune with layout-free weights (default: on for CPU); build with
+        the same value (``compile.build`` has the same default).
+    shared_database: a database directory shared across models and runs
+        (default: :func:`default_database_dir`; ``False``: none).  Tasks
+        ``work_dir`` lacks are looked up there first (copied, not tuned), and
+        the best record of every task tuned now is added to it.
     rpc_tracker, rpc_key: measure candidates on boards behind a TVM RPC tracker.
     progress: show MetaSchedule's per-task progress tables on stdout.
     retune: tune tasks even if the database already has records for them.
@@ -432,8 +597,8 @@ def tune_with_report(
     from tvm.s_tir import meta_schedule as ms
 
     from . import _worker
-    from .compile import _as_target, prepare
-    from .targets import resolve_target
+    from .compile import _as_target, default_prepack, prepare
+    from .targets import configure_runtime_threads, resolve_target
 
     say = log or (lambda _msg: None)
     if target_info is None:
@@ -447,8 +612,19 @@ def tune_with_report(
     trials = int(trials)
     if trials < 0:
         raise TVMError(f"--tune-trials must be >= 0, got {trials}")
-    work_dir = os.path.abspath(os.fspath(work_dir))
-    report = TuneReport(work_dir=work_dir, trials_requested=trials, target=str(target))
+    if prepack is None:
+        prepack = default_prepack(target)
+    if shared_database is None or shared_database is True:
+        shared_database = default_database_dir(target, prepack)
+    if work_dir is None:
+        if not shared_database:
+            raise TVMError("tune_with_report needs a work_dir when shared_database=False")
+        work_dir = shared_database
+    work_dir = os.path.abspath(os.path.expanduser(os.fspath(work_dir)))
+    shared_dir = os.path.abspath(os.path.expanduser(os.fspath(shared_database))) if shared_database else None
+    if shared_dir == work_dir:
+        shared_dir = None
+    report = TuneReport(work_dir=work_dir, trials_requested=trials, target=str(target), prepack=bool(prepack))
     t_start = time.perf_counter()
 
     if trials == 0:
@@ -477,11 +653,49 @@ def tune_with_report(
     # install the light placeholder in this process too.
     _worker.preload_intrinsics(target_info.intrin_modules)
 
-    prepared = prepare(mod, target)
-    all_tasks = list(ms.relax_integration.extract_tasks(prepared, target))
+    if target_info.kind == "cuda" and rpc_info is None:
+        # Runner workers inherit TVM_CUDA_COMPILE_MODE (nvcc when cuda-bindings is missing).
+        from .compile import ensure_cuda_runtime_compiler
+
+        ensure_cuda_runtime_compiler()
+    if target_info.kind == "llvm" and target_info.runs_on_host and rpc_info is None:
+        # Candidates must be measured with as many threads as the kernels are scheduled for.
+        report.threads = configure_runtime_threads(target_info.num_cores)
+
+    prepared = prepare(mod, target, prepack=prepack)
+    all_tasks = list(
+        ms.relax_integration.extract_tasks(prepared, target, module_equality=MODULE_EQUALITY)
+    )
     os.makedirs(work_dir, exist_ok=True)
+    with _exclusive(work_dir, say):
+        return _tune_locked(
+            all_tasks, target, target_info, work_dir, report, t_start, say,
+            trials=trials, rpc_info=rpc_info, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
+            progress=progress, retune=retune, num_trials_per_iter=num_trials_per_iter,
+            max_trials_per_task=max_trials_per_task, population_size=population_size, seed=seed,
+            builder_timeout_s=builder_timeout_s, runner_timeout_s=runner_timeout_s, shared_dir=shared_dir,
+        )
+
+
+def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say, *, trials, rpc_info,
+                 rpc_tracker, rpc_key, progress, retune, num_trials_per_iter, max_trials_per_task,
+                 population_size, seed, builder_timeout_s, runner_timeout_s, shared_dir):
+    """The part of :func:`tune_with_report` that runs under the database lock."""
     db = open_database(work_dir)
     records_before = len(db)
+    shared = None
+    from_shared: set[str] = set()
+    if shared_dir is not None:
+        report.shared_database = shared_dir
+        os.makedirs(shared_dir, exist_ok=True)
+        with _exclusive(shared_dir, say):
+            shared = open_database(shared_dir)
+            if not retune:
+                for task in all_tasks:
+                    tmod = task.dispatched[0]
+                    if db.query_tuning_record(tmod, target, "main") is None and _copy_best(shared, db, tmod, target):
+                        from_shared.add(task.task_name)
+        records_before = len(db)
 
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -504,6 +718,7 @@ def tune_with_report(
             weight=int(task.weight),
             reused=reused,
             skipped=skipped,
+            source=("shared" if task.task_name in from_shared else "work_dir") if reused else "",
         )
         if not reused and not skipped:
             todo.append((flops, task))
@@ -514,14 +729,18 @@ def tune_with_report(
         todo.sort(key=lambda ft: -ft[0])  # heavy tasks first: they get the budget
         tasks = [t for _, t in todo]
         n = len(tasks)
-        per_iter = num_trials_per_iter or max(2, min(64, math.ceil(trials / n)))
-        pop = population_size or max(64, min(512, 4 * trials))
+        per_iter, per_task = plan_trials(
+            trials, n, num_trials_per_iter=num_trials_per_iter, max_trials_per_task=max_trials_per_task
+        )
+        report.num_trials_per_iter, report.max_trials_per_task = per_iter, per_task
+        pop = population_size or max(64, min(256, 4 * trials))
         host_threads = os.cpu_count() or 1
         # Threads of the search (cost model, evolutionary search) run on this host.
         num_threads = int(target_info.num_cores or host_threads) if target_info.kind == "llvm" else host_threads
         say(
             f"tuning {n} task(s) ({report.tasks_reused} reused from {work_dir}) "
-            f"with {trials} trials on {target_info.name}"
+            f"with {trials} trials ({per_iter} per round, at most {per_task} per task) "
+            f"on {target_info.name}"
             + (f" via RPC {rpc_tracker} key={rpc_key}" if rpc_tracker else "")
         )
         foreign_handlers = _configure_logging(progress)
@@ -533,7 +752,7 @@ def tune_with_report(
                 db,
                 trials=trials,
                 per_iter=per_iter,
-                max_trials_per_task=max_trials_per_task,
+                max_trials_per_task=per_task,
                 population=pop,
                 num_threads=min(num_threads, host_threads),
                 host_threads=host_threads,
@@ -553,6 +772,13 @@ def tune_with_report(
 
     for task in all_tasks:
         task_reports[task.task_name].best_us = _best_us(db, task.dispatched[0], target)
+        task_reports[task.task_name].records = _record_count(db, task.dispatched[0])
+    if shared_dir is not None and todo:
+        with _exclusive(shared_dir, say):
+            shared = open_database(shared_dir)  # re-read: another run may have added records
+            for _, task in todo:
+                if _copy_best(db, shared, task.dispatched[0], target):
+                    report.published += 1
     report.tasks = list(task_reports.values())
     report.total_records = len(db)
     report.new_records = report.total_records - records_before
@@ -571,4 +797,7 @@ def tune_with_report(
         f"tuning done in {report.seconds:.1f} s: {report.tasks_tuned} task(s) tuned, "
         f"{report.tasks_reused} reused, {report.new_records} new record(s)"
     )
+    if report.tasks_reused:
+        say("from the database (not tuned again): " + ", ".join(
+            t.name + (" [shared]" if t.source == "shared" else "") for t in report.tasks if t.reused))
     return db, report

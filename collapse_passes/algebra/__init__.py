@@ -4,7 +4,7 @@ Both front ends (ONNX, torch.fx) call these functions; see docs in each module f
 `fold_affine_after` / `fold_affine_before` exist for convs and linears: use the module-qualified names
 (`conv.fold_affine_after`) or the `*_conv` / `*_linear` aliases exported here.
 """
-from . import conv, cost, linear
+from . import conv, cost, linear, prune
 from ._common import AlgebraError
 from .conv import (
     ConvParams,
@@ -49,7 +49,7 @@ from .linear import fold_affine_after as fold_affine_after_linear
 from .linear import fold_affine_before as fold_affine_before_linear
 
 __all__ = [
-    "conv", "cost", "linear", "AlgebraError",
+    "conv", "cost", "linear", "prune", "AlgebraError",
     "ConvParams", "MergedConv", "add_identity_skip", "add_pointwise_skip", "bn_to_affine", "compose_conv",
     "compose_conv_chain", "conv_nd", "densify_weight", "exact_output_region", "max_block_diagonal_groups",
     "regroup_weight", "trim_unread_end_pads", "fold_affine_after_conv", "fold_affine_before_conv",

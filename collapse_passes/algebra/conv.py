@@ -59,6 +59,11 @@ __all__ = [
     "densify_weight",
     "regroup_weight",
     "max_block_diagonal_groups",
+    "map_through_conv",
+    "map_through_dense",
+    "map_through_scale",
+    "map_through_mean",
+    "spatially_constant",
 ]
 
 
@@ -671,3 +676,49 @@ def add_identity_skip(p: ConvParams) -> ConvParams:
         raise AlgebraError(
             f"identity skip needs the output aligned with the input (odd kernel, pads d*(k-1)/2 each side): {e}"
         ) from None
+
+
+# -- bias maps (constant per-position offsets) -------------------------------------------------------
+#
+# A merge whose first conv has a bias and whose second conv reads zero padding leaves a constant
+# per-position `bias_map` M added after the merged conv. Every op between there and the next kept
+# nonlinearity is linear, so L(x + M) = L(x) + L0(M) with L0 the op's linear part (no bias):
+# maps can be pushed to the end of a linear region, summed, and added once. These functions give
+# L0(M); maps carry a leading batch axis of 1 ((1, C, *spatial)) so they broadcast over any batch.
+
+def map_through_conv(bias_map, p: ConvParams) -> np.ndarray:
+    """conv(x + M) - conv(x), float64: the conv's weights applied to M with its own zero padding (exact:
+    the padded border of x + M is zero, as is that of x and of M)."""
+    m = f64(bias_map)
+    if m.ndim != p.ndim + 2 or m.shape[0] != 1:
+        raise AlgebraError(f"bias map must be (1, C, *spatial) for a {p.ndim}-D conv, got shape {m.shape}")
+    return conv_nd(m, p.replace(weight=f64(p.weight), bias=None))
+
+
+def map_through_dense(bias_map, weight) -> np.ndarray:
+    """(x + M) @ W.T - x @ W.T = M @ W.T for a linear layer with weight (out, in) on the last axis."""
+    return f64(bias_map) @ f64(weight).T
+
+
+def map_through_scale(bias_map, scale) -> np.ndarray:
+    """scale * (x + M) + shift - (scale * x + shift) = scale * M; `scale` broadcasts like the op's constant
+    (a per-channel BN/affine scale is passed as shape (C, 1, ..., 1))."""
+    return f64(bias_map) * f64(scale)
+
+
+def map_through_mean(bias_map, axes) -> np.ndarray:
+    """mean(x + M) - mean(x) = mean(M) over `axes` (global average pooling: the spatial axes)."""
+    return f64(bias_map).mean(axis=tuple(axes), keepdims=True)
+
+
+def spatially_constant(bias_map, rtol: float = 1e-12) -> np.ndarray | None:
+    """Per-channel vector (C,) if the (1, C, *spatial) map has the same value at every position (then it is
+    an ordinary bias and folds into the producing op), else None. rtol absorbs float64 rounding only."""
+    m = f64(bias_map)
+    if m.ndim < 2 or m.shape[0] != 1:
+        return None
+    flat = m.reshape(m.shape[1], -1)
+    spread = flat.max(axis=1) - flat.min(axis=1)
+    if np.all(spread <= rtol * max(1.0, float(np.abs(flat).max(initial=0.0)))):
+        return flat.mean(axis=1)
+    return None

@@ -1,6 +1,9 @@
 """Cost numbers for deciding whether a merge pays off (merging is a cost decision, not a rule).
 
-MACs are counted for the weight product only (bias adds are negligible). A `CostModel` turns MACs into
+MACs are counted for the weight product only (per-channel bias adds ride along with the op). Ops a
+rewrite *creates* are charged too: a per-position bias-map Add, a layout op (Transpose) or an extra
+Concat is one elementwise pass over its output tensor (`elementwise_macs`), plus the per-op overhead,
+so a plan that needs one must beat the plan without it by the same count. A `CostModel` turns MACs into
 a comparable cost by adding a fixed per-op overhead, or uses a measured latency when the caller has one
 for that op's signature. The planner does the dynamic programming; this module only prices ops.
 """
@@ -19,6 +22,8 @@ __all__ = [
     "merged_conv_macs",
     "conv_signature",
     "linear_signature",
+    "elementwise_macs",
+    "elementwise_signature",
     "CostModel",
     "DEFAULT_PER_OP_OVERHEAD_MACS",
     "DEFAULT_MACS_PER_SECOND",
@@ -69,6 +74,17 @@ def linear_signature(p: LinearParams, rows: int = 1) -> tuple:
     return ("Linear", p.in_features, p.out_features, int(rows))
 
 
+def elementwise_macs(shape) -> int:
+    """One pass over a tensor of `shape` (batch excluded, like conv_macs): an Add of a bias map, a
+    Transpose, a Concat's copy. Counted as one MAC-equivalent per element."""
+    return int(prod(int(n) for n in shape))
+
+
+def elementwise_signature(kind: str, shape) -> tuple:
+    """Key for a measured-latency table of an elementwise op on a (1, *shape) tensor."""
+    return ("Elementwise", str(kind), tuple(int(n) for n in shape))
+
+
 @dataclass
 class CostModel:
     """Cost of an op in MAC-equivalents: macs + per_op_overhead_macs, or a measured time.
@@ -88,6 +104,11 @@ class CostModel:
         if signature is not None and signature in self.measured_seconds:
             return float(self.measured_seconds[signature]) * self.macs_per_second
         return float(macs) + float(self.per_kind_overhead_macs.get(kind, self.per_op_overhead_macs))
+
+    def elementwise_cost(self, kind: str, shape) -> float:
+        """Cost of an elementwise op the rewrite creates (bias-map Add, Transpose, Concat) on one sample
+        of `shape` (channels and spatial axes, no batch)."""
+        return self.op_cost(kind, elementwise_macs(shape), elementwise_signature(kind, shape))
 
     def chain_cost(self, ops) -> float:
         """Sum of op_cost over (kind, macs) or (kind, macs, signature) tuples."""

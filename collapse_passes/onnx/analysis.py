@@ -12,6 +12,7 @@ from ..algebra.cost import conv_macs, linear_macs
 from .graph import const_value
 from .linear_ops import ConvView, DenseView
 from .patterns import NONLINEAR_OPS, find_activations
+from .shapes import with_shapes
 
 _FREE_OPS = {"Constant", "Identity"}
 
@@ -64,14 +65,16 @@ def node_macs(node) -> int:
     return 0
 
 
-def model_stats(model: onnx.ModelProto) -> ModelStats:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:
-        inferred = model
-    graph = gs.import_onnx(inferred)
+def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: list | None = None) -> ModelStats:
+    """Size and depth of `model`. `graph`: a graph of this model whose shapes are already inferred (the
+    passes' final Cleanup leaves one), to skip a second shape inference; `acts`: its activations, if
+    already found. The graph is only read (toposorted)."""
+    if graph is None:
+        graph = with_shapes(model)   # shape inference without sending the weights through it
+        acts = None
     graph.toposort()
-    acts = find_activations(graph)
+    if acts is None:
+        acts = find_activations(graph)
     anchor = {id(a.nodes[-1]) for a in acts}
     inside = {id(n) for a in acts for n in a.nodes}
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)

@@ -19,6 +19,9 @@ class OnnxContext:
     folds: list = field(default_factory=list)         # one dict per folded op
     merges: list = field(default_factory=list)        # one dict per merged chain segment
     approximations: list = field(default_factory=list)  # merges that are not exact (opt-in only)
+    prune: bool = False                               # remove constant channels (pruning/, exact)
+    prune_off: dict = field(default_factory=dict)     # ReLU output -> channels off on all calibration data
+    pruning: dict = field(default_factory=dict)       # what the channel removal did (report)
 
     @property
     def graph_outputs(self) -> set:

@@ -17,32 +17,53 @@ def _pre_passes(remove_blocks) -> list:
     return [RemoveResidualBlocks(), LinearizeActivations()]
 
 
-def build_pass_manager(merge: bool = True, remove_blocks=None) -> PassManager:
+def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = False) -> PassManager:
     loop = [FoldAffine()]
     if merge:
         from .passes.merge_chains import MergeLinearChains
         from .passes.absorb_residual import AbsorbResidual
+        from .passes.propagate_bias_maps import PropagateBiasMaps
 
-        loop += [AbsorbResidual(), MergeLinearChains()]
+        loop += [AbsorbResidual(), MergeLinearChains(), PropagateBiasMaps()]
     loop.append(Cleanup())
-    return PassManager([Cleanup(), *_pre_passes(remove_blocks), ("fixed_point", loop)])
+    pre = list(_pre_passes(remove_blocks))
+    if prune:
+        from .passes.remove_constant_channels import RemoveConstantChannels
+
+        pre.insert(0, RemoveConstantChannels())
+    return PassManager([Cleanup(), *pre, ("fixed_point", loop)])
 
 
 def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow_border_approx: bool = False,
-               cost_model=None, input_shapes=None, remove_blocks=None) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
+               cost_model=None, input_shapes=None, remove_blocks=None, prune: bool = False,
+               prune_off: dict | None = None) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), allow_border_approx=allow_border_approx,
                       cost_model=cost_model, input_shapes=dict(input_shapes or {}),
-                      remove_blocks=set(remove_blocks or ()), node_meta=node_key_names(model))
-    pm = build_pass_manager(merge, remove_blocks)
+                      remove_blocks=set(remove_blocks or ()), node_meta=node_key_names(model),
+                      prune=prune, prune_off=dict(prune_off or {}))
+    pm = build_pass_manager(merge, remove_blocks, prune)
     pm.run(ctx)
     out = to_model(ctx.graph, model)
     check_model(out, "collapsed model")
     return out, ctx, pm
 
 
-def requested_semantics(model: onnx.ModelProto, chosen: set, remove_blocks=None) -> onnx.ModelProto:
+def requested_semantics(model: onnx.ModelProto, chosen: set, remove_blocks=None,
+                        constant_channels: dict | None = None) -> onnx.ModelProto:
     """The input model with the chosen activations linearized (and chosen residual blocks replaced by
-    their skip) and nothing else: the reference the result is verified against."""
+    their skip) and nothing else: the reference the result is verified against.
+
+    constant_channels {tensor: channels}: channels removed because they were off on the calibration data
+    (a data-dependent removal) are forced to 0 in the reference first; structural constant-channel
+    removals need nothing (those channels are constant in the original already).
+
+    Nothing requested returns `model` itself (the same object): verify then reuses its outputs."""
+    if not chosen and not remove_blocks and not constant_channels:
+        return model
+    if constant_channels:
+        from ..pruning.onnx_prune import mask_channels
+
+        model = mask_channels(model, constant_channels)
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), remove_blocks=set(remove_blocks or ()),
                       node_meta=node_key_names(model))
     for p in _pre_passes(remove_blocks):

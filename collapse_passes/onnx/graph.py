@@ -6,7 +6,6 @@ Loading turns every way a file can be wrong into one CollapseError line; saving 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,24 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise CollapseError(f"{p}: parsed, but holds no graph; not an ONNX model or the file is truncated")
     _load_external(model, p)
     check_model(model, str(p))
+    name_nameless_nodes(model)
+    return model
+
+
+def name_nameless_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every nameless top-level node a stable name, "<OpType>_<index>" (its position in the
+    topologically sorted node list), so every activation has a key a scores file can name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, n in enumerate(model.graph.node):
+        if n.name:
+            continue
+        base = name = f"{n.op_type}_{i}"
+        k = 1
+        while name in taken:
+            name = f"{base}_{k}"
+            k += 1
+        n.name = name
+        taken.add(name)
     return model
 
 
@@ -74,6 +91,10 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
 
 def as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:
     if isinstance(model_or_path, onnx.ModelProto):
+        if any(not n.name for n in model_or_path.graph.node):
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model_or_path)   # the caller's proto is never modified
+            return name_nameless_nodes(copy), None
         return model_or_path, None
     if isinstance(model_or_path, (str, os.PathLike)):
         return load_model(model_or_path), Path(model_or_path)
@@ -86,14 +107,14 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Temp file beside the destination (a name the next run recognises as stale if this one is
+    killed), fsync, rename; the mode is what a plain open() gives (umask, or the replaced file's)."""
+    from ..outputs import write_temp
+
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    tmp = write_temp(dest, data)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):

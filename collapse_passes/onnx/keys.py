@@ -6,6 +6,9 @@ Both torch exporters leave the module path behind, in different places:
   called a second time gets a numbered scope ("relu_1").
 - torch.export-based exporter (default): node metadata "pkg.torch.onnx.name_scopes" holds the list
   of full module paths ['', 'layer1', 'layer1.0', 'layer1.0.relu1', '<fx node>'].
+
+A module called at several places (torchvision's BasicBlock calls `self.relu` twice) has one key per
+call site, `path:i` with i the call index in execution order (0-based); its bare path names all sites.
 """
 from __future__ import annotations
 
@@ -57,13 +60,24 @@ def module_path_from_metadata(meta: dict[str, str]) -> str | None:
 
 _CALL_SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
+#: separates a module path from the call index of one of its call sites: "layer1.1.relu:1"
+SITE_SEP = ":"
+
+
+def site_key(path: str, call: int, calls: int) -> str:
+    """The key of one call site: the module path when the module is called once, else path:call."""
+    return path if calls == 1 else f"{path}{SITE_SEP}{call}"
+
 
 def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, str]]) -> dict:
     """Attach keys to each activation; return the key -> [activations] index.
 
-    Keys: every node name in the region, and the module path when one can be read. A module
-    path that maps to several activations (module reused) maps to all of them.
+    Keys, most specific first: the call-site key (the module path, or path:i for the i-th call of a
+    module called at several places, in execution order), the bare module path of a shared module
+    (it names all its sites), and every node name of the region. node_meta must list the nodes in the
+    model's own order (both torch exporters write nodes in execution order): that order numbers the calls.
     """
+    order = {name: i for i, name in enumerate(node_meta)}
     paths: dict[int, str] = {}
     for a in activations:
         path = None
@@ -85,12 +99,24 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
         m = _CALL_SUFFIX.match(last)
         if m and (f"{head}.{m.group(1)}" if head else m.group(1)) in known:
             paths[id(a)] = f"{head}.{m.group(1)}" if head else m.group(1)
+    sites: dict[str, list[Activation]] = defaultdict(list)
+    for a in activations:
+        if id(a) in paths:
+            sites[paths[id(a)]].append(a)
+    for path, group in sites.items():
+        group.sort(key=lambda a: min(order.get(n.name, len(order)) for n in a.nodes))
+        for i, a in enumerate(group):
+            a.module_path = path
+            a.site = site_key(path, i, len(group))
     index: dict[str, list[Activation]] = defaultdict(list)
     for a in activations:
         a.keys = []
-        p = paths.get(id(a))
-        if p:
-            a.keys.append(p)
+        if id(a) in paths:
+            a.keys.append(a.site)
+            if a.site != a.module_path:
+                a.keys.append(a.module_path)
+        else:
+            a.module_path, a.site = None, None
         a.keys.extend(n for n in a.node_names if n)
         for k in dict.fromkeys(a.keys):
             if a not in index[k]:
@@ -105,6 +131,11 @@ def display_key(a: Activation) -> str:
 def lookup(index: dict, key: str, source: str = "scores") -> list[Activation]:
     if key in index:
         return index[key]
+    path, sep, call = key.rpartition(SITE_SEP)
+    if sep and call.isdigit() and path in index:
+        sites = [display_key(a) for a in index[path]]
+        raise CollapseError(f"{source}: {key!r} names no call site: module {path!r} is called "
+                            f"{len(sites)} time(s); its keys are {', '.join(sites)}")
     near = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else \
         "; run with --list-keys to see the activation keys of this model"

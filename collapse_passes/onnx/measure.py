@@ -6,7 +6,6 @@ chain plan costs a handful of tiny measurements.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,20 +42,26 @@ def _dense_model(sig) -> tuple[onnx.ModelProto, dict]:
         {"x": rng.standard_normal((rows, fin)).astype(np.float32)}
 
 
+def _elementwise_model(sig) -> tuple[onnx.ModelProto, dict]:
+    """An Add of a constant per-position map (what a bias-map Add is); other kinds are timed as Add too."""
+    _, _, shape = sig
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *shape])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    m = numpy_helper.from_array(rng.standard_normal((1, *shape)).astype(np.float32), "m")
+    g = helper.make_graph([helper.make_node("Add", ["x", "m"], ["y"])], "op", [x], [y], [m])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), \
+        {"x": rng.standard_normal((1, *shape)).astype(np.float32)}
+
+
+_BUILDERS = {"Conv": _conv_model, "Linear": _dense_model, "Elementwise": _elementwise_model}
+
+
 def time_model(model: onnx.ModelProto, feed: dict, repeat: int = 30, warmup: int = 5, threads: int | None = None) -> float:
     """Median seconds of one run, onnxruntime CPU with full graph optimizations."""
-    from ..verify import session
+    from ..core.runtime import session, time_runs
 
-    sess = session(model, optimize=True, threads=threads)
-    names = [o.name for o in sess.get_outputs()]
-    for _ in range(warmup):
-        sess.run(names, feed)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        sess.run(names, feed)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(time_runs(session(model, optimize=True, threads=threads), feed, repeat, warmup)))
 
 
 @dataclass
@@ -66,10 +71,10 @@ class MeasuredCostModel(CostModel):
     empty_op_seconds: float = field(default=0.0)
 
     def op_cost(self, kind: str, macs: float, signature=None) -> float:
-        if signature is None or signature[0] not in ("Conv", "Linear"):
+        if signature is None or signature[0] not in _BUILDERS:
             return super().op_cost(kind, macs, signature)
         if signature not in self.measured_seconds:
-            model, feed = (_conv_model if signature[0] == "Conv" else _dense_model)(signature)
+            model, feed = _BUILDERS[signature[0]](signature)
             self.measured_seconds[signature] = time_model(model, feed, repeat=self.repeat)
         return float(self.measured_seconds[signature]) * self.macs_per_second
 

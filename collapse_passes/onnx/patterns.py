@@ -8,7 +8,9 @@ comparing with the known function. A region that matches nothing is left alone, 
 
 Each activation also knows its *linear regime* (the branch it follows when "always on"): that is
 what linearize substitutes. For almost all it is the identity; SELU's is lambda*x and
-HardSigmoid's is alpha*x+beta (both then fold into the neighbouring linear op).
+HardSigmoid's is alpha*x+beta (both then fold into the neighbouring linear op). Regimes, reference
+functions and which kinds are collapsible come from the one catalogue, core/activations.py; this
+file only maps ONNX nodes to its kinds and params.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..core import activations as catalogue
 from .graph import const_value
 
 # op types that are always nonlinear; used by depth accounting and "ops left alone" listings
@@ -46,7 +49,9 @@ class Activation:
     linear_scale: float = 1.0    # linear regime y = scale*x + shift
     linear_shift: float = 0.0
     params: dict = field(default_factory=dict)   # e.g. slope for LeakyRelu / PRelu values
-    keys: list = field(default_factory=list)     # filled by keys.resolve_keys
+    keys: list = field(default_factory=list)     # filled by keys.resolve_keys, most specific first
+    module_path: str | None = None               # torch module path, when an exporter left one
+    site: str | None = None                      # call-site key: module_path, or module_path:i when shared
 
     @property
     def node_names(self) -> list[str]:
@@ -83,7 +88,13 @@ def _single_op(node) -> Activation | None:
         return None
     op = node.op
     x, y = node.inputs[0], node.outputs[0]
-    act = lambda kind, **kw: Activation(node.name, kind, [node], x, y, **kw)
+
+    def act(kind, params=None):
+        if not catalogue.is_collapsible(kind):
+            return None  # e.g. Softplus: kept and listed as nonlinear
+        scale, shift = catalogue.linear_regime(kind, params)
+        return Activation(node.name, kind, [node], x, y, linear_scale=scale, linear_shift=shift,
+                          params=dict(params or {}))
     if (node.domain or "") not in ("", "ai.onnx", "com.microsoft"):
         return None
     if op == "Relu":
@@ -111,15 +122,14 @@ def _single_op(node) -> Activation | None:
     if op == "HardSigmoid":
         a = float(node.attrs.get("alpha", 0.2))
         b = float(node.attrs.get("beta", 0.5))
-        return act("hardsigmoid", linear_scale=a, linear_shift=b, params={"alpha": a, "beta": b})
+        return act("hardsigmoid", params={"alpha": a, "beta": b})
     if op == "Elu":
         return act("elu", params={"alpha": float(node.attrs.get("alpha", 1.0))})
     if op == "Celu":
         return act("celu", params={"alpha": float(node.attrs.get("alpha", 1.0))})
     if op == "Selu":
-        gamma = float(node.attrs.get("gamma", 1.0507009873554805))
-        return act("selu", linear_scale=gamma, params={"gamma": gamma,
-                                                        "alpha": float(node.attrs.get("alpha", 1.6732632423543772))})
+        return act("selu", params={"gamma": float(node.attrs.get("gamma", catalogue.SELU_GAMMA)),
+                                   "alpha": float(node.attrs.get("alpha", catalogue.SELU_ALPHA))})
     if op == "Gelu":  # opset 20, or com.microsoft
         approx = node.attrs.get("approximate", "none")
         approx = approx.decode() if isinstance(approx, bytes) else approx
@@ -129,26 +139,16 @@ def _single_op(node) -> Activation | None:
     if op == "Mish":
         return act("mish")
     if op == "Softplus":
-        return None  # no identity regime worth collapsing to; kept and listed as nonlinear
+        return act("softplus", params={"beta": 1.0})  # not collapsible: None
     return None
 
 
 # ----------------------------------------------------------------- fused (multi-node) patterns
 
-_SQRT1_2 = 1.0 / math.sqrt(2.0)
-
-
 def _erf(v):
     return np.vectorize(math.erf)(v)
 
 
-_GATED_CATALOGUE = {
-    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x * _SQRT1_2)),
-    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
-    "silu": lambda x: x / (1.0 + np.exp(-x)),
-    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    "mish": lambda x: x * np.tanh(np.log1p(np.exp(x))),
-}
 _PROBE = np.linspace(-7.0, 7.0, 141)
 
 
@@ -225,11 +225,7 @@ def _classify(nodes: list, x_name: str) -> str | None:
     out = _eval_region(nodes, x_name, _PROBE)
     if out is None or not np.all(np.isfinite(out)):
         return None
-    for kind, fn in _GATED_CATALOGUE.items():
-        ref = fn(_PROBE)
-        if np.allclose(out, ref, rtol=1e-4, atol=1e-5):
-            return kind
-    return None
+    return catalogue.identify(out, _PROBE, catalogue.GATED_KINDS, rtol=1e-4, atol=1e-5)
 
 
 def _grow_region(anchor, order: dict, claimed: set, max_nodes: int = 16):
@@ -277,7 +273,9 @@ def _fused(graph: gs.Graph, order: dict, claimed: set, outputs: set) -> list[Act
             nodes, x, kind = best
             for n in nodes:
                 claimed.add(id(n))
-            found.append(Activation(anchor.name, kind, nodes, x, anchor.outputs[0]))
+            scale, shift = catalogue.linear_regime(kind)
+            found.append(Activation(anchor.name, kind, nodes, x, anchor.outputs[0], linear_scale=scale,
+                                    linear_shift=shift))
     return found
 
 

@@ -21,8 +21,12 @@ METHODS = ("tlc", "easier", "prelu", "lacoot")
 __all__ = ["METHODS", "ScoreResult", "compute_scores", "binary_entropy", "gaussian_p_off"]
 
 
-def compute_scores(method: str, model: onnx.ModelProto, calib=None, calib_batches=None) -> ScoreResult:
-    """Scores of `method` on `model` (a ModelProto or a path); calib: .npz / folder / dict of arrays."""
+def compute_scores(method: str, model: onnx.ModelProto, calib=None, calib_batches=None,
+                   activations=None) -> ScoreResult:
+    """Scores of `method` on `model` (a ModelProto or a path); calib: .npz / folder / dict of arrays.
+
+    activations: (graph, activations with keys resolved) of `model` when the caller already has them
+    (collapse() does): the activation methods then do not search the graph again."""
     name = str(method).strip().lower() if method is not None else ""
     if name not in METHODS:
         raise CollapseError(f"unknown score method {method!r}; valid methods: {', '.join(METHODS)}")
@@ -44,5 +48,7 @@ def compute_scores(method: str, model: onnx.ModelProto, calib=None, calib_batche
     elif name == "prelu":
         from .prelu import prelu_scores as fn
     else:
-        from .lacoot import lacoot_scores as fn
-    return fn(model, calib=calib, calib_batches=calib_batches)
+        from .lacoot import lacoot_scores
+
+        return lacoot_scores(model, calib=calib, calib_batches=calib_batches)
+    return fn(model, calib=calib, calib_batches=calib_batches, activations=activations)

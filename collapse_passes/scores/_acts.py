@@ -2,8 +2,6 @@
 (keys.display_key), with the channel layout of each activation input."""
 from __future__ import annotations
 
-from collections import defaultdict
-
 import onnx
 
 from ..onnx.graph import const_value, node_key_names, to_graph
@@ -15,8 +13,13 @@ _CONV = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "InstanceNormali
 _TOKEN = {"MatMul", "Gemm", "LayerNormalization", "Softmax", "Transpose", "Reshape"}
 
 
-def load_activations(model: onnx.ModelProto):
-    """(graph, activations) with keys resolved; the model proto is not modified."""
+def load_activations(model: onnx.ModelProto, activations=None):
+    """(graph, activations) with keys resolved; the model proto is not modified.
+
+    activations: the (graph, activations) of `model` a caller already found (collapse() does), reused
+    as is so that one run searches the graph once; the score methods only read them."""
+    if activations is not None:
+        return activations
     graph = to_graph(model)
     acts = find_activations(graph)
     resolve_keys(acts, node_key_names(model))
@@ -42,18 +45,13 @@ def conv_like(tensor, depth: int = 4) -> bool:
     return False
 
 
-def group_by_key(acts) -> dict[str, list]:
-    """display key -> activations (a module called at several places has several)."""
-    groups: dict[str, list] = defaultdict(list)
+def per_site(acts, details_by_act: dict) -> tuple[dict, dict]:
+    """(key -> score, key -> details) with one entry per activation call site (keys.display_key is
+    unique per site: a module called twice has path:0 and path:1), in model order."""
+    scores, details = {}, {}
     for a in acts:
-        groups[display_key(a)].append(a)
-    return dict(groups)
-
-
-def shared_key_note(groups: dict, method: str) -> list[str]:
-    multi = {k: len(v) for k, v in groups.items() if len(v) > 1}
-    if not multi:
-        return []
-    ex = ", ".join(f"{k!r} x{n}" for k, n in list(multi.items())[:3])
-    return [f"{method}: {len(multi)} key(s) name an activation module called at several places ({ex}); "
-            "their per-call scores are averaged"]
+        d = details_by_act[id(a)]
+        key = display_key(a)
+        scores[key] = float(d["score"])
+        details[key] = {**d, "module": a.module_path} if a.module_path and a.module_path != key else d
+    return scores, details

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.activations import activation_kink, upper_bound  # noqa: F401 (re-exported)
 from ..errors import CollapseError
 
 #: a channel counts as "always off" (dead) when p_off >= DEAD_P, "always on" (linear) when p_off <= 1 - DEAD_P
@@ -100,29 +101,8 @@ def layer_summary(p_off: np.ndarray) -> dict:
     }
 
 
-def activation_kink(kind: str, params: dict) -> float:
-    """Where the activation switches regime from 'off' to 'on' (the input threshold the scores use).
-
-    0 for ReLU-like and smooth gates (GELU, SiLU, ...), the lower bound of a Clip, -beta/alpha of a
-    HardSigmoid (the point where its output leaves 0). Upper bounds (ReLU6's 6, Clip max) are not
-    part of the score; the fraction above them is reported in the details where it is measured.
-    """
-    if kind == "clip":
-        return float(params.get("min", 0.0))
-    if kind == "hardsigmoid":
-        a, b = float(params.get("alpha", 0.2)), float(params.get("beta", 0.5))
-        return -b / a if a else 0.0
-    if kind == "hardswish":
-        return 0.0
-    return 0.0
-
-
-def upper_bound(kind: str, params: dict) -> float | None:
-    if kind == "relu6":
-        return 6.0
-    if kind == "clip" and params.get("max") is not None:
-        return float(params["max"])
-    return None
+# activation_kink(kind, params) / upper_bound(kind, params): the thresholds the scores use, from the
+# one activation catalogue (core/activations.py); re-exported here for the score methods.
 
 
 # ------------------------------------------------------------------------------ accumulators
@@ -233,7 +213,7 @@ def tapped_batches(model, tensor_names: list[str], calib, calib_batches, min_sam
     import onnx
 
     from ..calib import iter_calibration
-    from ..verify import session
+    from ..core.runtime import session
 
     graph_inputs = {i.name for i in model.graph.input}
     outs = {o.name for o in model.graph.output}

@@ -9,10 +9,8 @@ Calibration batches are streamed (calib.iter_calibration): only per-channel coun
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import CollapseError
-from ._acts import conv_like, group_by_key, load_activations, shared_key_note
+from ._acts import conv_like, load_activations, per_site
 from ._common import (ChannelStats, ScoreResult, activation_kink, channel_axis_for_rank, layer_summary,
                       require_calib, tapped_batches, upper_bound)
 
@@ -20,23 +18,16 @@ from ._common import (ChannelStats, ScoreResult, activation_kink, channel_axis_f
 MIN_SAMPLES = 2
 
 
-def easier_scores(model, calib=None, calib_batches=None) -> ScoreResult:
+def easier_scores(model, calib=None, calib_batches=None, activations=None) -> ScoreResult:
     require_calib(calib, "easier", "EASIER measures how often each activation input is >= 0")
-    _, acts = load_activations(model)
+    _, acts = load_activations(model, activations)
     if not acts:
         raise CollapseError("easier: the model has no recognised activations to score")
     stats = collect_stats(model, acts, calib, calib_batches, "easier", MIN_SAMPLES, moments=False)
-    groups = group_by_key(acts)
-    scores, details = {}, {}
-    for key, group in groups.items():
-        per_call = [activation_details(a, stats[id(a)]) for a in group]
-        scores[key] = float(np.mean([d["score"] for d in per_call]))
-        details[key] = per_call[0] if len(per_call) == 1 else {**per_call[0], "score": scores[key],
-                                                                "calls": per_call}
+    scores, details = per_site(acts, {id(a): activation_details(a, stats[id(a)]) for a in acts})
     samples = next(iter(stats.values())).samples
     notes = [f"easier: entropy of on/off (input >= 0) per channel over {samples} calibration sample(s), "
              "mean over channels; 0 = always on or always off"]
-    notes += shared_key_note(groups, "easier")
     return ScoreResult("easier", "empirical", "activation", scores, details, notes)
 
 

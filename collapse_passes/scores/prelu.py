@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 
 from ..errors import CollapseError
-from ._acts import group_by_key, load_activations, shared_key_note
+from ._acts import load_activations, per_site
 from ._common import ScoreResult, rounded
 
 #: Layer Folding folds a PReLU whose slope reached this value
@@ -26,8 +26,8 @@ def slope_details(kind: str, alpha) -> dict:
             "frac_foldable": float(np.mean(alpha >= FOLD_ALPHA)) if alpha.size else 0.0}
 
 
-def prelu_scores(model, calib=None, calib_batches=None) -> ScoreResult:
-    _, acts = load_activations(model)
+def prelu_scores(model, calib=None, calib_batches=None, activations=None) -> ScoreResult:
+    _, acts = load_activations(model, activations)
     scored = [a for a in acts if a.kind in ("prelu", "leaky_relu")]
     others = Counter(a.kind for a in acts if a.kind not in ("prelu", "leaky_relu"))
     if not scored:
@@ -36,17 +36,11 @@ def prelu_scores(model, calib=None, calib_batches=None) -> ScoreResult:
                             f"(activations: {found}); use --method easier or tlc")
     details_by_act = {id(a): slope_details(a.kind, a.params["slope"] if a.kind == "prelu" else [a.params["alpha"]])
                       for a in scored}
-    groups = group_by_key(scored)
-    scores, details = {}, {}
-    for key, group in groups.items():
-        per_call = [details_by_act[id(a)] for a in group]
-        scores[key] = float(np.mean([d["score"] for d in per_call]))
-        details[key] = {**per_call[0], "score": scores[key]}
+    scores, details = per_site(scored, details_by_act)
     notes = ["prelu: score = mean |1 - slope| per PReLU / LeakyRelu (0 = identity); data-free"]
     if others:
         notes.append("prelu: activations of other kinds get no score (" +
                      ", ".join(f"{k}: {n}" for k, n in sorted(others.items())) + ")")
     if calib is not None:
         notes.append("prelu: calibration data is not used by this method (only by verification)")
-    notes += shared_key_note(groups, "prelu")
     return ScoreResult("prelu", "slopes", "activation", scores, details, notes)

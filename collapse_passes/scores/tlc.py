@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import CollapseError
 from ..onnx.keys import display_key
-from ._acts import group_by_key, load_activations, shared_key_note
+from ._acts import load_activations, per_site
 from ._common import ScoreResult, activation_kink, gaussian_p_off, layer_summary
 
 #: the empirical variant needs a standard deviation: at least two samples
@@ -56,12 +56,12 @@ def bn_feeding(a):
     return np.asarray(gamma, np.float64).ravel(), np.asarray(beta, np.float64).ravel(), bn.name
 
 
-def tlc_scores(model, calib=None, calib_batches=None, variant: str = "auto") -> ScoreResult:
+def tlc_scores(model, calib=None, calib_batches=None, variant: str = "auto", activations=None) -> ScoreResult:
     """variant "auto" (BN where one feeds the activation, empirical elsewhere), or force "empirical"
     (every activation from calibration statistics; e.g. to compare with the BN variant)."""
     if variant not in ("auto", "empirical"):
         raise CollapseError(f"tlc: unknown variant {variant!r}; use auto or empirical")
-    _, acts = load_activations(model)
+    _, acts = load_activations(model, activations)
     if not acts:
         raise CollapseError("tlc: the model has no recognised activations to score")
     bns = {id(a): (bn_feeding(a) if variant == "auto" else None) for a in acts}
@@ -96,13 +96,7 @@ def tlc_scores(model, calib=None, calib_batches=None, variant: str = "auto") -> 
             p_off = gaussian_p_off(st.mean, st.std, activation_kink(a.kind, a.params))
             per_act[id(a)] = {"kind": a.kind, "node": a.name, "source": "empirical", **layer_summary(p_off),
                               "channel_axis": st.axis, "samples": st.samples}
-    groups = group_by_key(acts)
-    scores, details = {}, {}
-    for key, group in groups.items():
-        per_call = [per_act[id(a)] for a in group]
-        scores[key] = float(np.mean([d["score"] for d in per_call]))
-        details[key] = per_call[0] if len(per_call) == 1 else {**per_call[0], "score": scores[key],
-                                                                "calls": per_call}
+    scores, details = per_site(acts, per_act)
     if variant == "bn":
         notes = [f"tlc: variant bn (data-free): p_off = Phi(-beta/|gamma|) from the BatchNormalization before each "
                  f"of the {len(acts)} activation(s)"]
@@ -117,5 +111,4 @@ def tlc_scores(model, calib=None, calib_batches=None, variant: str = "auto") -> 
         notes = [f"tlc: variant mixed: {len(acts) - len(rest)} activation(s) from their BatchNormalization "
                  f"(data-free), {len(rest)} from per-channel mean/std on {samples} calibration sample(s) "
                  "(no BN right before them)"]
-    notes += shared_key_note(groups, "tlc")
     return ScoreResult("tlc", variant, "activation", scores, details, notes)

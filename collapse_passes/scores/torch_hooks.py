@@ -6,13 +6,15 @@ calib_batches: an iterable of input batches (a tensor or numpy array, a tuple/li
 inputs, or a dict of keyword inputs), first axis = samples. The model is run in eval mode under
 torch.no_grad() (its training flag is restored afterwards); it is not modified.
 
-- "easier": hooks on the activation modules (nn.ReLU, ReLU6, LeakyReLU, PReLU, GELU, SiLU, Hardswish,
-  ELU, SELU, CELU, Mish) count, per channel, how often their input is >= 0.
+- "easier": hooks on the collapsible activation modules (nn.ReLU, ReLU6, Hardtanh, LeakyReLU, PReLU,
+  GELU, SiLU, Hardswish, Hardsigmoid, ELU, SELU, CELU, Mish: core/torch_kinds.py) count, per channel, how often their input is >= 0.
 - "tlc": an nn.BatchNorm1d/2d/3d feeding an activation module directly (found data-free with
   torch.fx.symbolic_trace; if the model cannot be traced, from the calibration run's hooks) gives
   p_off = Phi(-beta/|gamma|); other activations use the empirical per-channel mean/std of their input.
 - "prelu": nn.PReLU weights and nn.LeakyReLU negative_slope, score mean |1 - alpha|.
-A module called at several places is scored per call and the calls are averaged (a note says so).
+Keys are call sites, as in the ONNX front end (onnx.keys): the module path for a module called once,
+`path:i` for the i-th call (execution order) of a module called at several places. "prelu" scores a
+module's slopes, shared by all its calls, so it keys by module path (which names all the sites).
 
 torch is imported here only: the ONNX core never needs it.
 """
@@ -22,11 +24,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..core.activations import is_collapsible
+from ..core.torch_kinds import module_kind
 from ..errors import CollapseError
+from ..onnx.keys import site_key
 from ._common import ChannelStats, ScoreResult, activation_kink, gaussian_p_off, layer_summary, upper_bound
 
-_KINDS = {"ReLU": "relu", "ReLU6": "relu6", "LeakyReLU": "leaky_relu", "PReLU": "prelu", "GELU": "gelu",
-          "SiLU": "silu", "Hardswish": "hardswish", "ELU": "elu", "SELU": "selu", "CELU": "celu", "Mish": "mish"}
 _BN = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 _CONV_LIKE = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
               "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "GroupNorm")
@@ -42,10 +45,9 @@ def _torch():
 
 
 def _kind(mod) -> str | None:
-    for cls in type(mod).__mro__:
-        if cls.__module__.startswith("torch.nn") and cls.__name__ in _KINDS:
-            return _KINDS[cls.__name__]
-    return None
+    """The catalogue kind of a collapsible activation module (core/torch_kinds.py), else None."""
+    found = module_kind(mod)
+    return found[0] if found is not None and is_collapsible(found[0]) else None
 
 
 def _is(mod, names) -> bool:
@@ -58,11 +60,8 @@ def activation_modules(model) -> dict:
 
 
 def _params(mod, kind: str) -> dict:
-    if kind == "leaky_relu":
-        return {"alpha": float(mod.negative_slope)}
-    if kind == "relu6":
-        return {"min": 0.0, "max": 6.0}
-    return {}
+    found = module_kind(mod)
+    return found[1] if found is not None else {}
 
 
 def module_scores(model, method: str, calib_batches=None) -> ScoreResult:
@@ -135,8 +134,8 @@ def _as_call(batch, torch):
 
 
 def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int):
-    """Run the batches with hooks; return ((key, call) -> ChannelStats, key -> module path of the leaf
-    module that produced the first call's input ("" if none), key -> calls per forward).
+    """Run the batches with hooks; return ((key, call) -> ChannelStats, (key, call) -> module path of
+    the leaf module that produced that call's input ("" if none), key -> calls per forward).
 
     Activation inputs are read in forward *pre*-hooks: an in-place activation overwrites them."""
     torch = _torch()
@@ -165,8 +164,7 @@ def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int
             made = state["made"].get(id(x))
             prod = made[1] if made is not None and made[0] is x else ""
             if (key, call) not in stats:
-                if call == 0:
-                    producer[key] = prod
+                producer[(key, call)] = prod
                 rank = x.dim()
                 axis = None if rank <= 1 else (1 if rank != 3 else (1 if types.get(prod) in _CONV_LIKE else 2))
                 p = _params(mod, kind)
@@ -208,59 +206,60 @@ def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int
 
 
 def _from_stats(method, variant, acts, stats, calls, p_off_fn, fixed: dict, notes=None) -> ScoreResult:
+    """Scores per call site: `fixed` (site key -> details, e.g. from a BatchNorm) wins, else the hooked
+    statistics of that call; calls: module path -> calls per forward."""
     scores, details = {}, {}
     notes = list(notes or [])
     unused = []
-    multi = []
-    for key, (mod, kind) in acts.items():
-        if key in fixed:
-            scores[key], details[key] = fixed[key]["score"], fixed[key]
-            continue
-        per_call = []
-        for call in range(calls.get(key, 0)):
-            st = stats.get((key, call))
-            if st is None:
-                continue
-            per_call.append({"kind": kind, "source": "empirical", **layer_summary(p_off_fn(st)),
-                             "channel_axis": st.axis, "samples": st.samples})
-        if not per_call:
-            unused.append(key)
-            continue
-        scores[key] = float(np.mean([d["score"] for d in per_call]))
-        details[key] = per_call[0] if len(per_call) == 1 else {**per_call[0], "score": scores[key], "calls": per_call}
-        if len(per_call) > 1:
-            multi.append(key)
+    for path, (mod, kind) in acts.items():
+        n = calls.get(path, 0)
+        if not n:
+            unused.append(path)
+        for call in range(n):
+            key = site_key(path, call, n)
+            d = fixed.get(key)
+            if d is None:
+                st = stats.get((path, call))
+                if st is None:
+                    unused.append(key)
+                    continue
+                d = {"kind": kind, "source": "empirical", **layer_summary(p_off_fn(st)),
+                     "channel_axis": st.axis, "samples": st.samples}
+            scores[key] = float(d["score"])
+            details[key] = d if key == path else {**d, "module": path, "call": call}
     samples = max((st.samples for st in stats.values()), default=0)
     if method == "easier":
         notes.insert(0, f"easier: entropy of on/off (input >= 0) per channel over {samples} calibration sample(s), "
                         "mean over channels (forward hooks)")
-    if multi:
-        notes.append(f"{method}: {len(multi)} module(s) called at several places ({', '.join(multi[:3])}); "
-                     "their per-call scores are averaged")
     if unused:
-        notes.append(f"{method}: {len(unused)} activation module(s) never called on the calibration data get no score "
-                     f"({', '.join(unused[:3])})")
+        notes.append(f"{method}: {len(unused)} activation module(s) or call(s) never run on the calibration data get "
+                     f"no score ({', '.join(unused[:3])})")
     return ScoreResult(method, variant, "activation", scores, details, notes)
 
 
 # ------------------------------------------------------------------------------------ tlc
 
-def _bn_by_fx(model, acts: dict) -> dict | None:
-    """activation key -> BN module path, from torch.fx.symbolic_trace (None when untraceable)."""
+def _bn_by_fx(model, acts: dict) -> tuple[dict, dict] | None:
+    """(site key -> BN module path, module path -> calls) from torch.fx.symbolic_trace, in call
+    order (None when untraceable)."""
     torch = _torch()
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception:
         return None
     modules = dict(model.named_modules())
-    out = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or node.target not in acts or not node.args:
-            continue
-        arg = node.args[0]
+    sites = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in acts]
+    calls: dict[str, int] = defaultdict(int)
+    for node in sites:
+        calls[node.target] += 1
+    out, seen = {}, defaultdict(int)
+    for node in sites:
+        call = seen[node.target]
+        seen[node.target] += 1
+        arg = node.args[0] if node.args else None
         if isinstance(arg, torch.fx.Node) and arg.op == "call_module" and _is(modules.get(arg.target), _BN):
-            out[node.target] = arg.target
-    return out
+            out[site_key(node.target, call, calls[node.target])] = arg.target
+    return out, dict(calls)
 
 
 def _bn_p_off(bn, kind: str, params: dict):
@@ -272,22 +271,26 @@ def _bn_p_off(bn, kind: str, params: dict):
 
 def _tlc(model, acts: dict, calib_batches) -> ScoreResult:
     modules = dict(model.named_modules())
-    bn_of = _bn_by_fx(model, acts)
-    traced = bn_of is not None
-    stats = producer = calls = None
-    if bn_of is None:
+    traced_sites = _bn_by_fx(model, acts)
+    traced = traced_sites is not None
+    stats = producer = None
+    if traced:
+        bn_of, calls = traced_sites
+    else:
         if calib_batches is None:
             raise CollapseError("module_scores: tlc could not trace the model with torch.fx to find the BatchNorm "
                                 "before each activation; give calib_batches (hooks then find it, and the empirical "
                                 "variant covers the rest)")
         stats, producer, calls = _run_hooks(model, acts, calib_batches, moments=True, min_samples=2)
-        # the hooks saw which leaf module produced each activation's input
-        bn_of = {k: p for k, p in producer.items() if p and _is(modules.get(p), _BN)}
+        # the hooks saw which leaf module produced each call's input
+        bn_of = {site_key(path, call, calls[path]): p for (path, call), p in producer.items()
+                 if p and _is(modules.get(p), _BN)}
     fixed = {}
     for key, bn in bn_of.items():
-        mod, kind = acts[key]
+        mod, kind = acts[key if key in acts else key.rpartition(":")[0]]
         fixed[key] = {"kind": kind, "source": "bn", "bn": bn, **layer_summary(_bn_p_off(modules[bn], kind, _params(mod, kind)))}
-    rest = [k for k in acts if k not in fixed]
+    # a module is hooked when one of its calls has no BatchNorm right before it
+    rest = [k for k in acts if not calls.get(k) or any(site_key(k, c, calls[k]) not in fixed for c in range(calls[k]))]
     if rest and stats is None:
         if calib_batches is None:
             if not fixed:
@@ -296,8 +299,8 @@ def _tlc(model, acts: dict, calib_batches) -> ScoreResult:
             raise CollapseError(f"module_scores: tlc: {len(rest)} of {len(acts)} activation modules have no BatchNorm "
                                 f"right before them (e.g. {', '.join(repr(k) for k in rest[:3])}); give calib_batches "
                                 "for their empirical statistics")
-        stats, producer, calls = _run_hooks(model, {k: acts[k] for k in rest}, calib_batches, moments=True, min_samples=2)
-    calls = calls or {}
+        stats, _, hooked = _run_hooks(model, {k: acts[k] for k in rest}, calib_batches, moments=True, min_samples=2)
+        calls = {**calls, **hooked}
     variant = "bn" if not rest else ("empirical" if not fixed else "mixed")
     how = "torch.fx" if traced else "forward hooks"
     notes = {"bn": [f"tlc: variant bn (data-free): p_off = Phi(-beta/|gamma|) of the BatchNorm before each activation "
@@ -306,6 +309,6 @@ def _tlc(model, acts: dict, calib_batches) -> ScoreResult:
                            "Phi(-mean/std) of each activation input per channel on the calibration batches"],
              "mixed": [f"tlc: variant mixed: {len(fixed)} activation(s) from their BatchNorm (found with {how}), "
                        f"{len(rest)} from per-channel mean/std on the calibration batches"]}[variant]
-    res = _from_stats("tlc", variant, {k: acts[k] for k in acts if k in fixed or k in rest}, stats or {}, calls,
+    res = _from_stats("tlc", variant, acts, stats or {}, calls,
                       lambda st: gaussian_p_off(st.mean, st.std, st.kink), fixed, notes)
     return res

@@ -1,22 +1,41 @@
 """clean: drop Identity nodes, dead nodes and unused initializers, toposort, re-infer shapes."""
 from __future__ import annotations
 
-import onnx
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
+from ..shapes import apply_types, inferred_types
 
 
-def infer_shapes(graph: gs.Graph) -> gs.Graph:
-    """Round-trip through ONNX shape inference so new tensors get shapes (MACs, bias maps need them)."""
+def infer_shapes(graph: gs.Graph) -> bool:
+    """ONNX shape inference so new tensors get shapes (MACs, bias maps need them): every Variable gets
+    the dtype/shape inference gives it (none if inference does not reach it), in place. The weights are
+    not sent through inference (onnx/shapes.py). False (graph unchanged) if inference fails."""
     model = gs.export_onnx(graph, do_type_check=False)
-    for vi in list(model.graph.value_info):
-        model.graph.value_info.remove(vi)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:
-        return graph
-    return gs.import_onnx(model)
+    del model.graph.value_info[:]
+    types = inferred_types(model)
+    del model
+    if types is None:
+        return False
+    apply_types(graph, types, reset=True)
+    return True
+
+
+def shape_signature(graph: gs.Graph) -> tuple:
+    """What ONNX shape inference reads: the node structure, input shapes, constant shapes and dtypes, and
+    the values of small integer constants (Reshape targets, Slice bounds). Equal signatures, equal shapes."""
+    def const_sig(t):
+        if not isinstance(t, gs.Constant):
+            return t.name
+        v = t.values
+        small = v.dtype.kind in "iu" and v.size <= 64
+        return (t.name, tuple(v.shape), str(v.dtype), v.tobytes() if small else None)
+
+    return (tuple((t.name, tuple(t.shape or ()), str(t.dtype)) for t in graph.inputs),
+            tuple(t.name for t in graph.outputs),
+            tuple((n.op, n.name, n.domain,
+                   tuple((k, const_sig(v) if isinstance(v, gs.Constant) else repr(v)) for k, v in sorted(n.attrs.items())),
+                   tuple(const_sig(t) for t in n.inputs), tuple(t.name for t in n.outputs)) for n in graph.nodes))
 
 
 class Cleanup:
@@ -52,6 +71,9 @@ class Cleanup:
             removed += 1
         g.cleanup(remove_unused_graph_inputs=False).toposort()
         if self.shapes:
-            ctx.graph = infer_shapes(g)
+            # a graph unchanged since the last inference keeps its shapes (one inference, not one per loop)
+            sig = shape_signature(g)
+            if getattr(ctx, "_shapes_signature", None) != sig:
+                ctx._shapes_signature = sig if infer_shapes(g) else None
         changed = removed > 0 or len(ctx.graph.nodes) != n0
         return PassResult(changed, [f"removed {n0 - len(ctx.graph.nodes)} node(s)"] if changed else [])

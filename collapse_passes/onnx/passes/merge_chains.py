@@ -1,8 +1,9 @@
 """merge: fold chains of consecutive linear ops into fewer ops, exactly and only where it pays.
 
 Chains are maximal runs Conv -> Conv -> ... (or Gemm/MatMul -> ...) where each intermediate result
-has one consumer. planning.plan_segments picks the cut that minimises the cost model; a segment is
-merged only when the algebra says the merge is exact (or --allow-border-approx was given). A
+has one consumer. core.chains (shared with the torch.fx front end) picks the cut that minimises the
+cost model; a segment is merged only when the algebra says the merge is exact (or
+--allow-border-approx was given). A
 residual Add whose other operand is the chain's own input is absorbed into the last segment when
 the segment starts there (conv(x) + x as one conv).
 """
@@ -11,16 +12,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...algebra import conv as conv_alg
-from ...algebra import linear as lin_alg
-from ...algebra.cost import CostModel, conv_macs, conv_signature, linear_macs, linear_signature
-from ...errors import CollapseError
+from ...algebra.cost import CostModel, conv_macs, linear_macs
+from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
 from ...pipeline import PassResult
-from ...planning import plan_segments
 from ..graph import make_const, single_consumer
 from ..linear_ops import ConvView, DenseView
-
-MAX_SEGMENT = 6
 
 
 def _spatial(t) -> tuple | None:
@@ -109,82 +105,30 @@ class MergeLinearChains:
         if any(s is None for s in spatials) or any(o is None for o in outs):
             ctx.notes.append(f"chain {chain[0].name}..{chain[-1].name}: shapes unknown, not merged")
             return 0
-        single = [cm.op_cost("Conv", conv_macs(p, o), conv_signature(p, s)) for p, s, o in zip(params, spatials, outs)]
-        cache = {}      # (i, j) -> MergedConv of chain[i:j], built by extending (i, j-1)
-        refused = {}    # (i, j) -> reason the merge is not allowed (inexact); longer segments inherit it
-
-        def merged(i, j):
-            if (i, j) in cache or (i, j) in refused:
-                return cache.get((i, j))
-            if j - i == 1:
-                cache[(i, j)] = conv_alg.MergedConv(params[i], None, True, "single conv")
-                return cache[(i, j)]
-            if (i, j - 1) in refused or (i + 1, j) in refused:
-                refused[(i, j)] = refused.get((i, j - 1)) or refused[(i + 1, j)]
-                return None
-            prefix = merged(i, j - 1)
-            if prefix is None:
-                refused[(i, j)] = refused.get((i, j - 1), "prefix not mergeable")
-                return None
-            try:
-                if not ctx.allow_border_approx:
-                    exact, why = conv_alg.merge_exactness(prefix.params, params[j - 1], spatials[i])
-                    if not exact:
-                        refused[(i, j)] = why
-                        return None
-                m = conv_alg.extend_chain(prefix, params[j - 1], spatials[i])
-            except CollapseError as exc:
-                refused[(i, j)] = str(exc)
-                return None
-            if not m.exact and not ctx.allow_border_approx:
-                refused[(i, j)] = m.reason
-                return None
-            cache[(i, j)] = m
-            return m
-
-        def seg_cost(i, j):
-            if j - i == 1:
-                return single[i]
-            m = merged(i, j)
-            if m is None:
-                return None
-            c = cm.op_cost("Conv", conv_macs(m.params, outs[j - 1]), conv_signature(m.params, spatials[i]))
-            if m.bias_map is not None:
-                c += cm.op_cost("Add", 0)
-            return c
+        plan = plan_conv_chain(params, spatials, outs, cm, ctx.allow_border_approx)
 
         def seq_macs(i, j):
             return sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
 
-        segs = plan_segments(len(chain), seg_cost, MAX_SEGMENT)
-        done = 0
-        for i, j in segs:
-            if j - i < 2:
-                continue
-            m = cache[(i, j)]
+        for (i, j), m in plan.merged.items():
             nodes = chain[i:j]
-            before = seq_macs(i, j)
-            after = conv_macs(m.params, outs[j - 1])
+            rec = merge_record("conv", [n.name for n in nodes], seq_macs(i, j), conv_macs(m.params, outs[j - 1]),
+                               len(nodes), m)
             self._apply_conv(ctx, nodes, m)
-            rec = {"kind": "conv", "nodes": [n.name for n in nodes], "macs_before": int(before),
-                   "macs_after": int(after), "ops_before": len(nodes), "ops_after": 1 + (m.bias_map is not None),
-                   "exact": bool(m.exact), "kernel": list(m.params.kernel_shape), "group": m.params.group,
-                   "reason": _reason(before, after, len(nodes), m)}
             ctx.merges.append(rec)
             if not m.exact:
                 ctx.approximations.append(rec)
-            done += 1
         for k in range(len(chain) - 1):
-            if any(a <= k and k + 2 <= b for a, b in segs if b - a >= 2):
+            if any(a <= k and k + 2 <= b for a, b in plan.merged):
                 continue
-            if (k, k + 2) in refused:
-                ctx.notes.append(f"not merged {chain[k].name} + {chain[k + 1].name}: {refused[(k, k + 2)]}")
-            elif (k, k + 2) in cache:
-                m = cache[(k, k + 2)]
+            if (k, k + 2) in plan.refused:
+                ctx.notes.append(f"not merged {chain[k].name} + {chain[k + 1].name}: {plan.refused[(k, k + 2)]}")
+            elif (k, k + 2) in plan.candidates:
+                m = plan.candidates[(k, k + 2)]
                 a, b = seq_macs(k, k + 2), conv_macs(m.params, outs[k + 1])
                 ctx.notes.append(f"kept {chain[k].name} + {chain[k + 1].name} separate: merging is exact but costs more "
                                  f"(MACs {a:,} -> {b:,}, kernel {list(m.params.kernel_shape)}, group {m.params.group})")
-        return done
+        return len(plan.merged)
 
     def _apply_conv(self, ctx, nodes, m) -> None:
         first, last = nodes[0], nodes[-1]
@@ -205,25 +149,10 @@ class MergeLinearChains:
     def _merge_dense_chain(self, ctx, chain, cm) -> int:
         params = [v.params for v in chain]
         rows = _rows(chain[0].input)
-        single = [cm.op_cost("Gemm", linear_macs(p, rows), linear_signature(p, rows)) for p in params]
-        cache = {}
-
-        def seg_cost(i, j):
-            if j - i == 1:
-                return single[i]
-            p = lin_alg.compose_linear_chain(params[i:j])
-            cache[(i, j)] = p
-            return cm.op_cost("Gemm", linear_macs(p, rows), linear_signature(p, rows))
-
-        segs = plan_segments(len(chain), seg_cost, MAX_SEGMENT)
-        done = 0
-        for i, j in segs:
-            if j - i < 2:
-                continue
-            p = cache[(i, j)]
+        plan = plan_dense_chain(params, rows, cm)
+        for (i, j), p in plan.items():
             views = chain[i:j]
             before = sum(linear_macs(q, rows) for q in params[i:j])
-            after = linear_macs(p, rows)
             out = views[-1].output
             head = views[0]
             for v in views[1:]:
@@ -235,23 +164,8 @@ class MergeLinearChains:
             else:
                 head.node.outputs[0] = out
             head.write(ctx.graph, p)
-            ctx.merges.append({"kind": "dense", "nodes": [v.node.name for v in views], "macs_before": int(before),
-                               "macs_after": int(after), "ops_before": sum(len(v.nodes) for v in views),
-                               "ops_after": len(head.nodes), "exact": True,
-                               "reason": _reason(before, after, len(views), None)})
-            done += 1
-        return done
-
-
-def _reason(before, after, n, m) -> str:
-    if after < before:
-        why = f"{n} ops -> 1, MACs {before:,} -> {after:,} ({before / max(after, 1):.2f}x fewer)"
-    elif after == before:
-        why = f"{n} ops -> 1 at equal MACs"
-    else:
-        why = f"{n} ops -> 1; MACs rise {before:,} -> {after:,} but the saved op overhead pays for it"
-    if m is not None and m.bias_map is not None:
-        why += "; first bias as a per-position map"
-    if m is not None and not m.exact:
-        why += "; APPROXIMATE on the border"
-    return why
+            rec = merge_record("dense", [v.node.name for v in views], before, linear_macs(p, rows),
+                               sum(len(v.nodes) for v in views))
+            rec["ops_after"] = len(head.nodes)
+            ctx.merges.append(rec)
+        return len(plan)

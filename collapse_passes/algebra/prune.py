@@ -1,0 +1,146 @@
+"""Exact algebra of channel removal: slicing weights and folding a removed constant channel into biases.
+
+A channel whose value is a constant c (per position it does not vary with the input) can be removed
+from every op that reads it if its contribution is added to that op's bias. For a linear layer that is
+W[:, i] * c. For a conv it is the conv of a constant map, which differs near the border when the conv
+zero-pads (the padding reads 0, not c): then the contribution is a per-position map, computed with the
+same `conv_nd` rule the merge uses for its `bias_map` (exact, needs the input spatial size).
+
+Pure numpy; conventions as in conv.py / linear.py (conv weight (O, I/group, *k), linear weight (out, in)).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._common import AlgebraError, f64, out_dtype
+from .conv import ConvParams, conv_nd
+from .linear import LinearParams
+
+__all__ = [
+    "slice_conv",
+    "slice_linear",
+    "slice_vector",
+    "fold_constant_inputs_conv",
+    "fold_constant_inputs_linear",
+    "filter_norms",
+    "keep_count",
+    "round_keep",
+]
+
+
+def _idx(keep, n: int, what: str) -> np.ndarray:
+    keep = np.arange(n) if keep is None else np.asarray(keep, dtype=np.int64).reshape(-1)
+    if keep.size and (keep.min() < 0 or keep.max() >= n):
+        raise AlgebraError(f"{what}: keep indices out of range for {n} channels")
+    if keep.size == 0:
+        raise AlgebraError(f"{what}: pruning would remove all {n} channels (keep at least one)")
+    return np.sort(keep)
+
+
+def slice_vector(v, keep):
+    """A per-channel vector (bias, BN parameter) restricted to the kept channels; None stays None."""
+    if v is None:
+        return None
+    v = np.asarray(v)
+    return v.reshape(-1)[_idx(keep, v.size, "vector")]
+
+
+def slice_conv(p: ConvParams, keep_out=None, keep_in=None) -> ConvParams:
+    """The conv restricted to kept output and input channels.
+
+    Dense convs slice both axes independently. Depthwise convs (one input channel per group, multiplier
+    1) keep in == out: the kept sets must be equal and the group count becomes the new channel count.
+    Other grouped convs are refused (their channels are coupled within groups; the graph freezes them).
+    """
+    O, I, g = p.out_channels, p.in_channels, p.group
+    ko = _idx(keep_out, O, "conv outputs")
+    ki = _idx(keep_in, I, "conv inputs")
+    if g == 1:
+        w = np.asarray(p.weight)[ko][:, ki]
+        return p.replace(weight=w, bias=slice_vector(p.bias, ko), group=1)
+    if g == I == O:
+        if not np.array_equal(ko, ki):
+            raise AlgebraError("depthwise conv: kept input and output channels must be the same")
+        return p.replace(weight=np.asarray(p.weight)[ko], bias=slice_vector(p.bias, ko), group=int(ko.size))
+    raise AlgebraError(f"grouped conv (group={g}, {I} in, {O} out) channels cannot be sliced independently")
+
+
+def slice_linear(p: LinearParams, keep_out=None, keep_in=None) -> LinearParams:
+    ko = _idx(keep_out, p.out_features, "linear outputs")
+    ki = _idx(keep_in, p.in_features, "linear inputs")
+    return LinearParams(np.asarray(p.weight)[ko][:, ki], slice_vector(p.bias, ko))
+
+
+def fold_constant_inputs_linear(p: LinearParams, idx, values) -> LinearParams:
+    """Add the contribution of constant inputs x[idx] = values to the bias (the inputs stay in W; slice after)."""
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    values = f64(values).reshape(-1)
+    if idx.size != values.size:
+        raise AlgebraError(f"{idx.size} constant inputs but {values.size} values")
+    dtype = out_dtype(p.weight, p.bias)
+    if not np.any(values):
+        return p
+    b = (f64(p.bias) if p.bias is not None else np.zeros(p.out_features)) + f64(p.weight)[:, idx] @ values
+    return LinearParams(p.weight, b.astype(dtype))
+
+
+def fold_constant_inputs_conv(p: ConvParams, idx, values, input_spatial=None):
+    """(conv, bias_map or None): the conv whose bias holds the contribution of constant input channels.
+
+    Input channel idx[k] is the constant values[k] everywhere. Without padding reads the contribution is
+    the same at every output position and goes into the bias; with padding it is smaller near the border
+    and comes back as a per-position `bias_map` (O, *out_spatial) that replaces the bias (needs
+    input_spatial). The constant channels are still in the weight: slice them off afterwards.
+    """
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    values = f64(values).reshape(-1)
+    if idx.size != values.size:
+        raise AlgebraError(f"{idx.size} constant inputs but {values.size} values")
+    dtype = out_dtype(p.weight, p.bias)
+    if not np.any(values):
+        return p, None
+    const = np.zeros(p.in_channels)
+    const[idx] = values
+    if not any(p.pads):
+        # every window reads real pixels only: conv of a constant map = per-channel weight sums
+        g, O = p.group, p.out_channels
+        Ig = p.in_channels // g
+        sums = f64(p.weight).reshape(O, Ig, -1).sum(axis=2).reshape(g, O // g, Ig)
+        contrib = np.einsum("goi,gi->go", sums, const.reshape(g, Ig)).reshape(O)
+        b = (f64(p.bias) if p.bias is not None else 0.0) + contrib
+        return p.replace(bias=b.astype(dtype)), None
+    if input_spatial is None:
+        raise AlgebraError("a constant channel read through zero padding needs the input spatial size "
+                           "(its contribution differs on the border)")
+    x = np.broadcast_to(const.reshape((1, -1) + (1,) * p.ndim), (1, p.in_channels) + tuple(input_spatial))
+    bias_map = conv_nd(x, p.replace(weight=f64(p.weight), bias=None if p.bias is None else f64(p.bias)))[0]
+    flat = bias_map.reshape(bias_map.shape[0], -1)
+    if np.all(flat == flat[:, :1]):  # no border effect after all (e.g. the border reads are all-zero taps)
+        return p.replace(bias=flat[:, 0].astype(dtype)), None
+    return p.replace(bias=None), bias_map.astype(dtype)
+
+
+def filter_norms(weight, axis: int = 0, order: int = 1) -> np.ndarray:
+    """L1 (order 1) or L2 (order 2) norm of each slice of `weight` along `axis` (one per channel)."""
+    if order not in (1, 2):
+        raise AlgebraError(f"importance norm must be L1 or L2, got L{order}")
+    w = np.moveaxis(f64(weight), axis, 0).reshape(np.shape(weight)[axis], -1)
+    return np.abs(w).sum(axis=1) if order == 1 else np.sqrt((w * w).sum(axis=1))
+
+
+def keep_count(n: int, ratio: float, round_to: int = 1) -> int:
+    """Channels kept when pruning a fraction `ratio` of n, rounded up to a multiple of round_to (<= n)."""
+    if not 0.0 <= ratio < 1.0:
+        raise AlgebraError(f"prune ratio must be in [0, 1), got {ratio}")
+    return round_keep(n - int(math.floor(ratio * n + 1e-9)), n, round_to)
+
+
+def round_keep(k: int, n: int, round_to: int = 1) -> int:
+    """k rounded up to a multiple of round_to, but never above n (a layer keeps all it has)."""
+    if round_to < 1:
+        raise AlgebraError(f"round-to must be >= 1, got {round_to}")
+    k = max(int(k), 0)
+    r = int(math.ceil(k / round_to)) * round_to if k else 0
+    return min(max(r, 0), n)

@@ -1,0 +1,189 @@
+"""The activation catalogue: one definition of every activation kind, shared by all front ends.
+
+For each kind it records
+- the *linear regime*: the affine map y = scale*x + shift the activation follows when "always on".
+  Collapsing an activation means substituting this map (identity for almost all; SELU's is
+  gamma*x, HardSigmoid's alpha*x + beta). Exact on [kink, upper] for piecewise-linear kinds, the
+  x -> +inf asymptote for smooth gates (GELU, SiLU, ...; for the non-collapsible ones too);
+- the *kink*: the input where it switches from "off" to "on" (what the scores threshold at);
+- the *upper bound*: the input above which it leaves the linear regime again (ReLU6's 6), or None;
+- a float64 numpy *reference* function (used to identify decomposed activations on probe points
+  and by the tests against torch);
+- whether it is *collapsible*. Softplus, Tanh and Sigmoid are known but never collapsed: they have
+  no regime that is exactly linear on a half-line.
+
+Params use one naming convention across front ends: leaky_relu {"alpha"}, prelu {"slope"},
+clip {"min", "max"}, hardsigmoid {"alpha", "beta"}, elu/celu {"alpha"}, selu {"gamma", "alpha"},
+softplus {"beta"}. Missing params take the defaults below (ONNX's defaults; torch's HardSigmoid is
+alpha = 1/6, which torch_kinds passes explicitly).
+
+Pure python/numpy: no onnx, no torch. Front ends map their ops to these kinds:
+onnx/patterns.py (ONNX nodes), core/torch_kinds.py (torch modules, functions, aten ops),
+tvm_integration/relax_pass.py (Relax ops).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+SELU_ALPHA = 1.6732632423543772
+SELU_GAMMA = 1.0507009873554805
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_SQRT_2_PI = math.sqrt(2.0 / math.pi)
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _p(params: dict | None, defaults: dict) -> dict:
+    out = dict(defaults)
+    if params:
+        out.update({k: v for k, v in params.items() if v is not None})
+    return out
+
+
+@dataclass(frozen=True)
+class ActivationKind:
+    """One catalogue entry; call the module-level helpers rather than these fields directly."""
+    name: str
+    reference: Callable      # (x float64 array, params dict with defaults filled) -> float64 array
+    collapsible: bool = True
+    defaults: dict = field(default_factory=dict)
+    linear: Callable = lambda p: (1.0, 0.0)          # params -> (scale, shift) of the "on" regime
+    kink: Callable = lambda p: 0.0                     # params -> input where off switches to on
+    upper: Callable = lambda p: None                   # params -> input where on ends, or None
+    piecewise_linear: bool = True   # the linear regime holds exactly on [kink, upper]; False: only as x -> +inf
+    description: str = ""
+
+
+def _where_pos(x, neg):
+    return np.where(x >= 0, x, neg)
+
+
+def _elu_neg(x, alpha):
+    with np.errstate(over="ignore"):
+        return alpha * np.expm1(np.minimum(x, 0.0))
+
+
+CATALOGUE: dict[str, ActivationKind] = {k.name: k for k in [
+    ActivationKind("relu", lambda x, p: np.maximum(x, 0.0), description="max(x, 0)"),
+    ActivationKind("relu6", lambda x, p: np.clip(x, 0.0, 6.0), upper=lambda p: 6.0,
+                   description="min(max(x, 0), 6)"),
+    ActivationKind("clip", lambda x, p: np.clip(x, p["min"], np.inf if p.get("max") is None else p["max"]),
+                   defaults={"min": 0.0, "max": None}, kink=lambda p: float(p["min"]),
+                   upper=lambda p: None if p.get("max") is None else float(p["max"]),
+                   description="min(max(x, min), max); ReLU6 when (0, 6)"),
+    ActivationKind("leaky_relu", lambda x, p: _where_pos(x, p["alpha"] * x), defaults={"alpha": 0.01},
+                   description="x if x >= 0 else alpha*x"),
+    ActivationKind("prelu", lambda x, p: _where_pos(x, np.asarray(p["slope"], np.float64) * x),
+                   defaults={"slope": 0.25}, description="x if x >= 0 else slope*x (slope per channel)"),
+    ActivationKind("hardswish", lambda x, p: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, piecewise_linear=False,
+                   description="x*relu6(x+3)/6; identity for x >= 3, kink taken at 0 like the other gates"),
+    ActivationKind("hardsigmoid", lambda x, p: np.clip(p["alpha"] * x + p["beta"], 0.0, 1.0),
+                   defaults={"alpha": 0.2, "beta": 0.5}, linear=lambda p: (float(p["alpha"]), float(p["beta"])),
+                   kink=lambda p: -p["beta"] / p["alpha"] if p["alpha"] else 0.0,
+                   upper=lambda p: (1.0 - p["beta"]) / p["alpha"] if p["alpha"] else None,
+                   description="clip(alpha*x + beta, 0, 1); linear regime alpha*x + beta"),
+    ActivationKind("elu", lambda x, p: np.where(x > 0, x, _elu_neg(x, p["alpha"])), defaults={"alpha": 1.0},
+                   piecewise_linear=True, description="x if x > 0 else alpha*(exp(x) - 1)"),
+    ActivationKind("celu", lambda x, p: np.where(x > 0, x, _elu_neg(x / p["alpha"], p["alpha"])),
+                   defaults={"alpha": 1.0}, description="x if x > 0 else alpha*(exp(x/alpha) - 1)"),
+    ActivationKind("selu", lambda x, p: p["gamma"] * np.where(x > 0, x, _elu_neg(x, p["alpha"])),
+                   defaults={"gamma": SELU_GAMMA, "alpha": SELU_ALPHA}, linear=lambda p: (float(p["gamma"]), 0.0),
+                   description="gamma*(x if x > 0 else alpha*(exp(x) - 1)); linear regime gamma*x"),
+    ActivationKind("gelu", lambda x, p: 0.5 * x * (1.0 + _erf(x * _SQRT1_2)), piecewise_linear=False,
+                   description="x*Phi(x)"),
+    ActivationKind("gelu_tanh", lambda x, p: 0.5 * x * (1.0 + np.tanh(_SQRT_2_PI * (x + 0.044715 * x ** 3))),
+                   piecewise_linear=False, description="tanh approximation of GELU"),
+    ActivationKind("silu", lambda x, p: x / (1.0 + np.exp(-x)), piecewise_linear=False,
+                   description="x*sigmoid(x) (swish)"),
+    ActivationKind("mish", lambda x, p: x * np.tanh(np.logaddexp(0.0, x)), piecewise_linear=False,
+                   description="x*tanh(softplus(x))"),
+    ActivationKind("softplus", lambda x, p: np.logaddexp(0.0, p["beta"] * x) / p["beta"], collapsible=False,
+                   defaults={"beta": 1.0}, piecewise_linear=False,
+                   description="log(1 + exp(beta*x))/beta; not collapsed: no exactly linear half-line"),
+    ActivationKind("tanh", lambda x, p: np.tanh(x), collapsible=False, linear=lambda p: (0.0, 1.0),
+                   piecewise_linear=False,
+                   description="tanh(x); not collapsed (saturates on both sides)"),
+    ActivationKind("sigmoid", lambda x, p: 1.0 / (1.0 + np.exp(-x)), collapsible=False, linear=lambda p: (0.0, 1.0),
+                   piecewise_linear=False, description="1/(1 + exp(-x)); not collapsed (saturates on both sides)"),
+]}
+
+#: other spellings accepted by get(): the Relax pass's names and common synonyms
+ALIASES = {"leakyrelu": "leaky_relu", "swish": "silu", "hard_swish": "hardswish", "hard_sigmoid": "hardsigmoid",
+           "gelu_none": "gelu"}
+
+#: kinds that exporters spell out as several elementwise nodes (found in ONNX by probing a region)
+GATED_KINDS = ("gelu", "gelu_tanh", "silu", "hardswish", "mish")
+
+#: kinds a pass may collapse
+COLLAPSIBLE = tuple(k for k, v in CATALOGUE.items() if v.collapsible)
+
+
+def canonical(kind: str) -> str:
+    """The catalogue name of `kind` (aliases resolved); KeyError if unknown."""
+    k = ALIASES.get(kind, kind)
+    if k not in CATALOGUE:
+        raise KeyError(f"unknown activation kind {kind!r}; known: {', '.join(CATALOGUE)}")
+    return k
+
+
+def get(kind: str) -> ActivationKind:
+    return CATALOGUE[canonical(kind)]
+
+
+def is_collapsible(kind: str) -> bool:
+    k = ALIASES.get(kind, kind)
+    return k in CATALOGUE and CATALOGUE[k].collapsible
+
+
+def params_with_defaults(kind: str, params: dict | None = None) -> dict:
+    return _p(params, get(kind).defaults)
+
+
+def linear_regime(kind: str, params: dict | None = None) -> tuple[float, float]:
+    """(scale, shift) of the affine map a collapsed activation becomes: y = scale*x + shift."""
+    e = get(kind)
+    s, b = e.linear(_p(params, e.defaults))
+    return float(s), float(b)
+
+
+def activation_kink(kind: str, params: dict | None = None) -> float:
+    """Input where the activation switches from 'off' to 'on' (the threshold the scores use).
+
+    0 for ReLU-like and smooth gates (GELU, SiLU, HardSwish, ...), the lower bound of a Clip,
+    -beta/alpha of a HardSigmoid (where its output leaves 0). Unknown kinds: 0."""
+    k = ALIASES.get(kind, kind)
+    if k not in CATALOGUE:
+        return 0.0
+    e = CATALOGUE[k]
+    return float(e.kink(_p(params, e.defaults)))
+
+
+def upper_bound(kind: str, params: dict | None = None) -> float | None:
+    """Input above which the activation leaves its linear regime again (ReLU6: 6), or None."""
+    k = ALIASES.get(kind, kind)
+    if k not in CATALOGUE:
+        return None
+    e = CATALOGUE[k]
+    u = e.upper(_p(params, e.defaults))
+    return None if u is None else float(u)
+
+
+def reference(kind: str, x, params: dict | None = None) -> np.ndarray:
+    """The activation evaluated in float64 numpy (x broadcast against per-channel params)."""
+    e = get(kind)
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(e.reference(x, _p(params, e.defaults)), dtype=np.float64)
+
+
+def identify(values: np.ndarray, probe: np.ndarray, kinds=GATED_KINDS, rtol: float = 1e-4,
+             atol: float = 1e-5) -> str | None:
+    """The first kind (default params) whose reference matches `values` on `probe`, or None."""
+    for k in kinds:
+        if np.allclose(values, reference(k, probe), rtol=rtol, atol=atol):
+            return k
+    return None

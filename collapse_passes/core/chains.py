@@ -1,0 +1,115 @@
+"""Merge planning for chains of linear ops, front-end neutral (numpy + algebra only): which segments
+of a conv chain to merge (exact merges only, unless border approximation is opted into, priced by
+the cost model through planning.plan_segments), and the record (with its one-line reason) a merge leaves.
+
+Both front ends' merge passes (onnx/passes/merge_chains.py, fx/passes/merge_chains.py) call these:
+they only find chains and rewrite the graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..algebra import conv as conv_alg
+from ..algebra import linear as lin_alg
+from ..algebra.cost import CostModel, conv_macs, conv_signature, linear_macs, linear_signature
+from ..errors import CollapseError
+from ..planning import plan_segments
+
+MAX_SEGMENT = 6
+
+
+@dataclass
+class ConvChainPlan:
+    """Segments [i, j) of a conv chain and, for each merged one, its MergedConv; refused pairs say why;
+    candidates holds every merge the planner built (for "exact but costs more" notes)."""
+    segments: list
+    merged: dict = field(default_factory=dict)
+    refused: dict = field(default_factory=dict)
+    candidates: dict = field(default_factory=dict)
+
+
+def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: bool = False) -> ConvChainPlan:
+    """Where to cut a chain of ConvParams (input spatial size spatials[k], output outs[k] of conv k).
+
+    Segments are priced by cm (a bias-map Add counted as an elementwise op); a merge the algebra
+    calls inexact is refused (refused[(i, j)] = why) unless allow_border_approx."""
+    merged, refused = {}, {}
+
+    def get(i, j):
+        if (i, j) in merged or (i, j) in refused:
+            return merged.get((i, j))
+        if j - i == 1:
+            merged[(i, j)] = conv_alg.MergedConv(params[i], None, True, "single conv")
+            return merged[(i, j)]
+        if (i + 1, j) in refused:   # a refused inner pair refuses every segment that contains it
+            refused[(i, j)] = refused[(i + 1, j)]
+            return None
+        prefix = get(i, j - 1)
+        if prefix is None:
+            refused[(i, j)] = refused.get((i, j - 1), "prefix not mergeable")
+            return None
+        try:
+            if not allow_border_approx:
+                exact, why = conv_alg.merge_exactness(prefix.params, params[j - 1], spatials[i])
+                if not exact:
+                    refused[(i, j)] = why
+                    return None
+            m = conv_alg.extend_chain(prefix, params[j - 1], spatials[i])
+        except CollapseError as exc:
+            refused[(i, j)] = str(exc)
+            return None
+        if not m.exact and not allow_border_approx:
+            refused[(i, j)] = m.reason
+            return None
+        merged[(i, j)] = m
+        return m
+
+    def cost(i, j):
+        m = get(i, j)
+        if m is None:
+            return None
+        c = cm.op_cost("Conv", conv_macs(m.params, outs[j - 1]), conv_signature(m.params, spatials[i]))
+        if m.bias_map is not None:
+            c += cm.elementwise_cost("Add", (m.params.out_channels,) + tuple(outs[j - 1]))
+        return c
+
+    segs = plan_segments(len(params), cost, MAX_SEGMENT)
+    return ConvChainPlan(segs, {s: merged[s] for s in segs if s[1] - s[0] > 1}, refused, merged)
+
+
+def merge_reason(before, after, n, m=None) -> str:
+    """Why a segment of n ops was merged, from its MACs before/after and its MergedConv (or None)."""
+    if after < before:
+        why = f"{n} ops -> 1, MACs {before:,} -> {after:,} ({before / max(after, 1):.2f}x fewer)"
+    elif after == before:
+        why = f"{n} ops -> 1 at equal MACs"
+    else:
+        why = f"{n} ops -> 1; MACs rise {before:,} -> {after:,} but the saved op overhead pays for it"
+    if m is not None and m.bias_map is not None:
+        why += "; first bias as a per-position map"
+    if m is not None and not m.exact:
+        why += "; APPROXIMATE on the border"
+    return why
+
+
+def plan_dense_chain(params, rows: int, cm: CostModel) -> dict:
+    """{(i, j): composed LinearParams} for the segments of a chain of linears worth merging (always exact);
+    rows = how many rows (tokens x batch) each linear sees."""
+    cache = {}
+
+    def cost(i, j):
+        p = params[i] if j - i == 1 else cache.setdefault((i, j), lin_alg.compose_linear_chain(params[i:j]))
+        return cm.op_cost("Gemm", linear_macs(p, rows), linear_signature(p, rows))
+
+    return {(i, j): cache[(i, j)] for i, j in plan_segments(len(params), cost, MAX_SEGMENT) if j - i > 1}
+
+
+def merge_record(kind: str, nodes: list, before: int, after: int, ops_before: int, m=None) -> dict:
+    """The report's record of one merged segment (kind "conv" with its MergedConv m, or "dense")."""
+    rec = {"kind": kind, "nodes": list(nodes), "macs_before": int(before), "macs_after": int(after),
+           "ops_before": ops_before, "ops_after": 1 + (m is not None and m.bias_map is not None),
+           "exact": m is None or bool(m.exact)}
+    if m is not None:
+        rec.update(kernel=list(m.params.kernel_shape), group=m.params.group)
+    rec["reason"] = merge_reason(before, after, ops_before, m)
+    return rec

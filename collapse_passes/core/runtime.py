@@ -1,0 +1,232 @@
+"""One place for running ONNX models on onnxruntime: sessions, random inputs, timing, comparison.
+
+    session(model, optimize=False, threads=None)   -> onnxruntime.InferenceSession (CPU), thread
+                                                      spinning off; CollapseError if it cannot load
+                                                      (RuntimeError with ours=True)
+    input_specs(model_or_session)                  -> [(name, shape, numpy dtype)]
+    random_inputs(model_or_session, count, seed)   -> [feed dict]; dynamic dims taken as 1
+    run(model_or_session, feeds)                   -> ([[outputs] per feed], output names)
+    outputs(model_or_session, feed)                -> [outputs] of one feed
+    time_runs(sess, feed, repeat, warmup)          -> [seconds per run]
+    time_interleaved({key: sess}, feed, rounds)    -> {key: [seconds]}, every round runs every
+                                                      session once in shuffled order
+    compare(ref_outs, outs, names, rtol, atol)     -> Comparison (the one tolerance rule below)
+
+Tolerance rule (used by verification, the TVM check and the benchmarks): an element passes when
+|out - ref| <= atol + rtol * max(|ref|, rms(ref)), rms over the output tensor. fp32 re-association
+(merged kernels sum in another order) errs in proportion to the tensor's scale, not to an element
+that happens to be near zero. max_rel is reported on the same scale. Where the reference itself is
+NaN/Inf the result must hold the same value there; the other elements are compared as usual.
+
+Thread spinning is off in every session ("session.intra_op.allow_spinning" = "0"): an idle session
+must not spin-wait and steal cores from the next one (interleaved timing, shared machines).
+`model` may be an onnx.ModelProto, serialized bytes or a path. onnxruntime is imported lazily.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CollapseError
+
+ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _bytes(model) -> bytes | str:
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model)
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return model.SerializeToString()
+
+
+def session(model, optimize: bool = False, threads: int | None = None, spinning: bool = False, ours: bool = False):
+    """A CPU InferenceSession; optimize=False runs the graph as written (what verification wants).
+
+    A load failure is the user's problem (CollapseError) unless ours=True: a model this package
+    made that onnxruntime cannot load is a bug (RuntimeError)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 4  # failures reach the user as one CollapseError line, not ORT's own log
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        # run-as-written sessions (verification, calibration) run a few times: no memory arena, so the
+        # process's peak is not a pool sized for a model that is about to be dropped
+        so.enable_cpu_mem_arena = False
+    try:
+        return ort.InferenceSession(_bytes(model), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:200]
+        if ours:
+            raise RuntimeError(f"onnxruntime cannot load the transformed model ({msg})") from exc
+        raise CollapseError(f"onnxruntime cannot load the model ({msg})") from None
+
+
+def _as_session(model_or_session):
+    return model_or_session if hasattr(model_or_session, "get_inputs") else session(model_or_session)
+
+
+# ONNX TensorProto elem_type -> the numpy type onnxruntime reports for it (ORT_TYPES)
+_ELEM_TYPES = {1: np.float32, 11: np.float64, 10: np.float16, 7: np.int64, 6: np.int32, 3: np.int8, 2: np.uint8,
+               9: np.bool_}
+
+
+def input_specs(model_or_session) -> list[tuple[str, list, type]]:
+    """(name, dims, numpy type) of the inputs that are not initializers; a dynamic dim is a str or None.
+
+    Read from the ModelProto when given one (no session is built just to ask), else from the session."""
+    graph = getattr(model_or_session, "graph", None)
+    if graph is not None and hasattr(graph, "initializer"):
+        inits = {t.name for t in graph.initializer}
+        specs = []
+        for vi in graph.input:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+            specs.append((vi.name, dims, _ELEM_TYPES.get(tt.elem_type, np.float32)))
+        return specs
+    sess = _as_session(model_or_session)
+    return [(i.name, list(i.shape), ORT_TYPES.get(i.type, np.float32)) for i in sess.get_inputs()]
+
+
+def random_inputs(model_or_session, count: int = 1, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """`count` seeded feeds: standard normal floats, 0/1 integers and booleans; dynamic dims = 1."""
+    specs = input_specs(model_or_session)
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for name, shape, dt in specs:
+            dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
+            if np.issubdtype(dt, np.floating):
+                feed[name] = rng.standard_normal(dims).astype(dt)
+            elif dt is np.bool_:
+                feed[name] = rng.integers(0, 2, dims).astype(bool)
+            else:
+                feed[name] = rng.integers(0, 2, dims).astype(dt)
+        feeds.append(feed)
+    return feeds
+
+
+def run(model_or_session, feeds: list[dict]) -> tuple[list[list[np.ndarray]], list[str]]:
+    sess = _as_session(model_or_session)
+    names = [o.name for o in sess.get_outputs()]
+    return [sess.run(names, f) for f in feeds], names
+
+
+def outputs(model_or_session, feed: dict) -> list[np.ndarray]:
+    outs, _ = run(model_or_session, [feed])
+    return [np.asarray(o) for o in outs[0]]
+
+
+def time_runs(sess, feed: dict, repeat: int = 30, warmup: int = 5) -> list[float]:
+    """Seconds of each of `repeat` runs after `warmup` untimed ones."""
+    names = [o.name for o in sess.get_outputs()]
+    for _ in range(warmup):
+        sess.run(names, feed)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        sess.run(names, feed)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_interleaved(sessions: dict, feed: dict, rounds: int, warmup: int = 5, seed: int = 0) -> dict:
+    """{key: [seconds]}; `sessions` maps a key to a session or a list of sessions (all timed under
+    that key). Every round runs every session once, in shuffled order, so machine noise hits all
+    keys alike."""
+    flat = [(k, s) for k, v in sessions.items() for s in (v if isinstance(v, (list, tuple)) else [v])]
+    names = {id(s): [o.name for o in s.get_outputs()] for _, s in flat}
+    for _, s in flat:
+        for _ in range(warmup):
+            s.run(names[id(s)], feed)
+    times = {k: [] for k in sessions}
+    order = list(range(len(flat)))
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for i in order:
+            k, s = flat[i]
+            t0 = time.perf_counter()
+            s.run(names[id(s)], feed)
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+@dataclass
+class Comparison:
+    max_abs: float
+    max_rel: float
+    passed: bool
+    samples: int
+    worst_output: str = ""
+    why: str = ""
+
+    def as_dict(self) -> dict:
+        d = {"max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed,
+             "samples": self.samples, "worst_output": self.worst_output}
+        if self.why:
+            d["why"] = self.why
+        return d
+
+
+def compare(ref_outs, outs, names, rtol: float, atol: float) -> Comparison:
+    """Compare per-feed output lists (ref_outs[i][j] vs outs[i][j], output names[j])."""
+    max_abs = max_rel = 0.0
+    passed = True
+    worst = ""
+    if len(ref_outs) != len(outs):
+        return Comparison(float("inf"), float("inf"), False, len(ref_outs), "", f"{len(outs)} runs vs {len(ref_outs)}")
+    for ref_list, out_list in zip(ref_outs, outs):
+        if len(ref_list) != len(out_list):
+            return Comparison(float("inf"), float("inf"), False, len(ref_outs), "",
+                              f"{len(out_list)} outputs vs {len(ref_list)}")
+        for name, r, o in zip(names, ref_list, out_list):
+            r = np.asarray(r, np.float64)
+            o = np.asarray(o, np.float64)
+            if r.shape != o.shape:
+                return Comparison(float("inf"), float("inf"), False, len(ref_outs), name,
+                                  f"shape {o.shape} vs {r.shape}")
+            if r.size == 0:
+                continue
+            bad_ref = ~np.isfinite(r)
+            if bad_ref.any():
+                # the reference already outputs NaN/Inf there: equal when the result holds the same
+                # non-finite value; the rest is compared as usual
+                if not np.array_equal(r[bad_ref], o[bad_ref], equal_nan=True):
+                    return Comparison(float("inf"), float("inf"), False, len(ref_outs), name,
+                                      "non-finite reference values differ")
+                keep = ~bad_ref
+                r, o = r[keep], o[keep]
+                if r.size == 0:
+                    continue
+            err = np.abs(r - o)
+            a = float(np.nanmax(err)) if np.all(np.isfinite(err)) else float("inf")
+            scale = np.maximum(np.abs(r), float(np.sqrt(np.mean(r * r))))
+            rel = float(np.max(err / (scale + 1e-12))) if np.isfinite(a) else float("inf")
+            ok = bool(np.all(err <= atol + rtol * scale)) and np.isfinite(a)
+            if a > max_abs:
+                max_abs, worst = a, name
+            max_rel = max(max_rel, rel)
+            passed &= ok
+    return Comparison(max_abs, max_rel, passed, len(ref_outs), worst)
+
+
+def compare_outputs(outs: list, ref: list, rtol: float, atol: float) -> Comparison:
+    """compare() for the outputs of one feed, unnamed (output i is named by its index)."""
+    return compare([list(ref)], [list(outs)], [str(i) for i in range(len(ref))], rtol, atol)

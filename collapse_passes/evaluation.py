@@ -1,0 +1,89 @@
+"""--eval DATA.npz: top-1 accuracy of the original and the result, and their onnxruntime latency.
+
+DATA.npz holds the model inputs (arrays named after them, first axis = samples) and a `labels`
+array (one integer class per sample). Accuracy = argmax over the first output's class axis (axis 1
+of a (N, classes) output). Latency: batch 1 (the first sample), both models on onnxruntime CPU with
+full graph optimizations, timed interleaved (core.runtime.time_interleaved), median reported.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import CollapseError
+
+LABELS = "labels"
+
+
+def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray, str]:
+    """(feeds in order, labels, source name); one CollapseError line for any problem."""
+    from .calib import iter_calibration, model_inputs
+
+    if isinstance(data, dict):
+        src, arrays = "eval_data", dict(data)
+    else:
+        p = Path(data)
+        src = str(p)
+        if not p.is_file():
+            raise CollapseError(f"{src}: evaluation data not found; give an .npz with the model inputs and a "
+                                f"'{LABELS}' array")
+        try:
+            npz = np.load(p, allow_pickle=False)
+            arrays = {k: npz[k] for k in npz.files}
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+            raise CollapseError(f"{src}: not a readable .npz file ({' '.join(str(exc).split())[:100]})") from None
+        if not isinstance(arrays, dict):
+            raise CollapseError(f"{src}: expected an .npz with the model inputs and a '{LABELS}' array")
+    if LABELS not in arrays:
+        raise CollapseError(f"{src}: no '{LABELS}' array (arrays present: {sorted(arrays)}); add the true class of "
+                            "each sample as an integer array named labels")
+    labels = np.asarray(arrays.pop(LABELS))
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise CollapseError(f"{src}: '{LABELS}' must be a 1-D integer array (one class per sample), got "
+                            f"shape {labels.shape} dtype {labels.dtype}")
+    names = [n for n, _, _ in model_inputs(model)]
+    counts = {n: len(arrays[n]) for n in names if n in arrays and np.ndim(arrays[n])}
+    if counts and any(c != len(labels) for c in counts.values()):
+        raise CollapseError(f"{src}: {len(labels)} labels but {next(iter(counts.values()))} samples in "
+                            f"{next(iter(counts))!r}; give one label per sample")
+    feeds = list(iter_calibration(arrays, model, batch_size=64))
+    got = sum(len(next(iter(f.values()))) for f in feeds)
+    return feeds, labels[:got].astype(np.int64), src
+
+
+def top1(model: onnx.ModelProto, feeds: list[dict], labels: np.ndarray) -> float:
+    from .core.runtime import outputs, session
+
+    sess = session(model, optimize=True)
+    correct, i = 0, 0
+    for f in feeds:
+        out = np.asarray(outputs(sess, f)[0])
+        if out.ndim != 2:
+            raise CollapseError(f"--eval: the first output has shape {out.shape}; top-1 accuracy needs "
+                                "(samples, classes) logits")
+        n = out.shape[0]
+        correct += int((out.argmax(1) == labels[i:i + n]).sum())
+        i += n
+    return correct / max(i, 1)
+
+
+def latency_ms(models: dict, feed: dict, rounds: int = 50) -> dict:
+    """{name: median ms} at batch 1, interleaved, onnxruntime CPU, full optimizations, spinning off."""
+    from .core.runtime import session, time_interleaved
+
+    sessions = {k: session(m, optimize=True) for k, m in models.items()}
+    t = time_interleaved(sessions, feed, rounds)
+    return {k: 1e3 * float(np.median(v)) for k, v in t.items()}
+
+
+def eval_report(original: onnx.ModelProto, result: onnx.ModelProto, data) -> dict:
+    feeds, labels, src = data if isinstance(data, tuple) else load_eval_data(data, original)
+    acc_o, acc_r = top1(original, feeds, labels), top1(result, feeds, labels)
+    first = {k: v[:1] for k, v in feeds[0].items()}
+    lat = latency_ms({"original": original, "result": result}, first)
+    return {"accuracy": {"original": acc_o, "result": acc_r, "samples": int(len(labels)), "data": src},
+            "latency": {"original_ms": lat["original"], "result_ms": lat["result"],
+                        "speedup": lat["original"] / lat["result"] if lat["result"] else None,
+                        "how": "onnxruntime CPU, batch 1, full graph optimizations, 50 interleaved runs, median"}}

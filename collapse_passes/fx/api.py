@@ -1,0 +1,431 @@
+"""collapse() for torch models: nn.Module (traced with torch.fx), fx.GraphModule, ExportedProgram; and
+the torch.compile backend. Same selection, passes, planner and algebra as the ONNX path; the gate
+runs in torch: reference = the input with the chosen activations linearized (LinearizeActivations
+alone), compared with the result by verify.compare (one tolerance rule for both front ends).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from torch import fx
+from torch.fx.passes.infra.pass_manager import PassManager
+
+from ..config import CollapseConfig
+from ..errors import CollapseError, VerificationError
+from .graph import (count_ops, count_params, find_activations, is_collapsible, key_index, linear_op,
+                    propagate_shapes, shape_of, training_batchnorms)
+from .passes import AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, LinearizeActivations, MergeLinearChains
+
+MAX_STEPS = 20
+
+
+# ----------------------------------------------------------------------------------- input
+
+
+class _PathTracer(fx.Tracer):
+    """symbolic_trace that remembers which module it was inside when tracing failed."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_in: str | None = None
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                try:
+                    self.failed_in = self.path_of_module(m) or type(m).__name__
+                except NameError:
+                    self.failed_in = type(m).__name__
+            raise
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
+def trace_module(model: torch.nn.Module, example_inputs=None) -> fx.GraphModule:
+    """symbolic_trace, or torch.export (non-strict) when that fails and example_inputs are given."""
+    tracer = _PathTracer()
+    try:
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    except Exception as exc:
+        where = f"module {tracer.failed_in!r}" if tracer.failed_in else f"{type(model).__name__}.forward"
+        why = _first_line(exc)
+        if example_inputs is None:
+            raise CollapseError(f"torch.fx cannot trace {where} ({why}); pass example_inputs=(...) to trace it "
+                                "with torch.export, or give a torch.export.ExportedProgram") from None
+    try:
+        return torch.export.export(model, tuple(example_inputs)).module()
+    except Exception as exc2:
+        raise CollapseError(f"torch.fx cannot trace {where} ({why}) and torch.export failed too "
+                            f"({_first_line(exc2)}); rewrite its data-dependent control flow "
+                            "(torch.cond) or export the model to ONNX") from None
+
+
+def _inputs_from_meta(gm: fx.GraphModule):
+    shapes = []
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            s = shape_of(n)
+            if s is None:
+                return None
+            shapes.append(s)
+    g = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(s, generator=g) for s in shapes)
+
+
+def _example_inputs(model, example_inputs, gm: fx.GraphModule | None = None):
+    if example_inputs is None and isinstance(model, torch.export.ExportedProgram):
+        ex = getattr(model, "example_inputs", None)
+        if ex is not None and not ex[1]:
+            example_inputs = ex[0]
+    if example_inputs is None and gm is not None:
+        example_inputs = _inputs_from_meta(gm)
+    if example_inputs is None:
+        raise CollapseError("torch model: pass example_inputs=(tensor, ...): their shapes plan the merges "
+                            "and the result is verified on them")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    return tuple(example_inputs)
+
+
+def _training_bn_in_program(ep) -> list[str]:
+    aten = torch.ops.aten
+    bad = []
+    for n in ep.graph.nodes:
+        if n.op != "call_function":
+            continue
+        if n.target is aten.batch_norm.default and len(n.args) > 5 and n.args[5] or \
+                n.target in (aten._native_batch_norm_legit.default, aten._native_batch_norm_legit_functional.default):
+            bad.append(n.name)
+    return bad
+
+
+def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
+    """(a GraphModule the passes may change, the input's kind): never modifies the caller's model."""
+    if isinstance(model, torch.export.ExportedProgram):
+        bad = _training_bn_in_program(model)
+        if bad:
+            raise CollapseError(f"the program was exported in training mode (BatchNorm {bad[0]} uses batch "
+                                "statistics): call model.eval() before torch.export.export")
+        return model.module(), "ExportedProgram"
+    if not isinstance(model, torch.nn.Module):
+        raise CollapseError(f"expected an ONNX model, nn.Module, GraphModule or ExportedProgram, got "
+                            f"{type(model).__name__}")
+    bad = training_batchnorms(model)
+    if bad:
+        what = type(model.get_submodule(bad[0])).__name__
+        raise CollapseError(f"{what} {bad[0]!r} is in training mode (its output depends on the batch or on chance, "
+                            "so nothing can fold into it): call model.eval() first")
+    if isinstance(model, fx.GraphModule):
+        return copy.deepcopy(model), "GraphModule"
+    return trace_module(model, example_inputs), "nn.Module"
+
+
+def list_torch_keys(model, example_inputs=None) -> list[dict]:
+    """The activation keys of a torch model, as api.list_keys gives them for ONNX."""
+    gm, _ = to_graph_module(model, example_inputs)
+    return [{"key": s.keys[0], "keys": s.keys, "module": s.path, "kind": s.kind, "nodes": s.node_names}
+            for s in find_activations(gm)]
+
+
+# ----------------------------------------------------------------------------------- selection
+
+
+def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list):
+    """(sites, chosen sites, score per site id): the ONNX path's selection, over fx activation sites."""
+    from ..api import _assign_scores, _choose, read_scores
+
+    if cfg.method:
+        raise CollapseError("method= scores need the ONNX model or scores.torch_hooks.module_scores(model, ...); "
+                            "pass their scores= to collapse the torch model")
+    if cfg.remove_blocks is not None:
+        raise CollapseError("remove_blocks is not supported for torch models yet: export to ONNX for it")
+    if cfg.threshold is not None and cfg.remove is not None:
+        raise CollapseError("give either threshold or remove, not both")
+    sites = find_activations(gm)
+    index = key_index(sites)
+    raw = read_scores(cfg.scores) if cfg.scores is not None else {}
+    src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
+    scores = _assign_scores(sites, index, raw, src, notes) if raw else {}
+    chosen = _choose(sites, index, scores, cfg, warnings)
+    if not raw and not cfg.collapse:
+        notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
+    return sites, chosen, scores
+
+
+def run_passes(gm: fx.GraphModule, chosen_names, cfg: CollapseConfig, record: FxRecord,
+               example_inputs=None) -> fx.GraphModule:
+    """Linearize the chosen sites once, then fold / absorb / merge / cleanup to a fixed point."""
+    LinearizeActivations(chosen_names, record)(gm)
+    loop = [FoldBatchNorm(record)]
+    if cfg.merge:
+        loop += [AbsorbResidual(record), MergeLinearChains(_cost_model(cfg), cfg.allow_border_approx, None, record)]
+    loop.append(Cleanup(record))
+    res = PassManager(loop, steps=MAX_STEPS)(gm)
+    return res.graph_module
+
+
+def _cost_model(cfg: CollapseConfig):
+    from ..algebra.cost import CostModel
+
+    if cfg.cost != "macs":
+        raise CollapseError(f"cost={cfg.cost!r}: torch models use the MAC cost model (cost='macs')")
+    return CostModel(**({"per_op_overhead_macs": cfg.per_op_overhead} if cfg.per_op_overhead is not None else {}))
+
+
+def requested_semantics(gm: fx.GraphModule, chosen_names) -> fx.GraphModule:
+    """A copy of gm with the chosen activations linearized and nothing else (the gate's reference)."""
+    ref = copy.deepcopy(gm)
+    LinearizeActivations(chosen_names)(ref)
+    return ref
+
+
+# ----------------------------------------------------------------------------------- verification
+
+
+def _feeds(example_inputs, count: int, seed: int) -> list[tuple]:
+    """The example inputs, then count-1 seeded random inputs of the same shapes (floating inputs only)."""
+    g = torch.Generator().manual_seed(seed)
+    feeds = [tuple(example_inputs)]
+    for _ in range(max(0, count - 1)):
+        feeds.append(tuple(torch.randn(t.shape, generator=g, dtype=t.dtype) if isinstance(t, torch.Tensor)
+                           and t.is_floating_point() else t for t in example_inputs))
+    return feeds
+
+
+def run_outputs(model, feeds) -> list[list[np.ndarray]]:
+    from torch.utils._pytree import tree_leaves
+
+    outs = []
+    with torch.no_grad():
+        for f in feeds:
+            outs.append([t.detach().cpu().double().numpy() for t in tree_leaves(model(*f))
+                         if isinstance(t, torch.Tensor)])
+    return outs
+
+
+def verify_torch(original, requested, result, feeds, rtol: float, atol: float, desc: str):
+    from ..core.runtime import compare
+    from ..verify import Verification
+
+    res = run_outputs(result, feeds)
+    names = [f"output{i}" for i in range(len(res[0]))]
+    return Verification(compare(run_outputs(requested, feeds), res, names, rtol, atol),
+                        compare(run_outputs(original, feeds), res, names, rtol, atol), rtol, atol, desc)
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+# modules that are not nonlinear for the depth count (everything else called as a module is)
+_LINEAR_MODS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.Identity,
+                torch.nn.Flatten, torch.nn.Dropout, torch.nn.AdaptiveAvgPool2d, torch.nn.AvgPool2d)
+
+
+def graph_stats(gm: fx.GraphModule) -> dict:
+    """The ONNX report's model stats for a GraphModule: ops, params, MACs, critical-path depths."""
+    from ..algebra.cost import conv_macs, linear_macs
+
+    macs = 0
+    sites = {s.node for s in find_activations(gm)}
+    depth, depth_nl = {}, {}
+    for node in gm.graph.nodes:
+        op = linear_op(gm, node)
+        out = shape_of(node)
+        if op is not None and out is not None:
+            if op.kind == "conv":
+                macs += out[0] * conv_macs(op.params, out[2:])
+            else:
+                macs += linear_macs(op.params, int(np.prod(out[:-1])) if len(out) > 1 else 1)
+        counted = node.op in ("call_module", "call_function", "call_method") and node.target != "_guards_fn"
+        prev = [p for p in node.all_input_nodes]
+        depth[node] = int(counted) + max((depth[p] for p in prev), default=0)
+        nl = node in sites or (node.op == "call_module" and not isinstance(gm.get_submodule(node.target), _LINEAR_MODS)
+                               and node.target != "_guards_fn" and op is None)
+        depth_nl[node] = int(nl) + max((depth_nl[p] for p in prev), default=0)
+    outs = [n for n in gm.graph.nodes if n.op == "output"]
+    return {"nodes": count_ops(gm), "params": count_params(gm), "macs": int(macs),
+            "depth_ops": max((depth[n] for n in outs), default=0),
+            "depth_nonlinear": max((depth_nl[n] for n in outs), default=0), "activations": len(sites)}
+
+
+# ----------------------------------------------------------------------------------- collapse
+
+
+def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
+    """The torch half of collapse_passes.collapse (see api.collapse); returns a CollapseResult whose
+    .model is of the input's kind (GraphModule for an nn.Module or GraphModule; ExportedProgram)."""
+    from ..api import CollapseResult
+
+    t0 = time.perf_counter()
+    gm, kind = to_graph_module(model, example_inputs)
+    example_inputs = _example_inputs(model, example_inputs, gm)
+    if cfg.calib is not None:
+        raise CollapseError("calib= is for ONNX models; torch models are verified on example_inputs "
+                            "(check=N adds random inputs of the same shapes)")
+    if cfg.check < 1:
+        raise CollapseError("check must be at least 1: every result is verified")
+    propagate_shapes(gm, example_inputs)
+    notes, warnings = [], []
+    sites, chosen, scores = select(gm, cfg, notes, warnings)
+    names = [s.name for s in chosen]
+    original = copy.deepcopy(gm)
+    requested = requested_semantics(gm, names)
+    before = graph_stats(original)
+
+    record = FxRecord()
+    result = run_passes(gm, names, cfg, record)
+    propagate_shapes(result, example_inputs)
+    after = graph_stats(result)
+
+    feeds = _feeds(example_inputs, cfg.check, cfg.seed)
+    desc = f"example_inputs + {len(feeds) - 1} random input(s) of their shapes, seed {cfg.seed}"
+    ver = verify_torch(original, requested, result, feeds, cfg.rtol, cfg.atol, desc)
+    passed = ver.against_requested.passed
+    approx = bool(record.approximations)
+    if approx and not passed:
+        warnings.append(f"border approximation: max abs error {ver.against_requested.max_abs:.3g} vs the requested "
+                        "semantics (opt-in with allow_border_approx)")
+        passed = cfg.approx_max_error is None or ver.against_requested.max_abs <= cfg.approx_max_error
+
+    out_model = result
+    if kind == "ExportedProgram":
+        out_model = torch.export.export(result, example_inputs)
+    chosen_ids = {id(s) for s in chosen}
+    kept = [s for s in find_activations(original, collapsible_only=False) if not is_collapsible(s)]
+    report = {
+        "input": kind,
+        "activations": [{"key": s.keys[0], "keys": s.keys, "kind": s.kind, "nodes": s.node_names,
+                         "score": scores.get(id(s)), "collapsed": id(s) in chosen_ids} for s in sites],
+        "collapsed": len(chosen),
+        "blocks": [],
+        "before": before,
+        "after": after,
+        "verification": {**ver.as_dict(), "runtime": "torch, eager"},
+        "passed": passed,
+        "approximate": approx,
+        "approximations": record.approximations,
+        "folds": record.folds,
+        "merges": record.merges,
+        "passes": list(record.passes.values()),
+        "left_alone": sorted({s.kind for s in kept}),
+        "left_alone_nodes": [s.name for s in kept][:200],
+        "notes": list(dict.fromkeys(notes + record.notes)),
+        "warnings": warnings,
+        "score_details": None,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    res = CollapseResult(out_model, report, requested, passed, original)
+    if not passed and not cfg.force:
+        raise VerificationError.mismatch(ver.against_requested, cfg.rtol, cfg.atol,
+                                         "use force=True to get the result anyway", res)
+    return res
+
+
+# ----------------------------------------------------------------------------------- torch.compile
+
+
+def freeze_parameters(gm: fx.GraphModule, example_inputs) -> int:
+    """Turn the parameter/buffer inputs of a dynamo graph into get_attr constants (as inductor's
+    freezing does) so the passes can fold them; the placeholders stay, unused. Returns how many."""
+    frozen = 0
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    first_real = next((n for n in gm.graph.nodes if n.op != "placeholder"), None)
+    for n, t in zip(placeholders, example_inputs):
+        name = str(n.target)
+        is_param = isinstance(t, torch.nn.Parameter) or "_parameters_" in name or "_buffers_" in name
+        if not is_param or not isinstance(t, torch.Tensor) or not n.users:
+            continue
+        attr = f"_frozen_{n.name}"
+        gm.register_buffer(attr, t.detach())
+        with gm.graph.inserting_before(first_real):
+            c = gm.graph.get_attr(attr)
+        c.meta.update({k: v for k, v in n.meta.items() if k in ("val", "example_value", "tensor_meta")})
+        n.replace_all_uses_with(c)
+        frozen += 1
+    gm.recompile()
+    return frozen
+
+
+def torch_backend(scores=None, threshold: float | None = None, remove: int | None = None, collapse=(),
+                  inductor: bool = True, verify: bool = True, config: CollapseConfig | None = None, **kwargs):
+    """A torch.compile backend: collapse + fold + merge on the dynamo graph, then inductor.
+
+        torch.compile(model.eval(), backend=collapse_passes.torch_backend(scores=s, threshold=0.1))
+
+    Parameters are frozen into the compiled graph (inference: later weight updates are not seen).
+    inductor=False runs the transformed graph eagerly (fast to build; for tests and debugging).
+    The backend's .reports lists, per compiled graph, the keys it collapsed, the pass records and the
+    check: with verify=True (default) each graph is run once on dynamo's example inputs against the same
+    graph with only the chosen activations linearized (rtol/atol of the config); a mismatch raises
+    VerificationError (torch.compile reports it as a backend failure).
+    """
+    from ..api import make_config
+
+    cfg = make_config(copy.deepcopy(config), scores, threshold, remove, "torch_backend", **kwargs)
+    if collapse:
+        cfg.collapse = list(collapse)
+    if cfg.threshold is not None and not math.isfinite(cfg.threshold):
+        raise CollapseError(f"threshold must be a finite number, got {cfg.threshold}")
+
+    def backend(gm: fx.GraphModule, example_inputs):
+        freeze_parameters(gm, example_inputs)
+        propagate_shapes(gm, example_inputs)
+        notes, warnings = [], []
+        # a key that names no activation of *this* graph may live in another graph dynamo split off
+        sites = find_activations(gm)
+        index = key_index(sites)
+        sub = copy.copy(cfg)
+        if cfg.collapse:
+            sub.collapse = [k for k in cfg.collapse if k in index]
+        if cfg.scores is not None:
+            from ..api import read_scores
+
+            sub.scores = {k: v for k, v in read_scores(cfg.scores).items() if k in index}
+        _, chosen, _ = select(gm, sub, notes, warnings)
+        names = [s.name for s in chosen]
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        real = not any(isinstance(t, FakeTensor) for t in example_inputs)
+        requested = requested_semantics(gm, names) if verify and real else None
+        record = FxRecord()
+        out = run_passes(gm, names, cfg, record)
+        check = None
+        if requested is not None:
+            from ..core.runtime import compare
+
+            feeds = [tuple(example_inputs)]
+            got = run_outputs(out, feeds)
+            check = compare(run_outputs(requested, feeds), got, [f"output{i}" for i in range(len(got[0]))],
+                            cfg.rtol, cfg.atol)
+        elif verify:
+            notes.append("not verified: dynamo gave fake example inputs")
+        backend.reports.append({"collapsed": [s.keys[0] for s in chosen], "merges": record.merges,
+                                "folds": record.folds, "notes": notes + record.notes, "warnings": warnings,
+                                "verification": None if check is None else check.as_dict()})
+        approx_ok = check is not None and bool(record.approximations) and (
+            cfg.approx_max_error is None or check.max_abs <= cfg.approx_max_error)   # opted in, as collapse()
+        if check is not None and not check.passed and not approx_ok:
+            raise VerificationError(f"torch_backend: the collapsed graph differs from the requested semantics "
+                                    f"(max abs {check.max_abs:.3g}, max rel {check.max_rel:.3g}, rtol {cfg.rtol}, "
+                                    f"atol {cfg.atol})")
+        for prm in out.parameters():   # frozen: the new ops' weights are constants of this graph
+            prm.requires_grad_(False)
+        if not inductor:
+            return out.forward
+        from torch._inductor.compile_fx import compile_fx
+
+        # a fresh GraphModule without dynamo's metadata: the new modules' weights have no dynamo source
+        return compile_fx(fx.GraphModule(out, out.graph), example_inputs)
+
+    backend.reports = []
+    return backend

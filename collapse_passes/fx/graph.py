@@ -1,0 +1,488 @@
+"""A view of a torch.fx GraphModule for the collapse passes: constants, linear ops, BatchNorms,
+activation sites and their keys, and how to write a new linear op back.
+
+Three graph styles meet here and are read the same way:
+- torch.fx.symbolic_trace: call_module nodes (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, ...), plus
+  call_function / call_method for functional code (F.relu, x.relu(), operator.add);
+- torch.export (ExportedProgram.module()): aten ops with get_attr weights (aten.conv2d.default, ...);
+- dynamo (a torch.compile backend): torch functions whose weights are graph inputs; the backend
+  freezes those into get_attr constants first (freeze_parameters).
+Keys are module paths read from node.meta["nn_module_stack"] (or the call_module target); a module
+called at several places gets one key per call site, `path:i` (i = call index in graph order).
+"""
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import fx
+
+from ..algebra.conv import ConvParams
+from ..algebra.linear import LinearParams
+from ..core import activations as catalogue
+from ..core.torch_kinds import function_kind, module_kind
+from ..onnx.keys import site_key
+
+aten = torch.ops.aten
+
+# ----------------------------------------------------------------------------------- constants
+
+
+def get_attr_value(gm: nn.Module, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def const_tensor(gm: fx.GraphModule, arg):
+    """The tensor behind a get_attr node (None for anything computed at run time)."""
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        v = get_attr_value(gm, arg.target)
+        return v if isinstance(v, torch.Tensor) else None
+    return None
+
+
+def to_numpy(t) -> np.ndarray | None:
+    return None if t is None else t.detach().cpu().numpy()
+
+
+def submodule(gm: fx.GraphModule, node: fx.Node):
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+# ----------------------------------------------------------------------------------- shapes
+
+
+def shape_of(node) -> tuple | None:
+    """Static shape of a node's tensor output from its metadata (ShapeProp, export or dynamo)."""
+    if not isinstance(node, fx.Node):
+        return None
+    tm = node.meta.get("tensor_meta")
+    if tm is not None and hasattr(tm, "shape"):
+        return tuple(int(d) for d in tm.shape)
+    for k in ("val", "example_value"):
+        v = node.meta.get(k)
+        if isinstance(v, torch.Tensor):
+            try:
+                return tuple(int(d) for d in v.shape)
+            except (TypeError, ValueError):  # symbolic sizes
+                return None
+    return None
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs) -> None:
+    """Fill node.meta['tensor_meta'] by running the graph once on example_inputs."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*example_inputs)
+
+
+# ----------------------------------------------------------------------------------- linear ops
+
+_CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_FUNCS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3,
+               aten.conv1d.default: 1, aten.conv2d.default: 2, aten.conv3d.default: 3}
+_LINEAR_FUNCS = {F.linear, torch._C._nn.linear, aten.linear.default}
+
+
+def _tuple(v, n: int) -> tuple:
+    if isinstance(v, int):
+        return (v,) * n
+    v = tuple(int(x) for x in v)
+    return v * n if len(v) == 1 else v
+
+
+def _arg(node, i, name, default):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+@dataclass
+class LinearOp:
+    """A conv or linear with constant weights: y = op(x). params in ONNX/torch conventions (algebra/)."""
+    node: fx.Node
+    kind: str                 # "conv" | "linear"
+    params: object            # ConvParams | LinearParams
+    x: fx.Node
+    bias_map: np.ndarray | None = None   # a merged conv's per-position bias (PaddedConv)
+
+    @property
+    def dtype(self):
+        return self.params.weight.dtype
+
+
+def linear_op(gm: fx.GraphModule, node: fx.Node) -> LinearOp | None:
+    """The conv/linear computed by `node`, or None if it is not one (or its weights are not constant)."""
+    if node.op == "call_module":
+        mod = submodule(gm, node)
+        if not node.args or not isinstance(node.args[0], fx.Node) or node.kwargs or len(node.args) != 1:
+            return None
+        x = node.args[0]
+        if isinstance(mod, PaddedConv):
+            return LinearOp(node, "conv", mod.conv_params(), x, to_numpy(mod.bias_map))
+        if isinstance(mod, _CONV_MODULES):
+            if mod.padding_mode != "zeros" or isinstance(mod.padding, str) and mod.padding != "valid":
+                return None
+            n = mod.weight.ndim - 2
+            pad = (0,) * n if isinstance(mod.padding, str) else _tuple(mod.padding, n)
+            return LinearOp(node, "conv", ConvParams(to_numpy(mod.weight), to_numpy(mod.bias), _tuple(mod.stride, n),
+                                                     pad + pad, _tuple(mod.dilation, n), mod.groups), x)
+        if type(mod) is nn.Linear:
+            return LinearOp(node, "linear", LinearParams(to_numpy(mod.weight), to_numpy(mod.bias)), x)
+        return None
+    if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    t = node.target
+    if t in _CONV_FUNCS or t is aten.convolution.default:
+        if t is aten.convolution.default:
+            if _arg(node, 6, "transposed", False):
+                return None
+            n_stride, n_pad, n_dil, n_groups = 3, 4, 5, 8
+        else:
+            n_stride, n_pad, n_dil, n_groups = 3, 4, 5, 6
+        w = const_tensor(gm, _arg(node, 1, "weight", None))
+        b_arg = _arg(node, 2, "bias", None)
+        b = const_tensor(gm, b_arg)
+        if w is None or (b_arg is not None and b is None):
+            return None
+        n = w.ndim - 2
+        pad = _arg(node, n_pad, "padding", 0)
+        if isinstance(pad, str):
+            if pad != "valid":
+                return None
+            pad = 0
+        pad = _tuple(pad, n)
+        return LinearOp(node, "conv", ConvParams(to_numpy(w), to_numpy(b), _tuple(_arg(node, n_stride, "stride", 1), n),
+                                                 pad + pad, _tuple(_arg(node, n_dil, "dilation", 1), n),
+                                                 int(_arg(node, n_groups, "groups", 1))), node.args[0])
+    if t in _LINEAR_FUNCS:
+        w = const_tensor(gm, _arg(node, 1, "weight", None))
+        b_arg = _arg(node, 2, "bias", None)
+        b = const_tensor(gm, b_arg)
+        if w is None or w.ndim != 2 or (b_arg is not None and b is None):
+            return None
+        return LinearOp(node, "linear", LinearParams(to_numpy(w), to_numpy(b)), node.args[0])
+    return None
+
+
+# ----------------------------------------------------------------------------------- BatchNorm
+
+_BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class BatchNormOp:
+    """An eval-mode BatchNorm: y = scale*x + shift per channel (axis 1)."""
+    node: fx.Node            # the node whose users see y (a getitem for _native_batch_norm_legit_no_training)
+    nodes: list              # every node of the op (erased when folded)
+    x: fx.Node
+    gamma: object
+    beta: object
+    mean: object
+    var: object
+    eps: float
+
+
+def batchnorm_op(gm: fx.GraphModule, node: fx.Node) -> BatchNormOp | None:
+    """The eval-mode BatchNorm computed by `node`, or None (training-mode BNs are never folded)."""
+    if node.op == "call_module":
+        mod = submodule(gm, node)
+        if not isinstance(mod, _BN_MODULES) or mod.training and mod.track_running_stats or mod.running_mean is None:
+            return None
+        return BatchNormOp(node, [node], node.args[0], mod.weight, mod.bias, mod.running_mean, mod.running_var,
+                           float(mod.eps))
+    if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    t = node.target
+    c = lambda i, name: const_tensor(gm, _arg(node, i, name, None))  # noqa: E731
+    if t is F.batch_norm:   # (x, running_mean, running_var, weight, bias, training, momentum, eps)
+        if _arg(node, 5, "training", False):
+            return None
+        mean, var, g, b, eps = c(1, "running_mean"), c(2, "running_var"), c(3, "weight"), c(4, "bias"), \
+            _arg(node, 7, "eps", 1e-5)
+        if mean is None or var is None:
+            return None
+        return BatchNormOp(node, [node], node.args[0], g, b, mean, var, float(eps))
+    if t in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
+        # batch_norm(x, w, b, mean, var, training, momentum, eps, cudnn); legit_no_training(x, w, b, mean, var, momentum, eps)
+        if t is aten.batch_norm.default:
+            if _arg(node, 5, "training", False):
+                return None
+            eps = _arg(node, 7, "eps", 1e-5)
+        else:
+            eps = _arg(node, 6, "eps", 1e-5)
+        g, b, mean, var = c(1, "weight"), c(2, "bias"), c(3, "running_mean"), c(4, "running_var")
+        if mean is None or var is None:
+            return None
+        out, nodes = node, [node]
+        if t is not aten.batch_norm.default:
+            users = list(node.users)
+            if len(users) != 1 or users[0].target is not operator.getitem or users[0].args[1] != 0:
+                return None
+            out, nodes = users[0], [users[0], node]
+        return BatchNormOp(out, nodes, node.args[0], g, b, mean, var, float(eps))
+    return None
+
+
+def training_batchnorms(gm: nn.Module) -> list[str]:
+    """Module paths of BatchNorms and dropouts in training mode (their output depends on the batch or on
+    chance: nothing folds and nothing can be verified)."""
+    drop = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+    return [n for n, m in gm.named_modules() if m.training and (isinstance(m, _BN_MODULES) or
+                                                              isinstance(m, drop) and m.p > 0)]
+
+
+# ----------------------------------------------------------------------------------- activations
+
+
+@dataclass
+class ActivationSite:
+    """One activation call: y = f(x) elementwise; keys most specific first (as the ONNX front end)."""
+    name: str                 # the fx node name
+    node: fx.Node
+    kind: str
+    params: dict
+    x: fx.Node
+    path: str | None = None   # module path, when the node was called inside a module
+    site: str | None = None   # path, or path:i for a module called at several places
+    keys: list = field(default_factory=list)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [self.name]
+
+
+def _dynamo_path(path: str) -> str:
+    """"L['self'].layer1[0].relu" (dynamo's module source) -> "layer1.0.relu"."""
+    path = re.sub(r"^L\['[^']*'\]\.?", "", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\['([^']*)'\]", r".\1", path)
+    path = re.sub(r"(^|\.)_(modules|parameters|buffers)\.", r"\1", path)
+    return path.lstrip(".")
+
+
+def module_path(node: fx.Node) -> str | None:
+    """The innermost module path of `node` (its call_module target, else nn_module_stack)."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return _dynamo_path(str(path)) or None
+
+
+def activation_kind(gm: fx.GraphModule, node: fx.Node):
+    """(kind, params, x) of an activation node, or None (catalogue kinds; non-collapsible ones too)."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    if node.op == "call_module":
+        if len(node.args) != 1:
+            return None
+        found = module_kind(submodule(gm, node))
+    elif node.op in ("call_function", "call_method"):
+        found = function_kind(node.target, node.args, node.kwargs)
+    else:
+        return None
+    if found is None:
+        return None
+    kind, params = found
+    if kind == "prelu" and isinstance(params.get("slope"), fx.Node):
+        slope = const_tensor(gm, params["slope"])
+        if slope is None:
+            return None
+        params = dict(params, slope=to_numpy(slope).astype(np.float64))
+    return kind, params, node.args[0]
+
+
+def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[ActivationSite]:
+    """Every (collapsible) activation call in graph (= call) order, with keys resolved."""
+    sites = []
+    for node in gm.graph.nodes:
+        found = activation_kind(gm, node)
+        if found is None or collapsible_only and not catalogue.is_collapsible(found[0]):
+            continue
+        kind, params, x = found
+        sites.append(ActivationSite(node.name, node, kind, params, x, module_path(node)))
+    by_path: dict[str, list] = {}
+    for s in sites:
+        if s.path:
+            by_path.setdefault(s.path, []).append(s)
+    for path, group in by_path.items():
+        for i, s in enumerate(group):
+            s.site = site_key(path, i, len(group))
+    for s in sites:
+        s.keys = []
+        if s.site:
+            s.keys.append(s.site)
+            if s.site != s.path:
+                s.keys.append(s.path)
+        s.keys.append(s.name)
+    return sites
+
+
+def key_index(sites: list[ActivationSite]) -> dict[str, list[ActivationSite]]:
+    index: dict[str, list] = {}
+    for s in sites:
+        for k in dict.fromkeys(s.keys):
+            index.setdefault(k, []).append(s)
+    return index
+
+
+def is_collapsible(site: ActivationSite) -> bool:
+    return catalogue.is_collapsible(site.kind)
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+class PaddedConv(nn.Module):
+    """A conv with asymmetric zero padding and/or a per-position bias map (what an exact merge of
+    padded convs can need): F.pad, then the conv, then + bias_map. Plain torch: exports and compiles."""
+
+    def __init__(self, p: ConvParams, bias_map: np.ndarray | None = None):
+        super().__init__()
+        n = p.ndim
+        self.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(p.weight)))
+        self.bias = None if p.bias is None else nn.Parameter(torch.from_numpy(np.ascontiguousarray(p.bias)))
+        self.stride, self.dilation, self.groups = tuple(p.strides), tuple(p.dilations), int(p.group)
+        self.pads = tuple(p.pads)
+        # F.pad wants (last axis begin, last axis end, ..., first axis begin, first axis end)
+        self.pad = tuple(v for a in reversed(range(n)) for v in (p.pads[a], p.pads[n + a]))
+        bm = None if bias_map is None else torch.from_numpy(np.ascontiguousarray(bias_map))
+        self.register_buffer("bias_map", bm)
+        self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+
+    def conv_params(self) -> ConvParams:
+        return ConvParams(to_numpy(self.weight), to_numpy(self.bias), self.stride, self.pads, self.dilation,
+                          self.groups)
+
+    def forward(self, x):
+        if any(self.pad):
+            x = F.pad(x, self.pad)
+        y = self._conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        if self.bias_map is not None:
+            y = y + self.bias_map
+        return y
+
+    @property
+    def op_count(self) -> int:
+        return 1 + bool(any(self.pad)) + (self.bias_map is not None)
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def make_module(kind: str, params, bias_map: np.ndarray | None = None) -> nn.Module:
+    """A plain torch module computing `params` (nn.Linear / nn.ConvNd; PaddedConv where needed)."""
+    if kind == "linear":
+        mod = nn.Linear(params.in_features, params.out_features, bias=params.bias is not None)
+        with torch.no_grad():
+            mod.weight = nn.Parameter(_tensor(params.weight))
+            if params.bias is not None:
+                mod.bias = nn.Parameter(_tensor(params.bias))
+        return mod
+    p = params
+    if bias_map is not None or tuple(p.pads_begin) != tuple(p.pads_end):
+        return PaddedConv(p, bias_map)
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[p.ndim]
+    mod = cls(p.in_channels, p.out_channels, p.kernel_shape, stride=p.strides, padding=p.pads_begin,
+              dilation=p.dilations, groups=p.group, bias=p.bias is not None)
+    with torch.no_grad():
+        mod.weight = nn.Parameter(_tensor(p.weight))
+        if p.bias is not None:
+            mod.bias = nn.Parameter(_tensor(p.bias))
+    return mod
+
+
+def _fresh_name(gm: fx.GraphModule, hint: str) -> str:
+    base = re.sub(r"[^0-9a-zA-Z_]", "_", hint) or "op"
+    name, i = base, 1
+    while hasattr(gm, name):
+        name = f"{base}_{i}"
+        i += 1
+    return name
+
+
+def insert_linear(gm: fx.GraphModule, before: fx.Node, x: fx.Node, kind: str, params, bias_map=None,
+                  hint: str = "collapsed", meta_from: fx.Node | None = None, origin: list | None = None) -> fx.Node:
+    """Insert a call to a new module computing `params` on x, right before `before`; return its node.
+
+    The new node carries the metadata of `meta_from` (shape, module stack) so keys and shapes survive."""
+    name = _fresh_name(gm, hint)
+    gm.add_submodule(name, make_module(kind, params, bias_map))
+    with gm.graph.inserting_before(before):
+        new = gm.graph.call_module(name, (x,))
+    if meta_from is not None:
+        for k in ("tensor_meta", "val", "example_value", "nn_module_stack", "stack_trace"):
+            if k in meta_from.meta:
+                new.meta[k] = meta_from.meta[k]
+    if origin is not None:
+        new.meta[ORIGIN] = list(dict.fromkeys(origin))
+    return new
+
+
+ORIGIN = "collapse_origin"
+
+
+def origin(node: fx.Node) -> list[str]:
+    """The input graph's node names a (possibly rewritten) node stands for: merge records name these."""
+    return list(node.meta.get(ORIGIN, [node.name]))
+
+
+def single_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def feeds_output(node: fx.Node) -> bool:
+    return any(u.op == "output" for u in node.users)
+
+
+# ----------------------------------------------------------------------------------- stats
+
+_FREE = {operator.getitem}
+
+
+def count_ops(gm: fx.GraphModule) -> int:
+    """Ops a run executes: call nodes, a PaddedConv counted as its parts; getitem and guards are free."""
+    n = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            mod = submodule(gm, node)
+            if node.target == "_guards_fn":
+                continue
+            n += getattr(mod, "op_count", 1)
+        elif node.op in ("call_function", "call_method") and node.target not in _FREE:
+            n += 1
+    return n
+
+
+def count_params(gm: nn.Module) -> int:
+    seen = {}
+    for t in list(gm.parameters()) + list(gm.buffers()):
+        if t.is_floating_point():
+            seen[id(t)] = t.numel()
+    return int(sum(seen.values()))
+
+
+def is_add(node: fx.Node) -> bool:
+    """x + y (also torchvision's in-place `out += identity`), without an alpha factor."""
+    return (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add, aten.add.Tensor,
+                                                          aten.add_.Tensor)
+            or node.op == "call_method" and node.target in ("add", "add_")) and len(node.args) == 2 \
+        and node.kwargs.get("alpha", 1) == 1 and not (_inplace(node) and len(node.args[0].users) > 1)
+
+
+def _inplace(node: fx.Node) -> bool:
+    """An in-place add rewrites its first operand: replaced by a fresh op only when nothing else reads that."""
+    return node.target in (operator.iadd, aten.add_.Tensor, "add_") and isinstance(node.args[0], fx.Node)

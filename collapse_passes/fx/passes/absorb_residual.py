@@ -1,0 +1,72 @@
+"""absorb: fold a residual skip into the linear branch beside it (algebra.conv.add_identity_skip /
+add_pointwise_skip, algebra.linear.add_identity).
+
+y = conv(x) + x     -> one conv with a delta at the tap that reads the output's own pixel
+y = conv(x) + p(x)  -> one conv, p a 1x1 projection shortcut with the same stride (BN folded first)
+y = linear(x) + x   -> one linear with W + I
+A skip the algebra cannot take (stride, misaligned padding, channel change) is kept, with a note."""
+from __future__ import annotations
+
+from torch import fx
+
+from ...algebra import conv as conv_alg
+from ...algebra import linear as lin_alg
+from ...errors import CollapseError
+from ..graph import feeds_output, insert_linear, is_add, linear_op, origin, single_user
+from ._base import FxPass, PassResult
+
+
+class AbsorbResidual(FxPass):
+    name = "absorb_residual"
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        done = 0
+        for add in list(gm.graph.nodes):
+            if add.graph is None or not is_add(add) or not all(isinstance(a, fx.Node) for a in add.args):
+                continue
+            for bi in (0, 1):
+                branch, skip = add.args[bi], add.args[1 - bi]
+                op = linear_op(gm, branch)
+                if op is None or single_user(branch) is not add or feeds_output(branch):
+                    continue
+                if self._absorb(gm, add, op, skip):
+                    done += 1
+                    break
+        if done:
+            gm.graph.eliminate_dead_code()
+            gm.graph.lint()
+            gm.recompile()
+            self.note(f"absorbed {done} residual skip(s)")
+        return PassResult(gm, done > 0)
+
+    def _absorb(self, gm, add, op, skip) -> bool:
+        proj = None
+        try:
+            if op.kind == "conv":
+                if skip is op.x:
+                    new, kind = conv_alg.add_identity_skip(op.params), "identity"
+                else:
+                    proj = linear_op(gm, skip)
+                    if proj is None or proj.kind != "conv" or proj.x is not op.x or proj.bias_map is not None \
+                            or single_user(skip) is not add or feeds_output(skip):
+                        return False
+                    new, kind = conv_alg.add_pointwise_skip(op.params, proj.params), "projection"
+            else:
+                if skip is not op.x:
+                    return False
+                new, kind = lin_alg.add_identity(op.params), "identity"
+        except CollapseError as exc:
+            self.note(f"residual at {add.name} kept: {exc}")
+            return False
+        names = origin(op.node) + (origin(proj.node) if proj is not None else []) + [add.name]
+        node = insert_linear(gm, add, op.x, op.kind, new, op.bias_map, hint=f"{op.node.name}_skip", meta_from=add,
+                             origin=names)
+        add.replace_all_uses_with(node)
+        gm.graph.erase_node(add)
+        gm.graph.erase_node(op.node)
+        if proj is not None:
+            gm.graph.erase_node(proj.node)
+        self.record.merges.append({"kind": f"residual-{kind}", "nodes": names, "macs_before": 0,
+                                   "macs_after": 0, "ops_before": 2 + (proj is not None), "ops_after": 1,
+                                   "exact": True, "reason": f"skip ({kind}) folded into the branch's kernel"})
+        return True

@@ -1,0 +1,141 @@
+"""fold: an eval-mode BatchNorm (or a scalar Mul/Add a linearized SELU/HardSigmoid left) next to a
+conv/linear goes into that op's weights (algebra.*.fold_affine_after / _before).
+
+After the op is preferred; before it only where the algebra allows (a shift cannot cross a padded
+conv's zero padding: the algebra refuses and the BatchNorm stays). A Linear meets a BatchNorm1d's
+channel axis only on 2-D inputs, so only those are folded."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+from torch import fx
+
+from ...algebra import conv as conv_alg
+from ...algebra import linear as lin_alg
+from ...errors import CollapseError
+from ..graph import batchnorm_op, feeds_output, insert_linear, linear_op, origin, shape_of, single_user, to_numpy
+from ._base import FxPass, PassResult
+
+aten = torch.ops.aten
+_MUL = {operator.mul, torch.mul, aten.mul.Tensor, aten.mul.Scalar, "mul"}
+_ADD = {operator.add, torch.add, aten.add.Tensor, aten.add.Scalar, "add"}
+
+
+def _scalar_affine(node: fx.Node):
+    """(x, scale, shift) of x*c or x+c with a Python-number c, else None."""
+    if node.op not in ("call_function", "call_method") or len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    if isinstance(b, fx.Node) and isinstance(a, (int, float)):
+        a, b = b, a
+    if not isinstance(a, fx.Node) or isinstance(b, bool) or not isinstance(b, (int, float)):
+        return None
+    if node.target in _MUL:
+        return a, float(b), 0.0
+    if node.target in _ADD:
+        return a, 1.0, float(b)
+    return None
+
+
+def _fold_after(op, scale, shift):
+    if op.kind == "linear":
+        return lin_alg.fold_affine_after(op.params, scale, shift), None
+    p = conv_alg.fold_affine_after(op.params, scale, shift)
+    bm = op.bias_map
+    if bm is not None:
+        sc = np.broadcast_to(np.asarray(scale if scale is not None else 1.0, np.float64).reshape(-1), (p.out_channels,))
+        shape = (1,) * (bm.ndim - p.ndim - 1) + (-1,) + (1,) * p.ndim   # channel axis just before the spatial ones
+        bm = (bm.astype(np.float64) * sc.reshape(shape)).astype(bm.dtype)
+    return p, bm
+
+
+class FoldBatchNorm(FxPass):
+    name = "fold"
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        done = 0
+        for node in list(gm.graph.nodes):
+            if node.graph is None:   # erased by an earlier fold in this sweep
+                continue
+            bn = batchnorm_op(gm, node)
+            if bn is not None:
+                done += self._fold_bn(gm, bn)
+                continue
+            aff = _scalar_affine(node)
+            if aff is not None:
+                done += self._fold_scalar(gm, node, *aff)
+        if done:
+            gm.graph.eliminate_dead_code()
+            gm.graph.lint()
+            gm.recompile()
+            self.note(f"folded {done} affine op(s)")
+        return PassResult(gm, done > 0)
+
+    def _bn_affine(self, bn):
+        g = None if bn.gamma is None else to_numpy(bn.gamma)
+        b = None if bn.beta is None else to_numpy(bn.beta)
+        n = to_numpy(bn.mean).shape[0]
+        g = np.ones(n, to_numpy(bn.mean).dtype) if g is None else g
+        b = np.zeros(n, to_numpy(bn.mean).dtype) if b is None else b
+        return conv_alg.bn_to_affine(g, b, to_numpy(bn.mean), to_numpy(bn.var), bn.eps)
+
+    def _fold_bn(self, gm, bn) -> int:
+        scale, shift = self._bn_affine(bn)
+        prod = bn.x
+        op = linear_op(gm, prod) if isinstance(prod, fx.Node) else None
+        if op is not None and single_user(prod) is bn.nodes[-1] and not feeds_output(prod) \
+                and self._channels_ok(op, prod):
+            p, bm = _fold_after(op, scale, shift)
+            names = origin(prod) + origin(bn.node)
+            new = insert_linear(gm, bn.node, op.x, op.kind, p, bm, hint=f"{op.node.name}_bn", meta_from=bn.node,
+                                origin=origin(prod))
+            bn.node.replace_all_uses_with(new)
+            self._erase(gm, bn.nodes + [prod])
+            self.record.folds.append({"kind": "batchnorm-after", "nodes": names})
+            return 1
+        nxt = single_user(bn.node)
+        op = linear_op(gm, nxt) if nxt is not None else None
+        if op is not None and op.x is bn.node and op.bias_map is None and not feeds_output(bn.node) \
+                and self._channels_ok(op, bn.node):
+            try:
+                p = (conv_alg if op.kind == "conv" else lin_alg).fold_affine_before(op.params, scale, shift)
+            except CollapseError as exc:
+                self.note(f"{bn.node.name} kept before {nxt.name}: {exc}")
+                return 0
+            names = origin(bn.node) + origin(nxt)
+            new = insert_linear(gm, nxt, bn.x, op.kind, p, None, hint=f"{nxt.name}_bn", meta_from=nxt,
+                                origin=origin(nxt))
+            nxt.replace_all_uses_with(new)
+            self._erase(gm, [nxt] + bn.nodes)
+            self.record.folds.append({"kind": "batchnorm-before", "nodes": names})
+            return 1
+        return 0
+
+    @staticmethod
+    def _channels_ok(op, node) -> bool:
+        if op.kind == "conv":
+            return True
+        s = shape_of(node)
+        return s is not None and len(s) == 2   # BatchNorm1d's channel axis 1 is the features axis only in 2-D
+
+    def _fold_scalar(self, gm, node, x, scale, shift) -> int:
+        op = linear_op(gm, x)
+        if op is None or single_user(x) is not node or feeds_output(x):
+            return 0
+        dt = op.dtype   # Python floats would make the algebra return float64 weights
+        p, bm = _fold_after(op, np.asarray(scale, dt), np.asarray(shift, dt))   # shift -> bias; the bias map only scales
+        names = origin(x) + origin(node)
+        new = insert_linear(gm, node, op.x, op.kind, p, bm, hint=f"{op.node.name}_affine", meta_from=node,
+                            origin=origin(x))
+        node.replace_all_uses_with(new)
+        self._erase(gm, [node, x])
+        self.record.folds.append({"kind": "scalar-affine-after", "nodes": names})
+        return 1
+
+    @staticmethod
+    def _erase(gm, nodes) -> None:
+        for n in nodes:
+            if not n.users:
+                gm.graph.erase_node(n)

@@ -1,0 +1,57 @@
+"""linearize: replace the chosen activations by their linear regime (identity for almost all).
+
+This is the collapse itself, and alone it defines the requested semantics the result is verified
+against (the same pass on a copy of the input)."""
+from __future__ import annotations
+
+import operator
+
+from torch import fx
+
+from ...core import activations as catalogue
+from ...errors import CollapseError
+from ...onnx.keys import lookup
+from ..graph import find_activations, key_index
+from ._base import FxPass, PassResult
+
+
+class LinearizeActivations(FxPass):
+    """keys: activation keys (module path, path:i, or fx node name); every key must name a site."""
+    name = "linearize"
+
+    def __init__(self, keys=(), record=None):
+        super().__init__(record)
+        self.keys = list(keys)
+        self._applied: set = set()   # graph modules already linearized: a fixed-point loop reruns this pass
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        if id(gm) in self._applied:
+            return PassResult(gm, False)
+        self._applied.add(id(gm))
+        sites = find_activations(gm)
+        index = key_index(sites)
+        chosen = {}
+        for key in self.keys:
+            for s in lookup(index, key, "collapse"):
+                chosen[s.name] = s
+        for s in chosen.values():
+            if not catalogue.is_collapsible(s.kind):
+                raise CollapseError(f"collapse: {s.keys[0]!r} is a {s.kind}, which has no linear regime to collapse to")
+            scale, shift = catalogue.linear_regime(s.kind, s.params)
+            new = s.x
+            with gm.graph.inserting_before(s.node):
+                if scale != 1.0:
+                    new = gm.graph.call_function(operator.mul, (new, scale))
+                if shift != 0.0:
+                    new = gm.graph.call_function(operator.add, (new, shift))
+            for k in ("tensor_meta", "val", "example_value", "nn_module_stack"):
+                if new is not s.x and k in s.node.meta:
+                    new.meta[k] = s.node.meta[k]
+            s.node.replace_all_uses_with(new)
+            gm.graph.erase_node(s.node)
+            self.record.linearized.append(s.keys[0])
+        if chosen:
+            gm.graph.lint()
+            gm.recompile()
+            self.note(f"linearized {len(chosen)} activation(s)")
+        return PassResult(gm, bool(chosen))

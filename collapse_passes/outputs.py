@@ -1,0 +1,392 @@
+"""The output plan: every path a run will write, resolved and checked before any work.
+
+Why: a run that has worked for minutes must not then find that `--report` names the input model,
+that `-o` is /dev/null, or that `--export .` would replace the working directory. So all outputs
+are resolved first (symlinks followed, hard links compared by device and inode) and refused in one
+line when they alias an input or each other, are not regular files, or sit in a folder that is
+missing or cannot be written. Data is staged in temp files beside each target, with a name the
+next run recognises (`.NAME.~cp<pid>-<rand>.tmp`), and renamed in a fixed order only once the run
+has succeeded. docs/file_safety.md lists the promises.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import stat
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CollapseError
+
+EXPORT_MARKER = ".collapse-passes-export"   # written into every --export directory this tool makes
+NAME_MAX = 255
+_TAG = "~cp"
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.~cp(?P<pid>\d+)-[0-9a-z]{6}\.(?P<kind>tmp|tmpdir|old)$")
+_ALPHABET = string.ascii_lowercase + string.digits
+COMMIT_ORDER = ("model", "scores", "plot", "report")   # export is committed by the TVM hand-off
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; raised in the main thread so cleanup runs like for ^C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# ------------------------------------------------------------------------------- temp names
+
+def temp_path(dest: str | os.PathLike, kind: str = "tmp") -> Path:
+    """A fresh, recognisable temp name beside `dest` (name shortened so it stays <= 255 bytes)."""
+    dest = Path(dest)
+    name = os.fsencode(dest.name)[:NAME_MAX - 40].decode(errors="ignore") or "out"
+    rand = "".join(secrets.choice(_ALPHABET) for _ in range(6))
+    return dest.parent / f".{name}.{_TAG}{os.getpid()}-{rand}.{kind}"
+
+
+def is_temp_name(name: str) -> bool:
+    return _TEMP_RE.match(name) is not None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folders) -> list[Path]:
+    """Remove temp files/dirs this tool left in `folders` when a run was killed (its pid is gone)."""
+    removed = []
+    for d in dict.fromkeys(Path(f) for f in folders):
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            m = _TEMP_RE.match(e.name)
+            if not m or _pid_alive(int(m.group("pid"))):
+                continue
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path)
+                else:
+                    os.unlink(e.path)
+                removed.append(Path(e.path))
+            except OSError:
+                pass
+    return removed
+
+
+def create_temp_file(dest: str | os.PathLike) -> tuple[int, Path]:
+    """Open a new temp file beside `dest` with the mode a plain open() would give: 0666 & ~umask
+    for a new file, the existing file's permission bits when `dest` is replaced."""
+    while True:
+        tmp = temp_path(dest)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        st = os.stat(dest)
+        if stat.S_ISREG(st.st_mode):
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    except OSError:
+        pass
+    return fd, tmp
+
+
+def write_temp(dest: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to a new temp file beside `dest`, fsync it, return the temp path."""
+    fd, tmp = create_temp_file(dest)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+# ------------------------------------------------------------------------------- signals
+
+@contextlib.contextmanager
+def interrupt_guard():
+    """Turn SIGTERM (and SIGINT) into Interrupted in the main thread; a no-op elsewhere."""
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    old = {}
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def signals_blocked():
+    """Hold SIGINT/SIGTERM while a rename and its bookkeeping happen, so the interruption message
+    is exact; a pending signal is delivered right after."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# ------------------------------------------------------------------------------- the plan
+
+def _show(p) -> str:
+    return os.fspath(p)
+
+
+def check_path_form(flag: str, p: str | os.PathLike) -> None:
+    s = os.fspath(p)
+    if not s:
+        raise CollapseError(f"{flag}: empty path")
+    if "\x00" in s:
+        raise CollapseError(f"{flag}: the path contains a NUL byte; give a plain file name")
+    for part in Path(s).parts:
+        n = len(os.fsencode(part))
+        if n > NAME_MAX:
+            raise CollapseError(f"{flag}: path component {part[:24]!r}... is {n} bytes, longer than the "
+                                f"{NAME_MAX} bytes file systems allow; use a shorter name")
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _identity(p: Path):
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+@dataclass
+class Output:
+    role: str          # model | scores | plot | report | export | tune
+    flag: str          # the flag that named it, for messages
+    given: str         # the path as the user wrote it
+    final: Path        # where the data lands (absolute, symlinks resolved)
+    kind: str = "file"  # file | dir (replaced as a whole) | tree (written in place)
+    staged: Path | None = None
+    written: bool = False
+
+
+@dataclass
+class OutputPlan:
+    outputs: dict = field(default_factory=dict)    # role -> Output
+    inputs: list = field(default_factory=list)     # (label, given path, resolved Path, identity)
+    removed_stale: list = field(default_factory=list)
+    tvm_started: bool = False
+    _rename = staticmethod(os.replace)   # a seam for the interruption tests
+
+    # ---------------------------------------------------------------- building
+    def add_input(self, label: str, path) -> None:
+        if path is None:
+            return
+        check_path_form(label, path)
+        p = Path(path)
+        if not os.path.exists(p):
+            return  # the loader names a missing input
+        mode = os.stat(p).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # reading a FIFO would block forever
+            raise CollapseError(f"{label} {_show(path)} is {_kind_of(mode)}; give a regular file")
+        self.inputs.append((label, _show(path), Path(os.path.realpath(p)), _identity(p)))
+        if p.is_dir():
+            for f in sorted(p.glob("*.npy")):
+                self.inputs.append((label, _show(f), Path(os.path.realpath(f)), _identity(f)))
+
+    def add_model_input(self, path) -> None:
+        """The model and its external data files (read from the proto without loading the data)."""
+        self.add_input("input model", path)
+        try:
+            import onnx
+            from onnx.external_data_helper import uses_external_data
+
+            m = onnx.load(os.fspath(path), load_external_data=False)
+        except Exception:
+            return  # not loadable: load_model says why, later
+        base = Path(path).parent
+        locs = {e.value for t in m.graph.initializer if uses_external_data(t)
+                for e in t.external_data if e.key == "location"}
+        for loc in sorted(locs):
+            self.add_input("input model's external data", base / loc)
+
+    def add_output(self, role: str, flag: str, path, kind: str = "file") -> None:
+        if path is None:
+            return
+        check_path_form(flag, path)
+        # realpath resolves each component in order, so "link/../x" follows the link like the kernel does
+        final = Path(os.path.realpath(os.fspath(path)))
+        self.outputs[role] = Output(role, flag, _show(path), final, kind)
+
+    # ---------------------------------------------------------------- checks
+    def check(self) -> None:
+        """Refuse the run, in one line, before any work; then remove stale temps of killed runs."""
+        outs = list(self.outputs.values())
+        for o in outs:
+            self._check_one(o)
+        for i, a in enumerate(outs):
+            for b in outs[i + 1:]:
+                same = a.final == b.final or (_identity(a.final) is not None and _identity(a.final) == _identity(b.final))
+                if same:
+                    raise CollapseError(f"{a.flag} and {b.flag} name the same file {a.given}; give each its own path")
+                for x, y in ((a, b), (b, a)):
+                    if x.kind == "dir" and _inside(y.final, x.final):
+                        raise CollapseError(f"{y.flag} {y.given} lies inside {x.flag} {x.given}, which is replaced "
+                                            f"as a whole; put it elsewhere")
+        folders = {o.final.parent for o in outs}
+        self.removed_stale = remove_stale_temps(folders)
+
+    def _check_one(self, o: Output) -> None:
+        flag, given, final = o.flag, o.given, o.final
+        for label, ig, ip, ident in self.inputs:
+            if final == ip or (ident is not None and _identity(final) == ident):
+                raise CollapseError(f"{flag} {given} is the {label} {ig}; inputs are never overwritten: "
+                                    f"choose another path for {flag}")
+            if o.kind == "dir" and _inside(ip, final):
+                raise CollapseError(f"{flag} {given} holds the input {ig}; that directory would be replaced: "
+                                    f"choose a new directory for {flag}")
+        try:
+            st = os.stat(final)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise CollapseError(f"{flag} {given}: {exc.strerror or exc}; choose another path") from None
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                if o.kind == "file":
+                    raise CollapseError(f"{flag} {given} is a directory; give a file path")
+                if o.kind == "dir" and not os.path.isfile(final / EXPORT_MARKER):
+                    raise CollapseError(f"{flag} {given} exists and was not made by this tool (no {EXPORT_MARKER} "
+                                        f"marker), so it is not replaced; name a new directory, e.g. "
+                                        f"{flag} {given.rstrip('/') or given}-export")
+            elif o.kind != "file":
+                raise CollapseError(f"{flag} {given} exists and is not a directory; name a new directory")
+            elif not stat.S_ISREG(st.st_mode):
+                way = "use --dry-run to write no model" if o.role == "model" else f"drop {flag} to write none"
+                raise CollapseError(f"{flag} {given} is {_kind_of(st.st_mode)}; the tool writes regular files only "
+                                    f"({way})")
+        parent = final.parent
+        if not parent.is_dir():
+            raise CollapseError(f"{flag} {given}: folder {parent} does not exist; create it first or choose "
+                                "another path")
+        self._probe(flag, given, parent)
+
+    @staticmethod
+    def _probe(flag: str, given: str, folder: Path) -> None:
+        """Create and remove a temp file: the only test of writability that root, chattr +i and
+        read-only mounts all answer truthfully."""
+        try:
+            with signals_blocked():   # an interruption here must not leave the probe behind
+                fd, tmp = create_temp_file(folder / "probe")
+                os.close(fd)
+                os.unlink(tmp)
+        except OSError as exc:
+            raise CollapseError(f"{flag} {given}: cannot write in folder {folder} ({exc.strerror or exc}); "
+                                "choose another path") from None
+
+    # ---------------------------------------------------------------- staging and commit
+    def path(self, role: str) -> Path | None:
+        o = self.outputs.get(role)
+        return o.final if o else None
+
+    def stage(self, role: str, data: bytes) -> None:
+        o = self.outputs[role]
+        if o.staged is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(o.staged)
+        try:
+            with signals_blocked():   # the temp is recorded (for discard) the moment it exists
+                fd, o.staged = create_temp_file(o.final)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise CollapseError(f"{o.flag} {o.given}: cannot write ({exc.strerror or exc})"
+                                f"{self._written_clause()}") from None
+
+    def commit(self, roles=COMMIT_ORDER) -> list[Output]:
+        """Rename staged files onto their targets in the fixed order; record each one done."""
+        done = []
+        for role in roles:
+            o = self.outputs.get(role)
+            if o is None or o.staged is None:
+                continue
+            with signals_blocked():
+                try:
+                    self._rename(o.staged, o.final)
+                except OSError as exc:
+                    raise CollapseError(f"{o.flag} {o.given}: cannot write ({exc.strerror or exc})"
+                                        f"{self._written_clause()}") from None
+                o.staged, o.written = None, True
+            done.append(o)
+        return done
+
+    def mark_written(self, role: str) -> None:
+        if role in self.outputs:
+            self.outputs[role].written = True
+
+    def discard(self) -> None:
+        """Remove every staged temp file (called on any failure or interruption)."""
+        for o in self.outputs.values():
+            if o.staged is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(o.staged)
+                o.staged = None
+
+    def written(self) -> list[Output]:
+        return [o for o in self.outputs.values() if o.written]
+
+    def _written_clause(self) -> str:
+        w = self.written()
+        return "; already written: " + ", ".join(o.given for o in w) if w else "; nothing written"
+
+    def summary(self) -> str:
+        """Exactly what this run wrote, for the message after a failure or interruption."""
+        w = self.written()
+        text = ("wrote " + ", ".join(f"{o.given} ({o.role})" for o in w)) if w else "nothing written"
+        t = self.outputs.get("tune")
+        if self.tvm_started and t is not None and t.final.is_dir():
+            text += f"; the TVM tuning database {t.given} may hold new records"
+        return text

@@ -1,0 +1,571 @@
+"""torch.fx front end of the channel dependency graph: any GraphModule (e.g. torch.fx.symbolic_trace).
+
+Shapes come from torch.fx's ShapeProp on an example input. Modules (Conv1d/2d/3d, Linear, BatchNorm)
+are rewritten in place on a deep copy; the result is still an nn.Module (a GraphModule). Anything not
+listed here that touches a channel-carrying value freezes the groups it touches and is reported.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import operator
+
+import numpy as np
+import torch
+import torch.fx
+
+from ..algebra import prune as prune_alg
+from ..algebra.conv import ConvParams, bn_to_affine
+from ..algebra.linear import LinearParams
+from ..errors import CollapseError
+from .graph import ChannelGraph, OpRecord
+
+
+def _torch():
+    return torch
+
+
+@contextlib.contextmanager
+def _shape_run():
+    """Shape propagation on one example: no grad, one thread (on a loaded 2-core machine two threads made
+    these tiny convs ~10x slower), the caller's thread count restored."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float64 if t.dtype == _torch().float64 else np.float32)
+
+
+def _unary_sets():
+    torch = _torch()
+    nn, F = torch.nn, torch.nn.functional
+    relu_f = {F.relu, torch.relu, "relu", "relu_"}
+    index_m = (nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveAvgPool1d,
+               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
+    other_m = (nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.ELU, nn.SELU,
+               nn.Softplus, nn.Mish, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.Hardtanh)
+    index_f = {F.dropout, F.max_pool2d, F.max_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, "contiguous",
+               "clone", "detach"}
+    other_f = {F.gelu, F.silu, torch.sigmoid, torch.tanh, F.hardswish, F.relu6, F.sigmoid, F.avg_pool2d, F.elu,
+               "sigmoid", "tanh", torch.nn.functional.hardtanh}
+    binary = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div",
+              torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div",
+              "add": "add", "sub": "sub", "mul": "mul", "div": "div"}
+    return relu_f, index_m, other_m, index_f, other_f, binary
+
+
+class _FxBuilder:
+    def __init__(self, gm, example_inputs):
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        self.gm = gm
+        with _shape_run():
+            ShapeProp(gm).propagate(*example_inputs)
+        self.cg = ChannelGraph()
+        self.slot_of: dict = {}
+        self.calls: dict = {}
+        for n in gm.graph.nodes:
+            if n.op == "call_module":
+                self.calls[n.target] = self.calls.get(n.target, 0) + 1
+        self.sets = _unary_sets()
+
+    def shape(self, n):
+        meta = getattr(n, "meta", {}).get("tensor_meta") if hasattr(n, "meta") else None
+        return None if meta is None or not hasattr(meta, "shape") else list(meta.shape)
+
+    def new_slot(self, n, axis):
+        s = self.shape(n)
+        if s is None or axis < 0 or axis >= len(s) or not s[axis]:
+            return None
+        slot = self.cg.add_slot((n.name, axis), s[axis])
+        self.slot_of[n.name] = slot
+        return slot
+
+    def get_slot(self, n, axis, who):
+        if n.name in self.slot_of:
+            slot = self.slot_of[n.name]
+            if slot[1] != axis:
+                self.cg.freeze_op(who.name, _op_type(who), [slot], f"reads channels on axis {axis}, not {slot[1]}")
+                return None
+            return slot
+        slot = self.new_slot(n, axis)
+        if slot is not None:
+            self.cg.freeze(slot, n.name, "value", "graph input" if n.op == "placeholder" else f"produced by {_op_type(n)} (not tracked)")
+        return slot
+
+    def node_inputs(self, n):
+        fx = _torch().fx
+        out = []
+        fx.node.map_arg((n.args, n.kwargs), lambda a: out.append(a))
+        return out
+
+    def slotted(self, n):
+        return [self.slot_of[a.name] for a in self.node_inputs(n) if a.name in self.slot_of]
+
+    def unknown(self, n, reason):
+        self.cg.freeze_op(n.name, _op_type(n), self.slotted(n), reason)
+
+    def record(self, n, kind, ins, outs, **data):
+        self.cg.add_op(OpRecord(n.name, _op_type(n), kind, ins, outs, dict(data, fx_node=n)))
+
+    def build(self) -> ChannelGraph:
+        for n in self.gm.graph.nodes:
+            if n.op == "output":
+                for a in self.node_inputs(n):
+                    if a.name in self.slot_of:
+                        self.cg.freeze(self.slot_of[a.name], a.name, "value", "graph output")
+                continue
+            if n.op in ("placeholder", "get_attr"):
+                continue
+            try:
+                if n.op == "call_module":
+                    self.module(n, self.gm.get_submodule(n.target))
+                else:
+                    self.function(n)
+            except (TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError) as exc:
+                # a shape or argument this builder did not expect: not understood, so frozen (never guessed)
+                self.unknown(n, f"could not analyse ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})")
+        return self.cg
+
+    # -- modules -------------------------------------------------------------------------------
+    def module(self, n, mod):
+        torch = _torch()
+        nn = torch.nn
+        relu_f, index_m, other_m, _, _, _ = self.sets
+        x = n.args[0] if n.args else None
+        if self.calls.get(n.target, 0) > 1 and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear,
+                                                                 nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            sin = self.get_slot(x, 1 if not isinstance(mod, nn.Linear) else len(self.shape(x) or [1]) - 1, n)
+            sout = self.new_slot(n, 1 if not isinstance(mod, nn.Linear) else len(self.shape(n) or [1]) - 1)
+            return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], "module called at several places (shared weights)")
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                sin, sout = self.get_slot(x, 1, n), self.new_slot(n, 1)
+                return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], "padding mode or string padding")
+            nd = mod.weight.dim() - 2
+            p = ConvParams(_np(mod.weight), None if mod.bias is None else _np(mod.bias), tuple(mod.stride),
+                           tuple(mod.padding) * 2, tuple(mod.dilation), mod.groups)
+            sin, sout = self.get_slot(x, 1, n), self.new_slot(n, 1)
+            if sin is None or sout is None:
+                return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], "unknown shapes")
+            if p.group > 1:
+                if not p.group == p.in_channels == p.out_channels:
+                    return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], f"grouped conv (groups={p.group})")
+                self.cg.couple(sin, sout)
+            xs = self.shape(x)
+            self.record(n, "conv", [sin], [sout], params=p, input_spatial=tuple(xs[2:2 + nd]), module=mod)
+            return
+        if isinstance(mod, nn.Linear):
+            r, ro = len(self.shape(x) or []), len(self.shape(n) or [])
+            sin, sout = self.get_slot(x, r - 1, n), self.new_slot(n, ro - 1)
+            if sin is None or sout is None:
+                return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], "unknown shapes")
+            p = LinearParams(_np(mod.weight), None if mod.bias is None else _np(mod.bias))
+            return self.record(n, "dense", [sin], [sout], params=p, module=mod)
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            if mod.training or mod.running_mean is None:
+                return self.unknown(n, "batchnorm in training mode or without running statistics")
+            sin = self.get_slot(x, 1, n)
+            sout = self.new_slot(n, 1)
+            if sin is None or sout is None:
+                return self.unknown(n, "unknown shapes")
+            self.cg.couple(sin, sout)
+            g = _np(mod.weight) if mod.weight is not None else np.ones(mod.num_features)
+            b = _np(mod.bias) if mod.bias is not None else np.zeros(mod.num_features)
+            sc, sh = bn_to_affine(g, b, _np(mod.running_mean), _np(mod.running_var), mod.eps)
+            return self.record(n, "bn", [sin], [sout], scale=np.asarray(sc, np.float64),
+                               shift=np.asarray(sh, np.float64), module=mod)
+        if not self.slotted(n):
+            return
+        if isinstance(mod, nn.ReLU):
+            return self.unary(n, "relu")
+        if isinstance(mod, nn.LeakyReLU):
+            return self.unary(n, "leaky_relu", alpha=float(mod.negative_slope))
+        if isinstance(mod, (nn.ReLU6, nn.Hardtanh)):
+            return self.unary(n, "clip", lo=float(mod.min_val), hi=float(mod.max_val))
+        if isinstance(mod, index_m):
+            return self.unary(n, "index", pool=not isinstance(mod, (nn.Identity, nn.Dropout)))
+        if isinstance(mod, other_m):
+            return self.unary(n, "other", pool="Pool" in type(mod).__name__)
+        if isinstance(mod, nn.Flatten):
+            return self.flatten(n, mod.start_dim, mod.end_dim)
+        if isinstance(mod, nn.LayerNorm):
+            return self.unknown(n, "normalises over the channel axis (statistics would change)")
+        return self.unknown(n, "module not understood by the channel graph")
+
+    def unary(self, n, kind, pool=False, **data):
+        src = self.slot_of.get(n.args[0].name) if n.args and hasattr(n.args[0], "name") else None
+        if src is None or len(self.slotted(n)) != 1:
+            return self.unknown(n, "channel value in a parameter position")
+        if pool and src[1] != 1:
+            return self.unknown(n, "pooling over the channel axis")
+        sout = self.new_slot(n, src[1])
+        if sout is None or self.cg.size(sout) != self.cg.size(src):
+            return self.unknown(n, "unknown output shape")
+        self.cg.couple(src, sout)
+        if kind == "index":
+            m = self.cg.size(src)
+            data["src"] = [(np.zeros(m, int), np.arange(m))]
+        self.record(n, kind, [src], [sout], **data)
+
+    def flatten(self, n, start, end=-1):
+        src = self.slot_of.get(n.args[0].name)
+        xs = self.shape(n.args[0])
+        if xs is None or start % len(xs) != src[1] or end % len(xs) != len(xs) - 1:
+            return self.unknown(n, "flatten that does not start at the channel axis")
+        inner = int(np.prod(xs[src[1] + 1:], dtype=np.int64))
+        sout = self.new_slot(n, src[1])
+        m = self.cg.size(src)
+        if sout is None or self.cg.size(sout) != m * inner:
+            return self.unknown(n, "unknown output shape")
+        feats = np.arange(m * inner)
+        self.cg.couple(src, sout, feats // inner, feats)
+        self.record(n, "index", [src], [sout], src=[(np.zeros(feats.size, int), feats // inner)])
+
+    # -- functions / methods ---------------------------------------------------------------------
+    def function(self, n):
+        torch = _torch()
+        relu_f, _, _, index_f, other_f, binary = self.sets
+        t = n.target
+        if n.op == "call_method" and t == "size":
+            src = self.slot_of.get(n.args[0].name)
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+            if src is not None and (dim is None or not isinstance(dim, int) or dim % len(self.shape(n.args[0])) == src[1]):
+                self.unknown(n, "reads the channel count")
+            return
+        if t is getattr and n.args[1] == "shape":
+            return self.unknown(n, "reads the tensor's shape (the channel count would change)")
+        if not self.slotted(n):
+            return
+        if t in relu_f:
+            return self.unary(n, "relu")
+        if t is torch.nn.functional.relu6:
+            return self.unary(n, "clip", lo=0.0, hi=6.0)
+        if t is torch.nn.functional.leaky_relu:
+            return self.unary(n, "leaky_relu", alpha=float(n.args[1] if len(n.args) > 1 else n.kwargs.get("negative_slope", 0.01)))
+        if t in index_f:
+            return self.unary(n, "index", pool="pool" in getattr(t, "__name__", ""))
+        if t in other_f:
+            return self.unary(n, "other", pool="pool" in getattr(t, "__name__", ""))
+        if t in binary:
+            return self.binary(n, binary[t])
+        if t in (torch.cat, torch.concat, "cat"):
+            return self.cat(n)
+        if t in (torch.flatten, "flatten"):
+            start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+            end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+            return self.flatten(n, start, end)
+        if t in ("view", "reshape") or t is torch.reshape:
+            return self.view(n)
+        if t in (torch.mean, "mean", torch.amax, "amax"):
+            return self.reduce(n)
+        return self.unknown(n, "function not understood by the channel graph")
+
+    def binary(self, n, fn):
+        fx = _torch().fx
+        ro = len(self.shape(n) or [])
+        if not ro or len(n.args) != 2:
+            return self.unknown(n, "unknown output shape")
+        axes = set()
+        for a in n.args:
+            if isinstance(a, fx.Node) and a.name in self.slot_of:
+                axes.add(self.slot_of[a.name][1] + ro - len(self.shape(a)))
+        if len(axes) != 1:
+            return self.unknown(n, "operands carry channels on different axes")
+        ax = axes.pop()
+        sout = self.new_slot(n, ax)
+        if sout is None:
+            return self.unknown(n, "unknown output shape")
+        C = self.cg.size(sout)
+        ins, consts = [], []
+        for a in n.args:
+            if isinstance(a, (int, float)):
+                ins.append(None)
+                consts.append(np.full(C, float(a)))
+                continue
+            if not isinstance(a, fx.Node):
+                return self.unknown(n, "operand of unknown kind")
+            s = self.shape(a)
+            k = ax - (ro - len(s)) if s is not None else -1
+            if s is None or k < 0 or s[k] == 1:
+                if a.name in self.slot_of:
+                    return self.unknown(n, "channel value broadcast against another")
+                ins.append(None)
+                consts.append(None)
+                if s is None or (k >= 0 and s[k] != 1) or a.op == "get_attr":
+                    return self.unknown(n, "operand of unknown shape or a tensor constant")
+                continue
+            slot = self.slot_of.get(a.name) or self.get_slot(a, k, n)
+            if slot is None:
+                return self.unknown(n, "operand without a channel slot")
+            self.cg.couple(slot, sout)
+            ins.append(slot)
+            consts.append(None)
+        self.record(n, "binary", ins, [sout], fn=fn, consts=consts)
+
+    def cat(self, n):
+        tensors = n.args[0]
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        ro = len(self.shape(n) or [])
+        if not ro:
+            return self.unknown(n, "unknown output shape")
+        dim %= ro
+        sout = self.new_slot(n, dim)
+        ins = [self.get_slot(a, dim, n) for a in tensors]
+        if sout is None or any(s is None for s in ins):
+            return self.unknown(n, "concat of channels on another axis or of unknown shape")
+        self.record(n, "index", ins, [sout], src=[self.cg.couple_concat(ins, sout)])
+
+    def view(self, n):
+        fx = _torch().fx
+        src = self.slot_of.get(n.args[0].name)
+        xs, ys = self.shape(n.args[0]), self.shape(n)
+        dims = list(n.args[1:]) if not (len(n.args) == 2 and isinstance(n.args[1], (tuple, list))) else list(n.args[1])
+        a = src[1]
+        if xs and ys and len(ys) == a + 1 and ys[:a] == xs[:a] and len(dims) == a + 1 and dims[a] == -1 \
+                and all(isinstance(d, fx.Node) or d == xs[i] for i, d in enumerate(dims[:a])):
+            return self.flatten(n, a, -1)
+        return self.unknown(n, "view/reshape that is not a flatten(-1) of the channel axis")
+
+    def reduce(self, n):
+        src = self.slot_of.get(n.args[0].name)
+        r = len(self.shape(n.args[0]) or [])
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        if dim is None:
+            return self.unknown(n, "reduces over all axes")
+        dims = sorted(int(d) % r for d in (dim if isinstance(dim, (tuple, list)) else [dim]))
+        if src[1] in dims:
+            return self.unknown(n, "reduces over the channel axis")
+        a = src[1] if keep else src[1] - sum(1 for d in dims if d < src[1])
+        sout = self.new_slot(n, a)
+        if sout is None:
+            return self.unknown(n, "unknown output shape")
+        self.cg.couple(src, sout)
+        m = self.cg.size(src)
+        self.record(n, "index", [src], [sout], src=[(np.zeros(m, int), np.arange(m))])
+
+
+def _op_type(n) -> str:
+    if n.op == "call_module":
+        return n.target
+    t = n.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def build_fx_channel_graph(gm, example_inputs) -> ChannelGraph:
+    return _FxBuilder(gm, example_inputs).build()
+
+
+# ------------------------------------------------------------------------------------------ rewrite
+
+def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
+    """Slice the modules of gm in place; a conv that absorbs a constant through zero padding gets a
+    per-position bias map (a `ConvWithBiasMap` wrapper)."""
+    torch = _torch()
+    nn = torch.nn
+    keep = cg.keep_sets(removed)
+    fold_by_op: dict = {}
+    for name, _s, ch, v in folds:
+        fold_by_op.setdefault(name, []).append((ch, v))
+    info = {"bias_maps": []}
+
+    def param(a, like):
+        return nn.Parameter(torch.as_tensor(np.ascontiguousarray(a), dtype=like.dtype), requires_grad=like.requires_grad)
+
+    for rec in cg.ops:
+        if "module" not in rec.data:
+            continue
+        touched = any(s in keep for s in list(rec.ins) + list(rec.outs) if s is not None)
+        if not touched and rec.name not in fold_by_op:
+            continue
+        mod = rec.data["module"]
+        k_in = keep.get(rec.ins[0]) if rec.ins else None
+        k_out = keep.get(rec.outs[0]) if rec.outs else None
+        if rec.kind == "conv":
+            p, bias_map = rec.data["params"], None
+            if rec.name in fold_by_op:
+                idx, vals = zip(*fold_by_op[rec.name])
+                p, bias_map = prune_alg.fold_constant_inputs_conv(p, idx, vals, rec.data["input_spatial"])
+            new = prune_alg.slice_conv(p, k_out, k_in if p.group == 1 else k_out)
+            mod.weight = param(new.weight, mod.weight)
+            if new.bias is not None:
+                mod.bias = param(new.bias, mod.weight)
+            elif mod.bias is not None:
+                mod.bias = None
+            mod.in_channels, mod.out_channels, mod.groups = new.in_channels, new.out_channels, new.group
+            if bias_map is not None:
+                bm = bias_map if k_out is None else bias_map[k_out]
+                _set_submodule(gm, rec.data["fx_node"].target, ConvWithBiasMap(mod, torch.as_tensor(bm, dtype=mod.weight.dtype)))
+                info["bias_maps"].append(rec.name)
+        elif rec.kind == "dense":
+            p = rec.data["params"]
+            if rec.name in fold_by_op:
+                idx, vals = zip(*fold_by_op[rec.name])
+                p = prune_alg.fold_constant_inputs_linear(p, idx, vals)
+            new = prune_alg.slice_linear(p, k_out, k_in)
+            mod.weight = param(new.weight, mod.weight)
+            if new.bias is not None:
+                mod.bias = param(new.bias, mod.weight)
+            mod.in_features, mod.out_features = new.in_features, new.out_features
+        elif rec.kind == "bn":
+            idx = torch.as_tensor(k_in)
+            for name in ("weight", "bias"):
+                t = getattr(mod, name)
+                if t is not None:
+                    setattr(mod, name, nn.Parameter(t.detach()[idx].clone(), requires_grad=t.requires_grad))
+            mod.running_mean = mod.running_mean[idx].clone()
+            mod.running_var = mod.running_var[idx].clone()
+            mod.num_features = len(k_in)
+    gm.recompile()
+    return info
+
+
+def _set_submodule(gm, target: str, new) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, new)
+
+
+class ConvWithBiasMap(torch.nn.Module):
+    """conv(x) + a per-position bias map (a removed constant channel read through zero padding)."""
+
+    def __init__(self, conv, bias_map):
+        super().__init__()
+        self.conv = conv
+        self.register_buffer("bias_map", bias_map)
+
+    def forward(self, x):
+        return self.conv(x) + self.bias_map
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | None = None, scope: str = "global",
+                 round_to: int = 1, importance: str = "l1", channel_scores: dict | None = None, calib=None):
+    """(pruned nn.Module, report): exact constant-channel removal and/or ratio pruning of a torch module.
+
+    module: an nn.Module (traced with torch.fx.symbolic_trace) or a GraphModule; it is not modified.
+    example_inputs: a tensor or tuple of tensors (shapes for flatten and bias maps).
+    calib: optional iterable of input batches (tensors or tuples); ReLU channels that are 0 on all of them
+    are removed too (data-dependent: the result equals the module with those channels forced to 0).
+    """
+    torch = _torch()
+    from .select import check_ratio, select_for_ratio
+
+    if ratio is not None:
+        check_ratio(ratio, round_to)
+    elif isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        check_ratio(0.0, round_to)
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    gm = copy.deepcopy(module)
+    if not isinstance(gm, torch.fx.GraphModule):
+        try:
+            gm = torch.fx.symbolic_trace(gm)
+        except Exception as exc:
+            raise CollapseError(f"torch.fx cannot trace this module ({' '.join(str(exc).split())[:160]}); "
+                                "pass a GraphModule") from None
+    gm.eval()
+    before = _counts(gm, example_inputs)
+    report = {"exact_removal": exact, "groups": [], "removed_channels": 0}
+    if exact:
+        cg = build_fx_channel_graph(gm, example_inputs)
+        dd = _always_off(gm, cg, calib) if calib is not None else {}
+        found = [f for f in cg.constant_units(dd) if not any(
+            v != 0.0 and cg_op(cg, name).kind == "conv" and any(cg_op(cg, name).data["params"].pads)
+            and not cg_op(cg, name).data["input_spatial"] for name, _s, _i, v in f["folds"])]
+        from .onnx_prune import group_rows, keep_one_per_group
+
+        report["notes"] = []
+        found = keep_one_per_group(found, cg.groups(), report["notes"])
+        removed = [(f["gid"], f["unit"]) for f in found]
+        if removed:
+
+            labels = {}
+            for f in found:
+                if f["data_dependent"]:
+                    labels[f["gid"]] = "data-dependent (ReLU always off on the calibration data)"
+                else:
+                    labels.setdefault(f["gid"], "structural (constant channel)")
+            report["groups"] = group_rows(cg, removed, labels)
+            report["data_dependent"] = any(f["data_dependent"] for f in found)
+            apply_fx_removal(gm, cg, removed, [x for f in found for x in f["folds"]])
+        report["removed_channels"] = len(removed)
+        report["frozen_ops"] = cg.frozen_ops[:200]
+    if ratio is not None:
+        cg = build_fx_channel_graph(gm, example_inputs)
+        if importance in ("l1", "l2"):
+            imp = cg.filter_importance(1 if importance == "l1" else 2)
+        elif importance == "scores" and channel_scores:
+            imp = cg.score_importance({k: np.asarray(v, np.float64) for k, v in channel_scores.items()})
+        else:
+            raise CollapseError(f"unknown pruning importance {importance!r}; use l1, l2 or scores with channel_scores")
+        removed = select_for_ratio(cg, imp, ratio, scope, round_to)
+        from .onnx_prune import group_rows
+
+        report["ratio"] = {"ratio": ratio, "scope": scope, "round_to": round_to, "removed_channels": len(removed),
+                           "groups": group_rows(cg, removed, {gid: "ratio" for gid, _ in removed}),
+                           "frozen_ops": cg.frozen_ops[:200]}
+        if removed:
+            apply_fx_removal(gm, cg, removed)
+    after = _counts(gm, example_inputs)
+    report.update(params_before=before[0], params_after=after[0], macs_before=before[1], macs_after=after[1],
+                  params_saved=before[0] - after[0], macs_saved=before[1] - after[1])
+    return gm, report
+
+
+def _always_off(gm, cg: ChannelGraph, calib) -> dict:
+    """{slot of a ReLU output: channels that are <= 0 on every calibration batch and position}."""
+    relus = {op.data["fx_node"].name: op.outs[0] for op in cg.ops if op.kind == "relu"}
+    peak: dict = {}
+
+    class _Tap(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in relus and isinstance(out, torch.Tensor):
+                axis = relus[n.name][1]
+                m = out.detach().movedim(axis, 0).reshape(out.shape[axis], -1).amax(dim=1)
+                peak[n.name] = m if n.name not in peak else torch.maximum(peak[n.name], m)
+            return out
+
+    with _shape_run():
+        for batch in calib:
+            _Tap(gm).run(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
+    if not peak:
+        raise CollapseError("calib holds no batches")
+    return {relus[k]: set(torch.nonzero(v <= 0).flatten().tolist()) for k, v in peak.items()}
+
+
+def cg_op(cg: ChannelGraph, name: str) -> OpRecord:
+    return next(op for op in cg.ops if op.name == name)
+
+
+def _counts(gm, example_inputs) -> tuple[int, int]:
+    """(parameters, MACs of convs and linears for the example input)."""
+    torch = _torch()
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with _shape_run():
+        ShapeProp(gm).propagate(*example_inputs)
+    params = sum(p.numel() for p in gm.parameters())
+    macs = 0
+    for n in gm.graph.nodes:
+        if n.op != "call_module":
+            continue
+        mod = gm.get_submodule(n.target)
+        mod = getattr(mod, "conv", mod)
+        meta = n.meta.get("tensor_meta")
+        if meta is None:
+            continue
+        out = int(np.prod(meta.shape))
+        if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            macs += out * (mod.in_channels // mod.groups) * int(np.prod(mod.kernel_size))
+        elif isinstance(mod, torch.nn.Linear):
+            macs += out * mod.in_features
+    return int(params), int(macs)

@@ -1,0 +1,319 @@
+"""A front-end-neutral channel dependency graph (the idea of Torch-Pruning's DependencyGraph, on networkx).
+
+Nodes of the slot graph are (tensor, channel axis) *slots*; an edge couples two slots whose channels must
+be pruned together, with an index relation (identity, an offset through Concat/Split/Slice, or channel c
+-> features [c*inner, (c+1)*inner) through Flatten). Connected components of slots are *groups*.
+The same couplings on single channels ((slot, i) nodes) give *units*: the sets of channels that go away
+together (one conv filter, its BN entry, the next conv's input column, the matching features of a
+Linear behind a Flatten, the matching channel of every branch of a residual Add...).
+
+Front ends (onnx_adapter, fx_adapter) describe each op as an `OpRecord` in a small vocabulary and freeze
+every slot an op they do not understand touches (never a guess); a frozen slot freezes its whole group.
+Graph inputs and outputs are frozen too (the model's interface does not change).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from ..algebra.prune import filter_norms
+
+Slot = tuple  # (tensor name, channel axis)
+
+#: op kinds an adapter may use
+KINDS = {
+    "conv",        # data: params (ConvParams), input_spatial (tuple or None); ins[0] / outs[0] slots
+    "dense",       # data: params (LinearParams); ins[0] / outs[0] on the last axis
+    "bn",          # data: scale, shift (per channel): y = scale * x + shift
+    "relu",
+    "leaky_relu",  # data: alpha
+    "clip",        # data: lo, hi (None = unbounded); ReLU6 is clip(0, 6)
+    "index",       # pure channel indexing: data: src = per out slot (input position array, input channel array)
+    "binary",      # elementwise Add/Sub/Mul/Div; data: fn ("add" ...), consts (per input: per-channel vector or None)
+    "other",       # understood for coupling only (value not propagated)
+}
+
+
+@dataclass
+class OpRecord:
+    name: str
+    op_type: str
+    kind: str
+    ins: list            # slot or None per input (None: not channel-carrying, e.g. a weight)
+    outs: list
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    gid: int
+    name: str                     # the first producer op, for the report
+    slots: list
+    units: list                   # list of lists of (slot, i)
+    frozen: list                  # reasons; non-empty = never pruned
+    producers: list               # op names whose outputs are in the group
+
+    @property
+    def channels(self) -> int:
+        return len(self.units)
+
+
+class ChannelGraph:
+    def __init__(self):
+        self.slots = nx.Graph()
+        self.chan = nx.Graph()
+        self.ops: list[OpRecord] = []
+        self.frozen_ops: list[dict] = []
+        self._frozen: dict = {}
+        self._groups: list[Group] | None = None
+
+    # -- building ---------------------------------------------------------------------------------
+    def add_slot(self, slot: Slot, size: int) -> Slot:
+        size = int(size)
+        if slot in self.slots:
+            if self.slots.nodes[slot]["size"] != size:
+                self.freeze(slot, "?", "?", f"inconsistent channel count {size} vs {self.slots.nodes[slot]['size']}")
+            return slot
+        self.slots.add_node(slot, size=size)
+        self.chan.add_nodes_from((slot, i) for i in range(size))
+        self._groups = None
+        return slot
+
+    def size(self, slot: Slot) -> int:
+        return self.slots.nodes[slot]["size"]
+
+    def couple(self, a: Slot, b: Slot, idx_a=None, idx_b=None) -> None:
+        """Channel idx_a[k] of slot a goes with channel idx_b[k] of slot b (identity when both None)."""
+        if idx_a is None and idx_b is None:
+            n = self.size(a)
+            if n != self.size(b):
+                self.freeze(a, "?", "?", f"coupled slots of different sizes ({a} {n}, {b} {self.size(b)})")
+                self.freeze(b, "?", "?", "coupled slots of different sizes")
+                self.slots.add_edge(a, b)
+                return
+            idx_a = idx_b = np.arange(n)
+        self.slots.add_edge(a, b)
+        self.chan.add_edges_from(((a, int(i)), (b, int(j))) for i, j in zip(idx_a, idx_b))
+        self._groups = None
+
+    def couple_concat(self, ins: list, out: Slot) -> tuple[np.ndarray, np.ndarray]:
+        """Channel k of the i-th input goes with channel offset_i + k of the concat output; returns
+        (input position, channel in that input) per output channel, the index map the rewrite needs."""
+        pos, src, off = [], [], 0
+        for k, s in enumerate(ins):
+            m = self.size(s)
+            self.couple(s, out, np.arange(m), off + np.arange(m))
+            pos.append(np.full(m, k))
+            src.append(np.arange(m))
+            off += m
+        return np.concatenate(pos), np.concatenate(src)
+
+    def freeze(self, slot: Slot, op_name: str, op_type: str, reason: str) -> None:
+        if slot not in self.slots:
+            return
+        self._frozen.setdefault(slot, []).append(f"{op_type} {op_name}: {reason}" if op_name != "?" else reason)
+        self._groups = None
+
+    def freeze_op(self, op_name: str, op_type: str, slots, reason: str) -> None:
+        """An op the front end cannot rewrite: every group it touches is frozen, and it is listed."""
+        slots = [s for s in slots if s is not None and s in self.slots]
+        if slots:
+            self.frozen_ops.append({"op": op_name, "op_type": op_type, "reason": reason})
+        for s in slots:
+            self.freeze(s, op_name, op_type, reason)
+
+    def add_op(self, rec: OpRecord) -> None:
+        assert rec.kind in KINDS, rec.kind
+        self.ops.append(rec)
+
+    # -- analysis ---------------------------------------------------------------------------------
+    def groups(self) -> list[Group]:
+        if self._groups is not None:
+            return self._groups
+        producer_of = {}
+        for op in self.ops:
+            if op.kind in ("conv", "dense"):
+                producer_of[op.outs[0]] = op.name
+        order = {s: k for k, s in enumerate(self.slots.nodes)}
+        groups = []
+        for comp in sorted(nx.connected_components(self.slots), key=lambda c: min(order[s] for s in c)):
+            slots = sorted(comp, key=order.get)
+            frozen = [r for s in slots for r in self._frozen.get(s, [])]
+            seen, units = set(), []
+            for s in slots:
+                for i in range(self.size(s)):
+                    if (s, i) in seen:
+                        continue
+                    unit = sorted(nx.node_connected_component(self.chan, (s, i)), key=lambda m: (order[m[0]], m[1]))
+                    seen.update(unit)
+                    units.append(unit)
+            prods = [producer_of[s] for s in slots if s in producer_of]
+            name = prods[0] if prods else str(slots[0][0])
+            groups.append(Group(len(groups), name, slots, units, list(dict.fromkeys(frozen)), prods))
+        self._groups = groups
+        return groups
+
+    def producer_slots(self) -> dict:
+        """slot -> (op, axis of its weight) for conv/dense outputs (the filters of a group)."""
+        return {op.outs[0]: op for op in self.ops if op.kind in ("conv", "dense")}
+
+    def prunable_units(self, group: Group) -> list[int]:
+        """Units of an unfrozen group that own at least one filter (a producer row)."""
+        if group.frozen:
+            return []
+        prod = self.producer_slots()
+        return [k for k, u in enumerate(group.units) if any(s in prod for s, _ in u)]
+
+    # -- importance -------------------------------------------------------------------------------
+    def filter_importance(self, order: int = 1) -> dict:
+        """(gid, unit index) -> sum of the L1/L2 norms of the unit's filters (producer rows)."""
+        norms = {s: filter_norms(op.data["params"].weight, 0, order) for s, op in self.producer_slots().items()}
+        out = {}
+        for g in self.groups():
+            for k in self.prunable_units(g):
+                out[(g.gid, k)] = float(sum(norms[s][i] for s, i in g.units[k] if s in norms))
+        return out
+
+    def score_importance(self, channel_scores: dict) -> dict:
+        """(gid, unit) -> sum of user/statistics per-channel scores over the unit's channels on named tensors.
+
+        channel_scores maps a tensor name to one score per channel (higher = more important); units with
+        no scored channel get +inf (kept).
+        """
+        out = {}
+        for g in self.groups():
+            for k in self.prunable_units(g):
+                vals = [float(channel_scores[s[0]][i]) for s, i in g.units[k]
+                        if s[0] in channel_scores and i < len(channel_scores[s[0]])]
+                out[(g.gid, k)] = float(np.sum(vals)) if vals else float("inf")
+        return out
+
+    # -- removal ----------------------------------------------------------------------------------
+    def keep_sets(self, removed) -> dict:
+        """slot -> sorted kept channel indices, for every slot that loses a channel."""
+        groups = self.groups()
+        drop: dict = {}
+        for gid, k in removed:
+            for s, i in groups[gid].units[k]:
+                drop.setdefault(s, set()).add(i)
+        return {s: np.array(sorted(set(range(self.size(s))) - d), dtype=np.int64) for s, d in drop.items()}
+
+    def constant_units(self, data_dependent_off: dict | None = None) -> list[dict]:
+        """Units whose every channel is a known constant and whose readers can absorb it: exact removals.
+
+        A unit qualifies when every op reading it from outside the unit is a conv or dense layer (which
+        takes the constant into its bias) and the value it reads is a known constant: zero filter -> its
+        bias; zero-scale BN -> its shift; ReLU of a constant; a ReLU channel always off on calibration
+        data when listed in data_dependent_off {slot: set(channels)}. Values read only inside the unit
+        may vary (a filter feeding a zero-gamma BN goes too). Returns dicts: gid, unit, folds
+        [(op name, in slot, channel, value)], data_dependent, reason.
+        """
+        dd = data_dependent_off or {}
+        readers: dict = {}
+        for k, op in enumerate(self.ops):
+            for s in op.ins:
+                if s is not None:
+                    readers.setdefault(s, []).append(k)
+        writers: dict = {}
+        for k, op in enumerate(self.ops):
+            for s in op.outs:
+                if s is not None:
+                    writers.setdefault(s, []).append(k)
+        sources = self._constant_sources(dd)
+        found = []
+        for g in self.groups():
+            for k in self.prunable_units(g):
+                if not any(m in sources for m in g.units[k]):
+                    continue  # nothing in the unit can start a constant: skip the propagation
+                res = self._unit_constant(g.units[k], readers, writers, dd)
+                if res is not None:
+                    res.update(gid=g.gid, unit=k)
+                    found.append(res)
+        return found
+
+    def _constant_sources(self, dd) -> set:
+        """(slot, i) where a constant can start: a zero filter, a zero-scale BN, a listed always-off ReLU."""
+        out = {(s, int(i)) for s, chans in dd.items() for i in chans}
+        for op in self.ops:
+            if op.kind in ("conv", "dense"):
+                w = np.asarray(op.data["params"].weight)
+                zero = ~np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
+                out.update((op.outs[0], int(i)) for i in np.flatnonzero(zero))
+            elif op.kind == "bn":
+                out.update((op.outs[0], int(i)) for i in np.flatnonzero(np.asarray(op.data["scale"]) == 0))
+        return out
+
+    def _unit_constant(self, unit, readers, writers, dd):
+        slots = {s for s, _ in unit}
+        members = {}
+        for s, i in unit:
+            members.setdefault(s, []).append(i)
+        touching = sorted({k for s in slots for k in readers.get(s, []) + writers.get(s, [])})
+        val: dict = {}
+        data_dep = False
+        folds = []
+        for k in touching:
+            op = self.ops[k]
+            outs_in = [s for s in op.outs if s in slots]
+            if not outs_in:
+                # a reader outside the unit: must absorb the constant
+                if op.kind not in ("conv", "dense"):
+                    return None
+                s = op.ins[0]
+                for i in members.get(s, []):
+                    if (s, i) not in val:
+                        return None
+                    folds.append((op.name, s, i, val[(s, i)]))
+                continue
+            for s in outs_in:
+                for i in members[s]:
+                    v, dep = self._value(op, s, i, val, dd)
+                    if v is not None:  # a variable value is fine if only ops inside the unit read it
+                        data_dep |= dep
+                        val[(s, i)] = v
+        return {"folds": folds, "data_dependent": data_dep, "values": val}
+
+    @staticmethod
+    def _value(op: OpRecord, s, i, val, dd):
+        """Constant value of channel i of op's output slot s, or None; and whether it is data-dependent."""
+        d = op.data
+        if op.kind in ("conv", "dense"):
+            p = d["params"]
+            b = 0.0 if p.bias is None else float(np.asarray(p.bias).reshape(-1)[i])
+            if not np.any(np.asarray(p.weight)[i]):
+                return b, False
+            if op.kind == "conv" and op.ins[0] is not None and val.get((op.ins[0], i)) == 0.0 and p.group > 1:
+                return b, False  # depthwise reading an all-zero channel (zero padding is zero too)
+            return None, False
+        x = val.get((op.ins[0], i)) if op.ins and op.ins[0] is not None else None
+        if op.kind == "bn":
+            sc, sh = float(d["scale"][i]), float(d["shift"][i])
+            if x is not None:
+                return sc * x + sh, False
+            return (sh, False) if sc == 0.0 else (None, False)
+        if op.kind == "relu":
+            if x is not None:
+                return max(x, 0.0), False
+            if i in dd.get(s, ()):
+                return 0.0, True
+            return None, False
+        if op.kind == "clip":
+            return (None if x is None else float(np.clip(x, -np.inf if d["lo"] is None else d["lo"],
+                                                         np.inf if d["hi"] is None else d["hi"]))), False
+        if op.kind == "leaky_relu":
+            return (None if x is None else (x if x >= 0 else d["alpha"] * x)), False
+        if op.kind == "index":
+            pos, src = d["src"][op.outs.index(s)]
+            return val.get((op.ins[int(pos[i])], int(src[i]))), False
+        if op.kind == "binary":
+            xs = []
+            for k, t in enumerate(op.ins):
+                c = d["consts"][k]
+                xs.append(val.get((t, i)) if t is not None else (None if c is None else float(c[i])))
+            if any(v is None for v in xs):
+                return None, False
+            fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[d["fn"]]
+            return float(fn(xs[0], xs[1])), False
+        return None, False

@@ -1,0 +1,562 @@
+"""ONNX front end of the channel dependency graph: build it from an onnx-graphsurgeon graph, and rewrite
+the graph once units are chosen for removal.
+
+Only ops listed here are understood; any other op that touches a channel-carrying tensor freezes the
+groups it touches and is listed in the report.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..algebra import prune as prune_alg
+from ..algebra.conv import bn_to_affine
+from ..onnx.graph import const_value, make_const
+from ..onnx.linear_ops import ConvView, DenseView
+from .graph import ChannelGraph, OpRecord
+
+#: elementwise unary ops: channel i of the output depends on channel i of the input only
+UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu",
+         "Softplus", "Softsign", "Mish", "PRelu_scalar", "Identity", "Dropout", "Clip", "Neg", "Abs", "Exp",
+         "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast"}
+#: unary ops that keep a per-channel constant the same constant
+CONST_PRESERVING = {"Identity", "Dropout", "MaxPool", "GlobalAveragePool", "GlobalMaxPool"}
+POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"}
+BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
+REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"}
+
+
+def infer_shapes(graph: gs.Graph) -> dict[str, list]:
+    """tensor name -> static shape list (ints or None), from ONNX shape inference on the current graph."""
+    from ..onnx.shapes import inferred_types
+
+    model = gs.export_onnx(graph, do_type_check=False)
+    types = inferred_types(model)   # shape inference without sending the weights through it
+    infos = list(types.values()) if types is not None else list(model.graph.value_info) + list(model.graph.output)
+    out = {}
+    for vi in list(model.graph.input) + infos:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    for init in model.graph.initializer:
+        out[init.name] = list(init.dims)
+    return out
+
+
+class _Builder:
+    def __init__(self, graph: gs.Graph):
+        self.g = graph
+        self.shapes = infer_shapes(graph)
+        self.cg = ChannelGraph()
+        self.slot_of: dict[str, tuple] = {}
+        self.skip: set = set()
+        self.inputs = {t.name for t in graph.inputs}
+
+    # -- slots ------------------------------------------------------------------------------------
+    def shape(self, t):
+        s = self.shapes.get(t.name)
+        return None if s is None else list(s)
+
+    def rank(self, t):
+        s = self.shape(t)
+        return None if s is None else len(s)
+
+    def new_slot(self, t, axis: int):
+        s = self.shape(t)
+        if s is None or axis >= len(s) or not s[axis]:
+            return None
+        slot = self.cg.add_slot((t.name, axis), s[axis])
+        self.slot_of[t.name] = slot
+        return slot
+
+    def get_slot(self, t, axis: int, node):
+        """The slot of tensor t on `axis`; created frozen when t comes from outside the understood ops."""
+        if t.name in self.slot_of:
+            slot = self.slot_of[t.name]
+            if slot[1] != axis:
+                self.cg.freeze_op(node.name, node.op, [slot], f"reads channels on axis {axis}, tensor's are on "
+                                                               f"axis {slot[1]}")
+                return None
+            return slot
+        slot = self.new_slot(t, axis)
+        if slot is not None:
+            why = "graph input" if t.name in self.inputs else \
+                f"produced by {t.inputs[0].op if t.inputs else 'nothing'} (not tracked)"
+            self.cg.freeze(slot, t.name, "tensor", why)
+        return slot
+
+    def slotted(self, node) -> list:
+        return [self.slot_of.get(t.name) for t in node.inputs]
+
+    def unknown(self, node, reason: str):
+        self.cg.freeze_op(node.name, node.op, [s for s in self.slotted(node) if s is not None], reason)
+
+    def record(self, node, kind, ins, outs, **data):
+        self.cg.add_op(OpRecord(node.name, node.op, kind, ins, outs, dict(data, node=node)))
+
+    # -- walk -------------------------------------------------------------------------------------
+    def build(self) -> ChannelGraph:
+        self.g.toposort()
+        for node in self.g.nodes:
+            if id(node) in self.skip:
+                continue
+            try:
+                self.visit(node)
+            except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
+                # a shape or attribute this builder did not expect: not understood, so frozen (never guessed)
+                self.unknown(node, f"could not analyse ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})")
+        for t in self.g.outputs:
+            if t.name in self.slot_of:
+                self.cg.freeze(self.slot_of[t.name], t.name, "tensor", "graph output")
+        return self.cg
+
+    def visit(self, node):
+        op = node.op
+        if (node.domain or "") not in ("", "ai.onnx"):
+            return self.unknown(node, f"custom domain {node.domain}")
+        ins = self.slotted(node)
+        if op in ("Conv",):
+            return self.conv(node)
+        if op in ("Gemm", "MatMul"):
+            return self.dense(node)
+        if not any(s is not None for s in ins):
+            return  # shape arithmetic, constants: no channel flows through
+        fn = getattr(self, "op_" + op, None)
+        if fn is not None:
+            return fn(node)
+        if op in UNARY or op in POOLS:
+            return self.unary(node)
+        if op in BINARY:
+            return self.binary(node)
+        if op in REDUCE:
+            return self.reduce(node)
+        return self.unknown(node, "op not understood by the channel graph")
+
+    def conv(self, node):
+        v = ConvView.of(node)
+        if v is None:
+            return self.unknown(node, "conv with dynamic weights or auto_pad")
+        p = v.params
+        if p.group > 1 and not (p.group == p.in_channels == p.out_channels):
+            sin = self.get_slot(node.inputs[0], 1, node)
+            sout = self.new_slot(node.outputs[0], 1)
+            return self.cg.freeze_op(node.name, "Conv", [sin, sout], f"grouped conv (group={p.group}) not depthwise")
+        sin = self.get_slot(node.inputs[0], 1, node)
+        sout = self.new_slot(node.outputs[0], 1)
+        if sin is None or sout is None:
+            return self.cg.freeze_op(node.name, "Conv", [sin, sout], "unknown shapes")
+        if p.group > 1:
+            self.cg.couple(sin, sout)
+        xs = self.shape(node.inputs[0])
+        spatial = tuple(xs[2:]) if xs and all(isinstance(d, int) and d > 0 for d in xs[2:]) else None
+        self.record(node, "conv", [sin], [sout], params=p, input_spatial=spatial, view=v)
+
+    def dense(self, node):
+        v = DenseView.of(node, {t.name for t in self.g.outputs})
+        if v is None:
+            if any(s is not None for s in self.slotted(node)):
+                return self.unknown(node, "matmul with a non-constant or transposed operand")
+            return
+        r = self.rank(node.inputs[0])
+        sin = self.get_slot(node.inputs[0], r - 1, node) if r else None
+        out = v.output
+        ro = self.rank(out)
+        sout = self.new_slot(out, ro - 1) if ro else None
+        if sin is None or sout is None:
+            return self.cg.freeze_op(node.name, node.op, [sin, sout], "unknown shapes")
+        if v.bias_add is not None:
+            self.skip.add(id(v.bias_add))
+        self.record(node, "dense", [sin], [sout], params=v.params, view=v)
+
+    def op_BatchNormalization(self, node):
+        sin = self.get_slot(node.inputs[0], 1, node)
+        vals = [const_value(t) for t in node.inputs[1:5]]
+        if sin is None or any(v is None for v in vals) or int(node.attrs.get("training_mode", 0)):
+            return self.unknown(node, "batchnorm with dynamic parameters or in training mode")
+        sout = self.new_slot(node.outputs[0], 1)
+        self.cg.couple(sin, sout)
+        scale, shift = bn_to_affine(*[np.asarray(v, np.float64) for v in vals], eps=float(node.attrs.get("epsilon", 1e-5)))
+        self.record(node, "bn", [sin], [sout], scale=np.asarray(scale, np.float64), shift=np.asarray(shift, np.float64))
+
+    def unary(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        if src is None or any(s is not None for s in self.slotted(node)[1:]):
+            return self.unknown(node, "channel tensor in a parameter position")
+        if node.op in POOLS and src[1] != 1:
+            return self.unknown(node, "pooling over the channel axis")
+        if node.op == "Clip" and any(t.name and const_value(t) is None for t in node.inputs[1:]):
+            return self.unknown(node, "clip with dynamic bounds")
+        sout = self.new_slot(node.outputs[0], src[1])
+        if sout is None:
+            return self.unknown(node, "unknown output shape")
+        self.cg.couple(src, sout)
+        n = self.cg.size(src)
+        if node.op == "Relu":
+            self.record(node, "relu", [src], [sout])
+        elif node.op == "LeakyRelu":
+            self.record(node, "leaky_relu", [src], [sout], alpha=float(node.attrs.get("alpha", 0.01)))
+        elif node.op == "Clip":
+            lo, hi = node.attrs.get("min"), node.attrs.get("max")
+            if len(node.inputs) > 1 and node.inputs[1].name:
+                lo = float(np.asarray(const_value(node.inputs[1])).reshape(()))
+            if len(node.inputs) > 2 and node.inputs[2].name:
+                hi = float(np.asarray(const_value(node.inputs[2])).reshape(()))
+            self.record(node, "clip", [src], [sout], lo=lo, hi=hi)
+        elif node.op in CONST_PRESERVING:
+            self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))])
+        else:
+            self.record(node, "other", [src], [sout])
+
+    def binary(self, node):
+        out = node.outputs[0]
+        ro = self.rank(out)
+        if ro is None or len(node.inputs) != 2:
+            return self.unknown(node, "unknown output rank")
+        axes = set()
+        for t, s in zip(node.inputs, self.slotted(node)):
+            if s is not None:
+                axes.add(s[1] + ro - self.rank(t))
+        if len(axes) != 1:
+            return self.unknown(node, "operands carry channels on different axes")
+        ax = axes.pop()
+        sout = self.new_slot(out, ax)
+        if sout is None:
+            return self.unknown(node, "unknown output shape")
+        C = self.cg.size(sout)
+        ins, consts, slice_axes = [], [], []
+        for t, s in zip(node.inputs, self.slotted(node)):
+            r = self.rank(t) if const_value(t) is None else np.ndim(const_value(t))
+            if r is None:
+                return self.unknown(node, "operand of unknown rank")
+            a = ax - (ro - r)
+            c = const_value(t)
+            if c is not None:
+                ins.append(None)
+                shp = (1,) * (ro - c.ndim) + tuple(c.shape)
+                if shp[ax] not in (1, C):
+                    return self.unknown(node, "constant operand does not broadcast on the channel axis")
+                slice_axes.append(a if shp[ax] == C and a >= 0 else None)
+                cv = np.moveaxis(np.broadcast_to(np.asarray(c, np.float64).reshape(shp), shp), ax, 0).reshape(shp[ax], -1)
+                consts.append(np.broadcast_to(cv[:, 0], (C,)).copy() if np.all(cv == cv[:, :1]) else None)
+                continue
+            dims = self.shape(t)
+            if a < 0 or dims is None or dims[a] == 1:
+                if s is not None:
+                    return self.unknown(node, "channel tensor broadcast against another")
+                ins.append(None)
+                consts.append(None)
+                slice_axes.append(None)
+                if a >= 0 and dims is None:
+                    return self.unknown(node, "operand of unknown shape")
+                continue
+            s = s or self.get_slot(t, a, node)
+            if s is None:
+                return self.unknown(node, "operand without channel slot")
+            self.cg.couple(s, sout)
+            ins.append(s)
+            consts.append(None)
+            slice_axes.append(None)
+        self.record(node, "binary", ins, [sout], fn=BINARY[node.op], consts=consts, slice_axes=slice_axes)
+
+    def op_Concat(self, node):
+        out = node.outputs[0]
+        ro = self.rank(out)
+        if ro is None:
+            return self.unknown(node, "unknown output rank")
+        axis = int(node.attrs.get("axis")) % ro
+        present = [s for s in self.slotted(node) if s is not None]
+        if axis in {s[1] for s in present}:
+            sout = self.new_slot(out, axis)
+            ins = [self.get_slot(t, axis, node) for t in node.inputs]
+            if sout is None or any(s is None for s in ins):
+                return self.unknown(node, "concat input of unknown shape")
+            if sum(self.cg.size(s) for s in ins) != self.cg.size(sout):
+                return self.unknown(node, "concat sizes do not add up")
+            return self.record(node, "index", ins, [sout], src=[self.cg.couple_concat(ins, sout)])
+        ch = {s[1] for s in present}
+        if len(ch) != 1:
+            return self.unknown(node, "concat inputs carry channels on different axes")
+        a = ch.pop()
+        sout = self.new_slot(out, a)
+        ins = []
+        for t in node.inputs:
+            s = self.get_slot(t, a, node)
+            if s is None or sout is None:
+                return self.unknown(node, "concat input of unknown shape")
+            self.cg.couple(s, sout)
+            ins.append(s)
+        self.record(node, "other", ins, [sout])
+
+    def op_Split(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        r = self.rank(node.inputs[0])
+        axis = int(node.attrs.get("axis", 0)) % r
+        n = self.cg.size(src)
+        outs = []
+        if axis != src[1]:
+            for t in node.outputs:
+                s = self.new_slot(t, src[1])
+                if s is None:
+                    return self.unknown(node, "unknown output shape")
+                self.cg.couple(src, s)
+                outs.append(s)
+            return self.record(node, "index", [src], outs, src=[(np.zeros(n, int), np.arange(n))] * len(outs))
+        srcs, off = [], 0
+        for t in node.outputs:
+            s = self.new_slot(t, axis)
+            if s is None:
+                return self.unknown(node, "unknown output shape")
+            m = self.cg.size(s)
+            self.cg.couple(src, s, off + np.arange(m), np.arange(m))
+            srcs.append((np.zeros(m, int), off + np.arange(m)))
+            outs.append(s)
+            off += m
+        if off != n:
+            return self.unknown(node, "split sizes do not add up")
+        self.record(node, "index", [src], outs, src=srcs, split_axis=axis)
+
+    def op_Slice(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        if any(s is not None for s in self.slotted(node)[1:]):
+            return self.unknown(node, "channel tensor as slice bounds")
+        vals = [const_value(t) if t.name else None for t in node.inputs[1:]]
+        if len(vals) < 2 or vals[0] is None or vals[1] is None or any(
+                node.inputs[k + 1].name and v is None for k, v in enumerate(vals)):
+            return self.unknown(node, "slice with dynamic bounds")
+        r = self.rank(node.inputs[0])
+        starts, ends = vals[0].tolist(), vals[1].tolist()
+        axes = [a % r for a in (vals[2].tolist() if len(vals) > 2 and vals[2] is not None else range(len(starts)))]
+        steps = vals[3].tolist() if len(vals) > 3 and vals[3] is not None else [1] * len(starts)
+        n = self.cg.size(src)
+        if src[1] not in axes:
+            sout = self.new_slot(node.outputs[0], src[1])
+            if sout is None:
+                return self.unknown(node, "unknown output shape")
+            self.cg.couple(src, sout)
+            return self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))])
+        k = axes.index(src[1])
+        if steps[k] != 1:
+            return self.unknown(node, "strided slice of the channel axis")
+        lo, hi, _ = slice(int(starts[k]), int(ends[k])).indices(n)
+        sout = self.new_slot(node.outputs[0], src[1])
+        if sout is None or self.cg.size(sout) != max(hi - lo, 0):
+            return self.unknown(node, "unknown output shape")
+        m = self.cg.size(sout)
+        self.cg.couple(src, sout, lo + np.arange(m), np.arange(m))
+        self.record(node, "index", [src], [sout], src=[(np.zeros(m, int), lo + np.arange(m))], slice_k=k, lo=lo)
+
+    def _flatten_like(self, node, src, out_axis_dims_ok: bool):
+        """Channel axis src[1] merged with all trailing axes into the output's last axis."""
+        xs = self.shape(node.inputs[0])
+        if xs is None or any(not isinstance(d, int) or d <= 0 for d in xs[src[1] + 1:]):
+            return None
+        inner = int(np.prod(xs[src[1] + 1:], dtype=np.int64))
+        sout = self.new_slot(node.outputs[0], src[1])
+        n = self.cg.size(src)
+        if sout is None or self.cg.size(sout) != n * inner:
+            return None
+        feats = np.arange(n * inner)
+        self.cg.couple(src, sout, feats // inner, feats)
+        return sout, inner, feats
+
+    def op_Flatten(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        r = self.rank(node.inputs[0])
+        axis = int(node.attrs.get("axis", 1)) % r if r else None
+        if axis != src[1]:
+            return self.unknown(node, "flatten that does not start at the channel axis")
+        res = self._flatten_like(node, src, True)
+        if res is None:
+            return self.unknown(node, "flatten of unknown shape")
+        sout, inner, feats = res
+        self.record(node, "index", [src], [sout], src=[(np.zeros(feats.size, int), feats // inner)])
+
+    def op_Reshape(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        shape_c = const_value(node.inputs[1])
+        xs, ys = self.shape(node.inputs[0]), self.shape(node.outputs[0])
+        if shape_c is None or xs is None or ys is None or self.slotted(node)[1] is not None:
+            return self.unknown(node, "reshape with a dynamic target shape")
+        a = src[1]
+        if len(ys) == a + 1 and ys[:a] == xs[:a]:  # flatten of the channel axis and everything after it
+            res = self._flatten_like(node, src, True)
+            if res is None:
+                return self.unknown(node, "reshape of unknown shape")
+            sout, inner, feats = res
+            return self.record(node, "index", [src], [sout], src=[(np.zeros(feats.size, int), feats // inner)],
+                               reshape_axis=a, inner=inner)
+        if len(ys) > a and ys[:a + 1] == xs[:a + 1] and shape_c.size > a and int(shape_c[a]) in (0, xs[a]):
+            sout = self.new_slot(node.outputs[0], a)
+            n = self.cg.size(src)
+            self.cg.couple(src, sout)
+            return self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))],
+                               reshape_axis=a, inner=1)
+        return self.unknown(node, "reshape that splits or moves the channel axis")
+
+    def op_Transpose(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        r = self.rank(node.inputs[0])
+        perm = list(node.attrs.get("perm", list(range(r))[::-1]))
+        sout = self.new_slot(node.outputs[0], perm.index(src[1]))
+        if sout is None:
+            return self.unknown(node, "unknown output shape")
+        self.cg.couple(src, sout)
+        n = self.cg.size(src)
+        self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))])
+
+    def op_Pad(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        pads = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        r = self.rank(node.inputs[0])
+        if pads is None or r is None or len(node.inputs) > 3 and node.inputs[3].name:
+            return self.unknown(node, "pad with dynamic pads or axes")
+        if pads[src[1]] or pads[src[1] + r]:
+            return self.unknown(node, "pads the channel axis")
+        self.unary(node)
+
+    def op_Resize(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        sizes = const_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+        if len(node.inputs) > 3 and node.inputs[3].name:
+            return self.unknown(node, "resize with explicit sizes (the channel count is in them)")
+        scales = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+        if scales is None or sizes is not None or float(scales[src[1]]) != 1.0:
+            return self.unknown(node, "resize with dynamic scales or scaling the channel axis")
+        sout = self.new_slot(node.outputs[0], src[1])
+        self.cg.couple(src, sout)
+        self.record(node, "other", [src], [sout])
+
+    def reduce(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        r = self.rank(node.inputs[0])
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+            axes = const_value(node.inputs[1])
+            if axes is None:
+                return self.unknown(node, "reduce over dynamic axes")
+        if axes is None:
+            return self.unknown(node, "reduce over all axes (includes the channel axis)")
+        axes = sorted(int(a) % r for a in np.asarray(axes).reshape(-1))
+        if src[1] in axes:
+            return self.unknown(node, "reduces over the channel axis")
+        keep = int(node.attrs.get("keepdims", 1))
+        a = src[1] if keep else src[1] - sum(1 for x in axes if x < src[1])
+        sout = self.new_slot(node.outputs[0], a)
+        if sout is None:
+            return self.unknown(node, "unknown output shape")
+        self.cg.couple(src, sout)
+        n = self.cg.size(src)
+        if node.op in ("ReduceMean", "ReduceMax", "ReduceMin"):
+            self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))])
+        else:
+            self.record(node, "other", [src], [sout])
+
+    def op_Shape(self, node):
+        """Only the batch/spatial sizes may be read (x.view(x.size(0), -1)); reading the channel count freezes."""
+        src = self.slot_of.get(node.inputs[0].name)
+        ok = all(c.op == "Gather" and const_value(c.inputs[1]) is not None
+                 and src[1] not in np.asarray(const_value(c.inputs[1])).reshape(-1).tolist()
+                 and int(node.attrs.get("start", 0)) == 0
+                 for c in node.outputs[0].outputs)
+        if not ok:
+            return self.unknown(node, "reads the tensor's shape (the channel count would change)")
+
+    def op_LayerNormalization(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        r = self.rank(node.inputs[0])
+        axis = int(node.attrs.get("axis", -1)) % r
+        if src[1] >= axis:
+            return self.unknown(node, "normalises over the channel axis (statistics would change)")
+        return self.unknown(node, "layer norm")
+
+
+def build_channel_graph(graph: gs.Graph) -> ChannelGraph:
+    return _Builder(graph).build()
+
+
+# ------------------------------------------------------------------------------------------ rewrite
+
+def apply_removal(graph: gs.Graph, cg: ChannelGraph, removed, folds=()) -> dict:
+    """Remove units (gid, k) from the graph in place; fold constants (op, slot, channel, value) into readers.
+
+    Returns {"bias_maps": [...op names that got a per-position bias map]}.
+    """
+    keep = cg.keep_sets(removed)
+    fold_by_op: dict = {}
+    for name, _slot, ch, value in folds:
+        fold_by_op.setdefault(name, []).append((ch, value))
+    info = {"bias_maps": []}
+    for rec in cg.ops:
+        node = rec.data["node"]
+        touched = any(s in keep for s in list(rec.ins) + list(rec.outs) if s is not None)
+        if not touched and rec.name not in fold_by_op:
+            continue
+        k_in = keep.get(rec.ins[0]) if rec.ins else None
+        k_out = keep.get(rec.outs[0]) if rec.outs else None
+        if rec.kind == "conv":
+            p = rec.data["params"]
+            bias_map = None
+            if rec.name in fold_by_op:
+                idx, vals = zip(*fold_by_op[rec.name])
+                p, bias_map = prune_alg.fold_constant_inputs_conv(p, idx, vals, rec.data["input_spatial"])
+            new = prune_alg.slice_conv(p, k_out, k_in if p.group == 1 else k_out)
+            rec.data["view"].write(graph, new)
+            if bias_map is not None:
+                bm = bias_map if k_out is None else bias_map[k_out]
+                _add_bias_map(graph, node, bm)
+                info["bias_maps"].append(rec.name)
+        elif rec.kind == "dense":
+            p = rec.data["params"]
+            if rec.name in fold_by_op:
+                idx, vals = zip(*fold_by_op[rec.name])
+                p = prune_alg.fold_constant_inputs_linear(p, idx, vals)
+            rec.data["view"].write(graph, prune_alg.slice_linear(p, k_out, k_in))
+        elif rec.kind == "bn":
+            for j in range(1, 5):
+                v = const_value(node.inputs[j])
+                node.inputs[j] = make_const(graph, f"{node.name}.p{j}", prune_alg.slice_vector(v, k_in))
+        elif rec.kind == "binary":
+            for j, ax in enumerate(rec.data["slice_axes"]):
+                if ax is None or k_out is None:
+                    continue
+                c = const_value(node.inputs[j])
+                node.inputs[j] = make_const(graph, f"{node.name}.c{j}", np.take(c, k_out, axis=ax))
+        elif node.op == "Split" and "split_axis" in rec.data:
+            sizes = np.array([len(keep[s]) if s in keep else cg.size(s) for s in rec.outs], dtype=np.int64)
+            if len(node.inputs) > 1 and node.inputs[1].name:
+                node.inputs[1] = make_const(graph, f"{node.name}.split", sizes)
+            else:
+                node.attrs["split"] = sizes.tolist()
+        elif node.op == "Slice" and "slice_k" in rec.data and (k_in is not None or k_out is not None):
+            kin = k_in if k_in is not None else np.arange(cg.size(rec.ins[0]))
+            m = len(k_out) if k_out is not None else cg.size(rec.outs[0])
+            lo = int(np.sum(kin < rec.data["lo"]))
+            k = rec.data["slice_k"]
+            for j, v in ((1, lo), (2, lo + m)):
+                arr = np.array(const_value(node.inputs[j]), dtype=np.int64)
+                arr[k] = v
+                node.inputs[j] = make_const(graph, f"{node.name}.b{j}", arr)
+        elif node.op == "Reshape" and "reshape_axis" in rec.data and k_out is not None:
+            arr = np.array(const_value(node.inputs[1]), dtype=np.int64)
+            a = rec.data["reshape_axis"]
+            if arr[a] > 0:
+                arr[a] = len(k_out)
+                node.inputs[1] = make_const(graph, f"{node.name}.shape", arr)
+    # shapes recorded before the removal are stale for every inner tensor: infer them again
+    io = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    inner = [t for t in graph.tensors().values() if isinstance(t, gs.Variable) and t.name not in io]
+    for t in inner:
+        t.shape = None
+    shapes = infer_shapes(graph)
+    for t in inner:
+        if shapes.get(t.name) is not None:
+            t.shape = list(shapes[t.name])
+    return info
+
+
+def _add_bias_map(graph: gs.Graph, node, bias_map: np.ndarray) -> None:
+    out = node.outputs[0]
+    mid = gs.Variable(f"{out.name}__pruned", dtype=out.dtype)
+    node.outputs[0] = mid
+    bm = make_const(graph, f"{node.name}.bias_map", bias_map[None].astype(np.float32))
+    graph.nodes.append(gs.Node("Add", name=f"{node.name}_bias_map", inputs=[mid, bm], outputs=[out]))

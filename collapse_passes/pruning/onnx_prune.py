@@ -1,0 +1,220 @@
+"""ONNX pruning operations: exact removal of constant channels, ratio pruning, calibration statistics,
+and the reference model for verification (the original with removed channels forced to their constant)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import CollapseError
+from .graph import ChannelGraph
+from .onnx_adapter import apply_removal, build_channel_graph, infer_shapes
+from .select import check_ratio, select_for_ratio
+
+IMPORTANCE = ("l1", "l2", "tlc", "easier")
+
+
+def group_rows(cg: ChannelGraph, removed, labels: dict | None = None) -> list[dict]:
+    """Per group: channels before/after (only groups that lose channels) and why."""
+    by_gid: dict = {}
+    for gid, k in removed:
+        by_gid.setdefault(gid, []).append(k)
+    rows = []
+    for g in cg.groups():
+        if g.gid not in by_gid:
+            continue
+        n = g.channels
+        rows.append({"group": g.name, "channels_before": n, "channels_after": n - len(by_gid[g.gid]),
+                     "tensors": [s[0] for s in g.slots][:12],
+                     **({"kind": labels[g.gid]} if labels and g.gid in labels else {})})
+    return rows
+
+
+def graph_summary(cg: ChannelGraph) -> dict:
+    gs_ = cg.groups()
+    return {"graph_groups": len(gs_), "frozen_groups": sum(bool(g.frozen) for g in gs_),
+            "prunable_groups": sum(bool(cg.prunable_units(g)) for g in gs_),
+            "frozen_ops": cg.frozen_ops[:200]}
+
+
+def exact_removal(graph: gs.Graph, data_dependent_off: dict | None = None) -> dict:
+    """Remove every channel whose value is a known constant, folding it into its readers. In place.
+
+    data_dependent_off: {tensor name of a ReLU output: channels always off on calibration data}.
+    Returns a report dict: removed groups, frozen ops, notes.
+    """
+    cg = build_channel_graph(graph)
+    dd = {}
+    for name, chans in (data_dependent_off or {}).items():
+        slot = next((s for s in cg.slots.nodes if s[0] == name), None)
+        if slot is not None:
+            dd[slot] = set(int(c) for c in chans)
+    found = cg.constant_units(dd)
+    notes = []
+    ok = []
+    readers = {op.name: op for op in cg.ops}
+    for f in found:
+        bad = [name for name, _s, _i, v in f["folds"]
+               if v != 0.0 and readers[name].kind == "conv" and any(readers[name].data["params"].pads)
+               and readers[name].data["input_spatial"] is None]
+        if bad:
+            notes.append(f"kept a constant channel read through padding by {bad[0]}: input size unknown")
+            continue
+        ok.append(f)
+    groups = cg.groups()
+    ok = keep_one_per_group(ok, groups, notes)
+    removed = [(f["gid"], f["unit"]) for f in ok]
+    dd_removed: dict = {}
+    for f in ok:
+        for s, i in groups[f["gid"]].units[f["unit"]]:
+            if i in dd.get(s, ()):
+                dd_removed.setdefault(s[0], []).append(int(i))
+    rows = []
+    saved = {"params_saved": 0, "macs_saved": 0}
+    if removed:
+        labels = {}
+        for f in ok:
+            if f["data_dependent"]:
+                labels[f["gid"]] = "data-dependent (ReLU always off on the calibration data)"
+            else:
+                labels.setdefault(f["gid"], "structural (constant channel)")
+        rows = group_rows(cg, removed, labels)
+        folds = [x for f in ok for x in f["folds"]]
+        before = _stats(graph)
+        info = apply_removal(graph, cg, removed, folds)
+        graph.cleanup()
+        after = _stats(graph)
+        saved = {"params_saved": before.params - after.params, "macs_saved": before.macs - after.macs}
+        if info["bias_maps"]:
+            notes.append(f"{len(info['bias_maps'])} conv(s) got a per-position bias map (a removed constant "
+                         "channel read through zero padding)")
+    return {"removed_channels": len(removed), "groups": rows,
+            "data_dependent": any(f["data_dependent"] for f in ok), "data_dependent_channels": dd_removed, **saved,
+            **graph_summary(cg), "notes": notes}
+
+
+def keep_one_per_group(found: list, groups, notes: list) -> list:
+    """A group whose every channel is constant keeps its first one: ops can't have zero channels, and the
+    kept constant channel is still exact (its value flows on as before)."""
+    by_gid: dict = {}
+    for f in found:
+        by_gid.setdefault(f["gid"], []).append(f)
+    out = []
+    for gid, fs in by_gid.items():
+        if len(fs) >= len(groups[gid].units):
+            fs = sorted(fs, key=lambda f: f["unit"])[1:]
+            notes.append(f"every channel of group {gid} is constant: one is kept (a layer cannot be empty)")
+        out.extend(fs)
+    return out
+
+
+def _stats(graph: gs.Graph):
+    from ..onnx.analysis import model_stats
+
+    return model_stats(gs.export_onnx(graph, do_type_check=False))
+
+
+def channel_scores_from_details(details: dict, graph: gs.Graph) -> dict:
+    """TLC/EASIER per-channel p_on (1 - p_off) keyed by the activation's output tensor (higher = keep)."""
+    nodes = {n.name: n for n in graph.nodes}
+    out = {}
+    for d in details.values():
+        n = nodes.get(d.get("node"))
+        if n is None or "p_on" not in d:
+            continue
+        out[n.outputs[0].name] = np.asarray(d["p_on"], dtype=np.float64)
+    return out
+
+
+def ratio_prune(model: onnx.ModelProto, ratio: float, *, scope: str = "global", round_to: int = 1,
+                importance="l1", channel_scores: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+    """Prune about `ratio` of the prunable channels (lowest importance first): an approximation.
+
+    importance: "l1" / "l2" (norms of each unit's filters) or "scores" with channel_scores {tensor or
+    node name: per-channel scores, higher = more important} (TLC/EASIER p_on, or the user's).
+    """
+    from ..onnx.graph import to_graph, to_model
+
+    check_ratio(ratio, round_to)
+    graph = to_graph(model)
+    cg = build_channel_graph(graph)
+    if importance in ("l1", "l2"):
+        imp = cg.filter_importance(1 if importance == "l1" else 2)
+    elif importance == "scores":
+        if not channel_scores:
+            raise CollapseError("per-channel importance scores are empty; give {\"<tensor or node>\": [scores...]}")
+        names = {n.name: n.outputs[0].name for n in graph.nodes if n.outputs}
+        scores = {names.get(k, k): np.asarray(v, dtype=np.float64).reshape(-1) for k, v in channel_scores.items()}
+        imp = cg.score_importance(scores)
+    else:
+        raise CollapseError(f"unknown pruning importance {importance!r}; use one of {', '.join(IMPORTANCE)} "
+                            "or per-channel scores")
+    removed = select_for_ratio(cg, imp, ratio, scope, round_to)
+    rows = group_rows(cg, removed, {gid: "ratio" for gid, _ in removed})
+    if removed:
+        apply_removal(graph, cg, removed)
+        graph.cleanup()
+    out = to_model(graph, model)
+    return out, {"ratio": ratio, "scope": scope, "round_to": round_to, "importance": importance,
+                 "removed_channels": len(removed), "groups": rows, **graph_summary(cg)}
+
+
+def always_off_channels(model: onnx.ModelProto, calib, calib_batches=None) -> dict:
+    """{ReLU output tensor: channels that are exactly 0 on every calibration sample and position}."""
+    from ..scores._common import tapped_batches
+
+    graph = gs.import_onnx(model)
+    shapes = infer_shapes(graph)
+    relus = [n.outputs[0].name for n in graph.nodes if n.op == "Relu" and shapes.get(n.outputs[0].name)
+             and len(shapes[n.outputs[0].name]) >= 2]
+    if not relus:
+        return {}
+    mx: dict = {}
+    for got, _ in tapped_batches(model, relus, calib, calib_batches, 1, "pruning"):
+        for name in relus:
+            a = np.asarray(got[name])
+            axis = 1 if a.ndim in (2, 4, 5) or a.ndim == 3 and _conv_fed(graph, name) else a.ndim - 1
+            m = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1)
+            mx[name] = m if name not in mx else np.maximum(mx[name], m)
+    return {name: np.flatnonzero(m <= 0).tolist() for name, m in mx.items() if np.any(m <= 0)}
+
+
+def _conv_fed(graph, name) -> bool:
+    t = graph.tensors().get(name)
+    p = t.inputs[0] if t is not None and t.inputs else None
+    while p is not None and p.op in ("Relu", "BatchNormalization", "Add"):
+        p = p.inputs[0].inputs[0] if p.inputs and p.inputs[0].inputs else None
+    return p is not None and p.op == "Conv"
+
+
+def mask_channels(model: onnx.ModelProto, off: dict) -> onnx.ModelProto:
+    """The model with the listed channels of each tensor forced to 0 (a Mul by a 0/1 mask after it): the
+    reference "original with those channels set to their constant" for data-dependent removals."""
+    from ..onnx.graph import make_const, to_graph, to_model
+
+    if not off:
+        return model
+    graph = to_graph(model)
+    shapes = infer_shapes(graph)
+    tensors = graph.tensors()
+    for name, chans in off.items():
+        t = tensors.get(name)
+        shp = shapes.get(name)
+        if t is None or not shp or not chans:
+            continue
+        r = len(shp)
+        axis = 1 if r != 3 or _conv_fed(graph, name) else r - 1
+        mask = np.ones(shp[axis], dtype=np.float32)
+        mask[list(chans)] = 0.0
+        shape = [1] * r
+        shape[axis] = shp[axis]
+        masked = gs.Variable(f"{name}__masked", dtype=t.dtype)
+        for node in list(t.outputs):
+            for i, inp in enumerate(node.inputs):
+                if inp is t:
+                    node.inputs[i] = masked
+        graph.nodes.append(gs.Node("Mul", name=f"{name}__mask", inputs=[t, make_const(graph, f"{name}.mask",
+                                                                                        mask.reshape(shape))],
+                                   outputs=[masked]))
+    graph.toposort()
+    return to_model(graph, model)

@@ -1,0 +1,69 @@
+"""Which units to remove for a target ratio: global or per-layer ranking by importance, rounded counts."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..algebra.prune import keep_count, round_keep
+from ..errors import CollapseError
+from .graph import ChannelGraph
+
+
+def check_ratio(ratio: float, round_to: int = 1) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+        raise CollapseError(f"--prune-ratio must be in [0, 1), got {ratio!r} (0.3 removes 30% of the channels)")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise CollapseError(f"--round-to must be an integer >= 1, got {round_to!r} (1 = no rounding)")
+
+
+def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: str = "global",
+                     round_to: int = 1, exclude=()) -> list:
+    """(gid, unit) pairs to remove so that about `ratio` of the prunable channels go.
+
+    scope "layer": every group loses floor(ratio * n) of its n units (lowest importance first).
+    scope "global": units of all groups are ranked together by importance divided by their group's mean
+    (so layers with large weights do not keep everything); a group that would lose all units is an error.
+    Kept counts are rounded up to a multiple of round_to (never above n). `exclude` units and units with
+    no finite importance (not scored by the user) are not candidates.
+    """
+    check_ratio(ratio, round_to)
+    if scope not in ("global", "layer"):
+        raise CollapseError(f"prune scope must be 'global' or 'layer', got {scope!r}")
+    exclude = set(exclude)
+    cands: dict[int, list] = {}
+    for g in cg.groups():
+        units = [k for k in cg.prunable_units(g)
+                 if (g.gid, k) not in exclude and np.isfinite(importance.get((g.gid, k), np.inf))]
+        if units:
+            cands[g.gid] = units
+    groups = cg.groups()
+    removed = []
+    if scope == "layer":
+        for gid, units in cands.items():
+            n = len(units)
+            keep = keep_count(n, ratio, round_to)
+            ranked = sorted(units, key=lambda k: (importance[(gid, k)], k))
+            removed += [(gid, k) for k in ranked[: n - keep]]
+        return removed
+    scored = []
+    for gid, units in cands.items():
+        vals = np.array([importance[(gid, k)] for k in units], dtype=np.float64)
+        finite = vals[np.isfinite(vals)]
+        mean = float(np.mean(np.abs(finite))) if finite.size else 1.0
+        for k, v in zip(units, vals):
+            scored.append((v / mean if mean > 0 else v, gid, k))
+    scored.sort()
+    total = len(scored)
+    n_remove = int(np.floor(ratio * total + 1e-9))
+    chosen: dict[int, list] = {}
+    for _, gid, k in scored[:n_remove]:
+        chosen.setdefault(gid, []).append(k)
+    for gid, ks in chosen.items():
+        n = len(cands[gid])
+        keep = round_keep(n - len(ks), n, round_to)
+        if keep == 0:
+            raise CollapseError(
+                f"pruning would empty layer {groups[gid].name} (all {n} channels have the lowest importance); "
+                "lower --prune-ratio or prune per layer")
+        ks_sorted = sorted(ks, key=lambda k: (importance[(gid, k)], k))
+        removed += [(gid, k) for k in ks_sorted[: n - keep]]
+    return removed

@@ -1,0 +1,89 @@
+"""Predicted speed-up of a collapse, priced on the real merged graph (what LayerMerge does with a
+latency table, here with the cost model of algebra/cost.py).
+
+cost(model) = MACs + per-op overhead x non-activation nodes of the *merged* ONNX graph
+(report["before"/"after"] of api.collapse). Activation nodes are priced at zero: onnxruntime fuses
+Relu / Clip into the conv before them, so an activation whose collapse lets no merge happen buys
+nothing.
+No torch here: the CLI's --target-speedup and the torch training loop both use it.
+"""
+from __future__ import annotations
+
+from .algebra.cost import CostModel
+from .errors import CollapseError
+
+
+def stats_cost(stats: dict, cost_model: CostModel | None = None) -> float:
+    """MAC-equivalent cost of a model from its model_stats dict (report["before"] / ["after"])."""
+    cm = cost_model or CostModel()
+    ops = float(stats["nodes"]) - float(stats.get("activations", 0))
+    return float(stats["macs"]) + cm.per_op_overhead_macs * ops
+
+
+def predicted_speedup(before: dict, after: dict, cost_model: CostModel | None = None) -> float:
+    a = stats_cost(after, cost_model)
+    return stats_cost(before, cost_model) / a if a > 0 else float("inf")
+
+
+def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float) -> tuple[list, list]:
+    """Greedy, lowest score first: take an item when cost_of(taken + [item]) is lower than the cost of
+    what is taken so far; stop once base_cost / cost reaches target. Returns (taken, history) with one
+    history row per item tried: {item, cost, speedup, taken}."""
+    taken, history = [], []
+    cur = cost_of([])
+    for item in ranked:
+        if base_cost / cur >= target:
+            break
+        c = cost_of(taken + [item])
+        ok = c < cur * (1.0 - 1e-6)
+        history.append({"item": item, "cost": c, "speedup": base_cost / c if c else float("inf"), "taken": ok})
+        if ok:
+            taken.append(item)
+            cur = c
+    return taken, history
+
+
+def onnx_target_choice(original, acts, act_scores: dict, chosen: list, cfg, notes: list) -> tuple[list, list]:
+    """--target-speedup S on an ONNX model: among the scored activations (those --threshold / --remove
+    picked, when given), lowest score first, keep the ones whose collapse lowers the cost of the merged
+    graph, until cost(original) / cost(result) >= S. --collapse keys are always collapsed."""
+    from .algebra.cost import CostModel
+    from .onnx.analysis import model_stats
+    from .onnx.driver import run_passes
+
+    if not act_scores:
+        raise CollapseError("--target-speedup needs scores: give --scores or --method")
+    if not (cfg.target_speedup > 0):
+        raise CollapseError(f"--target-speedup must be a positive number, got {cfg.target_speedup}")
+    from .calib import model_inputs
+
+    shapes = {n: dims for n, dims, _ in model_inputs(original)}
+    cm = CostModel(**({"per_op_overhead_macs": cfg.per_op_overhead} if cfg.per_op_overhead is not None else {}))
+    forced_ids = set()
+    if cfg.collapse:
+        from .onnx.graph import node_key_names
+        from .onnx.keys import lookup, resolve_keys
+
+        index = resolve_keys(acts, node_key_names(original))
+        forced_ids = {id(a) for k in cfg.collapse for a in lookup(index, k, "--collapse")}
+    pool_ids = {id(a) for a in chosen} if (cfg.threshold is not None or cfg.remove is not None) else set(act_scores)
+    forced = [a for a in acts if id(a) in forced_ids]
+    ranked = sorted((a for a in acts if id(a) in pool_ids and id(a) not in forced_ids),
+                    key=lambda a: (act_scores.get(id(a), float("inf")), acts.index(a)))
+
+    def cost_of(items):
+        m, _, _ = run_passes(original, {a.name for a in forced + items}, merge=cfg.merge, cost_model=cm,
+                             input_shapes=shapes)
+        return stats_cost(model_stats(m).as_dict(), cm)
+
+    base = stats_cost(model_stats(original).as_dict(), cm)
+    taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base)
+    final = base / cost_of(taken) if taken or forced else base / cost_of([])
+    skipped = sum(not h["taken"] for h in hist)
+    notes.append(f"--target-speedup {cfg.target_speedup}: {len(taken)} activation(s) collapsed, {skipped} skipped "
+                 f"(no predicted gain), predicted speed-up {final:.3f}x (MACs + per-op cost of the merged graph)"
+                 + ("" if final >= cfg.target_speedup else "; target not reached"))
+    rows = [{"key": getattr(h["item"], "name", str(h["item"])), "predicted_speedup": h["speedup"], "taken": h["taken"]}
+            for h in hist]
+    ids = {id(a) for a in forced + taken}
+    return [a for a in acts if id(a) in ids], rows

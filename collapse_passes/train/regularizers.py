@@ -1,0 +1,175 @@
+"""Training terms that drive layers toward linear, and the edits that follow them.
+
+- Layer Folding (Ben Dror et al., BMVC 2022): ReLU-like sites become PReLU (one slope, started at
+  the activation's negative slope) and the loss gets lambda * sum |1 - alpha^2|; a site whose slope
+  reaches FOLD_ALPHA is folded (collapsed to identity), exactly when alpha is 1.
+- LaCoOT (Quétu et al., ICCV 2025): lambda * mean over residual blocks of the max-sliced
+  Wasserstein distance between block input and output (each sample's flattened map one point);
+  blocks whose distance falls low are then replaced by their skip (removed).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import nn
+
+from ..errors import CollapseError
+from .sites import _set_module, find_sites
+
+FOLD_ALPHA = 0.9
+_TO_PRELU = ("relu", "relu6", "leaky_relu")
+
+
+# ------------------------------------------------------------------------------------ Layer Folding
+
+def to_prelu(model: nn.Module) -> list[str]:
+    """Swap every ReLU / ReLU6 / LeakyReLU module called once for a 1-slope nn.PReLU started at its
+    negative slope (ReLU6 loses its cap at 6: Layer Folding's parametrisation has none). In place;
+    returns the paths swapped."""
+    done = []
+    for s in find_sites(model):
+        if s.kind in _TO_PRELU and s.calls == 1:
+            # a slope of 0 is a stationary point of |1 - alpha^2|: ReLUs start as LeakyReLU(0.01)
+            init = float(s.params.get("alpha", 0.0)) if s.kind == "leaky_relu" else 0.0
+            init = init if init != 0.0 else 0.01
+            _set_module(model, s.path, nn.PReLU(1, init=init))
+            done.append(s.path)
+    return done
+
+
+def prelu_modules(model: nn.Module) -> dict[str, nn.PReLU]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.PReLU)}
+
+
+def prelu_penalty(model: nn.Module) -> torch.Tensor:
+    """sum over PReLU slopes of |1 - alpha^2| (Layer Folding's term; 0 when every slope is +-1)."""
+    terms = [(1.0 - m.weight ** 2).abs().sum() for m in prelu_modules(model).values()]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+@torch.no_grad()
+def clamp_slopes(model: nn.Module) -> None:
+    """Keep PReLU slopes in [0, 1] after each step: |1 - alpha^2| has a second minimum at -1, where
+    PReLU is |x| (not linear), and slopes left free drift there."""
+    for m in prelu_modules(model).values():
+        m.weight.clamp_(0.0, 1.0)
+
+
+def prelu_score(mod: nn.PReLU) -> float:
+    """mean |1 - alpha| (the prelu score: 0 = identity)."""
+    return float((1.0 - mod.weight.detach()).abs().mean())
+
+
+# ------------------------------------------------------------------------------------ LaCoOT
+
+def max_sliced_w2(x: torch.Tensor, y: torch.Tensor, directions: int = 64,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """max over `directions` random unit directions of W_2 between the projected point sets (rows of
+    x and y, flattened per sample); differentiable through the sorts."""
+    x = x.flatten(1)
+    y = y.flatten(1)
+    theta = torch.randn(x.shape[1], directions, generator=generator, dtype=x.dtype).to(x.device)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    px, _ = torch.sort(x @ theta, dim=0)
+    py, _ = torch.sort(y @ theta, dim=0)
+    w = ((px - py) ** 2).mean(dim=0).sqrt()
+    return w.max()
+
+
+class _OwnForward(torch.fx.Tracer):
+    def is_leaf_module(self, m, qualname):
+        return True
+
+
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Paths of submodules whose forward adds their own input to something (y = F(x) + x), found with
+    torch.fx on each submodule; outermost first, nested ones skipped."""
+    out = []
+    for path, m in model.named_modules():
+        if not path or any(path.startswith(p + ".") for p in out) or not list(m.children()):
+            continue
+        try:   # the module's own forward only: children are leaves (a Sequential of blocks is no block)
+            gm = torch.fx.GraphModule(m, _OwnForward().trace(m))
+        except Exception:  # noqa: BLE001 - untraceable submodule: not a block we can see
+            continue
+        ph = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        if len(ph) != 1:
+            continue
+        same = {ph[0]}   # the input, also through nn.Identity (torchvision-style `shortcut = nn.Identity()`)
+        subs = dict(gm.named_modules())
+        for n in gm.graph.nodes:
+            if n.op == "call_module" and isinstance(subs.get(n.target), nn.Identity) and n.args and n.args[0] in same:
+                same.add(n)
+            if n.op == "call_function" and n.target in (operator.add, torch.add, operator.iadd) \
+                    and any(a in same for a in n.args):
+                out.append(path)
+                break
+    return out
+
+
+class LacootTerm:
+    """Forward hooks that record each block's input and output; .penalty() gives mean MSWD over the
+    blocks of the last forward (divided by the input RMS, as the scores are). Use as a context."""
+
+    def __init__(self, model: nn.Module, blocks: list[str] | None = None, directions: int = 64, seed: int = 0):
+        self.blocks = residual_blocks(model) if blocks is None else list(blocks)
+        if not self.blocks:
+            raise CollapseError("LaCoOT: no residual block (a submodule computing F(x) + x) found; "
+                                "give blocks=[module paths] or do not use lacoot_lambda")
+        self.model, self.directions = model, directions
+        self.gen = torch.Generator().manual_seed(seed)
+        self.seen: dict[str, tuple] = {}
+        self.handles = []
+
+    def __enter__(self):
+        for p in self.blocks:
+            self.handles.append(self.model.get_submodule(p).register_forward_hook(self._hook(p)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def _hook(self, path):
+        def hook(mod, inputs, output):
+            if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor) \
+                    and inputs[0].shape == output.shape:
+                self.seen[path] = (inputs[0], output)
+        return hook
+
+    def penalty(self) -> torch.Tensor:
+        terms = []
+        for x, y in self.seen.values():
+            rms = x.detach().flatten(1).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+            terms.append(max_sliced_w2(x, y, self.directions, self.gen) / rms)
+        self.seen = {}
+        return torch.stack(terms).mean() if terms else torch.zeros(())
+
+    @torch.no_grad()
+    def block_scores(self, batches) -> dict[str, float]:
+        """Mean normalised MSWD per block over input batches (model in eval mode)."""
+        sums: dict[str, list] = {}
+        was = self.model.training
+        self.model.eval()
+        try:
+            with self:
+                for xb in batches:
+                    self.model(xb)
+                    for p, (x, y) in self.seen.items():
+                        rms = x.flatten(1).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+                        sums.setdefault(p, []).append(float(max_sliced_w2(x, y, 256, self.gen) / rms))
+                    self.seen = {}
+        finally:
+            self.model.train(was)
+        return {p: sum(v) / len(v) for p, v in sums.items()}
+
+
+def remove_blocks(model: nn.Module, paths) -> nn.Module:
+    """Replace whole residual blocks by their skip (identity). In place."""
+    for p in paths:
+        _set_module(model, p, nn.Identity())
+    return model

@@ -1,0 +1,216 @@
+"""Activation call sites of an nn.Module, and the two edits the training loop makes on them.
+
+    find_sites(model)                  -> [Site]   (keys: `path`, or `path:i` for a module called i-th of several times)
+    linearize(model, keys)             -> model    collapsed sites replaced by their linear regime (LinearRegime)
+    relocate_padding(model)            -> int      padding of conv chains joined by a collapsed site moved to
+                                                   the chain's first conv (so the later merge is exact)
+
+A site of a module called once is collapsed by swapping the module (the model keeps its class);
+one site of a module called several times (torchvision's BasicBlock.relu) needs a graph edit, so
+the model is traced with torch.fx and a GraphModule is returned. Kept small on purpose: the torch.fx
+front end (collapse_passes/fx) is where this lands for good.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..core.activations import is_collapsible, linear_regime
+from ..core.torch_kinds import module_kind
+from ..errors import CollapseError
+
+
+class LinearRegime(nn.Module):
+    """What a collapsed activation becomes: y = scale * x + shift (identity for ReLU-likes).
+
+    A marker class too: relocate_padding moves padding only across chains holding one of these."""
+
+    def __init__(self, scale: float = 1.0, shift: float = 0.0, key: str = ""):
+        super().__init__()
+        self.scale, self.shift, self.key = float(scale), float(shift), key
+
+    def forward(self, x):
+        if self.scale == 1.0 and self.shift == 0.0:
+            return x
+        return x * self.scale + self.shift
+
+    def extra_repr(self) -> str:
+        return f"key={self.key!r}, scale={self.scale}, shift={self.shift}"
+
+
+@dataclass
+class Site:
+    key: str               # "path" (called once) or "path:i" (i-th call of a module called several times)
+    path: str              # module path
+    call: int              # call index of this module in one forward
+    calls: int             # how many times the module is called in one forward
+    kind: str
+    params: dict = field(default_factory=dict)
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps LinearRegime as a call_module node (the marker relocate_padding looks for)."""
+
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, LinearRegime) or super().is_leaf_module(m, qualname)
+
+
+def _trace(model):
+    try:
+        graph = _Tracer().trace(model)
+        return torch.fx.GraphModule(model, graph, type(model).__name__)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "not traceable"
+        return exc
+
+
+def find_sites(model: nn.Module) -> list[Site]:
+    """Collapsible activation call sites, in call order (torch.fx), or per module when untraceable."""
+    gm = _trace(model)
+    mods = dict(model.named_modules())
+    if isinstance(gm, Exception):
+        out = []
+        for path, m in mods.items():
+            k = module_kind(m) if path else None
+            if k and is_collapsible(k[0]):
+                out.append(Site(path, path, 0, 1, k[0], k[1]))
+        return out
+    order = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    counts = {t: order.count(t) for t in set(order)}
+    seen: dict[str, int] = {}
+    out = []
+    for n in gm.graph.nodes:
+        if n.op != "call_module":
+            continue
+        k = module_kind(mods[n.target])
+        if not k or not is_collapsible(k[0]):
+            continue
+        i = seen.get(n.target, 0)
+        seen[n.target] = i + 1
+        key = n.target if counts[n.target] == 1 else f"{n.target}:{i}"
+        out.append(Site(key, n.target, i, counts[n.target], k[0], k[1]))
+    return out
+
+
+def resolve(sites: list[Site], keys) -> list[Site]:
+    """Sites named by keys: `path:i` one site, a bare path every site of that module."""
+    by_key = {s.key: s for s in sites}
+    out: dict[str, Site] = {}
+    for key in keys:
+        if key in by_key:
+            out[key] = by_key[key]
+            continue
+        hit = [s for s in sites if s.path == key]
+        if not hit:
+            raise CollapseError(f"no collapsible activation site {key!r}; sites: "
+                                f"{', '.join(s.key for s in sites[:8])}{', ...' if len(sites) > 8 else ''}")
+        out.update({s.key: s for s in hit})
+    return list(out.values())
+
+
+def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, new)
+
+
+def _regime(site: Site) -> LinearRegime:
+    scale, shift = linear_regime(site.kind, site.params)
+    return LinearRegime(scale, shift, site.key)
+
+
+def linearize(model: nn.Module, keys) -> nn.Module:
+    """Replace the named sites by their linear regime, in place when possible (else a GraphModule)."""
+    sites = find_sites(model)
+    chosen = resolve(sites, keys)
+    whole = {s.path for s in chosen if all(t.key in {c.key for c in chosen} for t in sites if t.path == s.path)}
+    for s in chosen:
+        if s.path in whole:
+            _set_module(model, s.path, _regime(s))
+    partial = [s for s in chosen if s.path not in whole]
+    if not partial:
+        return model
+    gm = _trace(model)
+    if isinstance(gm, Exception):
+        raise CollapseError(f"collapsing one call site of a shared module ({partial[0].key}) needs torch.fx, and the "
+                            f"model does not trace ({str(gm).splitlines()[0][:120]}); collapse the bare path instead")
+    want = {(s.path, s.call): s for s in partial}
+    seen: dict[str, int] = {}
+    for n in list(gm.graph.nodes):
+        if n.op != "call_module":
+            continue
+        i = seen.get(n.target, 0)
+        seen[n.target] = i + 1
+        s = want.get((n.target, i))
+        if s is None:
+            continue
+        name = "collapsed_" + s.key.replace(".", "_").replace(":", "_")
+        gm.add_submodule(name, _regime(s))
+        n.target = name
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+# ------------------------------------------------------------------------------------ padding
+
+_PASS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, LinearRegime, nn.Identity)
+
+
+def _single_user(node) -> bool:
+    return len(node.users) == 1
+
+
+def relocate_padding(model: nn.Module) -> int:
+    """Move the padding of conv2 to conv1 in every chain conv1 -> (BN | collapsed)* -> conv2 that holds
+    a collapsed site, repeated until the whole chain's padding sits on its first conv. Stride aware:
+    conv2's pad p becomes p * stride(conv1) on conv1's input. Returns the number of moves.
+
+    Changes the function on the border only; the caller fine-tunes afterwards."""
+    gm = _trace(model)
+    if isinstance(gm, Exception):
+        return 0
+    mods = dict(model.named_modules())
+    moves = 0
+    changed = True
+    while changed:
+        changed = False
+        for n in gm.graph.nodes:
+            conv2 = mods.get(n.target) if n.op == "call_module" else None
+            if not isinstance(conv2, nn.Conv2d) or not n.args or not isinstance(n.args[0], torch.fx.Node):
+                continue
+            if not any(p for p in _pads(conv2)):
+                continue
+            cur, through = n.args[0], False
+            while (cur.op == "call_module" and isinstance(mods.get(cur.target), _PASS) and _single_user(cur)
+                   and cur.args and isinstance(cur.args[0], torch.fx.Node)):
+                through |= isinstance(mods[cur.target], LinearRegime)
+                cur = cur.args[0]
+            conv1 = mods.get(cur.target) if cur.op == "call_module" else None
+            if not through or not isinstance(conv1, nn.Conv2d) or not _single_user(cur):
+                continue
+            if not _movable(conv1, conv2) or _calls(gm, cur.target) != 1 or _calls(gm, n.target) != 1:
+                continue
+            p1, p2 = _pads(conv1), _pads(conv2)
+            conv1.padding = tuple(a + b * s for a, b, s in zip(p1, p2, conv1.stride))
+            conv2.padding = (0,) * len(p2)
+            moves += 1
+            changed = True
+    return moves
+
+
+def _pads(conv) -> tuple:
+    return tuple(conv.padding) if isinstance(conv.padding, tuple) else ()
+
+
+def _movable(conv1, conv2) -> bool:
+    return (isinstance(conv1.padding, tuple) and isinstance(conv2.padding, tuple)
+            and conv1.padding_mode == "zeros" and conv2.padding_mode == "zeros")
+
+
+def _calls(gm, target) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == target)
+
+
+def count_convs(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
