@@ -1,5 +1,6 @@
 """collapse_passes: make trained networks shallower by collapsing activations and merging linear ops."""
-from .api import CollapseResult, collapse, list_keys, read_scores
+from .api import CollapseResult, collapse, list_keys
+from .core.selection import read_scores
 from .config import CollapseConfig
 from .errors import CollapseError, VerificationError
 

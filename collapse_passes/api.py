@@ -4,8 +4,6 @@ load -> resolve keys -> score -> choose -> passes -> verify -> (caller writes).
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +15,8 @@ from .config import CollapseConfig
 from .errors import CollapseError, VerificationError
 from .onnx.analysis import model_stats
 from .onnx.graph import as_model, node_key_names, save_model_atomic, to_graph
-from .onnx.keys import display_key, lookup, resolve_keys
+from .core.selection import assign_scores, choose, display_key, read_scores
+from .onnx.keys import resolve_keys
 from .onnx.patterns import find_activations, unknown_nonlinear_nodes
 
 
@@ -34,72 +33,6 @@ class CollapseResult:
             raise CollapseError("save() writes ONNX results; for a torch result use torch.export.save(ep, path) or "
                                 "models.export.export_onnx(result.model, path, input_shape)")
         return save_model_atomic(self.model, path)
-
-
-# ------------------------------------------------------------------------------------ scores
-
-def read_scores(scores) -> dict[str, float]:
-    """Accept {"scores": {...}}, a plain {key: score} dict, or a path to a JSON file."""
-    src = "scores"
-    if isinstance(scores, (str, os.PathLike)):
-        src = str(scores)
-        p = Path(scores)
-        if not p.is_file():
-            raise CollapseError(f"{src}: scores file not found")
-        try:
-            data = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CollapseError(f"{src}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
-                                'expected {"scores": {"<key>": <float>}}') from None
-        except (ValueError, RecursionError) as exc:  # integers of > 4300 digits, nesting deeper than the stack
-            why = ("nested too deeply" if isinstance(exc, RecursionError) else "a number with more digits than "
-                   "Python reads" if "digits" in str(exc) else " ".join(str(exc).split())[:80])
-            raise CollapseError(f"{src}: JSON not accepted ({why}); "
-                                'expected {"scores": {"<key>": <float>}}') from None
-        if not isinstance(data, dict) or "scores" not in data:
-            raise CollapseError(f'{src}: no "scores" object; expected {{"scores": {{"<key>": <float>}}}}')
-        data = data["scores"]
-    elif isinstance(scores, dict):
-        data = scores["scores"] if "scores" in scores and isinstance(scores["scores"], dict) else scores
-    else:
-        raise CollapseError(f"scores must be a dict or a JSON path, got {type(scores).__name__}")
-    if not isinstance(data, dict):
-        raise CollapseError(f'{src}: "scores" must map layer keys to numbers')
-    out = {}
-    for k, v in data.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            shown = repr(v) if isinstance(v, (str, type(None))) and len(repr(v)) < 40 else f"a {type(v).__name__}"
-            raise CollapseError(f"{src}: score of {str(k)[:80]!r} is {shown}, not a number")
-        try:
-            fv = float(v)
-        except OverflowError:
-            fv = math.inf
-        if not math.isfinite(fv):
-            raise CollapseError(f"{src}: score of {str(k)[:80]!r} is {'too large' if isinstance(v, int) else v}, "
-                                "expected a finite number")
-        out[str(k)] = fv
-    return out
-
-
-def _assign_scores(acts, index, raw: dict[str, float], src: str, notes: list) -> dict[int, float]:
-    """id(activation) -> score. A key naming several sites (the bare path of a shared module) scores
-    all of them; a key naming one site (path:i, a node name) overrides it for that site."""
-    by_act: dict[int, float] = {}
-    origin: dict[int, str] = {}
-    resolved = [(key, s, lookup(index, key, src)) for key, s in raw.items()]
-    for key, s, targets in sorted(resolved, key=lambda r: len(r[2]) == 1):
-        if len(targets) > 1:
-            sites = ", ".join(display_key(a) for a in targets)
-            notes.append(f"key {key!r} names {len(targets)} activations (a module called at several places: "
-                         f"{sites}): the score applies to each of them unless a key names that site")
-        for a in targets:
-            if len(targets) == 1 and id(a) in by_act and by_act[id(a)] != s and \
-                    len(index.get(origin[id(a)], ())) == 1:
-                raise CollapseError(f"{src}: keys {origin[id(a)]!r} and {key!r} name the same activation "
-                                    f"with different scores ({by_act[id(a)]} vs {s}); keep one")
-            by_act[id(a)] = s
-            origin[id(a)] = key
-    return by_act
 
 
 # ------------------------------------------------------------------------------------ collapse
@@ -180,14 +113,14 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     if cfg.scores is not None:
         raw_scores.update(read_scores(cfg.scores))
     src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
-    act_scores = _assign_scores(acts, index, raw_scores, src, notes) if raw_scores else {}
+    act_scores = assign_scores(acts, index, raw_scores, src, notes) if raw_scores else {}
 
-    chosen = _choose(acts, index, act_scores, cfg, warnings)
+    chosen = choose(acts, index, act_scores, cfg, warnings)
     speedup_rows = None
     if cfg.target_speedup is not None:
         from .speedup import onnx_target_choice
 
-        chosen, speedup_rows = onnx_target_choice(original, acts, act_scores, chosen, cfg, notes)
+        chosen, speedup_rows = onnx_target_choice(original, acts, index, act_scores, chosen, cfg, notes)
     if not raw_scores and not cfg.collapse and not block_scores:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
 
@@ -268,36 +201,6 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         raise VerificationError.mismatch(ver.against_requested, cfg.rtol, cfg.atol,
                                          "nothing written (use --force to write anyway)", res)
     return res
-
-
-def _choose(acts, index, act_scores: dict, cfg: CollapseConfig, warnings: list) -> list:
-    chosen: dict[int, object] = {}
-    for key in cfg.collapse or []:
-        targets = lookup(index, key, "--collapse")
-        if len(targets) > 1:
-            warnings.append(f"--collapse {key!r} names {len(targets)} call sites of one module "
-                            f"({', '.join(display_key(a) for a in targets)}): all of them are collapsed")
-        for a in targets:
-            chosen[id(a)] = a
-    scored = [a for a in acts if id(a) in act_scores]
-    if cfg.threshold is not None:
-        if not math.isfinite(cfg.threshold):
-            raise CollapseError(f"threshold must be a finite number, got {cfg.threshold}")
-        picked = [a for a in scored if act_scores[id(a)] <= cfg.threshold]
-        if scored and not picked:
-            warnings.append(f"threshold {cfg.threshold} collapses nothing: the lowest score is "
-                            f"{min(act_scores.values()):.4g}")
-        for a in picked:
-            chosen[id(a)] = a
-    elif cfg.remove is not None:
-        if cfg.remove > len(scored):
-            warnings.append(f"remove {cfg.remove} asks for more activations than have scores ({len(scored)})")
-        ranked = sorted(scored, key=lambda a: (act_scores[id(a)], acts.index(a)))
-        for a in ranked[:cfg.remove]:
-            chosen[id(a)] = a
-    elif act_scores and not cfg.collapse:
-        warnings.append("scores given without --threshold or --remove: nothing collapsed")
-    return [a for a in acts if id(a) in chosen]
 
 
 def _input_shapes(model: onnx.ModelProto) -> dict:

@@ -201,6 +201,7 @@ def build_plan(args) -> OutputPlan:
     plan.add_model_input(args.model)
     plan.add_input("--scores file", args.scores)
     plan.add_input("--calib data", args.calib)
+    plan.add_input("--eval data", args.eval)
     imp = getattr(args, "prune_importance", None)
     if isinstance(imp, str) and os.path.isfile(imp):
         plan.add_input("--prune-importance file", imp)

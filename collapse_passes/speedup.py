@@ -43,7 +43,7 @@ def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float) -
     return taken, history
 
 
-def onnx_target_choice(original, acts, act_scores: dict, chosen: list, cfg, notes: list) -> tuple[list, list]:
+def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: list, cfg, notes: list) -> tuple[list, list]:
     """--target-speedup S on an ONNX model: among the scored activations (those --threshold / --remove
     picked, when given), lowest score first, keep the ones whose collapse lowers the cost of the merged
     graph, until cost(original) / cost(result) >= S. --collapse keys are always collapsed."""
@@ -61,10 +61,8 @@ def onnx_target_choice(original, acts, act_scores: dict, chosen: list, cfg, note
     cm = CostModel(**({"per_op_overhead_macs": cfg.per_op_overhead} if cfg.per_op_overhead is not None else {}))
     forced_ids = set()
     if cfg.collapse:
-        from .onnx.graph import node_key_names
-        from .onnx.keys import lookup, resolve_keys
+        from .core.selection import lookup
 
-        index = resolve_keys(acts, node_key_names(original))
         forced_ids = {id(a) for k in cfg.collapse for a in lookup(index, k, "--collapse")}
     pool_ids = {id(a) for a in chosen} if (cfg.threshold is not None or cfg.remove is not None) else set(act_scores)
     forced = [a for a in acts if id(a) in forced_ids]

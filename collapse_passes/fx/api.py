@@ -16,6 +16,7 @@ from torch import fx
 from torch.fx.passes.infra.pass_manager import PassManager
 
 from ..config import CollapseConfig
+from ..core.selection import assign_scores, choose, read_scores
 from ..errors import CollapseError, VerificationError
 from .graph import (count_ops, count_params, find_activations, is_collapsible, key_index, linear_op,
                     propagate_shapes, shape_of, training_batchnorms)
@@ -142,7 +143,6 @@ def list_torch_keys(model, example_inputs=None) -> list[dict]:
 
 def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list):
     """(sites, chosen sites, score per site id): the ONNX path's selection, over fx activation sites."""
-    from ..api import _assign_scores, _choose, read_scores
 
     if cfg.method:
         raise CollapseError("method= scores need the ONNX model or scores.torch_hooks.module_scores(model, ...); "
@@ -155,8 +155,8 @@ def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list)
     index = key_index(sites)
     raw = read_scores(cfg.scores) if cfg.scores is not None else {}
     src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
-    scores = _assign_scores(sites, index, raw, src, notes) if raw else {}
-    chosen = _choose(sites, index, scores, cfg, warnings)
+    scores = assign_scores(sites, index, raw, src, notes) if raw else {}
+    chosen = choose(sites, index, scores, cfg, warnings)
     if not raw and not cfg.collapse:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
     return sites, chosen, scores
@@ -388,7 +388,6 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
         if cfg.collapse:
             sub.collapse = [k for k in cfg.collapse if k in index]
         if cfg.scores is not None:
-            from ..api import read_scores
 
             sub.scores = {k: v for k, v in read_scores(cfg.scores).items() if k in index}
         _, chosen, _ = select(gm, sub, notes, warnings)

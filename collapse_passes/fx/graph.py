@@ -26,7 +26,7 @@ from ..algebra.conv import ConvParams
 from ..algebra.linear import LinearParams
 from ..core import activations as catalogue
 from ..core.torch_kinds import function_kind, module_kind
-from ..onnx.keys import site_key
+from ..core.selection import site_key
 
 aten = torch.ops.aten
 

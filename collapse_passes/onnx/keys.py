@@ -13,11 +13,10 @@ call site, `path:i` with i the call index in execution order (0-based); its bare
 from __future__ import annotations
 
 import ast
-import difflib
 import re
 from collections import defaultdict
 
-from ..errors import CollapseError
+from ..core.selection import SITE_SEP, display_key, lookup, site_key  # noqa: F401  (keys live in core)
 from .patterns import Activation
 
 
@@ -59,15 +58,6 @@ def module_path_from_metadata(meta: dict[str, str]) -> str | None:
 
 
 _CALL_SUFFIX = re.compile(r"^(.*)_(\d+)$")
-
-#: separates a module path from the call index of one of its call sites: "layer1.1.relu:1"
-SITE_SEP = ":"
-
-
-def site_key(path: str, call: int, calls: int) -> str:
-    """The key of one call site: the module path when the module is called once, else path:call."""
-    return path if calls == 1 else f"{path}{SITE_SEP}{call}"
-
 
 def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, str]]) -> dict:
     """Attach keys to each activation; return the key -> [activations] index.
@@ -122,21 +112,3 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
             if a not in index[k]:
                 index[k].append(a)
     return dict(index)
-
-
-def display_key(a: Activation) -> str:
-    return a.keys[0] if a.keys else a.name
-
-
-def lookup(index: dict, key: str, source: str = "scores") -> list[Activation]:
-    if key in index:
-        return index[key]
-    path, sep, call = key.rpartition(SITE_SEP)
-    if sep and call.isdigit() and path in index:
-        sites = [display_key(a) for a in index[path]]
-        raise CollapseError(f"{source}: {key!r} names no call site: module {path!r} is called "
-                            f"{len(sites)} time(s); its keys are {', '.join(sites)}")
-    near = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else \
-        "; run with --list-keys to see the activation keys of this model"
-    raise CollapseError(f"{source}: unknown layer key {key!r}{hint}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import onnx
 
 from ..onnx.graph import const_value, node_key_names, to_graph
-from ..onnx.keys import display_key, resolve_keys
+from ..core.selection import display_key
+from ..onnx.keys import resolve_keys
 from ..onnx.patterns import find_activations
 
 _PASS_THROUGH = {"Add", "Sub", "Mul", "Div", "BatchNormalization", "Identity", "Clip", "Relu", "Neg"}

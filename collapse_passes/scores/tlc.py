@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CollapseError
-from ..onnx.keys import display_key
+from ..core.selection import display_key
 from ._acts import load_activations, per_site
 from ._common import ScoreResult, activation_kink, gaussian_p_off, layer_summary
 

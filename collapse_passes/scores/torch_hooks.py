@@ -27,7 +27,7 @@ import numpy as np
 from ..core.activations import is_collapsible
 from ..core.torch_kinds import module_kind
 from ..errors import CollapseError
-from ..onnx.keys import site_key
+from ..core.selection import site_key
 from ._common import ChannelStats, ScoreResult, activation_kink, gaussian_p_off, layer_summary, upper_bound
 
 _BN = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")

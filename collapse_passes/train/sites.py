@@ -12,6 +12,7 @@ front end (collapse_passes/fx) is where this lands for good.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -76,20 +77,16 @@ def find_sites(model: nn.Module) -> list[Site]:
             if k and is_collapsible(k[0]):
                 out.append(Site(path, path, 0, 1, k[0], k[1]))
         return out
-    order = [n.target for n in gm.graph.nodes if n.op == "call_module"]
-    counts = {t: order.count(t) for t in set(order)}
-    seen: dict[str, int] = {}
+    from ..fx.graph import find_activations
+
+    # the loop swaps modules: sites are activation modules (keys as every front end gives them)
+    acts = [a for a in find_activations(gm) if a.node.op == "call_module"]
+    calls = Counter(a.path for a in acts)
+    seen: Counter = Counter()
     out = []
-    for n in gm.graph.nodes:
-        if n.op != "call_module":
-            continue
-        k = module_kind(mods[n.target])
-        if not k or not is_collapsible(k[0]):
-            continue
-        i = seen.get(n.target, 0)
-        seen[n.target] = i + 1
-        key = n.target if counts[n.target] == 1 else f"{n.target}:{i}"
-        out.append(Site(key, n.target, i, counts[n.target], k[0], k[1]))
+    for a in acts:
+        out.append(Site(a.site, a.path, seen[a.path], calls[a.path], a.kind, a.params))
+        seen[a.path] += 1
     return out
 
 

@@ -10,7 +10,7 @@ from torch import fx
 
 from ...core import activations as catalogue
 from ...errors import CollapseError
-from ...onnx.keys import lookup
+from ...core.selection import lookup
 from ..graph import find_activations, key_index
 from ._base import FxPass, PassResult
 

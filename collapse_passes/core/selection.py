@@ -1,0 +1,138 @@
+"""Selection, front-end neutral: keys of activation sites, scores read from the user, and the sites
+they choose (threshold, the N lowest, --collapse keys). Used by the ONNX and torch.fx front ends.
+
+A site is any object with `.keys` (most specific first) and `.name`; an index maps every key to the
+sites it names (keys.resolve_keys for ONNX, fx.graph.key_index for torch.fx).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from pathlib import Path
+
+from ..errors import CollapseError
+
+#: separates a module path from the call index of one of its call sites: "layer1.1.relu:1"
+SITE_SEP = ":"
+
+
+def site_key(path: str, call: int, calls: int) -> str:
+    """The key of one call site: the module path when the module is called once, else path:call."""
+    return path if calls == 1 else f"{path}{SITE_SEP}{call}"
+
+
+def display_key(a) -> str:
+    """The most specific key of a site (its call-site key, else its first node name)."""
+    return a.keys[0] if a.keys else a.name
+
+
+def lookup(index: dict, key: str, source: str = "scores") -> list:
+    """The sites `key` names; an unknown key is one line with near matches (or the valid call sites)."""
+    if key in index:
+        return index[key]
+    path, sep, call = key.rpartition(SITE_SEP)
+    if sep and call.isdigit() and path in index:
+        sites = [display_key(a) for a in index[path]]
+        raise CollapseError(f"{source}: {key!r} names no call site: module {path!r} is called "
+                            f"{len(sites)} time(s); its keys are {', '.join(sites)}")
+    near = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else \
+        "; run with --list-keys to see the activation keys of this model"
+    raise CollapseError(f"{source}: unknown layer key {key!r}{hint}")
+
+
+def read_scores(scores) -> dict[str, float]:
+    """Accept {"scores": {...}}, a plain {key: score} dict, or a path to a JSON file."""
+    src = "scores"
+    if isinstance(scores, (str, os.PathLike)):
+        src = str(scores)
+        p = Path(scores)
+        if not p.is_file():
+            raise CollapseError(f"{src}: scores file not found")
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CollapseError(f"{src}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                                'expected {"scores": {"<key>": <float>}}') from None
+        except (ValueError, RecursionError) as exc:  # integers of > 4300 digits, nesting deeper than the stack
+            why = ("nested too deeply" if isinstance(exc, RecursionError) else "a number with more digits than "
+                   "Python reads" if "digits" in str(exc) else " ".join(str(exc).split())[:80])
+            raise CollapseError(f"{src}: JSON not accepted ({why}); "
+                                'expected {"scores": {"<key>": <float>}}') from None
+        if not isinstance(data, dict) or "scores" not in data:
+            raise CollapseError(f'{src}: no "scores" object; expected {{"scores": {{"<key>": <float>}}}}')
+        data = data["scores"]
+    elif isinstance(scores, dict):
+        data = scores["scores"] if "scores" in scores and isinstance(scores["scores"], dict) else scores
+    else:
+        raise CollapseError(f"scores must be a dict or a JSON path, got {type(scores).__name__}")
+    if not isinstance(data, dict):
+        raise CollapseError(f'{src}: "scores" must map layer keys to numbers')
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            shown = repr(v) if isinstance(v, (str, type(None))) and len(repr(v)) < 40 else f"a {type(v).__name__}"
+            raise CollapseError(f"{src}: score of {str(k)[:80]!r} is {shown}, not a number")
+        try:
+            fv = float(v)
+        except OverflowError:
+            fv = math.inf
+        if not math.isfinite(fv):
+            raise CollapseError(f"{src}: score of {str(k)[:80]!r} is {'too large' if isinstance(v, int) else v}, "
+                                "expected a finite number")
+        out[str(k)] = fv
+    return out
+
+
+def assign_scores(acts, index, raw: dict[str, float], src: str, notes: list) -> dict[int, float]:
+    """id(activation) -> score. A key naming several sites (the bare path of a shared module) scores
+    all of them; a key naming one site (path:i, a node name) overrides it for that site."""
+    by_act: dict[int, float] = {}
+    origin: dict[int, str] = {}
+    resolved = [(key, s, lookup(index, key, src)) for key, s in raw.items()]
+    for key, s, targets in sorted(resolved, key=lambda r: len(r[2]) == 1):
+        if len(targets) > 1:
+            sites = ", ".join(display_key(a) for a in targets)
+            notes.append(f"key {key!r} names {len(targets)} activations (a module called at several places: "
+                         f"{sites}): the score applies to each of them unless a key names that site")
+        for a in targets:
+            if len(targets) == 1 and id(a) in by_act and by_act[id(a)] != s and \
+                    len(index.get(origin[id(a)], ())) == 1:
+                raise CollapseError(f"{src}: keys {origin[id(a)]!r} and {key!r} name the same activation "
+                                    f"with different scores ({by_act[id(a)]} vs {s}); keep one")
+            by_act[id(a)] = s
+            origin[id(a)] = key
+    return by_act
+
+
+def choose(acts, index, act_scores: dict, cfg, warnings: list) -> list:
+    """The chosen sites, in model order: --collapse keys, then scores by threshold or the N lowest."""
+    chosen: dict[int, object] = {}
+    for key in cfg.collapse or []:
+        targets = lookup(index, key, "--collapse")
+        if len(targets) > 1:
+            warnings.append(f"--collapse {key!r} names {len(targets)} call sites of one module "
+                            f"({', '.join(display_key(a) for a in targets)}): all of them are collapsed")
+        for a in targets:
+            chosen[id(a)] = a
+    scored = [a for a in acts if id(a) in act_scores]
+    if cfg.threshold is not None:
+        if not math.isfinite(cfg.threshold):
+            raise CollapseError(f"threshold must be a finite number, got {cfg.threshold}")
+        picked = [a for a in scored if act_scores[id(a)] <= cfg.threshold]
+        if scored and not picked:
+            warnings.append(f"threshold {cfg.threshold} collapses nothing: the lowest score is "
+                            f"{min(act_scores.values()):.4g}")
+        for a in picked:
+            chosen[id(a)] = a
+    elif cfg.remove is not None:
+        if cfg.remove > len(scored):
+            warnings.append(f"remove {cfg.remove} asks for more activations than have scores ({len(scored)})")
+        ranked = sorted(scored, key=lambda a: (act_scores[id(a)], acts.index(a)))
+        for a in ranked[:cfg.remove]:
+            chosen[id(a)] = a
+    elif act_scores and not cfg.collapse:
+        warnings.append("scores given without --threshold or --remove: nothing collapsed")
+    return [a for a in acts if id(a) in chosen]
