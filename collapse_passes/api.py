@@ -128,6 +128,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     from .pruning.api_hook import finish_pruning, prepare_pruning
 
     base, prune_off, prune_report = prepare_pruning(original, cfg, score_details)
+    collapsed_outputs = {a.output.name for a in chosen}   # a collapsed ReLU is no longer "always off"
+    prune_off = {t: c for t, c in prune_off.items() if t not in collapsed_outputs}
     input_shapes = _input_shapes(original)
     cost_model = _cost_model(cfg, original)
     result_model, ctx, pm = run_passes(base, {a.name for a in chosen}, merge=cfg.merge,

@@ -426,3 +426,27 @@ def test_missing_example_inputs_is_one_line():
     model, _, keys = build("mlp")
     with pytest.raises(CollapseError, match="example_inputs"):
         cp.collapse(model, collapse=keys)
+
+
+def test_collapse_of_a_module_prunes_constant_channels_exactly_and_ratio_on_request():
+    """collapse(nn.Module) runs the same channel pruning as the ONNX path: constant channels removed
+    exactly by default (verified against the unpruned model), a ratio prune only when asked."""
+    from test_pruning import _planted_resnet
+
+    m, blocks = _planted_resnet()
+    x = torch.randn(1, 3, 32, 32)
+    res = cp.collapse(m, collapse=["layer1.0.relu1"], example_inputs=(x,))
+    pr = res.report["pruning"]
+    assert pr["removed_channels"] == sum(b.conv1.out_channels // 2 for b in blocks)
+    assert res.report["verification"]["against_requested"]["passed"]
+    assert res.report["after"]["params"] < cp.collapse(m, collapse=["layer1.0.relu1"], example_inputs=(x,),
+                                                       prune=False).report["after"]["params"]
+    ref = copy.deepcopy(m)
+    ref.layer1[0].relu1 = nn.Identity()
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x), ref(x), rtol=1e-4, atol=1e-4)
+    rr = cp.collapse(m, example_inputs=(x,), prune_ratio=0.5, round_to=2)
+    assert rr.report["pruning"]["ratio"]["approximate"] and "error_vs_unpruned" in rr.report["pruning"]["ratio"]
+    assert rr.report["after"]["params"] < res.report["before"]["params"] // 2
+    with pytest.raises(CollapseError, match="prune_importance"):
+        cp.collapse(m, example_inputs=(x,), prune_ratio=0.5, prune_importance="easier")

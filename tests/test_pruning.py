@@ -2,6 +2,8 @@
 torch exporters) and torch.fx front ends."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -520,3 +522,18 @@ def test_ratio_prune_property_runs_and_rounds(exported, ratio, round_to, scope, 
         assert r["channels_after"] % round_to == 0 or r["channels_after"] == r["channels_before"]
     assert _run(pr, _x((1, 3, 32, 32))).shape == (1, 10)
     assert model_stats(pr).params <= model_stats(model).params
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_constant_channels_are_those_of_the_requested_semantics(planted_onnx, dynamo):
+    """Collapsing the ReLU after planted zero filters with bias < 0 passes that negative constant on:
+    the removal must fold it, not the 0 the ReLU made of it (it once folded 0 and failed verification)."""
+    m, blocks = _planted_resnet()
+    res = api.collapse(planted_onnx(dynamo), collapse=["layer1.0.relu1"])
+    assert res.report["verification"]["against_requested"]["passed"]
+    assert res.report["pruning"]["removed_channels"] == sum(b.conv1.out_channels // 2 for b in blocks)
+    x = _x((1, 3, 32, 32))
+    ref = copy.deepcopy(m)
+    ref.layer1[0].relu1 = nn.Identity()
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(res.model, x), ref(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-4)

@@ -182,6 +182,33 @@ def _cost_model(cfg: CollapseConfig):
     return CostModel(**({"per_op_overhead_macs": cfg.per_op_overhead} if cfg.per_op_overhead is not None else {}))
 
 
+def prune(gm: fx.GraphModule, example_inputs, cfg: CollapseConfig):
+    """(graph to collapse, report or None): channel pruning on the channel dependency graph
+    (pruning/fx_adapter.py) before the collapse, as on ONNX: constant channels removed exactly (on by
+    default, prune=False turns it off), and with prune_ratio an approximate prune by filter norm or
+    user per-channel scores. Module-style graphs only; an aten-level graph's ops are frozen."""
+    if not cfg.prune and cfg.prune_ratio is None:
+        return gm, None
+    from ..pruning.fx_adapter import prune_module
+
+    if cfg.prune_scope not in ("global", "layer"):
+        raise CollapseError(f"prune_scope must be global or layer, got {cfg.prune_scope!r}")
+    imp = cfg.prune_importance
+    if isinstance(imp, dict):
+        importance, channel_scores = "scores", imp
+    elif imp in ("l1", "l2"):
+        importance, channel_scores = imp, None
+    else:
+        raise CollapseError(f"prune_importance {imp!r}: torch models take l1, l2 or {{module path: [per-channel "
+                            "scores]}}; tlc/easier statistics need the ONNX model")
+    pruned, report = prune_module(gm, example_inputs, exact=cfg.prune, ratio=cfg.prune_ratio, scope=cfg.prune_scope,
+                                  round_to=cfg.round_to, importance=importance, channel_scores=channel_scores)
+    if cfg.prune_ratio is not None:
+        report["ratio"] = {**report.get("ratio", {}), "approximate": True}
+    propagate_shapes(pruned, example_inputs)
+    return pruned, report
+
+
 def requested_semantics(gm: fx.GraphModule, chosen_names) -> fx.GraphModule:
     """A copy of gm with the chosen activations linearized and nothing else (the gate's reference)."""
     ref = copy.deepcopy(gm)
@@ -208,6 +235,7 @@ def run_outputs(model, feeds) -> list[list[np.ndarray]]:
     outs = []
     with torch.no_grad():
         for f in feeds:
+            f = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in f)   # a model may write its input
             outs.append([t.detach().cpu().double().numpy() for t in tree_leaves(model(*f))
                          if isinstance(t, torch.Tensor)])
     return outs
@@ -279,11 +307,18 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     sites, chosen, scores = select(gm, cfg, notes, warnings)
     names = [s.name for s in chosen]
     original = copy.deepcopy(gm)
-    requested = requested_semantics(gm, names)
     before = graph_stats(original)
-
     record = FxRecord()
-    result = run_passes(gm, names, cfg, record)
+    requested = reference = requested_semantics(original, names)
+    # prune after linearize: the constants are those of the requested semantics (a collapsed ReLU passes
+    # a negative constant channel on). Exact removal keeps the semantics (the gate checks it against the
+    # unpruned reference); a ratio prune is an approximation: the collapse is verified against the pruned
+    # model and the prune's own error is reported
+    LinearizeActivations(names, record)(gm)
+    gm, prune_report = prune(gm, example_inputs, cfg)
+    if cfg.prune_ratio is not None:
+        requested = gm
+    result = run_passes(copy.deepcopy(gm) if cfg.prune_ratio is not None else gm, [], cfg, record)
     propagate_shapes(result, example_inputs)
     after = graph_stats(result)
 
@@ -322,8 +357,16 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         "notes": list(dict.fromkeys(notes + record.notes)),
         "warnings": warnings,
         "score_details": None,
+        "pruning": prune_report,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if prune_report is not None and cfg.prune_ratio is not None:
+        err = verify_torch(reference, reference, requested, feeds, cfg.rtol, cfg.atol, desc).against_requested
+        prune_report["ratio"]["error_vs_unpruned"] = {"max_abs": err.max_abs, "max_rel": err.max_rel}
+        if cfg.prune_max_error is not None and err.max_abs > cfg.prune_max_error:
+            passed = passed and cfg.force
+            warnings.append(f"ratio prune: max abs error {err.max_abs:.3g} against the unpruned model exceeds "
+                            f"prune_max_error {cfg.prune_max_error}")
     res = CollapseResult(out_model, report, requested, passed, original)
     if not passed and not cfg.force:
         raise VerificationError.mismatch(ver.against_requested, cfg.rtol, cfg.atol,

@@ -27,10 +27,10 @@ def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = Fal
         loop += [AbsorbResidual(), MergeLinearChains(), PropagateBiasMaps()]
     loop.append(Cleanup())
     pre = list(_pre_passes(remove_blocks))
-    if prune:
+    if prune:   # after linearize: a collapsed ReLU no longer turns a negative constant channel into 0
         from .passes.remove_constant_channels import RemoveConstantChannels
 
-        pre.insert(0, RemoveConstantChannels())
+        pre.append(RemoveConstantChannels())
     return PassManager([Cleanup(), *pre, ("fixed_point", loop)])
 
 

@@ -3,7 +3,8 @@
 All-zero filter with bias <= 0 before a ReLU, zero-gamma BatchNorm, and -- with calibration data --
 ReLU channels that are off on every sample (data-dependent: the verified reference then has those
 channels forced to 0). Their constant contribution goes into the readers' biases (a per-position bias
-map where a conv reads them through zero padding). Runs once, before linearization and folding.
+map where a conv reads them through zero padding). Runs once, after linearization (the constants are
+those of the requested semantics: a collapsed ReLU passes a negative constant on) and before folding.
 """
 from __future__ import annotations
 
