@@ -15,7 +15,7 @@ from .config import CollapseConfig
 from .errors import CollapseError, VerificationError
 from .onnx.analysis import model_stats
 from .onnx.graph import as_model, node_key_names, save_model_atomic, to_graph
-from .core.selection import assign_scores, choose, display_key, read_scores
+from .core.selection import assign_scores, check_selection, choose, display_key, read_scores
 from .onnx.keys import resolve_keys
 from .onnx.patterns import find_activations, unknown_nonlinear_nodes
 
@@ -27,11 +27,19 @@ class CollapseResult:
     requested: onnx.ModelProto | None = None
     passed: bool = True
     original: onnx.ModelProto | None = None   # the input as loaded (external data resolved)
+    source: Path | None = None                # the input model's file, when it was given as a path
 
     def save(self, path) -> Path:
         if not isinstance(self.model, onnx.ModelProto):   # a torch result (GraphModule / ExportedProgram)
             raise CollapseError("save() writes ONNX results; for a torch result use torch.export.save(ep, path) or "
                                 "models.export.export_onnx(result.model, path, input_shape)")
+        if self.source is not None:   # never over the input model or its external data (as the CLI's -o)
+            from .outputs import OutputPlan
+
+            plan = OutputPlan()
+            plan.add_model_input(self.source)
+            plan.add_output("model", "save()", path)
+            plan.check()
         return save_model_atomic(self.model, path)
 
 
@@ -51,6 +59,7 @@ def make_config(config: CollapseConfig | None, scores=None, threshold=None, remo
         if not hasattr(cfg, k):
             raise TypeError(f"{caller}() got an unexpected keyword argument {k!r}")
         setattr(cfg, k, v)
+    check_selection(cfg)
     return cfg
 
 
@@ -196,7 +205,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         from .evaluation import eval_report
 
         report.update(eval_report(original, result_model, eval_set))
-    res = CollapseResult(result_model, report, requested, passed, original)
+    res = CollapseResult(result_model, report, requested, passed, original, source=path)
     if prune_report.get("refused") and not cfg.force:
         raise VerificationError(f"{prune_report['refused']}; nothing written (use --force to write anyway)", report=res)
     if not passed and not cfg.force:

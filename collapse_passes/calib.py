@@ -5,6 +5,7 @@ Every check fails with one line naming the file, the array and what was expected
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -43,7 +44,7 @@ def _check_array(src: str, name: str, arr: np.ndarray, dims: list, dt) -> np.nda
             raise CollapseError(f"{src}: array {name!r} has shape {arr.shape}, model input expects {_fmt(dims)} "
                                 f"(axis {i} is {a}, expected {d})")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise CollapseError(f"{src}: array {name!r} contains NaN or Inf values; clean the calibration data")
+        raise CollapseError(f"{src}: array {name!r} contains NaN or Inf values; clean the data")
     return arr.astype(dt, copy=False)
 
 
@@ -54,9 +55,18 @@ def _fmt(dims) -> str:
 def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None,
                      max_batches: int | None = None, min_samples: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Yield feeds (input name -> batch). The batch is the model's static batch size when it has one."""
+    if isinstance(path, np.ndarray):   # one array: the samples of a single-input model
+        names = [n for n, _, _ in model_inputs(model)]
+        if len(names) != 1:
+            raise CollapseError(f"calibration: one array given, but the model has inputs {names}; "
+                                "pass a dict {input name: array}")
+        path = {names[0]: path}
     if isinstance(path, dict):
         yield from _iter_arrays("calibration arrays", dict(path), model, batch_size, max_batches, min_samples)
         return
+    if not isinstance(path, (str, os.PathLike)):
+        raise CollapseError(f"calibration data must be a path (.npz or folder of .npy), a dict of arrays or an "
+                            f"array, got {type(path).__name__}")
     p = Path(path)
     if not p.exists():
         raise CollapseError(f"{p}: calibration data not found; pass an .npz file or a folder of .npy files")
@@ -134,7 +144,7 @@ def _iter_arrays(src: str, arrays: dict, model, batch_size, max_batches, min_sam
         raise CollapseError(f"{src}: arrays have different sample counts {counts}")
     total = next(iter(counts.values()))
     if total < min_samples:
-        raise CollapseError(f"{src}: {total} calibration sample(s), at least {min_samples} needed")
+        raise CollapseError(f"{src}: {total} sample(s), at least {min_samples} needed")
     static_b = {dims[0] for _, dims, _ in inputs}
     b = next(iter(static_b)) if len(static_b) == 1 and None not in static_b else (batch_size or 16)
     if total % b and None not in static_b:

@@ -17,12 +17,15 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from .config import CollapseConfig
 from .errors import BUG_REPORT, EXIT_BAD_INPUT, EXIT_BUG, CollapseError, VerificationError
-from .outputs import Interrupted, OutputPlan, interrupt_guard
+from .outputs import (Interrupted, OutputPlan, finish_run, interrupt_guard, rearm_signal_handlers,
+                      received_signal)
 
 METHODS = ("tlc", "easier", "prelu", "lacoot")
+MAX_CHECK = 10_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +149,8 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
         raise CollapseError(f"--seed must be >= 0, got {args.seed}")
     if args.check < 1:
         raise CollapseError(f"--check must be at least 1 (every result is verified), got {args.check}")
+    if args.check > MAX_CHECK:   # each input is held in memory and run through both models
+        raise CollapseError(f"--check must be at most {MAX_CHECK}, got {args.check}; verify on more data with --calib")
     if args.calib_batches is not None:
         if args.calib_batches < 1:
             raise CollapseError(f"--calib-batches must be at least 1 (omit it for the default), got {args.calib_batches}")
@@ -170,8 +175,18 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
                     ("--save-scores", args.save_scores)):
         if v is not None and not has_scores:
             raise CollapseError(f"{flag} needs scores: add --scores FILE.json or --method")
+    if args.target_speedup is not None:
+        if not (math.isfinite(args.target_speedup) and args.target_speedup > 0):
+            raise CollapseError(f"--target-speedup must be a finite number > 0, got {args.target_speedup} "
+                                "(1.5 = 1.5x faster predicted)")
+        if not has_scores:
+            raise CollapseError("--target-speedup needs scores: add --scores FILE.json or --method")
     if args.remove_blocks is not None and args.method != "lacoot":
         raise CollapseError("--remove-blocks needs --method lacoot")
+    if args.remove_blocks is not None and not math.isfinite(args.remove_blocks):
+        raise CollapseError(f"--remove-blocks must be a finite number, got {args.remove_blocks}")
+    if args.collapse is not None and not [k for k in args.collapse.split(",") if k.strip()]:
+        raise CollapseError(f"--collapse {args.collapse!r} names no key; give KEY[,KEY...] (see --list-keys)")
     _validate_prune_args(args)
     if args.dry_run:
         if args.output is not None:
@@ -184,10 +199,10 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
                 raise CollapseError(f"{flag} has an effect only with --target; add --target cpu (or another) "
                                     f"or drop {flag}")
     else:
-        if (getattr(args, "tune_trials", 0) or 0) < 0:
-            raise CollapseError(f"--tune-trials must be >= 0, got {args.tune_trials}")
-        if getattr(args, "tvm_repeat", 1) is not None and getattr(args, "tvm_repeat", 1) < 1:
-            raise CollapseError(f"--tvm-repeat must be at least 1, got {args.tvm_repeat}")
+        if not 0 <= (getattr(args, "tune_trials", 0) or 0) <= 2**31 - 1:   # MetaSchedule takes a C int
+            raise CollapseError(f"--tune-trials must be in [0, {2**31 - 1}], got {args.tune_trials}")
+        if getattr(args, "tvm_repeat", 1) is not None and not 1 <= getattr(args, "tvm_repeat", 1) <= MAX_CHECK:
+            raise CollapseError(f"--tvm-repeat must be in [1, {MAX_CHECK}], got {args.tvm_repeat}")
 
 
 def default_output(model: str) -> Path:
@@ -229,42 +244,50 @@ class _Run:
 def main(argv: list[str] | None = None) -> int:
     run = _Run()
     with interrupt_guard():
-        err = Console(stderr=True)
+        rc = _guarded_main(argv, run)
+        finish_run(rc)   # from here a signal ends the process with rc (see __main__), not a traceback
+    return rc
+
+
+def _guarded_main(argv, run: _Run) -> int:
+    err = Console(stderr=True)
+    try:
         try:
-            try:
-                parser = build_parser()
-                args = parser.parse_args(argv)   # a usage error exits 2 here (SystemExit), one line
-                console = Console(stderr=False, quiet=args.quiet)
-                return _main(args, parser, console, err, run)
-            except Exception as exc:
-                cause = _interruption(exc)
-                if cause is not None:   # e.g. a C extension's import wraps the signal in ImportError
-                    raise cause from None
-                raise
-        except (KeyboardInterrupt, Interrupted) as exc:
-            if run.plan is not None:
-                run.plan.discard()
-            signum = getattr(exc, "signum", signal.SIGINT)
-            name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
-            err.print(f"interrupted ({name}); {run.plan.summary() if run.plan else 'nothing written'}",
-                      highlight=False, markup=False, soft_wrap=True)
-            return 128 + int(signum)
-        except CollapseError as exc:
-            err.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
-            return exc.exit_code
-        except OSError as exc:  # a file the user named cannot be read or written: theirs to fix
-            where = f"{exc.filename}: " if exc.filename else ""
-            done = f"; {run.plan.summary()}" if run.plan else ""
-            err.print(f"[bold red]error:[/] {where}{exc.strerror or exc}{done}", highlight=False, soft_wrap=True)
-            return EXIT_BAD_INPUT
-        except Exception:
-            traceback.print_exc()
-            done = f" ({run.plan.summary()})" if run.plan else ""
-            err.print(f"[bold red]internal error:[/] {BUG_REPORT}{done}", highlight=False, soft_wrap=True)
-            return EXIT_BUG
-        finally:
-            if run.plan is not None:
-                run.plan.discard()
+            parser = build_parser()
+            args = parser.parse_args(argv)   # a usage error exits 2 here (SystemExit), one line
+            console = Console(stderr=False, quiet=args.quiet)
+            return _main(args, parser, console, err, run)
+        except Exception as exc:
+            cause = _interruption(exc)
+            if cause is not None:   # e.g. a C extension's import wraps the signal in ImportError
+                raise cause from None
+            if received_signal() is not None:   # ... or TVM's FFI turned it into "TVM build failed: 15"
+                raise Interrupted(received_signal()) from None
+            raise
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if run.plan is not None:
+            run.plan.discard()
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        err.print(f"interrupted ({name}); {run.plan.summary() if run.plan else 'nothing written'}",
+                  highlight=False, markup=False, soft_wrap=True)
+        return 128 + int(signum)
+    except CollapseError as exc:
+        err.print(f"[bold red]error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except OSError as exc:  # a file the user named cannot be read or written: theirs to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        done = f"; {run.plan.summary()}" if run.plan else ""
+        err.print(f"[bold red]error:[/] {escape(f'{where}{exc.strerror or exc}{done}')}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except Exception:
+        traceback.print_exc()
+        done = f" ({run.plan.summary()})" if run.plan else ""
+        err.print(f"[bold red]internal error:[/] {escape(BUG_REPORT + done)}", highlight=False, soft_wrap=True)
+        return EXIT_BUG
+    finally:
+        if run.plan is not None:
+            run.plan.discard()
 
 
 def _interruption(exc: BaseException):
@@ -350,8 +373,13 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
         # the collapsed model is verified and written first: a TVM failure leaves it in place
         plan.tvm_started = True
         try:
-            report["tvm"] = _run_tvm(args, result, console)
+            try:
+                report["tvm"] = _run_tvm(args, result, console)
+            finally:
+                rearm_signal_handlers()   # LLVM took SIGINT/SIGTERM over during the build
         except CollapseError as exc:
+            if received_signal() is not None:   # the TVM error is the interruption: no report about it
+                raise Interrupted(received_signal()) from None
             report["tvm"] = {"error": _one_line(exc)}
             if args.report:
                 plan.stage("report", report_json(report).encode())
@@ -372,7 +400,9 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
 def _say_if_nothing_changed(report: dict, args, err: Console) -> None:
     """A selection that selects nothing is not silent: exit 0, but say it on stderr."""
     removed = sum(1 for b in report.get("blocks", []) if b.get("removed"))
-    if report.get("collapsed") or report.get("folds") or report.get("merges") or removed:
+    pruning = report.get("pruning") or {}
+    pruned = pruning.get("removed_channels") or (pruning.get("ratio") or {}).get("removed_channels")
+    if report.get("collapsed") or report.get("folds") or report.get("merges") or removed or pruned:
         return
     if args.scores is None and args.method is None and not args.collapse:
         why = "no selection given (use --scores with --threshold/--remove, --collapse KEYS or --method)"

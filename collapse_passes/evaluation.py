@@ -19,7 +19,7 @@ LABELS = "labels"
 
 def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray, str]:
     """(feeds in order, labels, source name); one CollapseError line for any problem."""
-    from .calib import iter_calibration, model_inputs
+    from .calib import model_inputs
 
     if isinstance(data, dict):
         src, arrays = "eval_data", dict(data)
@@ -48,12 +48,14 @@ def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray
     if counts and any(c != len(labels) for c in counts.values()):
         raise CollapseError(f"{src}: {len(labels)} labels but {next(iter(counts.values()))} samples in "
                             f"{next(iter(counts))!r}; give one label per sample")
-    feeds = list(iter_calibration(arrays, model, batch_size=64))
+    from .calib import _iter_arrays
+
+    feeds = list(_iter_arrays(src, arrays, model, 64, None, 1))   # errors name the --eval file, not "calibration"
     got = sum(len(next(iter(f.values()))) for f in feeds)
     return feeds, labels[:got].astype(np.int64), src
 
 
-def top1(model: onnx.ModelProto, feeds: list[dict], labels: np.ndarray) -> float:
+def top1(model: onnx.ModelProto, feeds: list[dict], labels: np.ndarray, src: str = "--eval") -> float:
     from .core.runtime import outputs, session
 
     sess = session(model, optimize=True)
@@ -64,6 +66,10 @@ def top1(model: onnx.ModelProto, feeds: list[dict], labels: np.ndarray) -> float
             raise CollapseError(f"--eval: the first output has shape {out.shape}; top-1 accuracy needs "
                                 "(samples, classes) logits")
         n = out.shape[0]
+        lab = labels[i:i + n]
+        if lab.size and (lab.min() < 0 or lab.max() >= out.shape[1]):
+            raise CollapseError(f"{src}: labels must be class indices in [0, {out.shape[1]}) (the model has "
+                                f"{out.shape[1]} outputs per sample), got {int(lab.min())}..{int(lab.max())}")
         correct += int((out.argmax(1) == labels[i:i + n]).sum())
         i += n
     return correct / max(i, 1)
@@ -80,7 +86,7 @@ def latency_ms(models: dict, feed: dict, rounds: int = 50) -> dict:
 
 def eval_report(original: onnx.ModelProto, result: onnx.ModelProto, data) -> dict:
     feeds, labels, src = data if isinstance(data, tuple) else load_eval_data(data, original)
-    acc_o, acc_r = top1(original, feeds, labels), top1(result, feeds, labels)
+    acc_o, acc_r = top1(original, feeds, labels, src), top1(result, feeds, labels, src)
     first = {k: v[:1] for k, v in feeds[0].items()}
     lat = latency_ms({"original": original, "result": result}, first)
     return {"accuracy": {"original": acc_o, "result": acc_r, "samples": int(len(labels)), "data": src},

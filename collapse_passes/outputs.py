@@ -124,11 +124,38 @@ def write_temp(dest: str | os.PathLike, data: bytes) -> Path:
 
 # ------------------------------------------------------------------------------- signals
 
+_RECEIVED: list = []   # signals that arrived while interrupt_guard was active (see received_signal)
+
+
+_FINISHED: list = []   # the exit code, once the run is over
+
+
+def finish_run(code: int) -> None:
+    _FINISHED[:] = [code]
+
+
+def finished_exit_code() -> int | None:
+    """The exit code of a run that has ended (all written, message printed), else None."""
+    return _FINISHED[0] if _FINISHED else None
+
+
+def received_signal() -> int | None:
+    """The first SIGINT/SIGTERM of this run, even if a C extension (TVM's FFI) turned the Interrupted
+    raised in its callback into an error of its own with the signal number as the message."""
+    return _RECEIVED[0] if _RECEIVED else None
+
+
 @contextlib.contextmanager
 def interrupt_guard():
     """Turn SIGTERM (and SIGINT) into Interrupted in the main thread; a no-op elsewhere."""
     def handler(signum, _frame):
+        if _FINISHED:   # main() is returning its exit code: nothing left to interrupt
+            return
+        _RECEIVED.append(signum)
         raise Interrupted(signum)
+
+    _RECEIVED.clear()
+    _FINISHED.clear()
 
     old = {}
     try:
@@ -139,8 +166,20 @@ def interrupt_guard():
     try:
         yield
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        with signals_blocked():   # a signal now is delivered after both handlers are restored
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def rearm_signal_handlers() -> None:
+    """Install Python's SIGINT/SIGTERM handlers again at the C level. LLVM (inside a TVM build)
+    registers its own handlers, which remove LLVM's temp files and then kill the process by the
+    signal: no cleanup of ours, no message, exit -2/-15. Python still reports its own handler."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        h = signal.getsignal(s)
+        if h is not None:
+            with contextlib.suppress(ValueError, OSError):   # not the main thread
+                signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -233,6 +272,12 @@ class OutputPlan:
         self.inputs.append((label, _show(path), Path(os.path.realpath(p)), _identity(p)))
         if p.is_dir():
             for f in sorted(p.glob("*.npy")):
+                try:
+                    fmode = os.stat(f).st_mode
+                except OSError:
+                    continue   # a dangling link: the loader names it
+                if not (stat.S_ISREG(fmode) or stat.S_ISDIR(fmode)):   # np.load would block on a FIFO
+                    raise CollapseError(f"{label} {_show(f)} is {_kind_of(fmode)}; give regular .npy files")
                 self.inputs.append((label, _show(f), Path(os.path.realpath(f)), _identity(f)))
 
     def add_model_input(self, path) -> None:

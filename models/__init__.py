@@ -10,13 +10,16 @@ from __future__ import annotations
 from torch import nn
 
 from .mobilenet import mobilenet_v2
+from .efficientnet import efficientnet_b0
 from .mobilenet_tv import mobilenet_v2_tv
+from .mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small
 from .resnet import resnet18
 from .resnet_tv import resnet18_tv
 from .swin import swin_t
 from .vgg import vgg16_bn
 
-__all__ = ["MODELS", "build", "resnet18", "resnet18_tv", "mobilenet_v2", "mobilenet_v2_tv", "vgg16_bn", "swin_t"]
+__all__ = ["MODELS", "build", "resnet18", "resnet18_tv", "mobilenet_v2", "mobilenet_v2_tv", "vgg16_bn", "swin_t",
+           "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"]
 
 MODELS = {
     "resnet18": resnet18,
@@ -25,6 +28,9 @@ MODELS = {
     "mobilenet_v2_tv": mobilenet_v2_tv,
     "vgg16_bn": vgg16_bn,
     "swin_t": swin_t,
+    "mobilenet_v3_small": mobilenet_v3_small,
+    "mobilenet_v3_large": mobilenet_v3_large,
+    "efficientnet_b0": efficientnet_b0,
 }
 
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
@@ -479,8 +479,9 @@ def test_interruption_says_exactly_what_was_written(work, monkeypatch):
     assert not (work / "o2.onnx").exists() and not temps_in(work)
 
 
-_READY = ("import sys, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-          "import collapse_passes.cli as c; print('ready', flush=True); sys.exit(c.main(sys.argv[1:]))")
+_READY = ("import sys, signal, runpy; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "import collapse_passes.cli; print('ready', flush=True); sys.argv[0] = 'collapse_passes'; "
+          "runpy.run_module('collapse_passes', run_name='__main__')")   # python -m collapse_passes, timed
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -501,7 +502,9 @@ def test_real_signals_leave_no_temp_and_an_exact_message(work, sig):
         p.send_signal(sig)
         _, err = p.communicate(timeout=60)
         codes.add(p.returncode)
-        assert p.returncode in (0, 128 + sig, -sig), err   # -sig: before main() took the signals over
+        # -sig: before main() took the signals over; a signal after main() returned (everything written,
+        # interpreter shutting down) ends the process with the run's own code 0, not -sig (__main__.py)
+        assert p.returncode in (0, 128 + sig, -sig), err
         assert "Traceback" not in err, err
         assert not temps_in(work)
         present = {f for f in names if (work / f).exists()}
@@ -633,3 +636,219 @@ def test_calibration_batches_that_do_not_fit_the_model(tmp_path):
     rc, _, err = cli("d.onnx", "--collapse", "act", "--calib", "c.npz", "-o", "o.onnx", cwd=tmp_path)
     one_line_error(rc, err, "onnxruntime")
     assert not (tmp_path / "o.onnx").exists()
+
+
+# ------------------------------------------------------------------------ later flags (--eval, pruning, TVM)
+
+def classifier_model():
+    """small_model with a (N, 3) logits head, so --eval and --prune-ratio have something to measure."""
+    inits = {"w1": rnd(C, C, 1, 1, seed=1), "b1": rnd(C, seed=2), "w2": rnd(C, C, 3, 3, seed=3),
+             "wf": rnd(C, 3, seed=4), "bf": rnd(3, seed=5)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="/block/conv1/Conv", kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["h"], ["r"], name="/block/relu/Relu"),
+             helper.make_node("Conv", ["r", "w2"], ["z"], name="/block/conv2/Conv", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["z"], ["a"], name="/out_act/Relu"),
+             helper.make_node("GlobalAveragePool", ["a"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="/fc/Gemm")]
+    return make_model(nodes, [vinfo("x", ["N", C, 6, 6])], [vinfo("y", ["N", 3])], inits)
+
+
+EVAL_X = np.random.default_rng(3).standard_normal((5, C, 6, 6)).astype(np.float32)
+
+
+@pytest.fixture
+def clf(tmp_path):
+    onnx.save(classifier_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "e.npz", x=EVAL_X, labels=np.array([0, 1, 2, 0, 1]))
+    (tmp_path / "imp.json").write_text(json.dumps({"/block/conv1/Conv": [1, 2, 3, 4]}))
+    (tmp_path / "cd").mkdir()
+    np.save(tmp_path / "cd" / "x.npy", EVAL_X)
+    os.symlink("e.npz", tmp_path / "elink")
+    os.link(tmp_path / "e.npz", tmp_path / "ehard.npz")
+    os.symlink("imp.json", tmp_path / "implink.json")
+    os.link(tmp_path / "cd" / "x.npy", tmp_path / "xhard.npy")
+    (tmp_path / "sub").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("flag", ["-o", "--report", "--save-scores", "--plot"])
+@pytest.mark.parametrize("alias", ["e.npz", "./e.npz", "elink", "ehard.npz", "sub/../e.npz", "imp.json",
+                                   "implink.json", "cd/x.npy", "xhard.npy"])
+def test_eval_importance_and_calib_files_are_inputs(clf, flag, alias):
+    """--eval data was missing from the output plan: `-o e.npz --eval e.npz` replaced the data."""
+    (clf / "s.json").write_text(json.dumps({"scores": {"block.relu": 0.0}}))
+    before = snapshot(clf)
+    rc, _, err = cli("m.onnx", "--scores", "s.json", "--threshold", "0", "--eval", "e.npz", "--calib", "cd",
+                     "--prune-ratio", "0.25", "--prune-importance", "imp.json", flag, alias, cwd=clf)
+    one_line_error(rc, err, "inputs are never overwritten")
+    assert snapshot(clf) == before
+
+
+def _no_hang(seconds=60):
+    """Fail (instead of blocking the suite) if the code under test opens a FIFO for reading."""
+    class Hung(Exception):
+        pass
+
+    def handler(*_):
+        raise Hung("blocked: a FIFO was opened")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.alarm(seconds)
+    return old
+
+
+def test_fifo_or_device_among_calibration_npy_files_refused(clf):
+    (clf / "cf").mkdir()
+    np.save(clf / "cf" / "a.npy", EVAL_X)
+    os.mkfifo(clf / "cf" / "b.npy")
+    (clf / "cz").mkdir()
+    os.symlink("/dev/zero", clf / "cz" / "x.npy")
+    for folder, needle in (("cf", "FIFO"), ("cz", "device")):
+        old = _no_hang()
+        try:
+            rc, _, err = cli("m.onnx", "--collapse", "block.relu", "--calib", folder, "-o", "o.onnx", cwd=clf)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+        one_line_error(rc, err, needle)
+        assert not (clf / "o.onnx").exists() and not temps_in(clf)
+
+
+_LABELS = {"ok": np.array([0, 1, 2, 0, 1]), "short": np.array([0, 1]), "float": np.zeros(5, np.float32),
+           "nan": np.full(5, np.nan), "2d": np.zeros((5, 1), np.int64), "negative": np.array([0, -1, 2, 0, 1]),
+           "too big": np.array([0, 1, 3, 0, 1]), "uint64 max": np.full(5, 2**64 - 1, np.uint64),
+           "bool": np.ones(5, bool), "strings": np.array(["a"] * 5), "empty": np.zeros(0, np.int64), "missing": None}
+_EVAL_X = {"ok": EVAL_X, "nan": np.full_like(EVAL_X, np.nan), "float64": EVAL_X.astype(np.float64),
+           "int": EVAL_X.astype(np.int32), "wrong shape": EVAL_X[:, :2], "scalar": np.float32(1), "missing": None,
+           "empty": EVAL_X[:0]}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(labels=st.sampled_from(sorted(_LABELS)), x=st.sampled_from(sorted(_EVAL_X)),
+       prune=st.booleans(), raw=st.sampled_from([None, None, None, b"", b"PK\x03\x04junk", b"\x93NUMPY garbage"]))
+@example(labels="ok", x="ok", prune=True, raw=None)
+@example(labels="ok", x="float64", prune=False, raw=None)
+@example(labels="too big", x="ok", prune=False, raw=None)
+def test_generated_eval_archives(tmp_path_factory, labels, x, prune, raw):
+    d = tmp_path_factory.mktemp("ev")
+    onnx.save(classifier_model(), d / "m.onnx")
+    if raw is not None:
+        (d / "e.npz").write_bytes(raw)
+    else:
+        arrays = {k: v for k, v in (("x", _EVAL_X[x]), ("labels", _LABELS[labels])) if v is not None}
+        np.savez(d / "e.npz", **arrays)
+    before = snapshot(d)
+    argv = ["m.onnx", "--eval", "e.npz", "-o", "o.onnx"] + (["--prune-ratio", "0.25"] if prune else
+                                                              ["--collapse", "block.relu"])
+    rc, _, err = cli(*argv, cwd=d)
+    assert_promise(rc, err, before, snapshot(d), {str(d / "o.onnx")})
+    assert before[str(d / "e.npz")] == snapshot(d)[str(d / "e.npz")]
+    good = raw is None and labels == "ok" and x in ("ok", "float64")
+    assert (rc == 0) == good, err
+    if rc == 2:
+        assert "e.npz" in err and "calibration" not in err, err   # names the --eval file, not calibration data
+    assert not temps_in(d)
+
+
+_IMPORTANCE_DOCS = {
+    "deep list": "[" * 100000 + "]" * 100000, "deep dict": '{"a":' * 100000 + "1" + "}" * 100000,
+    "string": '{"/block/conv1/Conv": ["a", 1, 1, 1]}', "NaN": '{"/block/conv1/Conv": [NaN, 1, 1, 1]}',
+    "inf": '{"/block/conv1/Conv": [1e999, 1, 1, 1]}', "null": '{"/block/conv1/Conv": [null, 1, 1, 1]}',
+    "bool": '{"/block/conv1/Conv": [true, false, true, true]}', "nested": '{"/block/conv1/Conv": [[1], [2], [3], [4]]}',
+    "unknown name": '{"/no/such/Conv": [1, 2, 3, 4]}', "empty list": '{"/block/conv1/Conv": []}',
+    "int over float range": '{"/block/conv1/Conv": [%s, 1, 1, 1]}' % ("9" * 400), "not a dict": "[1, 2]",
+    "broken": "{", "list value missing": '{"/block/conv1/Conv": 5}',
+}
+
+
+@pytest.mark.parametrize("doc", sorted(_IMPORTANCE_DOCS))
+def test_bad_prune_importance_files_are_one_line(clf, doc):
+    """Deep nesting was a RecursionError traceback, strings a ValueError; NaN, unknown names and the rest
+    were silently ignored (those channels kept, no word)."""
+    (clf / "bad.json").write_text(_IMPORTANCE_DOCS[doc])
+    before = snapshot(clf)
+    rc, _, err = cli("m.onnx", "--prune-ratio", "0.25", "--prune-importance", "bad.json", "-o", "o.onnx", cwd=clf)
+    one_line_error(rc, err, "bad.json")
+    assert snapshot(clf) == before
+
+
+def test_good_prune_importance_file_by_node_or_tensor_name(clf):
+    for name in ("/block/conv1/Conv", "h"):
+        (clf / "imp.json").write_text(json.dumps({name: [4, 3, 2, 1]}))
+        rc, _, err = cli("m.onnx", "--prune-ratio", "0.25", "--prune-importance", "imp.json", "-o", "o.onnx", cwd=clf)
+        assert rc == 0, err
+
+
+def test_error_messages_with_brackets_are_printed_verbatim(clf):
+    """rich markup used to swallow '[scores...]' and '[one score per channel, ...]' from error lines."""
+    (clf / "bad.json").write_text("[1, 2]")
+    rc, _, err = cli("m.onnx", "--prune-ratio", "0.25", "--prune-importance", "bad.json", cwd=clf)
+    one_line_error(rc, err, "[one score per channel, ...]")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--scores", "s.json", "--target-speedup", "inf"], "--target-speedup"),
+    (["--scores", "s.json", "--target-speedup", "1e309"], "--target-speedup"),
+    (["--scores", "s.json", "--target-speedup", "nan"], "--target-speedup"),
+    (["--scores", "s.json", "--target-speedup", "0"], "--target-speedup"),
+    (["--scores", "s.json", "--target-speedup", "-2"], "--target-speedup"),
+    (["--target-speedup", "1.5"], "--scores"),
+    (["--check", str(10**26)], "--check"),                    # was: a list of 1e26 inputs, memory exhausted
+    (["--target", "cpu", "--tune-trials", str(2**31)], "--tune-trials"),   # was: TVM BigInt traceback
+    (["--target", "cpu", "--tvm-repeat", str(10**20)], "--tvm-repeat"),    # was: a run that never ends
+])
+def test_new_flags_at_extremes_refused(work, argv, needle):
+    before = snapshot(work)
+    one_line_error(*cli("m.onnx", "--dry-run", *argv, cwd=work)[::2], needle)
+    assert snapshot(work) == before
+
+
+def test_a_ratio_prune_is_not_called_nothing(work):
+    """`--prune-ratio` alone removed channels but stderr said the run changed nothing."""
+    rc, _, err = cli("m.onnx", "--prune-ratio", "0.3", "-o", "o.onnx", cwd=work)
+    assert rc == 0 and "collapsed, folded and merged nothing" not in err, err
+
+
+def _main_thread_only():
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach Python handlers only in the main thread")
+
+
+def test_signal_that_tvm_turns_into_an_error_is_reported_as_the_interruption(work, monkeypatch):
+    """TVM's FFI turns the Interrupted raised in its callback into "TVM build for llvm failed: 15":
+    that was exit 2 blaming TVM, with a report about a failure that was the user's SIGTERM."""
+    hook = pytest.importorskip("tvm_integration.cli_hook")
+    _main_thread_only()
+
+    def interrupted_inside_tvm(args, original, collapsed, feeds, console=None):
+        with pytest.raises(outputs.Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)   # delivered to the guard's handler here
+            time.sleep(5)
+        raise hook.TVMError("TVM build for llvm failed: 15")   # what the FFI hands back
+
+    monkeypatch.setattr(hook, "run_from_args", interrupted_inside_tvm)
+    rc, _, err = cli("m.onnx", "--collapse", "block.relu", "--target", "cpu", "-o", "o.onnx", "--report", "r.json",
+                     cwd=work)
+    assert rc == 143 and err.strip().splitlines()[-1] == "interrupted (SIGTERM); wrote o.onnx (model)", err
+    assert not (work / "r.json").exists() and not temps_in(work)
+
+
+def test_handlers_taken_over_at_the_c_level_are_rearmed():
+    """LLVM (inside a TVM build) installs its own SIGINT/SIGTERM handlers with sigaction; they kill the
+    process by the signal (exit -15, no cleanup, no message). The CLI re-installs its own after TVM."""
+    import ctypes
+
+    _main_thread_only()
+    libc = ctypes.CDLL(None)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    with outputs.interrupt_guard():
+        ignore = ctypes.c_void_p(1)            # SIG_IGN: a stand-in for a foreign C handler
+        libc.signal(signal.SIGTERM, ignore)
+        outputs.rearm_signal_handlers()
+        with pytest.raises(outputs.Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)

@@ -62,7 +62,8 @@ def _randomize_norm_stats(model: nn.Module) -> None:
 
 
 def test_registry_names():
-    assert set(MODELS) == {"resnet18", "resnet18_tv", "mobilenet_v2", "mobilenet_v2_tv", "vgg16_bn", "swin_t"}
+    assert set(MODELS) == {"resnet18", "resnet18_tv", "mobilenet_v2", "mobilenet_v2_tv", "mobilenet_v3_small",
+                           "mobilenet_v3_large", "efficientnet_b0", "vgg16_bn", "swin_t"}
     with pytest.raises(KeyError):
         build("nope")
 

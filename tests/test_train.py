@@ -417,3 +417,16 @@ def test_residual_blocks_of_the_reference_resnet():
 
     # identity-skip BasicBlocks (shortcut = nn.Identity); a Sequential of blocks is not a block itself
     assert residual_blocks(build("resnet18", width=4)) == ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+
+
+def test_loop_speaks_in_the_original_models_keys():
+    """After one call of a shared module is collapsed, the model's own keys renumber (relu:1 -> relu);
+    the loop's result and history keep the original keys, so replaying them selects the same sites."""
+    x, y = _blobs()
+    net = Shared().eval()
+    net.fc3 = nn.Linear(4, 3)
+    res = iterative_collapse(net, "easier", (x[:, :4], y), (x[:, :4], y), max_accuracy_drop=1.0,
+                             steps_per_round=1, predict=False)
+    assert sorted(res.collapsed) == ["relu:0", "relu:1"]
+    assert all(r["key"] in ("relu:0", "relu:1") for r in res.history)
+    assert len(set(res.collapsed)) == 2

@@ -219,7 +219,7 @@ def compare(ref_outs, outs, names, rtol: float, atol: float) -> Comparison:
             a = float(np.nanmax(err)) if np.all(np.isfinite(err)) else float("inf")
             scale = np.maximum(np.abs(r), float(np.sqrt(np.mean(r * r))))
             rel = float(np.max(err / (scale + 1e-12))) if np.isfinite(a) else float("inf")
-            ok = bool(np.all(err <= atol + rtol * scale)) and np.isfinite(a)
+            ok = bool(np.all(err <= atol + rtol * scale) and np.isfinite(a))   # a Python bool: the report is JSON
             if a > max_abs:
                 max_abs, worst = a, name
             max_rel = max(max_rel, rel)

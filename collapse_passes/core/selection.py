@@ -9,8 +9,11 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import numbers
 import os
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import CollapseError
 
@@ -72,7 +75,7 @@ def read_scores(scores) -> dict[str, float]:
         raise CollapseError(f'{src}: "scores" must map layer keys to numbers')
     out = {}
     for k, v in data.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):   # numpy scalars are numbers
             shown = repr(v) if isinstance(v, (str, type(None))) and len(repr(v)) < 40 else f"a {type(v).__name__}"
             raise CollapseError(f"{src}: score of {str(k)[:80]!r} is {shown}, not a number")
         try:
@@ -105,6 +108,30 @@ def assign_scores(acts, index, raw: dict[str, float], src: str, notes: list) -> 
             by_act[id(a)] = s
             origin[id(a)] = key
     return by_act
+
+
+def check_selection(cfg) -> None:
+    """Refuse selection arguments of the wrong type or value as bad input (CollapseError), before any
+    work; normalise `collapse` given as one string ("k1,k2") to its list of keys."""
+    if isinstance(cfg.collapse, str):
+        keys = [k.strip() for k in cfg.collapse.split(",") if k.strip()]
+        if not keys:
+            raise CollapseError(f"collapse {cfg.collapse!r} names no key; give keys (run --list-keys to see them)")
+        cfg.collapse = keys
+    elif cfg.collapse is not None:
+        if not isinstance(cfg.collapse, (list, tuple, set, frozenset)):
+            raise CollapseError(f"collapse must be a list of keys, got {type(cfg.collapse).__name__}")
+        bad = [k for k in cfg.collapse if not isinstance(k, str) or not k]
+        if bad:
+            raise CollapseError(f"collapse keys must be non-empty strings, got {bad[0]!r}")
+    for name in ("threshold", "remove_blocks"):
+        v = getattr(cfg, name, None)
+        if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
+                              or not math.isfinite(float(v))):
+            raise CollapseError(f"{name} must be a finite number, got {v!r}")
+    if cfg.remove is not None and (isinstance(cfg.remove, (bool, np.bool_)) or not isinstance(cfg.remove, numbers.Integral)
+                                   or cfg.remove < 0):
+        raise CollapseError(f"remove must be an integer >= 0, got {cfg.remove!r}")
 
 
 def choose(acts, index, act_scores: dict, cfg, warnings: list) -> list:

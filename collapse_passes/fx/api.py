@@ -297,6 +297,8 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     t0 = time.perf_counter()
     gm, kind = to_graph_module(model, example_inputs)
     example_inputs = _example_inputs(model, example_inputs, gm)
+    # our own copies: shape propagation and pruning run the model, which may write into its input
+    example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
     if cfg.calib is not None:
         raise CollapseError("calib= is for ONNX models; torch models are verified on example_inputs "
                             "(check=N adds random inputs of the same shapes)")
@@ -305,7 +307,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     propagate_shapes(gm, example_inputs)
     notes, warnings = [], []
     sites, chosen, scores = select(gm, cfg, notes, warnings)
-    names = [s.name for s in chosen]
+    names = [s.keys[0] for s in chosen]   # the site's own key: an fx node name can equal a shared root module's path
     original = copy.deepcopy(gm)
     before = graph_stats(original)
     record = FxRecord()
@@ -422,7 +424,7 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
 
     def backend(gm: fx.GraphModule, example_inputs):
         freeze_parameters(gm, example_inputs)
-        propagate_shapes(gm, example_inputs)
+        propagate_shapes(gm, example_inputs, clone=False)
         notes, warnings = [], []
         # a key that names no activation of *this* graph may live in another graph dynamo split off
         sites = find_activations(gm)
@@ -434,7 +436,7 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
 
             sub.scores = {k: v for k, v in read_scores(cfg.scores).items() if k in index}
         _, chosen, _ = select(gm, sub, notes, warnings)
-        names = [s.name for s in chosen]
+        names = [s.keys[0] for s in chosen]   # each site's own key (see collapse_torch)
         from torch._subclasses.fake_tensor import FakeTensor
 
         real = not any(isinstance(t, FakeTensor) for t in example_inputs)

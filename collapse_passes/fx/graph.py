@@ -12,6 +12,7 @@ called at several places gets one key per call site, `path:i` (i = call index in
 """
 from __future__ import annotations
 
+import inspect
 import operator
 import re
 from dataclasses import dataclass, field
@@ -76,12 +77,26 @@ def shape_of(node) -> tuple | None:
     return None
 
 
-def propagate_shapes(gm: fx.GraphModule, example_inputs) -> None:
-    """Fill node.meta['tensor_meta'] by running the graph once on example_inputs."""
+def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True) -> None:
+    """Fill node.meta['tensor_meta'] by running the graph once on example_inputs.
+
+    clone: run on copies, so a model that writes into its input leaves the caller's tensors alone (the
+    torch.compile backend passes False: tensors made inside dynamo's compile add guards it cannot source)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
-    with torch.no_grad():
-        ShapeProp(gm).propagate(*example_inputs)
+    from ..errors import CollapseError
+
+    feeds = [t.clone() if clone and isinstance(t, torch.Tensor) else t for t in example_inputs]
+    prop = ShapeProp(gm)
+    try:
+        with torch.no_grad():
+            prop.propagate(*feeds)
+    except Exception as exc:   # wrong shapes or dtypes for this model: the user's input, one line
+        cause = exc.__cause__ or exc
+        why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+        shapes = ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in feeds)
+        raise CollapseError(f"the model does not run on example_inputs of shape {shapes} ({why}); "
+                            "pass inputs the model accepts") from None
 
 
 # ----------------------------------------------------------------------------------- linear ops
@@ -417,6 +432,9 @@ def insert_linear(gm: fx.GraphModule, before: fx.Node, x: fx.Node, kind: str, pa
                   hint: str = "collapsed", meta_from: fx.Node | None = None, origin: list | None = None) -> fx.Node:
     """Insert a call to a new module computing `params` on x, right before `before`; return its node.
 
+    `before` is the first node of the group the new op replaces: x is read where the group read it, so
+    an in-place op that runs later (`nn.ReLU(inplace=True)` on x) cannot change what the new op sees.
+
     The new node carries the metadata of `meta_from` (shape, module stack) so keys and shapes survive."""
     name = _fresh_name(gm, hint)
     gm.add_submodule(name, make_module(kind, params, bias_map))
@@ -442,6 +460,47 @@ def origin(node: fx.Node) -> list[str]:
 def single_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
+
+
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.ipow, operator.iand, operator.ior, operator.ixor}
+
+
+def mutates(node: fx.Node, x: fx.Node) -> bool:
+    """node writes into x in place: nn.ReLU(inplace=True)(x), F.relu(x, inplace=True), x.relu_(), x += y,
+    torch.relu_(x), a mutating aten overload (aten.relu_)."""
+    if not node.args or node.args[0] is not x:
+        return False
+    if node.op == "call_module":
+        mod = node.graph.owning_module.get_submodule(str(node.target)) if node.graph.owning_module else None
+        return getattr(mod, "inplace", False) is True
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).startswith("_")
+    if node.op != "call_function":
+        return False
+    t = node.target
+    if t in _INPLACE_OPERATORS:
+        return True
+    if isinstance(t, torch._ops.OpOverload):
+        return any(a.alias_info is not None and a.alias_info.is_write for a in t._schema.arguments[:1])
+    if node.kwargs.get("inplace") is True or getattr(t, "__name__", "").endswith("_"):
+        return True
+    try:
+        return inspect.signature(t).bind(*node.args, **node.kwargs).arguments.get("inplace") is True
+    except (TypeError, ValueError):
+        return False
+
+
+def mutated_between(x: fx.Node, start: fx.Node, end: fx.Node | None = None) -> bool:
+    """Some op after `start` (and before `end`) writes into x in place: a read of x there sees other values."""
+    return any(u > start and (end is None or u < end) and mutates(u, x) for u in x.users)
+
+
+def eliminate_dead_code(gm: fx.GraphModule) -> bool:
+    """fx dead-code elimination that keeps in-place writes whose result is unused (`self.relu(x)` with
+    inplace=True, `x.mul_(2)`): fx would drop them as dead, changing what later readers of x see."""
+    return gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure() or bool(n.args) and
+                                        isinstance(n.args[0], fx.Node) and mutates(n, n.args[0]))
 
 
 def feeds_output(node: fx.Node) -> bool:

@@ -27,14 +27,19 @@ def module_path_from_scope_name(node_name: str) -> str | None:
     segs = [s for s in node_name.split("/") if s]
     if len(segs) < 2:
         return None
-    path = ""
+    # A segment is the module's path relative to its nearest non-container ancestor (containers,
+    # nn.Sequential / nn.ModuleList, do not restart it): "/features/features.1/conv/conv.0/conv.0.2/Clip"
+    # is features.1.conv.0.2. Take the shallowest earlier path that makes the segment a descendant.
+    path, anchors = "", [""]
     for seg in segs[:-1]:
-        if path and seg.startswith(path + "."):
-            path = seg
-        elif path:
-            path = f"{path}.{seg}"
+        for anchor in anchors:
+            cand = f"{anchor}.{seg}" if anchor else seg
+            if not path or cand.startswith(path + "."):
+                path = cand
+                break
         else:
-            path = seg
+            path = f"{path}.{seg}"
+        anchors.append(path)
     return path or None
 
 

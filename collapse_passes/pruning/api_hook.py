@@ -67,13 +67,37 @@ def _importance(model, cfg, score_details):
             raise CollapseError(f"{imp}: per-channel scores file not found")
         try:
             data = json.loads(p.read_text())
+        except RecursionError:
+            raise CollapseError(f"{imp}: JSON nested too deeply; expected {{\"<tensor or node>\": [scores...]}}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise CollapseError(f"{imp}: not valid JSON ({exc}); expected {{\"<tensor or node>\": [scores...]}}") from None
         data = data.get("channels", data) if isinstance(data, dict) else data
         if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
             raise CollapseError(f"{imp}: expected {{\"<tensor or node>\": [one score per channel, ...]}}")
+        _check_channel_scores(imp, data, model)
         return "scores", data
     raise CollapseError(f"unknown --prune-importance {imp!r}; use l1, l2, tlc, easier or a per-channel scores .json")
+
+
+def _check_channel_scores(src: str, data: dict, model) -> None:
+    """Each entry names a tensor or node of the model and holds finite numbers: a typo or a NaN would
+    otherwise leave those channels unranked (kept) without a word."""
+    known = {t for n in model.graph.node for t in (n.name, *n.output) if t}
+    for k, v in data.items():
+        if k not in known:
+            raise CollapseError(f"{src}: {k!r} names no tensor or node of the model; use the names of the "
+                                "model's nodes or of their output tensors")
+        if not v or not all(_finite_number(x) for x in v):
+            raise CollapseError(f"{src}: {k!r} must be a non-empty list of finite numbers (one score per channel)")
+
+
+def _finite_number(x) -> bool:
+    import math
+
+    try:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    except OverflowError:   # an integer too large for a float
+        return False
 
 
 def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list, passed: bool) -> bool:
@@ -92,7 +116,7 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
             from ..evaluation import load_eval_data, top1
 
             feeds_e, labels, _src = load_eval_data(ev, original)
-            ratio["accuracy"] = {"unpruned": top1(original, feeds_e, labels), "pruned": top1(base, feeds_e, labels)}
+            ratio["accuracy"] = {"unpruned": top1(original, feeds_e, labels, _src), "pruned": top1(base, feeds_e, labels, _src)}
         warnings.append(f"prune ratio {ratio['ratio']}: approximate, max abs error {c.max_abs:.3g} against the "
                         "unpruned model")
         limit = cfg.prune_max_error

@@ -464,6 +464,8 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         check_ratio(0.0, round_to)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    # copies: ShapeProp runs the module, which may write into its input (x.mul_(2))
+    example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
     gm = copy.deepcopy(module)
     if not isinstance(gm, torch.fx.GraphModule):
         try:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import CollapseError
 from .regularizers import FOLD_ALPHA, LacootTerm, clamp_slopes, prelu_modules, prelu_penalty, prelu_score, remove_blocks, to_prelu
-from .sites import find_sites, linearize, relocate_padding
+from .sites import OriginalKeys, find_sites, linearize, relocate_padding
 
 METHODS = ("easier", "tlc", "prelu")
 
@@ -256,6 +256,7 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     cur_speed = predictor.speedup(model, ()) if predictor else None
     acc = base_acc
     stopped = "no candidate left"
+    origin = OriginalKeys(find_sites(model))
     for rnd in itertools.count():
         if max_rounds is not None and rnd >= max_rounds:
             stopped = "max_rounds"
@@ -263,8 +264,12 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         if target_speedup is not None and cur_speed is not None and cur_speed >= target_speedup:
             stopped = f"target speed-up {target_speedup} reached"
             break
-        sites = [s for s in find_sites(model) if s.key not in skipped]
-        scores = _site_scores(model, name, batches, sites)
+        now = {origin.of(s): s for s in find_sites(model)}   # original key -> site of the current model
+        sites = [s for k, s in now.items() if k not in skipped]
+        if not sites:   # every site collapsed or skipped
+            break
+        current = _site_scores(model, name, batches, sites)
+        scores = {origin.of(s): current[s.key] for s in sites if s.key in current}
         if name == "prelu":
             scores = {k: v for k, v in scores.items() if v <= 1.0 - fold_alpha}
         if not scores:
@@ -272,7 +277,7 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         ranked = sorted(scores, key=lambda k: (scores[k], k))
         choice, trial, speed = None, None, cur_speed
         for key in ranked:
-            cand = _collapse_one(model, key, relocate)
+            cand = _collapse_one(model, now[key].key, relocate)
             if predictor is not None:
                 speed = predictor.speedup(cand, collapsed + [key])
                 if target_speedup is not None and speed <= cur_speed * (1 + 1e-6):
@@ -303,6 +308,7 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         row["action"] = "collapsed"
         history.append(row)
         model, acc, cur_speed = trial, a, speed
+        origin.collapsed(now[choice])
         collapsed.append(choice)
         say(f"round {rnd}: collapsed {choice} (score {scores[choice]:.4f}) -> accuracy {a:.4f}"
             + (f", predicted speed-up {speed:.3f}x" if speed else ""))

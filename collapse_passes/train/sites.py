@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..core.activations import is_collapsible, linear_regime
+from ..core.selection import site_key
 from ..core.torch_kinds import module_kind
 from ..errors import CollapseError
 
@@ -88,6 +89,26 @@ def find_sites(model: nn.Module) -> list[Site]:
         out.append(Site(a.site, a.path, seen[a.path], calls[a.path], a.kind, a.params))
         seen[a.path] += 1
     return out
+
+
+class OriginalKeys:
+    """Sites named by their key in the model the loop started from. Once one call of a shared module is
+    collapsed, the model's own keys renumber (`layer4.1.relu:1` becomes `layer4.1.relu`, which names both
+    calls in the original); history, rollbacks and the result speak in original keys."""
+
+    def __init__(self, sites: list[Site]):
+        self.calls = {s.path: s.calls for s in sites}
+        self.gone: dict[str, set] = {}
+
+    def _call(self, site: Site) -> int:
+        left = [c for c in range(self.calls.get(site.path, site.calls)) if c not in self.gone.get(site.path, ())]
+        return left[site.call] if site.call < len(left) else site.call
+
+    def of(self, site: Site) -> str:
+        return site_key(site.path, self._call(site), self.calls.get(site.path, site.calls))
+
+    def collapsed(self, site: Site) -> None:
+        self.gone.setdefault(site.path, set()).add(self._call(site))
 
 
 def resolve(sites: list[Site], keys) -> list[Site]:

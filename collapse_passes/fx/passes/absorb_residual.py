@@ -12,7 +12,8 @@ from torch import fx
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
 from ...errors import CollapseError
-from ..graph import feeds_output, insert_linear, is_add, linear_op, origin, single_user
+from ..graph import (eliminate_dead_code, feeds_output, insert_linear, is_add, linear_op, mutated_between, origin,
+                     single_user)
 from ._base import FxPass, PassResult
 
 
@@ -33,7 +34,7 @@ class AbsorbResidual(FxPass):
                     done += 1
                     break
         if done:
-            gm.graph.eliminate_dead_code()
+            eliminate_dead_code(gm)
             gm.graph.lint()
             gm.recompile()
             self.note(f"absorbed {done} residual skip(s)")
@@ -58,8 +59,12 @@ class AbsorbResidual(FxPass):
         except CollapseError as exc:
             self.note(f"residual at {add.name} kept: {exc}")
             return False
+        first = op.node if proj is None else min(op.node, proj.node)   # read x where the branch read it
+        if mutated_between(op.x, first, add):
+            self.note(f"residual at {add.name} kept: its input is changed in place between the branch and the add")
+            return False
         names = origin(op.node) + (origin(proj.node) if proj is not None else []) + [add.name]
-        node = insert_linear(gm, add, op.x, op.kind, new, op.bias_map, hint=f"{op.node.name}_skip", meta_from=add,
+        node = insert_linear(gm, first, op.x, op.kind, new, op.bias_map, hint=f"{op.node.name}_skip", meta_from=add,
                              origin=names)
         add.replace_all_uses_with(node)
         gm.graph.erase_node(add)

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
+from ..graph import eliminate_dead_code
 from ._base import FxPass, PassResult
 
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -36,7 +37,7 @@ class Cleanup(FxPass):
             if _is_noop(gm, node):
                 node.replace_all_uses_with(node.args[0])
                 gm.graph.erase_node(node)
-        gm.graph.eliminate_dead_code()
+        eliminate_dead_code(gm)
         gm.delete_all_unused_submodules()
         gm.recompile()
         return PassResult(gm, len(gm.graph.nodes) != nodes or len(list(gm.named_modules())) != mods)

@@ -15,7 +15,8 @@ from torch import fx
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
 from ...errors import CollapseError
-from ..graph import batchnorm_op, feeds_output, insert_linear, linear_op, origin, shape_of, single_user, to_numpy
+from ..graph import (batchnorm_op, eliminate_dead_code, feeds_output, insert_linear, linear_op, origin, shape_of,
+                     single_user, to_numpy)
 from ._base import FxPass, PassResult
 
 aten = torch.ops.aten
@@ -67,7 +68,7 @@ class FoldBatchNorm(FxPass):
             if aff is not None:
                 done += self._fold_scalar(gm, node, *aff)
         if done:
-            gm.graph.eliminate_dead_code()
+            eliminate_dead_code(gm)
             gm.graph.lint()
             gm.recompile()
             self.note(f"folded {done} affine op(s)")
@@ -89,7 +90,7 @@ class FoldBatchNorm(FxPass):
                 and self._channels_ok(op, prod):
             p, bm = _fold_after(op, scale, shift)
             names = origin(prod) + origin(bn.node)
-            new = insert_linear(gm, bn.node, op.x, op.kind, p, bm, hint=f"{op.node.name}_bn", meta_from=bn.node,
+            new = insert_linear(gm, prod, op.x, op.kind, p, bm, hint=f"{op.node.name}_bn", meta_from=bn.node,
                                 origin=origin(prod))
             bn.node.replace_all_uses_with(new)
             self._erase(gm, bn.nodes + [prod])
@@ -105,7 +106,7 @@ class FoldBatchNorm(FxPass):
                 self.note(f"{bn.node.name} kept before {nxt.name}: {exc}")
                 return 0
             names = origin(bn.node) + origin(nxt)
-            new = insert_linear(gm, nxt, bn.x, op.kind, p, None, hint=f"{nxt.name}_bn", meta_from=nxt,
+            new = insert_linear(gm, min(bn.nodes), bn.x, op.kind, p, None, hint=f"{nxt.name}_bn", meta_from=nxt,
                                 origin=origin(nxt))
             nxt.replace_all_uses_with(new)
             self._erase(gm, [nxt] + bn.nodes)
@@ -127,7 +128,7 @@ class FoldBatchNorm(FxPass):
         dt = op.dtype   # Python floats would make the algebra return float64 weights
         p, bm = _fold_after(op, np.asarray(scale, dt), np.asarray(shift, dt))   # shift -> bias; the bias map only scales
         names = origin(x) + origin(node)
-        new = insert_linear(gm, node, op.x, op.kind, p, bm, hint=f"{op.node.name}_affine", meta_from=node,
+        new = insert_linear(gm, x, op.x, op.kind, p, bm, hint=f"{op.node.name}_affine", meta_from=node,
                             origin=origin(x))
         node.replace_all_uses_with(new)
         self._erase(gm, [node, x])

@@ -11,7 +11,7 @@ from torch import fx
 from ...core import activations as catalogue
 from ...errors import CollapseError
 from ...core.selection import lookup
-from ..graph import find_activations, key_index
+from ..graph import find_activations, key_index, mutated_between
 from ._base import FxPass, PassResult
 
 
@@ -40,6 +40,9 @@ class LinearizeActivations(FxPass):
             scale, shift = catalogue.linear_regime(s.kind, s.params)
             new = s.x
             with gm.graph.inserting_before(s.node):
+                if scale == 1.0 and shift == 0.0 and mutated_between(s.x, s.node):
+                    # identity, but x is changed in place later: keep the value it had here, not an alias
+                    new = gm.graph.call_method("clone", (new,))
                 if scale != 1.0:
                     new = gm.graph.call_function(operator.mul, (new, scale))
                 if shift != 0.0:

@@ -13,7 +13,8 @@ from torch import fx
 
 from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
-from ..graph import feeds_output, insert_linear, linear_op, origin, propagate_shapes, shape_of, single_user
+from ..graph import (eliminate_dead_code, feeds_output, insert_linear, linear_op, origin, propagate_shapes, shape_of,
+                     single_user)
 from ._base import FxPass, PassResult
 
 def _chains(gm: fx.GraphModule, kind: str) -> list[list]:
@@ -60,7 +61,7 @@ class MergeLinearChains(FxPass):
         for chain in _chains(gm, "linear"):
             done += self._merge_linears(gm, chain)
         if done:
-            gm.graph.eliminate_dead_code()
+            eliminate_dead_code(gm)
             gm.graph.lint()
             gm.recompile()
             self.note(f"merged {done} segment(s)")
@@ -69,7 +70,7 @@ class MergeLinearChains(FxPass):
     def _replace(self, gm, ops, kind, params, bias_map=None):
         last = ops[-1].node
         x = ops[0].node.args[0]   # current input: an earlier segment of the chain may have replaced it
-        new = insert_linear(gm, last, x, kind, params, bias_map, hint=f"{ops[0].node.name}_merged",
+        new = insert_linear(gm, ops[0].node, x, kind, params, bias_map, hint=f"{ops[0].node.name}_merged",
                             meta_from=last, origin=[n for op in ops for n in origin(op.node)])
         last.replace_all_uses_with(new)
         for op in reversed(ops):
