@@ -43,6 +43,9 @@ def exact_removal(graph: gs.Graph, data_dependent_off: dict | None = None) -> di
     data_dependent_off: {tensor name of a ReLU output: channels always off on calibration data}.
     Returns a report dict: removed groups, frozen ops, notes.
     """
+    if not data_dependent_off and not may_hold_constant_channels(graph):
+        return {"removed_channels": 0, "groups": [], "data_dependent": False, "data_dependent_channels": {},
+                "params_saved": 0, "macs_saved": 0, "notes": [], "skipped": "no constant-channel source"}
     cg = build_channel_graph(graph)
     dd = {}
     for name, chans in (data_dependent_off or {}).items():
@@ -91,6 +94,29 @@ def exact_removal(graph: gs.Graph, data_dependent_off: dict | None = None) -> di
     return {"removed_channels": len(removed), "groups": rows,
             "data_dependent": any(f["data_dependent"] for f in ok), "data_dependent_channels": dd_removed, **saved,
             **graph_summary(cg), "notes": notes}
+
+
+def may_hold_constant_channels(graph: gs.Graph) -> bool:
+    """A cheap look before building the channel graph: a constant channel starts only at an all-zero
+    filter of a Conv/Gemm/MatMul or a BatchNormalization with a zero scale (ChannelGraph._constant_sources,
+    data-dependent ReLUs aside). Unreadable weights count as "may"."""
+    from ..onnx.graph import const_value
+    from ..onnx.linear_ops import ConvView, DenseView
+
+    outs = {t.name for t in graph.outputs}
+    for n in graph.nodes:
+        if n.op == "BatchNormalization":
+            gamma = const_value(n.inputs[1]) if len(n.inputs) > 1 else None
+            if gamma is None or not np.all(np.asarray(gamma)):
+                return True
+            continue
+        v = ConvView.of(n) if n.op == "Conv" else DenseView.of(n, outs) if n.op in ("Gemm", "MatMul") else None
+        if v is None:
+            continue
+        w = np.asarray(v.params.weight)
+        if not np.all(np.any(w.reshape(w.shape[0], -1) != 0, axis=1)):
+            return True
+    return False
 
 
 def keep_one_per_group(found: list, groups, notes: list) -> list:
