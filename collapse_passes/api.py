@@ -160,7 +160,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             raise CollapseError("--check must be at least 1: every result is verified")
         feeds = random_inputs(original, cfg.check, cfg.seed)
         desc = f"{cfg.check} random input(s), seed {cfg.seed}"
-    ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
+    ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed, source=path)
     warnings.extend(ver.warnings)
 
     passed = ver.against_requested.passed
