@@ -73,12 +73,18 @@ def slice_linear(p: LinearParams, keep_out=None, keep_in=None) -> LinearParams:
     return LinearParams(np.asarray(p.weight)[ko][:, ki], slice_vector(p.bias, ko))
 
 
-def fold_constant_inputs_linear(p: LinearParams, idx, values) -> LinearParams:
-    """Add the contribution of constant inputs x[idx] = values to the bias (the inputs stay in W; slice after)."""
+def _constant_inputs(idx, values) -> tuple[np.ndarray, np.ndarray]:
+    """(channel indices, their float64 values), one value per index."""
     idx = np.asarray(idx, dtype=np.int64).reshape(-1)
     values = f64(values).reshape(-1)
     if idx.size != values.size:
         raise AlgebraError(f"{idx.size} constant inputs but {values.size} values")
+    return idx, values
+
+
+def fold_constant_inputs_linear(p: LinearParams, idx, values) -> LinearParams:
+    """Add the contribution of constant inputs x[idx] = values to the bias (the inputs stay in W; slice after)."""
+    idx, values = _constant_inputs(idx, values)
     dtype = out_dtype(p.weight, p.bias)
     if not np.any(values):
         return p
@@ -94,10 +100,7 @@ def fold_constant_inputs_conv(p: ConvParams, idx, values, input_spatial=None):
     and comes back as a per-position `bias_map` (O, *out_spatial) that replaces the bias (needs
     input_spatial). The constant channels are still in the weight: slice them off afterwards.
     """
-    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-    values = f64(values).reshape(-1)
-    if idx.size != values.size:
-        raise AlgebraError(f"{idx.size} constant inputs but {values.size} values")
+    idx, values = _constant_inputs(idx, values)
     dtype = out_dtype(p.weight, p.bias)
     if not np.any(values):
         return p, None
