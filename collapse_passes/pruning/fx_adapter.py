@@ -479,23 +479,13 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
     if exact:
         cg = build_fx_channel_graph(gm, example_inputs)
         dd = _always_off(gm, cg, calib) if calib is not None else {}
-        found = [f for f in cg.constant_units(dd) if not any(
-            v != 0.0 and cg_op(cg, name).kind == "conv" and any(cg_op(cg, name).data["params"].pads)
-            and not cg_op(cg, name).data["input_spatial"] for name, _s, _i, v in f["folds"])]
-        from .onnx_prune import group_rows, keep_one_per_group
+        from .onnx_prune import applicable_constants, removal_rows
 
         report["notes"] = []
-        found = keep_one_per_group(found, cg.groups(), report["notes"])
+        found = applicable_constants(cg, cg.constant_units(dd), report["notes"])
         removed = [(f["gid"], f["unit"]) for f in found]
         if removed:
-
-            labels = {}
-            for f in found:
-                if f["data_dependent"]:
-                    labels[f["gid"]] = "data-dependent (ReLU always off on the calibration data)"
-                else:
-                    labels.setdefault(f["gid"], "structural (constant channel)")
-            report["groups"] = group_rows(cg, removed, labels)
+            report["groups"] = removal_rows(cg, found)
             report["data_dependent"] = any(f["data_dependent"] for f in found)
             apply_fx_removal(gm, cg, removed, [x for f in found for x in f["folds"]])
         report["removed_channels"] = len(removed)
@@ -542,10 +532,6 @@ def _always_off(gm, cg: ChannelGraph, calib) -> dict:
     if not peak:
         raise CollapseError("calib holds no batches")
     return {relus[k]: set(torch.nonzero(v <= 0).flatten().tolist()) for k, v in peak.items()}
-
-
-def cg_op(cg: ChannelGraph, name: str) -> OpRecord:
-    return next(op for op in cg.ops if op.name == name)
 
 
 def _counts(gm, example_inputs) -> tuple[int, int]:

@@ -52,20 +52,9 @@ def exact_removal(graph: gs.Graph, data_dependent_off: dict | None = None) -> di
         slot = next((s for s in cg.slots.nodes if s[0] == name), None)
         if slot is not None:
             dd[slot] = set(int(c) for c in chans)
-    found = cg.constant_units(dd)
     notes = []
-    ok = []
-    readers = {op.name: op for op in cg.ops}
-    for f in found:
-        bad = [name for name, _s, _i, v in f["folds"]
-               if v != 0.0 and readers[name].kind == "conv" and any(readers[name].data["params"].pads)
-               and readers[name].data["input_spatial"] is None]
-        if bad:
-            notes.append(f"kept a constant channel read through padding by {bad[0]}: input size unknown")
-            continue
-        ok.append(f)
+    ok = applicable_constants(cg, cg.constant_units(dd), notes)
     groups = cg.groups()
-    ok = keep_one_per_group(ok, groups, notes)
     removed = [(f["gid"], f["unit"]) for f in ok]
     dd_removed: dict = {}
     for f in ok:
@@ -75,13 +64,7 @@ def exact_removal(graph: gs.Graph, data_dependent_off: dict | None = None) -> di
     rows = []
     saved = {"params_saved": 0, "macs_saved": 0}
     if removed:
-        labels = {}
-        for f in ok:
-            if f["data_dependent"]:
-                labels[f["gid"]] = "data-dependent (ReLU always off on the calibration data)"
-            else:
-                labels.setdefault(f["gid"], "structural (constant channel)")
-        rows = group_rows(cg, removed, labels)
+        rows = removal_rows(cg, ok)
         folds = [x for f in ok for x in f["folds"]]
         before = _stats(graph)
         info = apply_removal(graph, cg, removed, folds)
@@ -117,6 +100,34 @@ def may_hold_constant_channels(graph: gs.Graph) -> bool:
         if not np.all(np.any(w.reshape(w.shape[0], -1) != 0, axis=1)):
             return True
     return False
+
+
+def applicable_constants(cg: ChannelGraph, found: list, notes: list) -> list:
+    """The constant units (ChannelGraph.constant_units) that can go: not those whose nonzero constant a
+    conv reads through padding of unknown input size (its bias map can't be sized), and never every
+    channel of a group. Front-end neutral: both adapters record ops the same way."""
+    ops = {op.name: op for op in cg.ops}
+    ok = []
+    for f in found:
+        bad = [name for name, _s, _i, v in f["folds"]
+               if v != 0.0 and ops[name].kind == "conv" and any(ops[name].data["params"].pads)
+               and not ops[name].data["input_spatial"]]
+        if bad:
+            notes.append(f"kept a constant channel read through padding by {bad[0]}: input size unknown")
+            continue
+        ok.append(f)
+    return keep_one_per_group(ok, cg.groups(), notes)
+
+
+def removal_rows(cg: ChannelGraph, found: list) -> list[dict]:
+    """Report rows of the groups the constant units in `found` shrink, labelled by why."""
+    labels = {}
+    for f in found:
+        if f["data_dependent"]:
+            labels[f["gid"]] = "data-dependent (ReLU always off on the calibration data)"
+        else:
+            labels.setdefault(f["gid"], "structural (constant channel)")
+    return group_rows(cg, [(f["gid"], f["unit"]) for f in found], labels)
 
 
 def keep_one_per_group(found: list, groups, notes: list) -> list:
