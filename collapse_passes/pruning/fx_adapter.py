@@ -18,7 +18,7 @@ from ..algebra import prune as prune_alg
 from ..algebra.conv import ConvParams, bn_to_affine
 from ..algebra.linear import LinearParams
 from ..errors import CollapseError
-from .graph import ChannelGraph, OpRecord
+from .graph import ChannelGraph, OpRecord, broadcast_channel_axis
 
 
 def _torch():
@@ -272,13 +272,10 @@ class _FxBuilder:
         ro = len(self.shape(n) or [])
         if not ro or len(n.args) != 2:
             return self.unknown(n, "unknown output shape")
-        axes = set()
-        for a in n.args:
-            if isinstance(a, fx.Node) and a.name in self.slot_of:
-                axes.add(self.slot_of[a.name][1] + ro - len(self.shape(a)))
-        if len(axes) != 1:
+        ax = broadcast_channel_axis([(self.slot_of[a.name][1], len(self.shape(a))) for a in n.args
+                                     if isinstance(a, fx.Node) and a.name in self.slot_of], ro)
+        if ax is None:
             return self.unknown(n, "operands carry channels on different axes")
-        ax = axes.pop()
         sout = self.new_slot(n, ax)
         if sout is None:
             return self.unknown(n, "unknown output shape")

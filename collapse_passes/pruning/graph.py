@@ -46,6 +46,13 @@ class OpRecord:
     data: dict = field(default_factory=dict)
 
 
+def broadcast_channel_axis(operands, out_rank: int) -> int | None:
+    """The output axis the channels of an elementwise op's operands land on under numpy broadcasting
+    (operands: (channel axis, rank) of each operand that carries channels); None when they disagree."""
+    axes = {axis + out_rank - rank for axis, rank in operands}
+    return axes.pop() if len(axes) == 1 else None
+
+
 @dataclass
 class Group:
     gid: int

@@ -13,7 +13,7 @@ from ..algebra import prune as prune_alg
 from ..algebra.conv import bn_to_affine
 from ..onnx.graph import const_value, make_const
 from ..onnx.linear_ops import ConvView, DenseView
-from .graph import ChannelGraph, OpRecord
+from .graph import ChannelGraph, OpRecord, broadcast_channel_axis
 
 #: elementwise unary ops: channel i of the output depends on channel i of the input only
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu",
@@ -212,13 +212,10 @@ class _Builder:
         ro = self.rank(out)
         if ro is None or len(node.inputs) != 2:
             return self.unknown(node, "unknown output rank")
-        axes = set()
-        for t, s in zip(node.inputs, self.slotted(node)):
-            if s is not None:
-                axes.add(s[1] + ro - self.rank(t))
-        if len(axes) != 1:
+        ax = broadcast_channel_axis([(s[1], self.rank(t)) for t, s in zip(node.inputs, self.slotted(node))
+                                     if s is not None], ro)
+        if ax is None:
             return self.unknown(node, "operands carry channels on different axes")
-        ax = axes.pop()
         sout = self.new_slot(out, ax)
         if sout is None:
             return self.unknown(node, "unknown output shape")
