@@ -38,3 +38,15 @@ class FxPass(PassBase):
 
     def note(self, text: str) -> None:
         self.record.notes.append(f"{self.name}: {text}")
+
+    def finish(self, gm, done: int, note: str) -> PassResult:
+        """After `done` rewrites: drop what they left dead (in-place writes kept), check, recompile, and
+        note it (`note` holds {} for the count)."""
+        if done:
+            from ..graph import eliminate_dead_code
+
+            eliminate_dead_code(gm)
+            gm.graph.lint()
+            gm.recompile()
+            self.note(note.format(done))
+        return PassResult(gm, done > 0)

@@ -12,7 +12,7 @@ from torch import fx
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
 from ...errors import CollapseError
-from ..graph import (eliminate_dead_code, feeds_output, insert_linear, is_add, linear_op, mutated_between, origin,
+from ..graph import (feeds_output, insert_linear, is_add, linear_op, mutated_between, origin,
                      single_user)
 from ._base import FxPass, PassResult
 
@@ -33,12 +33,7 @@ class AbsorbResidual(FxPass):
                 if self._absorb(gm, add, op, skip):
                     done += 1
                     break
-        if done:
-            eliminate_dead_code(gm)
-            gm.graph.lint()
-            gm.recompile()
-            self.note(f"absorbed {done} residual skip(s)")
-        return PassResult(gm, done > 0)
+        return self.finish(gm, done, "absorbed {} residual skip(s)")
 
     def _absorb(self, gm, add, op, skip) -> bool:
         proj = None

@@ -15,7 +15,7 @@ from torch import fx
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
 from ...errors import CollapseError
-from ..graph import (batchnorm_op, eliminate_dead_code, feeds_output, insert_linear, linear_op, origin, shape_of,
+from ..graph import (batchnorm_op, feeds_output, insert_linear, linear_op, origin, shape_of,
                      single_user, to_numpy)
 from ._base import FxPass, PassResult
 
@@ -67,12 +67,7 @@ class FoldBatchNorm(FxPass):
             aff = _scalar_affine(node)
             if aff is not None:
                 done += self._fold_scalar(gm, node, *aff)
-        if done:
-            eliminate_dead_code(gm)
-            gm.graph.lint()
-            gm.recompile()
-            self.note(f"folded {done} affine op(s)")
-        return PassResult(gm, done > 0)
+        return self.finish(gm, done, "folded {} affine op(s)")
 
     def _bn_affine(self, bn):
         g = None if bn.gamma is None else to_numpy(bn.gamma)

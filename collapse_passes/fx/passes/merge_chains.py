@@ -13,7 +13,7 @@ from torch import fx
 
 from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
-from ..graph import (eliminate_dead_code, feeds_output, insert_linear, linear_op, origin, propagate_shapes, shape_of,
+from ..graph import (feeds_output, insert_linear, linear_op, origin, propagate_shapes, shape_of,
                      single_user)
 from ._base import FxPass, PassResult
 
@@ -60,12 +60,7 @@ class MergeLinearChains(FxPass):
             done += self._merge_convs(gm, chain)
         for chain in _chains(gm, "linear"):
             done += self._merge_linears(gm, chain)
-        if done:
-            eliminate_dead_code(gm)
-            gm.graph.lint()
-            gm.recompile()
-            self.note(f"merged {done} segment(s)")
-        return PassResult(gm, done > 0)
+        return self.finish(gm, done, "merged {} segment(s)")
 
     def _replace(self, gm, ops, kind, params, bias_map=None):
         last = ops[-1].node
