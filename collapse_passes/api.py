@@ -147,6 +147,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                                        prune=cfg.prune, prune_off=prune_off)
     requested = requested_semantics(base, {a.name for a in chosen}, remove_blocks=blocks_removed,
                                     constant_channels=ctx.pruning.get("data_dependent_channels"))
+    stats_after = model_stats(result_model, graph=ctx.graph)   # shapes inferred by the last Cleanup
+    ctx.graph = None   # its arrays duplicate the result's weights: not held through verification
 
     from .verify import random_inputs, verify
 
@@ -160,7 +162,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             raise CollapseError("--check must be at least 1: every result is verified")
         feeds = random_inputs(original, cfg.check, cfg.seed)
         desc = f"{cfg.check} random input(s), seed {cfg.seed}"
-    ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed, source=path)
+    ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
     warnings.extend(ver.warnings)
 
     passed = ver.against_requested.passed
@@ -182,7 +184,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         "collapsed": len(chosen),
         "blocks": [{"key": k, "score": v, "removed": k in blocks_removed} for k, v in block_scores.items()],
         "before": model_stats(original).as_dict(),
-        "after": model_stats(result_model, graph=ctx.graph).as_dict(),   # shapes inferred by the last Cleanup
+        "after": stats_after.as_dict(),
         "verification": ver.as_dict(),
         "passed": passed,
         "approximate": approx,

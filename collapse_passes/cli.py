@@ -210,10 +210,11 @@ def default_output(model: str) -> Path:
     return src.with_name(src.stem + ".collapsed.onnx")
 
 
-def build_plan(args) -> OutputPlan:
-    """Every file this run may read and write, checked before any work (collapse_passes.outputs)."""
+def build_plan(args, source=None) -> OutputPlan:
+    """Every file this run may read and write, checked before any work (collapse_passes.outputs).
+    `source`: the input model already parsed (onnx/graph.ModelFile), for its external data files."""
     plan = OutputPlan()
-    plan.add_model_input(args.model)
+    plan.add_model_input(args.model, source.external_data if source is not None else None)
     plan.add_input("--scores file", args.scores)
     plan.add_input("--calib data", args.calib)
     plan.add_input("--eval data", args.eval)
@@ -316,7 +317,12 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
                                  for r in rows))
         sys.stdout.flush()
         return 0
-    plan = run.plan = build_plan(args)
+    # the input is parsed once, here: the output checks need its external data files, the run its graph
+    from .onnx.graph import load_model_file
+
+    OutputPlan().add_input("input model", args.model)   # a FIFO or device is refused before it is read
+    source = load_model_file(args.model)
+    plan = run.plan = build_plan(args, source)
     if plan.removed_stale and not args.quiet:
         err.print(f"note: removed {len(plan.removed_stale)} temp file(s) left by an interrupted run: "
                   f"{', '.join(str(p) for p in plan.removed_stale[:5])}", highlight=False, markup=False, soft_wrap=True)
@@ -331,7 +337,7 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
         prune_importance=args.prune_importance, round_to=args.round_to, prune_max_error=args.prune_max_error,
         eval_data=args.eval, target_speedup=args.target_speedup)
     try:
-        result = api.collapse(args.model, config=cfg)
+        result = api.collapse(source, config=cfg)
     except VerificationError as exc:
         if exc.report is not None:
             if not args.quiet:
@@ -347,7 +353,9 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
 
     # stage everything, then rename in one fixed order: all of it lands, or none of it
     if plan.path("model") is not None:
-        plan.stage("model", result.model.SerializeToString())
+        from .onnx.graph import serialized_pieces
+
+        plan.stage("model", serialized_pieces(result.model))
         report["output"] = plan.outputs["model"].given
     if args.save_scores:
         plan.stage("scores", _scores_json(report).encode())

@@ -107,12 +107,19 @@ def create_temp_file(dest: str | os.PathLike) -> tuple[int, Path]:
     return fd, tmp
 
 
-def write_temp(dest: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to a new temp file beside `dest`, fsync it, return the temp path."""
+def write_chunks(fh, data) -> None:
+    """Write bytes, or an iterable of byte strings (onnx/graph.serialized_pieces), to `fh`."""
+    for chunk in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+        fh.write(chunk)
+
+
+def write_temp(dest: str | os.PathLike, data) -> Path:
+    """Write `data` (bytes or byte-string chunks) to a new temp file beside `dest`, fsync it, return
+    the temp path."""
     fd, tmp = create_temp_file(dest)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write_chunks(fh, data)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
@@ -280,21 +287,22 @@ class OutputPlan:
                     raise CollapseError(f"{label} {_show(f)} is {_kind_of(fmode)}; give regular .npy files")
                 self.inputs.append((label, _show(f), Path(os.path.realpath(f)), _identity(f)))
 
-    def add_model_input(self, path) -> None:
-        """The model and its external data files (read from the proto without loading the data)."""
+    def add_model_input(self, path, external_data=None) -> None:
+        """The model and its external data files. `external_data`: those files when the caller has
+        parsed the model already (the CLI parses its input once per run: onnx/graph.ModelFile), else
+        they are read from the proto without loading the data."""
         self.add_input("input model", path)
-        try:
-            import onnx
-            from onnx.external_data_helper import uses_external_data
+        if external_data is None:
+            try:
+                import onnx
 
-            m = onnx.load(os.fspath(path), load_external_data=False)
-        except Exception:
-            return  # not loadable: load_model says why, later
-        base = Path(path).parent
-        locs = {e.value for t in m.graph.initializer if uses_external_data(t)
-                for e in t.external_data if e.key == "location"}
-        for loc in sorted(locs):
-            self.add_input("input model's external data", base / loc)
+                from .onnx.graph import external_data_files
+
+                external_data = external_data_files(onnx.load(os.fspath(path), load_external_data=False), path)
+            except Exception:
+                return  # not loadable: load_model says why, later
+        for f in external_data:
+            self.add_input("input model's external data", f)
 
     def add_output(self, role: str, flag: str, path, kind: str = "file") -> None:
         if path is None:
@@ -375,7 +383,8 @@ class OutputPlan:
         o = self.outputs.get(role)
         return o.final if o else None
 
-    def stage(self, role: str, data: bytes) -> None:
+    def stage(self, role: str, data) -> None:
+        """Write `data` (bytes or byte-string chunks) to a temp file beside the role's target."""
         o = self.outputs[role]
         if o.staged is not None:
             with contextlib.suppress(OSError):
@@ -384,7 +393,7 @@ class OutputPlan:
             with signals_blocked():   # the temp is recorded (for discard) the moment it exists
                 fd, o.staged = create_temp_file(o.final)
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                write_chunks(fh, data)
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:

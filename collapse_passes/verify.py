@@ -51,11 +51,10 @@ def run(model: onnx.ModelProto, feeds: list[dict], sess=None) -> tuple[list[list
     return _runtime_run(sess or session(model), feeds)
 
 
-def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str, source=None):
+def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str):
     """Run the input model alone first: if it cannot run on these feeds, the feeds (or the model)
-    are the user's problem, not the collapse's. source: the file it was loaded from, which onnxruntime
-    reads itself (no second serialization of the proto)."""
-    sess = session(source if source is not None else model)
+    are the user's problem, not the collapse's."""
+    sess = session(model)
     names = [o.name for o in sess.get_outputs()]
     outs = []
     for k, f in enumerate(feeds):
@@ -117,12 +116,11 @@ def _same_arrays(a, b) -> bool:
 
 
 def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.ModelProto,
-           feeds: list[dict], rtol: float, atol: float, inputs_desc: str, seed: int = 0,
-           source=None) -> Verification:
+           feeds: list[dict], rtol: float, atol: float, inputs_desc: str, seed: int = 0) -> Verification:
     for what, v in (("rtol", rtol), ("atol", atol)):
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise CollapseError(f"{what} must be a finite number >= 0, got {v}")
-    orig_out, names = run_input_model(original, feeds, inputs_desc, source)
+    orig_out, names = run_input_model(original, feeds, inputs_desc)
     warns = input_model_warnings(original, orig_out, names, feeds, seed)
     # the input ran on these feeds: a failure of the result or the requested model is ours (a bug)
     res_out, _ = run(result, feeds, session(result, ours=True))

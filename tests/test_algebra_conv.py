@@ -493,3 +493,50 @@ def test_pointwise_skip_errors():
         add_pointwise_skip(p.replace(pads=(1, 1, 2, 2)), ok)
     with pytest.raises(ValueError, match="misaligned"):
         add_pointwise_skip(p.replace(pads=(0, 0, 2, 2)), ok.replace(pads=(1, 1, 1, 1)))
+
+
+def _same_but_values(full, shape):
+    """A shape-only MergedConv agrees with the full one in everything a planner reads."""
+    assert shape.shape_only and not full.shape_only
+    assert (shape.exact, shape.reason) == (full.exact, full.reason)
+    fp, sp = full.params, shape.params
+    assert (sp.weight.shape, sp.weight.dtype) == (fp.weight.shape, fp.weight.dtype)
+    assert (sp.strides, sp.pads, sp.dilations, sp.group) == (fp.strides, fp.pads, fp.dilations, fp.group)
+    assert (sp.bias is None) == (fp.bias is None)
+    if fp.bias is not None:
+        np.testing.assert_allclose(sp.bias, fp.bias, rtol=1e-12, atol=1e-12)
+    assert (shape.bias_map is None) == (full.bias_map is None)
+    if full.bias_map is not None:
+        assert shape.bias_map.shape == full.bias_map.shape
+    assert not sp.weight.flags.writeable and sp.weight.strides == (0,) * sp.weight.ndim   # no memory
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(conv_pair(pad_mode="any"))
+def test_shape_only_compose_prices_like_the_full_one(case):
+    """The planner prices segments with compose_conv(values=False): same shapes, bias, bias-map need,
+    exactness and reason as the full composition, without its kernel products."""
+    first, second, spatial, _ = case
+    _same_but_values(compose_conv(first, second, spatial), compose_conv(first, second, spatial, values=False))
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 2), st.booleans(), st.sampled_from([1, 3]))
+def test_shape_only_chain_extension_matches(seed, n, depthwise, k):
+    """Extending a shape-only prefix (a bias map carried included) stays in step with the full chain."""
+    from collapse_passes.algebra.conv import MergedConv, extend_chain
+
+    rng = np.random.default_rng(seed)
+    C0, C1, C2 = (int(v) for v in rng.integers(1, 6, size=3))
+    g = C1 if depthwise else 1
+    p = (k - 1) // 2
+    convs = [rand_conv(rng, C0, C1, 1, [1] * n, [1] * n, [0] * (2 * n), [1] * n),
+             rand_conv(rng, C1, C1, g, [k] * n, [1] * n, [p] * (2 * n), [1] * n),
+             rand_conv(rng, C1, C2, 1, [1] * n, [1] * n, [0] * (2 * n), [1] * n),
+             rand_conv(rng, C2, C2, 1, [3] * n, [1] * n, [1] * (2 * n), [1] * n)]
+    spatial = tuple(int(v) for v in rng.integers(3, 10, size=n))
+    full = shape = MergedConv(convs[0], None, True, "single conv")
+    for c in convs[1:]:
+        full = extend_chain(full, c, spatial)
+        shape = extend_chain(shape, c, spatial, values=False)
+        _same_but_values(full, shape)

@@ -78,3 +78,61 @@ def test_cleanup_infers_again_only_after_a_change(exported):
         assert ctx.graph.tensors()[conv.outputs[0].name].shape[1] == w.shape[0] // 2
     finally:
         cl.infer_shapes = real
+
+
+@pytest.mark.parametrize("name,dynamo", [("resnet18", False), ("mobilenet_v2", True)])
+def test_model_written_in_pieces_reads_back_as_the_same_model(exported, tmp_path, name, dynamo):
+    """The output is written tensor by tensor (onnx/graph.serialized_pieces): byte-for-byte another
+    layout, but protobuf merges the pieces into exactly the model, and onnxruntime runs it the same."""
+    from collapse_passes.core.runtime import outputs, random_inputs
+    from collapse_passes.onnx.graph import save_model_atomic, serialized_pieces
+
+    model = onnx.load(exported(name, dynamo))
+    pieces = list(serialized_pieces(model))
+    assert len(pieces) == len(model.graph.initializer) + 1 and max(map(len, pieces)) < model.ByteSize()
+    back = onnx.ModelProto()
+    back.ParseFromString(b"".join(pieces))
+    assert back == model
+    out = save_model_atomic(model, tmp_path / "m.onnx")
+    assert onnx.load(str(out)) == model
+    feed = random_inputs(model, 1)[0]
+    for a, b in zip(outputs(str(out), feed), outputs(model, feed)):
+        np.testing.assert_array_equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]   # no temp file left
+
+
+def test_session_with_weights_in_memory_runs_like_one_from_the_file(exported):
+    """core/runtime.session hands large initializers to onnxruntime as in-memory external data:
+    same outputs as a session that reads the file, and the caller's proto is left as it was."""
+    from collapse_passes.core.runtime import _weights_apart, outputs, random_inputs, session
+
+    path = exported("resnet18", False)
+    model = onnx.load(path)
+    before = model.SerializeToString()
+    light, names, values = _weights_apart(model)
+    assert names and light.ByteSize() < model.ByteSize() // 10   # the weights really went apart
+    feed = random_inputs(model, 1)[0]
+    for a, b in zip(outputs(session(model), feed), outputs(str(path), feed)):
+        np.testing.assert_array_equal(a, b)
+    assert model.SerializeToString() == before
+
+
+def test_truncated_weights_are_one_line_not_a_traceback(tmp_path, capsys):
+    """The checker runs on the weight-less structure, so weight sizes are checked apart: a truncated
+    large initializer is refused at load with its name, exit 2, nothing written."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from collapse_passes.cli import main
+
+    w = numpy_helper.from_array(np.ones((64, 3, 3, 3), np.float32), "w")
+    w.raw_data = w.raw_data[:-8]
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                           helper.make_node("Relu", ["c"], ["y"], name="relu")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 6, 6])], [w])
+    src = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    rc = main([str(src), "-o", str(tmp_path / "out.onnx"), "--collapse", "relu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "initializer 'w' holds 6904 bytes" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]

@@ -185,6 +185,9 @@ class MergedConv:
     bias_map: np.ndarray | None
     exact: bool
     reason: str
+    #: True for compose_conv(..., values=False): shapes, bias and exactness are real, but the weight and
+    #: the bias map are read-only zero placeholders of the right shape (for pricing, never for use)
+    shape_only: bool = False
 
 
 # -- affine folds -----------------------------------------------------------------------------------
@@ -395,6 +398,19 @@ def _tap_products(first: ConvParams, second: ConvParams, G: int):
             yield idx2, np.matmul(W2b[(Ellipsis,) + idx2], B).reshape((G, Ob, Ib) + k1)
 
 
+def _composed_kernel_shape(first: ConvParams, second: ConvParams):
+    """(merged kernel shape, merged dilation): _compose_kernels' geometry without the products."""
+    k1, k2 = first.kernel_shape, second.kernel_shape
+    km, mdil = [], []
+    for a in range(first.ndim):
+        step2 = first.strides[a] * second.dilations[a]
+        step1 = first.dilations[a]
+        gm = math.gcd(step2 if k2[a] > 1 else 0, step1 if k1[a] > 1 else 0) or 1
+        mdil.append(gm)
+        km.append((step2 * (k2[a] - 1) + step1 * (k1[a] - 1)) // gm + 1)
+    return tuple(km), tuple(mdil)
+
+
 def _compose_kernels(first: ConvParams, second: ConvParams, G: int):
     """Merged dense-block kernel (G, O/G, I/G, *km) and its dilation.
 
@@ -528,11 +544,18 @@ def merge_is_exact(first: ConvParams, second: ConvParams, input_spatial=None) ->
     return merge_exactness(first, second, input_spatial)[0]
 
 
-def compose_conv(first: ConvParams, second: ConvParams, input_spatial=None) -> MergedConv:
+def _placeholder(shape, dtype) -> np.ndarray:
+    """A read-only array of zeros of `shape` that takes no memory (a shape for pricing, not values)."""
+    return np.broadcast_to(np.zeros((), dtype), tuple(shape))
+
+
+def compose_conv(first: ConvParams, second: ConvParams, input_spatial=None, values: bool = True) -> MergedConv:
     """second(first(x)) with nothing nonlinear between, as one conv (see module docstring for exactness).
 
     input_spatial (the first conv's input size) enables end-pad trimming, exact bias maps and the
-    exact end-side check; without it the checks assume any input size.
+    exact end-side check; without it the checks assume any input size. values=False skips the kernel
+    composition and the bias map's values (the costly parts): the result is shape_only, enough for
+    a planner to price the merge and know whether it needs a bias map.
     """
     _check_chain(first, second)
     n = first.ndim
@@ -540,8 +563,12 @@ def compose_conv(first: ConvParams, second: ConvParams, input_spatial=None) -> M
     input_spatial, n1, n2, second_t = _chain_sizes(first, second, input_spatial)
 
     G = math.gcd(first.group, second.group)
-    wb, mdil = _compose_kernels(first, second, G)
-    weight = wb.reshape((second.out_channels, first.in_channels // G) + wb.shape[3:])
+    if values:
+        wb, mdil = _compose_kernels(first, second, G)
+        weight = wb.reshape((second.out_channels, first.in_channels // G) + wb.shape[3:])
+    else:
+        km, mdil = _composed_kernel_shape(first, second)
+        weight = _placeholder((second.out_channels, first.in_channels // G) + km, np.float64)
 
     s1 = first.strides
     strides = tuple(a * b for a, b in zip(s1, second.strides))
@@ -559,17 +586,21 @@ def compose_conv(first: ConvParams, second: ConvParams, input_spatial=None) -> M
     exact, reason = _exactness(bad, padded_read, b1 is not None, input_spatial is not None)
     bias_map = None
     if exact and padded_read and b1 is not None:  # exact only because the bias goes in as a map
-        ones = np.broadcast_to(b1.reshape((1, -1) + (1,) * n), (1, b1.shape[0]) + n1)
-        bias_map = conv_nd(ones, second_t.replace(weight=f64(second.weight),
-                                                  bias=None if second.bias is None else f64(second.bias)))[0]
+        if values:
+            ones = np.broadcast_to(b1.reshape((1, -1) + (1,) * n), (1, b1.shape[0]) + n1)
+            bias_map = conv_nd(ones, second_t.replace(weight=f64(second.weight),
+                                                      bias=None if second.bias is None else f64(second.bias)))[0]
+        else:
+            bias_map = _placeholder((second.out_channels,) + tuple(n2), np.float64)
         bias = None
 
-    params = ConvParams(weight=weight.astype(dtype), bias=None if bias is None else bias.astype(dtype),
+    cast = (lambda a: a.astype(dtype)) if values else (lambda a: _placeholder(a.shape, dtype))
+    params = ConvParams(weight=cast(weight), bias=None if bias is None else bias.astype(dtype),
                         strides=strides, pads=pads, dilations=mdil, group=G)
     if n2 is not None and params.output_spatial(input_spatial) != n2:  # the floor identity guarantees this
         raise AlgebraError(f"internal: merged output {params.output_spatial(input_spatial)} != sequential {n2}")
-    return MergedConv(params=params, bias_map=None if bias_map is None else bias_map.astype(dtype),
-                      exact=exact, reason=reason)
+    return MergedConv(params=params, bias_map=None if bias_map is None else cast(bias_map),
+                      exact=exact, reason=reason, shape_only=not values)
 
 
 def compose_conv_chain(convs, input_spatial=None) -> MergedConv:
@@ -589,24 +620,33 @@ def compose_conv_chain(convs, input_spatial=None) -> MergedConv:
     return acc
 
 
-def extend_chain(acc: MergedConv, c: ConvParams, input_spatial=None) -> MergedConv:
+def extend_chain(acc: MergedConv, c: ConvParams, input_spatial=None, values: bool = True) -> MergedConv:
     """One step of compose_conv_chain: acc (a merged prefix) followed by conv c.
 
-    A planner that scores every segment of a chain extends prefixes instead of recomposing them.
+    A planner that scores every segment of a chain extends prefixes instead of recomposing them
+    (values=False: shape-only, see compose_conv; a shape-only prefix gives a shape-only result).
     """
+    values = values and not acc.shape_only
     if acc.bias_map is None:
-        m = compose_conv(acc.params, c, input_spatial)
+        m = compose_conv(acc.params, c, input_spatial, values)
     else:
-        m = compose_conv(acc.params, c.replace(bias=None), input_spatial)
-        carried = conv_nd(f64(acc.bias_map)[None], c.replace(weight=f64(c.weight), bias=f64(c.bias)))[0]
-        if m.bias_map is not None:  # cannot happen (first bias is None), kept for safety
-            carried = carried + f64(m.bias_map)
-        if m.params.bias is not None:
-            carried = carried + f64(m.params.bias).reshape((-1,) + (1,) * c.ndim)
-        m = MergedConv(m.params.replace(bias=None), carried.astype(m.params.weight.dtype), m.exact,
-                       m.reason if not m.exact else "exact with a per-position bias_map carried through")
+        m = compose_conv(acc.params, c.replace(bias=None), input_spatial, values)
+        if values:
+            carried = conv_nd(f64(acc.bias_map)[None], c.replace(weight=f64(c.weight), bias=f64(c.bias)))[0]
+            if m.bias_map is not None:  # cannot happen (first bias is None), kept for safety
+                carried = carried + f64(m.bias_map)
+            if m.params.bias is not None:
+                carried = carried + f64(m.params.bias).reshape((-1,) + (1,) * c.ndim)
+            carried = carried.astype(m.params.weight.dtype)
+        else:
+            out = c.output_spatial(acc.bias_map.shape[1:])
+            carried = _placeholder((c.out_channels,) + tuple(out), m.params.weight.dtype)
+        m = MergedConv(m.params.replace(bias=None), carried, m.exact,
+                       m.reason if not m.exact else "exact with a per-position bias_map carried through",
+                       shape_only=not values)
     approx = [r for r in (acc.reason, m.reason) if r.startswith("approximate")]
-    return MergedConv(m.params, m.bias_map, acc.exact and m.exact, "; ".join(approx) or m.reason)
+    return MergedConv(m.params, m.bias_map, acc.exact and m.exact, "; ".join(approx) or m.reason,
+                      shape_only=not values)
 
 
 # -- skips ------------------------------------------------------------------------------------------

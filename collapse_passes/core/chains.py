@@ -21,7 +21,8 @@ MAX_SEGMENT = 6
 @dataclass
 class ConvChainPlan:
     """Segments [i, j) of a conv chain and, for each merged one, its MergedConv; refused pairs say why;
-    candidates holds every merge the planner built (for "exact but costs more" notes)."""
+    candidates holds every merge the planner priced (for "exact but costs more" notes): shape-only
+    (algebra.conv.compose_conv(values=False)) except the merged ones."""
     segments: list
     merged: dict = field(default_factory=dict)
     refused: dict = field(default_factory=dict)
@@ -54,7 +55,7 @@ def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: 
                 if not exact:
                     refused[(i, j)] = why
                     return None
-            m = conv_alg.extend_chain(prefix, params[j - 1], spatials[i])
+            m = conv_alg.extend_chain(prefix, params[j - 1], spatials[i], values=False)
         except CollapseError as exc:
             refused[(i, j)] = str(exc)
             return None
@@ -66,15 +67,27 @@ def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: 
 
     def cost(i, j):
         m = get(i, j)
-        if m is None:
-            return None
-        c = cm.op_cost("Conv", conv_macs(m.params, outs[j - 1]), conv_signature(m.params, spatials[i]))
-        if m.bias_map is not None:
-            c += cm.elementwise_cost("Add", (m.params.out_channels,) + tuple(outs[j - 1]))
-        return c
+        return None if m is None else segment_cost(m, spatials[i], outs[j - 1], cm)
 
     segs = plan_segments(len(params), cost, MAX_SEGMENT)
-    return ConvChainPlan(segs, {s: merged[s] for s in segs if s[1] - s[0] > 1}, refused, merged)
+    # segments are priced on shapes (extend_chain(values=False)); only the chosen ones are composed
+    chosen = {(i, j): conv_alg.compose_conv_chain(params[i:j], spatials[i]) for i, j in segs if j - i > 1}
+    merged.update(chosen)
+    return ConvChainPlan(segs, chosen, refused, merged)
+
+
+def segment_cost(m, spatial_in, spatial_out, cm: CostModel) -> float:
+    """Cost of one planned segment (its MergedConv m, input / output spatial size): the conv plus its
+    bias-map Add when it needs one. The planner's price; callers comparing plans use it too."""
+    c = cm.op_cost("Conv", conv_macs(m.params, spatial_out), conv_signature(m.params, spatial_in))
+    if m.bias_map is not None:
+        c += cm.elementwise_cost("Add", (m.params.out_channels,) + tuple(spatial_out))
+    return c
+
+
+def plan_cost(plan: ConvChainPlan, spatials, outs, cm: CostModel) -> float:
+    """Total cost of a plan_conv_chain result under cm (sum of its segments' costs)."""
+    return sum(segment_cost(plan.candidates[(i, j)], spatials[i], outs[j - 1], cm) for i, j in plan.segments)
 
 
 def merge_reason(before, after, n, m=None) -> str:

@@ -48,7 +48,9 @@ def _bytes(model) -> bytes | str:
 
 
 def session(model, optimize: bool = False, threads: int | None = None, spinning: bool = False, ours: bool = False):
-    """A CPU InferenceSession; optimize=False runs the graph as written (what verification wants).
+    """A CPU InferenceSession; optimize=False runs the graph as written (what verification wants:
+    with onnxruntime's layout optimizations the check of MobileNetV2 at 224 runs about 1.4x faster
+    but the process peaks ~90 MB higher on ResNet-18, so as written it stays).
 
     A load failure is the user's problem (CollapseError) unless ours=True: a model this package
     made that onnxruntime cannot load is a bug (RuntimeError)."""
@@ -63,16 +65,64 @@ def session(model, optimize: bool = False, threads: int | None = None, spinning:
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
-        # run-as-written sessions (verification, calibration) run a few times: no memory arena, so the
-        # process's peak is not a pool sized for a model that is about to be dropped
+        # sessions that run a few times (verification, calibration): no memory arena, so the process's
+        # peak is not a pool sized for a model that is about to be dropped
         so.enable_cpu_mem_arena = False
+    keep = None
     try:
-        return ort.InferenceSession(_bytes(model), so, providers=["CPUExecutionProvider"])
+        if hasattr(model, "graph") and hasattr(model, "SerializeToString"):
+            # the weights go to onnxruntime as in-memory external initializers: only the structure is
+            # serialized (ResNet-18: session 0.5 s -> 0.15 s, 30 MB less peak per session)
+            light, names, values = _weights_apart(model)
+            if names:
+                keep = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
+                so.add_external_initializers(names, keep)
+            model = light
+        sess = ort.InferenceSession(_bytes(model), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         msg = " ".join(str(exc).split())[:200]
         if ours:
             raise RuntimeError(f"onnxruntime cannot load the transformed model ({msg})") from exc
         raise CollapseError(f"onnxruntime cannot load the model ({msg})") from None
+    sess._collapse_weights = keep   # onnxruntime reads them for as long as the session lives
+    return sess
+
+
+#: top-level initializers with at least this many bytes of data are handed over in memory
+APART_BYTES = 4096
+#: element types numpy and onnxruntime share (float, double, half, the integers, bool)
+_APART_TYPES = {1, 11, 10, 2, 3, 4, 5, 6, 7, 9, 12, 13}
+
+
+def _weights_apart(model):
+    """(structure, names, arrays): `model` whose large top-level initializers are marked as external
+    data, plus those initializers as numpy arrays (SessionOptions.add_external_initializers). The
+    caller's proto is not modified; a tensor already stored externally stays as it is."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ..onnx.graph import copy_fields
+
+    light = onnx.ModelProto()
+    copy_fields(model, light, skip="graph")
+    src, dst = model.graph, light.graph
+    copy_fields(src, dst, skip="initializer")
+    names, values = [], []
+    for t in src.initializer:
+        if (t.data_location != onnx.TensorProto.EXTERNAL and t.data_type in _APART_TYPES
+                and t.ByteSize() >= APART_BYTES):
+            ref = dst.initializer.add()
+            ref.name, ref.data_type = t.name, t.data_type
+            ref.dims.extend(t.dims)
+            ref.data_location = onnx.TensorProto.EXTERNAL
+            entry = ref.external_data.add()
+            entry.key, entry.value = "location", "in-memory"
+            names.append(t.name)
+            values.append(np.ascontiguousarray(numpy_helper.to_array(t)))
+        else:
+            dst.initializer.append(t)
+    return light, names, values
+
 
 
 def _as_session(model_or_session):

@@ -42,6 +42,29 @@ def light_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return lm
 
 
+def light_export(graph: gs.Graph) -> onnx.ModelProto:
+    """gs.export_onnx(graph) as light_model() would leave it: the large float constants declared as
+    typed inputs, so exporting does not copy the weights (twice: gs makes bytes, then a TensorProto).
+    The graph itself is not modified (a shallow gs copy is; constants' arrays are shared, not loaded)."""
+    g = graph.copy()
+    stand_ins: dict[str, gs.Variable] = {}
+    for node in g.nodes:
+        for i, t in enumerate(node.inputs):
+            if not isinstance(t, gs.Constant):
+                continue
+            shape = tuple(t.shape)
+            if np.dtype(t.dtype).kind != "f" or int(np.prod(shape)) <= LIGHT_LIMIT:
+                continue
+            v = stand_ins.get(t.name)
+            if v is None:
+                v = stand_ins[t.name] = gs.Variable(t.name, dtype=t.dtype, shape=list(shape))
+            node.inputs[i] = v
+    g.inputs = list(g.inputs) + list(stand_ins.values())
+    model = gs.export_onnx(g, do_type_check=False)
+    del model.graph.value_info[:]
+    return model
+
+
 def inferred_types(model: onnx.ModelProto) -> dict | None:
     """tensor name -> ValueInfoProto from shape inference (strict off, data propagation on); None if it fails."""
     try:

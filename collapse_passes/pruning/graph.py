@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import networkx as nx
 import numpy as np
 
 from ..algebra.prune import filter_norms
@@ -69,6 +68,8 @@ class Group:
 
 class ChannelGraph:
     def __init__(self):
+        import networkx as nx   # here, not at module level: a run that prunes nothing never pays its import
+
         self.slots = nx.Graph()
         self.chan = nx.Graph()
         self.ops: list[OpRecord] = []
@@ -143,6 +144,8 @@ class ChannelGraph:
         for op in self.ops:
             if op.kind in ("conv", "dense"):
                 producer_of[op.outs[0]] = op.name
+        import networkx as nx
+
         order = {s: k for k, s in enumerate(self.slots.nodes)}
         groups = []
         for comp in sorted(nx.connected_components(self.slots), key=lambda c: min(order[s] for s in c)):

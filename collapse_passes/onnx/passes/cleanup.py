@@ -4,15 +4,14 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
-from ..shapes import apply_types, inferred_types
+from ..shapes import apply_types, inferred_types, light_export
 
 
 def infer_shapes(graph: gs.Graph) -> bool:
     """ONNX shape inference so new tensors get shapes (MACs, bias maps need them): every Variable gets
     the dtype/shape inference gives it (none if inference does not reach it), in place. The weights are
     not sent through inference (onnx/shapes.py). False (graph unchanged) if inference fails."""
-    model = gs.export_onnx(graph, do_type_check=False)
-    del model.graph.value_info[:]
+    model = light_export(graph)
     types = inferred_types(model)
     del model
     if types is None:
