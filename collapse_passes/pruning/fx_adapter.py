@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.fx
 
-from ..algebra import prune as prune_alg
 from ..algebra.conv import ConvParams, bn_to_affine
 from ..algebra.linear import LinearParams
 from ..errors import CollapseError
-from .graph import ChannelGraph, OpRecord, broadcast_channel_axis
+from .builder import SlotBuilder
+from .graph import ChannelGraph, removal_edits
 
 
 def _torch():
@@ -60,44 +60,32 @@ def _unary_sets():
     return relu_f, index_m, other_m, index_f, other_f, binary
 
 
-class _FxBuilder:
+class _FxBuilder(SlotBuilder):
+    NODE_KEY = "fx_node"
+
     def __init__(self, gm, example_inputs):
         from torch.fx.passes.shape_prop import ShapeProp
 
+        super().__init__()
         self.gm = gm
         with _shape_run():
             ShapeProp(gm).propagate(*example_inputs)
-        self.cg = ChannelGraph()
-        self.slot_of: dict = {}
         self.calls: dict = {}
         for n in gm.graph.nodes:
             if n.op == "call_module":
                 self.calls[n.target] = self.calls.get(n.target, 0) + 1
         self.sets = _unary_sets()
 
+    # -- what SlotBuilder reads -------------------------------------------------------------------
     def shape(self, n):
         meta = getattr(n, "meta", {}).get("tensor_meta") if hasattr(n, "meta") else None
         return None if meta is None or not hasattr(meta, "shape") else list(meta.shape)
 
-    def new_slot(self, n, axis):
-        s = self.shape(n)
-        if s is None or axis < 0 or axis >= len(s) or not s[axis]:
-            return None
-        slot = self.cg.add_slot((n.name, axis), s[axis])
-        self.slot_of[n.name] = slot
-        return slot
+    def op_type(self, n) -> str:
+        return _op_type(n)
 
-    def get_slot(self, n, axis, who):
-        if n.name in self.slot_of:
-            slot = self.slot_of[n.name]
-            if slot[1] != axis:
-                self.cg.freeze_op(who.name, _op_type(who), [slot], f"reads channels on axis {axis}, not {slot[1]}")
-                return None
-            return slot
-        slot = self.new_slot(n, axis)
-        if slot is not None:
-            self.cg.freeze(slot, n.name, "value", "graph input" if n.op == "placeholder" else f"produced by {_op_type(n)} (not tracked)")
-        return slot
+    def origin(self, n) -> str:
+        return "graph input" if n.op == "placeholder" else f"produced by {_op_type(n)} (not tracked)"
 
     def node_inputs(self, n):
         fx = _torch().fx
@@ -107,12 +95,6 @@ class _FxBuilder:
 
     def slotted(self, n):
         return [self.slot_of[a.name] for a in self.node_inputs(n) if a.name in self.slot_of]
-
-    def unknown(self, n, reason):
-        self.cg.freeze_op(n.name, _op_type(n), self.slotted(n), reason)
-
-    def record(self, n, kind, ins, outs, **data):
-        self.cg.add_op(OpRecord(n.name, _op_type(n), kind, ins, outs, dict(data, fx_node=n)))
 
     def build(self) -> ChannelGraph:
         for n in self.gm.graph.nodes:
@@ -270,16 +252,12 @@ class _FxBuilder:
     def binary(self, n, fn):
         fx = _torch().fx
         ro = len(self.shape(n) or [])
-        if not ro or len(n.args) != 2:
-            return self.unknown(n, "unknown output shape")
-        ax = broadcast_channel_axis([(self.slot_of[a.name][1], len(self.shape(a))) for a in n.args
-                                     if isinstance(a, fx.Node) and a.name in self.slot_of], ro)
-        if ax is None:
-            return self.unknown(n, "operands carry channels on different axes")
-        sout = self.new_slot(n, ax)
-        if sout is None:
-            return self.unknown(n, "unknown output shape")
-        C = self.cg.size(sout)
+        operands = [(self.slot_of[a.name], len(self.shape(a))) for a in n.args
+                    if isinstance(a, fx.Node) and a.name in self.slot_of]
+        got = self.binary_output(n, n, operands + [(None, 0)] * (len(n.args) - len(operands)), ro)
+        if got is None:
+            return None
+        ax, sout, C = got
         ins, consts = [], []
         for a in n.args:
             if isinstance(a, (int, float)):
@@ -367,49 +345,29 @@ def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
     per-position bias map (a `ConvWithBiasMap` wrapper)."""
     torch = _torch()
     nn = torch.nn
-    keep = cg.keep_sets(removed)
-    fold_by_op: dict = {}
-    for name, _s, ch, v in folds:
-        fold_by_op.setdefault(name, []).append((ch, v))
     info = {"bias_maps": []}
 
     def param(a, like):
         return nn.Parameter(torch.as_tensor(np.ascontiguousarray(a), dtype=like.dtype), requires_grad=like.requires_grad)
 
-    for rec in cg.ops:
+    for edit in removal_edits(cg, removed, folds):
+        rec, k_in = edit.rec, edit.k_in
         if "module" not in rec.data:
             continue
-        touched = any(s in keep for s in list(rec.ins) + list(rec.outs) if s is not None)
-        if not touched and rec.name not in fold_by_op:
-            continue
-        mod = rec.data["module"]
-        k_in = keep.get(rec.ins[0]) if rec.ins else None
-        k_out = keep.get(rec.outs[0]) if rec.outs else None
-        if rec.kind == "conv":
-            p, bias_map = rec.data["params"], None
-            if rec.name in fold_by_op:
-                idx, vals = zip(*fold_by_op[rec.name])
-                p, bias_map = prune_alg.fold_constant_inputs_conv(p, idx, vals, rec.data["input_spatial"])
-            new = prune_alg.slice_conv(p, k_out, k_in if p.group == 1 else k_out)
+        mod, new = rec.data["module"], edit.params
+        if rec.kind in ("conv", "dense"):
             mod.weight = param(new.weight, mod.weight)
             if new.bias is not None:
                 mod.bias = param(new.bias, mod.weight)
             elif mod.bias is not None:
                 mod.bias = None
+        if rec.kind == "conv":
             mod.in_channels, mod.out_channels, mod.groups = new.in_channels, new.out_channels, new.group
-            if bias_map is not None:
-                bm = bias_map if k_out is None else bias_map[k_out]
-                _set_submodule(gm, rec.data["fx_node"].target, ConvWithBiasMap(mod, torch.as_tensor(bm, dtype=mod.weight.dtype)))
+            if edit.bias_map is not None:
+                _set_submodule(gm, rec.data["fx_node"].target,
+                               ConvWithBiasMap(mod, torch.as_tensor(edit.bias_map, dtype=mod.weight.dtype)))
                 info["bias_maps"].append(rec.name)
         elif rec.kind == "dense":
-            p = rec.data["params"]
-            if rec.name in fold_by_op:
-                idx, vals = zip(*fold_by_op[rec.name])
-                p = prune_alg.fold_constant_inputs_linear(p, idx, vals)
-            new = prune_alg.slice_linear(p, k_out, k_in)
-            mod.weight = param(new.weight, mod.weight)
-            if new.bias is not None:
-                mod.bias = param(new.bias, mod.weight)
             mod.in_features, mod.out_features = new.in_features, new.out_features
         elif rec.kind == "bn":
             idx = torch.as_tensor(k_in)

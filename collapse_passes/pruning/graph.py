@@ -327,3 +327,45 @@ class ChannelGraph:
             fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[d["fn"]]
             return float(fn(xs[0], xs[1])), False
         return None, False
+
+
+@dataclass
+class OpEdit:
+    """What one op becomes when units are removed (ChannelGraph.keep_sets) and constants folded:
+    k_in / k_out are the kept input / output channels (None: all kept); for conv and dense ops,
+    `params` is the sliced (and folded) ConvParams / LinearParams and `bias_map` the per-position
+    map a constant read through zero padding leaves (already sliced to k_out), else None."""
+    rec: OpRecord
+    k_in: object
+    k_out: object
+    params: object = None
+    bias_map: object = None
+
+
+def removal_edits(cg: ChannelGraph, removed, folds=()):
+    """OpEdit for every op that removing `removed` units, or folding `folds` (op name, slot, channel,
+    value) into their readers, changes; in the channel graph's op order. Both adapters apply them."""
+    from ..algebra import prune as prune_alg
+
+    keep = cg.keep_sets(removed)
+    fold_by_op: dict = {}
+    for name, _slot, ch, value in folds:
+        fold_by_op.setdefault(name, []).append((ch, value))
+    for rec in cg.ops:
+        touched = any(s in keep for s in list(rec.ins) + list(rec.outs) if s is not None)
+        if not touched and rec.name not in fold_by_op:
+            continue
+        edit = OpEdit(rec, keep.get(rec.ins[0]) if rec.ins else None, keep.get(rec.outs[0]) if rec.outs else None)
+        folded = list(zip(*fold_by_op[rec.name])) if rec.name in fold_by_op else None
+        if rec.kind == "conv":
+            p = rec.data["params"]
+            if folded:
+                p, bm = prune_alg.fold_constant_inputs_conv(p, *folded, rec.data["input_spatial"])
+                edit.bias_map = bm if bm is None or edit.k_out is None else bm[edit.k_out]
+            edit.params = prune_alg.slice_conv(p, edit.k_out, edit.k_in if p.group == 1 else edit.k_out)
+        elif rec.kind == "dense":
+            p = rec.data["params"]
+            if folded:
+                p = prune_alg.fold_constant_inputs_linear(p, *folded)
+            edit.params = prune_alg.slice_linear(p, edit.k_out, edit.k_in)
+        yield edit

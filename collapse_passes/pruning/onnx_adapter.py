@@ -13,7 +13,8 @@ from ..algebra import prune as prune_alg
 from ..algebra.conv import bn_to_affine
 from ..onnx.graph import const_value, make_const
 from ..onnx.linear_ops import ConvView, DenseView
-from .graph import ChannelGraph, OpRecord, broadcast_channel_axis
+from .builder import SlotBuilder
+from .graph import ChannelGraph, removal_edits
 
 #: elementwise unary ops: channel i of the output depends on channel i of the input only
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu",
@@ -43,16 +44,17 @@ def infer_shapes(graph: gs.Graph) -> dict[str, list]:
     return out
 
 
-class _Builder:
+class _Builder(SlotBuilder):
+    VALUE_KIND = "tensor"
+
     def __init__(self, graph: gs.Graph):
+        super().__init__()
         self.g = graph
         self.shapes = infer_shapes(graph)
-        self.cg = ChannelGraph()
-        self.slot_of: dict[str, tuple] = {}
         self.skip: set = set()
         self.inputs = {t.name for t in graph.inputs}
 
-    # -- slots ------------------------------------------------------------------------------------
+    # -- what SlotBuilder reads -------------------------------------------------------------------
     def shape(self, t):
         s = self.shapes.get(t.name)
         return None if s is None else list(s)
@@ -61,38 +63,15 @@ class _Builder:
         s = self.shape(t)
         return None if s is None else len(s)
 
-    def new_slot(self, t, axis: int):
-        s = self.shape(t)
-        if s is None or axis >= len(s) or not s[axis]:
-            return None
-        slot = self.cg.add_slot((t.name, axis), s[axis])
-        self.slot_of[t.name] = slot
-        return slot
+    def op_type(self, node) -> str:
+        return node.op
 
-    def get_slot(self, t, axis: int, node):
-        """The slot of tensor t on `axis`; created frozen when t comes from outside the understood ops."""
-        if t.name in self.slot_of:
-            slot = self.slot_of[t.name]
-            if slot[1] != axis:
-                self.cg.freeze_op(node.name, node.op, [slot], f"reads channels on axis {axis}, tensor's are on "
-                                                               f"axis {slot[1]}")
-                return None
-            return slot
-        slot = self.new_slot(t, axis)
-        if slot is not None:
-            why = "graph input" if t.name in self.inputs else \
-                f"produced by {t.inputs[0].op if t.inputs else 'nothing'} (not tracked)"
-            self.cg.freeze(slot, t.name, "tensor", why)
-        return slot
+    def origin(self, t) -> str:
+        return "graph input" if t.name in self.inputs else \
+            f"produced by {t.inputs[0].op if t.inputs else 'nothing'} (not tracked)"
 
     def slotted(self, node) -> list:
         return [self.slot_of.get(t.name) for t in node.inputs]
-
-    def unknown(self, node, reason: str):
-        self.cg.freeze_op(node.name, node.op, [s for s in self.slotted(node) if s is not None], reason)
-
-    def record(self, node, kind, ins, outs, **data):
-        self.cg.add_op(OpRecord(node.name, node.op, kind, ins, outs, dict(data, node=node)))
 
     # -- walk -------------------------------------------------------------------------------------
     def build(self) -> ChannelGraph:
@@ -210,16 +189,10 @@ class _Builder:
     def binary(self, node):
         out = node.outputs[0]
         ro = self.rank(out)
-        if ro is None or len(node.inputs) != 2:
-            return self.unknown(node, "unknown output rank")
-        ax = broadcast_channel_axis([(s[1], self.rank(t)) for t, s in zip(node.inputs, self.slotted(node))
-                                     if s is not None], ro)
-        if ax is None:
-            return self.unknown(node, "operands carry channels on different axes")
-        sout = self.new_slot(out, ax)
-        if sout is None:
-            return self.unknown(node, "unknown output shape")
-        C = self.cg.size(sout)
+        got = self.binary_output(node, out, [(s, self.rank(t)) for t, s in zip(node.inputs, self.slotted(node))], ro)
+        if got is None:
+            return None
+        ax, sout, C = got
         ins, consts, slice_axes = [], [], []
         for t, s in zip(node.inputs, self.slotted(node)):
             r = self.rank(t) if const_value(t) is None else np.ndim(const_value(t))
@@ -479,35 +452,15 @@ def apply_removal(graph: gs.Graph, cg: ChannelGraph, removed, folds=()) -> dict:
     Returns {"bias_maps": [...op names that got a per-position bias map]}.
     """
     keep = cg.keep_sets(removed)
-    fold_by_op: dict = {}
-    for name, _slot, ch, value in folds:
-        fold_by_op.setdefault(name, []).append((ch, value))
     info = {"bias_maps": []}
-    for rec in cg.ops:
+    for edit in removal_edits(cg, removed, folds):
+        rec, k_in, k_out = edit.rec, edit.k_in, edit.k_out
         node = rec.data["node"]
-        touched = any(s in keep for s in list(rec.ins) + list(rec.outs) if s is not None)
-        if not touched and rec.name not in fold_by_op:
-            continue
-        k_in = keep.get(rec.ins[0]) if rec.ins else None
-        k_out = keep.get(rec.outs[0]) if rec.outs else None
-        if rec.kind == "conv":
-            p = rec.data["params"]
-            bias_map = None
-            if rec.name in fold_by_op:
-                idx, vals = zip(*fold_by_op[rec.name])
-                p, bias_map = prune_alg.fold_constant_inputs_conv(p, idx, vals, rec.data["input_spatial"])
-            new = prune_alg.slice_conv(p, k_out, k_in if p.group == 1 else k_out)
-            rec.data["view"].write(graph, new)
-            if bias_map is not None:
-                bm = bias_map if k_out is None else bias_map[k_out]
-                _add_bias_map(graph, node, bm)
+        if rec.kind in ("conv", "dense"):
+            rec.data["view"].write(graph, edit.params)
+            if edit.bias_map is not None:
+                _add_bias_map(graph, node, edit.bias_map)
                 info["bias_maps"].append(rec.name)
-        elif rec.kind == "dense":
-            p = rec.data["params"]
-            if rec.name in fold_by_op:
-                idx, vals = zip(*fold_by_op[rec.name])
-                p = prune_alg.fold_constant_inputs_linear(p, idx, vals)
-            rec.data["view"].write(graph, prune_alg.slice_linear(p, k_out, k_in))
         elif rec.kind == "bn":
             for j in range(1, 5):
                 v = const_value(node.inputs[j])
