@@ -15,6 +15,7 @@ from .config import CollapseConfig
 from .errors import CollapseError, VerificationError
 from .onnx.analysis import model_stats
 from .onnx.graph import as_model, node_key_names, save_model_atomic, to_graph
+from .report import activation_row, build_report
 from .core.selection import assign_scores, check_selection, choose, display_key, read_scores
 from .onnx.keys import resolve_keys
 from .onnx.patterns import find_activations, unknown_nonlinear_nodes
@@ -175,32 +176,17 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         passed = limit is None or ver.against_requested.max_abs <= limit
 
     chosen_ids = {id(a) for a in chosen}
-    report = {
-        "input": str(path) if path else None,
-        "activations": [
-            {"key": display_key(a), "keys": a.keys, "module": a.module_path, "kind": a.kind, "nodes": a.node_names,
-             "score": act_scores.get(id(a)), "collapsed": id(a) in chosen_ids}
-            for a in acts],
-        "collapsed": len(chosen),
-        "blocks": [{"key": k, "score": v, "removed": k in blocks_removed} for k, v in block_scores.items()],
-        "before": model_stats(original).as_dict(),
-        "after": stats_after.as_dict(),
-        "verification": ver.as_dict(),
-        "passed": passed,
-        "approximate": approx,
-        "approximations": ctx.approximations,
-        "folds": ctx.folds,
-        "merges": ctx.merges,
-        "passes": [{"name": r.name, "runs": r.runs, "changes": r.changes, "seconds": round(r.seconds, 4)}
-                   for r in pm.records.values()],
-        "left_alone": sorted({f"{n.op}" for n in unknown}),
-        "left_alone_nodes": [n.name for n in unknown][:200],
-        "notes": list(dict.fromkeys(notes + ctx.notes)),
-        "warnings": warnings,
-        "score_details": score_details,
-        "pruning": prune_report,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    report = build_report(
+        input=str(path) if path else None,
+        activations=[activation_row(display_key(a), a.keys, a.kind, a.node_names, act_scores.get(id(a)),
+                                    id(a) in chosen_ids, module=a.module_path) for a in acts],
+        blocks=[{"key": k, "score": v, "removed": k in blocks_removed} for k, v in block_scores.items()],
+        before=model_stats(original).as_dict(), after=stats_after.as_dict(), verification=ver.as_dict(),
+        passed=passed, approximations=ctx.approximations, folds=ctx.folds, merges=ctx.merges,
+        passes=[{"name": r.name, "runs": r.runs, "changes": r.changes, "seconds": round(r.seconds, 4)}
+                for r in pm.records.values()],
+        left_alone=[n.op for n in unknown], left_alone_nodes=[n.name for n in unknown],
+        notes=notes + ctx.notes, warnings=warnings, score_details=score_details, pruning=prune_report, started=t0)
     if speedup_rows is not None:
         report["target_speedup"] = {"target": cfg.target_speedup, "tried": speedup_rows}
     if eval_set is not None:

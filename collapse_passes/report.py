@@ -2,9 +2,47 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:   # rich is imported when something is printed, not by `import collapse_passes`
+    from rich.console import Console
+
+
+def activation_row(key: str, keys, kind: str, nodes, score, collapsed: bool, module=None) -> dict:
+    """One activation site of the report (the same fields from every front end)."""
+    return {"key": key, "keys": list(keys), "module": module, "kind": kind, "nodes": list(nodes),
+            "score": score, "collapsed": bool(collapsed)}
+
+
+def build_report(*, input, activations: list, before: dict, after: dict, verification: dict, passed: bool,
+                 approximations: list, folds: list, merges: list, passes: list, left_alone, left_alone_nodes,
+                 notes: list, warnings: list, started: float, blocks=(), score_details=None, pruning=None) -> dict:
+    """The report of one collapse, built in one place for the ONNX and torch front ends (same keys,
+    same order, same derived fields); `started` is the run's time.perf_counter() at its start."""
+    import time
+
+    return {
+        "input": input,
+        "activations": activations,
+        "collapsed": sum(a["collapsed"] for a in activations),
+        "blocks": list(blocks),
+        "before": before,
+        "after": after,
+        "verification": verification,
+        "passed": bool(passed),
+        "approximate": bool(approximations),
+        "approximations": approximations,
+        "folds": folds,
+        "merges": merges,
+        "passes": passes,
+        "left_alone": sorted(set(left_alone)),
+        "left_alone_nodes": list(left_alone_nodes)[:200],
+        "notes": list(dict.fromkeys(notes)),
+        "warnings": warnings,
+        "score_details": score_details,
+        "pruning": pruning,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def _fmt_int(n) -> str:
@@ -18,6 +56,9 @@ def _pct(before, after) -> str:
 
 
 def print_report(report: dict, console: Console | None = None, max_rows: int = 60, max_notes: int = 6) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = console or Console()
     acts = report.get("activations", [])
     t = Table(title=f"Activations ({report.get('collapsed', 0)} of {len(acts)} collapsed)", show_lines=False)
@@ -99,6 +140,8 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
 
 def _print_pruning(pr: dict, console: Console, max_rows: int) -> None:
     """Channel pruning: per group channels before/after, parameters and MACs saved, frozen ops."""
+    from rich.table import Table
+
     sections = [("exact removal", pr)] + ([("ratio prune", pr["ratio"])] if pr.get("ratio") else [])
     for label, sec in sections:
         rows = sec.get("groups") or []

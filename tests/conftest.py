@@ -35,6 +35,21 @@ def randomize_bn(model, seed=0):
     return model
 
 
+def near_identity_convs(model, noise=0.1, seed=0):
+    """1x1 convs of a chain set to identity + noise, so every activation's effect reaches the output (default
+    init shrinks the signal through a long chain of 1x1 convs until outputs cannot tell collapses apart)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.in_channels == m.out_channels:
+                c = m.in_channels
+                m.weight.copy_(torch.eye(c)[:, :, None, None] + noise * torch.randn(c, c, 1, 1, generator=g))
+                m.bias.copy_(noise * torch.randn(c, generator=g))
+    return model
+
+
 def export_quiet(model, path, shape, dynamo):
     from models.export import export_onnx
 

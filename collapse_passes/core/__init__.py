@@ -3,6 +3,8 @@
 - activations: the activation catalogue (kind -> linear regime, kink, upper bound, reference
   function, collapsible or not). Pure python/numpy.
 - torch_kinds: torch modules / functions / aten ops -> catalogue kinds (imports torch lazily).
+- gates: how composite activations (x*sigmoid(x), x*relu6(x+3)/6, ...) are found as one site: region
+  growing and probe identification, for the ONNX and fx front ends. Pure numpy.
 - runtime: onnxruntime sessions, random inputs, interleaved timing, output comparison (one
   tolerance rule). Imports onnxruntime lazily.
 - chains: conv-chain merge planning on algebra/ + planning.py.

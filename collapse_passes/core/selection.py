@@ -26,6 +26,27 @@ def site_key(path: str, call: int, calls: int) -> str:
     return path if calls == 1 else f"{path}{SITE_SEP}{call}"
 
 
+#: marks the key of an activation called outside any module: "relu()" / "relu():1"
+ROOT_CALL = "()"
+
+
+def root_keys(sites: list) -> dict[int, list[str]]:
+    """id(site) -> its keys as an activation called in the root forward, outside any module (F.relu(x) there):
+    `<kind>()`, or `<kind>():i` for the i-th of several of that kind in call order (bare `<kind>()` names
+    them all). Node names differ between symbolic_trace, torch.export and the two ONNX exporters; these keys
+    are the same wherever the same root activations are found. `sites`: the sites without a module path,
+    in call order."""
+    by_kind: dict[str, list] = {}
+    for s in sites:
+        by_kind.setdefault(s.kind, []).append(s)
+    out: dict[int, list[str]] = {}
+    for kind, group in by_kind.items():
+        for i, s in enumerate(group):
+            k = site_key(kind + ROOT_CALL, i, len(group))
+            out[id(s)] = [k] if len(group) == 1 else [k, kind + ROOT_CALL]
+    return out
+
+
 def display_key(a) -> str:
     """The most specific key of a site (its call-site key, else its first node name)."""
     return a.keys[0] if a.keys else a.name

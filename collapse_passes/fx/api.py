@@ -18,7 +18,8 @@ from torch.fx.passes.infra.pass_manager import PassManager
 from ..config import CollapseConfig
 from ..core.selection import assign_scores, choose, read_scores
 from ..errors import CollapseError, VerificationError
-from .graph import (count_ops, count_params, find_activations, is_collapsible, key_index, linear_op,
+from ..report import activation_row, build_report
+from .graph import (PARTIAL_GRAPH, count_ops, count_params, find_activations, is_collapsible, key_index, linear_op,
                     propagate_shapes, shape_of, training_batchnorms)
 from .passes import AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, LinearizeActivations, MergeLinearChains
 
@@ -339,29 +340,15 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         out_model = torch.export.export(result, example_inputs)
     chosen_ids = {id(s) for s in chosen}
     kept = [s for s in find_activations(original, collapsible_only=False) if not is_collapsible(s)]
-    report = {
-        "input": kind,
-        "activations": [{"key": s.keys[0], "keys": s.keys, "kind": s.kind, "nodes": s.node_names,
-                         "score": scores.get(id(s)), "collapsed": id(s) in chosen_ids} for s in sites],
-        "collapsed": len(chosen),
-        "blocks": [],
-        "before": before,
-        "after": after,
-        "verification": {**ver.as_dict(), "runtime": "torch, eager"},
-        "passed": passed,
-        "approximate": approx,
-        "approximations": record.approximations,
-        "folds": record.folds,
-        "merges": record.merges,
-        "passes": list(record.passes.values()),
-        "left_alone": sorted({s.kind for s in kept}),
-        "left_alone_nodes": [s.name for s in kept][:200],
-        "notes": list(dict.fromkeys(notes + record.notes)),
-        "warnings": warnings,
-        "score_details": None,
-        "pruning": prune_report,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    report = build_report(
+        input=kind,
+        activations=[activation_row(s.keys[0], s.keys, s.kind, s.node_names, scores.get(id(s)), id(s) in chosen_ids,
+                                    module=s.path) for s in sites],
+        before=before, after=after, verification={**ver.as_dict(), "runtime": "torch, eager"}, passed=passed,
+        approximations=record.approximations, folds=record.folds, merges=record.merges,
+        passes=list(record.passes.values()), left_alone=[s.kind for s in kept],
+        left_alone_nodes=[s.name for s in kept], notes=notes + record.notes, warnings=warnings,
+        pruning=prune_report, started=t0)
     if prune_report is not None and cfg.prune_ratio is not None:
         err = verify_torch(reference, reference, requested, feeds, cfg.rtol, cfg.atol, desc).against_requested
         prune_report["ratio"]["error_vs_unpruned"] = {"max_abs": err.max_abs, "max_rel": err.max_rel}
@@ -418,17 +405,20 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
 
     cfg = make_config(copy.deepcopy(config), scores, threshold, remove, "torch_backend", **kwargs)
     if collapse:
-        cfg.collapse = list(collapse)
+        cfg.collapse = [k.strip() for k in collapse.split(",") if k.strip()] if isinstance(collapse, str) \
+            else list(collapse)
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):
         raise CollapseError(f"threshold must be a finite number, got {cfg.threshold}")
 
     def backend(gm: fx.GraphModule, example_inputs):
+        gm.meta[PARTIAL_GRAPH] = True   # a graph break may split the forward: no "relu():i" root keys
         freeze_parameters(gm, example_inputs)
         propagate_shapes(gm, example_inputs, clone=False)
         notes, warnings = [], []
         # a key that names no activation of *this* graph may live in another graph dynamo split off
         sites = find_activations(gm)
         index = key_index(sites)
+        keys.note_graph(index, [s.keys[0] for s in sites])
         sub = copy.copy(cfg)
         if cfg.collapse:
             sub.collapse = [k for k in cfg.collapse if k in index]
@@ -465,11 +455,72 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
         for prm in out.parameters():   # frozen: the new ops' weights are constants of this graph
             prm.requires_grad_(False)
         if not inductor:
-            return out.forward
+            return keys.watch(out.forward)
         from torch._inductor.compile_fx import compile_fx
 
         # a fresh GraphModule without dynamo's metadata: the new modules' weights have no dynamo source
-        return compile_fx(fx.GraphModule(out, out.graph), example_inputs)
+        return keys.watch(compile_fx(fx.GraphModule(out, out.graph), example_inputs))
 
+    wanted = list(cfg.collapse or []) + (list(read_scores(cfg.scores)) if cfg.scores is not None else [])
+    keys = _BackendKeys(wanted)
     backend.reports = []
+    backend.unmatched_keys = keys.unmatched
     return backend
+
+
+class _BackendKeys:
+    """The backend's keys across all the graphs dynamo hands it: a graph break may put a key in any of
+    them, so a key is reported unknown only once every graph of a whole forward has been compiled. That is
+    known when a compiled graph runs a second time (the next call of the model): then one warning names the
+    keys that matched no graph, with the valid keys closest to them."""
+
+    def __init__(self, wanted):
+        self.wanted = list(dict.fromkeys(wanted))
+        self.matched: set = set()
+        self.valid: dict = {}          # site keys of every graph, in order
+        self.ran: set = set()
+        self.checked = not self.wanted
+        self.graphs = 0
+
+    def note_graph(self, index: dict, site_keys: list) -> None:
+        self.graphs += 1
+        self.matched.update(k for k in self.wanted if k in index)
+        self.valid.update(dict.fromkeys(site_keys))
+
+    def unmatched(self) -> list:
+        """The collapse/score keys that named no activation in any graph compiled so far."""
+        return [k for k in self.wanted if k not in self.matched]
+
+    def check(self) -> None:
+        import difflib
+        import warnings
+
+        self.checked = True
+        missing = self.unmatched()
+        if not missing:
+            return
+        valid = list(self.valid)
+        near = list(dict.fromkeys(n for k in missing for n in difflib.get_close_matches(k, valid, n=3, cutoff=0.5)))
+        shown = (near or valid)[:5]
+        hint = (f"did you mean {', '.join(shown)}?" if near else
+                f"valid keys: {', '.join(shown)}{', ...' if len(valid) > len(shown) else ''}" if valid else
+                "the compiled graphs have no collapsible activation")
+        warnings.warn(f"torch_backend: key(s) {', '.join(repr(k) for k in missing)} named no activation in any of "
+                      f"the {self.graphs} compiled graph(s) and were ignored; {hint} "
+                      "(collapse_passes.list_keys(model, inputs) lists them)", UserWarning, stacklevel=2)
+
+    def watch(self, fn):
+        """fn, checking the keys when any compiled graph runs for the second time (the next forward)."""
+        gid = self.graphs
+
+        def run(*args):
+            if not self.checked:
+                if gid in self.ran:
+                    self.check()
+                else:
+                    self.ran.add(gid)
+            return fn(*args)
+
+        if getattr(fn, "_boxed_call", False):   # inductor's output takes its inputs as one list: so does run
+            run._boxed_call = True
+        return run

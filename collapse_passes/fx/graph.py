@@ -9,6 +9,8 @@ Three graph styles meet here and are read the same way:
   freezes those into get_attr constants first (freeze_parameters).
 Keys are module paths read from node.meta["nn_module_stack"] (or the call_module target); a module
 called at several places gets one key per call site, `path:i` (i = call index in graph order).
+Activations written out elementwise (x * torch.sigmoid(x)) are one site, found by the ONNX front end's
+rule (core/gates.py).
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ from torch import fx
 from ..algebra.conv import ConvParams
 from ..algebra.linear import LinearParams
 from ..core import activations as catalogue
+from ..core import gates
 from ..core.torch_kinds import function_kind, module_kind
-from ..core.selection import site_key
+from ..core.selection import root_keys, site_key
 
 aten = torch.ops.aten
 
@@ -269,10 +272,15 @@ class ActivationSite:
     path: str | None = None   # module path, when the node was called inside a module
     site: str | None = None   # path, or path:i for a module called at several places
     keys: list = field(default_factory=list)
+    nodes: list = field(default_factory=list)   # every node of the site in graph order, `node` last
+
+    def __post_init__(self):
+        if not self.nodes:
+            self.nodes = [self.node]
 
     @property
     def node_names(self) -> list[str]:
-        return [self.name]
+        return [n.name for n in self.nodes]
 
 
 def _dynamo_path(path: str) -> str:
@@ -318,15 +326,113 @@ def activation_kind(gm: fx.GraphModule, node: fx.Node):
     return kind, params, node.args[0]
 
 
+# composite activations written functionally (x * torch.sigmoid(x), x * F.relu6(x + 3) / 6, x * F.hardsigmoid(x),
+# the erf GELU): found as one site by the ONNX front end's rule (core/gates.py), so both give the same kind
+
+#: elementwise torch ops a composite may be made of, by function / method / aten packet name
+_ELEMENTWISE = {"mul", "truediv", "div", "add", "sub", "rsub", "neg", "pow", "exp", "erf", "tanh", "sigmoid", "expit",
+                "sqrt", "rsqrt", "reciprocal", "abs", "maximum", "minimum", "clamp", "clamp_min", "clamp_max", "clip",
+                "relu", "relu6", "hardtanh", "hardsigmoid", "softplus"}
+_GATE_ANCHORS = {"mul", "truediv", "div"}
+
+
+def _op_name(node: fx.Node) -> str | None:
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op != "call_function":
+        return None
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        t = t.overloadpacket
+    return getattr(t, "__name__", None)
+
+
+def _scalar_const(gm: fx.GraphModule, node) -> bool:
+    c = const_tensor(gm, node)
+    return c is not None and c.numel() == 1
+
+
+def _is_elementwise(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """node computes a pure elementwise function of its operands (scalar constants aside): no write."""
+    if not node.all_input_nodes or node.kwargs.get("rounding_mode") is not None:   # 1.0 + erf(...) reads one
+        return False
+    if node.args and isinstance(node.args[0], fx.Node) and mutates(node, node.args[0]):
+        return False
+    if node.op == "call_module":
+        found = module_kind(submodule(gm, node))
+        return found is not None and found[0] != "prelu"
+    return _op_name(node) in _ELEMENTWISE
+
+
+def _operands(gm: fx.GraphModule, node: fx.Node) -> list:
+    return [a for a in node.all_input_nodes if not _scalar_const(gm, a)]
+
+
+def _eval_region(gm: fx.GraphModule, nodes: list, x: fx.Node):
+    """The region's output on gates.PROBE (float64, in torch), or None if it cannot be evaluated there."""
+    env = {x: torch.from_numpy(gates.PROBE.copy())}
+
+    def val(a):
+        if a in env:
+            return env[a]
+        return float(const_tensor(gm, a))   # a scalar constant (anything else is not in the region)
+
+    try:
+        with torch.no_grad():
+            for n in nodes:
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs), val)
+                if n.op == "call_module":
+                    r = submodule(gm, n)(*args, **kwargs)
+                elif n.op == "call_method":
+                    r = getattr(args[0], n.target)(*args[1:], **kwargs)
+                else:
+                    r = n.target(*args, **kwargs)
+                env[n] = r
+        out = env[nodes[-1]]
+        return out.numpy() if isinstance(out, torch.Tensor) else None
+    except Exception:   # an op that does not take these values: not a composite we know
+        return None
+
+
+def _composites(gm: fx.GraphModule, order: dict, claimed: set) -> list:
+    """(anchor, kind, region nodes, x) of every composite activation, found as in onnx/patterns._fused."""
+    found = []
+    for anchor in reversed(list(gm.graph.nodes)):
+        if anchor in claimed or _op_name(anchor) not in _GATE_ANCHORS or not _is_elementwise(gm, anchor):
+            continue
+        best = None
+        for nodes, x in gates.grow_region(
+                anchor, operands=lambda n: _operands(gm, n),
+                producer=lambda v: v if v.op in ("call_function", "call_method", "call_module") else None,
+                consumers=lambda v: v.users, order=order.__getitem__,
+                expandable=lambda n: n not in claimed and _is_elementwise(gm, n)):
+            kind = gates.identify_region(_eval_region(gm, nodes, x))
+            if kind:
+                best = (nodes, x, kind)
+        if best:
+            nodes, x, kind = best
+            claimed.update(nodes)
+            found.append((anchor, kind, nodes, x))
+    return found
+
+
 def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[ActivationSite]:
-    """Every (collapsible) activation call in graph (= call) order, with keys resolved."""
-    sites = []
+    """Every (collapsible) activation call in graph (= call) order, with keys resolved; a composite
+    written functionally (x * torch.sigmoid(x)) is one site of its catalogue kind (silu), keyed like
+    the ONNX front end keys it: its module path, then its node names in graph order."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    claimed: set = set()
+    sites = [ActivationSite(a.name, a, kind, {}, x, module_path(a), nodes=nodes)
+             for a, kind, nodes, x in _composites(gm, order, claimed)]
     for node in gm.graph.nodes:
+        if node in claimed:
+            continue
         found = activation_kind(gm, node)
         if found is None or collapsible_only and not catalogue.is_collapsible(found[0]):
             continue
         kind, params, x = found
         sites.append(ActivationSite(node.name, node, kind, params, x, module_path(node)))
+    sites.sort(key=lambda s: order[s.node])
     by_path: dict[str, list] = {}
     for s in sites:
         if s.path:
@@ -334,14 +440,23 @@ def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[
     for path, group in by_path.items():
         for i, s in enumerate(group):
             s.site = site_key(path, i, len(group))
+    # outside any module: "relu():i" too, as the ONNX front end keys them; not in a dynamo graph, which may
+    # be one piece of the forward (a graph break), where the i-th would not be the model's i-th
+    at_root = {} if gm.meta.get(PARTIAL_GRAPH) else root_keys([s for s in sites if not s.path])
     for s in sites:
         s.keys = []
         if s.site:
             s.keys.append(s.site)
             if s.site != s.path:
                 s.keys.append(s.path)
-        s.keys.append(s.name)
+        s.keys.extend(s.node_names)
+        s.keys.extend(at_root.get(id(s), []))
     return sites
+
+
+#: GraphModule.meta flag: the graph may be part of the forward only (torch.compile hands the graphs between
+#: graph breaks); activations get no root-call keys there
+PARTIAL_GRAPH = "collapse_passes.partial_graph"
 
 
 def key_index(sites: list[ActivationSite]) -> dict[str, list[ActivationSite]]:
@@ -491,9 +606,63 @@ def mutates(node: fx.Node, x: fx.Node) -> bool:
         return False
 
 
+_ALIAS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_ALIAS_ATTRS = {"T", "mT", "H", "mH", "real", "imag", "data"}
+
+
+def _aten_packet_aliases(name: str | None) -> bool:
+    """Some overload of aten.<name> returns a view of its input (schema `-> Tensor(a)`, not an out= write)."""
+    packet = getattr(aten, name, None) if name else None
+    if not isinstance(packet, torch._ops.OpOverloadPacket):
+        return False
+    for o in packet.overloads():
+        returns = getattr(packet, o)._schema.returns
+        if any(r.alias_info is not None and not r.alias_info.is_write for r in returns):
+            return True
+    return False
+
+
+def aliases_input(node: fx.Node) -> bool:
+    """node's output may share memory with its first operand: a view (x.view, x[:, :2], reshape, transpose,
+    flatten, ...), nn.Identity, or an in-place op's return. Read from the aten schemas; conservative."""
+    if node.op not in ("call_function", "call_method", "call_module") or not node.args \
+            or not isinstance(node.args[0], fx.Node):
+        return False
+    x = node.args[0]
+    if mutates(node, x):
+        return True
+    if node.op == "call_module":
+        return isinstance(submodule(node.graph.owning_module, node), _ALIAS_MODULES)
+    t = node.target
+    if t is operator.getitem:
+        return True
+    if t is getattr:
+        return len(node.args) > 1 and node.args[1] in _ALIAS_ATTRS
+    if isinstance(t, torch._ops.OpOverload):
+        return any(r.alias_info is not None and not r.alias_info.is_write for r in t._schema.returns)
+    return _aten_packet_aliases(_op_name(node))
+
+
+def alias_group(x: fx.Node) -> set:
+    """x, the tensor it is a view of (if any), and every view of that: an in-place write to one of them
+    changes x's value."""
+    root = x
+    while aliases_input(root):
+        root = root.args[0]
+    group, todo = {root}, [root]
+    while todo:
+        n = todo.pop()
+        for u in n.users:
+            if u not in group and u.args and u.args[0] is n and aliases_input(u):
+                group.add(u)
+                todo.append(u)
+    return group
+
+
 def mutated_between(x: fx.Node, start: fx.Node, end: fx.Node | None = None) -> bool:
-    """Some op after `start` (and before `end`) writes into x in place: a read of x there sees other values."""
-    return any(u > start and (end is None or u < end) and mutates(u, x) for u in x.users)
+    """Some op after `start` (and before `end`) writes into x in place, directly or through a view
+    (`x[:, :2].relu_()`, `x.view(-1).mul_(2)`): a read of x there sees other values."""
+    return any(u > start and (end is None or u < end) and mutates(u, a) for a in alias_group(x) for u in a.users)
 
 
 def eliminate_dead_code(gm: fx.GraphModule) -> bool:

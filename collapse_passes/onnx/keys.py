@@ -16,7 +16,7 @@ import ast
 import re
 from collections import defaultdict
 
-from ..core.selection import SITE_SEP, display_key, lookup, site_key  # noqa: F401  (keys live in core)
+from ..core.selection import SITE_SEP, display_key, lookup, root_keys, site_key  # noqa: F401  (keys live in core)
 from .patterns import Activation
 
 
@@ -103,6 +103,9 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
         for i, a in enumerate(group):
             a.module_path = path
             a.site = site_key(path, i, len(group))
+    # activations outside any module (F.relu in the root forward): also "relu():i", the key fx gives them
+    at_root = root_keys(sorted((a for a in activations if id(a) not in paths),
+                               key=lambda a: order.get(a.nodes[-1].name, len(order))))
     index: dict[str, list[Activation]] = defaultdict(list)
     for a in activations:
         a.keys = []
@@ -113,6 +116,7 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
         else:
             a.module_path, a.site = None, None
         a.keys.extend(n for n in a.node_names if n)
+        a.keys.extend(at_root.get(id(a), []))
         for k in dict.fromkeys(a.keys):
             if a not in index[k]:
                 index[k].append(a)

@@ -21,6 +21,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..core import activations as catalogue
+from ..core import gates
 from .graph import const_value
 
 # op types that are always nonlinear; used by depth accounting and "ops left alone" listings
@@ -35,7 +36,7 @@ NONLINEAR_OPS = {
 # op types that are always elementwise and cheap to evaluate on probe points
 _ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Erf", "Tanh", "Sigmoid", "Pow", "Relu", "Clip",
                 "HardSigmoid", "Softplus", "Exp", "Neg", "Sqrt", "Reciprocal", "Max", "Min",
-                "Identity", "Abs"}
+                "Identity", "Abs", "Greater", "Less", "Where"}   # dynamo's Softplus: Where(x > 20, x, Softplus(x))
 
 
 @dataclass
@@ -149,7 +150,7 @@ def _erf(v):
     return np.vectorize(math.erf)(v)
 
 
-_PROBE = np.linspace(-7.0, 7.0, 141)
+_PROBE = gates.PROBE
 
 
 def _eval_region(nodes: list, x_name: str, probe: np.ndarray) -> np.ndarray | None:
@@ -213,6 +214,12 @@ def _eval_region(nodes: list, x_name: str, probe: np.ndarray) -> np.ndarray | No
                     r = np.abs(ins[0])
                 elif op == "Identity":
                     r = ins[0]
+                elif op == "Greater":
+                    r = ins[0] > ins[1]
+                elif op == "Less":
+                    r = ins[0] < ins[1]
+                elif op == "Where":
+                    r = np.where(ins[0], ins[1], ins[2])
                 else:
                     return None
                 env[n.outputs[0].name] = np.broadcast_to(np.asarray(r, dtype=np.float64), probe.shape)
@@ -222,38 +229,16 @@ def _eval_region(nodes: list, x_name: str, probe: np.ndarray) -> np.ndarray | No
 
 
 def _classify(nodes: list, x_name: str) -> str | None:
-    out = _eval_region(nodes, x_name, _PROBE)
-    if out is None or not np.all(np.isfinite(out)):
-        return None
-    return catalogue.identify(out, _PROBE, catalogue.GATED_KINDS, rtol=1e-4, atol=1e-5)
+    return gates.identify_region(_eval_region(nodes, x_name, _PROBE))
 
 
-def _grow_region(anchor, order: dict, claimed: set, max_nodes: int = 16):
-    """Expand backwards from anchor; yield (region_nodes_in_topo_order, x) each time one tensor bounds it."""
-    region = {id(anchor): anchor}
-    frontier = {t.name: t for t in anchor.inputs if t.name and const_value(t) is None}
-    while True:
-        if len(frontier) == 1 and len(region) >= 2:
-            x = next(iter(frontier.values()))
-            yield sorted(region.values(), key=lambda n: order[id(n)]), x
-        if not frontier or len(region) >= max_nodes:
-            return
-        # expand the most recently produced frontier tensor
-        cand = [t for t in frontier.values() if t.inputs]
-        if not cand:
-            return
-        t = max(cand, key=lambda t: order[id(t.inputs[0])])
-        prod = t.inputs[0]
-        if prod.op not in _ELEMENTWISE or id(prod) in claimed or len(prod.outputs) != 1:
-            return
-        # every consumer of the expanded tensor must be inside the region (it is internal)
-        if any(id(c) not in region for c in t.outputs):
-            return
-        region[id(prod)] = prod
-        del frontier[t.name]
-        for inp in prod.inputs:
-            if inp.name and const_value(inp) is None and id(inp.inputs[0] if inp.inputs else inp) not in region:
-                frontier[inp.name] = inp
+def _grow_region(anchor, order: dict, claimed: set):
+    """core/gates.grow_region on onnx-graphsurgeon nodes and tensors (constants are not operands)."""
+    return gates.grow_region(
+        anchor, operands=lambda n: [t for t in n.inputs if t.name and const_value(t) is None],
+        producer=lambda t: t.inputs[0] if t.inputs else None, consumers=lambda t: t.outputs,
+        expandable=lambda n: n.op in _ELEMENTWISE and id(n) not in claimed and len(n.outputs) == 1,
+        order=lambda n: order[id(n)])
 
 
 def _fused(graph: gs.Graph, order: dict, claimed: set, outputs: set) -> list[Activation]:

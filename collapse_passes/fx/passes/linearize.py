@@ -11,7 +11,7 @@ from torch import fx
 from ...core import activations as catalogue
 from ...errors import CollapseError
 from ...core.selection import lookup
-from ..graph import find_activations, key_index, mutated_between
+from ..graph import find_activations, key_index, mutated_between, mutates
 from ._base import FxPass, PassResult
 
 
@@ -39,19 +39,30 @@ class LinearizeActivations(FxPass):
                 raise CollapseError(f"collapse: {s.keys[0]!r} is a {s.kind}, which has no linear regime to collapse to")
             scale, shift = catalogue.linear_regime(s.kind, s.params)
             new = s.x
-            with gm.graph.inserting_before(s.node):
-                if scale == 1.0 and shift == 0.0 and mutated_between(s.x, s.node):
-                    # identity, but x is changed in place later: keep the value it had here, not an alias
-                    new = gm.graph.call_method("clone", (new,))
-                if scale != 1.0:
-                    new = gm.graph.call_function(operator.mul, (new, scale))
-                if shift != 0.0:
-                    new = gm.graph.call_function(operator.add, (new, shift))
+            first = s.nodes[0]   # where the site reads x (a composite reads it at its first op)
+            inplace = mutates(s.node, s.x)
+            with gm.graph.inserting_before(first):
+                if inplace:
+                    # x.relu_(), x[:, :2].hardsigmoid_(): the regime is written into x too (through the view)
+                    if scale != 1.0:
+                        new = gm.graph.call_method("mul_", (new, scale))
+                    if shift != 0.0:
+                        new = gm.graph.call_method("add_", (new, shift))
+                else:
+                    if scale == 1.0 and shift == 0.0 and mutated_between(s.x, first):
+                        # identity, but x is changed in place later (maybe through a view): keep the value it
+                        # had here, not an alias
+                        new = gm.graph.call_method("clone", (new,))
+                    if scale != 1.0:
+                        new = gm.graph.call_function(operator.mul, (new, scale))
+                    if shift != 0.0:
+                        new = gm.graph.call_function(operator.add, (new, shift))
             for k in ("tensor_meta", "val", "example_value", "nn_module_stack"):
                 if new is not s.x and k in s.node.meta:
                     new.meta[k] = s.node.meta[k]
             s.node.replace_all_uses_with(new)
-            gm.graph.erase_node(s.node)
+            for n in reversed(s.nodes):   # a composite's inner ops are read only inside it
+                gm.graph.erase_node(n)
             self.record.linearized.append(s.keys[0])
         if chosen:
             gm.graph.lint()
