@@ -136,3 +136,22 @@ def test_truncated_weights_are_one_line_not_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "initializer 'w' holds 6904 bytes" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+@pytest.mark.parametrize("name,dynamo", [("resnet18", False), ("swin_t", True)])
+def test_cleanup_shapes_from_the_weightless_export_equal_full_inference(exported, name, dynamo):
+    """Cleanup infers shapes on a weight-less export of its graph (shapes.light_export): the same shapes
+    as inferring on the full model, and the graph's constants are neither replaced nor loaded."""
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    from collapse_passes.onnx.passes.cleanup import infer_shapes
+
+    model = onnx.load(exported(name, dynamo))
+    graph = gs.import_onnx(model)
+    consts = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    assert infer_shapes(graph)
+    assert _shapes(graph) == _shapes(_full(model))
+    after = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    assert after.keys() == consts.keys() and all(after[n] is consts[n] for n in consts)
+    big = [t for t in after.values() if int(np.prod(t.shape)) > 1024]
+    assert big and all(isinstance(t._values, LazyValues) for t in big)   # not loaded by the export
