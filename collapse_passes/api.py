@@ -34,14 +34,19 @@ class CollapseResult:
         if not isinstance(self.model, onnx.ModelProto):   # a torch result (GraphModule / ExportedProgram)
             raise CollapseError("save() writes ONNX results; for a torch result use torch.export.save(ep, path) or "
                                 "models.export.export_onnx(result.model, path, input_shape)")
+        from .onnx.graph import data_file_for, needs_external_data
+
+        external = needs_external_data(self.model)   # over 2 GiB: the weights go to <path>.data
         if self.source is not None:   # never over the input model or its external data (as the CLI's -o)
             from .outputs import OutputPlan
 
             plan = OutputPlan()
             plan.add_model_input(self.source)
             plan.add_output("model", "save()", path)
+            if external:
+                plan.add_output("model_data", "save()'s data file", data_file_for(path))
             plan.check()
-        return save_model_atomic(self.model, path)
+        return save_model_atomic(self.model, path, external=external)
 
 
 # ------------------------------------------------------------------------------------ collapse

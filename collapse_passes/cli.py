@@ -210,9 +210,20 @@ def default_output(model: str) -> Path:
     return src.with_name(src.stem + ".collapsed.onnx")
 
 
+def add_data_output(plan: OutputPlan) -> None:
+    """The model's external data file, `<model file>.data` beside it (onnx/graph.data_file_for)."""
+    from .onnx.graph import data_file_for
+
+    model = plan.outputs["model"]
+    plan.add_output("model_data", f"{model.flag}'s data file", data_file_for(model.final))
+    plan.outputs["model_data"].given = f"{model.given}.data"
+
+
 def build_plan(args, source=None) -> OutputPlan:
     """Every file this run may read and write, checked before any work (collapse_passes.outputs).
     `source`: the input model already parsed (onnx/graph.ModelFile), for its external data files."""
+    from .onnx.graph import needs_external_data
+
     plan = OutputPlan()
     plan.add_model_input(args.model, source.external_data if source is not None else None)
     plan.add_input("--scores file", args.scores)
@@ -223,6 +234,8 @@ def build_plan(args, source=None) -> OutputPlan:
         plan.add_input("--prune-importance file", imp)
     if not args.dry_run:
         plan.add_output("model", "-o" if args.output else "the default output", args.output or default_output(args.model))
+        if source is not None and needs_external_data(source.model, bool(source.external_data)):
+            add_data_output(plan)
     plan.add_output("scores", "--save-scores", args.save_scores)
     plan.add_output("plot", "--plot", args.plot)
     plan.add_output("report", "--report", args.report)
@@ -353,9 +366,18 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
 
     # stage everything, then rename in one fixed order: all of it lands, or none of it
     if plan.path("model") is not None:
-        from .onnx.graph import serialized_pieces
+        from .onnx.graph import external_data_pieces, needs_external_data, serialized_pieces
 
-        plan.stage("model", serialized_pieces(result.model))
+        if "model_data" not in plan.outputs and needs_external_data(result.model):   # grew past 2 GiB
+            add_data_output(plan)
+            plan.check()
+        if "model_data" in plan.outputs:   # the input had external data, or the result needs it
+            pieces, chunks = external_data_pieces(result.model, plan.path("model_data").name)
+            plan.stage("model_data", chunks)
+            plan.stage("model", pieces)
+            report["output_data"] = plan.outputs["model_data"].given
+        else:
+            plan.stage("model", serialized_pieces(result.model))
         report["output"] = plan.outputs["model"].given
     if args.save_scores:
         plan.stage("scores", _scores_json(report).encode())
@@ -367,8 +389,10 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
             raise CollapseError("--plot: no scores to plot; give --scores or --method")
         thr = args.remove_blocks if args.method == "lacoot" else args.threshold
         plan.stage("plot", plot_scores(scores, thr, None, title=f"{Path(args.model).name}: collapse scores"))
-    for o in plan.commit(("model", "scores", "plot")):
-        if o.role == "model":
+    for o in plan.commit(("model_data", "model", "scores", "plot")):
+        if o.role == "model_data":
+            console.print(f"wrote {o.given} (the model's external data)", highlight=False)
+        elif o.role == "model":
             flag = " [yellow](verification failed, written because of --force)[/]" if not result.passed else ""
             console.print(f"wrote {o.given}{flag}", highlight=False)
         else:

@@ -28,7 +28,8 @@ NAME_MAX = 255
 _TAG = "~cp"
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.~cp(?P<pid>\d+)-[0-9a-z]{6}\.(?P<kind>tmp|tmpdir|old)$")
 _ALPHABET = string.ascii_lowercase + string.digits
-COMMIT_ORDER = ("model", "scores", "plot", "report")   # export is committed by the TVM hand-off
+# the model's data file lands before the model that refers to it; export is committed by the TVM hand-off
+COMMIT_ORDER = ("model_data", "model", "scores", "plot", "report")
 
 
 class Interrupted(BaseException):
@@ -248,7 +249,7 @@ def _inside(child: Path, parent: Path) -> bool:
 
 @dataclass
 class Output:
-    role: str          # model | scores | plot | report | export | tune
+    role: str          # model | model_data | scores | plot | report | export | tune
     flag: str          # the flag that named it, for messages
     given: str         # the path as the user wrote it
     final: Path        # where the data lands (absolute, symlinks resolved)

@@ -164,9 +164,79 @@ def as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:
     raise CollapseError(f"expected an onnx.ModelProto or a path, got {type(model_or_path).__name__}")
 
 
-def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write next to the destination, fsync, then rename: readers never see a partial file."""
-    return write_bytes_atomic(serialized_pieces(model), path)
+#: a model file protobuf can still parse stays under 2 GiB; beyond this the weights go to a data file
+EMBED_LIMIT = 2 ** 31 - 2 ** 26
+#: initializers of at least this many bytes go to the data file when a model is written with one
+EXTERNAL_MIN_BYTES = 1024
+
+
+def needs_external_data(model: onnx.ModelProto, input_had_external: bool = False) -> bool:
+    """Write `model` with a data file? Yes when its input had one (the output keeps the input's
+    storage) or when embedding would pass protobuf's 2 GiB limit."""
+    return input_had_external or sum(t.ByteSize() for t in model.graph.initializer) > EMBED_LIMIT
+
+
+def data_file_for(model_path: str | os.PathLike) -> Path:
+    """Where a model written with external data keeps it: `<model file name>.data` beside it."""
+    p = Path(model_path)
+    return p.with_name(p.name + ".data")
+
+
+def external_data_pieces(model: onnx.ModelProto, location: str):
+    """(model file pieces, data file chunks) for `model` written with its large initializers in a data
+    file named `location` (relative to the model's folder): the same layout onnx.save(...,
+    save_as_external_data=True) writes, built one tensor at a time and without touching `model`."""
+    from onnx import numpy_helper
+
+    inits = model.graph.initializer
+    # by index: protobuf hands out a new Python wrapper per access, so id() says nothing
+    big = {i for i, t in enumerate(inits)
+           if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type != onnx.TensorProto.STRING
+           and t.ByteSize() >= EXTERNAL_MIN_BYTES}
+
+    def data_of(t) -> bytes:
+        return t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+
+    def model_pieces():
+        shell = onnx.ModelProto()
+        copy_fields(model, shell, skip="graph")
+        copy_fields(model.graph, shell.graph, skip="initializer")
+        yield shell.SerializeToString()
+        offset = 0
+        for i, t in enumerate(inits):
+            piece = onnx.ModelProto()
+            if i in big:
+                ref = piece.graph.initializer.add()
+                copy_fields(t, ref, skip="raw_data")
+                for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                    ref.ClearField(f)
+                ref.data_location = onnx.TensorProto.EXTERNAL
+                n = len(data_of(t))
+                for k, v in (("location", location), ("offset", str(offset)), ("length", str(n))):
+                    e = ref.external_data.add()
+                    e.key, e.value = k, v
+                offset += n
+            else:
+                piece.graph.initializer.append(t)
+            yield piece.SerializeToString()
+
+    def data_chunks():
+        for i in sorted(big):
+            yield data_of(inits[i])
+
+    return model_pieces(), data_chunks()
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external: bool | None = None) -> Path:
+    """Write next to the destination, fsync, then rename: readers never see a partial file.
+    external: write the large initializers to data_file_for(path) (None: only if the model needs it)."""
+    if external is None:
+        external = needs_external_data(model)
+    if not external:
+        return write_bytes_atomic(serialized_pieces(model), path)
+    pieces, chunks = external_data_pieces(model, data_file_for(path).name)
+    write_bytes_atomic(chunks, data_file_for(path))   # the data first: the model file refers to it
+    return write_bytes_atomic(pieces, path)
 
 
 def serialized_pieces(model: onnx.ModelProto):
