@@ -16,10 +16,11 @@ from .mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small
 from .resnet import resnet18
 from .resnet_tv import resnet18_tv
 from .swin import swin_t
+from .swin_tv import swin_t_tv
 from .vgg import vgg16_bn
 
 __all__ = ["MODELS", "build", "resnet18", "resnet18_tv", "mobilenet_v2", "mobilenet_v2_tv", "vgg16_bn", "swin_t",
-           "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"]
+           "swin_t_tv", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"]
 
 MODELS = {
     "resnet18": resnet18,
@@ -28,6 +29,7 @@ MODELS = {
     "mobilenet_v2_tv": mobilenet_v2_tv,
     "vgg16_bn": vgg16_bn,
     "swin_t": swin_t,
+    "swin_t_tv": swin_t_tv,
     "mobilenet_v3_small": mobilenet_v3_small,
     "mobilenet_v3_large": mobilenet_v3_large,
     "efficientnet_b0": efficientnet_b0,

@@ -187,7 +187,8 @@ def prune(gm: fx.GraphModule, example_inputs, cfg: CollapseConfig):
     """(graph to collapse, report or None): channel pruning on the channel dependency graph
     (pruning/fx_adapter.py) before the collapse, as on ONNX: constant channels removed exactly (on by
     default, prune=False turns it off), and with prune_ratio an approximate prune by filter norm or
-    user per-channel scores. Module-style graphs only; an aten-level graph's ops are frozen."""
+    user per-channel scores. Module-style graphs only: on an aten-level graph prune_ratio is an error and
+    the exact removal is skipped (with a note)."""
     if not cfg.prune and cfg.prune_ratio is None:
         return gm, None
     from ..pruning.fx_adapter import prune_module
@@ -202,6 +203,15 @@ def prune(gm: fx.GraphModule, example_inputs, cfg: CollapseConfig):
     else:
         raise CollapseError(f"prune_importance {imp!r}: torch models take l1, l2 or {{module path: [per-channel "
                             "scores]}}; tlc/easier statistics need the ONNX model")
+    if not _has_module_layers(gm):
+        # the channel graph sees only nn.Conv/nn.Linear modules: on an aten-level graph (torch.export, the
+        # fallback for models symbolic_trace cannot trace) it would find nothing and prune nothing, silently
+        if cfg.prune_ratio is not None:
+            raise CollapseError("prune_ratio needs nn.Conv/nn.Linear modules in the traced graph, and this one is "
+                                "aten-level (torch.export: the model is not symbolic-traceable or was given as an "
+                                "ExportedProgram); export it to ONNX and run the CLI with --prune-ratio")
+        return gm, {"exact_removal": cfg.prune, "groups": [], "removed_channels": 0,
+                    "notes": ["aten-level graph (torch.export): channel pruning skipped"]}
     pruned, report = prune_module(gm, example_inputs, exact=cfg.prune, ratio=cfg.prune_ratio, scope=cfg.prune_scope,
                                   round_to=cfg.round_to, importance=importance, channel_scores=channel_scores)
     if cfg.prune_ratio is not None:
@@ -258,6 +268,12 @@ def verify_torch(original, requested, result, feeds, rtol: float, atol: float, d
 # modules that are not nonlinear for the depth count (everything else called as a module is)
 _LINEAR_MODS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.Identity,
                 torch.nn.Flatten, torch.nn.Dropout, torch.nn.AdaptiveAvgPool2d, torch.nn.AvgPool2d)
+
+
+def _has_module_layers(gm: fx.GraphModule) -> bool:
+    """False when the graph's convs/linears are all functions (aten-level): the channel graph can't prune them."""
+    kinds = {n.op for n in gm.graph.nodes if linear_op(gm, n) is not None}
+    return "call_module" in kinds or not kinds
 
 
 def graph_stats(gm: fx.GraphModule) -> dict:

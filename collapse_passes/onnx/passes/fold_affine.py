@@ -220,6 +220,9 @@ class FoldLayerNormAffine:
             p = dense.params
             if gamma.size != p.weight.shape[1]:
                 continue
+            if p.bias is None and dense.node.op == "MatMul" and np.any(beta != 0.0):
+                continue   # beta would become a new bias Add (e.g. Swin's bias-free PatchMerging reduction): a loss
+
             dense.write(ctx.graph, lin_alg.fold_affine_before(p, gamma, beta))
             from ..graph import make_const
             dt = np.asarray(const_value(ln.inputs[1])).dtype
