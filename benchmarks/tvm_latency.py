@@ -3,6 +3,9 @@
     python benchmarks/tvm_latency.py                                   # small CNN exported inline
     python benchmarks/tvm_latency.py --case mobilenet_v2 --trials 256  # CIFAR MobileNetV2 dense + collapsed
     python benchmarks/tvm_latency.py a.onnx b.onnx --trials 64 128     # any ONNX files, two budgets
+    python benchmarks/tvm_latency.py --case swin_t --trials 256        # the small ViT, dense + collapsed
+    python benchmarks/tvm_latency.py --case mobilenet_v2 --variants collapsed --trials 136 \
+        --layouts NCHW NHWC                                            # layouts side by side
     python benchmarks/tvm_latency.py ... --json run.json               # keep the raw results
     python benchmarks/tvm_latency.py --docs-from run1.json run2.json   # write docs/tvm.md's table
 
@@ -112,8 +115,13 @@ def threads_ab(executable, inputs, tmp: str, cores: int, repeat: int) -> dict:
     return {f"threads_{nt}_ms": float(np.median(v)) for nt, v in got.items()} | {"runtime_threads": used}
 
 
+def _config_key(budget: int, layout: str, layouts: list[str]) -> str:
+    """Column key of one tuned configuration (the layout is named only when several are compared)."""
+    return f"{budget}" if len(layouts) == 1 else f"{budget}_{layout}"
+
+
 def run_benchmark(models, target_spec: str, budgets: list[int], repeat: int, work_dir: str,
-                  profile: bool = False, ab: bool = False, log=print) -> dict:
+                  profile: bool = False, ab: bool = False, log=print, layouts: list[str] | None = None) -> dict:
     import onnx
 
     from tvm_integration import compile as tc
@@ -122,6 +130,8 @@ def run_benchmark(models, target_spec: str, budgets: list[int], repeat: int, wor
     from tvm_integration.tune import tune_with_report
 
     target, info = resolve_target(target_spec)
+    layouts = [tc.check_layout(x) for x in (layouts or [tc.default_layout(target)])]
+    configs = [(b, lay, _config_key(b, lay, layouts)) for b in budgets for lay in layouts]
     threads = configure_runtime_threads(info.num_cores) if info.kind == "llvm" else None
     t_all = time.perf_counter()
     loaded = []
@@ -135,18 +145,18 @@ def run_benchmark(models, target_spec: str, budgets: list[int], repeat: int, wor
         loaded.append({"name": name, "model": model, "inputs": inputs, "mod": mod, "ref": ref, "untuned": ex})
 
     tuning = []  # one entry per (budget, model)
-    for budget in budgets:
-        db_dir = os.path.join(work_dir, f"budget{budget}")
+    for budget, layout, key in configs:
+        db_dir = os.path.join(work_dir, f"budget{key}")
         for m in loaded:
-            log(f"{m['name']}: tuning with {budget} trials into {db_dir}")
+            log(f"{m['name']}: tuning with {budget} trials, layout {layout}, into {db_dir}")
             db, rep = tune_with_report(m["mod"], target, info, work_dir=db_dir, trials=budget, progress=False,
                                        shared_database=False,  # each budget starts from scratch
-                                       log=lambda s: log("  " + s))
-            ex = tc.build(m["mod"], target, database=db)
+                                       layout=layout, log=lambda s: log("  " + s))
+            ex = tc.build(m["mod"], target, database=db, layout=layout)
             np.testing.assert_allclose(tc.run(ex, m["inputs"])[0], m["ref"][0], rtol=1e-3, atol=1e-4)
-            m[f"tuned{budget}"] = ex
+            m[f"tuned{key}"] = ex
             tuning.append({
-                "model": m["name"], "budget": budget, "seconds": rep.seconds,
+                "model": m["name"], "budget": budget, "layout": layout, "key": key, "seconds": rep.seconds,
                 "tasks": len([t for t in rep.tasks if not t.skipped]), "tasks_tuned": rep.tasks_tuned,
                 "from_database": rep.tasks_from_database(), "tuned_functions": len(ex.tuned_functions),
                 "untuned_functions": ex.untuned_functions,
@@ -163,31 +173,31 @@ def run_benchmark(models, target_spec: str, budgets: list[int], repeat: int, wor
     for m in loaded:
         fns[(m["name"], "ort")] = (lambda m=m: tc.measure_ort_latency(m["model"], m["inputs"], repeat=per_round))
         fns[(m["name"], "untuned")] = (lambda m=m: tc.measure_latency(m["untuned"], m["inputs"], repeat=per_round))
-        for b in budgets:
-            fns[(m["name"], f"tuned{b}")] = (
-                lambda m=m, b=b: tc.measure_latency(m[f"tuned{b}"], m["inputs"], repeat=per_round))
+        for _b, _lay, key in configs:
+            fns[(m["name"], f"tuned{key}")] = (
+                lambda m=m, key=key: tc.measure_latency(m[f"tuned{key}"], m["inputs"], repeat=per_round))
     lat = _measure_rounds(fns, 3)
     rows = []
     for m in loaded:
         row = {"model": m["name"], "ort_ms": lat[(m["name"], "ort")], "tvm_untuned_ms": lat[(m["name"], "untuned")]}
-        for b in budgets:
-            row[f"tvm_tuned_{b}_ms"] = lat[(m["name"], f"tuned{b}")]
+        for _b, _lay, key in configs:
+            row[f"tvm_tuned_{key}_ms"] = lat[(m["name"], f"tuned{key}")]
         rows.append(row)
     prof = None
     if profile:
-        b = budgets[-1]
+        b, _lay, key = configs[-1]
         prof = {}
         for m in loaded:
-            p = tc.profile(m[f"tuned{b}"], m["inputs"], runs=30)
-            prof[m["name"]] = {"budget": b, "total_us": p["total_us"], "calls_us": p["calls_us"],
+            p = tc.profile(m[f"tuned{key}"], m["inputs"], runs=30)
+            prof[m["name"]] = {"budget": key, "total_us": p["total_us"], "calls_us": p["calls_us"],
                                "outside_us": p["outside_us"], "rows": p["rows"][:12]}
     ab_res = None
     if ab:
         ab_res = {}
         with tempfile.TemporaryDirectory() as abtmp:
             for m in loaded:
-                ab_res[m["name"]] = {"budget": budgets[-1], **threads_ab(
-                    m[f"tuned{budgets[-1]}"], m["inputs"], abtmp, info.num_cores or 1, max(3, repeat // 3))}
+                ab_res[m["name"]] = {"budget": configs[-1][2], **threads_ab(
+                    m[f"tuned{configs[-1][2]}"], m["inputs"], abtmp, info.num_cores or 1, max(3, repeat // 3))}
     try:
         import tvm
 
@@ -200,6 +210,7 @@ def run_benchmark(models, target_spec: str, budgets: list[int], repeat: int, wor
         "date": _dt.date.today().isoformat(), "machine": platform.machine(), "cpu": host_cpu_name(),
         "cores": os.cpu_count(), "load_avg": os.getloadavg(), "tvm": tv, "target": target_spec,
         "target_json": info.target_json, "threads": threads, "repeat": repeat, "budgets": budgets,
+        "layouts": layouts, "configs": [key for _b, _l, key in configs],
         "rows": rows, "tuning": tuning, "profile": prof, "threads_ab": ab_res, "seconds": time.perf_counter() - t_all,
     }
 
@@ -211,7 +222,7 @@ def _f(v, fmt="{:.3f}"):
 def format_markdown(results: list[dict]) -> str:
     out = []
     for res in results:
-        b = res["budgets"]
+        b = res.get("configs") or res["budgets"]
         out.append(
             f"Measured on {res['date']}: {res['machine']} `{res['cpu']}`, {res['cores']} cores, SHARED machine "
             f"(load average at the end {res['load_avg'][0]:.1f}), apache-tvm {res['tvm']}, target "
@@ -221,7 +232,7 @@ def format_markdown(results: list[dict]) -> str:
             f"Whole run {res['seconds']:.0f} s."
         )
         out.append("")
-        head = "| model | ORT (ms) | TVM untuned (ms) | " + " | ".join(f"TVM tuned {x} trials (ms)" for x in b) + " |"
+        head = "| model | ORT (ms) | TVM untuned (ms) | " + " | ".join(f"TVM tuned {str(x).replace('_', ' trials ')}{'' if '_' in str(x) else ' trials'} (ms)" for x in b) + " |"
         out += [head, "|---|" + "---:|" * (2 + len(b))]
         for r in res["rows"]:
             out.append(f"| {r['model']} | {_f(r['ort_ms'])} | {_f(r['tvm_untuned_ms'])} | "
@@ -233,15 +244,15 @@ def format_markdown(results: list[dict]) -> str:
         for t in res["tuning"]:
             est = t["sum_task_best_us"]
             out.append(
-                f"| {t['model']} | {t['budget']} | {t['seconds']:.0f} | {t['tasks_tuned']} / {len(t['from_database'])} "
+                f"| {t['model']} | {t.get('key', t['budget'])} | {t['seconds']:.0f} | {t['tasks_tuned']} / {len(t['from_database'])} "
                 f"| {_f(t['num_trials_per_iter'], '{}')} / {_f(t['max_trials_per_task'], '{}')} "
                 f"| {t['tuned_functions']}/{t['tasks']} | {', '.join(t['untuned_functions']) or '-'} "
                 f"| {_f(None if est is None else est / 1e3)} |"
             )
-        last = [t for t in res["tuning"] if t["budget"] == b[-1]]
+        last = [t for t in res["tuning"] if str(t.get("key", t["budget"])) == str(b[-1])]
         for t in last:
             out.append("")
-            out.append(f"Per task, {t['model']}, {t['budget']} trials (best latency measured while tuning; "
+            out.append(f"Per task, {t['model']}, {t.get('key', t['budget'])} trials (best latency measured while tuning; "
                        "records = measured candidates in the database):")
             out.append("")
             out.append("| kernel | MFLOP | weight | best (us) | records | from DB |")
@@ -302,6 +313,8 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, nargs="+", default=[64], help="trial budgets (default 64)")
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--work-dir", default=None, help="tuning databases (default: a temp dir; never the shared cache)")
+    p.add_argument("--layouts", nargs="+", default=None, help="convolution layouts to tune and compare "
+                   "(NCHW, NHWC; default: the target's default layout only)")
     p.add_argument("--profile", action="store_true", help="per-call VM profile of the tuned models")
     p.add_argument("--threads-ab", action="store_true", help="time the tuned libraries with 1 thread vs all cores")
     p.add_argument("--json", default=None, help="write the raw results here")
@@ -321,7 +334,7 @@ def main(argv=None) -> int:
             else:
                 models = _default_models(tmp)
             res = run_benchmark(models, args.target, sorted(args.trials), args.repeat, work_dir,
-                                profile=args.profile, ab=args.threads_ab, log=lambda s: print(s, file=sys.stderr, flush=True))
+                                profile=args.profile, ab=args.threads_ab, layouts=args.layouts, log=lambda s: print(s, file=sys.stderr, flush=True))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1, default=str)

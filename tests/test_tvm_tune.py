@@ -161,10 +161,24 @@ def test_rerun_with_same_dir_reuses_records(tuned, mod, cpu):
 
 def test_trial_plan_gives_every_task_several_rounds():
     per_iter, per_task = plan_trials(1024, 17)
-    assert 1024 / (17 * per_iter) >= 4  # >= 4 rounds per task: the gradient scheduler has room
+    # >= 2 rounds per task: one round-robin round each, the rest picked by the gradient scheduler
+    assert 1024 / (17 * per_iter) >= 2
+    assert per_iter >= 16  # rounds are not made tiny: each costs a fixed search time
     assert per_task < 1024 and per_task >= 3 * 1024 // 17  # capped, but heavy tasks may take 3x
-    assert plan_trials(8, 4) == (2, 8)  # tiny budgets still reach every task
+    tiny_iter, tiny_cap = plan_trials(8, 4)
+    assert tiny_iter * 4 <= 8 and tiny_cap >= tiny_iter  # tiny budgets still reach every task
     assert plan_trials(100, 4, num_trials_per_iter=5, max_trials_per_task=30) == (5, 30)
+
+
+def _vm_function_text(text: str, name: str) -> str:
+    """The instructions of one function in ``VMExecutable.as_text()``."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("@"):
+            inside = line == f"@{name}:"
+        elif inside:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def test_prepacked_build_equals_unpacked(tuned, cnn, mod, cpu):
@@ -178,6 +192,8 @@ def test_prepacked_build_equals_unpacked(tuned, cnn, mod, cpu):
     # The layout rewrite happened: tuned kernels read pre-packed weights.
     assert "_prepacked" in packed.executable.as_text()
     assert "_prepacked" not in plain.executable.as_text()
+    # The folded weights are plain constants of main, not a tuple rebuilt on every call.
+    assert "tuple_getitem" not in _vm_function_text(packed.executable.as_text(), "main")
     got_packed, got_plain = tc.run(packed, inputs)[0], tc.run(plain, inputs)[0]
     np.testing.assert_allclose(got_packed, got_plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_packed, tc.run_ort(model, inputs)[0], rtol=1e-4, atol=1e-5)

@@ -99,6 +99,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write DIR/model.so (weights bound), DIR/tuning/ and DIR/report.json atomically",
     )
     g.add_argument(
+        "--tvm-layout",
+        choices=["NCHW", "NHWC"],
+        type=str.upper,
+        default=None,
+        help="convolution layout TVM tunes and builds (default NCHW, the imported one; "
+        "NHWC measured no faster on this project's CPU benchmark, see docs/tvm.md)",
+    )
+    g.add_argument(
         "--tvm-repeat",
         type=int,
         metavar="N",
@@ -275,6 +283,8 @@ def run_from_args(
     inputs = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
     seconds: dict[str, float] = {}
 
+    layout = getattr(args, "tvm_layout", None)
+
     # 2. Import both models.
     t0 = time.perf_counter()
     mod_orig = tc.import_onnx(original_model)
@@ -283,8 +293,8 @@ def run_from_args(
 
     # 3. Untuned builds.
     t0 = time.perf_counter()
-    ex_orig = tc.build(mod_orig, target)
-    ex_coll = tc.build(mod_coll, target)
+    ex_orig = tc.build(mod_orig, target, layout=layout)
+    ex_coll = tc.build(mod_coll, target, layout=layout)
     seconds["build_untuned"] = time.perf_counter() - t0
 
     latency: dict[str, dict[str, float | None]] = {
@@ -312,7 +322,7 @@ def run_from_args(
     def _tune(mod, label):
         # the collapsed and the input model share one work dir, so shared kernels are tuned once
         return tune_with_report(mod, target, info, work_dir=tune_dir, trials=trials, rpc_tracker=rpc_tracker,
-                                rpc_key=rpc_key, progress=bool(getattr(args, "verbose", False)),
+                                rpc_key=rpc_key, progress=bool(getattr(args, "verbose", False)), layout=layout,
                                 log=lambda m: _say(console, label + m))
 
     db, rep = _tune(mod_coll, "TVM: ")
@@ -321,7 +331,7 @@ def run_from_args(
     tune_report["estimated_total_us_from_records"] = rep.estimated_total_us()
     if db is not None:
         t0 = time.perf_counter()
-        ex_tuned = tc.build(mod_coll, target, database=db)
+        ex_tuned = tc.build(mod_coll, target, database=db, layout=layout)
         seconds["build_tuned"] = time.perf_counter() - t0
         tune_report["tuned_functions"] = ex_tuned.tuned_functions
         tune_report["untuned_functions"] = ex_tuned.untuned_functions
@@ -345,7 +355,7 @@ def run_from_args(
             t0 = time.perf_counter()
             db_o, rep_o = _tune(mod_orig, "TVM (input model): ")
             seconds["tune_original"] = time.perf_counter() - t0
-            ex_tuned_orig = tc.build(mod_orig, target, database=db_o) if db_o is not None else None
+            ex_tuned_orig = tc.build(mod_orig, target, database=db_o, layout=layout) if db_o is not None else None
         tune_report_orig = rep_o.to_dict()
         if ex_tuned_orig is not None:
             tune_report_orig["tuned_functions"] = ex_tuned_orig.tuned_functions

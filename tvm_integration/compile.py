@@ -5,13 +5,14 @@ All functions import TVM lazily, so ``import tvm_integration`` stays cheap.
 Build pipeline (shared with :mod:`tvm_integration.tune`, so the tuned
 database's workloads match the functions being built)::
 
-    DecomposeOpsForInference, CanonicalizeBindings,
-    <target library dispatch>, LegalizeOps, AnnotateTIROpPattern,
+    DecomposeOpsForInference, [FoldConstant, RaiseConstantMinMax,
+     ConvertLayout NHWC, FoldConstant]                  (layout="NHWC")
+    CanonicalizeBindings, <target library dispatch>, LegalizeOps, AnnotateTIROpPattern,
     FoldConstant, FuseOps, FuseTIR,
     AttachAttrLayoutFreeBuffers                          (CPU: weight prepacking)  <- prepare_passes()
     MetaScheduleApplyDatabase                            (when a database is given)
     SplitLayoutRewritePreproc, LiftTransformParams,
-    FoldConstant                                         (CPU: weights re-laid out at compile time)
+    FoldConstant, CanonicalizeBindings, DCE              (CPU: weights re-laid out at compile time)
     DLight default GPU schedules, DefaultGPUSchedule     (GPU targets, untuned functions)
     <target dataflow lowering + finalize passes>         (as tvm.compile's default;
                                                           CUDA graphs with cuda_graph=True)
@@ -165,18 +166,51 @@ def default_prepack(target) -> bool:
     return target.kind.name == "llvm"
 
 
-def prepare_passes(target, *, prepack: bool = False) -> list:
+# Activation layouts for convolutions (``relax.transform.ConvertLayout``);
+# "NCHW" leaves the imported (ONNX) layout alone.
+LAYOUTS = {
+    "NCHW": None,
+    "NHWC": {"relax.nn.conv2d": ["NHWC", "OHWI"]},
+}
+
+
+def default_layout(target) -> str:
+    """Convolution layout used when none is given: NCHW everywhere (the imported one)."""
+    return "NCHW"
+
+
+def check_layout(layout) -> str:
+    """Normalise a layout name; one-line :class:`TVMError` for an unknown one."""
+    name = str(layout).upper()
+    if name not in LAYOUTS:
+        raise TVMError(f"unknown TVM layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    return name
+
+
+def prepare_passes(target, *, prepack: bool = False, layout: str = "NCHW") -> list:
     """Passes up to fused TIR: the functions MetaSchedule tunes and later replaces.
 
     ``prepack`` appends ``AttachAttrLayoutFreeBuffers`` (weights and constants
-    become ``layout_free_buffers`` of the kernels that read them).
+    become ``layout_free_buffers`` of the kernels that read them).  ``layout``
+    "NHWC" converts convolutions (and the ops around them) to channels-last
+    with ``ConvertLayout`` before legalization; transposes remain only where
+    the graph leaves the convolution chain.
     """
     from tvm import relax
 
     backend = _backend_pipeline_module(target)
     tail = [relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else []
+    desired = LAYOUTS[check_layout(layout)]
+    head = []
+    if desired:
+        from .raise_minmax import RaiseConstantMinMax
+
+        # Clip/ReLU6 kernels back to ops ConvertLayout can move with their conv.
+        head = [relax.transform.FoldConstant(), RaiseConstantMinMax(),
+                relax.transform.ConvertLayout(desired), relax.transform.FoldConstant()]
     return [
         relax.transform.DecomposeOpsForInference(),
+        *head,
         relax.transform.CanonicalizeBindings(),
         *backend.library_dispatch_passes(target),
         relax.transform.LegalizeOps(),
@@ -188,15 +222,17 @@ def prepare_passes(target, *, prepack: bool = False) -> list:
     ]
 
 
-def prepare(mod, target, *, prepack: bool | None = None):
+def prepare(mod, target, *, prepack: bool | None = None, layout: str | None = None):
     """Apply :func:`prepare_passes` (under the target and opt_level 3)."""
     import tvm
 
     target = _as_target(target)
     if prepack is None:
         prepack = default_prepack(target)
+    if layout is None:
+        layout = default_layout(target)
     with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(prepare_passes(target, prepack=prepack))(mod)
+        return tvm.transform.Sequential(prepare_passes(target, prepack=prepack, layout=layout))(mod)
 
 
 def _is_gpu(target) -> bool:
@@ -261,6 +297,7 @@ def build(
     database=None,
     *,
     prepack: bool | None = None,
+    layout: str | None = None,
     cuda_graph: bool | None = None,
     enable_warning: bool = False,
 ) -> TVMExecutable:
@@ -276,6 +313,8 @@ def build(
     blocked layout MetaSchedule chose; the re-layout is folded into the
     constants here.  It must match the setting the database was tuned with
     (:func:`tvm_integration.tune.tune_with_report` uses the same default).
+    ``layout`` ("NCHW" or "NHWC", default :func:`default_layout`) is the
+    convolution layout; like ``prepack`` it must match the tuning run's.
     ``cuda_graph`` (default: on for CUDA) captures the kernel launches of
     ``main`` in a CUDA graph (``relax.backend.use_cuda_graph``).
     """
@@ -288,13 +327,14 @@ def build(
     gpu = _is_gpu(target)
     if prepack is None:
         prepack = default_prepack(target)
+    layout = check_layout(default_layout(target) if layout is None else layout)
     if cuda_graph is None:
         cuda_graph = target.kind.name == "cuda"
     record: dict[str, list[str]] = {}
 
     @tvm.transform.module_pass(opt_level=0, name="CollapseTVMPipeline")
     def _pipeline(m, _ctx):
-        m = tvm.transform.Sequential(prepare_passes(target, prepack=prepack))(m)
+        m = tvm.transform.Sequential(prepare_passes(target, prepack=prepack, layout=layout))(m)
         if database is not None:
             with database:
                 m = relax.transform.MetaScheduleApplyDatabase(enable_warning=enable_warning)(m)
@@ -307,6 +347,10 @@ def build(
                     relax.transform.SplitLayoutRewritePreproc(),
                     relax.transform.LiftTransformParams(),
                     relax.transform.FoldConstant(),
+                    # The folded weights come back as make_tuple + tuple_getitem of
+                    # constants, which the VM would otherwise rebuild on every call.
+                    relax.transform.CanonicalizeBindings(),
+                    relax.transform.DeadCodeElimination(),
                 ]
             )(m)
         if gpu:

@@ -48,13 +48,20 @@ LOGGER_NAME = "tvm.s_tir.meta_schedule"
 LOCK_FILE = ".tuning.lock"
 MODULE_EQUALITY = "anchor-block"
 DB_ENV = "COLLAPSE_PASSES_TVM_DB"
-# Rounds every task should get: the gradient scheduler first gives each task
-# window_size (3) rounds, then moves the rest of the budget by expected gain.
-# A round has a fixed cost (evolutionary search + cost-model update: 5-25 s on
-# the shared 2-core machine), so rounds are not made smaller than 8 trials
-# unless the budget is tiny.
-ROUNDS_PER_TASK = 4
-MIN_TRIALS_PER_ROUND = 8
+# Rounds every task should get on average.  MetaSchedule's gradient scheduler
+# (gradient_based.cc) gives each task ONE round-robin round, then picks the task
+# with the largest weight * (0.8 * best / rounds + 0.2 * recent gain): with two
+# rounds per task, half of the budget goes where the latency is.  A round has
+# a fixed cost that dominates on this shared 2-core machine (evolutionary
+# search over the population plus a cost-model update: 17-45 s per round at
+# load 4 with a population of 256, against 3-8 s to build and measure 6
+# candidates; 780 s for 136 trials in rounds of 6), so rounds are few and big:
+# at least 16 trials unless the budget is tiny.
+ROUNDS_PER_TASK = 2
+MIN_TRIALS_PER_ROUND = 16
+# Evolutionary-search population (TVM's default is 512): its cost is paid every
+# round, its benefit shrinks with the small budgets that fit in minutes.
+MAX_POPULATION = 128
 
 
 # --------------------------------------------------------------------------- shared database
@@ -109,9 +116,10 @@ def plan_trials(trials: int, num_tasks: int, *, num_trials_per_iter: int | None 
 
     ``num_trials_per_iter = ceil(trials / tasks)`` (what this package did
     before) gives every task one round, so the gradient scheduler never gets
-    to move budget.  Here a round is about ``trials / (tasks * 4)`` (8..64,
-    fewer only when the budget is below 8 trials per task)
-    and a task may take up to 3x its fair share, so heavy kernels can get more.
+    to move budget.  Here a round is about ``trials / (tasks * 2)`` (16..64,
+    fewer only when the budget is below 16 trials per task): after one
+    round-robin round per task, the rest goes to the tasks the scheduler
+    picks by weighted latency, and a task may take up to 3x its fair share.
     """
     n = max(1, int(num_tasks))
     trials = max(0, int(trials))
@@ -568,6 +576,7 @@ def tune_with_report(
     tracker_timeout_s: float = 5.0,
     retune: bool = False,
     prepack: bool | None = None,
+    layout: str | None = None,
     shared_database: str | bool | None = None,
     log=None,
 ):
@@ -585,6 +594,8 @@ def tune_with_report(
     num_trials_per_iter, max_trials_per_task: override :func:`plan_trials`.
     prepack: tune with layout-free weights (default: on for CPU); build with
         the same value (``compile.build`` has the same default).
+    layout: convolution layout, "NCHW" or "NHWC" (default
+        :func:`~tvm_integration.compile.default_layout`); build with the same.
     shared_database: a database directory shared across models and runs
         (default: :func:`default_database_dir`; ``False``: none).  Tasks
         ``work_dir`` lacks are looked up there first (copied, not tuned), and
@@ -597,7 +608,7 @@ def tune_with_report(
     from tvm.s_tir import meta_schedule as ms
 
     from . import _worker
-    from .compile import _as_target, default_prepack, prepare
+    from .compile import _as_target, check_layout, default_layout, default_prepack, prepare
     from .targets import configure_runtime_threads, resolve_target
 
     say = log or (lambda _msg: None)
@@ -614,6 +625,7 @@ def tune_with_report(
         raise TVMError(f"--tune-trials must be >= 0, got {trials}")
     if prepack is None:
         prepack = default_prepack(target)
+    layout = check_layout(default_layout(target) if layout is None else layout)
     if shared_database is None or shared_database is True:
         shared_database = default_database_dir(target, prepack)
     if work_dir is None:
@@ -662,7 +674,7 @@ def tune_with_report(
         # Candidates must be measured with as many threads as the kernels are scheduled for.
         report.threads = configure_runtime_threads(target_info.num_cores)
 
-    prepared = prepare(mod, target, prepack=prepack)
+    prepared = prepare(mod, target, prepack=prepack, layout=layout)
     all_tasks = list(
         ms.relax_integration.extract_tasks(prepared, target, module_equality=MODULE_EQUALITY)
     )
@@ -733,7 +745,7 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
             trials, n, num_trials_per_iter=num_trials_per_iter, max_trials_per_task=max_trials_per_task
         )
         report.num_trials_per_iter, report.max_trials_per_task = per_iter, per_task
-        pop = population_size or max(64, min(256, 4 * trials))
+        pop = population_size or max(64, min(MAX_POPULATION, 4 * trials))
         host_threads = os.cpu_count() or 1
         # Threads of the search (cost model, evolutionary search) run on this host.
         num_threads = int(target_info.num_cores or host_threads) if target_info.kind == "llvm" else host_threads
