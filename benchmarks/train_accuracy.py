@@ -4,8 +4,10 @@
     .venv/bin/python benchmarks/train_accuracy.py --table          # markdown table of all results
 
 Per run: the cached dense digits model (models.digits), iterative_collapse with a small budget
-(--rounds, --steps per round, Adam 1e-3, max_accuracy_drop 1 point on a validation split of 200
-training images), export of dense and collapsed models (TorchScript exporter), collapse_passes.collapse
+(--rounds, --steps per round, Adam, max_accuracy_drop 1 point on a validation split of 300 training
+images that the dense model did not train on: heldout_dense retrains it without them), candidates
+that buy a predicted speed-up first (prefer_speedup, group_sites; --no-prefer for plain score order),
+merges planned and priced with --cost (default measured: onnxruntime op latencies), export of dense and collapsed models (TorchScript exporter), collapse_passes.collapse
 on the collapsed one (exact merging, verified), top-1 accuracy on the 400 held-out test images (torch
 and onnxruntime agree by the verification), and onnxruntime CPU latency at batch 1 of the dense and
 merged ONNX, interleaved (core.runtime.time_interleaved, spinning off), median of --runs.
@@ -41,49 +43,105 @@ def _export(model, shape):
     return onnx.load_from_string(buf.getvalue())
 
 
+N_VAL = 300
+#: per-op overhead of the MAC cost model for these tiny digits models on onnxruntime CPU: at widths 8-64
+#: one op's fixed cost outweighs ~2e5 MACs (docs/training.md: the 3x3 + 3x3 -> 5x5 merges of ResNet-18
+#: are faster on ORT with +50% MACs; the default 2e4 makes the planner refuse them)
+PER_OP_OVERHEAD = 2e5
+
+
+def heldout_dense(model_name: str, tr_idx):
+    """The dense digits model trained with models.digits' recipe (Adam, one-cycle, seeded, 1 thread) on
+    the training images minus the validation split, cached next to the digits cache: the loop's
+    validation images must be ones the dense model never saw."""
+    import torch
+    import torch.nn.functional as F
+
+    from models import build
+    from models.digits import _default_cache_dir, digits_config, digits_data
+
+    cfg = digits_config(model_name)
+    path = os.path.join(_default_cache_dir(), f"{model_name}-heldout{N_VAL}-v1.pt")
+    model = build(model_name, **cfg["model_kw"])
+    if os.path.exists(path):
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    x_tr, y_tr = (t[tr_idx] for t in digits_data(model_name)[:2])
+    torch.manual_seed(0)
+    model = build(model_name, **cfg["model_kw"])
+    bs, epochs = cfg["batch_size"], cfg["epochs"]
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=epochs * ((len(x_tr) + bs - 1) // bs),
+                                                pct_start=0.2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x_tr), generator=gen)
+        for i in range(0, len(x_tr), bs):
+            idx = perm[i:i + bs]
+            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(model.state_dict(), path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return model.eval()
+
+
 def run(model_name: str, method: str, rounds: int, steps: int, pretrain: int, runs: int, lr: float = 5e-4,
-        patience: int = 2, target: float | None = None) -> dict:
+        patience: int = 2, target: float | None = None, cost: str = "macs", prefer: bool = True,
+        drop: float = 0.01, overhead: float | None = PER_OP_OVERHEAD, min_gain: float = 0.0) -> dict:
     import numpy as np
     import torch
 
+    from collapse_passes.algebra.cost import CostModel
     from collapse_passes.api import collapse
     from collapse_passes.core.runtime import session, time_interleaved
     from collapse_passes.train import find_sites, iterative_collapse
-    from models.digits import digits_data, train_digits_model
+    from models.digits import digits_data
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    dense, _ = train_digits_model(model_name)
     x_tr, y_tr, x_te, y_te = digits_data(model_name)
     perm = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(0))
-    val, tr = perm[:200], perm[200:]
+    val, tr = perm[:N_VAL], perm[N_VAL:]
+    dense = heldout_dense(model_name, tr)
+    torch.manual_seed(0)
     n_sites = len(find_sites(dense))
     t0 = time.perf_counter()
-    res = iterative_collapse(dense, method, (x_tr[tr], y_tr[tr]), (x_tr[val], y_tr[val]), max_accuracy_drop=0.01,
+    res = iterative_collapse(dense, method, (x_tr[tr], y_tr[tr]), (x_tr[val], y_tr[val]), max_accuracy_drop=drop,
                              max_rounds=rounds, steps_per_round=steps, pretrain_steps=pretrain, lr=lr,
-                             patience=patience, target_speedup=target,
-                             predict=target is not None, log=lambda s: print(f"  [{model_name}/{method}] {s}", flush=True))
+                             patience=patience, target_speedup=target, prefer_speedup=prefer,
+                             cost_model=cost if cost == "measured" else CostModel(
+                                 **({} if overhead is None else {"per_op_overhead_macs": overhead})),
+                             group_sites=prefer, min_gain=min_gain, predict=True,
+                             log=lambda s: print(f"  [{model_name}/{method}] {s}", flush=True))
     train_s = time.perf_counter() - t0
     with torch.no_grad():
         acc0 = float((dense.eval()(x_te).argmax(1) == y_te).float().mean())
         acc1 = float((res.model.eval()(x_te).argmax(1) == y_te).float().mean())
     shape = (1,) + tuple(x_te.shape[1:])
-    dense_res = collapse(_export(dense, shape), check=2)                 # same exact clean-ups on both sides
+    ckw = {"cost": cost, "per_op_overhead": overhead}    # the planner prices merges as the loop did
+    dense_res = collapse(_export(dense, shape), check=2, **ckw)          # same exact clean-ups on both sides
     onnx_dense = dense_res.model
-    merged = collapse(_export(res.model, shape), check=2)
+    merged = collapse(_export(res.model, shape), check=2, **ckw)
     feed = {"input": x_te[:1].numpy()}
     t = time_interleaved({"dense": session(onnx_dense, optimize=True), "collapsed": session(merged.model, optimize=True)},
                          feed, runs)
     ms = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
     before, after = merged.report["before"], merged.report["after"]
-    return {"model": model_name, "method": method + (f" + target {target}x" if target else ""), "sites": n_sites, "collapsed": res.collapsed,
+    return {"model": model_name, "method": method + (f" + target {target}x" if target else "") + (" + prefer speed-up" if prefer else "")
+            + (" (measured cost)" if cost == "measured" else f" (overhead {overhead:g})"), "sites": n_sites, "collapsed": res.collapsed,
             "removed": len(res.collapsed), "stopped": res.stopped,
             "accuracy_before": acc0, "accuracy_after": acc1, "val_accuracy_before": res.baseline_accuracy,
             "val_accuracy_after": res.accuracy, "latency_ms_before": ms["dense"], "latency_ms_after": ms["collapsed"],
             "speedup": ms["dense"] / ms["collapsed"], "predicted_speedup": res.predicted_speedup, "macs_after_merge": after["macs"],
             "macs_dense": dense_res.report["after"]["macs"], "depth_dense": dense_res.report["after"]["depth_ops"],
             "depth_before": before["depth_ops"], "depth_after": after["depth_ops"],
-            "verified": bool(merged.passed), "rounds": rounds, "steps_per_round": steps, "lr": lr, "patience": patience, "pretrain_steps": pretrain,
+            "verified": bool(merged.passed), "cost_model": cost, "per_op_overhead": overhead, "min_gain": min_gain, "prefer_speedup": prefer, "val_images": N_VAL,
+            "max_accuracy_drop": drop, "dense": f"trained on {len(tr)} images (validation split held out)",
+            "rounds": rounds, "steps_per_round": steps, "lr": lr, "patience": patience, "pretrain_steps": pretrain,
             "train_seconds": round(train_s, 1), "runs": runs, "history": res.history,
             "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, shared (noisy)",
             "torch_threads": 1}
@@ -131,6 +189,16 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--patience", type=int, default=2, help="roll-backs tolerated before the loop stops")
     ap.add_argument("--target-speedup", type=float, help="skip sites that buy no predicted speed-up; stop at S")
+    ap.add_argument("--cost", choices=("macs", "measured"), default="macs",
+                    help="cost model of the merge planner and the predictions (measured: onnxruntime op latencies, "
+                         "re-measured per session, so noisy on a shared machine)")
+    ap.add_argument("--per-op-overhead", type=float, default=PER_OP_OVERHEAD,
+                    help="MAC-equivalents per op of the macs cost model (default: calibrated on ORT CPU, see docs)")
+    ap.add_argument("--no-prefer", action="store_true", help="plain score order (no latency-aware preference)")
+    ap.add_argument("--min-gain", type=float, default=0.0,
+                    help="with prefer: a candidate must lower the predicted cost by more than this fraction")
+    ap.add_argument("--drop", type=float, default=0.01, help="max_accuracy_drop on the validation split")
+    ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--table", action="store_true")
     a = ap.parse_args()
     if a.table:
@@ -138,9 +206,11 @@ def main() -> int:
         return 0
     if not a.model:
         ap.error("--model is required (or --table)")
-    r = run(a.model, a.method, a.rounds, a.steps, a.pretrain, a.runs, a.lr, a.patience, a.target_speedup)
+    r = run(a.model, a.method, a.rounds, a.steps, a.pretrain, a.runs, a.lr, a.patience, a.target_speedup, a.cost,
+            not a.no_prefer, a.drop, a.per_op_overhead, a.min_gain)
     os.makedirs(RESULTS, exist_ok=True)
-    tag = f"-target{a.target_speedup:g}" if a.target_speedup else ""
+    tag = ((f"-target{a.target_speedup:g}" if a.target_speedup else "") + ("" if a.no_prefer else "-prefer")
+           + ("-measured" if a.cost == "measured" else "") + (f"-{a.tag}" if a.tag else ""))
     path = os.path.join(RESULTS, f"{a.model}-{a.method}{tag}.json")
     with open(path + ".tmp", "w") as fh:
         json.dump(r, fh, indent=1, default=float)

@@ -1,8 +1,9 @@
 """Predicted speed-up of a collapse, priced on the real merged graph (what LayerMerge does with a
 latency table, here with the cost model of algebra/cost.py).
 
-cost(model) = MACs + per-op overhead x non-activation nodes of the *merged* ONNX graph
-(report["before"/"after"] of api.collapse). Activation nodes are priced at zero: onnxruntime fuses
+stats_cost(stats) = MACs + per-op overhead x non-activation nodes of the *merged* ONNX graph
+(report["before"/"after"] of api.collapse); graph_cost(model, cm) prices the graph op by op with the
+planner's cost model (measured on onnxruntime with cost="measured"), what the training loop uses. Activation nodes are priced at zero: onnxruntime fuses
 Relu / Clip into the conv before them, so an activation whose collapse lets no merge happen buys
 nothing.
 No torch here: the CLI's --target-speedup and the torch training loop both use it.
@@ -18,6 +19,38 @@ def stats_cost(stats: dict, cost_model: CostModel | None = None) -> float:
     cm = cost_model or CostModel()
     ops = float(stats["nodes"]) - float(stats.get("activations", 0))
     return float(stats["macs"]) + cm.per_op_overhead_macs * ops
+
+
+def graph_cost(model, cost_model: CostModel | None = None) -> float:
+    """Cost of an ONNX model priced op by op with the planner's own cost model: each Conv / Gemm by
+    cost_model.op_cost with its signature (a MeasuredCostModel, cost="measured", times it on
+    onnxruntime; the MAC model gives MACs + overhead), every other non-activation node its per-op
+    overhead, activations zero (fused into the op before them). The same prices the merge planner
+    used, so a prediction agrees with the plan (stats_cost only knows MACs and node counts)."""
+    from .algebra.cost import conv_signature, linear_signature
+    from .onnx.analysis import _dims, node_macs
+    from .onnx.linear_ops import ConvView, DenseView
+    from .onnx.patterns import find_activations
+    from .onnx.shapes import with_shapes
+
+    cm = cost_model or CostModel()
+    graph = with_shapes(model)
+    inside = {id(n) for a in find_activations(graph) for n in a.nodes}
+    total = 0.0
+    for n in graph.nodes:
+        if n.op in ("Constant", "Identity") or id(n) in inside:
+            continue
+        macs = node_macs(n)
+        cv, a = ConvView.of(n), _dims(n.inputs[0]) if n.inputs else None
+        if cv is not None and a:
+            total += cm.op_cost("Conv", macs, conv_signature(cv.params, tuple(a[2:])))
+            continue
+        dv = DenseView.of(n) if n.op == "Gemm" else None
+        if dv is not None and a:
+            total += cm.op_cost("Gemm", macs, linear_signature(dv.params, a[0]))
+            continue
+        total += cm.op_cost(n.op, macs)
+    return total
 
 
 def predicted_speedup(before: dict, after: dict, cost_model: CostModel | None = None) -> float:

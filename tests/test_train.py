@@ -430,3 +430,104 @@ def test_loop_speaks_in_the_original_models_keys():
     assert sorted(res.collapsed) == ["relu:0", "relu:1"]
     assert all(r["key"] in ("relu:0", "relu:1") for r in res.history)
     assert len(set(res.collapsed)) == 2
+
+
+# ------------------------------------------------------------------------------------ relocation only where it merges
+
+class Pair(nn.Module):
+    """conv3x3 -> BN -> ReLU -> conv3x3 (a ResNet block's main path)."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.conv2(self.act1(self.bn1(self.conv1(x))))).flatten(1)
+
+
+@pytest.mark.parametrize("overhead, merges", [(0.0, False), (1e6, True)])
+def test_padding_is_relocated_only_where_the_planner_merges(overhead, merges):
+    """With no per-op overhead the planner refuses the 3x3 + 3x3 -> 5x5 merge (more MACs), so the loop
+    must not relocate (relocating would only enlarge conv1); with a large overhead it merges, and the
+    ONNX merge under the same cost model then yields one conv."""
+    from collapse_passes.algebra.cost import CostModel
+    from collapse_passes.train.loop import planner_accept
+
+    torch.manual_seed(0)
+    net = _randomize_bn(Pair()).eval()
+    x = torch.randn(4, 8, 8, 8)
+    cm = CostModel(per_op_overhead_macs=overhead)
+    lin = linearize(_copy(net), ["act1"])
+    moved = relocate_padding(lin, planner_accept(lin, x, cm))
+    assert (moved == 1) is merges
+    assert lin.conv1.padding == ((2, 2) if merges else (1, 1))
+    assert lin.conv2.padding == ((0, 0) if merges else (1, 1))
+    # the loop makes the same decision (it asks the same planner)
+    y = torch.randint(0, 3, (4,))
+    res = iterative_collapse(net, "easier", (x, y), (x, y), fine_tune=lambda m: m, evaluate=lambda m: 1.0,
+                             score_batches=1, cost_model=cm, max_rounds=1)
+    assert res.collapsed == ["act1"] and res.model.conv1.padding == lin.conv1.padding
+    onx = collapse(_export(lin, (1, 8, 8, 8)), check=2, per_op_overhead=overhead).model
+    assert _n_conv(onx) == (1 if merges else 2)
+
+
+class InvRes(nn.Module):
+    """1x1 expand -> BN -> ReLU6 -> 3x3 depthwise -> BN -> ReLU6 -> 1x1 project (MobileNetV2 block)."""
+
+    def __init__(self, c=4, t=4):
+        super().__init__()
+        h = c * t
+        self.blk = nn.Module()
+        self.blk.expand, self.blk.bn1, self.blk.act1 = nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6()
+        self.blk.dw = nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False)
+        self.blk.bn2, self.blk.act2 = nn.BatchNorm2d(h), nn.ReLU6()
+        self.blk.project = nn.Conv2d(h, c, 1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        b = self.blk
+        return self.pool(b.project(b.act2(b.bn2(b.dw(b.act1(b.bn1(b.expand(x)))))))).flatten(1)
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_both_activations_of_an_inverted_residual_go_together(group):
+    """Alone, neither ReLU6 lets a merge pay (a dense 3x3 over the expanded width costs more than
+    1x1 + depthwise); together the block becomes one 3x3 conv c -> c, cheaper than the three. Only the
+    group candidate finds that."""
+    torch.manual_seed(0)
+    net = _randomize_bn(InvRes()).eval()
+    x = torch.randn(8, 4, 8, 8)
+    y = torch.randint(0, 3, (8,))
+    res = iterative_collapse(net, "easier", (x, y), (x, y), fine_tune=lambda m: m, evaluate=lambda m: 1.0,
+                             score_batches=1, target_speedup=100.0, group_sites=group)
+    if group:
+        assert sorted(res.collapsed) == ["blk.act1", "blk.act2"] and res.predicted_speedup > 1.0
+        assert res.model.blk.expand.padding == (1, 1) and res.model.blk.dw.padding == (0, 0)
+        assert _n_conv(collapse(_export(res.model, (1, 4, 8, 8)), check=2).model) == 1
+    else:
+        assert res.collapsed == [] and res.stopped == "no candidate buys a predicted speed-up"
+        assert {h["key"] for h in res.history} == {"blk.act1", "blk.act2"}
+
+
+def test_prefer_speedup_takes_a_merge_buying_site_before_a_lower_scored_one():
+    """prefer_speedup: a site whose collapse buys a merge goes first even when another site scores lower;
+    without it the loop takes the lowest score."""
+    torch.manual_seed(0)
+    net = _randomize_bn(ChainHead()).eval()
+    x = torch.randn(16, 2, 8, 8)
+    y = torch.randint(0, 3, (16,))
+    kw = dict(fine_tune=lambda m: m, evaluate=lambda m: 1.0, score_batches=1, max_rounds=1,
+              cost_model=__import__("collapse_passes.algebra.cost", fromlist=["CostModel"]).CostModel(
+                  per_op_overhead_macs=1e6))
+    plain = iterative_collapse(net, "easier", (x, y), (x, y), **kw)
+    assert plain.collapsed == ["act3"] and plain.predicted_speedup == pytest.approx(1.0)  # lowest score, no merge
+    pref = iterative_collapse(net, "easier", (x, y), (x, y), prefer_speedup=True, **kw)
+    assert pref.collapsed in (["act1"], ["act2"]) and pref.predicted_speedup > 1.0
+    assert pref.history[0]["score"] > plain.history[0]["score"]
+    # min_gain above any gain: nothing counts as buying a speed-up, the lowest score goes first again
+    picky = iterative_collapse(net, "easier", (x, y), (x, y), prefer_speedup=True, min_gain=10.0, **kw)
+    assert picky.collapsed == ["act3"]

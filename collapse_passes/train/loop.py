@@ -122,44 +122,133 @@ def default_fine_tune(train_batches, steps: int, lr: float = 1e-3, loss_fn=None,
 
 # ------------------------------------------------------------------------------------ speed-up
 
+def make_cost_model(cost_model=None):
+    """None / "macs" -> CostModel() (MACs + per-op overhead); "measured" -> MeasuredCostModel (each conv /
+    gemm signature timed once on onnxruntime CPU, cached); a CostModel instance is used as is."""
+    from ..algebra.cost import CostModel
+
+    if cost_model is None or cost_model == "macs":
+        return CostModel()
+    if cost_model == "measured":
+        from ..onnx.measure import MeasuredCostModel
+
+        return MeasuredCostModel()
+    if isinstance(cost_model, CostModel):
+        return cost_model
+    raise CollapseError(f"cost_model must be 'macs', 'measured' or a CostModel, got {cost_model!r}")
+
+
 class SpeedupPredictor:
-    """Predicted speed-up of a torch model vs the original: export to ONNX (in memory), merge with
-    collapse_passes.collapse (exact passes only, verified), price report["after"] with the cost model.
-    Cached per set of collapsed keys."""
+    """Predicted speed-up of a torch model vs the original: export to ONNX (in memory), merge with the
+    ONNX passes under this predictor's cost model (the planner decides what merges), price the merged
+    graph op by op with the same cost model (speedup.graph_cost). Cached per set of collapsed keys.
+    The first model priced is the baseline (the loop prices the original model first)."""
 
     def __init__(self, example_input: torch.Tensor, cost_model=None):
-        from ..algebra.cost import CostModel
-
         self.x = example_input[:1].detach()
-        self.cm = cost_model or CostModel()
+        self.cm = make_cost_model(cost_model)
         self.cache: dict[frozenset, float] = {}
         self.base: float | None = None
 
+    def merged(self, model: nn.Module):
+        """The model exported and merged by the exact ONNX passes under self.cm (not verified: a
+        prediction; the result the user gets is merged and verified by collapse_passes.collapse)."""
+        import contextlib
+        import warnings
+
+        import onnx
+
+        from ..onnx.driver import run_passes
+
+        buf = io.BytesIO()
+        m = copy.deepcopy(model).eval()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(m, (self.x,), buf, opset_version=17, dynamo=False, input_names=["input"],
+                              output_names=["logits"])
+        out, _, _ = run_passes(onnx.load_from_string(buf.getvalue()), set(), merge=True, cost_model=self.cm,
+                               input_shapes={"input": list(self.x.shape)})
+        return out
+
     def cost(self, model: nn.Module, keys=()) -> float:
+        from ..speedup import graph_cost
+
         k = frozenset(keys)
         if k not in self.cache:
-            import warnings
-
-            import onnx
-
-            from ..api import collapse
-            from ..speedup import stats_cost
-
-            buf = io.BytesIO()
-            m = copy.deepcopy(model).eval()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(m, (self.x,), buf, opset_version=17, dynamo=False, input_names=["input"],
-                                  output_names=["logits"])
-            res = collapse(onnx.load_from_string(buf.getvalue()), check=1, force=True)
-            self.cache[k] = stats_cost(res.report["after"], self.cm)
+            self.cache[k] = graph_cost(self.merged(model), self.cm)
             if self.base is None:
-                self.base = stats_cost(res.report["before"], self.cm)
+                self.base = self.cache[k]
         return self.cache[k]
 
     def speedup(self, model: nn.Module, keys=()) -> float:
         c = self.cost(model, keys)
         return self.base / c
+
+
+# ------------------------------------------------------------------------------------ relocation
+
+def _conv_input_spatial(model: nn.Module, x: torch.Tensor) -> dict[str, tuple]:
+    """{conv module path: input spatial size} for one forward of x (batch 1)."""
+    seen, hooks = {}, []
+
+    def hook(path):
+        def record(mod, inp, out):   # returns None: a hook's return value would replace the output
+            seen.setdefault(path, tuple(inp[0].shape[2:]))
+        return record
+
+    for path, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(hook(path)))
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _conv_params(conv: nn.Conv2d, pads):
+    import numpy as np
+
+    from ..algebra.conv import ConvParams
+
+    # a nonzero bias stands for the folded BatchNorm: the planner then prices the bias-map Add that a
+    # merge across an inner padding needs (a zero bias needs none)
+    return ConvParams(conv.weight.detach().numpy(), np.ones(conv.out_channels, np.float32), tuple(conv.stride),
+                      tuple(pads) + tuple(pads), tuple(conv.dilation), conv.groups)
+
+
+def _plan(params, spatial, cm):
+    from ..core.chains import plan_conv_chain, plan_cost
+
+    spatials, outs, cur = [], [], tuple(spatial)
+    for p in params:
+        spatials.append(cur)
+        cur = tuple(p.output_spatial(cur))
+        outs.append(cur)
+    plan = plan_conv_chain(params, spatials, outs, cm)
+    return plan, plan_cost(plan, spatials, outs, cm)
+
+
+def planner_accept(model: nn.Module, example_input: torch.Tensor, cost_model) -> Callable:
+    """accept(paths, convs, new_pads) for relocate_padding: relocate a chain only when the merge planner
+    (core.chains.plan_conv_chain under cost_model, what the ONNX merge runs) merges the relocated chain
+    into one conv AND that conv costs less than the plan of the chain as it is. Otherwise relocation
+    would only enlarge the first conv's output and nothing would merge."""
+    spatial = _conv_input_spatial(model, example_input)
+
+    def accept(paths, convs, new_pads) -> bool:
+        sp = spatial.get(paths[0])
+        if sp is None:
+            return False
+        plan_new, cost_new = _plan([_conv_params(c, p) for c, p in zip(convs, new_pads)], sp, cost_model)
+        if plan_new.segments != [(0, len(convs))]:
+            return False
+        _, cost_old = _plan([_conv_params(c, tuple(c.padding)) for c in convs], sp, cost_model)
+        return cost_new < cost_old
+
+    return accept
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -190,6 +279,7 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
                        score_batches: int = 4, relocate: bool = True, prelu_lambda: float = 1e-2,
                        fold_alpha: float = FOLD_ALPHA, lacoot_lambda: float = 0.0, remove_blocks_below: float | None = None,
                        blocks: list[str] | None = None, predict: bool = True, cost_model=None, patience: int = 0,
+                       prefer_speedup: bool = False, group_sites: bool = False, min_gain: float = 0.0,
                        log: Callable | None = None) -> CollapseRun:
     """Collapse activation sites one per round, lowest score first, while accuracy holds.
 
@@ -203,6 +293,15 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     the |1 - alpha^2| penalty. lacoot_lambda > 0 adds the LaCoOT term to the default fine-tuning;
     remove_blocks_below=T then replaces residual blocks whose score <= T by their skip.
     The input model is not modified (a deep copy is trained); it must be in eval mode.
+
+    cost_model ('macs' default, 'measured', or a CostModel) prices merges: padding is relocated only
+    where the merge planner under it merges the relocated chain (planner_accept), and predictions
+    price the merged graph with it. prefer_speedup=True tries first, lowest score first, the candidates
+    whose collapse buys a predicted speed-up, then the others (target_speedup skips the others).
+    group_sites=True also offers all remaining sites of one parent module as one candidate (both
+    ReLU6 of an inverted residual: alone neither buys a merge, together the block becomes one conv);
+    a group's score is its highest member score. min_gain: a candidate buys a speed-up only if it lowers
+    the predicted cost by more than this fraction (0.01: 1%), so slivers of gain do not jump the queue.
     """
     name = str(method).strip().lower()
     if name not in METHODS:
@@ -243,20 +342,34 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         model = ft(model)
         say(f"regularised training ({pretrain_steps} steps): accuracy {evaluate(model):.4f}")
     predictor = None
-    if (predict or target_speedup) and first is not None:
+    if (predict or target_speedup or prefer_speedup) and first is not None:
         predictor = SpeedupPredictor(first[0], cost_model)
+    cm = predictor.cm if predictor is not None else make_cost_model(cost_model)
+    example = first[0] if first is not None else None
+    if prefer_speedup and predictor is None:
+        raise CollapseError("prefer_speedup needs train_data (an example input to export the model)")
     if target_speedup is not None and predictor is None:
         raise CollapseError("target_speedup needs train_data (an example input to export the model)")
     batches = [b[0] for b in itertools.islice(iter(train_b), score_batches)] if train_b is not None else None
 
     collapsed: list[str] = []
     history: list[dict] = []
-    skipped: set[str] = set()
+    skipped: set[tuple] = set()        # candidates (tuples of original keys) not to try again
+    no_gain: dict[tuple, frozenset] = {}   # candidate -> collapsed sites of its parents when it bought nothing
     failures = 0
     cur_speed = predictor.speedup(model, ()) if predictor else None
     acc = base_acc
     stopped = "no candidate left"
     origin = OriginalKeys(find_sites(model))
+    gate = target_speedup is not None or prefer_speedup
+
+    def parent(k: str) -> str:
+        return k.split(":")[0].rpartition(".")[0]
+
+    def context(cand) -> frozenset:   # what a candidate's gain depends on: collapsed sites next to it
+        ps = {parent(k) for k in cand}
+        return frozenset(k for k in collapsed if parent(k) in ps)
+
     for rnd in itertools.count():
         if max_rounds is not None and rnd >= max_rounds:
             stopped = "max_rounds"
@@ -265,7 +378,7 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
             stopped = f"target speed-up {target_speedup} reached"
             break
         now = {origin.of(s): s for s in find_sites(model)}   # original key -> site of the current model
-        sites = [s for k, s in now.items() if k not in skipped]
+        sites = [s for k, s in now.items() if (k,) not in skipped]
         if not sites:   # every site collapsed or skipped
             break
         current = _site_scores(model, name, batches, sites)
@@ -274,31 +387,48 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
             scores = {k: v for k, v in scores.items() if v <= 1.0 - fold_alpha}
         if not scores:
             break
-        ranked = sorted(scores, key=lambda k: (scores[k], k))
-        choice, trial, speed = None, None, cur_speed
-        for key in ranked:
-            cand = _collapse_one(model, now[key].key, relocate)
+        cands = {(k,): v for k, v in scores.items()}
+        if group_sites:
+            by_parent: dict[str, list] = {}
+            for k in sorted(scores, key=lambda k: list(now).index(k)):
+                by_parent.setdefault(parent(k), []).append(k)
+            cands.update({tuple(ks): max(scores[k] for k in ks) for ks in by_parent.values() if len(ks) > 1})
+        ranked = sorted((c for c in cands if c not in skipped), key=lambda c: (cands[c], len(c), c))
+        choice, trial, speed, deferred = None, None, cur_speed, []
+        for cand in ranked:
+            if gate and no_gain.get(cand) == context(cand):
+                deferred.append(cand)
+                continue
+            trial_m = _collapse_one(model, [now[k].key for k in cand], relocate, cm, example)
             if predictor is not None:
-                speed = predictor.speedup(cand, collapsed + [key])
-                if target_speedup is not None and speed <= cur_speed * (1 + 1e-6):
-                    skipped.add(key)
-                    history.append({"round": rnd, "key": key, "score": scores[key], "accuracy": None,
-                                    "predicted_speedup": speed, "action": "skipped: no predicted speed-up"})
-                    say(f"round {rnd}: skip {key} (predicted speed-up {speed:.3f}x, no gain)")
+                speed = predictor.speedup(trial_m, collapsed + list(cand))
+                if gate and speed <= cur_speed * (1 + max(min_gain, 1e-6)):
+                    no_gain[cand] = context(cand)
+                    deferred.append(cand)
+                    if target_speedup is not None:
+                        skipped.add(cand)
+                        history.append({"round": rnd, "key": "+".join(cand), "score": cands[cand], "accuracy": None,
+                                        "predicted_speedup": speed, "action": "skipped: no predicted speed-up"})
+                        say(f"round {rnd}: skip {'+'.join(cand)} (predicted speed-up {speed:.3f}x, no gain)")
                     continue
-            choice, trial = key, cand
+            choice, trial = cand, trial_m
             break
+        if choice is None and prefer_speedup and target_speedup is None and deferred:
+            choice = deferred[0]          # nothing buys a speed-up: the lowest score goes (accuracy decides)
+            trial = _collapse_one(model, [now[k].key for k in choice], relocate, cm, example)
+            speed = predictor.speedup(trial, collapsed + list(choice))
         if choice is None:
-            stopped = "no candidate buys a predicted speed-up"
+            stopped = "no candidate buys a predicted speed-up" if gate else "no candidate left"
             break
+        label = "+".join(choice)
         trial = fine_tune(trial)
         trial.eval()
         a = float(evaluate(trial))
-        row = {"round": rnd, "key": choice, "score": scores[choice], "accuracy": a, "predicted_speedup": speed}
+        row = {"round": rnd, "key": label, "score": cands[choice], "accuracy": a, "predicted_speedup": speed}
         if base_acc - a > max_accuracy_drop + 1e-9:   # 1.0 - 0.99 is 0.0100000000000000009
             row["action"] = "rolled back: accuracy drop above max_accuracy_drop"
             history.append(row)
-            say(f"round {rnd}: {choice} -> accuracy {a:.4f}, drop {base_acc - a:.4f} > {max_accuracy_drop}: rolled back")
+            say(f"round {rnd}: {label} -> accuracy {a:.4f}, drop {base_acc - a:.4f} > {max_accuracy_drop}: rolled back")
             failures += 1
             skipped.add(choice)
             if failures > patience:
@@ -308,9 +438,9 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         row["action"] = "collapsed"
         history.append(row)
         model, acc, cur_speed = trial, a, speed
-        origin.collapsed(now[choice])
-        collapsed.append(choice)
-        say(f"round {rnd}: collapsed {choice} (score {scores[choice]:.4f}) -> accuracy {a:.4f}"
+        origin.collapsed(*(now[k] for k in choice))
+        collapsed.extend(choice)
+        say(f"round {rnd}: collapsed {label} (score {cands[choice]:.4f}) -> accuracy {a:.4f}"
             + (f", predicted speed-up {speed:.3f}x" if speed else ""))
 
     removed: list[str] = []
@@ -332,8 +462,10 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
                        stopped)
 
 
-def _collapse_one(model: nn.Module, key: str, relocate: bool) -> nn.Module:
-    m = linearize(copy.deepcopy(model), [key])
+def _collapse_one(model: nn.Module, keys: list, relocate: bool, cost_model=None, example=None) -> nn.Module:
+    """The model with `keys` collapsed and, where the planner will merge the chain, its padding relocated
+    (every chain when there is no example input to size the convs)."""
+    m = linearize(copy.deepcopy(model), keys)
     if relocate:
-        relocate_padding(m)
+        relocate_padding(m, planner_accept(m, example, cost_model) if example is not None else None)
     return m

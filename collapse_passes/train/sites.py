@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -107,8 +108,11 @@ class OriginalKeys:
     def of(self, site: Site) -> str:
         return site_key(site.path, self._call(site), self.calls.get(site.path, site.calls))
 
-    def collapsed(self, site: Site) -> None:
-        self.gone.setdefault(site.path, set()).add(self._call(site))
+    def collapsed(self, *sites: Site) -> None:
+        """Mark sites of the current model collapsed (several at once: numbered before any is marked)."""
+        calls = [(s.path, self._call(s)) for s in sites]
+        for path, call in calls:
+            self.gone.setdefault(path, set()).add(call)
 
 
 def resolve(sites: list[Site], keys) -> list[Site]:
@@ -179,41 +183,69 @@ def _single_user(node) -> bool:
     return len(node.users) == 1
 
 
-def relocate_padding(model: nn.Module) -> int:
-    """Move the padding of conv2 to conv1 in every chain conv1 -> (BN | collapsed)* -> conv2 that holds
-    a collapsed site, repeated until the whole chain's padding sits on its first conv. Stride aware:
-    conv2's pad p becomes p * stride(conv1) on conv1's input. Returns the number of moves.
-
-    Changes the function on the border only; the caller fine-tunes afterwards."""
+def conv_chains(model: nn.Module) -> list[list[str]]:
+    """Chains conv_0 -> (BN | collapsed)* -> conv_1 -> ... of nn.Conv2d module paths whose every link
+    holds a collapsed site (LinearRegime), single users, each conv called once, zero padding."""
     gm = _trace(model)
     if isinstance(gm, Exception):
-        return 0
+        return []
+    mods = dict(model.named_modules())
+    prev: dict[str, str] = {}
+    for n in gm.graph.nodes:
+        conv2 = mods.get(n.target) if n.op == "call_module" else None
+        if not isinstance(conv2, nn.Conv2d) or not n.args or not isinstance(n.args[0], torch.fx.Node):
+            continue
+        cur, through = n.args[0], False
+        while (cur.op == "call_module" and isinstance(mods.get(cur.target), _PASS) and _single_user(cur)
+               and cur.args and isinstance(cur.args[0], torch.fx.Node)):
+            through |= isinstance(mods[cur.target], LinearRegime)
+            cur = cur.args[0]
+        conv1 = mods.get(cur.target) if cur.op == "call_module" else None
+        if not through or not isinstance(conv1, nn.Conv2d) or not _single_user(cur):
+            continue
+        if not _movable(conv1, conv2) or _calls(gm, cur.target) != 1 or _calls(gm, n.target) != 1:
+            continue
+        prev[n.target] = cur.target
+    firsts = [c for c in prev.values() if c not in prev]
+    nxt = {b: a for a, b in prev.items()}
+    chains = []
+    for c in dict.fromkeys(firsts):
+        chain = [c]
+        while chain[-1] in nxt:
+            chain.append(nxt[chain[-1]])
+        chains.append(chain)
+    return chains
+
+
+def relocated_pads(convs: list) -> list[tuple]:
+    """Paddings of a conv chain with all of it moved to the first conv (conv_k's pad p becomes
+    p x stride(conv_{k-1}) on conv_{k-1}'s input, applied back to front)."""
+    pads = [list(_pads(c)) for c in convs]
+    for k in range(len(convs) - 1, 0, -1):
+        pads[k - 1] = [a + b * s for a, b, s in zip(pads[k - 1], pads[k], convs[k - 1].stride)]
+        pads[k] = [0] * len(pads[k])
+    return [tuple(p) for p in pads]
+
+
+def relocate_padding(model: nn.Module, accept: Callable | None = None) -> int:
+    """Move the padding of every chain conv_0 -> (BN | collapsed)* -> conv_1 ... (see conv_chains) to its
+    first conv, so that the later merge is exact. accept(paths, convs, new_pads) -> bool decides per chain
+    (the training loop asks the merge planner whether the relocated chain will merge; relocating a chain
+    that then stays unmerged only enlarges its first conv). Returns the number of convs whose padding moved.
+
+    Changes the function on the border only; the caller fine-tunes afterwards."""
     mods = dict(model.named_modules())
     moves = 0
-    changed = True
-    while changed:
-        changed = False
-        for n in gm.graph.nodes:
-            conv2 = mods.get(n.target) if n.op == "call_module" else None
-            if not isinstance(conv2, nn.Conv2d) or not n.args or not isinstance(n.args[0], torch.fx.Node):
-                continue
-            if not any(p for p in _pads(conv2)):
-                continue
-            cur, through = n.args[0], False
-            while (cur.op == "call_module" and isinstance(mods.get(cur.target), _PASS) and _single_user(cur)
-                   and cur.args and isinstance(cur.args[0], torch.fx.Node)):
-                through |= isinstance(mods[cur.target], LinearRegime)
-                cur = cur.args[0]
-            conv1 = mods.get(cur.target) if cur.op == "call_module" else None
-            if not through or not isinstance(conv1, nn.Conv2d) or not _single_user(cur):
-                continue
-            if not _movable(conv1, conv2) or _calls(gm, cur.target) != 1 or _calls(gm, n.target) != 1:
-                continue
-            p1, p2 = _pads(conv1), _pads(conv2)
-            conv1.padding = tuple(a + b * s for a, b, s in zip(p1, p2, conv1.stride))
-            conv2.padding = (0,) * len(p2)
-            moves += 1
-            changed = True
+    for chain in conv_chains(model):
+        convs = [mods[p] for p in chain]
+        new = relocated_pads(convs)
+        if new == [_pads(c) for c in convs]:
+            continue
+        if accept is not None and not accept(chain, convs, new):
+            continue
+        for c, p in zip(convs, new):
+            c.padding = p
+        moves += len(convs) - 1
     return moves
 
 
