@@ -55,10 +55,9 @@ def heldout_dense(model_name: str, tr_idx):
     the training images minus the validation split, cached next to the digits cache: the loop's
     validation images must be ones the dense model never saw."""
     import torch
-    import torch.nn.functional as F
 
     from models import build
-    from models.digits import _default_cache_dir, digits_config, digits_data
+    from models.digits import _default_cache_dir, digits_config, digits_data, fit_digits
 
     cfg = digits_config(model_name)
     path = os.path.join(_default_cache_dir(), f"{model_name}-heldout{N_VAL}-v1.pt")
@@ -68,22 +67,7 @@ def heldout_dense(model_name: str, tr_idx):
         return model.eval()
     x_tr, y_tr = (t[tr_idx] for t in digits_data(model_name)[:2])
     torch.manual_seed(0)
-    model = build(model_name, **cfg["model_kw"])
-    bs, epochs = cfg["batch_size"], cfg["epochs"]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=epochs * ((len(x_tr) + bs - 1) // bs),
-                                                pct_start=0.2)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x_tr), generator=gen)
-        for i in range(0, len(x_tr), bs):
-            idx = perm[i:i + bs]
-            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    model = fit_digits(build(model_name, **cfg["model_kw"]), x_tr, y_tr, cfg, seed=0)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(model.state_dict(), path + ".tmp")
     os.replace(path + ".tmp", path)

@@ -173,6 +173,37 @@ def _atomic_save(obj, path: str) -> None:
         raise
 
 
+def fit_digits(model: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, cfg: dict, seed: int = 0,
+               verbose: bool = False, name: str = "") -> nn.Module:
+    """The digits training recipe on (x_tr, y_tr): Adam with a one-cycle (warm-up + cosine) schedule,
+    cfg's epochs / batch size / learning rate, a shuffle seeded with `seed`. Returns the model (in
+    train mode); the caller seeds torch before building it."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    bs = cfg["batch_size"]
+    steps_per_epoch = (len(x_tr) + bs - 1) // bs
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch, pct_start=0.2
+    )
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for ep in range(cfg["epochs"]):
+        model.train()
+        perm = torch.randperm(len(x_tr), generator=gen)
+        total = 0.0
+        for i in range(0, len(x_tr), bs):
+            idx = perm[i : i + bs]
+            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        if verbose:
+            print(f"[{name}] epoch {ep + 1}/{cfg['epochs']} loss {total / len(x_tr):.4f} "
+                  f"({time.perf_counter() - t0:.1f}s)")
+    return model
+
+
 def train_digits_model(
     name: str,
     epochs: int | None = None,
@@ -225,29 +256,7 @@ def train_digits_model(
         x_tr, y_tr, x_te, y_te = load_digits_tensors(cfg["size"], cfg["channels"], seed=seed)
         _seed_everything(seed)
         model = build(name, **cfg["model_kw"])  # re-init after seeding
-        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-        bs = cfg["batch_size"]
-        steps_per_epoch = (len(x_tr) + bs - 1) // bs
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch, pct_start=0.2
-        )
-        gen = torch.Generator().manual_seed(seed)
-        t0 = time.perf_counter()
-        for ep in range(cfg["epochs"]):
-            model.train()
-            perm = torch.randperm(len(x_tr), generator=gen)
-            total = 0.0
-            for i in range(0, len(x_tr), bs):
-                idx = perm[i : i + bs]
-                loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            if verbose:
-                print(f"[{name}] epoch {ep + 1}/{cfg['epochs']} loss {total / len(x_tr):.4f} "
-                      f"({time.perf_counter() - t0:.1f}s)")
+        fit_digits(model, x_tr, y_tr, cfg, seed, verbose=verbose, name=name)
         acc = evaluate(model, x_te, y_te)
     finally:
         torch.set_num_threads(old_threads)
