@@ -17,6 +17,8 @@ from google.protobuf.message import DecodeError
 from ..errors import CollapseError
 
 ONNX_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+#: types stored two elements per byte: their size is not count x numpy itemsize
+_PACKED_TYPES = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
 
 
 @dataclass
@@ -131,6 +133,8 @@ def _check_weight_sizes(model: onnx.ModelProto, where: str) -> None:
         if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (0, onnx.TensorProto.STRING):
             continue
         count = int(np.prod(t.dims)) if len(t.dims) else 1
+        if t.data_type in _PACKED_TYPES:   # two per byte: the checker and onnxruntime judge these
+            continue
         if t.HasField("raw_data"):
             try:
                 need = count * tensor_dtype_to_np_dtype(t.data_type).itemsize
@@ -211,7 +215,7 @@ def external_data_pieces(model: onnx.ModelProto, location: str):
                 for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                     ref.ClearField(f)
                 ref.data_location = onnx.TensorProto.EXTERNAL
-                n = len(data_of(t))
+                n = _data_bytes(t)
                 for k, v in (("location", location), ("offset", str(offset)), ("length", str(n))):
                     e = ref.external_data.add()
                     e.key, e.value = k, v
@@ -225,6 +229,20 @@ def external_data_pieces(model: onnx.ModelProto, location: str):
             yield data_of(inits[i])
 
     return model_pieces(), data_chunks()
+
+
+def _data_bytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data as written to a data file, from its shape and type (reading raw_data
+    would copy it: protobuf hands out a new bytes object per access)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    count = int(np.prod(t.dims)) if len(t.dims) else 1
+    try:
+        if t.data_type in _PACKED_TYPES:
+            raise TypeError("packed")
+        return count * tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:   # a packed type or one numpy lacks: ask the data itself
+        return len(t.raw_data) if t.HasField("raw_data") else len(onnx.numpy_helper.to_array(t).tobytes())
 
 
 def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external: bool | None = None) -> Path:
