@@ -101,26 +101,18 @@ def _weights_apart(model):
     import onnx
     from onnx import numpy_helper
 
-    from ..onnx.graph import copy_fields
+    from ..onnx.graph import external_ref, without_initializers
 
-    light = onnx.ModelProto()
-    copy_fields(model, light, skip="graph")
-    src, dst = model.graph, light.graph
-    copy_fields(src, dst, skip="initializer")
+    light = without_initializers(model)
     names, values = [], []
-    for t in src.initializer:
+    for t in model.graph.initializer:
         if (t.data_location != onnx.TensorProto.EXTERNAL and t.data_type in _APART_TYPES
                 and t.ByteSize() >= APART_BYTES):
-            ref = dst.initializer.add()
-            ref.name, ref.data_type = t.name, t.data_type
-            ref.dims.extend(t.dims)
-            ref.data_location = onnx.TensorProto.EXTERNAL
-            entry = ref.external_data.add()
-            entry.key, entry.value = "location", "in-memory"
+            light.graph.initializer.append(external_ref(t, "in-memory"))
             names.append(t.name)
             values.append(np.ascontiguousarray(numpy_helper.to_array(t)))
         else:
-            dst.initializer.append(t)
+            light.graph.initializer.append(t)
     return light, names, values
 
 

@@ -124,28 +124,35 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
         raise CollapseError(f"{where}: invalid ONNX model ({_short(exc)})") from None
 
 
+def _raw_size(t: onnx.TensorProto) -> int | None:
+    """Bytes of `t`'s data in raw form, from its shape and type; None for a packed 4-bit type or one
+    numpy lacks (bfloat16, float8), which the checker and onnxruntime judge."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    if t.data_type in _PACKED_TYPES:
+        return None
+    try:
+        itemsize = tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:
+        return None
+    return (int(np.prod(t.dims)) if len(t.dims) else 1) * itemsize
+
+
 def _check_weight_sizes(model: onnx.ModelProto, where: str) -> None:
     """What the checker would have said about the weights light_model() leaves out: the data holds
     exactly dims' product elements."""
-    from onnx.helper import tensor_dtype_to_np_dtype
-
     for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (0, onnx.TensorProto.STRING):
-            continue
-        count = int(np.prod(t.dims)) if len(t.dims) else 1
-        if t.data_type in _PACKED_TYPES:   # two per byte: the checker and onnxruntime judge these
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (0, onnx.TensorProto.STRING) \
+                or t.data_type in _PACKED_TYPES:
             continue
         if t.HasField("raw_data"):
-            try:
-                need = count * tensor_dtype_to_np_dtype(t.data_type).itemsize
-            except Exception:   # a type numpy lacks (bfloat16, float8): the checker and onnxruntime judge it
+            need = _raw_size(t)
+            if need is None:
                 continue
             have = len(t.raw_data)
         else:
-            field = onnx.helper.tensor_dtype_to_field(t.data_type) if t.data_type else None
-            if field is None:
-                continue
-            need, have = count, len(getattr(t, field))
+            field = onnx.helper.tensor_dtype_to_field(t.data_type)
+            need, have = (int(np.prod(t.dims)) if len(t.dims) else 1), len(getattr(t, field))
             if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
                 need *= 2
         if have != need:
@@ -186,6 +193,33 @@ def data_file_for(model_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".data")
 
 
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every field but its graph's initializers (no weight copied): the structure that
+    onnxruntime sessions, the checker, shape inference and the piecewise writer start from."""
+    shell = onnx.ModelProto()
+    copy_fields(model, shell, skip="graph")
+    copy_fields(model.graph, shell.graph, skip="initializer")
+    return shell
+
+
+def external_ref(t: onnx.TensorProto, location: str, offset: int | None = None,
+                 length: int | None = None) -> onnx.TensorProto:
+    """`t` without its data (every other field kept), marked external: at `location` (with its offset
+    and length in that file), or handed over in memory (add_external_initializers)."""
+    ref = onnx.TensorProto()
+    copy_fields(t, ref, skip="raw_data")
+    for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+        ref.ClearField(f)
+    ref.data_location = onnx.TensorProto.EXTERNAL
+    entries = [("location", location)]
+    if length is not None:
+        entries += [("offset", str(offset)), ("length", str(length))]
+    for k, v in entries:
+        e = ref.external_data.add()
+        e.key, e.value = k, v
+    return ref
+
+
 def external_data_pieces(model: onnx.ModelProto, location: str):
     """(model file pieces, data file chunks) for `model` written with its large initializers in a data
     file named `location` (relative to the model's folder): the same layout onnx.save(...,
@@ -194,55 +228,36 @@ def external_data_pieces(model: onnx.ModelProto, location: str):
 
     inits = model.graph.initializer
     # by index: protobuf hands out a new Python wrapper per access, so id() says nothing
-    big = {i for i, t in enumerate(inits)
+    big = [i for i, t in enumerate(inits)
            if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type != onnx.TensorProto.STRING
-           and t.ByteSize() >= EXTERNAL_MIN_BYTES}
+           and t.ByteSize() >= EXTERNAL_MIN_BYTES]
 
     def data_of(t) -> bytes:
         return t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
 
-    def model_pieces():
-        shell = onnx.ModelProto()
-        copy_fields(model, shell, skip="graph")
-        copy_fields(model.graph, shell.graph, skip="initializer")
-        yield shell.SerializeToString()
-        offset = 0
-        for i, t in enumerate(inits):
-            piece = onnx.ModelProto()
-            if i in big:
-                ref = piece.graph.initializer.add()
-                copy_fields(t, ref, skip="raw_data")
-                for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                    ref.ClearField(f)
-                ref.data_location = onnx.TensorProto.EXTERNAL
-                n = _data_bytes(t)
-                for k, v in (("location", location), ("offset", str(offset)), ("length", str(n))):
-                    e = ref.external_data.add()
-                    e.key, e.value = k, v
-                offset += n
-            else:
-                piece.graph.initializer.append(t)
-            yield piece.SerializeToString()
-
-    def data_chunks():
-        for i in sorted(big):
+    def chunks():
+        for i in big:
             yield data_of(inits[i])
 
-    return model_pieces(), data_chunks()
+    refs, offset = {}, 0
+    for i in big:
+        n = _raw_size(inits[i])   # from shape and type: reading raw_data would copy it
+        n = len(data_of(inits[i])) if n is None else n
+        refs[i] = external_ref(inits[i], location, offset, n)
+        offset += n
+    return _model_pieces(model, refs), chunks()
 
 
-def _data_bytes(t: onnx.TensorProto) -> int:
-    """Bytes of a tensor's data as written to a data file, from its shape and type (reading raw_data
-    would copy it: protobuf hands out a new bytes object per access)."""
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    count = int(np.prod(t.dims)) if len(t.dims) else 1
-    try:
-        if t.data_type in _PACKED_TYPES:
-            raise TypeError("packed")
-        return count * tensor_dtype_to_np_dtype(t.data_type).itemsize
-    except Exception:   # a packed type or one numpy lacks: ask the data itself
-        return len(t.raw_data) if t.HasField("raw_data") else len(onnx.numpy_helper.to_array(t).tobytes())
+def _model_pieces(model: onnx.ModelProto, refs: dict):
+    """The model file as byte strings whose concatenation is the file: the structure, then one
+    `ModelProto(graph=GraphProto(initializer=[t]))` per initializer, in order (refs[i] in place of
+    initializer i where given). Protobuf parses concatenated messages as one merged message
+    (singular sub-messages merge, repeated fields append), so it reads back as the same model."""
+    yield without_initializers(model).SerializeToString()
+    for i, t in enumerate(model.graph.initializer):
+        piece = onnx.ModelProto()   # a fresh one each time: protobuf's arena keeps what is deleted
+        piece.graph.initializer.append(refs.get(i, t))
+        yield piece.SerializeToString()
 
 
 def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external: bool | None = None) -> Path:
@@ -258,24 +273,10 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external:
 
 
 def serialized_pieces(model: onnx.ModelProto):
-    """The model's serialization as a sequence of byte strings whose concatenation is the file.
-
-    Protobuf parses concatenated messages as one merged message (singular sub-messages merge,
-    repeated fields append), so the model without its initializers followed by one
-    `ModelProto(graph=GraphProto(initializer=[t]))` per initializer, in order, reads back as the
-    same model. Writing it that way never holds the whole serialization (plus protobuf's own
-    buffer) in memory: for ResNet-18 that is ~90 MB less peak at the end of a run."""
-    if len(model.graph.initializer) < 2:
-        yield model.SerializeToString()
-        return
-    shell = onnx.ModelProto()
-    copy_fields(model, shell, skip="graph")
-    copy_fields(model.graph, shell.graph, skip="initializer")
-    yield shell.SerializeToString()
-    for t in model.graph.initializer:
-        piece = onnx.ModelProto()   # a fresh one each time: protobuf's arena keeps what is deleted
-        piece.graph.initializer.append(t)
-        yield piece.SerializeToString()
+    """The model's serialization as a sequence of byte strings whose concatenation is the file
+    (_model_pieces with every weight inside). Writing it that way never holds the whole serialization
+    (plus protobuf's own buffer) in memory: for ResNet-18 that is ~90 MB less peak at the end of a run."""
+    return _model_pieces(model, {})
 
 
 def copy_fields(src, dst, skip: str) -> None:

@@ -23,15 +23,10 @@ _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.I
 
 def light_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its large float initializers replaced by typed inputs (no weight data copied)."""
-    lm = onnx.ModelProto()
-    lm.ir_version = model.ir_version
-    lm.opset_import.extend(model.opset_import)
+    from .graph import without_initializers
+
+    lm = without_initializers(model)
     g = lm.graph
-    g.name = model.graph.name
-    g.node.extend(model.graph.node)
-    g.input.extend(model.graph.input)
-    g.output.extend(model.graph.output)
-    g.value_info.extend(model.graph.value_info)
     declared = {i.name for i in model.graph.input}
     for t in model.graph.initializer:
         size = int(np.prod(t.dims)) if len(t.dims) else 1
