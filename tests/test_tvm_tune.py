@@ -170,6 +170,43 @@ def test_trial_plan_gives_every_task_several_rounds():
     assert plan_trials(100, 4, num_trials_per_iter=5, max_trials_per_task=30) == (5, 30)
 
 
+@pytest.mark.parametrize("spec", ["cuda", {"kind": "cuda", "arch": "sm_86"}])
+def test_cuda_targets_carry_the_block_limits_metaschedule_needs(spec, mod, tmp_path):
+    """A bare {"kind": "cuda", "arch"} target compiles but MetaSchedule's thread binding refuses it
+    (``missing attribute max_threads_per_block``, seen on an H100): the design spaces must generate
+    without a GPU."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_integration import _worker
+    from tvm_integration.compile import prepare
+    from tvm_integration.tune import MODULE_EQUALITY
+
+    target, info = resolve_target(spec, cuda_arch="sm_90" if spec == "cuda" else None)
+    _worker.preload_intrinsics(info.intrin_modules)  # as tune_with_report does (the full import is slow)
+    assert int(target.attrs["max_threads_per_block"]) == 1024
+    if spec == "cuda":  # TVM's H100 tag refines the defaults
+        assert int(target.attrs["l2_cache_size_bytes"]) == 50 * 2**20
+    tasks = list(ms.relax_integration.extract_tasks(prepare(mod, target, prepack=False, layout=None),
+                                                     target, module_equality=MODULE_EQUALITY))
+    assert tasks
+    for task in tasks:  # TuneContext initialises the default CUDA rules (AutoBind among them)
+        ctx = ms.TuneContext(mod=task.dispatched[0], target=target, space_generator="post-order-apply",
+                             task_name=task.task_name)
+        assert ctx.generate_design_space()
+
+
+def test_missing_xgboost_fails_before_any_measurement(monkeypatch, mod, cpu, tmp_path):
+    """Without xgboost MetaSchedule would measure a whole round, then die inside its cost model
+    (seen on a GPU machine): the tuner says so up front, in one line, and creates nothing."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xgboost" else real(name, *a))
+    with pytest.raises(TVMError, match="needs xgboost.*pip install xgboost"):
+        tune_with_report(mod, cpu[0], cpu[1], work_dir=str(tmp_path / "db"), trials=TRIALS)
+    assert not (tmp_path / "db").exists()
+
+
 def _vm_function_text(text: str, name: str) -> str:
     """The instructions of one function in ``VMExecutable.as_text()``."""
     lines, inside = [], False

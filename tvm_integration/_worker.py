@@ -18,7 +18,10 @@ submodules the target needs (e.g. ``x86``: ~0.2 s).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
+import linecache
 import os
 import sys
 import types
@@ -43,8 +46,37 @@ def preload_intrinsics(modules=("x86",)) -> None:
         stub.__doc__ = "Placeholder installed by tvm_integration (imports submodules on demand)."
         sys.modules[_PKG] = stub
         s_tir.tensor_intrin = stub  # type: ignore[attr-defined]
-    for name in modules:
-        importlib.import_module(f"{_PKG}.{name}")
+    with _light_inspect_stack():
+        for name in modules:
+            importlib.import_module(f"{_PKG}.{name}")
+
+
+@contextlib.contextmanager
+def _light_inspect_stack():
+    """``inspect.stack`` without its module search, while intrinsics are parsed.
+
+    Each ``@T.prim_func`` calls ``inspect.stack()``, which looks up the module of every frame; for
+    the import machinery's ``<frozen ...>`` frames that is a scan of all of ``sys.modules``, so the
+    ~500 CUDA intrinsics took ~60 s in a process that has torch loaded.  The frames, file names,
+    line numbers and source lines (through ``linecache``) are the same.
+    """
+    real = inspect.stack
+
+    def stack(context: int = 1):
+        frames, frame = [], sys._getframe(1)
+        while frame is not None:
+            code = frame.f_code
+            line = linecache.getline(code.co_filename, frame.f_lineno) if context > 0 else ""
+            frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name,
+                                            [line] if line else None, 0 if line else None))
+            frame = frame.f_back
+        return frames
+
+    inspect.stack = stack
+    try:
+        yield
+    finally:
+        inspect.stack = real
 
 
 def make_initializer(modules):

@@ -369,7 +369,7 @@ def resolve_target(spec: str | dict, cuda_arch: str | None = None):
                 "through nvidia-smi to detect it from"
             )
         arch = _normalise_cuda_arch(arch)
-        target = Target({"kind": "cuda", "arch": arch})
+        target = Target({"kind": "cuda", "arch": arch, **cuda_limits(arch)})
         return target, _info_for(target, low)
 
     if low in AARCH64_NAMES:
@@ -409,6 +409,30 @@ def resolve_target(spec: str | dict, cuda_arch: str | None = None):
     raise UnknownTargetError(f"unknown target {spec!r}; {_valid_names_message()}")
 
 
+# What every NVIDIA GPU since Maxwell (sm_50) allows a thread block; a TVM tag of the same arch
+# refines it (the H100's L2 size, say).
+_CUDA_BLOCK_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
+                      "registers_per_block": 65536, "thread_warp_size": 32}
+
+
+def cuda_limits(arch: str) -> dict[str, Any]:
+    """Per-block limits for a CUDA target of ``arch`` (``sm_90``).
+
+    A bare ``{"kind": "cuda", "arch": ...}`` target compiles, but MetaSchedule's thread-binding
+    rules refuse it (``missing attribute max_threads_per_block``): the limits come from TVM's tag
+    of the same arch where there is one (``nvidia/nvidia-h100`` for sm_90), else the defaults above.
+    """
+    from tvm.target.tag import list_tags
+
+    limits = dict(_CUDA_BLOCK_LIMITS)
+    for tag_target in (list_tags() or {}).values():
+        cfg = json.loads(str(tag_target))
+        if cfg.get("kind") == "cuda" and str(cfg.get("arch", "")).rstrip("a") == arch.rstrip("a"):
+            limits.update({k: v for k, v in cfg.items() if k not in ("kind", "tag", "keys", "arch")})
+            break
+    return limits
+
+
 def _from_dict(d: dict[str, Any], name: str, cuda_arch: str | None):
     from tvm.target import Target
 
@@ -425,6 +449,8 @@ def _from_dict(d: dict[str, Any], name: str, cuda_arch: str | None):
                     "visible through nvidia-smi to detect it from"
                 )
             d["arch"] = detected
+        for key, value in cuda_limits(str(d["arch"])).items():
+            d.setdefault(key, value)
     if d["kind"] == "llvm" and "num-cores" not in d:
         # MetaSchedule refuses LLVM targets without num-cores.
         d["num-cores"] = (os.cpu_count() or 1) if not d.get("mtriple") else AARCH64_DEFAULT_CORES

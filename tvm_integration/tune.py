@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -40,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import TVMError
+from .errors import MissingToolError, TVMError
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 SUMMARY_FILE = "tune_summary.json"
@@ -648,6 +649,12 @@ def tune_with_report(
             report.note = "trials=0: no tuning"
         report.seconds = time.perf_counter() - t_start
         return db, report
+
+    if importlib.util.find_spec("xgboost") is None:
+        # MetaSchedule imports it only when the cost model first trains, after a whole round of
+        # measurements: fail before any work instead.
+        raise MissingToolError("MetaSchedule's cost model needs xgboost, which is not installed: "
+                               "pip install xgboost (or pip install -e '.[tvm]')")
 
     rpc_info = None
     if rpc_tracker:
