@@ -95,6 +95,18 @@ def main(argv=None) -> int:
         print("gpu_check: onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu): "
               "ORT CUDA column left empty", file=sys.stderr)
     rows, tuning = [], []
+
+    def _write(out, rows, tuning):
+        os.makedirs(out, exist_ok=True)
+        result = {"gpu": gpu, "target": info.target_json, "python": platform.python_version(),
+                  "onnxruntime": ort.__version__, "ort_cuda_provider": has_ort_cuda, "trials": args.trials,
+                  "rows": rows, "tuning": tuning,
+                  "note": "TVM untuned = DLight + DefaultGPUSchedule (+ CUDA graph); ORT CPU is the "
+                          "numerical reference; latencies are medians of --repeat timed calls"}
+        tmp_path = os.path.join(out, "gpu_check.json.tmp")
+        with open(tmp_path, "w") as fh:
+            json.dump(result, fh, indent=2, default=str)
+        os.replace(tmp_path, os.path.join(out, "gpu_check.json"))
     with tempfile.TemporaryDirectory() as tmp:
         work = os.path.join(args.out, "tvm_cuda_db") if args.trials else None
         for b in args.batches:
@@ -126,14 +138,8 @@ def main(argv=None) -> int:
                                    "tasks_tuned": rep.tasks_tuned, "from_database": rep.tasks_from_database()})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    result = {"gpu": gpu, "target": info.target_json, "python": platform.python_version(),
-              "onnxruntime": ort.__version__, "ort_cuda_provider": has_ort_cuda, "trials": args.trials,
-              "rows": rows, "tuning": tuning,
-              "note": "TVM untuned = DLight + DefaultGPUSchedule (+ CUDA graph); ORT CPU is the numerical "
-                      "reference; latencies are medians of --repeat timed calls"}
-    with open(os.path.join(args.out, "gpu_check.json"), "w") as fh:
-        json.dump(result, fh, indent=2, default=str)
+                _write(args.out, rows, tuning)  # after every row: a run cut off by its timeout keeps what it measured
+    _write(args.out, rows, tuning)
     return 0
 
 
