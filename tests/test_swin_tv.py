@@ -84,6 +84,42 @@ def test_small_inputs_pad_to_the_window():
 
 # ----------------------------------------------------------------------------------------- ONNX
 
+def test_torchscript_export_counts_the_same_macs_as_dynamo(tiny, monkeypatch):
+    """The TorchScript export sizes its window Pad / Reshape from Shape ops at run time, where ONNX shape
+    inference stops: the MACs of the attention and MLP MatMuls after it come from one onnxruntime run
+    (onnx/shapes.complete_mac_shapes), so both exports of one module report the same MACs."""
+    from collapse_passes.onnx import analysis, shapes
+
+    ts, dyn = onnx.load(tiny(False)[0]), onnx.load(tiny(True)[0])
+    macs = analysis.model_stats(dyn).macs
+    assert macs > 0 and analysis.model_stats(ts).macs == macs
+    graph = shapes.gs.import_onnx(ts)
+    types = shapes.inferred_types(ts)
+    shapes.apply_types(graph, types, reset=False)
+    assert shapes.complete_mac_shapes(graph, ts) > 0   # inference alone leaves them unknown
+    assert shapes.complete_mac_shapes(graph, ts) == 0  # and once filled, no second run
+    monkeypatch.setattr(shapes, "complete_mac_shapes", lambda graph, model: 0)
+    monkeypatch.setattr(analysis, "complete_mac_shapes", lambda graph, model: 0)
+    assert analysis.model_stats(ts).macs < macs       # what the report said before
+
+
+def test_a_named_dynamic_batch_is_not_a_missing_shape(monkeypatch):
+    """A batch dim the user left dynamic counts as 1 for MACs: no onnxruntime run for it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from collapse_passes.core import runtime
+    from collapse_passes.onnx import shapes
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(runtime, "session", lambda *a, **k: pytest.fail("ran onnxruntime"))
+    graph = shapes.with_shapes(model)
+    assert graph.tensors()["y"].shape == ["N", 4, 6, 6]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_collapse_every_gelu_merges_each_mlp(tiny, dynamo, tmp_path):

@@ -11,7 +11,7 @@ from ..algebra.cost import conv_macs, linear_macs
 from .graph import const_value
 from .linear_ops import ConvView, DenseView
 from .patterns import NONLINEAR_OPS, find_activations
-from .shapes import with_shapes
+from .shapes import complete_mac_shapes, with_shapes
 
 _FREE_OPS = {"Constant", "Identity"}
 
@@ -71,6 +71,8 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
     if graph is None:
         graph = with_shapes(model)   # shape inference without sending the weights through it
         acts = None
+    else:
+        complete_mac_shapes(graph, model)
     graph.toposort()
     if acts is None:
         acts = find_activations(graph)

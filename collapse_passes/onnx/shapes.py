@@ -70,12 +70,63 @@ def inferred_types(model: onnx.ModelProto) -> dict | None:
 
 
 def with_shapes(model: onnx.ModelProto) -> gs.Graph:
-    """gs.import_onnx(model) with every tensor's inferred dtype/shape (like importing the fully inferred model)."""
+    """gs.import_onnx(model) with every tensor's inferred dtype/shape (like importing the fully inferred
+    model), and the shapes around multiply-accumulate ops that inference missed (complete_mac_shapes)."""
     graph = gs.import_onnx(model)
     types = inferred_types(model)
     if types is not None:
         apply_types(graph, types, reset=False)
+    complete_mac_shapes(graph, model)
     return graph
+
+
+#: the ops whose MACs (and merge prices) need their input and output shapes
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _unknown(t, dynamic: set) -> bool:
+    """No shape, or a dim that is neither a number nor one of the graph inputs' named dynamic dims
+    (those count as 1 for MACs; the unk__N names inference makes up when it loses track do not)."""
+    return t.shape is None or any(not (isinstance(d, int) and d >= 0) and d not in dynamic for d in t.shape)
+
+
+def complete_mac_shapes(graph: gs.Graph, model: onnx.ModelProto) -> int:
+    """Fill in, from one onnxruntime run of `model` (the model of `graph`, weights included), the
+    shapes ONNX inference left unknown at the inputs and outputs of Conv / Gemm / MatMul.
+
+    TorchScript exports of windowed attention (torchvision's Swin) compute their Pad and Reshape sizes
+    from Shape ops at run time; inference stops there and every attention and MLP MatMul after it
+    would count zero MACs (Swin-T: 0.92 instead of 4.49 GMACs), which the --target-speedup planner and
+    the report would believe. Dynamic input dims run as 1, as random_inputs makes them. Returns the
+    number of tensors filled: 0, without a run, when nothing is missing (a named dynamic input dim,
+    e.g. a batch, is not missing); 0 when the run fails (the shapes stay unknown, as before)."""
+    dynamic = {d for t in graph.inputs for d in (t.shape or ()) if isinstance(d, str)}
+    missing: dict[str, gs.Variable] = {}
+    for node in graph.nodes:
+        if node.op in MAC_OPS:
+            for t in node.inputs[:1] + node.outputs[:1]:
+                if isinstance(t, gs.Variable) and _unknown(t, dynamic):
+                    missing[t.name] = t
+    if not missing:
+        return 0
+    from ..core import runtime
+
+    declared = {o.name for o in model.graph.output}
+    names = [n for n in missing if n not in declared]
+    n_out = len(model.graph.output)
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)   # typed by onnxruntime
+    try:
+        sess = runtime.session(model)
+        values = sess.run(list(missing), runtime.random_inputs(sess)[0])
+    except Exception:
+        return 0
+    finally:
+        del model.graph.output[n_out:]
+    for name, value in zip(missing, values):
+        missing[name].shape = list(np.shape(value))
+        if missing[name].dtype is None:
+            missing[name].dtype = np.asarray(value).dtype
+    return len(missing)
 
 
 def apply_types(graph: gs.Graph, types: dict, reset: bool = True) -> None:
