@@ -96,7 +96,7 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
     if cfg.collapse:
         from .core.selection import lookup
 
-        forced_ids = {id(a) for k in cfg.collapse for a in lookup(index, k, "--collapse")}
+        forced_ids = {id(a) for k in cfg.collapse for a in lookup(index, k, "collapse (--collapse)")}
     pool_ids = {id(a) for a in chosen} if (cfg.threshold is not None or cfg.remove is not None) else set(act_scores)
     forced = [a for a in acts if id(a) in forced_ids]
     ranked = sorted((a for a in acts if id(a) in pool_ids and id(a) not in forced_ids),

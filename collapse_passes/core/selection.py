@@ -63,7 +63,7 @@ def lookup(index: dict, key: str, source: str = "scores") -> list:
                             f"{len(sites)} time(s); its keys are {', '.join(sites)}")
     near = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else \
-        "; run with --list-keys to see the activation keys of this model"
+        "; collapse_passes.list_keys(model) (--list-keys on the command line) lists this model's activation keys"
     raise CollapseError(f"{source}: unknown layer key {key!r}{hint}")
 
 
@@ -159,7 +159,7 @@ def choose(acts, index, act_scores: dict, cfg, warnings: list) -> list:
     """The chosen sites, in model order: --collapse keys, then scores by threshold or the N lowest."""
     chosen: dict[int, object] = {}
     for key in cfg.collapse or []:
-        targets = lookup(index, key, "--collapse")
+        targets = lookup(index, key, "collapse (--collapse)")
         if len(targets) > 1:
             warnings.append(f"--collapse {key!r} names {len(targets)} call sites of one module "
                             f"({', '.join(display_key(a) for a in targets)}): all of them are collapsed")

@@ -32,7 +32,7 @@ class LinearizeActivations(FxPass):
         index = key_index(sites)
         chosen = {}
         for key in self.keys:
-            for s in lookup(index, key, "collapse"):
+            for s in lookup(index, key, "collapse (--collapse)"):
                 chosen[s.name] = s
         for s in chosen.values():
             if not catalogue.is_collapsible(s.kind):
