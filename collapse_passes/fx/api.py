@@ -6,6 +6,7 @@ alone), compared with the result by verify.compare (one tolerance rule for both 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import time
@@ -142,21 +143,53 @@ def list_torch_keys(model, example_inputs=None) -> list[dict]:
 # ----------------------------------------------------------------------------------- selection
 
 
-def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list):
-    """(sites, chosen sites, score per site id): the ONNX path's selection, over fx activation sites."""
+def method_scores(model, cfg: CollapseConfig, notes: list):
+    """ScoreResult of cfg.method on a torch model, from forward hooks on its activation modules
+    (scores/torch_hooks.py) fed with cfg.calib (an iterable of input batches; cfg.calib_batches caps
+    how many are read). Keyed like the fx sites (module path, path:i per call)."""
+    from ..scores.torch_hooks import module_scores
 
-    if cfg.method:
-        raise CollapseError("method= scores need the ONNX model or scores.torch_hooks.module_scores(model, ...); "
-                            "pass their scores= to collapse the torch model")
+    if isinstance(model, torch.export.ExportedProgram):
+        raise CollapseError("method= on an ExportedProgram: its aten graph has no activation modules to hook; "
+                            "pass the nn.Module it was exported from (or give scores=)")
+    batches = cfg.calib
+    if batches is not None:
+        if isinstance(batches, (torch.Tensor, np.ndarray, str, os.PathLike)):
+            raise CollapseError("calib= for a torch model is an iterable of input batches (a list of tensors, "
+                                "or of tuples of tensors), not a single tensor or a path")
+        batches = list(itertools.islice(iter(batches), cfg.calib_batches)) if cfg.calib_batches else list(batches)
+    computed = module_scores(model, cfg.method, calib_batches=batches)
+    notes.extend(computed.notes)
+    notes.append(f"scores: {computed.method} ({computed.variant}) from forward hooks on "
+                 f"{len(computed.scores)} activation module call(s)"
+                 + (f" over {len(batches)} calibration batch(es)" if batches else ""))
+    return computed
+
+
+def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list, computed=None):
+    """(sites, chosen sites, score per site id): the ONNX path's selection, over fx activation sites.
+    `computed`: the method's ScoreResult (method_scores), whose scores the user's scores= override."""
+
+    if cfg.method and computed is None:
+        raise CollapseError("method= scores need the torch model itself (collapse(model, method=..., calib=...)) "
+                            "or the ONNX model; or pass scores=")
     if cfg.remove_blocks is not None:
         raise CollapseError("remove_blocks is not supported for torch models yet: export to ONNX for it")
     if cfg.threshold is not None and cfg.remove is not None:
         raise CollapseError("give either threshold or remove, not both")
     sites = find_activations(gm)
     index = key_index(sites)
-    raw = read_scores(cfg.scores) if cfg.scores is not None else {}
+    raw = dict(computed.scores) if computed is not None else {}
+    if cfg.scores is not None:
+        raw.update(read_scores(cfg.scores))
     src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
     scores = assign_scores(sites, index, raw, src, notes) if raw else {}
+    if computed is not None:
+        unscored = [s.keys[0] for s in sites if id(s) not in scores]
+        if unscored:
+            notes.append(f"{len(unscored)} activation site(s) have no {computed.method} score and are left as "
+                         f"they are (called as functions, not modules, so no hook sees them): "
+                         + ", ".join(unscored[:5]) + (" ..." if len(unscored) > 5 else ""))
     chosen = choose(sites, index, scores, cfg, warnings)
     if not raw and not cfg.collapse:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
@@ -316,14 +349,15 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     example_inputs = _example_inputs(model, example_inputs, gm)
     # our own copies: shape propagation and pruning run the model, which may write into its input
     example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
-    if cfg.calib is not None:
-        raise CollapseError("calib= is for ONNX models; torch models are verified on example_inputs "
-                            "(check=N adds random inputs of the same shapes)")
+    if cfg.calib is not None and not cfg.method:
+        raise CollapseError("calib= on a torch model feeds method= scores; torch models are verified on "
+                            "example_inputs (check=N adds random inputs of the same shapes)")
     if cfg.check < 1:
         raise CollapseError("check must be at least 1: every result is verified")
-    propagate_shapes(gm, example_inputs)
     notes, warnings = [], []
-    sites, chosen, scores = select(gm, cfg, notes, warnings)
+    computed = method_scores(model, cfg, notes) if cfg.method else None
+    propagate_shapes(gm, example_inputs)
+    sites, chosen, scores = select(gm, cfg, notes, warnings, computed)
     names = [s.keys[0] for s in chosen]   # the site's own key: an fx node name can equal a shared root module's path
     original = copy.deepcopy(gm)
     before = graph_stats(original)
@@ -364,7 +398,8 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         approximations=record.approximations, folds=record.folds, merges=record.merges,
         passes=list(record.passes.values()), left_alone=[s.kind for s in kept],
         left_alone_nodes=[s.name for s in kept], notes=notes + record.notes, warnings=warnings,
-        pruning=prune_report, started=t0)
+        pruning=prune_report, started=t0,
+        score_details=computed.as_dict() if computed is not None else None)
     if prune_report is not None and cfg.prune_ratio is not None:
         err = verify_torch(reference, reference, requested, feeds, cfg.rtol, cfg.atol, desc).against_requested
         prune_report["ratio"]["error_vs_unpruned"] = {"max_abs": err.max_abs, "max_rel": err.max_rel}
