@@ -103,6 +103,28 @@ def test_cuda_needs_arch_without_gpu(monkeypatch):
     assert info.intrin_modules == ("cuda",)
 
 
+@pytest.mark.parametrize("arch,want", [("12.0", "sm_120"), ("10.0", "sm_100"), ("8.9", "sm_89"),
+                                       ("sm_90a", "sm_90a"), ("sm_120", "sm_120"), ("86", "sm_86")])
+def test_cuda_arch_spellings(arch, want):
+    """nvidia-smi's compute capability (12.0 on Blackwell has a two-digit major) and the sm_ forms."""
+    t, _ = resolve_target("cuda", cuda_arch=arch)
+    assert str(t.attrs["arch"]) == want
+
+
+def test_cuda_arch_garbage_and_json_arch_are_one_line():
+    for bad in ("sm_1000", "garbage", "1.2.3"):
+        with pytest.raises(TVMError, match="expected e.g. sm_90") as e:
+            resolve_target("cuda", cuda_arch=bad)
+        assert "\n" not in str(e.value)
+    t, _ = resolve_target({"kind": "cuda", "arch": "8.0", "max_num_threads": 256})
+    assert str(t.attrs["arch"]) == "sm_80"                    # a JSON target's arch is normalised too
+    assert int(t.attrs["max_threads_per_block"]) == 256       # the user's thread cap bounds the block
+    t, _ = resolve_target({"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 512})
+    assert int(t.attrs["max_threads_per_block"]) == 512       # user values are never overridden
+    with pytest.raises(TVMError, match='invalid target "arch"'):
+        resolve_target({"kind": "cuda", "arch": "garbage"})
+
+
 def test_missing_cross_compiler_message(monkeypatch):
     from tvm_integration import targets
 

@@ -202,12 +202,15 @@ def detect_cuda_arch() -> str | None:
     return None
 
 
-def _normalise_cuda_arch(arch: str) -> str:
-    a = arch.strip().lower()
-    m = re.fullmatch(r"(?:sm_?)?(\d)\.?(\d+)([a-z]?)", a)
+def _normalise_cuda_arch(arch: str, what: str = "--cuda-arch") -> str:
+    a = str(arch).strip().lower()
+    m = re.fullmatch(r"(\d{1,2})\.(\d)([a-z]?)", a)   # nvidia-smi's compute capability: 8.6, 12.0
+    if m:
+        return f"sm_{m.group(1)}{m.group(2)}{m.group(3)}"
+    m = re.fullmatch(r"(?:sm_?)?(\d{2,3})([a-z]?)", a)   # sm_90, sm_90a, sm_120, 86
     if not m:
-        raise TVMError(f"invalid --cuda-arch {arch!r}: expected e.g. sm_90, sm_86, 8.0")
-    return f"sm_{m.group(1)}{m.group(2)}{m.group(3)}"
+        raise TVMError(f"invalid {what} {arch!r}: expected e.g. sm_90, sm_86, sm_120, 8.0, 12.0")
+    return f"sm_{m.group(1)}{m.group(2)}"
 
 
 def _require_cross_compiler(cxx: str = AARCH64_CXX) -> str:
@@ -438,10 +441,13 @@ def _from_dict(d: dict[str, Any], name: str, cuda_arch: str | None):
 
     if "kind" not in d:
         raise UnknownTargetError('a JSON target needs a "kind", e.g. {"kind": "llvm"}')
+    given = json.dumps(d)   # what the user wrote, for the error below (before the defaults are added)
     if d["kind"] == "cuda":
         if cuda_arch:
             d["arch"] = _normalise_cuda_arch(cuda_arch)
-        elif "arch" not in d:
+        elif "arch" in d:
+            d["arch"] = _normalise_cuda_arch(d["arch"], 'target "arch"')
+        else:
             detected = detect_cuda_arch()
             if detected is None:
                 raise TVMError(
@@ -449,6 +455,8 @@ def _from_dict(d: dict[str, Any], name: str, cuda_arch: str | None):
                     "visible through nvidia-smi to detect it from"
                 )
             d["arch"] = detected
+        if "max_num_threads" in d:   # the user's thread cap bounds the block too
+            d.setdefault("max_threads_per_block", d["max_num_threads"])
         for key, value in cuda_limits(str(d["arch"])).items():
             d.setdefault(key, value)
     if d["kind"] == "llvm" and "num-cores" not in d:
@@ -458,7 +466,7 @@ def _from_dict(d: dict[str, Any], name: str, cuda_arch: str | None):
         target = Target(d)
     except Exception as e:  # TVM raises ValueError / TVMError with long texts
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnknownTargetError(f"invalid target {json.dumps(d)}: {first}") from None
+        raise UnknownTargetError(f"invalid target {given}: {first}") from None
     return target, _info_for(target, name)
 
 
