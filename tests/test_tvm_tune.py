@@ -198,10 +198,9 @@ def test_cuda_targets_carry_the_block_limits_metaschedule_needs(spec, mod, tmp_p
 def test_missing_xgboost_fails_before_any_measurement(monkeypatch, mod, cpu, tmp_path):
     """Without xgboost MetaSchedule would measure a whole round, then die inside its cost model
     (seen on a GPU machine): the tuner says so up front, in one line, and creates nothing."""
-    import importlib.util
+    import sys
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xgboost" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "xgboost", None)   # `import xgboost` raises ImportError
     with pytest.raises(TVMError, match="needs xgboost.*pip install xgboost"):
         tune_with_report(mod, cpu[0], cpu[1], work_dir=str(tmp_path / "db"), trials=TRIALS)
     assert not (tmp_path / "db").exists()
@@ -399,3 +398,34 @@ def test_tuning_through_rpc(rpc_tracker_and_server, mod, cpu, tmp_path):
     assert rep.rpc is not None and rep.rpc["servers"] >= 1
     assert rep.new_records >= 1, rep.note
     assert any(t.best_us is not None for t in rep.tasks)
+
+
+def test_light_inspect_stack_is_restored_when_threads_overlap():
+    """Two threads parsing intrinsics at once must not leave inspect.stack patched."""
+    import inspect
+    import threading
+
+    from tvm_integration._worker import _light_inspect_stack
+
+    real, entered = inspect.stack, threading.Event()
+
+    def first():
+        with _light_inspect_stack():
+            entered.set()
+            time.sleep(0.2)
+
+    def second():
+        entered.wait()
+        with _light_inspect_stack():
+            assert inspect.stack is not real
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert inspect.stack is real
+    with pytest.raises(ModuleNotFoundError):
+        with _light_inspect_stack():
+            import tvm_integration.does_not_exist  # noqa: F401
+    assert inspect.stack is real

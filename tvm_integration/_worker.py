@@ -24,6 +24,7 @@ import inspect
 import linecache
 import os
 import sys
+import threading
 import types
 
 _PKG = "tvm.s_tir.tensor_intrin"
@@ -60,23 +61,26 @@ def _light_inspect_stack():
     ~500 CUDA intrinsics took ~60 s in a process that has torch loaded.  The frames, file names,
     line numbers and source lines (through ``linecache``) are the same.
     """
-    real = inspect.stack
+    # one patch at a time (overlapping threads would restore each other's stub); the lock lives on
+    # the inspect module, not here: this module is pickled by value for the workers
+    with vars(inspect).setdefault("_collapse_passes_stack_lock", threading.RLock()):
+        real = inspect.stack
 
-    def stack(context: int = 1):
-        frames, frame = [], sys._getframe(1)
-        while frame is not None:
-            code = frame.f_code
-            line = linecache.getline(code.co_filename, frame.f_lineno) if context > 0 else ""
-            frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name,
-                                            [line] if line else None, 0 if line else None))
-            frame = frame.f_back
-        return frames
+        def stack(context: int = 1):
+            frames, frame = [], sys._getframe(1)
+            while frame is not None:
+                code = frame.f_code
+                line = linecache.getline(code.co_filename, frame.f_lineno) if context > 0 else ""
+                frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name,
+                                                [line] if line else None, 0 if line else None))
+                frame = frame.f_back
+            return frames
 
-    inspect.stack = stack
-    try:
-        yield
-    finally:
-        inspect.stack = real
+        inspect.stack = stack
+        try:
+            yield
+        finally:
+            inspect.stack = real
 
 
 def make_initializer(modules):

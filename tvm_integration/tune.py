@@ -31,7 +31,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -650,11 +649,14 @@ def tune_with_report(
         report.seconds = time.perf_counter() - t_start
         return db, report
 
-    if importlib.util.find_spec("xgboost") is None:
+    try:
         # MetaSchedule imports it only when the cost model first trains, after a whole round of
-        # measurements: fail before any work instead.
-        raise MissingToolError("MetaSchedule's cost model needs xgboost, which is not installed: "
-                               "pip install xgboost (or pip install -e '.[tvm]')")
+        # measurements: fail before any work instead (a missing or a broken install alike)
+        import xgboost  # noqa: F401
+    except Exception as exc:
+        raise MissingToolError(f"MetaSchedule's cost model needs xgboost, which cannot be imported "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
+                               "pip install xgboost (or pip install -e '.[tvm]')") from None
 
     rpc_info = None
     if rpc_tracker:
