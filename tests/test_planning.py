@@ -1,6 +1,7 @@
 """The merge planner: the DP optimum equals brute force, never costs more than leaving the chain alone."""
 import itertools
 
+import numpy as np
 import onnx
 import pytest
 from hypothesis import given, settings
@@ -63,3 +64,37 @@ def test_measured_cost_model_runs_and_stays_exact():
     assert r.report["passed"]
     with pytest.raises(cp.CollapseError, match="unknown cost model"):
         cp.collapse(m, collapse=["r1"], cost="flops")
+
+
+def test_shapes_inference_loses_are_priced_from_a_run_not_as_unknown():
+    """A Reshape sized at run time (Shape -> Slice -> ReduceProd -> Concat, as TorchScript exports window
+    reshapes) hides the rows of a bottleneck MLP 64 -> 16 -> 64 from shape inference. Priced on the unknown
+    dim as one row the merge into 64x64 looked cheaper; with the rows read from one onnxruntime run it is
+    2x the MACs and is refused, as on the same model with a constant reshape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def model(lost: bool):
+        w = [numpy_helper.from_array((rng.standard_normal(s) / 8).astype(np.float32), n)
+             for n, s in (("w1", (64, 16)), ("w2", (16, 64)))]
+        ints = [numpy_helper.from_array(np.array(v, np.int64), n)
+                for n, v in (("z", [0]), ("two", [2]), ("c64", [64]), ("shc", [256, 64]))]
+        pre = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+               helper.make_node("Slice", ["s", "z", "two"], ["s01"], name="slice"),
+               helper.make_node("ReduceProd", ["s01"], ["p"], name="prod", keepdims=1),
+               helper.make_node("Concat", ["p", "c64"], ["sh"], name="cat", axis=0)] if lost else []
+        g = helper.make_graph(pre + [
+            helper.make_node("Reshape", ["x", "sh" if lost else "shc"], ["x2"], name="reshape"),
+            helper.make_node("MatMul", ["x2", "w1"], ["a"], name="fc1"),
+            helper.make_node("Relu", ["a"], ["r"], name="relu1"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")], "bottle",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, 64])], w + ints)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    for lost in (False, True):
+        r = cp.collapse(model(lost), scores={"relu1": 0.0}, threshold=0.5)
+        assert r.report["collapsed"] == 1 and r.report["verification"]["against_requested"]["passed"]
+        assert r.report["merges"] == [], lost
+        assert r.report["after"]["macs"] == r.report["before"]["macs"] == 256 * 64 * 16 * 2

@@ -22,6 +22,9 @@ class OnnxContext:
     prune: bool = False                               # remove constant channels (pruning/, exact)
     prune_off: dict = field(default_factory=dict)     # ReLU output -> channels off on all calibration data
     pruning: dict = field(default_factory=dict)       # what the channel removal did (report)
+    source: object = None                             # the input ModelProto (weights), for run_shapes
+    run_shapes: dict = field(default_factory=dict)    # tensor -> shape read from one run of `source`
+    run_asked: set = field(default_factory=set)       # tensors already asked of a run (found or not)
 
     @property
     def graph_outputs(self) -> set:

@@ -40,7 +40,7 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), allow_border_approx=allow_border_approx,
                       cost_model=cost_model, input_shapes=dict(input_shapes or {}),
                       remove_blocks=set(remove_blocks or ()), node_meta=node_key_names(model),
-                      prune=prune, prune_off=dict(prune_off or {}))
+                      prune=prune, prune_off=dict(prune_off or {}), source=model)
     pm = build_pass_manager(merge, remove_blocks, prune)
     pm.run(ctx)
     out = to_model(ctx.graph, model)

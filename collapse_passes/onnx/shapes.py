@@ -84,10 +84,64 @@ def with_shapes(model: onnx.ModelProto) -> gs.Graph:
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _unknown(t, dynamic: set) -> bool:
-    """No shape, or a dim that is neither a number nor one of the graph inputs' named dynamic dims
-    (those count as 1 for MACs; the unk__N names inference makes up when it loses track do not)."""
-    return t.shape is None or any(not (isinstance(d, int) and d >= 0) and d not in dynamic for d in t.shape)
+def _known_dim(d, dynamic: set) -> bool:
+    """A number, or one of the graph inputs' named dynamic dims (or an expression of them, '9*batch'):
+    those count as 1 for MACs. The unk__N names inference makes up when it loses track are unknown."""
+    return (isinstance(d, int) and d >= 0) or (isinstance(d, str) and any(n in d for n in dynamic))
+
+
+def missing_mac_tensors(graph: gs.Graph) -> dict[str, gs.Variable]:
+    """The inputs and outputs of Conv / Gemm / MatMul whose shapes inference left unknown (graph inputs
+    and outputs excluded: their declared shapes are the user's)."""
+    dynamic = {d for t in graph.inputs for d in (t.shape or ()) if isinstance(d, str) and d}
+    ends = {id(t) for t in list(graph.inputs) + list(graph.outputs)}
+    missing: dict[str, gs.Variable] = {}
+    for node in graph.nodes:
+        if node.op in MAC_OPS:
+            for t in node.inputs[:1] + node.outputs[:1]:
+                if (isinstance(t, gs.Variable) and id(t) not in ends
+                        and (t.shape is None or not all(_known_dim(d, dynamic) for d in t.shape))):
+                    missing[t.name] = t
+    return missing
+
+
+def run_shapes(model: onnx.ModelProto, names) -> dict[str, list[int]]:
+    """Shapes of the tensors `names` of `model` (weights included) from one onnxruntime run on random
+    inputs (dynamic input dims run as 1). Names the model lacks are skipped; {} if the run fails. The
+    caller's proto is left as it was."""
+    from ..core import runtime
+
+    produced = {o for n in model.graph.node for o in n.output}
+    names = [n for n in dict.fromkeys(names) if n in produced]
+    if not names:
+        return {}
+    declared = {o.name for o in model.graph.output}
+    n_out = len(model.graph.output)
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in declared)  # typed by ORT
+    try:
+        sess = runtime.session(model)
+        values = sess.run(names, runtime.random_inputs(sess)[0])
+    except Exception:
+        return {}
+    finally:
+        del model.graph.output[n_out:]
+    return {n: list(np.shape(v)) for n, v in zip(names, values)}
+
+
+def fill_shapes(missing: dict[str, gs.Variable], shapes: dict[str, list[int]]) -> int:
+    """Give each missing tensor the run's shape, dim by dim where inference knew some dims (those stay:
+    a pruned channel count is inference's, not the run's). Returns how many were filled."""
+    filled = 0
+    for name, t in missing.items():
+        run = shapes.get(name)
+        if run is None:
+            continue
+        if t.shape is not None and len(t.shape) == len(run):
+            t.shape = [d if isinstance(d, int) and d >= 0 else r for d, r in zip(t.shape, run)]
+        else:
+            t.shape = list(run)
+        filled += 1
+    return filled
 
 
 def complete_mac_shapes(graph: gs.Graph, model: onnx.ModelProto) -> int:
@@ -96,37 +150,11 @@ def complete_mac_shapes(graph: gs.Graph, model: onnx.ModelProto) -> int:
 
     TorchScript exports of windowed attention (torchvision's Swin) compute their Pad and Reshape sizes
     from Shape ops at run time; inference stops there and every attention and MLP MatMul after it
-    would count zero MACs (Swin-T: 0.92 instead of 4.49 GMACs), which the --target-speedup planner and
-    the report would believe. Dynamic input dims run as 1, as random_inputs makes them. Returns the
-    number of tensors filled: 0, without a run, when nothing is missing (a named dynamic input dim,
-    e.g. a batch, is not missing); 0 when the run fails (the shapes stay unknown, as before)."""
-    dynamic = {d for t in graph.inputs for d in (t.shape or ()) if isinstance(d, str)}
-    missing: dict[str, gs.Variable] = {}
-    for node in graph.nodes:
-        if node.op in MAC_OPS:
-            for t in node.inputs[:1] + node.outputs[:1]:
-                if isinstance(t, gs.Variable) and _unknown(t, dynamic):
-                    missing[t.name] = t
-    if not missing:
-        return 0
-    from ..core import runtime
-
-    declared = {o.name for o in model.graph.output}
-    names = [n for n in missing if n not in declared]
-    n_out = len(model.graph.output)
-    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)   # typed by onnxruntime
-    try:
-        sess = runtime.session(model)
-        values = sess.run(list(missing), runtime.random_inputs(sess)[0])
-    except Exception:
-        return 0
-    finally:
-        del model.graph.output[n_out:]
-    for name, value in zip(missing, values):
-        missing[name].shape = list(np.shape(value))
-        if missing[name].dtype is None:
-            missing[name].dtype = np.asarray(value).dtype
-    return len(missing)
+    would count zero MACs (Swin-T: 0.92 instead of 4.49 GMACs), which the report would believe.
+    Returns the number of tensors filled: 0, without a run, when nothing is missing (a named dynamic
+    input dim, e.g. a batch, is not missing); 0 when the run fails (the shapes stay unknown)."""
+    missing = missing_mac_tensors(graph)
+    return fill_shapes(missing, run_shapes(model, missing)) if missing else 0
 
 
 def apply_types(graph: gs.Graph, types: dict, reset: bool = True) -> None:

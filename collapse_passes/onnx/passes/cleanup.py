@@ -4,7 +4,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
-from ..shapes import apply_types, inferred_types, light_export
+from ..shapes import apply_types, fill_shapes, inferred_types, light_export, missing_mac_tensors, run_shapes
 
 
 def infer_shapes(graph: gs.Graph) -> bool:
@@ -18,6 +18,21 @@ def infer_shapes(graph: gs.Graph) -> bool:
         return False
     apply_types(graph, types, reset=True)
     return True
+
+
+def fill_from_source(graph: gs.Graph, ctx) -> int:
+    """Shapes inference loses at Conv / Gemm / MatMul (TorchScript Swin's run-time window sizes), read
+    from one onnxruntime run of the input model and kept by tensor name, so the merge planner prices
+    them (a merge priced on unknown dims can make a bottleneck MLP twice as costly). Only for static
+    inputs: the run's shapes are then the model's only ones (they are written as value_info)."""
+    if ctx.source is None or not all(isinstance(d, int) for t in graph.inputs for d in (t.shape or [None])):
+        return 0
+    missing = missing_mac_tensors(graph)
+    todo = [n for n in missing if n not in ctx.run_asked]
+    if todo:
+        ctx.run_asked.update(todo)
+        ctx.run_shapes.update(run_shapes(ctx.source, todo))
+    return fill_shapes(missing, ctx.run_shapes)
 
 
 def shape_signature(graph: gs.Graph) -> tuple:
@@ -74,5 +89,7 @@ class Cleanup:
             sig = shape_signature(g)
             if getattr(ctx, "_shapes_signature", None) != sig:
                 ctx._shapes_signature = sig if infer_shapes(g) else None
+                if ctx._shapes_signature is not None:
+                    fill_from_source(g, ctx)
         changed = removed > 0 or len(ctx.graph.nodes) != n0
         return PassResult(changed, [f"removed {n0 - len(ctx.graph.nodes)} node(s)"] if changed else [])
