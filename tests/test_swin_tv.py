@@ -103,6 +103,22 @@ def test_torchscript_export_counts_the_same_macs_as_dynamo(tiny, monkeypatch):
     assert analysis.model_stats(ts).macs < macs       # what the report said before
 
 
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_gelus_left_alone_stay_gelus(tiny, dynamo, tmp_path):
+    """Folding the Erf GELU's x*0.5 into the next MatMul is exact, but leaves no GELU to count, to
+    fuse (onnxruntime's GeluFusion needs the whole pattern) or to collapse in a later run: the ops
+    inside an activation that is not collapsed stay in it, on both exports."""
+    path, m = tiny(dynamo)
+    keys = [k["key"] for k in cp.list_keys(path)]
+    r = cp.collapse(path)   # no scores: only the exact clean-ups
+    assert r.report["after"]["activations"] == r.report["before"]["activations"] == len(_gelus(m))
+    out = tmp_path / "out.onnx"
+    r.save(str(out))
+    assert sorted(k["key"] for k in cp.list_keys(str(out))) == sorted(keys)
+    half = cp.collapse(path, scores={k: float(i) for i, k in enumerate(keys)}, remove=len(keys) // 2)
+    assert half.report["after"]["activations"] == len(keys) - len(keys) // 2
+
+
 def test_a_named_dynamic_batch_is_not_a_missing_shape(monkeypatch):
     """A batch dim the user left dynamic counts as 1 for MACs: no onnxruntime run for it."""
     from onnx import TensorProto, helper, numpy_helper

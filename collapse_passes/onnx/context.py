@@ -25,6 +25,7 @@ class OnnxContext:
     source: object = None                             # the input ModelProto (weights), for run_shapes
     run_shapes: dict = field(default_factory=dict)    # tensor -> shape read from one run of `source`
     run_asked: set = field(default_factory=set)       # tensors already asked of a run (found or not)
+    fold_protected: set = field(default_factory=set)  # ids of nodes inside activations left as they are
 
     @property
     def graph_outputs(self) -> set:

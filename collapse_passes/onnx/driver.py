@@ -44,8 +44,19 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
     pm = build_pass_manager(merge, remove_blocks, prune)
     pm.run(ctx)
     out = to_model(ctx.graph, model)
+    keep_node_metadata(out, ctx.node_meta)
     check_model(out, "collapsed model")
     return out, ctx, pm
+
+
+def keep_node_metadata(out: onnx.ModelProto, node_meta: dict) -> None:
+    """Give the nodes that kept their names their metadata_props back (graphsurgeon drops them): the
+    dynamo exporter's module paths there are the activation keys, so a second run on the result finds
+    the activations left alone under the same keys."""
+    for node in out.graph.node:
+        meta = node_meta.get(node.name)
+        if meta and not node.metadata_props:
+            node.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in meta.items())
 
 
 def requested_semantics(model: onnx.ModelProto, chosen: set, remove_blocks=None,

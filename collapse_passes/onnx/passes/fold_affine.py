@@ -14,6 +14,7 @@ from ...algebra import linear as lin_alg
 from ...pipeline import PassResult
 from ..graph import const_value, single_consumer
 from ..linear_ops import ConvView, DenseView
+from ..patterns import find_activations
 
 
 # ------------------------------------------------------------------ affine views of single nodes
@@ -151,7 +152,7 @@ class FoldAffineIntoPrev:
             p = v.params
             ra = self.kind.channel_axis(nxt.op, p, v.output)
             n_out = p.weight.shape[0]
-            aff = affine_of(nxt, v.output, n_out, *ra) if ra else None
+            aff = affine_of(nxt, v.output, n_out, *ra) if ra and id(nxt) not in ctx.fold_protected else None
             if aff is None:
                 continue
             v.write(ctx.graph, self.kind.fold_after(p, *aff))
@@ -186,7 +187,8 @@ class FoldAffineIntoNext:
             if src is None or not self.kind.can_fold_before(p):
                 continue
             ra = self.kind.channel_axis(prev.op, p, x)
-            aff = affine_of(prev, src, self.kind.in_channels(p), *ra) if ra else None
+            aff = affine_of(prev, src, self.kind.in_channels(p), *ra) if ra and id(prev) not in ctx.fold_protected \
+                else None
             if aff is None:
                 continue
             v.write(ctx.graph, self.kind.fold_before(p, *aff))
@@ -254,6 +256,10 @@ class FoldAffine:
 
     def __call__(self, ctx) -> PassResult:
         n0 = len(ctx.folds)
+        # the scalar Mul / Div inside an activation left as it is (a GELU's x*0.5, x/sqrt(2)) stay in it:
+        # folded into the next MatMul they would be exact, but the activation would no longer be one
+        # (its count drops in the report and a later run could not collapse it)
+        ctx.fold_protected = {id(n) for a in find_activations(ctx.graph) for n in a.nodes if len(a.nodes) > 1}
         for _ in range(10_000):
             if not any(p.apply(ctx) for p in self.patterns):
                 break
