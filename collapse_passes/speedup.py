@@ -102,10 +102,14 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
     ranked = sorted((a for a in acts if id(a) in pool_ids and id(a) not in forced_ids),
                     key=lambda a: (act_scores.get(id(a), float("inf")), acts.index(a)))
 
+    cache = None   # the first candidate's context: its run-read shapes serve every later one
+
     def cost_of(items):
-        m, _, _ = run_passes(original, {a.name for a in forced + items}, merge=cfg.merge, cost_model=cm,
-                             input_shapes=shapes)
-        return stats_cost(model_stats(m).as_dict(), cm)
+        nonlocal cache
+        m, ctx, _ = run_passes(original, {a.name for a in forced + items}, merge=cfg.merge, cost_model=cm,
+                               input_shapes=shapes, run_cache=cache)
+        cache = cache or ctx
+        return stats_cost(model_stats(m, graph=ctx.graph).as_dict(), cm)   # shapes as the passes left them
 
     base = stats_cost(model_stats(original).as_dict(), cm)
     taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base)

@@ -36,11 +36,16 @@ def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = Fal
 
 def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow_border_approx: bool = False,
                cost_model=None, input_shapes=None, remove_blocks=None, prune: bool = False,
-               prune_off: dict | None = None) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
+               prune_off: dict | None = None, run_cache: OnnxContext | None = None,
+               ) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
+    """`run_cache`: the context of an earlier run on the same `model`, whose run-read shapes
+    (ctx.run_shapes, shapes.run_shapes) this run reuses instead of running the model again."""
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), allow_border_approx=allow_border_approx,
                       cost_model=cost_model, input_shapes=dict(input_shapes or {}),
                       remove_blocks=set(remove_blocks or ()), node_meta=node_key_names(model),
                       prune=prune, prune_off=dict(prune_off or {}), source=model)
+    if run_cache is not None:   # shared, not copied: what one candidate reads, the next one has
+        ctx.run_shapes, ctx.run_asked = run_cache.run_shapes, run_cache.run_asked
     pm = build_pass_manager(merge, remove_blocks, prune)
     pm.run(ctx)
     out = to_model(ctx.graph, model)
