@@ -160,8 +160,8 @@ def method_scores(model, cfg: CollapseConfig, notes: list):
         batches = list(itertools.islice(iter(batches), cfg.calib_batches)) if cfg.calib_batches else list(batches)
     computed = module_scores(model, cfg.method, calib_batches=batches)
     notes.extend(computed.notes)
-    notes.append(f"scores: {computed.method} ({computed.variant}) from forward hooks on "
-                 f"{len(computed.scores)} activation module call(s)"
+    notes.append(f"scores: {computed.method} ({computed.variant}) of {len(computed.scores)} activation module "
+                 "call(s) (scores/torch_hooks)"
                  + (f" over {len(batches)} calibration batch(es)" if batches else ""))
     return computed
 
