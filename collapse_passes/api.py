@@ -131,11 +131,13 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     act_scores = assign_scores(acts, index, raw_scores, src, notes) if raw_scores else {}
 
     chosen = choose(acts, index, act_scores, cfg, warnings)
-    speedup_rows = None
+    speedup_rows = stats_before = None
     if cfg.target_speedup is not None:
         from .speedup import onnx_target_choice
 
-        chosen, speedup_rows = onnx_target_choice(original, acts, index, act_scores, chosen, cfg, notes)
+        stats_before = model_stats(original)   # the planner's base and the report's "before", computed once
+        chosen, speedup_rows = onnx_target_choice(original, acts, index, act_scores, chosen, cfg, notes,
+                                                  stats_before)
     if not raw_scores and not cfg.collapse and not block_scores:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
 
@@ -186,7 +188,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         activations=[activation_row(display_key(a), a.keys, a.kind, a.node_names, act_scores.get(id(a)),
                                     id(a) in chosen_ids, module=a.module_path) for a in acts],
         blocks=[{"key": k, "score": v, "removed": k in blocks_removed} for k, v in block_scores.items()],
-        before=model_stats(original).as_dict(), after=stats_after.as_dict(), verification=ver.as_dict(),
+        before=(stats_before or model_stats(original)).as_dict(), after=stats_after.as_dict(), verification=ver.as_dict(),
         passed=passed, approximations=ctx.approximations, folds=ctx.folds, merges=ctx.merges,
         passes=[{"name": r.name, "runs": r.runs, "changes": r.changes, "seconds": round(r.seconds, 4)}
                 for r in pm.records.values()],

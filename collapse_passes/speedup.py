@@ -76,7 +76,8 @@ def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float) -
     return taken, history
 
 
-def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: list, cfg, notes: list) -> tuple[list, list]:
+def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: list, cfg, notes: list,
+                       stats_before) -> tuple[list, list]:
     """--target-speedup S on an ONNX model: among the scored activations (those --threshold / --remove
     picked, when given), lowest score first, keep the ones whose collapse lowers the cost of the merged
     graph, until cost(original) / cost(result) >= S. --collapse keys are always collapsed."""
@@ -111,7 +112,7 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
         cache = cache or ctx
         return stats_cost(model_stats(m, graph=ctx.graph).as_dict(), cm)   # shapes as the passes left them
 
-    base = stats_cost(model_stats(original).as_dict(), cm)
+    base = stats_cost(stats_before.as_dict(), cm)   # model_stats(original), computed by the caller
     taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base)
     final = base / cost_of(taken) if taken or forced else base / cost_of([])
     skipped = sum(not h["taken"] for h in hist)
