@@ -150,6 +150,9 @@ def check_selection(cfg) -> None:
         if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
                               or not math.isfinite(float(v))):
             raise CollapseError(f"{name} must be a finite number, got {v!r}")
+    if getattr(cfg, "remove_blocks", None) is not None and str(cfg.method or "").strip().lower() != "lacoot":
+        raise CollapseError("remove_blocks (--remove-blocks) needs method='lacoot' (--method lacoot): the blocks "
+                            "are chosen by their LaCoOT score")
     if cfg.remove is not None and (isinstance(cfg.remove, (bool, np.bool_)) or not isinstance(cfg.remove, numbers.Integral)
                                    or cfg.remove < 0):
         raise CollapseError(f"remove must be an integer >= 0, got {cfg.remove!r}")

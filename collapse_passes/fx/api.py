@@ -22,7 +22,8 @@ from ..errors import CollapseError, VerificationError
 from ..report import activation_row, build_report
 from .graph import (PARTIAL_GRAPH, count_ops, count_params, find_activations, is_collapsible, key_index, linear_op,
                     propagate_shapes, shape_of, training_batchnorms)
-from .passes import AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, LinearizeActivations, MergeLinearChains
+from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, LinearizeActivations, MergeLinearChains,
+                     RemoveResidualBlocks)
 
 MAX_STEPS = 20
 
@@ -143,26 +144,66 @@ def list_torch_keys(model, example_inputs=None) -> list[dict]:
 # ----------------------------------------------------------------------------------- selection
 
 
-def method_scores(model, cfg: CollapseConfig, notes: list):
-    """ScoreResult of cfg.method on a torch model, from forward hooks on its activation modules
-    (scores/torch_hooks.py) fed with cfg.calib (an iterable of input batches; cfg.calib_batches caps
-    how many are read). Keyed like the fx sites (module path, path:i per call)."""
+def _calib_batches(cfg: CollapseConfig) -> list | None:
+    batches = cfg.calib
+    if batches is None:
+        return None
+    if isinstance(batches, (torch.Tensor, np.ndarray, str, os.PathLike)):
+        raise CollapseError("calib= for a torch model is an iterable of input batches (a list of tensors, "
+                            "or of tuples of tensors), not a single tensor or a path")
+    return list(itertools.islice(iter(batches), cfg.calib_batches)) if cfg.calib_batches else list(batches)
+
+
+def method_scores(model, cfg: CollapseConfig, notes: list, gm: fx.GraphModule | None = None):
+    """ScoreResult of cfg.method on a torch model fed with cfg.calib (an iterable of input batches;
+    cfg.calib_batches caps how many are read). Activation scores come from forward hooks on the
+    activation modules (scores/torch_hooks.py), keyed like the fx sites (module path, path:i per call);
+    LaCoOT's block scores from the residual blocks of the traced graph `gm` (fx/blocks.py), keyed like
+    the ONNX front end's blocks, on the same numpy core (scores/lacoot.mswd_scores)."""
+    if str(cfg.method).strip().lower() == "lacoot":
+        return _lacoot_scores(gm, cfg, notes)
     from ..scores.torch_hooks import module_scores
 
     if isinstance(model, torch.export.ExportedProgram):
         raise CollapseError("method= on an ExportedProgram: its aten graph has no activation modules to hook; "
                             "pass the nn.Module it was exported from (or give scores=)")
-    batches = cfg.calib
-    if batches is not None:
-        if isinstance(batches, (torch.Tensor, np.ndarray, str, os.PathLike)):
-            raise CollapseError("calib= for a torch model is an iterable of input batches (a list of tensors, "
-                                "or of tuples of tensors), not a single tensor or a path")
-        batches = list(itertools.islice(iter(batches), cfg.calib_batches)) if cfg.calib_batches else list(batches)
+    batches = _calib_batches(cfg)
     computed = module_scores(model, cfg.method, calib_batches=batches)
     notes.extend(computed.notes)
     notes.append(f"scores: {computed.method} ({computed.variant}) of {len(computed.scores)} activation module "
                  "call(s) (scores/torch_hooks)"
                  + (f" over {len(batches)} calibration batch(es)" if batches else ""))
+    return computed
+
+
+def _lacoot_scores(gm: fx.GraphModule, cfg: CollapseConfig, notes: list):
+    from ..scores.lacoot import MIN_SAMPLES, N_DIRECTIONS, SEED, mswd_scores
+    from .blocks import find_residual_blocks
+    from .tap import tapped_values
+
+    batches = _calib_batches(cfg)
+    if batches is None:
+        raise CollapseError("method='lacoot' needs calib=[batch, ...]: LaCoOT compares each residual block's input "
+                            "and output distributions on calibration data")
+    blocks = find_residual_blocks(gm)
+    if not blocks:
+        raise CollapseError("method='lacoot': no residual blocks (an add of a tensor x and a branch computed from "
+                            "x) in this model; LaCoOT scores residual blocks only")
+    ident = [b for b in blocks if b.identity]
+    if not ident:
+        raise CollapseError(f"method='lacoot': all {len(blocks)} residual block(s) have a projection shortcut; "
+                            "LaCoOT needs identity-skip blocks (input and output in the same space)")
+
+    def pairs():
+        for got in tapped_values(gm, [n for b in ident for n in (b.input, b.output)], batches, "lacoot", MIN_SAMPLES):
+            yield {b.key: (got[b.input], got[b.output]) for b in ident if b.input in got and b.output in got}
+
+    computed = mswd_scores(blocks, pairs(), N_DIRECTIONS, SEED, "method='lacoot'")
+    notes.extend(computed.notes)
+    notes.append(f"scores: lacoot of {len(computed.scores)} residual block(s) of the traced graph (fx/blocks.py) "
+                 f"over {len(batches)} calibration batch(es)")
+    if cfg.remove_blocks is None:
+        notes.append("block scores computed; add remove_blocks=T to replace blocks scoring <= T by their skip")
     return computed
 
 
@@ -173,25 +214,23 @@ def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list,
     if cfg.method and computed is None:
         raise CollapseError("method= scores need the torch model itself (collapse(model, method=..., calib=...)) "
                             "or the ONNX model; or pass scores=")
-    if cfg.remove_blocks is not None:
-        raise CollapseError("remove_blocks is not supported for torch models yet: export to ONNX for it")
     if cfg.threshold is not None and cfg.remove is not None:
         raise CollapseError("give either threshold or remove, not both")
     sites = find_activations(gm)
     index = key_index(sites)
-    raw = dict(computed.scores) if computed is not None else {}
+    raw = dict(computed.scores) if computed is not None and computed.kind != "block" else {}
     if cfg.scores is not None:
         raw.update(read_scores(cfg.scores))
     src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
     scores = assign_scores(sites, index, raw, src, notes) if raw else {}
-    if computed is not None:
+    if computed is not None and computed.kind != "block":
         unscored = [s.keys[0] for s in sites if id(s) not in scores]
         if unscored:
             notes.append(f"{len(unscored)} activation site(s) have no {computed.method} score and are left as "
                          f"they are (called as functions, not modules, so no hook sees them): "
                          + ", ".join(unscored[:5]) + (" ..." if len(unscored) > 5 else ""))
     chosen = choose(sites, index, scores, cfg, warnings)
-    if not raw and not cfg.collapse:
+    if not raw and not cfg.collapse and not (computed is not None and computed.kind == "block"):
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
     return sites, chosen, scores
 
@@ -253,9 +292,11 @@ def prune(gm: fx.GraphModule, example_inputs, cfg: CollapseConfig):
     return pruned, report
 
 
-def requested_semantics(gm: fx.GraphModule, chosen_names) -> fx.GraphModule:
-    """A copy of gm with the chosen activations linearized and nothing else (the gate's reference)."""
+def requested_semantics(gm: fx.GraphModule, chosen_names, blocks=()) -> fx.GraphModule:
+    """A copy of gm with the chosen residual blocks replaced by their skip and the chosen activations
+    linearized, and nothing else (the gate's reference)."""
     ref = copy.deepcopy(gm)
+    RemoveResidualBlocks(blocks)(ref)
     LinearizeActivations(chosen_names)(ref)
     return ref
 
@@ -355,18 +396,21 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     if cfg.check < 1:
         raise CollapseError("check must be at least 1: every result is verified")
     notes, warnings = [], []
-    computed = method_scores(model, cfg, notes) if cfg.method else None
     propagate_shapes(gm, example_inputs)
+    computed = method_scores(model, cfg, notes, gm) if cfg.method else None
+    block_scores = dict(computed.scores) if computed is not None and computed.kind == "block" else {}
+    blocks_removed = sorted(k for k, v in block_scores.items() if cfg.remove_blocks is not None and v <= cfg.remove_blocks)
     sites, chosen, scores = select(gm, cfg, notes, warnings, computed)
     names = [s.keys[0] for s in chosen]   # the site's own key: an fx node name can equal a shared root module's path
     original = copy.deepcopy(gm)
     before = graph_stats(original)
     record = FxRecord()
-    requested = reference = requested_semantics(original, names)
+    requested = reference = requested_semantics(original, names, blocks_removed)
     # prune after linearize: the constants are those of the requested semantics (a collapsed ReLU passes
     # a negative constant channel on). Exact removal keeps the semantics (the gate checks it against the
     # unpruned reference); a ratio prune is an approximation: the collapse is verified against the pruned
     # model and the prune's own error is reported
+    RemoveResidualBlocks(blocks_removed, record)(gm)
     LinearizeActivations(names, record)(gm)
     gm, prune_report = prune(gm, example_inputs, cfg)
     if cfg.prune_ratio is not None:
@@ -394,6 +438,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         input=kind,
         activations=[activation_row(s.keys[0], s.keys, s.kind, s.node_names, scores.get(id(s)), id(s) in chosen_ids,
                                     module=s.path) for s in sites],
+        blocks=[{"key": k, "score": v, "removed": k in blocks_removed} for k, v in block_scores.items()],
         before=before, after=after, verification={**ver.as_dict(), "runtime": "torch, eager"}, passed=passed,
         approximations=record.approximations, folds=record.folds, merges=record.merges,
         passes=list(record.passes.values()), left_alone=[s.kind for s in kept],

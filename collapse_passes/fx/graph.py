@@ -667,9 +667,38 @@ def mutated_between(x: fx.Node, start: fx.Node, end: fx.Node | None = None) -> b
 
 def eliminate_dead_code(gm: fx.GraphModule) -> bool:
     """fx dead-code elimination that keeps in-place writes whose result is unused (`self.relu(x)` with
-    inplace=True, `x.mul_(2)`): fx would drop them as dead, changing what later readers of x see."""
-    return gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure() or bool(n.args) and
-                                        isinstance(n.args[0], fx.Node) and mutates(n, n.args[0]))
+    inplace=True, `x.mul_(2)`) while something live reads the tensor they write (fx would drop them,
+    changing what that reader sees). A write into a tensor nobody live reads goes with it (a dropped
+    residual branch's `ReLU(inplace=True)`)."""
+    graph = gm.graph
+    live: set = set()
+
+    def mark(n):
+        todo = [n]
+        while todo:
+            m = todo.pop()
+            if m not in live:
+                live.add(m)
+                todo.extend(m.all_input_nodes)
+
+    writes = []
+    for n in graph.nodes:
+        if n.op in ("output", "placeholder") or n.is_impure() and not (n.args and isinstance(n.args[0], fx.Node)
+                                                                      and mutates(n, n.args[0])):
+            mark(n)
+        elif n.args and isinstance(n.args[0], fx.Node) and mutates(n, n.args[0]):
+            writes.append(n)
+    changed = True
+    while changed:
+        changed = False
+        for w in writes:
+            if w not in live and any(a in live and a is not w for a in alias_group(w.args[0])):
+                mark(w)
+                changed = True
+    dead = [n for n in graph.nodes if n not in live]
+    for n in reversed(dead):
+        graph.erase_node(n)
+    return bool(dead)
 
 
 def feeds_output(node: fx.Node) -> bool:

@@ -141,20 +141,35 @@ def lacoot_scores(model, calib=None, calib_batches=None, n_directions: int = N_D
         raise CollapseError("--method lacoot: no residual blocks (an Add of a tensor x and a branch computed from x) "
                             "found in this model; LaCoOT scores residual blocks only")
     ident = [b for b in blocks if b.identity]
-    proj = [b for b in blocks if not b.identity]
     if not ident:
         raise CollapseError(f"--method lacoot: all {len(blocks)} residual block(s) have a projection shortcut; "
                             "LaCoOT needs identity-skip blocks (input and output in the same space)")
     names = [t for b in ident for t in (b.input.name, b.output.name)]
+
+    def pairs():
+        for got, _ in tapped_batches(model, names, calib, calib_batches, MIN_SAMPLES, "lacoot"):
+            yield {b.key: (got[b.input.name], got[b.output.name]) for b in ident}
+
+    return mswd_scores(blocks, pairs(), n_directions, seed, "--method lacoot")
+
+
+def mswd_scores(blocks: list, batches, n_directions: int = N_DIRECTIONS, seed: int = SEED,
+                what: str = "--method lacoot") -> ScoreResult:
+    """The LaCoOT ScoreResult of `blocks` (objects with .key, .identity and .describe(), identity-skip
+    ones scored) from `batches`: an iterable of {block key: (block input, block output)} arrays per
+    calibration batch, first axis = samples. Front-end neutral: the ONNX path taps onnxruntime, the
+    torch path an fx interpreter, and both get the same numbers from the same points."""
+    ident = [b for b in blocks if b.identity]
+    proj = [b for b in blocks if not b.identity]
     accs: dict[str, _BlockAcc] = {}
     mismatch: dict[str, str] = {}
     keep = True
     kept_bytes = 0
-    for got, _ in tapped_batches(model, names, calib, calib_batches, MIN_SAMPLES, "lacoot"):
+    for got in batches:
         for i, b in enumerate(ident):
-            if b.key in mismatch:
+            if b.key in mismatch or b.key not in got:
                 continue
-            xa, ya = np.asarray(got[b.input.name]), np.asarray(got[b.output.name])
+            xa, ya = (np.asarray(v) for v in got[b.key])
             x = xa.reshape(xa.shape[0], -1)
             y = ya.reshape(ya.shape[0], -1)
             if x.shape != y.shape:
@@ -180,7 +195,10 @@ def lacoot_scores(model, calib=None, calib_batches=None, n_directions: int = N_D
         if b.key in mismatch:
             details[b.key] = {**_desc(b), "score": None, "reason": mismatch[b.key]}
             continue
-        acc = accs[b.key]
+        acc = accs.get(b.key)
+        if acc is None:
+            details[b.key] = {**_desc(b), "score": None, "reason": "no calibration points reached it"}
+            continue
         n_samples = acc.n
         px, py = np.concatenate(acc.px), np.concatenate(acc.py)
         w_dirs = w2_sorted(px, py)
@@ -206,7 +224,7 @@ def lacoot_scores(model, calib=None, calib_batches=None, n_directions: int = N_D
                           "dim": acc.d, "samples": acc.n, "directions": n_directions, "start": how,
                           "refine_steps": steps, "refined": bool(keep and acc.xs)}
     if not scores:
-        raise CollapseError("--method lacoot: no residual block could be scored (" +
+        raise CollapseError(f"{what}: no residual block could be scored (" +
                             "; ".join(f"{k}: {v}" for k, v in mismatch.items()) + ")")
     notes = [f"lacoot: max-sliced W2 between block input and output on {n_samples} calibration sample(s) "
              f"({n_directions} seeded directions, seed {seed}{', refined' if keep else ''}), divided by the input RMS "

@@ -70,8 +70,9 @@ def module_scores(model, method: str, calib_batches=None) -> ScoreResult:
         raise CollapseError(f"module_scores expects a torch.nn.Module, got {type(model).__name__}")
     name = str(method).strip().lower() if method is not None else ""
     if name == "lacoot":
-        raise CollapseError("module_scores: lacoot scores residual blocks found in the ONNX graph; export the model "
-                            "(models.export.export_onnx) and use compute_scores('lacoot', onnx_model, calib)")
+        raise CollapseError("module_scores: lacoot scores residual blocks, not activation modules; use "
+                            "collapse(model, method='lacoot', calib=[batches], example_inputs=(x,)) (the traced "
+                            "graph's blocks) or compute_scores('lacoot', onnx_model, calib)")
     if name not in METHODS:
         raise CollapseError(f"unknown score method {method!r} for a torch module; valid methods: {', '.join(METHODS)}")
     acts = activation_modules(model)

@@ -14,6 +14,7 @@ from .cleanup import Cleanup
 from .fold_batchnorm import FoldBatchNorm
 from .linearize import LinearizeActivations
 from .merge_chains import MergeLinearChains
+from .remove_blocks import RemoveResidualBlocks
 
 
 def default_passes(keys=(), *, merge: bool = True, cost_model=None, allow_border_approx: bool = False,
@@ -29,4 +30,4 @@ def default_passes(keys=(), *, merge: bool = True, cost_model=None, allow_border
 
 
 __all__ = ["FxPass", "FxRecord", "LinearizeActivations", "FoldBatchNorm", "AbsorbResidual", "MergeLinearChains",
-           "Cleanup", "default_passes"]
+           "Cleanup", "RemoveResidualBlocks", "default_passes"]
