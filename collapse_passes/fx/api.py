@@ -177,7 +177,7 @@ def method_scores(model, cfg: CollapseConfig, notes: list, gm: fx.GraphModule | 
 
 
 def _lacoot_scores(gm: fx.GraphModule, cfg: CollapseConfig, notes: list):
-    from ..scores.lacoot import MIN_SAMPLES, N_DIRECTIONS, SEED, mswd_scores
+    from ..scores.lacoot import MIN_SAMPLES, N_DIRECTIONS, SEED, identity_blocks, mswd_scores
     from .blocks import find_residual_blocks
     from .tap import tapped_values
 
@@ -186,13 +186,7 @@ def _lacoot_scores(gm: fx.GraphModule, cfg: CollapseConfig, notes: list):
         raise CollapseError("method='lacoot' needs calib=[batch, ...]: LaCoOT compares each residual block's input "
                             "and output distributions on calibration data")
     blocks = find_residual_blocks(gm)
-    if not blocks:
-        raise CollapseError("method='lacoot': no residual blocks (an add of a tensor x and a branch computed from "
-                            "x) in this model; LaCoOT scores residual blocks only")
-    ident = [b for b in blocks if b.identity]
-    if not ident:
-        raise CollapseError(f"method='lacoot': all {len(blocks)} residual block(s) have a projection shortcut; "
-                            "LaCoOT needs identity-skip blocks (input and output in the same space)")
+    ident = identity_blocks(blocks, "method='lacoot'")
 
     def pairs():
         for got in tapped_values(gm, [n for b in ident for n in (b.input, b.output)], batches, "lacoot", MIN_SAMPLES):

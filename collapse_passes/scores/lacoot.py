@@ -137,13 +137,7 @@ def lacoot_scores(model, calib=None, calib_batches=None, n_directions: int = N_D
                   seed: int = SEED) -> ScoreResult:
     require_calib(calib, "lacoot", "LaCoOT compares each residual block's input and output distributions")
     blocks = find_residual_blocks(to_graph(model), node_key_names(model))
-    if not blocks:
-        raise CollapseError("--method lacoot: no residual blocks (an Add of a tensor x and a branch computed from x) "
-                            "found in this model; LaCoOT scores residual blocks only")
-    ident = [b for b in blocks if b.identity]
-    if not ident:
-        raise CollapseError(f"--method lacoot: all {len(blocks)} residual block(s) have a projection shortcut; "
-                            "LaCoOT needs identity-skip blocks (input and output in the same space)")
+    ident = identity_blocks(blocks, "--method lacoot")
     names = [t for b in ident for t in (b.input.name, b.output.name)]
 
     def pairs():
@@ -151,6 +145,18 @@ def lacoot_scores(model, calib=None, calib_batches=None, n_directions: int = N_D
             yield {b.key: (got[b.input.name], got[b.output.name]) for b in ident}
 
     return mswd_scores(blocks, pairs(), n_directions, seed, "--method lacoot")
+
+
+def identity_blocks(blocks: list, what: str) -> list:
+    """The identity-skip blocks LaCoOT scores; CollapseError when there are none (either front end)."""
+    if not blocks:
+        raise CollapseError(f"{what}: no residual blocks (an add of a tensor x and a branch computed from x) "
+                            "found in this model; LaCoOT scores residual blocks only")
+    ident = [b for b in blocks if b.identity]
+    if not ident:
+        raise CollapseError(f"{what}: all {len(blocks)} residual block(s) have a projection shortcut; "
+                            "LaCoOT needs identity-skip blocks (input and output in the same space)")
+    return ident
 
 
 def mswd_scores(blocks: list, batches, n_directions: int = N_DIRECTIONS, seed: int = SEED,
