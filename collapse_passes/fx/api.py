@@ -242,11 +242,17 @@ def run_passes(gm: fx.GraphModule, chosen_names, cfg: CollapseConfig, record: Fx
 
 
 def _cost_model(cfg: CollapseConfig):
+    """cost='macs': MACs + per-op overhead; cost='measured': ops timed in eager torch (fx/measure.py)."""
     from ..algebra.cost import CostModel
 
+    kw = {"per_op_overhead_macs": cfg.per_op_overhead} if cfg.per_op_overhead is not None else {}
+    if cfg.cost == "measured":
+        from .measure import TorchMeasuredCostModel
+
+        return TorchMeasuredCostModel(**kw)
     if cfg.cost != "macs":
-        raise CollapseError(f"cost={cfg.cost!r}: torch models use the MAC cost model (cost='macs')")
-    return CostModel(**({"per_op_overhead_macs": cfg.per_op_overhead} if cfg.per_op_overhead is not None else {}))
+        raise CollapseError(f"unknown cost model {cfg.cost!r}; use macs or measured")
+    return CostModel(**kw)
 
 
 def prune(gm: fx.GraphModule, example_inputs, cfg: CollapseConfig):
