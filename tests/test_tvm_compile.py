@@ -111,6 +111,18 @@ def test_cuda_arch_spellings(arch, want):
     assert str(t.attrs["arch"]) == want
 
 
+def test_a_tag_with_the_arch_of_another_gpu_takes_that_gpus_limits():
+    h100 = json.loads(str(resolve_target("nvidia/nvidia-h100")[0]))
+    same = json.loads(str(resolve_target("nvidia/nvidia-h100", cuda_arch="sm_90")[0]))
+    other = json.loads(str(resolve_target("nvidia/nvidia-h100", cuda_arch="sm_80")[0]))
+    assert same["l2_cache_size_bytes"] == h100["l2_cache_size_bytes"] == 50 << 20
+    # sm_80's limits come from a tag of that arch (or the defaults), never the H100's 50 MiB L2
+    assert other["arch"] == "sm_80" and other.get("l2_cache_size_bytes") != 50 << 20
+    assert {k: v for k, v in other.items() if k != "arch"} == \
+        {k: v for k, v in json.loads(str(resolve_target("cuda", cuda_arch="sm_80")[0])).items() if k != "arch"}
+    assert other["max_threads_per_block"] == 1024
+
+
 def test_cuda_arch_garbage_and_json_arch_are_one_line():
     for bad in ("sm_1000", "garbage", "1.2.3"):
         with pytest.raises(TVMError, match="expected e.g. sm_90") as e:

@@ -404,7 +404,12 @@ def resolve_target(spec: str | dict, cuda_arch: str | None = None):
             target = Target(s)
             if target.kind.name == "cuda" and cuda_arch:
                 d = json.loads(str(target))
-                d["arch"] = _normalise_cuda_arch(cuda_arch)
+                arch = _normalise_cuda_arch(cuda_arch)
+                if str(d.get("arch", "")).rstrip("a") != arch.rstrip("a"):
+                    # another GPU than the tag's: its limits (L2 size, ...) are those of that arch, not the tag's
+                    d = {"kind": "cuda", "keys": d.get("keys", ["cuda", "gpu"]), **cuda_limits(arch),
+                         **({"host": d["host"]} if "host" in d else {})}
+                d["arch"] = arch
                 target = Target(d)
             return target, _info_for(target, s)
         raise UnknownTargetError(f"unknown TVM target tag {s!r}; {_valid_names_message()}")
