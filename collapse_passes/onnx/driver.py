@@ -6,7 +6,9 @@ import onnx
 from ..pipeline import PassManager
 from .context import OnnxContext
 from .graph import check_model, node_key_names, to_graph, to_model
+from .keys import site_metadata
 from .passes import Cleanup, FoldAffine, LinearizeActivations
+from .patterns import find_activations
 
 
 def _pre_passes(remove_blocks) -> list:
@@ -46,10 +48,12 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
                       prune=prune, prune_off=dict(prune_off or {}), source=model)
     if run_cache is not None:   # shared, not copied: what one candidate reads, the next one has
         ctx.run_shapes, ctx.run_asked = run_cache.run_shapes, run_cache.run_asked
+    # keyed before the passes change the graph: the result keeps the input's site keys (onnx.keys)
+    sites = site_metadata(find_activations(ctx.graph), ctx.node_meta)
     pm = build_pass_manager(merge, remove_blocks, prune)
     pm.run(ctx)
     out = to_model(ctx.graph, model)
-    keep_node_metadata(out, ctx.node_meta)
+    keep_node_metadata(out, {n: {**ctx.node_meta.get(n, {}), **sites.get(n, {})} for n in ctx.node_meta.keys() | sites})
     check_model(out, "collapsed model")
     return out, ctx, pm
 
@@ -57,11 +61,14 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
 def keep_node_metadata(out: onnx.ModelProto, node_meta: dict) -> None:
     """Give the nodes that kept their names their metadata_props back (graphsurgeon drops them): the
     dynamo exporter's module paths there are the activation keys, so a second run on the result finds
-    the activations left alone under the same keys."""
+    the activations left alone under the same keys. Entries the node already has are kept unless
+    node_meta gives them a new value."""
     for node in out.graph.node:
         meta = node_meta.get(node.name)
-        if meta and not node.metadata_props:
-            node.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in meta.items())
+        if meta:
+            merged = {**{p.key: p.value for p in node.metadata_props}, **meta}
+            del node.metadata_props[:]
+            node.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in merged.items())
 
 
 def requested_semantics(model: onnx.ModelProto, chosen: set, remove_blocks=None,

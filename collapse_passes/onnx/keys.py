@@ -9,6 +9,12 @@ Both torch exporters leave the module path behind, in different places:
 
 A module called at several places (torchvision's BasicBlock calls `self.relu` twice) has one key per
 call site, `path:i` with i the call index in execution order (0-based); its bare path names all sites.
+A module called once also answers to `path:0`.
+
+Keys stay put across runs: collapsing `act:0` of a module called three times leaves two calls, which
+a fresh numbering would call act:0 and act:1. So the written model carries each remaining activation's
+site key in its node metadata (SITE_META, MODULE_META; onnx.driver writes them), and a later run keys
+the activation by what is stored there: the report's `act:2` still names the same call on the result.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import ast
 import re
 from collections import defaultdict
 
-from ..core.selection import SITE_SEP, display_key, lookup, root_keys, site_key  # noqa: F401  (keys live in core)
+from ..core.selection import ROOT_CALL, SITE_SEP, display_key, lookup, root_keys, site_key  # noqa: F401  (keys live in core)
 from .patterns import Activation
 
 
@@ -64,6 +70,38 @@ def module_path_from_metadata(meta: dict[str, str]) -> str | None:
 
 _CALL_SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
+#: node metadata keys holding an activation's site key (and its module path) from the first run that keyed it
+SITE_META = "collapse_passes.site"
+MODULE_META = "collapse_passes.module"
+
+
+def _stored_site(a: Activation, node_meta: dict) -> tuple[str, str | None] | None:
+    """(site key, module path or None for a root-level activation) an earlier run stored on a's nodes."""
+    for n in reversed(a.nodes):
+        meta = node_meta.get(n.name, {})
+        if meta.get(SITE_META):
+            return meta[SITE_META], meta.get(MODULE_META) or None
+    return None
+
+
+def site_metadata(activations: list[Activation], node_meta: dict) -> dict[str, dict[str, str]]:
+    """Node name -> the metadata that pins its activation's site key on a written model (see the module
+    docstring). Resolves the keys of `activations` (their keys are set as resolve_keys sets them)."""
+    resolve_keys(activations, node_meta)
+    out: dict[str, dict[str, str]] = {}
+    for a in activations:
+        if a.site:
+            meta = {SITE_META: a.site, MODULE_META: a.module_path}
+        else:
+            root = [k for k in a.keys if ROOT_CALL in k and k not in a.node_names]
+            if not root:
+                continue
+            meta = {SITE_META: root[0]}
+        for n in a.nodes:
+            out[n.name] = meta
+    return out
+
+
 def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, str]]) -> dict:
     """Attach keys to each activation; return the key -> [activations] index.
 
@@ -71,10 +109,16 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
     module called at several places, in execution order), the bare module path of a shared module
     (it names all its sites), and every node name of the region. node_meta must list the nodes in the
     model's own order (both torch exporters write nodes in execution order): that order numbers the calls.
+    A site key stored in the node metadata by an earlier run (SITE_META) is taken as is.
     """
     order = {name: i for i, name in enumerate(node_meta)}
+    stored = {id(a): st for a in activations if (st := _stored_site(a, node_meta))}
     paths: dict[int, str] = {}
     for a in activations:
+        if id(a) in stored:
+            if stored[id(a)][1]:
+                paths[id(a)] = stored[id(a)][1]
+            continue
         path = None
         for n in reversed(a.nodes):
             path = module_path_from_metadata(node_meta.get(n.name, {}))
@@ -88,7 +132,7 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
     known = set(paths.values())
     for a in activations:
         p = paths.get(id(a))
-        if p is None:
+        if p is None or id(a) in stored:
             continue
         head, _, last = p.rpartition(".")
         m = _CALL_SUFFIX.match(last)
@@ -97,15 +141,23 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
     sites: dict[str, list[Activation]] = defaultdict(list)
     for a in activations:
         if id(a) in paths:
-            sites[paths[id(a)]].append(a)
+            a.module_path = paths[id(a)]
+            if id(a) in stored:
+                a.site = stored[id(a)][0]
+            else:
+                sites[paths[id(a)]].append(a)
     for path, group in sites.items():
         group.sort(key=lambda a: min(order.get(n.name, len(order)) for n in a.nodes))
         for i, a in enumerate(group):
-            a.module_path = path
             a.site = site_key(path, i, len(group))
     # activations outside any module (F.relu in the root forward): also "relu():i", the key fx gives them
-    at_root = root_keys(sorted((a for a in activations if id(a) not in paths),
+    at_root = root_keys(sorted((a for a in activations if id(a) not in paths and id(a) not in stored),
                                key=lambda a: order.get(a.nodes[-1].name, len(order))))
+    for a in activations:
+        if id(a) in stored and id(a) not in paths:
+            key = stored[id(a)][0]
+            bare, sep, call = key.rpartition(SITE_SEP)
+            at_root[id(a)] = [key, bare] if sep and call.isdigit() and bare.endswith(ROOT_CALL) else [key]
     index: dict[str, list[Activation]] = defaultdict(list)
     for a in activations:
         a.keys = []
@@ -120,4 +172,15 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
         for k in dict.fromkeys(a.keys):
             if a not in index[k]:
                 index[k].append(a)
+    # `path:0` of a module called once (and `kind():0` of a lone root activation) names its one call
+    for a in activations:
+        roots = at_root.get(id(a), [])
+        if a.site is not None and a.site == a.module_path:
+            one = a.site
+        elif len(roots) == 1:
+            one = roots[0]
+        else:
+            continue
+        if f"{one}{SITE_SEP}0" not in index:
+            index[f"{one}{SITE_SEP}0"] = [a]
     return dict(index)

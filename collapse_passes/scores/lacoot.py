@@ -36,6 +36,10 @@ SEED = 0
 REFINE_STEPS = 30
 #: the points of all blocks are kept for refinement while they take at most this many bytes
 POINT_BUDGET_BYTES = 256 << 20
+#: points wait (all blocks together, at most this many bytes) to be projected in one pass over each
+#: block's directions: generating K x d Gaussians costs far more than the projection, so it is done
+#: once per flush, not once per calibration batch
+PROJECTION_BUFFER_BYTES = 256 << 20
 #: the random direction matrices are cached while they take at most this many bytes (else regenerated)
 DIRECTION_BUDGET_BYTES = 128 << 20
 #: two points per distribution is the least that defines a distance; 32+ recommended (a note says so)
@@ -51,18 +55,14 @@ def w2_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class _Directions:
-    """K seeded Gaussian directions in R^d, generated in column chunks (cached when small)."""
+    """K seeded Gaussian directions in R^d, generated in column chunks (cached when small). Chunk c
+    always comes from the generator seeded [seed, block, c], so the directions do not depend on when
+    or how often they are generated; their norms are summed on the first pass over the chunks."""
 
     def __init__(self, d: int, k: int, seed: int, block_index: int, cache: bool):
         self.d, self.k, self.seed, self.block = d, k, seed, block_index
         self._cache = {} if cache else None
-        sq = np.zeros(k)
-        for c, (lo, hi) in enumerate(self._chunks()):
-            g = self._gen(c, hi - lo)
-            sq += np.einsum("ij,ij->i", g, g)
-            if self._cache is not None:
-                self._cache[c] = g
-        self.norm = np.sqrt(sq)
+        self.norm = None
 
     def _chunks(self):
         return [(lo, min(lo + _CHUNK, self.d)) for lo in range(0, self.d, _CHUNK)]
@@ -70,14 +70,25 @@ class _Directions:
     def _gen(self, c: int, width: int) -> np.ndarray:
         if self._cache is not None and c in self._cache:
             return self._cache[c]
-        rng = np.random.default_rng([self.seed, self.block, c])
-        return rng.standard_normal((self.k, width))
+        g = np.random.default_rng([self.seed, self.block, c]).standard_normal((self.k, width))
+        if self._cache is not None:
+            self._cache[c] = g
+        return g
 
-    def project(self, pts: np.ndarray) -> np.ndarray:
-        out = np.zeros((pts.shape[0], self.k))
+    def project_raw(self, batches: list) -> list:
+        """theta_j . p (unnormalised: divide by .norm) for every row p of every array in `batches`,
+        all with one generation of the directions."""
+        outs = [np.zeros((p.shape[0], self.k)) for p in batches]
+        sq = np.zeros(self.k) if self.norm is None else None
         for c, (lo, hi) in enumerate(self._chunks()):
-            out += pts[:, lo:hi].astype(np.float64, copy=False) @ self._gen(c, hi - lo).T
-        return out / self.norm
+            g = self._gen(c, hi - lo)
+            if sq is not None:
+                sq += np.einsum("ij,ij->i", g, g)
+            for out, p in zip(outs, batches):
+                out += p[:, lo:hi].astype(np.float64, copy=False) @ g.T
+        if sq is not None:
+            self.norm = np.sqrt(sq)
+        return outs
 
     def vector(self, j: int) -> np.ndarray:
         return np.concatenate([self._gen(c, hi - lo)[j] for c, (lo, hi) in enumerate(self._chunks())]) / self.norm[j]
@@ -87,8 +98,10 @@ class _BlockAcc:
     def __init__(self, block, index: int, d: int, k: int, seed: int, cache: bool):
         self.block, self.d = block, d
         self.dirs = _Directions(d, k, seed, index, cache)
-        self.px, self.py = [], []
-        self.xs, self.ys = [], []
+        self.px, self.py = [], []          # unnormalised projections of the flushed batches
+        self.pending = []                  # (x, y) batches not projected yet
+        self.pending_bytes = 0
+        self.xs, self.ys = [], []          # float32 points kept for refinement
         self.sum_x = np.zeros(d)
         self.sum_y = np.zeros(d)
         self.sq_x = 0.0
@@ -98,17 +111,32 @@ class _BlockAcc:
     def update(self, x: np.ndarray, y: np.ndarray, keep: bool) -> None:
         x64 = x.astype(np.float64, copy=False)
         y64 = y.astype(np.float64, copy=False)
-        self.px.append(self.dirs.project(x64))
-        self.py.append(self.dirs.project(y64))
         self.sum_x += x64.sum(axis=0)
         self.sum_y += y64.sum(axis=0)
         self.sq_x += float(np.einsum("ij,ij->", x64, x64))
         diff = y64 - x64
         self.sq_branch += float(np.einsum("ij,ij->", diff, diff))
         self.n += x.shape[0]
+        # waiting points keep the caller's precision (float32 for float32 taps: then they are the kept copy)
+        xp, yp = (np.array(v, dtype=np.float32 if v.dtype.itemsize <= 4 else np.float64) for v in (x, y))
+        self.pending.append((xp, yp))
+        self.pending_bytes += xp.nbytes + yp.nbytes
         if keep:
-            self.xs.append(np.array(x, dtype=np.float32))
-            self.ys.append(np.array(y, dtype=np.float32))
+            self.xs.append(xp if xp.dtype == np.float32 else xp.astype(np.float32))
+            self.ys.append(yp if yp.dtype == np.float32 else yp.astype(np.float32))
+
+    def flush(self) -> None:
+        """Project the waiting points (one generation of the directions) and release them."""
+        if not self.pending and self.dirs.norm is not None:
+            return
+        outs = self.dirs.project_raw([p for pair in self.pending for p in pair])
+        self.px.extend(outs[0::2])
+        self.py.extend(outs[1::2])
+        self.pending, self.pending_bytes = [], 0
+
+    def projections(self) -> tuple[np.ndarray, np.ndarray]:
+        self.flush()
+        return np.concatenate(self.px) / self.dirs.norm, np.concatenate(self.py) / self.dirs.norm
 
     def drop_points(self) -> None:
         self.xs, self.ys = [], []
@@ -192,6 +220,9 @@ def mswd_scores(blocks: list, batches, n_directions: int = N_DIRECTIONS, seed: i
                     for a in accs.values():
                         a.drop_points()
             acc.update(x, y, keep)
+            if sum(a.pending_bytes for a in accs.values()) > PROJECTION_BUFFER_BYTES:
+                for a in accs.values():
+                    a.flush()
     scores, details = {}, {}
     n_samples = 0
     for b in blocks:
@@ -206,7 +237,7 @@ def mswd_scores(blocks: list, batches, n_directions: int = N_DIRECTIONS, seed: i
             details[b.key] = {**_desc(b), "score": None, "reason": "no calibration points reached it"}
             continue
         n_samples = acc.n
-        px, py = np.concatenate(acc.px), np.concatenate(acc.py)
+        px, py = acc.projections()
         w_dirs = w2_sorted(px, py)
         j = int(np.argmax(w_dirs))
         w, how, steps = float(w_dirs[j]), f"random direction {j} of {n_directions}", 0

@@ -34,13 +34,17 @@ class LinearizeActivations(FxPass):
         for key in self.keys:
             for s in lookup(index, key, "collapse (--collapse)"):
                 chosen[s.name] = s
+        now = {}   # a linearized site's node -> what replaced it (a collapsed activation may feed the next one)
         for s in chosen.values():
+            x = s.x
+            while x in now:
+                x = now[x]
             if not catalogue.is_collapsible(s.kind):
                 raise CollapseError(f"collapse: {s.keys[0]!r} is a {s.kind}, which has no linear regime to collapse to")
             scale, shift = catalogue.linear_regime(s.kind, s.params)
-            new = s.x
+            new = x
             first = s.nodes[0]   # where the site reads x (a composite reads it at its first op)
-            inplace = mutates(s.node, s.x)
+            inplace = mutates(s.node, x)
             with gm.graph.inserting_before(first):
                 if inplace:
                     # x.relu_(), x[:, :2].hardsigmoid_(): the regime is written into x too (through the view)
@@ -49,7 +53,7 @@ class LinearizeActivations(FxPass):
                     if shift != 0.0:
                         new = gm.graph.call_method("add_", (new, shift))
                 else:
-                    if scale == 1.0 and shift == 0.0 and mutated_between(s.x, first):
+                    if scale == 1.0 and shift == 0.0 and mutated_between(x, first):
                         # identity, but x is changed in place later (maybe through a view): keep the value it
                         # had here, not an alias
                         new = gm.graph.call_method("clone", (new,))
@@ -58,9 +62,10 @@ class LinearizeActivations(FxPass):
                     if shift != 0.0:
                         new = gm.graph.call_function(operator.add, (new, shift))
             for k in ("tensor_meta", "val", "example_value", "nn_module_stack"):
-                if new is not s.x and k in s.node.meta:
+                if new is not x and k in s.node.meta:
                     new.meta[k] = s.node.meta[k]
             s.node.replace_all_uses_with(new)
+            now[s.node] = new
             for n in reversed(s.nodes):   # a composite's inner ops are read only inside it
                 gm.graph.erase_node(n)
             self.record.linearized.append(s.keys[0])

@@ -19,8 +19,11 @@ class LinearizeActivations:
     def __call__(self, ctx) -> PassResult:
         graph = ctx.graph
         acts = [a for a in find_activations(graph) if a.name in ctx.chosen]
+        now = {}   # an activation's output -> what replaced it (a collapsed activation may feed the next one)
         for a in acts:
             x, y = a.input, a.output
+            while id(x) in now:
+                x = now[id(x)]
             new = x
             dt = x.dtype if x.dtype is not None else np.float32
             if a.linear_scale != 1.0:
@@ -34,6 +37,7 @@ class LinearizeActivations:
                     new, make_const(graph, f"{a.name}.lin_shift", np.asarray(a.linear_shift, dtype=dt))], outputs=[s]))
                 new = s
             replace_tensor_uses(graph, y, new)
+            now[id(y)] = new
             for n in a.nodes:
                 n.inputs.clear()
                 n.outputs.clear()
