@@ -30,6 +30,8 @@ class VerificationError(CollapseError):
     @classmethod
     def mismatch(cls, comparison, rtol, atol, remedy: str, report=None) -> "VerificationError":
         """The gate's failure, with the numbers (a comparison with max_abs / max_rel), for any front end."""
+        if getattr(comparison, "why", ""):
+            return cls(f"verification failed: {comparison.why}; {remedy}", report=report)
         return cls(f"verification failed: output differs from the requested semantics (max abs "
                    f"{comparison.max_abs:.3g}, max rel {comparison.max_rel:.3g}, rtol {rtol}, atol {atol}); {remedy}",
                    report=report)

@@ -18,7 +18,7 @@ import onnx
 from .errors import CollapseError
 
 # sessions, random feeds, the comparison rule: one runtime module for every front end and benchmark
-from .core.runtime import Comparison, compare, input_specs, random_inputs, session  # noqa: F401
+from .core.runtime import Comparison, compare, input_specs, nonfinite_request, random_inputs, session  # noqa: F401
 from .core.runtime import run as _runtime_run
 
 
@@ -126,8 +126,9 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     res_out, _ = run(result, feeds, session(result, ours=True))
     # nothing requested (requested is the input model itself): its outputs are the input's
     req_out = orig_out if requested is original else run(requested, feeds, session(requested, ours=True))[0]
-    return Verification(compare(req_out, res_out, names, rtol, atol),
-                        compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc, warnings=warns)
+    against = nonfinite_request(orig_out, req_out, names, len(feeds)) or compare(req_out, res_out, names, rtol, atol)
+    return Verification(against, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
+                        warnings=warns)
 
 
 def load_calibration(path, model: onnx.ModelProto, limit: int | None = None) -> list[dict]:

@@ -269,6 +269,28 @@ def compare(ref_outs, outs, names, rtol: float, atol: float) -> Comparison:
     return Comparison(max_abs, max_rel, passed, len(ref_outs), worst)
 
 
+def nonfinite_request(orig_outs, req_outs, names, samples: int) -> Comparison | None:
+    """A failed Comparison when the requested semantics outputs NaN/Inf where the input model does not
+    (collapsing those activations overflows float32): matching NaNs would otherwise pass the gate while
+    comparing nothing. None when the requested outputs are as finite as the input's."""
+    bad, total, worst = 0, 0, ""
+    for o_list, r_list in zip(orig_outs, req_outs):
+        for name, o, r in zip(names, o_list, r_list):
+            o, r = np.asarray(o), np.asarray(r)
+            if o.shape != r.shape or r.dtype.kind != "f":
+                continue
+            new = ~np.isfinite(r) & np.isfinite(o)
+            if new.any():
+                bad, worst = bad + int(new.sum()), worst or name
+            total += r.size
+    if not bad:
+        return None
+    return Comparison(float("inf"), float("inf"), False, samples, worst,
+                      f"the requested semantics outputs NaN/Inf in {bad} of {total} values where the input model's "
+                      "outputs are finite (the collapsed activations let values overflow float32), so there is "
+                      "nothing to verify against; collapse fewer activations")
+
+
 def compare_outputs(outs: list, ref: list, rtol: float, atol: float) -> Comparison:
     """compare() for the outputs of one feed, unnamed (output i is named by its index)."""
     return compare([list(ref)], [list(outs)], [str(i) for i in range(len(ref))], rtol, atol)

@@ -327,13 +327,14 @@ def run_outputs(model, feeds) -> list[list[np.ndarray]]:
 
 
 def verify_torch(original, requested, result, feeds, rtol: float, atol: float, desc: str):
-    from ..core.runtime import compare
+    from ..core.runtime import compare, nonfinite_request
     from ..verify import Verification
 
     res = run_outputs(result, feeds)
     names = [f"output{i}" for i in range(len(res[0]))]
-    return Verification(compare(run_outputs(requested, feeds), res, names, rtol, atol),
-                        compare(run_outputs(original, feeds), res, names, rtol, atol), rtol, atol, desc)
+    orig, req = run_outputs(original, feeds), run_outputs(requested, feeds)
+    against = nonfinite_request(orig, req, names, len(feeds)) or compare(req, res, names, rtol, atol)
+    return Verification(against, compare(orig, res, names, rtol, atol), rtol, atol, desc)
 
 
 # ----------------------------------------------------------------------------------- report

@@ -53,7 +53,7 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
     pm = build_pass_manager(merge, remove_blocks, prune)
     pm.run(ctx)
     out = to_model(ctx.graph, model)
-    keep_node_metadata(out, {n: {**ctx.node_meta.get(n, {}), **sites.get(n, {})} for n in ctx.node_meta.keys() | sites})
+    keep_node_metadata(out, {n: {**ctx.node_meta.get(n, {}), **sites.get(n, {})} for n in (*ctx.node_meta, *sites)})
     check_model(out, "collapsed model")
     return out, ctx, pm
 

@@ -22,7 +22,8 @@ import ast
 import re
 from collections import defaultdict
 
-from ..core.selection import ROOT_CALL, SITE_SEP, display_key, lookup, root_keys, site_key  # noqa: F401  (keys live in core)
+from ..core.selection import SITE_SEP, display_key, lookup, root_keys, site_key  # noqa: F401  (keys live in core)
+from ..core.selection import ROOT_CALL
 from .patterns import Activation
 
 
