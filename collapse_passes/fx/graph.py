@@ -490,12 +490,19 @@ class PaddedConv(nn.Module):
         bm = None if bias_map is None else torch.from_numpy(np.ascontiguousarray(bias_map))
         self.register_buffer("bias_map", bm)
         self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+        # a bias map and asymmetric pads hold the borders of the input size the merge was planned at;
+        # another size would read other borders (silently wrong), so forward refuses it
+        self.in_spatial: tuple | None = None
 
     def conv_params(self) -> ConvParams:
         return ConvParams(to_numpy(self.weight), to_numpy(self.bias), self.stride, self.pads, self.dilation,
                           self.groups)
 
     def forward(self, x):
+        if self.in_spatial is not None and tuple(x.shape[2:]) != self.in_spatial:
+            raise ValueError(f"collapse_passes: this merged conv was planned for inputs of spatial size "
+                             f"{self.in_spatial} (its border terms hold for that size only), got {tuple(x.shape[2:])}; "
+                             "run collapse() again with example_inputs of the size you run the model at")
         if any(self.pad):
             x = F.pad(x, self.pad)
         y = self._conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -512,8 +519,9 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def make_module(kind: str, params, bias_map: np.ndarray | None = None) -> nn.Module:
-    """A plain torch module computing `params` (nn.Linear / nn.ConvNd; PaddedConv where needed)."""
+def make_module(kind: str, params, bias_map: np.ndarray | None = None, size_guard: bool = False) -> nn.Module:
+    """A plain torch module computing `params` (nn.Linear / nn.ConvNd; PaddedConv where needed: a bias
+    map, asymmetric pads, or a merge that holds at its planned input size only)."""
     if kind == "linear":
         mod = nn.Linear(params.in_features, params.out_features, bias=params.bias is not None)
         with torch.no_grad():
@@ -522,7 +530,7 @@ def make_module(kind: str, params, bias_map: np.ndarray | None = None) -> nn.Mod
                 mod.bias = nn.Parameter(_tensor(params.bias))
         return mod
     p = params
-    if bias_map is not None or tuple(p.pads_begin) != tuple(p.pads_end):
+    if bias_map is not None or tuple(p.pads_begin) != tuple(p.pads_end) or size_guard:
         return PaddedConv(p, bias_map)
     cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[p.ndim]
     mod = cls(p.in_channels, p.out_channels, p.kernel_shape, stride=p.strides, padding=p.pads_begin,
@@ -544,7 +552,8 @@ def _fresh_name(gm: fx.GraphModule, hint: str) -> str:
 
 
 def insert_linear(gm: fx.GraphModule, before: fx.Node, x: fx.Node, kind: str, params, bias_map=None,
-                  hint: str = "collapsed", meta_from: fx.Node | None = None, origin: list | None = None) -> fx.Node:
+                  hint: str = "collapsed", meta_from: fx.Node | None = None, origin: list | None = None,
+                  size_guard: bool = False) -> fx.Node:
     """Insert a call to a new module computing `params` on x, right before `before`; return its node.
 
     `before` is the first node of the group the new op replaces: x is read where the group read it, so
@@ -552,7 +561,11 @@ def insert_linear(gm: fx.GraphModule, before: fx.Node, x: fx.Node, kind: str, pa
 
     The new node carries the metadata of `meta_from` (shape, module stack) so keys and shapes survive."""
     name = _fresh_name(gm, hint)
-    gm.add_submodule(name, make_module(kind, params, bias_map))
+    mod = make_module(kind, params, bias_map, size_guard)
+    if isinstance(mod, PaddedConv):
+        shape = shape_of(x)
+        mod.in_spatial = tuple(int(d) for d in shape[2:]) if shape is not None else None
+    gm.add_submodule(name, mod)
     with gm.graph.inserting_before(before):
         new = gm.graph.call_module(name, (x,))
     if meta_from is not None:

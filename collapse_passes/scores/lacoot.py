@@ -13,11 +13,12 @@ the relative branch energy sqrt(mean |F(x_i)|^2) / sqrt(mean |x_i|^2) (reported 
 relative_branch_rms). A low score means the block is close to the identity and can be dropped
 whole (--remove-blocks T replaces it by its skip).
 
-The max is searched over N_DIRECTIONS seeded Gaussian directions (streamed: only the projections
-of each batch are kept) plus the mean-difference direction, then refined by projected power steps
-on the fixed sorted matching (accepted only while W_2 grows) when the points fit in
-POINT_BUDGET_BYTES; otherwise the best random direction is used (a note says so). Deterministic
-for a fixed calibration set and seed.
+The max is searched over N_DIRECTIONS seeded Gaussian directions plus the mean-difference direction
+(the points are projected in as few passes as PROJECTION_BUFFER_BYTES allows, usually one at the
+end: generating the K x d directions costs more than projecting them; only projections outlive a
+pass), then refined by projected power steps on the fixed sorted matching (accepted only while W_2
+grows) when the points fit in POINT_BUDGET_BYTES; otherwise the best random direction is used (a
+note says so). Deterministic for a fixed calibration set and seed.
 
 The block output is the Add output: a post-add ReLU belongs to the next layer, and removing the
 block keeps it. Blocks whose skip is a projection (the input and output spaces differ) get no score.
@@ -45,6 +46,8 @@ DIRECTION_BUDGET_BYTES = 128 << 20
 #: two points per distribution is the least that defines a distance; 32+ recommended (a note says so)
 MIN_SAMPLES = 2
 _CHUNK = 1 << 16
+#: rows of points stacked into one float64 matrix product with a direction chunk (bounds the temporary)
+_GROUP_BYTES = 32 << 20
 
 
 def w2_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -56,42 +59,79 @@ def w2_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 class _Directions:
     """K seeded Gaussian directions in R^d, generated in column chunks (cached when small). Chunk c
-    always comes from the generator seeded [seed, block, c], so the directions do not depend on when
-    or how often they are generated; their norms are summed on the first pass over the chunks."""
+    always comes from the generator seeded [seed, block, c], row after row, so the directions do not
+    depend on when or how often they are generated; the generator state at each row start is kept,
+    so one direction (vector) costs d draws, not K x d. Norms are summed on the first pass."""
 
     def __init__(self, d: int, k: int, seed: int, block_index: int, cache: bool):
         self.d, self.k, self.seed, self.block = d, k, seed, block_index
         self._cache = {} if cache else None
+        self._row_states: dict[int, list] = {}
         self.norm = None
 
     def _chunks(self):
         return [(lo, min(lo + _CHUNK, self.d)) for lo in range(0, self.d, _CHUNK)]
 
+    def _rng(self, c: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.block, c])
+
     def _gen(self, c: int, width: int) -> np.ndarray:
         if self._cache is not None and c in self._cache:
             return self._cache[c]
-        g = np.random.default_rng([self.seed, self.block, c]).standard_normal((self.k, width))
+        rng = self._rng(c)
+        g = np.empty((self.k, width))
+        states = []
+        for row in g:  # the same draws as rng.standard_normal((k, width)) (tests/test_lacoot_speed.py)
+            states.append(rng.bit_generator.state)
+            rng.standard_normal(out=row)
+        self._row_states[c] = states
         if self._cache is not None:
             self._cache[c] = g
         return g
 
     def project_raw(self, batches: list) -> list:
         """theta_j . p (unnormalised: divide by .norm) for every row p of every array in `batches`,
-        all with one generation of the directions."""
-        outs = [np.zeros((p.shape[0], self.k)) for p in batches]
+        all with one generation of the directions (rows stacked into few matrix products)."""
+        rows = [p.shape[0] for p in batches]
+        out = np.zeros((sum(rows), self.k))
         sq = np.zeros(self.k) if self.norm is None else None
         for c, (lo, hi) in enumerate(self._chunks()):
             g = self._gen(c, hi - lo)
             if sq is not None:
                 sq += np.einsum("ij,ij->i", g, g)
-            for out, p in zip(outs, batches):
-                out += p[:, lo:hi].astype(np.float64, copy=False) @ g.T
+            for r0, r1, parts in _row_groups(batches, max(1, _GROUP_BYTES // (8 * (hi - lo)))):
+                out[r0:r1] += np.concatenate([p[a:b, lo:hi] for p, a, b in parts], dtype=np.float64) @ g.T
         if sq is not None:
             self.norm = np.sqrt(sq)
-        return outs
+        return np.split(out, np.cumsum(rows)[:-1])
 
     def vector(self, j: int) -> np.ndarray:
-        return np.concatenate([self._gen(c, hi - lo)[j] for c, (lo, hi) in enumerate(self._chunks())]) / self.norm[j]
+        parts = []
+        for c, (lo, hi) in enumerate(self._chunks()):
+            if (self._cache is not None and c in self._cache) or c not in self._row_states:
+                parts.append(self._gen(c, hi - lo)[j])
+                continue
+            rng = self._rng(c)
+            rng.bit_generator.state = self._row_states[c][j]
+            parts.append(rng.standard_normal(hi - lo))
+        return np.concatenate(parts) / self.norm[j]
+
+
+def _row_groups(batches: list, max_rows: int):
+    """(first row, end row, [(array, row from, row to)]) groups of at most max_rows stacked rows."""
+    r0, parts, n = 0, [], 0
+    for p in batches:
+        a = 0
+        while a < p.shape[0]:
+            b = min(p.shape[0], a + max_rows - n)
+            parts.append((p, a, b))
+            n += b - a
+            a = b
+            if n == max_rows:
+                yield r0, r0 + n, parts
+                r0, parts, n = r0 + n, [], 0
+    if parts:
+        yield r0, r0 + n, parts
 
 
 class _BlockAcc:

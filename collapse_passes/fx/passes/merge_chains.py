@@ -65,8 +65,11 @@ class MergeLinearChains(FxPass):
     def _replace(self, gm, ops, kind, params, bias_map=None):
         last = ops[-1].node
         x = ops[0].node.args[0]   # current input: an earlier segment of the chain may have replaced it
+        # a strided chain is exact at the planned size; which borders a stride reads changes with the size, so
+        # the merged conv keeps a size guard (fx/graph.PaddedConv); stride-1 merges hold at any size
+        sized = kind == "conv" and any(s != 1 for op in ops for s in op.params.strides)
         new = insert_linear(gm, ops[0].node, x, kind, params, bias_map, hint=f"{ops[0].node.name}_merged",
-                            meta_from=last, origin=[n for op in ops for n in origin(op.node)])
+                            meta_from=last, origin=[n for op in ops for n in origin(op.node)], size_guard=sized)
         last.replace_all_uses_with(new)
         for op in reversed(ops):
             gm.graph.erase_node(op.node)
