@@ -148,10 +148,24 @@ def _calib_batches(cfg: CollapseConfig) -> list | None:
     batches = cfg.calib
     if batches is None:
         return None
-    if isinstance(batches, (torch.Tensor, np.ndarray, str, os.PathLike)):
+    if isinstance(batches, (torch.Tensor, np.ndarray, str, os.PathLike)) or not hasattr(batches, "__iter__"):
         raise CollapseError("calib= for a torch model is an iterable of input batches (a list of tensors, "
-                            "or of tuples of tensors), not a single tensor or a path")
-    return list(itertools.islice(iter(batches), cfg.calib_batches)) if cfg.calib_batches else list(batches)
+                            f"or of tuples of tensors); got a value of type {type(batches).__name__}")
+    cap = cfg.calib_batches
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise CollapseError(f"calib_batches must be an integer >= 1 (or None for all), got {cap!r}")
+    # copies: scoring runs the model, which may write into its input (ReLU(inplace=True) on x)
+    return [_copied(b) for b in (itertools.islice(iter(batches), cap) if cap else batches)]
+
+
+def _copied(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.clone()
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_copied(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _copied(v) for k, v in batch.items()}
+    return batch
 
 
 def method_scores(model, cfg: CollapseConfig, notes: list, gm: fx.GraphModule | None = None):

@@ -226,7 +226,7 @@ def batchnorm_op(gm: fx.GraphModule, node: fx.Node) -> BatchNormOp | None:
             return None
         mean, var, g, b, eps = c(1, "running_mean"), c(2, "running_var"), c(3, "weight"), c(4, "bias"), \
             _arg(node, 7, "eps", 1e-5)
-        if mean is None or var is None:
+        if mean is None or var is None or not isinstance(eps, (int, float)):
             return None
         return BatchNormOp(node, [node], node.args[0], g, b, mean, var, float(eps))
     if t in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
@@ -238,7 +238,7 @@ def batchnorm_op(gm: fx.GraphModule, node: fx.Node) -> BatchNormOp | None:
         else:
             eps = _arg(node, 6, "eps", 1e-5)
         g, b, mean, var = c(1, "weight"), c(2, "bias"), c(3, "running_mean"), c(4, "running_var")
-        if mean is None or var is None:
+        if mean is None or var is None or not isinstance(eps, (int, float)):   # eps a SymFloat node: dynamic=True
             return None
         out, nodes = node, [node]
         if t is not aten.batch_norm.default:
@@ -460,10 +460,17 @@ PARTIAL_GRAPH = "collapse_passes.partial_graph"
 
 
 def key_index(sites: list[ActivationSite]) -> dict[str, list[ActivationSite]]:
+    """key -> sites. A module path or site key wins over an fx node name that happens to spell the same
+    (modules `relu` called twice and `relu_1`: the node of `relu`'s second call is also named relu_1)."""
     index: dict[str, list] = {}
+    names: dict[str, list] = {}
     for s in sites:
+        nodes = set(s.node_names)
         for k in dict.fromkeys(s.keys):
-            index.setdefault(k, []).append(s)
+            (names if k in nodes and k not in (s.site, s.path) else index).setdefault(k, []).append(s)
+    for k, found in names.items():
+        if k not in index:
+            index[k] = found
     return index
 
 

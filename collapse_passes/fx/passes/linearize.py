@@ -22,12 +22,12 @@ class LinearizeActivations(FxPass):
     def __init__(self, keys=(), record=None):
         super().__init__(record)
         self.keys = list(keys)
-        self._applied: set = set()   # graph modules already linearized: a fixed-point loop reruns this pass
+        self._mark = f"_collapse_linearized_{id(self)}"   # set on a graph once done: a fixed-point loop reruns us
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        if id(gm) in self._applied:
+        if getattr(gm, self._mark, False):   # on the graph, not id(gm): a freed graph's id is reused
             return PassResult(gm, False)
-        self._applied.add(id(gm))
+        setattr(gm, self._mark, True)
         sites = find_activations(gm)
         index = key_index(sites)
         chosen = {}

@@ -1,0 +1,77 @@
+"""Defects an adversarial pass found in the torch front end, one test each."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+import collapse_passes as cp
+from collapse_passes.errors import CollapseError
+
+
+class TwoRelus(nn.Module):
+    """Module `relu` called twice and a module named `relu_1`: fx names relu's second call `relu_1` too."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.relu, self.relu_1 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x):
+        return self.c(self.relu_1(self.b(self.relu(self.a(self.relu(x))))))
+
+
+def test_a_module_path_wins_over_an_fx_node_name():
+    torch.manual_seed(0)
+    m = TwoRelus().eval()
+    x = torch.randn(3, 4)
+    res = cp.collapse(m, collapse=["relu_1"], example_inputs=(x,))
+    want = m.c(m.b(m.relu(m.a(m.relu(x)))))      # only the module relu_1 linear
+    assert torch.allclose(res.model(x), want, atol=1e-6)
+    assert [a["key"] for a in res.report["activations"] if a["collapsed"]] == ["relu_1"]
+
+
+def test_a_reused_pass_list_linearizes_every_new_graph():
+    from torch.fx.passes.infra.pass_manager import PassManager
+
+    from collapse_passes.fx.passes import default_passes
+
+    passes = default_passes(["relu_1"])
+    for _ in range(60):   # freed graphs' ids come back: a pass that remembered ids skipped some
+        g = torch.fx.symbolic_trace(TwoRelus().eval())
+        out = PassManager(passes, steps=3)(g).graph_module
+        assert not any(n.op == "call_module" and n.target == "relu_1" for n in out.graph.nodes)
+        del g, out
+        gc.collect()
+
+
+class Writes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.r, self.c, self.r2, self.d = nn.ReLU(inplace=True), nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.d(self.r2(self.c(self.r(x))))   # self.r writes into the caller's tensor
+
+
+def test_calibration_batches_are_not_written_and_bad_caps_are_one_line():
+    m = Writes().eval()
+    x = torch.randn(1, 3, 8, 8)
+    cal = [torch.randn(2, 3, 8, 8) for _ in range(3)]
+    kept = [c.clone() for c in cal]
+    cp.collapse(m, method="easier", calib=cal, threshold=0.9, example_inputs=(x,))
+    assert all(torch.equal(a, b) for a, b in zip(cal, kept))
+    for bad in (dict(calib=cal, calib_batches=0), dict(calib=cal, calib_batches=-1), dict(calib=5)):
+        with pytest.raises(CollapseError, match="calib"):
+            cp.collapse(m, method="easier", threshold=0.5, example_inputs=(x,), **bad)
+
+
+def test_dynamic_torch_compile_with_batchnorm():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    be = cp.torch_backend(inductor=False)
+    c = torch.compile(m, backend=be, dynamic=True)
+    for hw in (8, 12):
+        x = torch.randn(2, 3, hw, hw)
+        assert torch.allclose(c(x), m(x), atol=1e-5)
