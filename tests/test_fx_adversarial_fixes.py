@@ -75,3 +75,28 @@ def test_dynamic_torch_compile_with_batchnorm():
     for hw in (8, 12):
         x = torch.randn(2, 3, hw, hw)
         assert torch.allclose(c(x), m(x), atol=1e-5)
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.r, self.o = nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)
+
+    def forward(self, x):
+        if not torch.is_tensor(x):   # symbolic tracing sees a Proxy here and takes this branch
+            x = x * 0.5
+        return self.o(self.r(self.a(x)))
+
+
+def test_a_trace_that_differs_from_the_model_is_refused():
+    with pytest.raises(CollapseError, match="trace of the model computes other outputs.*torch.export"):
+        cp.collapse(Branchy().eval(), collapse=["r"], example_inputs=(torch.randn(3, 4),))
+    ep = torch.export.export(Branchy().eval(), (torch.randn(3, 4),))
+    assert cp.collapse(ep, collapse=["r"]).passed
+
+
+def test_wrong_example_shapes_print_one_line_not_a_torch_traceback(capfd):
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with pytest.raises(CollapseError, match="does not run on example_inputs"):
+        cp.collapse(m, example_inputs=(torch.randn(1, 4, 8, 8),))
+    assert "Traceback" not in capfd.readouterr().err

@@ -340,6 +340,25 @@ def run_outputs(model, feeds) -> list[list[np.ndarray]]:
     return outs
 
 
+def _check_trace(model, traced, example_inputs, cfg: CollapseConfig) -> None:
+    """The traced graph must compute what the model computes: symbolic tracing cannot see Python-level
+    branches on values (torch.is_tensor(x), isinstance, data checks) and may take another branch than eager."""
+    from ..core.runtime import compare
+
+    try:
+        want = run_outputs(model, [example_inputs])
+    except Exception as exc:   # noqa: BLE001 - the trace ran on these inputs, the model itself does not
+        raise CollapseError(f"the model does not run on example_inputs ({_first_line(exc)}) although its torch.fx "
+                            "trace does; pass inputs the model accepts") from None
+    got = run_outputs(traced, [example_inputs])
+    c = compare(want, got, [f"output{i}" for i in range(len(want[0]))], cfg.rtol, cfg.atol)
+    if not c.passed:
+        raise CollapseError(f"torch.fx's trace of the model computes other outputs than the model on example_inputs "
+                            f"(max abs {c.max_abs:.3g}{'; ' + c.why if c.why else ''}): its forward branches on "
+                            "Python values tracing cannot see (torch.is_tensor, isinstance, shape or data checks); "
+                            "pass torch.export.export(model, example_inputs) instead")
+
+
 def verify_torch(original, requested, result, feeds, rtol: float, atol: float, desc: str):
     from ..core.runtime import compare, nonfinite_request
     from ..verify import Verification
@@ -418,6 +437,8 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     sites, chosen, scores = select(gm, cfg, notes, warnings, computed)
     names = [s.keys[0] for s in chosen]   # the site's own key: an fx node name can equal a shared root module's path
     original = copy.deepcopy(gm)
+    if kind == "nn.Module":
+        _check_trace(model, original, example_inputs, cfg)
     before = graph_stats(original)
     record = FxRecord()
     requested = reference = requested_semantics(original, names, blocks_removed)

@@ -91,8 +91,11 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True) -> 
 
     feeds = [t.clone() if clone and isinstance(t, torch.Tensor) else t for t in example_inputs]
     prop = ShapeProp(gm)
-    try:
-        with torch.no_grad():
+    import contextlib
+    import io
+
+    try:   # ShapeProp prints the traceback of a failing node to stderr itself: the user gets our one line
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             prop.propagate(*feeds)
     except Exception as exc:   # wrong shapes or dtypes for this model: the user's input, one line
         cause = exc.__cause__ or exc
