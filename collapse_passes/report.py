@@ -21,6 +21,15 @@ def build_report(*, input, activations: list, before: dict, after: dict, verific
     same order, same derived fields); `started` is the run's time.perf_counter() at its start."""
     import time
 
+    pr = pruning or {}
+    data_dep = bool(pr.get("data_dependent"))
+    if data_dep:
+        n = sum(g.get("channels_before", 0) - g.get("channels_after", 0) for g in pr.get("groups", [])
+                if str(g.get("kind", "")).startswith("data-dependent"))
+        warnings = list(warnings) + [
+            f"{n or 'some'} channel(s) removed because their ReLU was off on every calibration sample: the result "
+            "equals the input model only on inputs that keep them off (verified on the calibration data); "
+            "--no-prune (prune=False) keeps them"]
     return {
         "input": input,
         "activations": activations,
@@ -30,7 +39,8 @@ def build_report(*, input, activations: list, before: dict, after: dict, verific
         "after": after,
         "verification": verification,
         "passed": bool(passed),
-        "approximate": bool(approximations),
+        # border approximations, a ratio prune, or channels removed as off on the calibration data only
+        "approximate": bool(approximations) or data_dep or bool(pr.get("ratio")),
         "approximations": approximations,
         "folds": folds,
         "merges": merges,

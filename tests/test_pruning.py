@@ -444,6 +444,10 @@ def test_data_dependent_removal_with_calib(tmp_path):
     first = pr["groups"][0]  # b1's ReLU: the planted channels (random calibration data may switch off others too)
     assert first["channels_before"] == 6 and first["channels_after"] <= 4 and "data-dependent" in first["kind"]
     assert res.passed and res.report["verification"]["against_requested"]["passed"]
+    # removal that holds on the calibration data only is said: approximate, with a warning (it was "exact")
+    assert res.report["approximate"] and not plain.report["approximate"]
+    assert any("off on every calibration sample" in w for w in res.report["warnings"])
+    assert api.collapse(path, calib=str(calib), prune_ratio=None, prune=False).report["approximate"] is False
     # torch front end: the same channels, and the result equals the module with them forced to 0
     batches = [torch.from_numpy(_x((8, 3, 16, 16), seed=s)) for s in (3, 4)]
     pm, frep = prune_module(m, batches[0][:1], calib=batches)
@@ -488,6 +492,7 @@ def test_ratio_importance_statistics_and_user_scores(tmp_path):
     r = api.collapse(path, prune_ratio=0.34, prune_importance=str(scores))
     rows = r.report["pruning"]["ratio"]["groups"]
     assert [(x["group"], x["channels_before"], x["channels_after"]) for x in rows] == [("/c1/Conv", 6, 4)]
+    assert r.report["approximate"]   # a ratio prune is an approximation, at the top of the report too
     assert r.model is not None and r.report["pruning"]["ratio"]["params_saved"] == 2 * (3 * 9 + 1) + 2 * 8 * 9  # c1 filters + biases (BN folded by the exporter), c2 inputs
 
 
