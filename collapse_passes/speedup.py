@@ -10,6 +10,8 @@ No torch here: the CLI's --target-speedup and the torch training loop both use i
 """
 from __future__ import annotations
 
+import itertools
+
 from .algebra.cost import CostModel
 from .errors import CollapseError
 
@@ -58,21 +60,42 @@ def predicted_speedup(before: dict, after: dict, cost_model: CostModel | None = 
     return stats_cost(before, cost_model) / a if a > 0 else float("inf")
 
 
-def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float) -> tuple[list, list]:
+def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float, window: int = 2) -> tuple[list, list]:
     """Greedy, lowest score first: take an item when cost_of(taken + [item]) is lower than the cost of
-    what is taken so far; stop once base_cost / cost reaches target. Returns (taken, history) with one
-    history row per item tried: {item, cost, speedup, taken}."""
-    taken, history = [], []
+    what is taken so far; stop once base_cost / cost reaches target. An item that buys nothing alone is
+    tried again together with the next ones (up to `window` pending items before it): a MobileNetV2 block
+    merges into one conv only when both of its activations go, and neither alone enables a merge.
+    Returns (taken, history) with one history row per item tried: {item, cost, speedup, taken, with}."""
+    taken, history, pending = [], [], []
     cur = cost_of([])
     for item in ranked:
         if base_cost / cur >= target:
             break
-        c = cost_of(taken + [item])
-        ok = c < cur * (1.0 - 1e-6)
-        history.append({"item": item, "cost": c, "speedup": base_cost / c if c else float("inf"), "taken": ok})
-        if ok:
-            taken.append(item)
-            cur = c
+        best = None
+        recent = pending[len(pending) - window:] if window else []
+        for k in range(0, len(recent) + 1):   # the item alone, then with one recent pending item, then two, ...
+            for extra in itertools.combinations(reversed(recent), k):
+                group = [p for p in recent if any(p is e for e in extra)] + [item]
+                c = cost_of(taken + group)
+                if c < cur * (1.0 - 1e-6):
+                    best = (c, group)
+                    break
+            if best:
+                break
+        c = best[0] if best else c
+        row = {"item": item, "cost": c, "speedup": base_cost / c if c else float("inf"), "taken": best is not None,
+               "with": [] if best is None else best[1][:-1]}
+        history.append(row)
+        if best is not None:
+            for g in best[1][:-1]:   # the pending items taken along
+                pending = [p for p in pending if p is not g]
+                for h in history:
+                    if h["item"] is g:
+                        h["taken"] = True
+            taken.extend(best[1])
+            cur = best[0]
+        else:
+            pending.append(item)
     return taken, history
 
 
@@ -119,7 +142,9 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
     notes.append(f"--target-speedup {cfg.target_speedup}: {len(taken)} activation(s) collapsed, {skipped} skipped "
                  f"(no predicted gain), predicted speed-up {final:.3f}x (MACs + per-op cost of the merged graph)"
                  + ("" if final >= cfg.target_speedup else "; target not reached"))
-    rows = [{"key": getattr(h["item"], "name", str(h["item"])), "predicted_speedup": h["speedup"], "taken": h["taken"]}
-            for h in hist]
+    from .core.selection import display_key
+
+    rows = [{"key": display_key(h["item"]), "predicted_speedup": h["speedup"], "taken": h["taken"],
+             **({"with": [display_key(g) for g in h["with"]]} if h["with"] else {})} for h in hist]
     ids = {id(a) for a in forced + taken}
     return [a for a in acts if id(a) in ids], rows
