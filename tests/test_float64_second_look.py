@@ -1,0 +1,53 @@
+"""When the float32 gate fails, the requested semantics and the result are evaluated again in float64
+(onnx's reference evaluator; a float64 copy on the torch side): an exact collapse whose float32 sums round
+differently passes, with both numbers said; a wrong result still fails."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import collapse_passes as cp
+from collapse_passes import verify
+from collapse_passes.errors import VerificationError
+from conftest import export_quiet
+
+
+def _net():
+    """y = h1 - h2 with h ~ 1e5 x: float32 loses ~1e-2 to the cancellation at run time; the merged weights
+    (W2 @ W1 = small integers, computed once) do not, so float32 result and request differ beyond rtol."""
+    m = nn.Sequential(nn.Linear(8, 2), nn.ReLU(), nn.Linear(2, 1)).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.stack([torch.full((8,), 1e5) + torch.arange(8.0), torch.full((8,), 1e5)]))
+        m[0].bias.fill_(0.0)
+        m[2].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        m[2].bias.fill_(0.0)
+    return m
+
+
+def test_float32_rounding_passes_on_the_float64_look(tmp_path):
+    path = export_quiet(_net(), tmp_path / "m.onnx", (1, 8), dynamo=False)
+    res = cp.collapse(path, collapse=["1"])
+    ar = res.report["verification"]["against_requested"]
+    assert res.passed and ar["max_rel"] > 1e-4 and "float64 agree" in ar["why"]
+    assert any("float64" in w for w in res.report["warnings"])
+    assert len(res.report["merges"]) == 1
+    rt = cp.collapse(_net(), collapse=["1"], example_inputs=(torch.randn(1, 8),))
+    assert rt.passed and "float64 agree" in rt.report["verification"]["against_requested"]["why"]
+
+
+def test_a_wrong_result_still_fails(tmp_path, monkeypatch):
+    path = export_quiet(_net(), tmp_path / "m.onnx", (1, 8), dynamo=False)
+    real = verify._reference_run
+    calls = []
+
+    def off(model, feeds):   # the second evaluation (the result's) is off
+        calls.append(model)
+        outs = real(model, feeds)
+        return outs if len(calls) % 2 else [[o + 1.0 for o in f] for f in outs]
+
+    monkeypatch.setattr(verify, "_reference_run", off)
+    with pytest.raises(VerificationError, match="differs from the requested semantics"):
+        cp.collapse(path, collapse=["1"])
+    assert calls
