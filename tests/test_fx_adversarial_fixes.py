@@ -100,3 +100,21 @@ def test_wrong_example_shapes_print_one_line_not_a_torch_traceback(capfd):
     with pytest.raises(CollapseError, match="does not run on example_inputs"):
         cp.collapse(m, example_inputs=(torch.randn(1, 4, 8, 8),))
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_low_precision_models_and_keyword_exports_are_one_line():
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval().to(torch.bfloat16)
+    with pytest.raises(CollapseError, match="bfloat16 weights.*model.float"):
+        cp.collapse(m, collapse=["1"], example_inputs=(torch.randn(1, 4, dtype=torch.bfloat16),))
+
+    class TwoIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.r = nn.Linear(6, 4), nn.Linear(5, 4), nn.ReLU()
+
+        def forward(self, x, y):
+            return self.r(self.a(x) + self.b(y))
+
+    ep = torch.export.export(TwoIn().eval(), (torch.randn(2, 6),), kwargs={"y": torch.randn(2, 5)})
+    with pytest.raises(CollapseError, match="keyword input"):
+        cp.collapse(ep, collapse=["r"])

@@ -116,6 +116,11 @@ def _training_bn_in_program(ep) -> list[str]:
 def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
     """(a GraphModule the passes may change, the input's kind): never modifies the caller's model."""
     if isinstance(model, torch.export.ExportedProgram):
+        ex = getattr(model, "example_inputs", None)
+        if ex is not None and len(ex) > 1 and ex[1]:
+            raise CollapseError(f"the program was exported with keyword input(s) {', '.join(map(str, ex[1]))}: "
+                                "export it with positional inputs only (torch.export.export(model, (x, y))) or "
+                                "pass the nn.Module with example_inputs")
         bad = _training_bn_in_program(model)
         if bad:
             raise CollapseError(f"the program was exported in training mode (BatchNorm {bad[0]} uses batch "
@@ -124,6 +129,11 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
     if not isinstance(model, torch.nn.Module):
         raise CollapseError(f"expected an ONNX model, nn.Module, GraphModule or ExportedProgram, got "
                             f"{type(model).__name__}")
+    low = sorted({str(t.dtype).replace("torch.", "") for t in list(model.parameters()) + list(model.buffers())
+                  if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)})
+    if low:
+        raise CollapseError(f"the model holds {', '.join(low)} weights: the merges are computed and verified in "
+                            "float32/float64; call model.float() first (and convert the result back after)")
     bad = training_batchnorms(model)
     if bad:
         what = type(model.get_submodule(bad[0])).__name__
