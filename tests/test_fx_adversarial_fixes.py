@@ -118,3 +118,31 @@ def test_low_precision_models_and_keyword_exports_are_one_line():
     ep = torch.export.export(TwoIn().eval(), (torch.randn(2, 6),), kwargs={"y": torch.randn(2, 5)})
     with pytest.raises(CollapseError, match="keyword input"):
         cp.collapse(ep, collapse=["r"])
+
+
+class Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.r, self.o = nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)
+
+    def forward(self, x, mask=None):
+        h = self.o(self.r(self.a(x)))
+        return h * mask if mask is not None else h
+
+
+def test_an_input_left_at_its_default_is_named():
+    m, x = Masked().eval(), torch.randn(3, 4)
+    with pytest.raises(CollapseError, match=r"mask keeps its default.*torch.export"):
+        cp.collapse(m, collapse=["r"], example_inputs=(x,))
+    res = cp.collapse(m, collapse=["r"], example_inputs=(x, torch.ones(3, 2)))
+    assert res.passed
+
+
+def test_labelled_calibration_batches_get_a_hint():
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    loader = [(torch.randn(8, 4), torch.zeros(8)) for _ in range(2)]
+    with pytest.raises(CollapseError, match=r"inputs, labels\) pass the inputs only"):
+        cp.collapse(m, method="easier", calib=loader, threshold=0.5, example_inputs=(torch.randn(1, 4),))
+    res = cp.collapse(m, method="easier", calib=(x for x, _ in loader), threshold=0.5,
+                      example_inputs=(torch.randn(1, 4),))
+    assert res.report["score_details"]["scores"]

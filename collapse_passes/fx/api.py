@@ -350,6 +350,24 @@ def run_outputs(model, feeds) -> list[list[np.ndarray]]:
     return outs
 
 
+def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
+    """symbolic tracing makes every forward parameter an input, `mask=None` included: the traced graph
+    then follows the `mask is not None` branch, so inputs left at their default cannot be traced."""
+    import inspect
+
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    missing = [n for n in phs[len(example_inputs):] if not isinstance(n.target, str) or not n.target.startswith("*")]
+    if not missing:
+        return
+    defaults = [n.name for n in missing if n.args and n.args[0] is not inspect.Parameter.empty]
+    raise CollapseError(f"the traced model takes {len(phs)} input(s) and example_inputs gives {len(example_inputs)}; "
+                        f"{', '.join(n.name for n in missing)} "
+                        + (("keeps its default" if len(missing) == 1 else "keep their defaults") +
+                           ", which symbolic tracing cannot follow (it traces them as inputs); "
+                           "give them in example_inputs or pass torch.export.export(model, example_inputs)"
+                           if defaults else "are missing: give every input in example_inputs"))
+
+
 def _check_trace(model, traced, example_inputs, cfg: CollapseConfig) -> None:
     """The traced graph must compute what the model computes: symbolic tracing cannot see Python-level
     branches on values (torch.is_tensor(x), isinstance, data checks) and may take another branch than eager."""
@@ -449,6 +467,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     if cfg.check < 1:
         raise CollapseError("check must be at least 1: every result is verified")
     notes, warnings = [], []
+    _check_input_count(gm, example_inputs)
     propagate_shapes(gm, example_inputs)
     computed = method_scores(model, cfg, notes, gm) if cfg.method else None
     block_scores = dict(computed.scores) if computed is not None and computed.kind == "block" else {}

@@ -189,8 +189,13 @@ def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int
                 except CollapseError:
                     raise
                 except Exception as exc:
+                    hint = ""
+                    if isinstance(batch, (tuple, list)) and len(batch) > 1 and "positional argument" in str(exc):
+                        hint = (f"; a batch is a tuple of {len(batch)} items, each given to forward as an input: "
+                                "for a DataLoader of (inputs, labels) pass the inputs only, e.g. "
+                                "calib=(x for x, _ in loader)")
                     raise CollapseError(f"module_scores: the model failed on a calibration batch "
-                                        f"({' '.join(str(exc).split())[:160]})") from None
+                                        f"({' '.join(str(exc).split())[:160]}){hint}") from None
                 for k, n in state["count"].items():
                     calls[k] = max(calls.get(k, 0), n)
                 samples += int(first.shape[0]) if first is not None and first.dim() else 1
