@@ -74,3 +74,22 @@ def test_pieces_with_external_data_read_back_as_the_model(exported, tmp_path):
         assert a.name == b.name
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
     assert back.graph.node == model.graph.node
+
+
+def test_a_proto_whose_external_weights_are_not_loaded_is_one_line(tmp_path):
+    import onnx
+    import pytest
+    import torch
+
+    import collapse_passes as cp
+    from collapse_passes.errors import CollapseError
+    from conftest import export_quiet
+
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval()
+    path = export_quiet(m, tmp_path / "m.onnx", (1, 64), dynamo=False)
+    onnx.save(onnx.load(path), str(tmp_path / "e.onnx"), save_as_external_data=True, location="e.data",
+              size_threshold=0)
+    proto = onnx.load(str(tmp_path / "e.onnx"), load_external_data=False)
+    with pytest.raises(CollapseError, match="weights are not loaded.*pass the model's path"):
+        cp.collapse(proto)
+    assert cp.collapse(str(tmp_path / "e.onnx")).passed

@@ -165,6 +165,11 @@ def as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:
     if isinstance(model_or_path, ModelFile):
         return model_or_path.model, model_or_path.path
     if isinstance(model_or_path, onnx.ModelProto):
+        ext = next((t.name for t in model_or_path.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                    and not t.raw_data), None)
+        if ext is not None:   # a proto from onnx.load(..., load_external_data=False): its weights are elsewhere
+            raise CollapseError(f"the ModelProto's weights are not loaded (initializer {ext!r} is stored in an "
+                                "external data file): pass the model's path, or onnx.load(path) with its data")
         if any(not n.name for n in model_or_path.graph.node):
             copy = onnx.ModelProto()
             copy.CopyFrom(model_or_path)   # the caller's proto is never modified
