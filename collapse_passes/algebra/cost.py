@@ -117,3 +117,20 @@ class CostModel:
     def seconds(self, cost: float) -> float:
         """MAC-equivalents back to (modelled) seconds."""
         return float(cost) / self.macs_per_second
+
+
+@dataclass
+class OnDemandCostModel(CostModel):
+    """A CostModel that measures a signature the first time the planner asks for it: time_signature
+    (overridden by each front end: onnxruntime in onnx/measure.py, eager torch in fx/measure.py) gives
+    seconds, or None for an op it cannot build (priced by MACs then); results stay in measured_seconds."""
+
+    def time_signature(self, signature) -> float | None:
+        return None
+
+    def op_cost(self, kind: str, macs: float, signature=None) -> float:
+        if signature is not None and signature not in self.measured_seconds:
+            t = self.time_signature(signature)
+            if t is not None:
+                self.measured_seconds[signature] = t
+        return super().op_cost(kind, macs, signature)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..algebra.cost import CostModel
+from ..algebra.cost import OnDemandCostModel
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -61,13 +61,10 @@ def time_op(fn, x, min_run_time: float = 0.02) -> float:
 
 
 @dataclass
-class TorchMeasuredCostModel(CostModel):
+class TorchMeasuredCostModel(OnDemandCostModel):
     """CostModel whose conv / linear / elementwise costs are eager torch latencies measured on demand."""
     min_run_time: float = 0.02
 
-    def op_cost(self, kind: str, macs: float, signature=None) -> float:
-        if signature is not None and signature not in self.measured_seconds and signature[0] in _BUILDERS:
-            built = _BUILDERS[signature[0]](signature)
-            if built is not None:
-                self.measured_seconds[signature] = time_op(*built, self.min_run_time)
-        return super().op_cost(kind, macs, signature)
+    def time_signature(self, signature) -> float | None:
+        built = _BUILDERS[signature[0]](signature) if signature[0] in _BUILDERS else None
+        return None if built is None else time_op(*built, self.min_run_time)

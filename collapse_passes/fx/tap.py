@@ -11,20 +11,19 @@ from ..errors import CollapseError
 
 
 def _batch_args(gm: fx.GraphModule, batch) -> tuple:
-    if isinstance(batch, np.ndarray):
-        batch = torch.from_numpy(batch)
-    if isinstance(batch, torch.Tensor):
-        return (batch,)
-    if isinstance(batch, (tuple, list)):
-        return tuple(torch.from_numpy(b) if isinstance(b, np.ndarray) else b for b in batch)
-    if isinstance(batch, dict):
-        names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
-        missing = [n for n in names if n not in batch]
-        if missing:
-            raise CollapseError(f"calib: a dict batch lacks the model input(s) {', '.join(missing)} "
-                                f"(the model's inputs are {', '.join(names)})")
-        return tuple(torch.from_numpy(batch[n]) if isinstance(batch[n], np.ndarray) else batch[n] for n in names)
-    raise CollapseError(f"calib: a calibration batch must be a tensor, array, tuple or dict, got {type(batch).__name__}")
+    """Positional inputs of gm for one calibration batch (an fx Interpreter takes no keywords: a dict
+    batch is ordered by the graph's placeholders); the conversion is the hooks' (torch_hooks._as_call)."""
+    from ..scores.torch_hooks import _as_call
+
+    args, kw, _ = _as_call(batch, torch)
+    if not kw:
+        return args
+    names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
+    missing = [n for n in names if n not in kw]
+    if missing:
+        raise CollapseError(f"calib: a dict batch lacks the model input(s) {', '.join(missing)} "
+                            f"(the model's inputs are {', '.join(names)})")
+    return tuple(kw[n] for n in names)
 
 
 class _Tap(fx.Interpreter):

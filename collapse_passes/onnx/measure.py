@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..algebra.cost import CostModel
+from ..algebra.cost import CostModel, OnDemandCostModel
 
 
 def _conv_model(sig) -> tuple[onnx.ModelProto, dict]:
@@ -65,18 +65,16 @@ def time_model(model: onnx.ModelProto, feed: dict, repeat: int = 30, warmup: int
 
 
 @dataclass
-class MeasuredCostModel(CostModel):
+class MeasuredCostModel(OnDemandCostModel):
     """CostModel whose conv/dense costs are onnxruntime latencies measured on demand."""
     repeat: int = 20
     empty_op_seconds: float = field(default=0.0)
 
-    def op_cost(self, kind: str, macs: float, signature=None) -> float:
-        if signature is None or signature[0] not in _BUILDERS:
-            return super().op_cost(kind, macs, signature)
-        if signature not in self.measured_seconds:
-            model, feed = _BUILDERS[signature[0]](signature)
-            self.measured_seconds[signature] = time_model(model, feed, repeat=self.repeat)
-        return float(self.measured_seconds[signature]) * self.macs_per_second
+    def time_signature(self, signature) -> float | None:
+        if signature[0] not in _BUILDERS:
+            return None
+        model, feed = _BUILDERS[signature[0]](signature)
+        return time_model(model, feed, repeat=self.repeat)
 
 
 def measured_cost_model(model: onnx.ModelProto, base: CostModel) -> MeasuredCostModel:
