@@ -25,3 +25,16 @@ def test_stops_at_the_target_and_one_at_a_time_when_items_pay_alone():
     assert taken == []      # with a window of one, d between them hides the pair
     taken, _ = choose_for_speedup(["a", "d", "b"], _cost, target=10.0, base_cost=100.0, window=2)
     assert sorted(taken) == ["a", "b"]
+
+
+def test_target_speedup_run_does_not_warn_that_nothing_was_collapsed(exported):
+    """--target-speedup chooses from the scores: the 'scores without --threshold' warning was said
+    beside a run that collapsed several activations."""
+    import collapse_passes as cp
+
+    path = exported("mobilenet_v2")
+    keys = [r["key"] for r in cp.list_keys(path)]
+    res = cp.collapse(path, scores={k: 0.0 for k in keys}, target_speedup=1.05)
+    assert res.report["target_speedup"]["tried"]
+    assert sum(r["collapsed"] for r in res.report["activations"]) >= 2
+    assert not any("nothing collapsed" in w for w in res.report["warnings"]), res.report["warnings"]

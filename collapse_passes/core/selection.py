@@ -184,6 +184,6 @@ def choose(acts, index, act_scores: dict, cfg, warnings: list) -> list:
         ranked = sorted(scored, key=lambda a: (act_scores[id(a)], acts.index(a)))
         for a in ranked[:cfg.remove]:
             chosen[id(a)] = a
-    elif act_scores and not cfg.collapse:
-        warnings.append("scores given without --threshold or --remove: nothing collapsed")
+    elif act_scores and not cfg.collapse and getattr(cfg, "target_speedup", None) is None:
+        warnings.append("scores given without --threshold, --remove or --target-speedup: nothing collapsed")
     return [a for a in acts if id(a) in chosen]
