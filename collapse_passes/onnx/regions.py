@@ -1,0 +1,138 @@
+"""The linear region around collapsed activations, cut out as a model of its own.
+
+A collapse changes the graph only where linear ops meet through the collapsed activations: folding,
+chain merging, residual absorption and bias-map propagation all stay inside the connected region of
+linear ops (Conv, Gemm, MatMul/Mul/Div by a constant, Add, BatchNorm, reshapes) joined by collapsed
+activations, bounded by the activations left alone and by every nonlinear op. --target-speedup prices
+tens to hundreds of candidate sets; running the passes on those regions instead of the whole graph
+makes each price a few small runs (MobileNetV3-L at 224: 160 s -> seconds).
+
+    linear_regions(acts, collapsed_ids, float_tensors) -> [frozenset of node names], one per region
+    region_model(model, names, types)                  -> the region as an ONNX model, or None
+"""
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+#: ops that are linear (affine) in their float inputs whatever their constant operands are
+_LINEAR = {"Conv", "ConvTranspose", "Gemm", "BatchNormalization", "Add", "Sub", "Neg", "Identity", "Pad",
+           "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Dropout",
+           "Sum", "Cast"}
+#: linear only when one operand is a constant (x @ W, x * s); x @ y and x * y are not
+_LINEAR_WITH_CONSTANT = {"MatMul", "Mul", "Div"}
+_FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def _is_constant(t) -> bool:
+    import onnx_graphsurgeon as gs
+
+    if isinstance(t, gs.Constant):
+        return True
+    return bool(t.inputs) and t.inputs[0].op == "Constant"
+
+
+def _linear(node) -> bool:
+    if node.op in _LINEAR:
+        return True
+    if node.op in _LINEAR_WITH_CONSTANT:
+        return any(_is_constant(t) for t in node.inputs)
+    return False
+
+
+def linear_regions(acts, collapsed_ids: set, float_tensors: set) -> list[frozenset]:
+    """Node-name sets of the connected linear regions that hold the collapsed activations
+    (id(activation) in collapsed_ids). Walks only float tensors (shape arithmetic is not part of a
+    region) and never into an activation left alone."""
+    act_of = {id(n): a for a in acts for n in a.nodes}
+    seen: set = set()
+    regions = []
+    for a in acts:
+        if id(a) not in collapsed_ids or id(a.nodes[-1]) in seen:
+            continue
+        region, names, todo = set(), set(), list(a.nodes)
+        while todo:
+            n = todo.pop()
+            if id(n) in region:
+                continue
+            region.add(id(n))
+            names.add(n.name)
+            seen.add(id(n))
+            owner = act_of.get(id(n))
+            if owner is not None:
+                todo.extend(m for m in owner.nodes if id(m) not in region)
+            neighbours = [p for t in n.inputs if t.name in float_tensors for p in t.inputs]
+            neighbours += [c for t in n.outputs if t.name in float_tensors for c in t.outputs]
+            for m in neighbours:
+                if id(m) in region:
+                    continue
+                owner = act_of.get(id(m))
+                if owner is not None:
+                    if id(owner) in collapsed_ids:
+                        todo.append(m)
+                elif _linear(m):
+                    todo.append(m)
+        regions.append(frozenset(names))
+    return regions
+
+
+def float_tensor_names(types: dict, model: onnx.ModelProto) -> set:
+    """Names of the float tensors, from inferred types (shapes.inferred_types) and the graph's inputs."""
+    out = set()
+    for vi in list(model.graph.input) + list(model.graph.output) + list(types.values()):
+        if vi.type.tensor_type.elem_type in _FLOAT:
+            out.add(vi.name)
+    return out
+
+
+def region_model(model: onnx.ModelProto, names: frozenset, types: dict) -> onnx.ModelProto | None:
+    """The nodes named `names` (plus the Constant nodes they read) as a model: the tensors they read
+    from outside are its inputs, the tensors read outside (or graph outputs) its outputs, typed from
+    `types` (tensor name -> ValueInfoProto). None when a node is unnamed, a name is not unique, or a
+    boundary tensor has no known shape."""
+    g = model.graph
+    nodes = [n for n in g.node if n.name in names]
+    if len(nodes) != len(names) or any(not n.name for n in nodes):
+        return None
+    produced = {o for n in nodes for o in n.output}
+    consts = {o: n for n in g.node if n.op_type == "Constant" for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    graph_in = {vi.name: vi for vi in g.input}
+    graph_out = {vi.name for vi in g.output}
+    extra_consts, used_inits, inputs = [], [], []
+    for n in nodes:
+        for t in n.input:
+            if not t or t in produced:
+                continue
+            if t in consts:
+                if consts[t].name not in {c.name for c in extra_consts}:
+                    extra_consts.append(consts[t])
+            elif t in inits:
+                if t not in {i.name for i in used_inits}:
+                    used_inits.append(inits[t])
+            elif t not in {i.name for i in inputs}:
+                vi = graph_in.get(t) or types.get(t)
+                if vi is None or not _static(vi):
+                    return None
+                inputs.append(vi)
+    read_outside = {t for n in g.node if n.name not in names for t in n.input}
+    outputs = []
+    for n in nodes:
+        for t in n.output:
+            if t and (t in read_outside or t in graph_out):
+                vi = types.get(t)
+                if vi is None or not _static(vi):
+                    return None
+                outputs.append(vi)
+    if not outputs:
+        return None
+    sub = helper.make_graph(extra_consts + nodes, "region", inputs, outputs, used_inits)
+    m = helper.make_model(sub, opset_imports=list(model.opset_import))
+    m.ir_version = model.ir_version
+    m.functions.extend(model.functions)
+    return m
+
+
+def _static(vi) -> bool:
+    tt = vi.type.tensor_type
+    return tt.HasField("shape") and all(d.HasField("dim_value") and d.dim_value > 0 for d in tt.shape.dim)
