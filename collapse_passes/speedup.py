@@ -108,13 +108,13 @@ class RegionPricer:
     fails to run falls back to `full_cost` for that candidate."""
 
     def __init__(self, model, acts, forced: list, full_cost, run_region, cost_model):
-        from .onnx.regions import float_tensor_names
+        from .onnx.regions import non_float_tensor_names
         from .onnx.shapes import inferred_types
 
         self.model, self.acts, self.forced = model, acts, list(forced)
         self.full_cost, self.run_region, self.cm = full_cost, run_region, cost_model
         self.types = inferred_types(model) or {}
-        self.floats = float_tensor_names(self.types, model)
+        self.non_float = non_float_tensor_names(self.types, model)
         self.memo: dict = {}
         self.base = None
 
@@ -122,10 +122,13 @@ class RegionPricer:
         key = (names, collapsed)
         if key not in self.memo:
             from .onnx.analysis import model_stats
-            from .onnx.regions import region_model
+            from .onnx.regions import region_model, run_types
 
             cost = None
-            sub = region_model(self.model, names, self.types)
+            sub, missing = region_model(self.model, names, self.types)
+            if missing:   # boundary shapes inference lost: read them from one run, then cut again
+                self.types.update(run_types(self.model, missing))
+                sub, missing = region_model(self.model, names, self.types)
             if sub is not None:
                 try:
                     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in sub.graph.input}
@@ -145,7 +148,7 @@ class RegionPricer:
             return self.base
         chosen = self.forced + list(items)
         delta = 0.0   # per region: its cost with the items collapsed minus its cost in the base (forced only)
-        for names in linear_regions(self.acts, {id(a) for a in chosen}, self.floats):
+        for names in linear_regions(self.acts, {id(a) for a in chosen}, self.non_float):
             inside = frozenset(a.name for a in chosen if a.name in names)
             forced = frozenset(a.name for a in self.forced if a.name in names)
             if inside == forced:

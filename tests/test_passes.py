@@ -242,3 +242,22 @@ def test_weights_shared_through_identity_count_in_macs():
 
     st = model_stats(m)
     assert st.macs == c * c * 16 and st.nodes == 2
+
+
+def test_toposort_sorts_an_unsorted_graph_and_leaves_a_sorted_one_alone(monkeypatch):
+    """onnx/graph.toposort skips graphsurgeon's recursive sort when the order already is topological."""
+    import onnx_graphsurgeon as gs
+
+    from collapse_passes.onnx.graph import toposort
+
+    x = gs.Variable("x", np.float32, [1, 4])
+    a, b = gs.Variable("a", np.float32, [1, 4]), gs.Variable("b", np.float32, [1, 4])
+    n1, n2 = gs.Node("Relu", "n1", inputs=[x], outputs=[a]), gs.Node("Neg", "n2", inputs=[a], outputs=[b])
+    g = gs.Graph(nodes=[n2, n1], inputs=[x], outputs=[b])
+    assert [n.name for n in toposort(g).nodes] == ["n1", "n2"]
+    calls = []
+    monkeypatch.setattr(gs.Graph, "toposort", lambda self, *a, **k: calls.append(1) or self)
+    assert toposort(g) is g and not calls
+    g.nodes.reverse()
+    toposort(g)
+    assert calls == [1]

@@ -51,7 +51,7 @@ def test_a_region_that_cannot_be_cut_out_is_priced_on_the_whole_graph(exported, 
     from collapse_passes.onnx import regions
 
     model = onnx.load(exported("mobilenet_v2", False))
-    monkeypatch.setattr(regions, "region_model", lambda *a: None)   # as for unnamed nodes or unknown shapes
+    monkeypatch.setattr(regions, "region_model", lambda *a: (None, []))   # as for unnamed nodes
     acts, full, region, calls = _pricers(model)
     region([])
     calls["full"] = 0

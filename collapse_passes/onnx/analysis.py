@@ -8,7 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..algebra.cost import conv_macs, linear_macs
-from .graph import const_value
+from .graph import const_value, toposort
 from .linear_ops import ConvView, DenseView
 from .patterns import NONLINEAR_OPS, find_activations
 from .shapes import complete_mac_shapes, with_shapes
@@ -73,7 +73,7 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
         acts = None
     else:
         complete_mac_shapes(graph, model)
-    graph.toposort()
+    toposort(graph)
     if acts is None:
         acts = find_activations(graph)
     anchor = {id(a.nodes[-1]) for a in acts}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
-from .graph import const_value
+from .graph import const_value, toposort
 from .keys import module_path_from_metadata, module_path_from_scope_name
 
 _PROJ_OPS = {"Conv", "BatchNormalization", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div", "AveragePool", "Identity"}
@@ -169,7 +169,7 @@ def find_residual_blocks(graph: gs.Graph, node_meta: dict | None = None) -> list
     """Every residual block of `graph`, in graph order. `node_meta` (graph.node_key_names of the
     model proto) lets dynamo-exported models use module paths as keys; without it their blocks are
     keyed by Add node name. The graph is not modified (beyond graphsurgeon's toposort)."""
-    graph.toposort()
+    toposort(graph)
     found = []
     for node in graph.nodes:
         m = _match(node)

@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 
 from ..core import activations as catalogue
 from ..core import gates
-from .graph import const_value
+from .graph import const_value, toposort
 
 # op types that are always nonlinear; used by depth accounting and "ops left alone" listings
 NONLINEAR_OPS = {
@@ -266,7 +266,7 @@ def _fused(graph: gs.Graph, order: dict, claimed: set, outputs: set) -> list[Act
 
 def find_activations(graph: gs.Graph) -> list[Activation]:
     """All collapsible activations in topological order."""
-    graph.toposort()
+    toposort(graph)
     order = {id(n): i for i, n in enumerate(graph.nodes)}
     outputs = {t.name for t in graph.outputs}
     claimed: set = set()

@@ -7,8 +7,9 @@ activations, bounded by the activations left alone and by every nonlinear op. --
 tens to hundreds of candidate sets; running the passes on those regions instead of the whole graph
 makes each price a few small runs (MobileNetV3-L at 224: 160 s -> seconds).
 
-    linear_regions(acts, collapsed_ids, float_tensors) -> [frozenset of node names], one per region
-    region_model(model, names, types)                  -> the region as an ONNX model, or None
+    linear_regions(acts, collapsed_ids, non_float) -> [frozenset of node names], one per region
+    region_model(model, names, types)                -> (the region as an ONNX model or None,
+                                                         boundary tensors whose type/shape is missing)
 """
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ def _linear(node) -> bool:
     return False
 
 
-def linear_regions(acts, collapsed_ids: set, float_tensors: set) -> list[frozenset]:
+def linear_regions(acts, collapsed_ids: set, non_float: set) -> list[frozenset]:
     """Node-name sets of the connected linear regions that hold the collapsed activations
-    (id(activation) in collapsed_ids). Walks only float tensors (shape arithmetic is not part of a
-    region) and never into an activation left alone."""
+    (id(activation) in collapsed_ids). Never walks a tensor known not to be float (shape arithmetic
+    is not part of a region) nor into an activation left alone."""
     act_of = {id(n): a for a in acts for n in a.nodes}
     seen: set = set()
     regions = []
@@ -61,8 +62,8 @@ def linear_regions(acts, collapsed_ids: set, float_tensors: set) -> list[frozens
             owner = act_of.get(id(n))
             if owner is not None:
                 todo.extend(m for m in owner.nodes if id(m) not in region)
-            neighbours = [p for t in n.inputs if t.name in float_tensors for p in t.inputs]
-            neighbours += [c for t in n.outputs if t.name in float_tensors for c in t.outputs]
+            neighbours = [p for t in n.inputs if t.name not in non_float for p in t.inputs]
+            neighbours += [c for t in n.outputs if t.name not in non_float for c in t.outputs]
             for m in neighbours:
                 if id(m) in region:
                     continue
@@ -76,63 +77,68 @@ def linear_regions(acts, collapsed_ids: set, float_tensors: set) -> list[frozens
     return regions
 
 
-def float_tensor_names(types: dict, model: onnx.ModelProto) -> set:
-    """Names of the float tensors, from inferred types (shapes.inferred_types) and the graph's inputs."""
-    out = set()
+def non_float_tensor_names(types: dict, model: onnx.ModelProto) -> set:
+    """Names of the tensors known to be of another type than float (inferred types, graph inputs and
+    initializers); a tensor whose type inference lost counts as float."""
+    out = {t.name for t in model.graph.initializer if t.data_type not in _FLOAT}
     for vi in list(model.graph.input) + list(model.graph.output) + list(types.values()):
-        if vi.type.tensor_type.elem_type in _FLOAT:
+        et = vi.type.tensor_type.elem_type
+        if et and et not in _FLOAT:
             out.add(vi.name)
     return out
 
 
-def region_model(model: onnx.ModelProto, names: frozenset, types: dict) -> onnx.ModelProto | None:
-    """The nodes named `names` (plus the Constant nodes they read) as a model: the tensors they read
-    from outside are its inputs, the tensors read outside (or graph outputs) its outputs, typed from
-    `types` (tensor name -> ValueInfoProto). None when a node is unnamed, a name is not unique, or a
-    boundary tensor has no known shape."""
+def region_model(model: onnx.ModelProto, names: frozenset, types: dict) -> tuple[onnx.ModelProto | None, list]:
+    """(model, missing): the nodes named `names` (plus the Constant nodes they read) as a model whose
+    inputs are the tensors they read from outside and whose outputs are the tensors read outside (or
+    graph outputs), typed from `types` (tensor name -> ValueInfoProto). The model is None when a node
+    is unnamed or its name is not unique, or when boundary tensors have no static type and shape in
+    `types`: `missing` names those (a caller may find them, e.g. by running the model, and ask again)."""
     g = model.graph
     nodes = [n for n in g.node if n.name in names]
     if len(nodes) != len(names) or any(not n.name for n in nodes):
-        return None
+        return None, []
     produced = {o for n in nodes for o in n.output}
     consts = {o: n for n in g.node if n.op_type == "Constant" for o in n.output}
     inits = {t.name: t for t in g.initializer}
     graph_in = {vi.name: vi for vi in g.input}
     graph_out = {vi.name for vi in g.output}
-    extra_consts, used_inits, inputs = [], [], []
+    read_outside = {t for n in g.node if n.name not in names for t in n.input}
+    extra_consts, used_inits, inputs, outputs, missing = {}, {}, {}, {}, []
     for n in nodes:
         for t in n.input:
             if not t or t in produced:
                 continue
             if t in consts:
-                if consts[t].name not in {c.name for c in extra_consts}:
-                    extra_consts.append(consts[t])
+                extra_consts.setdefault(consts[t].name, consts[t])
             elif t in inits:
-                if t not in {i.name for i in used_inits}:
-                    used_inits.append(inits[t])
-            elif t not in {i.name for i in inputs}:
-                vi = graph_in.get(t) or types.get(t)
-                if vi is None or not _static(vi):
-                    return None
-                inputs.append(vi)
-    read_outside = {t for n in g.node if n.name not in names for t in n.input}
-    outputs = []
-    for n in nodes:
+                used_inits.setdefault(t, inits[t])
+            elif t not in inputs:
+                inputs[t] = graph_in.get(t) or types.get(t)
         for t in n.output:
             if t and (t in read_outside or t in graph_out):
-                vi = types.get(t)
-                if vi is None or not _static(vi):
-                    return None
-                outputs.append(vi)
-    if not outputs:
-        return None
-    sub = helper.make_graph(extra_consts + nodes, "region", inputs, outputs, used_inits)
+                outputs[t] = types.get(t)
+    missing = [t for t, vi in (*inputs.items(), *outputs.items()) if vi is None or not _static(vi)]
+    if missing or not outputs:
+        return None, missing
+    sub = helper.make_graph(list(extra_consts.values()) + nodes, "region", list(inputs.values()),
+                            list(outputs.values()), list(used_inits.values()))
     m = helper.make_model(sub, opset_imports=list(model.opset_import))
     m.ir_version = model.ir_version
     m.functions.extend(model.functions)
-    return m
+    return m, []
 
 
 def _static(vi) -> bool:
     tt = vi.type.tensor_type
-    return tt.HasField("shape") and all(d.HasField("dim_value") and d.dim_value > 0 for d in tt.shape.dim)
+    return (tt.elem_type != 0 and tt.HasField("shape")
+            and all(d.HasField("dim_value") and d.dim_value > 0 for d in tt.shape.dim))
+
+
+def run_types(model: onnx.ModelProto, names) -> dict:
+    """name -> ValueInfoProto of the tensors `names`, typed from one onnxruntime run of `model` on
+    random inputs (what inference could not say: TorchScript Swin sizes its windows at run time)."""
+    from .shapes import run_values
+
+    return {n: helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+            for n, v in run_values(model, names).items()}

@@ -109,6 +109,11 @@ def run_shapes(model: onnx.ModelProto, names) -> dict[str, list[int]]:
     """Shapes of the tensors `names` of `model` (weights included) from one onnxruntime run on random
     inputs (dynamic input dims run as 1). Names the model lacks are skipped; {} if the run fails. The
     caller's proto is left as it was."""
+    return {n: list(np.shape(v)) for n, v in run_values(model, names).items()}
+
+
+def run_values(model: onnx.ModelProto, names) -> dict[str, np.ndarray]:
+    """The values of the tensors `names` of `model` on one onnxruntime run (see run_shapes)."""
     from ..core import runtime
 
     produced = {o for n in model.graph.node for o in n.output}
@@ -125,7 +130,7 @@ def run_shapes(model: onnx.ModelProto, names) -> dict[str, list[int]]:
         return {}
     finally:
         del model.graph.output[n_out:]
-    return {n: list(np.shape(v)) for n, v in zip(names, values)}
+    return {n: np.asarray(v) for n, v in zip(names, values)}
 
 
 def fill_shapes(missing: dict[str, gs.Variable], shapes: dict[str, list[int]]) -> int:

@@ -12,7 +12,7 @@ from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
 from ...errors import CollapseError
 from ...pipeline import PassResult
-from ..graph import const_value, single_consumer
+from ..graph import const_value, single_consumer, toposort
 from ..linear_ops import ConvView, DenseView
 
 
@@ -57,7 +57,7 @@ class AbsorbResidual:
                     done += 1
                     break
         if done:
-            ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            toposort(ctx.graph.cleanup(remove_unused_graph_inputs=False))
         return PassResult(done > 0, [f"absorbed {done} residual skip(s)"] if done else [])
 
     def _absorb(self, ctx, add, view, bm_add, skip, outs) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
+from ..graph import toposort
 from ..shapes import apply_types, fill_shapes, inferred_types, light_export, missing_mac_tensors, run_shapes
 
 
@@ -83,7 +84,7 @@ class Cleanup:
                 node.inputs.clear()
                 node.outputs.clear()
             removed += 1
-        g.cleanup(remove_unused_graph_inputs=False).toposort()
+        toposort(g.cleanup(remove_unused_graph_inputs=False))
         if self.shapes:
             # a graph unchanged since the last inference keeps its shapes (one inference, not one per loop)
             sig = shape_signature(g)

@@ -12,7 +12,7 @@ import numpy as np
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
 from ...pipeline import PassResult
-from ..graph import const_value, single_consumer
+from ..graph import const_value, single_consumer, toposort
 from ..linear_ops import ConvView, DenseView
 from ..patterns import find_activations
 
@@ -265,5 +265,5 @@ class FoldAffine:
                 break
         done = len(ctx.folds) - n0
         if done:
-            ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            toposort(ctx.graph.cleanup(remove_unused_graph_inputs=False))
         return PassResult(done > 0, [f"folded {done} affine op(s)"] if done else [])

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
-from ..graph import make_const, replace_tensor_uses
+from ..graph import make_const, replace_tensor_uses, toposort
 from ..patterns import find_activations
 
 
@@ -42,5 +42,5 @@ class LinearizeActivations:
                 n.inputs.clear()
                 n.outputs.clear()
         if acts:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            toposort(graph.cleanup(remove_unused_graph_inputs=False))
         return PassResult(bool(acts), [f"linearized {len(acts)} activation(s)"] if acts else [])

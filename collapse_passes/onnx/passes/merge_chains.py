@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
 from ...pipeline import PassResult
-from ..graph import make_const, single_consumer
+from ..graph import make_const, single_consumer, toposort
 from ..linear_ops import ConvView, DenseView
 
 
@@ -94,7 +94,7 @@ class MergeLinearChains:
             if len(chain) >= 2:
                 merged += self._merge_dense_chain(ctx, chain, cm)
         if merged:
-            ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            toposort(ctx.graph.cleanup(remove_unused_graph_inputs=False))
         return PassResult(merged > 0, [f"merged {merged} segment(s)"] if merged else [])
 
     # ------------------------------------------------------------------------------ convs

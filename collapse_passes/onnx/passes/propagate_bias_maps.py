@@ -20,7 +20,7 @@ from ...algebra.cost import CostModel
 from ...algebra.linear import from_gemm
 from ...pipeline import PassResult
 from ...planning import cheapest_point, rewrite_pays
-from ..graph import const_value, make_const, unique_name
+from ..graph import const_value, make_const, toposort, unique_name
 from ..linear_ops import ConvView, DenseView
 
 __all__ = ["PropagateBiasMaps", "bias_map_source", "count_bias_map_adds"]
@@ -149,7 +149,7 @@ class PropagateBiasMaps:
 
     def __call__(self, ctx) -> PassResult:
         g = ctx.graph
-        g.toposort()
+        toposort(g)
         cm = ctx.cost_model or CostModel()
         outs = ctx.graph_outputs
         off, srcs = {}, {}             # tensor name -> offset (1, C, *S) float64 / source node ids
@@ -221,7 +221,7 @@ class PropagateBiasMaps:
             done_exits += len(group_exits)
         if not done_src:
             return PassResult(False)
-        g.cleanup(remove_unused_graph_inputs=False).toposort()
+        toposort(g.cleanup(remove_unused_graph_inputs=False))
         msg = (f"{done_src} bias-map Add(s) carried to {done_exits} region exit(s): "
                f"{done_exits - folded} Add(s) left, {folded} folded into a conv bias")
         return PassResult(True, [msg])

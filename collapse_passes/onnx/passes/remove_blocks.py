@@ -12,7 +12,7 @@ import difflib
 from ...errors import CollapseError
 from ...pipeline import PassResult
 from ..blocks import find_residual_blocks
-from ..graph import replace_tensor_uses
+from ..graph import replace_tensor_uses, toposort
 
 
 class RemoveResidualBlocks:
@@ -47,5 +47,5 @@ class RemoveResidualBlocks:
             how = "identity skip" if b.identity else \
                 f"projection shortcut ({' -> '.join(n.op for n in b.projection)})"
             notes.append(f"replaced residual block {b.key} by its {how}")
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        toposort(graph.cleanup(remove_unused_graph_inputs=False))
         return PassResult(True, notes)
