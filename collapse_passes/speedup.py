@@ -107,27 +107,43 @@ class RegionPricer:
     over the whole graph. A region that cannot be cut out (unnamed nodes, unknown shapes) or that
     fails to run falls back to `full_cost` for that candidate."""
 
-    def __init__(self, model, acts, forced: list, full_cost, run_region, cost_model):
+    def __init__(self, model, acts, forced: list, full_cost, run_region, cost_model, candidates=None):
         from .onnx.regions import non_float_tensor_names
         from .onnx.shapes import inferred_types
 
         self.model, self.acts, self.forced = model, acts, list(forced)
         self.full_cost, self.run_region, self.cm = full_cost, run_region, cost_model
+        self.candidates = list(candidates or [])
         self.types = inferred_types(model) or {}
         self.non_float = non_float_tensor_names(self.types, model)
         self.memo: dict = {}
         self.base = None
+        self.runs = 0   # onnxruntime runs made to read boundary shapes
+
+    def _read_missing(self, missing: list) -> None:
+        """Type the boundary tensors inference lost from one run of the model. The first time, the
+        boundaries of every candidate's own region are read in the same run (a group's region is
+        mostly a union of those), so later candidates rarely need another run."""
+        from .onnx.regions import linear_regions, region_model, run_types
+
+        names = set(missing)
+        if not self.runs:
+            for c in self.candidates:
+                for region in linear_regions(self.acts, {id(a) for a in self.forced + [c]}, self.non_float):
+                    names.update(region_model(self.model, region, self.types)[1])
+        self.runs += 1
+        self.types.update(run_types(self.model, sorted(names)))
 
     def _region_cost(self, names: frozenset, collapsed: frozenset):
         key = (names, collapsed)
         if key not in self.memo:
             from .onnx.analysis import model_stats
-            from .onnx.regions import region_model, run_types
+            from .onnx.regions import region_model
 
             cost = None
             sub, missing = region_model(self.model, names, self.types)
-            if missing:   # boundary shapes inference lost: read them from one run, then cut again
-                self.types.update(run_types(self.model, missing))
+            if missing:   # boundary shapes inference lost: read them from a run, then cut again
+                self._read_missing(missing)
                 sub, missing = region_model(self.model, names, self.types)
             if sub is not None:
                 try:
@@ -197,7 +213,7 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
         return stats_cost(model_stats(m, graph=ctx.graph).as_dict(), cm)   # shapes as the passes left them
 
     cost_of = RegionPricer(original, acts, forced, full_cost, lambda sub, names, sub_shapes: run_passes(
-        sub, names, merge=cfg.merge, cost_model=cm, input_shapes=sub_shapes, run_cache=cache), cm)
+        sub, names, merge=cfg.merge, cost_model=cm, input_shapes=sub_shapes, run_cache=cache), cm, ranked)
     base = stats_cost(stats_before.as_dict(), cm)   # model_stats(original), computed by the caller
     taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base)
     final = base / full_cost(taken)   # the reported prediction: the whole graph, not the sum of its regions

@@ -226,3 +226,31 @@ def test_layernorm_beta_not_folded_into_bias_free_matmul():
         assert r.passed
         assert [n.op_type for n in r.model.graph.node] == ["LayerNormalization", "MatMul"]
         assert bool(r.report["folds"]) == (beta_seed is None)   # gamma alone still moves into the weight
+
+
+def test_region_prices_on_torchscript_swin_need_one_shape_run(tiny):
+    """TorchScript Swin sizes its windows from Shape ops at run time, so inference loses the shapes at
+    the MLP regions' boundaries: the region pricer reads them from ONE run (all candidates' boundaries
+    at once) and prices like the whole graph, without falling back to it."""
+    from collapse_passes import speedup
+    from collapse_passes.algebra.cost import CostModel
+    from collapse_passes.onnx.analysis import model_stats
+    from collapse_passes.onnx.driver import run_passes
+    from collapse_passes.onnx.graph import to_graph
+    from collapse_passes.onnx.patterns import find_activations
+
+    model = onnx.load(tiny(False)[0])
+    acts = find_activations(to_graph(model))
+    cm, full_calls = CostModel(), []
+
+    def full(items):
+        full_calls.append(len(items))
+        m, ctx, _ = run_passes(model, {a.name for a in items}, cost_model=cm, input_shapes={})
+        return speedup.stats_cost(model_stats(m, graph=ctx.graph).as_dict(), cm)
+
+    pricer = speedup.RegionPricer(model, acts, [], full, lambda sub, names, sh: run_passes(
+        sub, names, cost_model=cm, input_shapes=sh), cm, candidates=acts)
+    pricer([])
+    priced = [pricer(acts[:1]), pricer(acts[:2]), pricer(acts[1:3])]
+    assert full_calls == [0] and pricer.runs == 1
+    assert priced == pytest.approx([full(acts[:1]), full(acts[:2]), full(acts[1:3])], rel=1e-9)
