@@ -119,6 +119,11 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
             ratio["accuracy"] = {"unpruned": top1(original, feeds_e, labels, _src), "pruned": top1(base, feeds_e, labels, _src)}
         warnings.append(f"prune ratio {ratio['ratio']}: approximate, max abs error {c.max_abs:.3g} against the "
                         "unpruned model")
+        if not ratio.get("removed_channels"):   # say why, rather than report a prune that did nothing
+            warnings.append(f"prune ratio {ratio['ratio']} removed no channel: {ratio.get('prunable_groups', 0)} "
+                            f"prunable group(s), {ratio.get('frozen_groups', 0)} frozen (report: pruning.ratio."
+                            f"frozen_ops); --round-to {ratio.get('round_to', 1)} keeps multiples of it, a lower "
+                            "value or a higher ratio removes more")
         limit = cfg.prune_max_error
         if limit is not None and c.max_abs > limit:
             report["refused"] = (f"ratio pruning error {c.max_abs:.3g} (max abs, against the unpruned model) exceeds "

@@ -18,7 +18,7 @@ from ..algebra.conv import ConvParams, bn_to_affine
 from ..algebra.linear import LinearParams
 from ..errors import CollapseError
 from .builder import SlotBuilder
-from .graph import ChannelGraph, removal_edits
+from .graph import ChannelGraph, activation_fn, removal_edits
 
 
 def _torch():
@@ -173,6 +173,9 @@ class _FxBuilder(SlotBuilder):
             return self.unary(n, "clip", lo=float(mod.min_val), hi=float(mod.max_val))
         if isinstance(mod, index_m):
             return self.unary(n, "index", pool=not isinstance(mod, (nn.Identity, nn.Dropout)))
+        fn = _module_fn(mod)
+        if fn is not None:   # a constant channel stays constant: f(c)
+            return self.unary(n, "fn", fn=fn)
         if isinstance(mod, other_m):
             return self.unary(n, "other", pool="Pool" in type(mod).__name__)
         if isinstance(mod, nn.Flatten):
@@ -387,6 +390,22 @@ def _set_submodule(gm, target: str, new) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, name, new)
 
 
+def _module_fn(mod):
+    """float -> float of a smooth activation module (SiLU, GELU, Hardswish, ...), else None."""
+    nn = torch.nn
+    kinds = {nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Hardswish: "hardswish", nn.Mish: "mish"}
+    kind = next((k for t, k in kinds.items() if type(mod) is t), None)
+    if kind is not None:
+        return activation_fn(kind)
+    if type(mod) is nn.GELU:
+        return activation_fn("gelu_tanh" if mod.approximate == "tanh" else "gelu")
+    if type(mod) is nn.Hardsigmoid:
+        return activation_fn("hardsigmoid", {"alpha": 1.0 / 6.0, "beta": 0.5})
+    if type(mod) is nn.ELU:
+        return activation_fn("elu", {"alpha": float(mod.alpha)})
+    return None
+
+
 class ConvWithBiasMap(torch.nn.Module):
     """conv(x) + a per-position bias map (a removed constant channel read through zero padding)."""
 
@@ -431,20 +450,8 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
     gm.eval()
     before = _counts(gm, example_inputs)
     report = {"exact_removal": exact, "groups": [], "removed_channels": 0}
-    if exact:
-        cg = build_fx_channel_graph(gm, example_inputs)
-        dd = _always_off(gm, cg, calib) if calib is not None else {}
-        from .onnx_prune import applicable_constants, removal_rows
-
-        report["notes"] = []
-        found = applicable_constants(cg, cg.constant_units(dd), report["notes"])
-        removed = [(f["gid"], f["unit"]) for f in found]
-        if removed:
-            report["groups"] = removal_rows(cg, found)
-            report["data_dependent"] = any(f["data_dependent"] for f in found)
-            apply_fx_removal(gm, cg, removed, [x for f in found for x in f["folds"]])
-        report["removed_channels"] = len(removed)
-        report["frozen_ops"] = cg.frozen_ops[:200]
+    # the ratio prune first, as on ONNX: exact removal can turn a conv into a ConvWithBiasMap, which the
+    # channel graph does not read (it would freeze that layer's groups and the ratio would skip them)
     if ratio is not None:
         cg = build_fx_channel_graph(gm, example_inputs)
         if importance in ("l1", "l2"):
@@ -461,6 +468,20 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
                            "frozen_ops": cg.frozen_ops[:200]}
         if removed:
             apply_fx_removal(gm, cg, removed)
+    if exact:
+        cg = build_fx_channel_graph(gm, example_inputs)
+        dd = _always_off(gm, cg, calib) if calib is not None else {}
+        from .onnx_prune import applicable_constants, removal_rows
+
+        report["notes"] = []
+        found = applicable_constants(cg, cg.constant_units(dd), report["notes"])
+        removed = [(f["gid"], f["unit"]) for f in found]
+        if removed:
+            report["groups"] = removal_rows(cg, found)
+            report["data_dependent"] = any(f["data_dependent"] for f in found)
+            apply_fx_removal(gm, cg, removed, [x for f in found for x in f["folds"]])
+        report["removed_channels"] = len(removed)
+        report["frozen_ops"] = cg.frozen_ops[:200]
     after = _counts(gm, example_inputs)
     report.update(params_before=before[0], params_after=after[0], macs_before=before[1], macs_after=after[1],
                   params_saved=before[0] - after[0], macs_saved=before[1] - after[1])

@@ -31,8 +31,16 @@ KINDS = {
     "clip",        # data: lo, hi (None = unbounded); ReLU6 is clip(0, 6)
     "index",       # pure channel indexing: data: src = per out slot (input position array, input channel array)
     "binary",      # elementwise Add/Sub/Mul/Div; data: fn ("add" ...), consts (per input: per-channel vector or None)
+    "fn",          # another elementwise function (Sigmoid, HardSwish, Erf...): data: fn (float -> float)
     "other",       # understood for coupling only (value not propagated)
 }
+
+
+def activation_fn(kind: str, params: dict | None = None):
+    """float -> float of a catalogue activation (core/activations.py), for an op recorded as kind "fn"."""
+    from ..core.activations import reference
+
+    return lambda x: float(reference(kind, np.array([x], np.float64), params)[0])
 
 
 @dataclass
@@ -314,6 +322,8 @@ class ChannelGraph:
                                                          np.inf if d["hi"] is None else d["hi"]))), False
         if op.kind == "leaky_relu":
             return (None if x is None else (x if x >= 0 else d["alpha"] * x)), False
+        if op.kind == "fn":   # another elementwise function of the channel (adapter-given scalar f)
+            return (None if x is None else float(d["fn"](x))), False
         if op.kind == "index":
             pos, src = d["src"][op.outs.index(s)]
             return val.get((op.ins[int(pos[i])], int(src[i]))), False

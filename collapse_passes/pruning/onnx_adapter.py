@@ -11,10 +11,10 @@ import onnx_graphsurgeon as gs
 
 from ..algebra import prune as prune_alg
 from ..algebra.conv import bn_to_affine
-from ..onnx.graph import const_value, make_const
+from ..onnx.graph import const_value, make_const, toposort
 from ..onnx.linear_ops import ConvView, DenseView
 from .builder import SlotBuilder
-from .graph import ChannelGraph, removal_edits
+from .graph import ChannelGraph, activation_fn, removal_edits
 
 #: elementwise unary ops: channel i of the output depends on channel i of the input only
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu",
@@ -25,6 +25,22 @@ CONST_PRESERVING = {"Identity", "Dropout", "MaxPool", "GlobalAveragePool", "Glob
 POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"}
 BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
 REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"}
+
+
+def scalar_fn(node):
+    """f(x) of an elementwise unary op on one float, for the smooth activations and the pieces of their
+    decompositions (SiLU = x * Sigmoid(x), GELU = 0.5 x (1 + Erf(x / sqrt 2))), so a constant channel
+    through them is still a known constant (EfficientNet, MobileNetV3, Swin); None for other ops."""
+    import math
+
+    a = node.attrs
+    kinds = {"Sigmoid": ("sigmoid", {}), "Tanh": ("tanh", {}), "HardSwish": ("hardswish", {}), "Mish": ("mish", {}),
+             "HardSigmoid": ("hardsigmoid", {"alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}),
+             "Elu": ("elu", {"alpha": float(a.get("alpha", 1.0))}), "Softplus": ("softplus", {"beta": 1.0}),
+             "Gelu": ("gelu_tanh" if a.get("approximate", "none") == "tanh" else "gelu", {})}
+    if node.op in kinds:
+        return activation_fn(*kinds[node.op])
+    return {"Erf": math.erf, "Neg": lambda x: -x, "Abs": abs}.get(node.op)
 
 
 def infer_shapes(graph: gs.Graph) -> dict[str, list]:
@@ -75,7 +91,7 @@ class _Builder(SlotBuilder):
 
     # -- walk -------------------------------------------------------------------------------------
     def build(self) -> ChannelGraph:
-        self.g.toposort()
+        toposort(self.g)
         for node in self.g.nodes:
             if id(node) in self.skip:
                 continue
@@ -183,6 +199,8 @@ class _Builder(SlotBuilder):
             self.record(node, "clip", [src], [sout], lo=lo, hi=hi)
         elif node.op in CONST_PRESERVING:
             self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))])
+        elif scalar_fn(node) is not None:   # a constant channel stays constant: f(c)
+            self.record(node, "fn", [src], [sout], fn=scalar_fn(node))
         else:
             self.record(node, "other", [src], [sout])
 

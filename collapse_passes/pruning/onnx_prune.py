@@ -227,7 +227,7 @@ def _conv_fed(graph, name) -> bool:
 def mask_channels(model: onnx.ModelProto, off: dict) -> onnx.ModelProto:
     """The model with the listed channels of each tensor forced to 0 (a Mul by a 0/1 mask after it): the
     reference "original with those channels set to their constant" for data-dependent removals."""
-    from ..onnx.graph import make_const, to_graph, to_model
+    from ..onnx.graph import make_const, to_graph, to_model, toposort
 
     if not off:
         return model
@@ -253,5 +253,5 @@ def mask_channels(model: onnx.ModelProto, off: dict) -> onnx.ModelProto:
         graph.nodes.append(gs.Node("Mul", name=f"{name}__mask", inputs=[t, make_const(graph, f"{name}.mask",
                                                                                         mask.reshape(shape))],
                                    outputs=[masked]))
-    graph.toposort()
+    toposort(graph)
     return to_model(graph, model)

@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +42,8 @@ def _as_pairs(data, name: str):
     """A DataLoader / iterable of (x, y) or an (inputs, labels) tensor pair -> a re-iterable of batches."""
     if data is None:
         return None
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, np.ndarray) for t in data):
+        data = tuple(torch.from_numpy(t) for t in data)   # numpy (inputs, labels): same as tensors
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
         if len(x) != len(y):
@@ -311,16 +314,28 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     if model.training:
         raise CollapseError("the model is in training mode; call model.eval() first (scores and the baseline "
                             "accuracy are taken in eval mode)")
-    if max_accuracy_drop < 0:
-        raise CollapseError(f"max_accuracy_drop must be >= 0, got {max_accuracy_drop}")
+    _check_numbers(max_accuracy_drop=max_accuracy_drop, steps_per_round=steps_per_round, pretrain_steps=pretrain_steps,
+                   lr=lr, max_rounds=max_rounds, patience=patience, score_batches=score_batches,
+                   prelu_lambda=prelu_lambda, fold_alpha=fold_alpha, lacoot_lambda=lacoot_lambda,
+                   target_speedup=target_speedup, min_gain=min_gain)
     say = log or (lambda *_: None)
     train_b = _as_pairs(train_data, "train_data")
     val_b = _as_pairs(val_data, "val_data")
+    model = copy.deepcopy(model).eval()
+    for data, what in ((train_b, "train_data"), (val_b if evaluate is None else None, "val_data")):
+        _probe(model, data, what, class_labels=what == "val_data" or (fine_tune is None and loss_fn is None))
+    if blocks is not None:
+        missing = [p for p in blocks if not _has_submodule(model, p)]
+        if missing:
+            raise CollapseError(f"blocks: no submodule {missing[0]!r} in the model; give module paths "
+                                "(model.named_modules() names) or leave blocks=None to find residual blocks")
     if evaluate is None:
         if val_b is None:
             raise CollapseError("give val_data (or an evaluate callable) to measure accuracy")
         evaluate = lambda m: accuracy(m, val_b)  # noqa: E731
-    model = copy.deepcopy(model).eval()
+    evaluate = _checked_evaluate(evaluate)
+    if fine_tune is not None:
+        fine_tune = _checked_fine_tune(fine_tune)
     base_acc = float(evaluate(model))
     say(f"baseline accuracy {base_acc:.4f}")
     first = next(iter(train_b)) if train_b is not None else None
@@ -460,6 +475,104 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     return CollapseRun(model, collapsed, history, base_acc, acc, removed,
                        predictor.speedup(model, tuple(collapsed) + ("blocks",) + tuple(removed)) if predictor else None,
                        stopped)
+
+
+def _check_numbers(**kw) -> None:
+    """One CollapseError for a numeric argument out of range (a negative step count, a NaN tolerance, a
+    fold threshold outside [0, 1]...), before any training: NaN compares False and would disable the
+    accuracy check or the stop silently."""
+    import math
+
+    rules = {  # name: (allowed, what to say); None values are allowed where the default is None
+        "max_accuracy_drop": (lambda v: v >= 0, ">= 0"),
+        "steps_per_round": (lambda v: v >= 0 and float(v).is_integer(), "an integer >= 0"),
+        "pretrain_steps": (lambda v: v >= 0 and float(v).is_integer(), "an integer >= 0"),
+        "max_rounds": (lambda v: v >= 0 and float(v).is_integer(), "an integer >= 0 (or None)"),
+        "patience": (lambda v: v >= 0 and float(v).is_integer(), "an integer >= 0"),
+        "score_batches": (lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1"),
+        "lr": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+        "prelu_lambda": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+        "lacoot_lambda": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+        "fold_alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "target_speedup": (lambda v: 0 < v < math.inf, "a finite number > 0 (or None)"),
+        "min_gain": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    }
+    for name, v in kw.items():
+        if v is None and name in ("max_rounds", "target_speedup"):
+            continue
+        ok, what = rules[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not ok(v):
+            raise CollapseError(f"{name} must be {what}, got {v!r}")
+
+
+def _has_submodule(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except (AttributeError, TypeError):
+        return False
+    return True
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, batches, what: str, class_labels: bool) -> None:
+    """Run the first batch once (eval mode) so a wrong input or label shape is one CollapseError naming the
+    data, not a traceback from inside the training loop. class_labels: labels must be class indices
+    (the default cross entropy and top-1 accuracy)."""
+    if batches is None:
+        return
+    if isinstance(batches, _TensorBatches):   # without drawing a permutation (the batch order stays the same)
+        first = (batches.x[:batches.bs], batches.y[:batches.bs])
+    else:
+        it = iter(batches)
+        if it is batches:
+            return   # a one-shot iterator: probing would eat its first batch
+        first = next(it, None)
+    if first is None:
+        return   # reported where the data is used ("yields no batches / samples")
+    if not (isinstance(first, (tuple, list)) and len(first) == 2):
+        raise CollapseError(f"{what}: each batch must be an (inputs, labels) pair, got {type(first).__name__}")
+    x, y = first
+    try:
+        out = model.eval()(x)
+    except Exception as e:   # noqa: BLE001 - any failure of the user's model on the user's data
+        raise CollapseError(f"{what}: the model fails on the first batch ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); check the input shape and dtype") from e
+    if not class_labels:
+        return
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool \
+            or y.is_complex():
+        raise CollapseError(f"{what}: labels must be a 1-D integer tensor of class indices, got "
+                            f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))} "
+                            "(pass loss_fn= / evaluate= for other targets)")
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise CollapseError(f"{what}: the model's output must be (N, classes) logits for the default loss and "
+                            "accuracy; pass loss_fn= and evaluate= otherwise")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= out.shape[1]):
+        raise CollapseError(f"{what}: labels must lie in [0, {out.shape[1]}) (the model has {out.shape[1]} "
+                            f"outputs), got {int(y.min())}..{int(y.max())}")
+
+
+def _checked_evaluate(evaluate: Callable) -> Callable:
+    """evaluate(model) must give a finite number: NaN would pass every accuracy check."""
+    def run(m):
+        v = evaluate(m)
+        try:
+            a = float(v)
+        except (TypeError, ValueError):
+            raise CollapseError(f"evaluate must return a number (accuracy), got {type(v).__name__}") from None
+        if a != a or a in (float("inf"), float("-inf")):
+            raise CollapseError(f"evaluate returned {a}: the accuracy must be finite")
+        return a
+    return run
+
+
+def _checked_fine_tune(fine_tune: Callable) -> Callable:
+    def run(m):
+        out = fine_tune(m)
+        if not isinstance(out, nn.Module):
+            raise CollapseError(f"fine_tune must return the trained model (an nn.Module), got {type(out).__name__}")
+        return out
+    return run
 
 
 def _collapse_one(model: nn.Module, keys: list, relocate: bool, cost_model=None, example=None) -> nn.Module:
