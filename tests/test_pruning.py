@@ -254,8 +254,8 @@ def test_zero_gamma_bn_constant_folded_through_padding(tmp_path, dynamo):
     with torch.no_grad():
         m.layer2[1].bn1.weight[:3] = 0
         m.layer2[1].bn1.bias[:3] = 0.7
-    x = _x((1, 3, 32, 32))
-    model = _onnx(m, tmp_path, (1, 3, 32, 32), dynamo)
+    x = _x((1, 3, 8, 8))   # layer2 at 4x4: the 16x4x4 bias map is smaller than the weights the removal saves
+    model = _onnx(m, tmp_path, (1, 3, 8, 8), dynamo)
     out, rep = _exact_onnx(model)
     assert rep["removed_channels"] == 3
     assert any("bias map" in n for n in rep["notes"])
@@ -264,6 +264,27 @@ def test_zero_gamma_bn_constant_folded_through_padding(tmp_path, dynamo):
     assert frep["removed_channels"] == 3
     with torch.no_grad():
         torch.testing.assert_close(pm(torch.from_numpy(x)), m(torch.from_numpy(x)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_constant_channels_whose_bias_map_outweighs_the_removal_are_kept(tmp_path, dynamo):
+    """The same constants at 32x32: the bias map (16x16x16) would add more parameters than the removal
+    saves, so exact removal keeps those channels (a 16 KB model grew to 1.8 MB at 224 before) and says why."""
+    from models import build
+
+    torch.manual_seed(0)
+    m = randomize_bn(build("resnet18", width=8).eval())
+    with torch.no_grad():
+        m.layer2[1].bn1.weight[:3] = 0
+        m.layer2[1].bn1.bias[:3] = 0.7
+    model = _onnx(m, tmp_path, (1, 3, 32, 32), dynamo)
+    out, rep = _exact_onnx(model)
+    assert rep["removed_channels"] == 0 and rep.get("params_saved", 0) >= 0
+    assert any("more parameters than the removal saves" in n for n in rep["notes"]), rep["notes"]
+    pm, frep = prune_module(m, torch.from_numpy(_x((1, 3, 32, 32))))
+    assert frep["removed_channels"] == 0
+    assert sum(p.numel() for p in pm.parameters()) + sum(b.numel() for b in pm.buffers()) <= \
+        sum(p.numel() for p in m.parameters()) + sum(b.numel() for b in m.buffers())
 
 
 # ----------------------------------------------------------------------------- coupling structures

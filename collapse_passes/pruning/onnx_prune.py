@@ -116,7 +116,34 @@ def applicable_constants(cg: ChannelGraph, found: list, notes: list) -> list:
             notes.append(f"kept a constant channel read through padding by {bad[0]}: input size unknown")
             continue
         ok.append(f)
-    return keep_one_per_group(ok, cg.groups(), notes)
+    ok = keep_one_per_group(ok, cg.groups(), notes)
+    mapped = [f for f in ok if _needs_bias_map(f, ops)]
+    if mapped and _params_added(cg, ok) > 0:
+        # a constant read through zero padding leaves a per-position map of the reader's whole output:
+        # at 224x224 it can outweigh everything the removal saves (a 16 KB model grew to 1.8 MB)
+        notes.append(f"kept {len(mapped)} constant channel(s) read through zero padding: the per-position bias "
+                     "maps their removal needs would add more parameters than the removal saves")
+        ok = [f for f in ok if not _needs_bias_map(f, ops)]
+    return ok
+
+
+def _needs_bias_map(f: dict, ops: dict) -> bool:
+    return any(v != 0.0 and ops[name].kind == "conv" and any(ops[name].data["params"].pads)
+               for name, _s, _i, v in f["folds"])
+
+
+def _params_added(cg: ChannelGraph, found: list) -> int:
+    """Parameters removing `found` adds to the conv and dense ops (negative: saves), bias maps included."""
+    from .graph import removal_edits
+
+    def size(p):
+        return int(np.size(p.weight)) + (0 if p.bias is None else int(np.size(p.bias)))
+
+    delta = 0
+    for e in removal_edits(cg, [(f["gid"], f["unit"]) for f in found], [x for f in found for x in f["folds"]]):
+        if e.params is not None:
+            delta += size(e.params) - size(e.rec.data["params"]) + (0 if e.bias_map is None else int(np.size(e.bias_map)))
+    return delta
 
 
 def removal_rows(cg: ChannelGraph, found: list) -> list[dict]:
