@@ -411,6 +411,37 @@ def test_lacoot_block_removal_drops_a_near_identity_block_only():
     assert isinstance(res.model.id_like, nn.Identity) and isinstance(res.model.busy, Block)
 
 
+def test_sites_inside_a_removed_block_are_not_reported_as_collapsed():
+    class ActBlock(nn.Module):
+        def __init__(self, c=3):
+            super().__init__()
+            self.conv1, self.act, self.conv2 = nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, c, 1)
+
+        def forward(self, x):
+            return x + self.conv2(self.act(self.conv1(x)))
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.id_like, self.busy = ActBlock(), ActBlock()
+
+        def forward(self, x):
+            return self.busy(self.id_like(x))
+
+    torch.manual_seed(0)
+    net = Two().eval()
+    with torch.no_grad():
+        net.id_like.conv2.weight.mul_(1e-4)
+        net.id_like.conv2.bias.zero_()
+        net.busy.conv2.weight.mul_(10)
+    x, y = torch.randn(32, 3, 6, 6), torch.randint(0, 3, (32,))
+    res = iterative_collapse(net, "easier", (x, y), (x, y), fine_tune=lambda m: m, evaluate=lambda m: 1.0,
+                             max_rounds=2, remove_blocks_below=0.05, predict=False)
+    assert res.removed_blocks == ["id_like"]
+    assert any(h["key"].startswith("id_like.") and h["action"] == "collapsed" for h in res.history), res.history
+    assert not [k for k in res.collapsed if k.startswith("id_like.")], res.collapsed
+
+
 def test_residual_blocks_of_the_reference_resnet():
     from collapse_passes.train import residual_blocks
     from models import build

@@ -472,6 +472,8 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
                             "action": "blocks removed" if ok else "rolled back: accuracy drop above max_accuracy_drop"})
             if ok:
                 model, acc, removed = trial, a, drop
+                # sites inside a removed block are gone with it
+                collapsed = [k for k in collapsed if not any(k == p or k.startswith(p + ".") for p in drop)]
     return CollapseRun(model, collapsed, history, base_acc, acc, removed,
                        predictor.speedup(model, tuple(collapsed) + ("blocks",) + tuple(removed)) if predictor else None,
                        stopped)
