@@ -193,6 +193,8 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
             raise CollapseError("-o has no effect with --dry-run (no model is written); drop one of them")
         if args.force:
             raise CollapseError("--force has no effect with --dry-run (no model is written); drop one of them")
+    if getattr(args, "target", None) is not None and not args.target.strip():
+        raise CollapseError("--target is empty; give cpu, cuda, aarch64, a TVM target tag or a JSON target dict")
     if not getattr(args, "target", None):
         for dest, flag in getattr(parser, "tvm_flags", {}).items():
             if getattr(args, dest, None) != parser.get_default(dest):
@@ -336,6 +338,8 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
     OutputPlan().add_input("input model", args.model)   # a FIFO or device is refused before it is read
     source = load_model_file(args.model)
     plan = run.plan = build_plan(args, source)
+    if getattr(args, "target", None):
+        _check_tvm_args(args, source.model)   # a bad --target is bad input: refused before any work
     if plan.removed_stale and not args.quiet:
         err.print(f"note: removed {len(plan.removed_stale)} temp file(s) left by an interrupted run: "
                   f"{', '.join(str(p) for p in plan.removed_stale[:5])}", highlight=False, markup=False, soft_wrap=True)
@@ -461,6 +465,22 @@ def _scores_json(report: dict) -> str:
         payload["method"] = report["score_details"].get("method")
         payload["details"] = report["score_details"].get("details", {})
     return report_json(payload)
+
+
+def _check_tvm_args(args, model) -> None:
+    """The TVM hand-off's cheap checks (target, cross compiler, CUDA arch, RPC tracker, ops TVM's ONNX
+    importer lacks), made before the collapse runs: otherwise a typo in --target surfaces only after
+    the model has been written."""
+    try:
+        from tvm_integration.cli_hook import TVMError, check_args
+    except ImportError as exc:
+        raise CollapseError(f"--target needs the TVM extra: pip install '.[tvm]' ({exc})") from None
+    try:
+        check_args(args, model)
+    except TVMError as exc:
+        raise CollapseError(f"TVM: {exc}") from None
+    finally:
+        rearm_signal_handlers()   # LLVM may take SIGINT/SIGTERM over when the target is made
 
 
 def _run_tvm(args, result, console):

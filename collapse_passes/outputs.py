@@ -153,6 +153,14 @@ def received_signal() -> int | None:
     return _RECEIVED[0] if _RECEIVED else None
 
 
+def raise_if_interrupted() -> None:
+    """Raise Interrupted if a signal arrived whose Interrupted was swallowed on the way (raised inside
+    a library's callback or `except BaseException`): seen once, a SIGINT ignored that way let a run
+    finish and write everything with exit 0. Called before anything is renamed into place."""
+    if _RECEIVED and not _FINISHED:
+        raise Interrupted(_RECEIVED[0])
+
+
 @contextlib.contextmanager
 def interrupt_guard():
     """Turn SIGTERM (and SIGINT) into Interrupted in the main thread; a no-op elsewhere."""
@@ -343,7 +351,10 @@ class OutputPlan:
         try:
             st = os.stat(final)
         except FileNotFoundError:
-            st = None
+            try:   # -o /dev/stdout into a pipe: realpath ends in "pipe:[N]", which only the kernel finds
+                st = os.stat(given) if o.kind == "file" else None
+            except OSError:
+                st = None
         except OSError as exc:
             raise CollapseError(f"{flag} {given}: {exc.strerror or exc}; choose another path") from None
         if st is not None:
@@ -403,6 +414,7 @@ class OutputPlan:
 
     def commit(self, roles=COMMIT_ORDER) -> list[Output]:
         """Rename staged files onto their targets in the fixed order; record each one done."""
+        raise_if_interrupted()
         done = []
         for role in roles:
             o = self.outputs.get(role)

@@ -25,8 +25,6 @@ def random_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def main(argv=None) -> int:
-    import onnx
-
     p = argparse.ArgumentParser(prog="python -m tvm_integration", description=__doc__.splitlines()[0])
     p.add_argument("model", help="ONNX model (the input model)")
     p.add_argument("--collapsed", default=None, help="collapsed ONNX model (default: MODEL itself)")
@@ -37,8 +35,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.target:
         p.error("--target is required")
-    original = onnx.load(args.model)
-    collapsed = onnx.load(args.collapsed) if args.collapsed else original
+    from collapse_passes.errors import CollapseError
+    from collapse_passes.onnx.graph import load_model_file
+
+    try:   # the core's loader: a missing, truncated or non-ONNX file is one line, not a traceback
+        original = load_model_file(args.model).model
+        collapsed = load_model_file(args.collapsed).model if args.collapsed else original
+    except CollapseError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     if args.output is None:
         args.output = args.collapsed or args.model
     try:

@@ -27,7 +27,10 @@ constant) weights at compile time -- so unlike that pipeline's example no
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +68,16 @@ def unsupported_onnx_ops(model) -> list[str]:
     return sorted(missing)
 
 
+def check_onnx_ops(model) -> None:
+    """TVMError naming the ops of ``model`` the Relax ONNX importer lacks, if any."""
+    missing = unsupported_onnx_ops(model)
+    if missing:
+        raise TVMError(
+            "TVM's ONNX importer (tvm.relax.frontend.onnx) does not support op(s): "
+            + ", ".join(missing)
+        )
+
+
 def _load_onnx(model):
     import onnx
 
@@ -85,12 +98,7 @@ def import_onnx(model, shape_dict: Mapping[str, Sequence[int]] | None = None):
     from tvm.relax.frontend.onnx import from_onnx
 
     proto = _load_onnx(model)
-    missing = unsupported_onnx_ops(proto)
-    if missing:
-        raise TVMError(
-            "TVM's ONNX importer (tvm.relax.frontend.onnx) does not support op(s): "
-            + ", ".join(missing)
-        )
+    check_onnx_ops(proto)
     try:
         mod = from_onnx(
             proto,
@@ -601,13 +609,44 @@ def export_library(executable, path: str | os.PathLike, target_info=None) -> str
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     cross = getattr(target_info, "cross_compiler", None)
     try:
-        if cross:
-            _raw(executable).export_library(path, fcompile=cc.cross_compiler(cross))
-        else:
-            _raw(executable).export_library(path)
+        with stderr_without(SAVE_NOISE):
+            if cross:
+                _raw(executable).export_library(path, fcompile=cc.cross_compiler(cross))
+            else:
+                _raw(executable).export_library(path)
     except Exception as e:
         raise TVMError(f"exporting {path} failed: {_first_line(e)}") from e
     return path
+
+
+#: TVM 0.27's VM executable logs "Warning: Scope Saving:" once per constant when it is saved (a debug
+#: line left in executable.cc): 100-270 lines for a MobileNet/Swin export, telling the user nothing
+SAVE_NOISE = ("Warning: Scope Saving:",)
+
+
+@contextlib.contextmanager
+def stderr_without(noise: Sequence[str]):
+    """Run the block with file descriptor 2 captured (C++ logging bypasses sys.stderr), then pass on
+    every captured line that contains none of `noise`."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):   # no real stderr (embedded, closed): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(n in ln for n in noise)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def _find_modules(mod, kind: str, seen=None) -> list:

@@ -276,6 +276,7 @@ def _make_predicate(selection: Selector) -> Callable[[ActivationSite, int], bool
         return site.kind in names or site.var_name in names
 
     pred.ints = ints  # type: ignore[attr-defined]
+    pred.names = names  # type: ignore[attr-defined]
     return pred
 
 
@@ -319,6 +320,21 @@ def _linearize_function(func, func_name: str, pred, mod, strict: bool):
     return new_func, len(chosen)
 
 
+def _check_names(wanted: set, mod, func_names) -> None:
+    """strict: a string that is neither an activation kind nor the variable of an activation in the
+    functions transformed is a typo ("rleu"), not a request to do nothing."""
+    from tvm import relax
+
+    known = set(KINDS)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function) and (func_names is None or gv.name_hint in func_names):
+            known.update(site.var_name for site, _, _ in _scan_function(func, gv.name_hint))
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise ValueError(f"no activation kind or activation variable named {', '.join(map(repr, unknown))}: "
+                         f"kinds are {', '.join(KINDS)}; variables: see list_activations(mod)")
+
+
 def LinearizeActivations(  # noqa: N802 - TVM pass naming convention
     selection: Selector = None,
     func_names: Iterable[str] | None = None,
@@ -342,7 +358,8 @@ def LinearizeActivations(  # noqa: N802 - TVM pass naming convention
     func_names:
         Relax functions to transform (default: all of them).
     strict:
-        Raise ``IndexError`` for an index past the number of activations.
+        Raise ``IndexError`` for an index past the number of activations, ``ValueError`` for a
+        string that is neither a kind nor an activation's variable name.
     """
     import tvm
     from tvm import relax
@@ -352,6 +369,8 @@ def LinearizeActivations(  # noqa: N802 - TVM pass naming convention
 
     @tvm.transform.module_pass(opt_level=0, name="LinearizeActivations")
     def _pass(mod, _ctx):
+        if strict and getattr(pred, "names", None):
+            _check_names(pred.names, mod, names)
         updates = {}
         for gv, func in mod.functions.items():
             if not isinstance(func, relax.Function):
