@@ -42,6 +42,7 @@ from ._common import AlgebraError, f64, is_zero, out_dtype, per_channel
 
 __all__ = [
     "ConvParams",
+    "auto_pads",
     "MergedConv",
     "bn_to_affine",
     "fold_affine_after",
@@ -331,6 +332,29 @@ def conv_nd(x, p: ConvParams) -> np.ndarray:
     if p.bias is not None:
         y += f64(p.bias).reshape((1, O) + (1,) * p.ndim)
     return y
+
+
+def auto_pads(auto_pad: str, input_spatial, kernel_shape, strides=(), dilations=()) -> tuple | None:
+    """ONNX Conv's `auto_pad` as explicit pads (begin_1..begin_n, end_1..end_n) for a known input size.
+
+    VALID: no padding. SAME_UPPER / SAME_LOWER: output ceil(n / s), total pad
+    max((ceil(n/s) - 1)*s + D - n, 0) with D = d*(k-1)+1, split evenly, the odd one at the end (UPPER)
+    or at the begin (LOWER). NOTSET: None (the `pads` attribute holds them); an unknown mode: None."""
+    mode = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    n = len(kernel_shape)
+    if mode == "VALID":
+        return (0,) * (2 * n)
+    if mode not in ("SAME_UPPER", "SAME_LOWER"):
+        return None
+    strides = _int_tuple(strides, "strides") or (1,) * n
+    dilations = _int_tuple(dilations, "dilations") or (1,) * n
+    begin, end = [], []
+    for size, k, s, d in zip(_int_tuple(input_spatial, "input_spatial"), kernel_shape, strides, dilations):
+        total = max((-(-size // s) - 1) * s + d * (int(k) - 1) + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    return tuple(begin) + tuple(end)
 
 
 # -- composition ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..algebra.conv import ConvParams
 from ..algebra.cost import conv_macs, linear_macs
 from .graph import const_value, toposort
 from .linear_ops import ConvView, DenseView
@@ -43,6 +44,12 @@ def node_macs(node) -> int:
     cv = ConvView.of(node)
     if cv is not None:
         return int(out[0] * conv_macs(cv.params, tuple(out[2:])))
+    if node.op == "Conv":   # not a view (auto_pad on an unknown input size): padding does not change the MACs
+        w = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        group = int(node.attrs.get("group", 1))
+        if w is None or w.ndim < 3 or len(out) != w.ndim or group < 1 or w.shape[0] % group:
+            return 0
+        return int(out[0] * conv_macs(ConvParams(weight=w, group=group), tuple(out[2:])))
     if node.op == "Gemm":
         dv = DenseView.of(node)
         if dv is not None:

@@ -3,7 +3,9 @@
 Conv  <-> algebra.conv.ConvParams
 Gemm (transA=0), or MatMul with a constant 2-D right operand optionally followed by an Add of a
 constant bias  <-> algebra.linear.LinearParams
-Anything else (auto_pad, dynamic weights, transA) is not a view: passes leave it alone.
+A Conv's `auto_pad` is read as the explicit pads it stands for when its input's spatial size is static
+(conv_pads); written back, a conv always gets explicit pads. Anything else (auto_pad on an unknown
+size, dynamic weights, transA) is not a view: passes leave it alone.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra.conv import ConvParams
+from ..algebra.conv import ConvParams, auto_pads
 from ..algebra.linear import LinearParams, from_gemm, from_matmul_const
 from .graph import const_value, make_const, single_consumer
 
@@ -25,10 +27,8 @@ class ConvView:
     def of(node) -> "ConvView | None":
         if node is None or node.op != "Conv" or (node.domain or "") not in ("", "ai.onnx"):
             return None
-        if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
-            return None
         w = const_value(node.inputs[1])
-        if w is None:
+        if w is None or w.ndim < 3 or conv_pads(node, w.ndim - 2) is None:
             return None
         if len(node.inputs) > 2 and node.inputs[2].name and const_value(node.inputs[2]) is None:
             return None
@@ -52,7 +52,9 @@ class ConvView:
         w = const_value(n.inputs[1])
         b = const_value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2].name else None
         nd = w.ndim - 2
-        pads = tuple(n.attrs.get("pads", [0] * (2 * nd)))
+        pads = conv_pads(n, nd)
+        if pads is None:
+            raise ValueError(f"Conv {n.name!r}: auto_pad on an input of unknown size (not a ConvView)")
         return ConvParams(weight=w, bias=b, strides=tuple(n.attrs.get("strides", [1] * nd)), pads=pads,
                           dilations=tuple(n.attrs.get("dilations", [1] * nd)), group=int(n.attrs.get("group", 1)))
 
@@ -71,6 +73,31 @@ class ConvView:
         n.attrs["dilations"] = list(p.dilations)
         n.attrs["group"] = int(p.group)
         n.attrs.pop("auto_pad", None)
+
+
+def _mode(node) -> str:
+    m = node.attrs.get("auto_pad", "NOTSET")
+    return m.decode() if isinstance(m, bytes) else str(m)
+
+
+def conv_pads(node, nd: int) -> tuple | None:
+    """Explicit pads of a Conv with `nd` spatial axes: its `pads` attribute, or what its auto_pad means for
+    its input's static spatial size (the padding then depends on that size). None where the size is
+    unknown, and for SAME_* with a dilation > 1 (onnxruntime refuses to run those, so nothing could be
+    verified)."""
+    mode = _mode(node)
+    if mode == "NOTSET":
+        return tuple(node.attrs.get("pads", [0] * (2 * nd)))
+    if mode == "VALID":
+        return (0,) * (2 * nd)
+    dilations = tuple(node.attrs.get("dilations", [1] * nd))
+    shape = node.inputs[0].shape
+    spatial = tuple(shape[2:]) if shape is not None and len(shape) == nd + 2 else ()
+    if any(int(d) != 1 for d in dilations) or not (
+            len(spatial) == nd and all(isinstance(d, int) and d > 0 for d in spatial)):
+        return None
+    w = const_value(node.inputs[1])
+    return auto_pads(mode, spatial, w.shape[2:], node.attrs.get("strides", [1] * nd), dilations)
 
 
 @dataclass

@@ -130,7 +130,7 @@ class _Builder(SlotBuilder):
     def conv(self, node):
         v = ConvView.of(node)
         if v is None:
-            return self.unknown(node, "conv with dynamic weights or auto_pad")
+            return self.unknown(node, "conv with dynamic weights, or auto_pad on an input of unknown size")
         p = v.params
         if p.group > 1 and not (p.group == p.in_channels == p.out_channels):
             sin = self.get_slot(node.inputs[0], 1, node)
