@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from .config import CollapseConfig
+from .config import CollapseConfig, with_tolerances
 from .errors import CollapseError, VerificationError
 from .onnx.analysis import model_stats
 from .onnx.graph import as_model, node_key_names, save_model_atomic, to_graph
@@ -101,6 +101,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         raise CollapseError(f"remove must be >= 0, got {cfg.remove}")
     notes: list[str] = []
     warnings: list[str] = []
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    cfg = with_tolerances(cfg, any(o.type.tensor_type.elem_type in half for o in original.graph.output), notes)
 
     graph = to_graph(original)
     acts = find_activations(graph)

@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse (unless --force) a ratio prune whose max abs error against the unpruned model exceeds E")
     v = p.add_argument_group("verification and output")
     v.add_argument("--check", type=int, default=3, metavar="N", help="random inputs for the check (default 3)")
-    v.add_argument("--rtol", type=float, default=1e-4)
-    v.add_argument("--atol", type=float, default=1e-5)
+    v.add_argument("--rtol", type=float, default=None)   # None: 1e-4 (float16 outputs: 1e-2), config.with_tolerances
+    v.add_argument("--atol", type=float, default=None)   # None: 1e-5 (float16 outputs: 1e-3)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--force", action="store_true", help="write the model even if verification fails")
     v.add_argument("--dry-run", action="store_true", help="compute and report, write no model")
@@ -491,6 +491,10 @@ def _run_tvm(args, result, console):
     from .verify import random_inputs
 
     feeds = random_inputs(result.original, 1, args.seed)[0]
+    ver = result.report.get("verification") or {}
+    for what in ("rtol", "atol"):   # the TVM check uses the tolerances the collapse was verified with
+        if getattr(args, what, None) is None and ver.get(what) is not None:
+            setattr(args, what, ver[what])
     try:
         return run_from_args(args, result.original, result.model, feeds, console=console)
     except TVMError as exc:

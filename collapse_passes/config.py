@@ -1,7 +1,12 @@
 """One config object for a collapse run; the CLI fills it from flags, the API from keywords."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+#: the verification gate's default tolerances, float32 outputs (float64 too) ...
+TOLERANCE = (1e-4, 1e-5)
+#: ... and float16 / bfloat16 outputs: their rounding step is ~1e-3, and exact merges sum in another order
+HALF_TOLERANCE = (1e-2, 1e-3)
 
 
 @dataclass
@@ -19,8 +24,8 @@ class CollapseConfig:
     check: int = 3                   # random inputs for the verification gate
     calib: object = None             # calibration data (.npz / folder / dict) for the gate and scores
     calib_batches: int | None = None
-    rtol: float = 1e-4
-    atol: float = 1e-5
+    rtol: float | None = None        # verification tolerances; None: by output type (with_tolerances)
+    atol: float | None = None
     force: bool = False              # write even when the gate fails
     seed: int = 0
     remove_blocks: float | None = None     # LaCoOT: replace residual blocks with score <= T by their skip
@@ -32,3 +37,14 @@ class CollapseConfig:
     prune_max_error: float | None = None   # refuse a ratio prune whose max abs error exceeds this (unless force)
     eval_data: object = None         # .npz / dict: model inputs + "labels": top-1 accuracy and latency in the report
     target_speedup: float | None = None    # pick lowest-scored activations that buy predicted speed-up until S
+
+
+def with_tolerances(cfg: CollapseConfig, half: bool = False, notes: list | None = None) -> CollapseConfig:
+    """A copy of `cfg` with rtol / atol filled in where left at None: TOLERANCE, or HALF_TOLERANCE when
+    the model computes in float16 / bfloat16 (said in `notes`). Given values are kept."""
+    rtol, atol = HALF_TOLERANCE if half else TOLERANCE
+    if half and notes is not None and (cfg.rtol is None or cfg.atol is None):
+        notes.append(f"float16 outputs: verification tolerances rtol {cfg.rtol if cfg.rtol is not None else rtol}, "
+                     f"atol {cfg.atol if cfg.atol is not None else atol} (float16 rounding; --rtol / --atol set "
+                     "them)")
+    return replace(cfg, rtol=rtol if cfg.rtol is None else cfg.rtol, atol=atol if cfg.atol is None else cfg.atol)

@@ -16,7 +16,7 @@ import torch
 from torch import fx
 from torch.fx.passes.infra.pass_manager import PassManager
 
-from ..config import CollapseConfig
+from ..config import CollapseConfig, with_tolerances
 from ..core.selection import assign_scores, choose, read_scores
 from ..errors import CollapseError, VerificationError
 from ..report import activation_row, build_report
@@ -457,6 +457,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     from ..api import CollapseResult
 
     t0 = time.perf_counter()
+    cfg = with_tolerances(cfg)   # float32 tolerances unless given
     gm, kind = to_graph_module(model, example_inputs)
     example_inputs = _example_inputs(model, example_inputs, gm)
     # our own copies: shape propagation and pruning run the model, which may write into its input
@@ -575,7 +576,7 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
     """
     from ..api import make_config
 
-    cfg = make_config(copy.deepcopy(config), scores, threshold, remove, "torch_backend", **kwargs)
+    cfg = with_tolerances(make_config(copy.deepcopy(config), scores, threshold, remove, "torch_backend", **kwargs))
     if collapse:
         cfg.collapse = [k.strip() for k in collapse.split(",") if k.strip()] if isinstance(collapse, str) \
             else list(collapse)
