@@ -120,6 +120,15 @@ class RegionPricer:
         self.base = None
         self.runs = 0   # onnxruntime runs made to read boundary shapes
 
+    def _static_inputs(self) -> bool:
+        """Run-read shapes are the whole graph's only where its inputs are static (the passes' own
+        Cleanup reads a run only then): with a dynamic H x W the whole graph plans no merge on
+        unknown sizes, a region typed from a run would (then the region falls back to full_cost)."""
+        from .onnx.regions import is_static
+
+        inits = {t.name for t in self.model.graph.initializer}
+        return all(is_static(vi) for vi in self.model.graph.input if vi.name not in inits)
+
     def _read_missing(self, missing: list) -> None:
         """Type the boundary tensors inference lost from one run of the model. The first time, the
         boundaries of every candidate's own region are read in the same run (a group's region is
@@ -142,12 +151,13 @@ class RegionPricer:
 
             cost = None
             sub, missing = region_model(self.model, names, self.types)
-            if missing:   # boundary shapes inference lost: read them from a run, then cut again
+            if missing and self._static_inputs():   # boundary shapes inference lost: read them from a run
                 self._read_missing(missing)
                 sub, missing = region_model(self.model, names, self.types)
             if sub is not None:
                 try:
-                    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in sub.graph.input}
+                    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None
+                                         for d in vi.type.tensor_type.shape.dim] for vi in sub.graph.input}
                     m, ctx, _ = self.run_region(sub, set(collapsed), shapes)
                     cost = stats_cost(model_stats(m, graph=ctx.graph).as_dict(), self.cm)
                 except Exception:   # noqa: BLE001 - a region the passes cannot take alone: price the whole graph

@@ -16,21 +16,22 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-#: ops that are linear (affine) in their float inputs whatever their constant operands are
+#: ops that are linear (affine) in their float inputs whatever their constant operands are (every op
+#: the passes carry a merge or a bias map through must be here: GlobalAveragePool passes bias maps on)
 _LINEAR = {"Conv", "ConvTranspose", "Gemm", "BatchNormalization", "Add", "Sub", "Neg", "Identity", "Pad",
            "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Dropout",
-           "Sum", "Cast"}
+           "Sum", "Cast", "GlobalAveragePool"}
 #: linear only when one operand is a constant (x @ W, x * s); x @ y and x * y are not
 _LINEAR_WITH_CONSTANT = {"MatMul", "Mul", "Div"}
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
 def _is_constant(t) -> bool:
-    import onnx_graphsurgeon as gs
+    """What the passes take for a constant (graph.const_value): also an initializer read through the
+    Identity the TorchScript exporter shares equal initializers with."""
+    from .graph import const_value
 
-    if isinstance(t, gs.Constant):
-        return True
-    return bool(t.inputs) and t.inputs[0].op == "Constant"
+    return const_value(t) is not None
 
 
 def _linear(node) -> bool:
@@ -103,7 +104,8 @@ def region_model(model: onnx.ModelProto, names: frozenset, types: dict) -> tuple
     inits = {t.name: t for t in g.initializer}
     graph_in = {vi.name: vi for vi in g.input}
     graph_out = {vi.name for vi in g.output}
-    read_outside = {t for n in g.node if n.name not in names for t in n.input}
+    # readers the passes' first Cleanup drops (dead code) do not keep a region tensor alive
+    read_outside = {t for n in _live_nodes(g) if n.name not in names for t in (*n.input, *_subgraph_reads(n))}
     extra_consts, used_inits, inputs, outputs, missing = {}, {}, {}, {}, []
     for n in nodes:
         for t in n.input:
@@ -118,7 +120,8 @@ def region_model(model: onnx.ModelProto, names: frozenset, types: dict) -> tuple
         for t in n.output:
             if t and (t in read_outside or t in graph_out):
                 outputs[t] = types.get(t)
-    missing = [t for t, vi in (*inputs.items(), *outputs.items()) if vi is None or not _static(vi)]
+    symbols = {d.dim_param for vi in g.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    missing = [t for t, vi in (*inputs.items(), *outputs.items()) if vi is None or not _typed(vi, symbols)]
     if missing or not outputs:
         return None, missing
     sub = helper.make_graph(list(extra_consts.values()) + nodes, "region", list(inputs.values()),
@@ -129,7 +132,45 @@ def region_model(model: onnx.ModelProto, names: frozenset, types: dict) -> tuple
     return m, []
 
 
-def _static(vi) -> bool:
+def _live_nodes(g) -> list:
+    """The nodes of graph g some graph output depends on (what graphsurgeon's cleanup keeps)."""
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    live, todo = set(), [o.name for o in g.output]
+    while todo:
+        i = producer.get(todo.pop())
+        if i is None or i in live:
+            continue
+        live.add(i)
+        todo.extend(t for t in (*g.node[i].input, *_subgraph_reads(g.node[i])) if t)
+    return [n for i, n in enumerate(g.node) if i in live]
+
+
+def _subgraph_reads(node) -> set:
+    """Tensor names the subgraphs of node (If / Loop / Scan bodies) read, from the outer scope too: a
+    region tensor read there only must stay a region output."""
+    out = set()
+    for a in node.attribute:
+        for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in sg.node:
+                out.update(n.input)
+                out |= _subgraph_reads(n)
+            out.update(o.name for o in sg.output)
+    return out
+
+
+def _typed(vi, symbols: set) -> bool:
+    """Typed as far as the whole graph is: a dtype, and every dim a known size or one of the graph
+    inputs' symbols (a dynamic batch stays the same symbol in the region, so the passes know there what
+    they know on the whole graph). A symbol inference made up for a size it lost is not known: the
+    whole graph reads that size from a run (shapes.complete_mac_shapes)."""
+    tt = vi.type.tensor_type
+    return (tt.elem_type != 0 and tt.HasField("shape")
+            and all((d.HasField("dim_value") and d.dim_value > 0) or (d.dim_param in symbols and d.dim_param)
+                    for d in tt.shape.dim))
+
+
+def is_static(vi) -> bool:
+    """A ValueInfoProto with a dtype and every dim a known positive size."""
     tt = vi.type.tensor_type
     return (tt.elem_type != 0 and tt.HasField("shape")
             and all(d.HasField("dim_value") and d.dim_value > 0 for d in tt.shape.dim))

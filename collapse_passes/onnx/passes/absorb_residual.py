@@ -29,8 +29,9 @@ def _branch(t, outs):
             bias_map_add = prod
             prod = inner.inputs[0]
     cv = ConvView.of(prod)
-    if cv is not None and single_consumer(cv.output) is (bias_map_add or None) or \
-            (cv is not None and bias_map_add is None and len(cv.output.outputs) == 1):
+    # the conv's output must feed nothing but the Add (through the bias-map Add): its weights change
+    if cv is not None and (single_consumer(cv.output) is bias_map_add if bias_map_add is not None
+                           else len(cv.output.outputs) == 1):
         return cv, bias_map_add
     dv = DenseView.of(prod, outs)
     if dv is not None and bias_map_add is None and dv.output is t and len(t.outputs) == 1:
