@@ -117,3 +117,19 @@ def test_ratio_prune_that_removes_nothing_says_so(tmp_path):
     res = api.collapse(str(path), prune_ratio=0.5, round_to=4)
     assert res.report["pruning"]["ratio"]["removed_channels"] > 0
     assert not any("removed no channel" in w for w in res.report["warnings"])
+
+
+def test_torch_frozen_ops_name_the_module_class_as_op_type():
+    """frozen_ops rows hold the op's kind in op_type (as on ONNX) and its path in op; the torch side put
+    the module path in both."""
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.conv = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.conv(self.conv(self.stem(x)))
+
+    _, rep = prune_module(Shared().eval(), torch.randn(1, 3, 4, 4), ratio=0.5)
+    rows = [f for f in rep["ratio"]["frozen_ops"] if f["op"].startswith("conv")]
+    assert rows and all(f["op_type"] == "Conv2d" for f in rows), rep["ratio"]["frozen_ops"]

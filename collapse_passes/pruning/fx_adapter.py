@@ -82,10 +82,10 @@ class _FxBuilder(SlotBuilder):
         return None if meta is None or not hasattr(meta, "shape") else list(meta.shape)
 
     def op_type(self, n) -> str:
-        return _op_type(n)
+        return _op_type(n, self.gm)
 
     def origin(self, n) -> str:
-        return "graph input" if n.op == "placeholder" else f"produced by {_op_type(n)} (not tracked)"
+        return "graph input" if n.op == "placeholder" else f"produced by {self.op_type(n)} (not tracked)"
 
     def node_inputs(self, n):
         fx = _torch().fx
@@ -125,20 +125,20 @@ class _FxBuilder(SlotBuilder):
                                                                  nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             sin = self.get_slot(x, 1 if not isinstance(mod, nn.Linear) else len(self.shape(x) or [1]) - 1, n)
             sout = self.new_slot(n, 1 if not isinstance(mod, nn.Linear) else len(self.shape(n) or [1]) - 1)
-            return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], "module called at several places (shared weights)")
+            return self.cg.freeze_op(n.name, self.op_type(n), [sin, sout], "module called at several places (shared weights)")
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
                 sin, sout = self.get_slot(x, 1, n), self.new_slot(n, 1)
-                return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], "padding mode or string padding")
+                return self.cg.freeze_op(n.name, self.op_type(n), [sin, sout], "padding mode or string padding")
             nd = mod.weight.dim() - 2
             p = ConvParams(_np(mod.weight), None if mod.bias is None else _np(mod.bias), tuple(mod.stride),
                            tuple(mod.padding) * 2, tuple(mod.dilation), mod.groups)
             sin, sout = self.get_slot(x, 1, n), self.new_slot(n, 1)
             if sin is None or sout is None:
-                return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], "unknown shapes")
+                return self.cg.freeze_op(n.name, self.op_type(n), [sin, sout], "unknown shapes")
             if p.group > 1:
                 if not p.group == p.in_channels == p.out_channels:
-                    return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], f"grouped conv (groups={p.group})")
+                    return self.cg.freeze_op(n.name, self.op_type(n), [sin, sout], f"grouped conv (groups={p.group})")
                 self.cg.couple(sin, sout)
             xs = self.shape(x)
             self.record(n, "conv", [sin], [sout], params=p, input_spatial=tuple(xs[2:2 + nd]), module=mod)
@@ -147,7 +147,7 @@ class _FxBuilder(SlotBuilder):
             r, ro = len(self.shape(x) or []), len(self.shape(n) or [])
             sin, sout = self.get_slot(x, r - 1, n), self.new_slot(n, ro - 1)
             if sin is None or sout is None:
-                return self.cg.freeze_op(n.name, _op_type(n), [sin, sout], "unknown shapes")
+                return self.cg.freeze_op(n.name, self.op_type(n), [sin, sout], "unknown shapes")
             p = LinearParams(_np(mod.weight), None if mod.bias is None else _np(mod.bias))
             return self.record(n, "dense", [sin], [sout], params=p, module=mod)
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
@@ -330,9 +330,13 @@ class _FxBuilder(SlotBuilder):
         self.record(n, "index", [src], [sout], src=[(np.zeros(m, int), np.arange(m))])
 
 
-def _op_type(n) -> str:
+def _op_type(n, gm=None) -> str:
+    """The op's kind, as ONNX's op_type is: a module's class name (its path is the op's name)."""
     if n.op == "call_module":
-        return n.target
+        try:
+            return type(gm.get_submodule(n.target)).__name__ if gm is not None else n.target
+        except AttributeError:
+            return n.target
     t = n.target
     return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
