@@ -171,27 +171,29 @@ def _reference_run(model: onnx.ModelProto, feeds: list[dict]):
 
 
 def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` computing in float64: float initializers, constants, value types and Casts."""
+    """A copy of `model` computing in float64: float32 and float16 initializers, constants, value types
+    and Casts (a float16 model's weights are exact in float64, its rounding is not)."""
     from onnx import TensorProto, numpy_helper
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
     def f64(t):
         return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name)
 
     for i, t in enumerate(g.initializer):
-        if t.data_type == TensorProto.FLOAT:
+        if t.data_type in floats:
             g.initializer[i].CopyFrom(f64(t))
     for vi in list(g.input) + list(g.output) + list(g.value_info):
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+        if vi.type.tensor_type.elem_type in floats:
             vi.type.tensor_type.elem_type = TensorProto.DOUBLE
     for n in g.node:
         for a in n.attribute:
-            if a.name == "to" and a.type == onnx.AttributeProto.INT and a.i == TensorProto.FLOAT:
+            if a.name == "to" and a.type == onnx.AttributeProto.INT and a.i in floats:
                 a.i = TensorProto.DOUBLE
-            elif a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT:
+            elif a.type == onnx.AttributeProto.TENSOR and a.t.data_type in floats:
                 a.t.CopyFrom(f64(a.t))
     return m
 

@@ -45,3 +45,19 @@ def test_given_tolerances_win_and_float32_defaults_stay():
         vi.type.tensor_type.elem_type = TensorProto.FLOAT
     v = cp.collapse(m, collapse=["relu"]).report["verification"]
     assert (v["rtol"], v["atol"]) == (1e-4, 1e-5)
+
+
+def test_float64_copy_of_a_float16_model_computes_in_float64():
+    """The second look (and the TVM check's) evaluates a float16 model in float64 too."""
+    from collapse_passes.verify import _reference_run, as_float64
+
+    m = _fp16_model()
+    m64 = as_float64(m)
+    assert {t.data_type for t in m64.graph.initializer} == {TensorProto.DOUBLE}
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float16)
+    y64 = _reference_run(m, [{"x": x.astype(np.float64)}])[0][0]
+    assert y64.dtype == np.float64
+    from collapse_passes.core.runtime import session
+
+    y16 = session(m).run(None, {"x": x})[0]
+    assert np.abs(y16.astype(np.float64) - y64).max() < 0.05 * np.abs(y64).max()
