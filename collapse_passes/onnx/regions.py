@@ -5,7 +5,7 @@ chain merging, residual absorption and bias-map propagation all stay inside the 
 linear ops (Conv, Gemm, MatMul/Mul/Div by a constant, Add, BatchNorm, reshapes) joined by collapsed
 activations, bounded by the activations left alone and by every nonlinear op. --target-speedup prices
 tens to hundreds of candidate sets; running the passes on those regions instead of the whole graph
-makes each price a few small runs (MobileNetV3-L at 224: 160 s -> seconds).
+makes each price a few small runs (a MobileNetV3-L at 224 with --target-speedup: 113 s -> 13 s).
 
     linear_regions(acts, collapsed_ids, non_float) -> [frozenset of node names], one per region
     region_model(model, names, types)                -> (the region as an ONNX model or None,
