@@ -86,6 +86,7 @@ def _tiny_conv(path):
     (["--target", ""], "--target is empty"),
     (["--target", "   "], "--target is empty"),
     (["--target", "cpu", "--rpc-key", "k"], "--rpc-key needs --rpc-tracker"),
+    (["--target", '{"kind": "llvm", "mcpu": "znver33"}'], "LLVM knows no CPU 'znver33'"),   # LLVM fell back quietly
     pytest.param(["--target", "aarch64", "--tune-trials", "8"], "cannot tune for 'aarch64' here",
                  marks=pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
                                           reason="no aarch64 cross compiler (resolve_target refuses first)")),

@@ -24,6 +24,7 @@ a JSON target dict (string or ``dict``)
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import platform
@@ -464,6 +465,8 @@ def _from_dict(d: dict[str, Any], name: str, cuda_arch: str | None):
             d.setdefault("max_threads_per_block", d["max_num_threads"])
         for key, value in cuda_limits(str(d["arch"])).items():
             d.setdefault(key, value)
+    if d["kind"] == "llvm" and d.get("mcpu"):
+        _check_llvm_cpu(d, given)
     if d["kind"] == "llvm" and "num-cores" not in d:
         # MetaSchedule refuses LLVM targets without num-cores.
         d["num-cores"] = (os.cpu_count() or 1) if not d.get("mtriple") else AARCH64_DEFAULT_CORES
@@ -473,6 +476,23 @@ def _from_dict(d: dict[str, Any], name: str, cuda_arch: str | None):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnknownTargetError(f"invalid target {given}: {first}") from None
     return target, _info_for(target, name)
+
+
+def _check_llvm_cpu(d: dict[str, Any], given: str) -> None:
+    """An "mcpu" LLVM does not know for the triple is refused here: LLVM itself prints two error lines
+    and quietly builds for a generic CPU, so the user's tuning would target the wrong chip."""
+    from tvm.target import Target, codegen
+
+    base = {k: v for k, v in d.items() if k in ("kind", "mtriple")}
+    try:
+        known = {str(c) for c in codegen.llvm_get_cpu_archlist(Target(base))}
+    except Exception:  # noqa: BLE001 - no list for this triple: let LLVM judge
+        return
+    if known and str(d["mcpu"]) not in known:
+        near = difflib.get_close_matches(str(d["mcpu"]), sorted(known), n=3)
+        raise UnknownTargetError(f"invalid target {given}: LLVM knows no CPU {d['mcpu']!r} for "
+                                 f"{d.get('mtriple') or 'this host'}"
+                                 + (f" (did you mean {', '.join(near)}?)" if near else ""))
 
 
 def target_slug(info: TargetInfo) -> str:
