@@ -108,7 +108,7 @@ class RegionPricer:
     fails to run falls back to `full_cost` for that candidate."""
 
     def __init__(self, model, acts, forced: list, full_cost, run_region, cost_model, candidates=None):
-        from .onnx.regions import non_float_tensor_names
+        from .onnx.regions import ModelIndex, non_float_tensor_names
         from .onnx.shapes import inferred_types
 
         self.model, self.acts, self.forced = model, acts, list(forced)
@@ -116,6 +116,7 @@ class RegionPricer:
         self.candidates = list(candidates or [])
         self.types = inferred_types(model) or {}
         self.non_float = non_float_tensor_names(self.types, model)
+        self.index = ModelIndex.of(model)
         self.memo: dict = {}
         self.base = None
         self.runs = 0   # onnxruntime runs made to read boundary shapes
@@ -139,7 +140,7 @@ class RegionPricer:
         if not self.runs:
             for c in self.candidates:
                 for region in linear_regions(self.acts, {id(a) for a in self.forced + [c]}, self.non_float):
-                    names.update(region_model(self.model, region, self.types)[1])
+                    names.update(region_model(self.model, region, self.types, self.index)[1])
         self.runs += 1
         self.types.update(run_types(self.model, sorted(names)))
 
@@ -150,10 +151,10 @@ class RegionPricer:
             from .onnx.regions import region_model
 
             cost = None
-            sub, missing = region_model(self.model, names, self.types)
+            sub, missing = region_model(self.model, names, self.types, self.index)
             if missing and self._static_inputs():   # boundary shapes inference lost: read them from a run
                 self._read_missing(missing)
-                sub, missing = region_model(self.model, names, self.types)
+                sub, missing = region_model(self.model, names, self.types, self.index)
             if sub is not None:
                 try:
                     shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None

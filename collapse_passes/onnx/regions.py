@@ -13,6 +13,8 @@ makes each price a few small runs (a MobileNetV3-L at 224 with --target-speedup:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 from onnx import helper
 
@@ -89,23 +91,42 @@ def non_float_tensor_names(types: dict, model: onnx.ModelProto) -> set:
     return out
 
 
-def region_model(model: onnx.ModelProto, names: frozenset, types: dict) -> tuple[onnx.ModelProto | None, list]:
+@dataclass
+class ModelIndex:
+    """What region_model reads of the whole model, found once per model instead of once per region."""
+    consts: dict        # tensor -> the Constant node making it
+    inits: dict         # name -> initializer
+    graph_in: dict      # name -> graph input ValueInfo
+    graph_out: set
+    live_reads: list    # (node name, tensors it reads, subgraphs included) of the live nodes
+    symbols: set        # the graph inputs' symbolic dims
+
+    @staticmethod
+    def of(model: onnx.ModelProto) -> "ModelIndex":
+        g = model.graph
+        return ModelIndex({o: n for n in g.node if n.op_type == "Constant" for o in n.output},
+                          {t.name: t for t in g.initializer}, {vi.name: vi for vi in g.input},
+                          {vi.name for vi in g.output},
+                          [(n.name, {*n.input, *_subgraph_reads(n)}) for n in _live_nodes(g)],
+                          {d.dim_param for vi in g.input for d in vi.type.tensor_type.shape.dim if d.dim_param})
+
+
+def region_model(model: onnx.ModelProto, names: frozenset, types: dict,
+                 index: ModelIndex | None = None) -> tuple[onnx.ModelProto | None, list]:
     """(model, missing): the nodes named `names` (plus the Constant nodes they read) as a model whose
     inputs are the tensors they read from outside and whose outputs are the tensors read outside (or
     graph outputs), typed from `types` (tensor name -> ValueInfoProto). The model is None when a node
     is unnamed or its name is not unique, or when boundary tensors have no static type and shape in
     `types`: `missing` names those (a caller may find them, e.g. by running the model, and ask again)."""
     g = model.graph
+    ix = index or ModelIndex.of(model)
     nodes = [n for n in g.node if n.name in names]
     if len(nodes) != len(names) or any(not n.name for n in nodes):
         return None, []
     produced = {o for n in nodes for o in n.output}
-    consts = {o: n for n in g.node if n.op_type == "Constant" for o in n.output}
-    inits = {t.name: t for t in g.initializer}
-    graph_in = {vi.name: vi for vi in g.input}
-    graph_out = {vi.name for vi in g.output}
+    consts, inits, graph_in, graph_out = ix.consts, ix.inits, ix.graph_in, ix.graph_out
     # readers the passes' first Cleanup drops (dead code) do not keep a region tensor alive
-    read_outside = {t for n in _live_nodes(g) if n.name not in names for t in (*n.input, *_subgraph_reads(n))}
+    read_outside = {t for name, reads in ix.live_reads if name not in names for t in reads}
     extra_consts, used_inits, inputs, outputs, missing = {}, {}, {}, {}, []
     for n in nodes:
         for t in n.input:
@@ -120,8 +141,7 @@ def region_model(model: onnx.ModelProto, names: frozenset, types: dict) -> tuple
         for t in n.output:
             if t and (t in read_outside or t in graph_out):
                 outputs[t] = types.get(t)
-    symbols = {d.dim_param for vi in g.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
-    missing = [t for t, vi in (*inputs.items(), *outputs.items()) if vi is None or not _typed(vi, symbols)]
+    missing = [t for t, vi in (*inputs.items(), *outputs.items()) if vi is None or not _typed(vi, ix.symbols)]
     if missing or not outputs:
         return None, missing
     sub = helper.make_graph(list(extra_consts.values()) + nodes, "region", list(inputs.values()),
