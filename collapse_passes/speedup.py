@@ -108,6 +108,7 @@ class RegionPricer:
     fails to run falls back to `full_cost` for that candidate."""
 
     def __init__(self, model, acts, forced: list, full_cost, run_region, cost_model, candidates=None):
+        from .calib import model_inputs
         from .onnx.regions import ModelIndex, non_float_tensor_names
         from .onnx.shapes import inferred_types
 
@@ -117,18 +118,14 @@ class RegionPricer:
         self.types = inferred_types(model) or {}
         self.non_float = non_float_tensor_names(self.types, model)
         self.index = ModelIndex.of(model)
+        # run-read shapes are the whole graph's only where its inputs are static (the passes' own Cleanup
+        # reads a run only then): with a dynamic H x W the whole graph plans no merge on unknown sizes, a
+        # region typed from a run would (then the region falls back to full_cost)
+        self.static_inputs = all(d is not None and d > 0 for _, dims, _ in model_inputs(model) for d in dims)
         self.memo: dict = {}
         self.base = None
         self.runs = 0   # onnxruntime runs made to read boundary shapes
 
-    def _static_inputs(self) -> bool:
-        """Run-read shapes are the whole graph's only where its inputs are static (the passes' own
-        Cleanup reads a run only then): with a dynamic H x W the whole graph plans no merge on
-        unknown sizes, a region typed from a run would (then the region falls back to full_cost)."""
-        from .onnx.regions import is_static
-
-        inits = {t.name for t in self.model.graph.initializer}
-        return all(is_static(vi) for vi in self.model.graph.input if vi.name not in inits)
 
     def _read_missing(self, missing: list) -> None:
         """Type the boundary tensors inference lost from one run of the model. The first time, the
@@ -147,18 +144,18 @@ class RegionPricer:
     def _region_cost(self, names: frozenset, collapsed: frozenset):
         key = (names, collapsed)
         if key not in self.memo:
+            from .calib import model_inputs
             from .onnx.analysis import model_stats
             from .onnx.regions import region_model
 
             cost = None
             sub, missing = region_model(self.model, names, self.types, self.index)
-            if missing and self._static_inputs():   # boundary shapes inference lost: read them from a run
+            if missing and self.static_inputs:   # boundary shapes inference lost: read them from a run
                 self._read_missing(missing)
                 sub, missing = region_model(self.model, names, self.types, self.index)
             if sub is not None:
                 try:
-                    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None
-                                         for d in vi.type.tensor_type.shape.dim] for vi in sub.graph.input}
+                    shapes = {n: dims for n, dims, _ in model_inputs(sub)}
                     m, ctx, _ = self.run_region(sub, set(collapsed), shapes)
                     cost = stats_cost(model_stats(m, graph=ctx.graph).as_dict(), self.cm)
                 except Exception:   # noqa: BLE001 - a region the passes cannot take alone: price the whole graph
@@ -227,7 +224,8 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
         sub, names, merge=cfg.merge, cost_model=cm, input_shapes=sub_shapes, run_cache=cache), cm, ranked)
     base = stats_cost(stats_before.as_dict(), cm)   # model_stats(original), computed by the caller
     taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base)
-    final = base / full_cost(taken)   # the reported prediction: the whole graph, not the sum of its regions
+    # the reported prediction: the whole graph, not the sum of its regions (nothing taken: the pricer's base)
+    final = base / (full_cost(taken) if taken else cost_of([]))
     skipped = sum(not h["taken"] for h in hist)
     notes.append(f"--target-speedup {cfg.target_speedup}: {len(taken)} activation(s) collapsed, {skipped} skipped "
                  f"(no predicted gain), predicted speed-up {final:.3f}x (MACs + per-op cost of the merged graph)"

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from collapse_passes.config import TOLERANCE
 from collapse_passes.outputs import EXPORT_MARKER  # marks a directory --export made (and may replace)
 
 from .errors import TVMError
@@ -41,8 +42,7 @@ DEFAULT_REPEAT = 20
 REPORT_NAME = "report.json"
 LIB_NAME = "model.so"
 TUNING_SUBDIR = "tuning"
-RTOL = 1e-4  # defaults when the caller's args carry no --rtol/--atol
-ATOL = 1e-5
+RTOL, ATOL = TOLERANCE  # defaults when the caller's args carry no --rtol/--atol: the gate's own
 
 
 # --------------------------------------------------------------------------- arguments

@@ -189,13 +189,6 @@ def _typed(vi, symbols: set) -> bool:
                     for d in tt.shape.dim))
 
 
-def is_static(vi) -> bool:
-    """A ValueInfoProto with a dtype and every dim a known positive size."""
-    tt = vi.type.tensor_type
-    return (tt.elem_type != 0 and tt.HasField("shape")
-            and all(d.HasField("dim_value") and d.dim_value > 0 for d in tt.shape.dim))
-
-
 def run_types(model: onnx.ModelProto, names) -> dict:
     """name -> ValueInfoProto of the tensors `names`, typed from one onnxruntime run of `model` on
     random inputs (what inference could not say: TorchScript Swin sizes its windows at run time)."""
