@@ -5,7 +5,7 @@ run); peak RSS is that child's ru_maxrss from os.wait4. Linux keeps a process's 
 across exec, so the children are started from a parent that imports nothing heavy (the models are
 exported in a separate process first); otherwise every child would report at least the parent's size. Runs are interleaved (collapse_passes,
 onnxslim, collapse_passes, ...) in alternating order so machine noise hits both alike; medians
-are reported with min-max. collapse_passes runs its verification gate (one random input, default);
+are reported with min-max. collapse_passes runs its verification gate (three random inputs, the default; a `--check 1` row shows what they cost);
 onnxslim runs with its defaults (it does not verify).
 
 Cases (ResNet-18 and MobileNetV2 at 224x224, exported with the TorchScript exporter):

@@ -23,6 +23,10 @@ def _after_run(signum, _frame):
 for _s in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_s, _after_run)
 
+from .core import runtime  # noqa: E402
+
+runtime.OWN_PROCESS = True   # malloc may be tuned for onnxruntime's buffers (runtime._fix_mmap_threshold)
+
 from .cli import main  # noqa: E402
 
 _code = main()

@@ -54,7 +54,7 @@ def run(model: onnx.ModelProto, feeds: list[dict], sess=None) -> tuple[list[list
 def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str):
     """Run the input model alone first: if it cannot run on these feeds, the feeds (or the model)
     are the user's problem, not the collapse's."""
-    sess = session(model)
+    sess = session(model, optimize="auto")
     names = [o.name for o in sess.get_outputs()]
     outs = []
     for k, f in enumerate(feeds):
@@ -123,9 +123,9 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     orig_out, names = run_input_model(original, feeds, inputs_desc)
     warns = input_model_warnings(original, orig_out, names, feeds, seed)
     # the input ran on these feeds: a failure of the result or the requested model is ours (a bug)
-    res_out, _ = run(result, feeds, session(result, ours=True))
+    res_out, _ = run(result, feeds, session(result, optimize="auto", ours=True))
     # nothing requested (requested is the input model itself): its outputs are the input's
-    req_out = orig_out if requested is original else run(requested, feeds, session(requested, ours=True))[0]
+    req_out = orig_out if requested is original else run(requested, feeds, session(requested, optimize="auto", ours=True))[0]
     against = nonfinite_request(orig_out, req_out, names, len(feeds)) or compare(req_out, res_out, names, rtol, atol)
     if not against.passed and not against.why:
         against = float64_second_look(against, lambda m, f: _reference_run(m, f), requested, result, feeds,
