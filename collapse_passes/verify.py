@@ -59,13 +59,26 @@ def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str)
     outs = []
     for k, f in enumerate(feeds):
         try:
-            outs.append(sess.run(names, f))
+            try:
+                outs.append(sess.run(names, f))
+            except Exception:
+                if not _optimized(sess):
+                    raise
+                # an optimized graph onnxruntime cannot run: the graph as written decides
+                sess = session(model)
+                outs.append(sess.run(names, f))
         except Exception as exc:
             msg = ort_message(exc)
             shapes = ", ".join(f"{n} {tuple(np.shape(v))}" for n, v in f.items())
             raise CollapseError(f"onnxruntime cannot run the input model on {inputs_desc} (batch {k}: {shapes}): "
                                 f"{msg}; give data that fits the model's inputs") from None
     return outs, names
+
+
+def _optimized(sess) -> bool:
+    import onnxruntime as ort
+
+    return sess.get_session_options().graph_optimization_level != ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 
 
 def input_model_warnings(model: onnx.ModelProto, outs, names, feeds: list[dict], seed: int = 0) -> list[str]:

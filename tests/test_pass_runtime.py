@@ -189,3 +189,37 @@ def test_auto_session_optimizes_small_models_only_and_falls_back(exported, monke
     monkeypatch.setattr(runtime, "_session", optimizer_fails)
     assert level(runtime.session(model, optimize="auto")) == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     assert runtime._mmap_fixed is False   # a library caller's malloc is left alone (OWN_PROCESS unset)
+
+
+def test_input_model_the_optimized_session_cannot_run_is_run_as_written(exported, monkeypatch):
+    """A run failure in the optimized session (an onnxruntime optimizer defect) is not blamed on the
+    user's model: the graph as written decides."""
+    from collapse_passes import verify
+    from collapse_passes.core import runtime
+
+    model = onnx.load(exported("mobilenet_v2", False))
+    feeds = runtime.random_inputs(model, 2)
+    real = runtime.session
+
+    class Broken:
+        def __init__(self, sess):
+            self.sess = sess
+
+        def get_session_options(self):
+            return self.sess.get_session_options()
+
+        def get_outputs(self):
+            return self.sess.get_outputs()
+
+        def run(self, *a):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : fused kernel failed")
+
+    def session(m, optimize=False, **k):
+        s = real(m, optimize=optimize, **k)
+        return Broken(s) if optimize == "auto" else s
+
+    monkeypatch.setattr(verify, "session", session)
+    outs, names = verify.run_input_model(model, feeds, "2 random inputs")
+    want, _ = runtime.run(model, feeds)
+    for a, b in zip(outs, want):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-5)
