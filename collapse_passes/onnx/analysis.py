@@ -25,6 +25,7 @@ class ModelStats:
     depth_ops: int          # longest input->output path, counted in ops
     depth_nonlinear: int    # the same path measure counted in nonlinear ops (a fused GELU is one)
     activations: int
+    constant_nodes: int = 0  # non-activation nodes computed from constants alone (folded at load): no cost
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +72,30 @@ def node_macs(node) -> int:
     return 0
 
 
+#: ops that give a new value on every run, even from constant inputs
+_RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def constant_nodes(graph: gs.Graph) -> set[int]:
+    """ids of the nodes whose inputs are all constants or outputs of such nodes (a toposorted graph):
+    computed once when onnxruntime creates the session (constant folding) or TVM builds (FoldConstant),
+    so they cost no MACs, ops or depth per inference. Swin V2's position-bias MLP on its fixed coordinate
+    table is one: pricing it made collapsing its ReLU look like a speed-up."""
+    out: set[int] = set()
+    for n in graph.nodes:
+        if n.op in _RANDOM_OPS or n.op == "Constant" or any(isinstance(v, gs.Graph) for v in n.attrs.values()):
+            continue
+        ins = [t for t in n.inputs if t.name]
+        if ins and all(isinstance(t, gs.Constant) or (t.inputs and (t.inputs[0].op == "Constant"
+                                                                     or id(t.inputs[0]) in out)) for t in ins):
+            out.add(id(n))
+    return out
+
+
+#: ONNX element types counted as parameters: float, float16, double, bfloat16, the float8s
+FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20}
+
+
 def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: list | None = None) -> ModelStats:
     """Size and depth of `model`. `graph`: a graph of this model whose shapes are already inferred (the
     passes' final Cleanup leaves one), to skip a second shape inference; `acts`: its activations, if
@@ -85,13 +110,15 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
         acts = find_activations(graph)
     anchor = {id(a.nodes[-1]) for a in acts}
     inside = {id(n) for a in acts for n in a.nodes}
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    # parameters are the floating-point tensors (as torch counts them): integer sizes and indices are not
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in FLOAT_TYPES)
     for n in model.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:
-                if a.name == "value":
+                if a.name == "value" and a.t.data_type in FLOAT_TYPES:
                     params += int(np.prod(a.t.dims))
-    macs = sum(node_macs(n) for n in graph.nodes)
+    folded = constant_nodes(graph)
+    macs = sum(node_macs(n) for n in graph.nodes if id(n) not in folded)
 
     # graph.toposort() above: predecessors always come first, so the longest paths are one sweep
     preds: dict[int, set] = {}
@@ -102,7 +129,9 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
         k = id(n)
         ps = preds.setdefault(k, set())
         w_ops[k] = 1
-        if id(n) in anchor:
+        if k in folded:   # computed at load: on no per-inference path
+            w_ops[k] = w_nl[k] = 0
+        elif id(n) in anchor:
             w_nl[k] = 1
         elif id(n) in inside:
             w_nl[k] = 0
@@ -117,7 +146,8 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
     return ModelStats(
         nodes=len([n for n in graph.nodes if n.op not in _FREE_OPS]),
         params=params, macs=int(macs),
-        depth_ops=_longest(preds, w_ops), depth_nonlinear=_longest(preds, w_nl), activations=len(acts))
+        depth_ops=_longest(preds, w_ops), depth_nonlinear=_longest(preds, w_nl), activations=len(acts),
+        constant_nodes=sum(1 for n in graph.nodes if id(n) in folded and id(n) not in inside))
 
 
 def _through_free(node):

@@ -33,7 +33,9 @@ def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = Fal
         from .passes.remove_constant_channels import RemoveConstantChannels
 
         pre.append(RemoveConstantChannels())
-    return PassManager([Cleanup(), *pre, ("fixed_point", loop)])
+    from .passes.fold_static_shapes import FoldStaticShapes
+
+    return PassManager([FoldStaticShapes(), Cleanup(), *pre, ("fixed_point", loop)])
 
 
 def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow_border_approx: bool = False,
