@@ -158,3 +158,18 @@ def test_data_shaped_ops_stop_the_fold(op):
     nodes = [helper.make_node(op, ["x"], ["z"]), helper.make_node("Shape", ["z"], ["s"]),
              helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT)]
     assert fss.shape_arithmetic(_graph(nodes)) is None
+
+
+def test_shape_of_a_graph_input_is_folded_without_a_run(tmp_path, monkeypatch):
+    """Shape(x) of the static graph input: its value is the declared shape (inference does not list
+    graph inputs among its results)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Reshape", ["x", "s"], ["r"]),
+             helper.make_node("Relu", ["r"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])])
+    path = str(tmp_path / "in.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    monkeypatch.setattr(fss, "run_values", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    r = cp.collapse(path)
+    assert "Shape" not in _ops(r.model)

@@ -105,10 +105,10 @@ def _evaluate(graph: gs.Graph, derived: set, frontier: dict, source) -> dict:
         if n.op not in ("Shape", "Size"):
             stack.extend(producer[id(t)] for t in n.inputs if t is not None and id(t) in producer)
     roots = [n for n in needed if n.op in ("Shape", "Size")]
-    types = inferred_types(source) if roots else {}
+    types = {**{vi.name: vi for vi in source.graph.input}, **(inferred_types(source) or {})} if roots else {}
     known = {}
     for n in roots:
-        vi = (types or {}).get(n.inputs[0].name)
+        vi = types.get(n.inputs[0].name)
         dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim] \
             if vi is not None and vi.type.tensor_type.HasField("shape") else None
         if dims is None or any(d is None for d in dims):
