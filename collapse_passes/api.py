@@ -146,7 +146,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     from .onnx.driver import requested_semantics, run_passes
     from .pruning.api_hook import finish_pruning, prepare_pruning
 
-    base, prune_off, prune_report = prepare_pruning(original, cfg, score_details)
+    base, prune_off, prune_report = prepare_pruning(original, cfg, score_details, chosen={a.name for a in chosen},
+                                                    remove_blocks=blocks_removed)
     collapsed_outputs = {a.output.name for a in chosen}   # a collapsed ReLU is no longer "always off"
     prune_off = {t: c for t, c in prune_off.items() if t not in collapsed_outputs}
     input_shapes = _input_shapes(original)
@@ -172,6 +173,9 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             raise CollapseError("--check must be at least 1: every result is verified")
         feeds = random_inputs(original, cfg.check, cfg.seed)
         desc = f"{cfg.check} random input(s), seed {cfg.seed}"
+        if any(not isinstance(d, int) for _, dims, _ in _model_inputs(original) for d in dims[1:]):
+            # a dynamic height/width runs as 1: say so, a model that needs real sizes (Swin) then names it
+            desc += ", dynamic dims after the first run as 1 (--calib data checks real sizes)"
     ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
     warnings.extend(ver.warnings)
     if ver.against_requested.passed and ver.against_requested.why:   # passed on the float64 second look
@@ -214,9 +218,13 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
 
 
 def _input_shapes(model: onnx.ModelProto) -> dict:
+    return {n: dims for n, dims, _ in _model_inputs(model)}
+
+
+def _model_inputs(model: onnx.ModelProto) -> list:
     from .calib import model_inputs
 
-    return {n: dims for n, dims, _ in model_inputs(model)}
+    return model_inputs(model)
 
 
 def _cost_model(cfg: CollapseConfig, model):

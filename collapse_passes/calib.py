@@ -150,7 +150,8 @@ def _iter_arrays(src: str, arrays: dict, model, batch_size, max_batches, min_sam
     if total % b and None not in static_b:
         total -= total % b  # a model with a static batch cannot take a partial batch
         if total == 0:
-            raise CollapseError(f"{src}: fewer samples than the model's fixed batch size {b}")
+            raise CollapseError(f"{src}: {next(iter(counts.values()))} sample(s), fewer than the model's fixed batch "
+                                f"size {b}; give at least {b} samples, or export the model with a dynamic batch")
     for k, start in enumerate(range(0, total, b)):
         if max_batches is not None and k >= max_batches:
             break

@@ -1,7 +1,8 @@
 """Predicted speed-up of a collapse, priced on the real merged graph (what LayerMerge does with a
 latency table, here with the cost model of algebra/cost.py).
 
-stats_cost(stats) = MACs + per-op overhead x non-activation nodes of the *merged* ONNX graph
+stats_cost(stats) = MACs + per-op overhead x non-activation nodes of the *merged* ONNX graph (nodes computed
+from constants alone are free: folded when the session loads)
 (report["before"/"after"] of api.collapse); graph_cost(model, cm) prices the graph op by op with the
 planner's cost model (measured on onnxruntime with cost="measured"), what the training loop uses. Activation nodes are priced at zero: onnxruntime fuses
 Relu / Clip into the conv before them, so an activation whose collapse lets no merge happen buys
@@ -19,7 +20,7 @@ from .errors import CollapseError
 def stats_cost(stats: dict, cost_model: CostModel | None = None) -> float:
     """MAC-equivalent cost of a model from its model_stats dict (report["before"] / ["after"])."""
     cm = cost_model or CostModel()
-    ops = float(stats["nodes"]) - float(stats.get("activations", 0))
+    ops = float(stats["nodes"]) - float(stats.get("activations", 0)) - float(stats.get("constant_nodes", 0))
     return float(stats["macs"]) + cm.per_op_overhead_macs * ops
 
 
@@ -30,14 +31,16 @@ def graph_cost(model, cost_model: CostModel | None = None) -> float:
     overhead, activations zero (fused into the op before them). The same prices the merge planner
     used, so a prediction agrees with the plan (stats_cost only knows MACs and node counts)."""
     from .algebra.cost import conv_signature, linear_signature
-    from .onnx.analysis import _dims, node_macs
+    from .onnx.analysis import _dims, constant_nodes, node_macs
+    from .onnx.graph import toposort
     from .onnx.linear_ops import ConvView, DenseView
     from .onnx.patterns import find_activations
     from .onnx.shapes import with_shapes
 
     cm = cost_model or CostModel()
     graph = with_shapes(model)
-    inside = {id(n) for a in find_activations(graph) for n in a.nodes}
+    toposort(graph)
+    inside = {id(n) for a in find_activations(graph) for n in a.nodes} | constant_nodes(graph)   # free
     total = 0.0
     for n in graph.nodes:
         if n.op in ("Constant", "Identity") or id(n) in inside:

@@ -42,16 +42,16 @@ class StochasticDepth(nn.Module):
 
 
 class MBConv(nn.Module):
-    def __init__(self, expand_ratio, kernel, stride, cin, cout, sd_prob):
+    def __init__(self, expand_ratio, kernel, stride, cin, cout, sd_prob, norm=nn.BatchNorm2d):
         super().__init__()
         self.use_res_connect = stride == 1 and cin == cout
         expanded = _make_divisible(cin * expand_ratio, 8)
         layers: list[nn.Module] = []
         if expanded != cin:
-            layers.append(Conv2dNormActivation(cin, expanded, 1, act=nn.SiLU))
-        layers.append(Conv2dNormActivation(expanded, expanded, kernel, stride, groups=expanded, act=nn.SiLU))
+            layers.append(Conv2dNormActivation(cin, expanded, 1, norm=norm, act=nn.SiLU))
+        layers.append(Conv2dNormActivation(expanded, expanded, kernel, stride, groups=expanded, norm=norm, act=nn.SiLU))
         layers.append(SqueezeExcitation(expanded, max(1, cin // 4), activation=nn.SiLU))
-        layers.append(Conv2dNormActivation(expanded, cout, 1, act=None))
+        layers.append(Conv2dNormActivation(expanded, cout, 1, norm=norm, act=None))
         self.block = nn.Sequential(*layers)
         self.stochastic_depth = StochasticDepth(sd_prob)
 

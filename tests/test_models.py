@@ -63,7 +63,9 @@ def _randomize_norm_stats(model: nn.Module) -> None:
 
 def test_registry_names():
     assert set(MODELS) == {"resnet18", "resnet18_tv", "mobilenet_v2", "mobilenet_v2_tv", "mobilenet_v3_small",
-                           "mobilenet_v3_large", "efficientnet_b0", "vgg16_bn", "swin_t", "swin_t_tv"}
+                           "mobilenet_v3_large", "efficientnet_b0", "vgg16_bn", "swin_t", "swin_t_tv",
+                           "resnet50_tv", "resnext50_32x4d_tv", "wide_resnet50_2_tv",
+                           "efficientnet_v2_s", "swin_v2_t"}
     with pytest.raises(KeyError):
         build("nope")
 

@@ -143,6 +143,18 @@ def params_with_defaults(kind: str, params: dict | None = None) -> dict:
     return _p(params, get(kind).defaults)
 
 
+#: a lower-only clamp this small is a division guard, not a layer's activation
+EPS_GUARD_MAX = 1e-4
+
+
+def is_eps_guard(lo, hi) -> bool:
+    """True for ``clamp_min(eps)`` / ``Clip(min=eps)`` with 0 < eps <= 1e-4 and no upper bound: what
+    F.normalize, cosine similarity or a variance put before a division (Swin V2's cosine attention). It
+    keeps a denominator off zero and removes no layer when collapsed, so no front end
+    lists it as an activation (it stays in the graph as a nonlinear op)."""
+    return hi is None and lo is not None and 0.0 < float(lo) <= EPS_GUARD_MAX
+
+
 def linear_regime(kind: str, params: dict | None = None) -> tuple[float, float]:
     """(scale, shift) of the affine map a collapsed activation becomes: y = scale*x + shift."""
     e = get(kind)

@@ -29,11 +29,14 @@ class ConvChainPlan:
     candidates: dict = field(default_factory=dict)
 
 
-def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: bool = False) -> ConvChainPlan:
+def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: bool = False,
+                    any_size: bool = False) -> ConvChainPlan:
     """Where to cut a chain of ConvParams (input spatial size spatials[k], output outs[k] of conv k).
 
     Segments are priced by cm (a bias-map Add counted as an elementwise op); a merge the algebra
-    calls inexact is refused (refused[(i, j)] = why) unless allow_border_approx."""
+    calls inexact is refused (refused[(i, j)] = why) unless allow_border_approx. any_size: the input's
+    spatial size is dynamic (spatials are one instance of it), so a merge that holds at that size only
+    (a per-position bias map, strides, asymmetric pads: size_bound) is refused too."""
     merged, refused = {}, {}
 
     def get(i, j):
@@ -62,6 +65,10 @@ def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: 
         if not m.exact and not allow_border_approx:
             refused[(i, j)] = m.reason
             return None
+        if any_size and size_bound(m, params[i:j]):
+            refused[(i, j)] = ("exact at the planned input size only (per-position bias, strides or asymmetric "
+                               "pads), and the input's spatial size is dynamic")
+            return None
         merged[(i, j)] = m
         return m
 
@@ -74,6 +81,13 @@ def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: 
     chosen = {(i, j): conv_alg.compose_conv_chain(params[i:j], spatials[i]) for i, j in segs if j - i > 1}
     merged.update(chosen)
     return ConvChainPlan(segs, chosen, refused, merged)
+
+
+def size_bound(m, params) -> bool:
+    """Does the merge of `params` (MergedConv m) hold at its planned input size only? A per-position bias map
+    holds that size's borders; strides and asymmetric pads read other borders at another size."""
+    return (m.bias_map is not None or tuple(m.params.pads_begin) != tuple(m.params.pads_end)
+            or any(s != 1 for p in params for s in p.strides))
 
 
 def segment_cost(m, spatial_in, spatial_out, cm: CostModel) -> float:

@@ -16,7 +16,7 @@ its catalogue name ("slope"); the caller resolves it. Kinds include the non-coll
 """
 from __future__ import annotations
 
-from .activations import SELU_ALPHA, SELU_GAMMA
+from .activations import SELU_ALPHA, SELU_GAMMA, is_eps_guard
 
 
 def _clip_kind(lo, hi):
@@ -27,7 +27,7 @@ def _clip_kind(lo, hi):
     hi = None if hi is None else float(hi)
     if hi is not None and hi == float("inf"):
         hi = None
-    if hi is not None and lo >= hi:
+    if (hi is not None and lo >= hi) or is_eps_guard(lo, hi):
         return None
     if lo == 0.0 and hi == 6.0:
         return "relu6", {}
@@ -107,6 +107,7 @@ def _function_table():
         "relu6": fixed("relu6"),
         "hardtanh": lambda args, kw: _clip_kind(a(args, kw, 1, "min_val", -1.0), a(args, kw, 2, "max_val", 1.0)),
         "clamp": lambda args, kw: _clip_kind(a(args, kw, 1, "min", None), a(args, kw, 2, "max", None)),
+        "clamp_min": lambda args, kw: _clip_kind(a(args, kw, 1, "min", None), None),
         "leaky_relu": lambda args, kw: ("leaky_relu", {"alpha": float(a(args, kw, 1, "negative_slope", 0.01))}),
         "prelu": lambda args, kw: ("prelu", {"slope": a(args, kw, 1, "weight", None)}),
         "gelu": lambda args, kw: ("gelu_tanh" if a(args, kw, 1, "approximate", "none") == "tanh" else "gelu", {}),

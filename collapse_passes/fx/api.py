@@ -113,6 +113,60 @@ def _training_bn_in_program(ep) -> list[str]:
     return bad
 
 
+def _low_precision(tensors) -> list[str]:
+    """The float dtypes below float32 among `tensors` (float16, bfloat16, float8...), sorted."""
+    return sorted({str(t.dtype).replace("torch.", "") for t in tensors if isinstance(t, torch.Tensor)
+                   and t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)})
+
+
+#: ops that draw random numbers (names without namespace, overload or trailing "_")
+_RANDOM_OPS = {"rand", "randn", "rand_like", "randn_like", "randint", "randint_like", "randperm", "bernoulli",
+               "multinomial", "normal", "uniform", "exponential", "geometric", "cauchy", "log_normal", "poisson",
+               "random"}
+#: dropout ops: random when their training flag (argument 2 or keyword training/train, default True) is set
+#: and their p (argument 1, default 0.5) is not 0
+_DROPOUT_OPS = {"dropout", "native_dropout", "alpha_dropout", "feature_dropout", "feature_alpha_dropout",
+                "dropout1d", "dropout2d", "dropout3d"}
+
+
+def random_nodes(gm: fx.GraphModule) -> list[str]:
+    """Nodes of the graph that draw random numbers (dropout with training set, bernoulli, rand...): a model in
+    training mode whose randomness is not an nn.Dropout (stochastic depth, F.dropout(x, p, self.training))."""
+    found = []
+    for n in gm.graph.nodes:
+        if n.op not in ("call_function", "call_method"):
+            continue
+        t = n.target
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        if isinstance(t, torch._ops.OpOverload):
+            name = t.overloadpacket.__name__
+        name = name.split(".")[-1].rstrip("_")
+        if name in _DROPOUT_OPS:
+            train = n.kwargs.get("training", n.kwargs.get("train", n.args[2] if len(n.args) > 2 else True))
+            prob = n.kwargs.get("p", n.args[1] if len(n.args) > 1 else 0.5)
+            if train is False or (isinstance(prob, (int, float)) and prob == 0):
+                continue
+        elif name in ("rrelu", "rrelu_with_noise"):   # random only in training (argument 3, default False)
+            if not n.kwargs.get("training", n.args[3] if len(n.args) > 3 else False):
+                continue
+        elif name not in _RANDOM_OPS:
+            continue
+        found.append(f"{n.name} ({name})")
+    return found
+
+
+def _refuse_random(gm: fx.GraphModule, model) -> None:
+    rand = random_nodes(gm)
+    if not rand:
+        return
+    training = isinstance(model, torch.nn.Module) and any(m.training for m in model.modules())
+    raise CollapseError(f"the model draws random numbers ({', '.join(rand[:2])}{' ...' if len(rand) > 2 else ''})"
+                        + (", it is in training mode" if training else "")
+                        + ": its output is not a function of its input, so no result can be verified; call "
+                        "model.eval() first (dropout and stochastic depth are identity in eval)"
+                        + ("" if training else ", or remove the random ops"))
+
+
 def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
     """(a GraphModule the passes may change, the input's kind): never modifies the caller's model."""
     if isinstance(model, torch.export.ExportedProgram):
@@ -125,12 +179,17 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
         if bad:
             raise CollapseError(f"the program was exported in training mode (BatchNorm {bad[0]} uses batch "
                                 "statistics): call model.eval() before torch.export.export")
-        return model.module(), "ExportedProgram"
+        low = _low_precision(list(model.state_dict.values()) + list(model.constants.values()))
+        if low:   # as for an nn.Module: merged in float32/float64, the fp32 gate would fail on rounding alone
+            raise CollapseError(f"the program holds {', '.join(low)} weights: the merges are computed and verified "
+                                "in float32/float64; export it from model.float() (and convert the result back after)")
+        gm = model.module()
+        _refuse_random(gm, None)
+        return gm, "ExportedProgram"
     if not isinstance(model, torch.nn.Module):
         raise CollapseError(f"expected an ONNX model, nn.Module, GraphModule or ExportedProgram, got "
                             f"{type(model).__name__}")
-    low = sorted({str(t.dtype).replace("torch.", "") for t in list(model.parameters()) + list(model.buffers())
-                  if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)})
+    low = _low_precision(list(model.parameters()) + list(model.buffers()))
     if low:
         raise CollapseError(f"the model holds {', '.join(low)} weights: the merges are computed and verified in "
                             "float32/float64; call model.float() first (and convert the result back after)")
@@ -139,9 +198,10 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
         what = type(model.get_submodule(bad[0])).__name__
         raise CollapseError(f"{what} {bad[0]!r} is in training mode (its output depends on the batch or on chance, "
                             "so nothing can fold into it): call model.eval() first")
-    if isinstance(model, fx.GraphModule):
-        return copy.deepcopy(model), "GraphModule"
-    return trace_module(model, example_inputs), "nn.Module"
+    gm, kind = (copy.deepcopy(model), "GraphModule") if isinstance(model, fx.GraphModule) else \
+        (trace_module(model, example_inputs), "nn.Module")
+    _refuse_random(gm, model)
+    return gm, kind
 
 
 def list_torch_keys(model, example_inputs=None) -> list[dict]:
@@ -254,12 +314,14 @@ def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list,
 
 
 def run_passes(gm: fx.GraphModule, chosen_names, cfg: CollapseConfig, record: FxRecord,
-               example_inputs=None) -> fx.GraphModule:
-    """Linearize the chosen sites once, then fold / absorb / merge / cleanup to a fixed point."""
+               example_inputs=None, any_size: bool = False) -> fx.GraphModule:
+    """Linearize the chosen sites once, then fold / absorb / merge / cleanup to a fixed point.
+    any_size: the graph will run at other spatial sizes than its shapes (MergeLinearChains.any_size)."""
     LinearizeActivations(chosen_names, record)(gm)
     loop = [FoldBatchNorm(record)]
     if cfg.merge:
-        loop += [AbsorbResidual(record), MergeLinearChains(_cost_model(cfg), cfg.allow_border_approx, None, record)]
+        loop += [AbsorbResidual(record), MergeLinearChains(_cost_model(cfg), cfg.allow_border_approx, None, record,
+                                                           any_size=any_size)]
     loop.append(Cleanup(record))
     res = PassManager(loop, steps=MAX_STEPS)(gm)
     return res.graph_module
@@ -407,6 +469,46 @@ def _run64(model, feeds):
                                  for t in f) for f in feeds])
 
 
+def _program_dynamic_shapes(ep) -> list[dict] | None:
+    """The dynamic dims of an ExportedProgram's user inputs, one {dim: torch.export.Dim} per input with the
+    program's ranges (one Dim per symbol, so dims the program kept equal stay equal); None when all are static."""
+    from torch.export import Dim
+
+    user = set(ep.graph_signature.user_inputs)
+    dims, specs = {}, []
+    for n in ep.graph.nodes:
+        if n.op != "placeholder" or n.name not in user:
+            continue
+        v = n.meta.get("val")
+        spec = {}
+        for i, d in enumerate(tuple(v.shape) if isinstance(v, torch.Tensor) else ()):
+            if not isinstance(d, torch.SymInt):
+                continue
+            expr = d.node.expr
+            if expr not in dims:
+                vr = ep.range_constraints.get(expr)
+                lo = int(vr.lower) if vr is not None and vr.lower.is_finite else None
+                hi = int(vr.upper) if vr is not None and vr.upper.is_finite else None
+                dims[expr] = Dim(f"d{len(dims)}_{expr}", **({"min": lo} if lo is not None else {}),
+                                 **({"max": hi} if hi is not None else {}))
+            spec[i] = dims[expr]
+        specs.append(spec)
+    return specs if dims else None
+
+
+def _reexport(result: fx.GraphModule, example_inputs, dyn_shapes) -> torch.export.ExportedProgram:
+    """The result as an ExportedProgram, with the input program's dynamic dims (a program exported for any
+    batch came back fixed to its example batch)."""
+    if dyn_shapes is None:
+        return torch.export.export(result, example_inputs)
+    try:
+        return torch.export.export(result, example_inputs, dynamic_shapes=tuple(dyn_shapes))
+    except Exception as exc:   # noqa: BLE001 - a dim the result cannot keep dynamic: say which, in one line
+        raise CollapseError(f"the collapsed program cannot keep the input program's dynamic dims "
+                            f"({_first_line(exc)}); export the model with static shapes, or pass the nn.Module "
+                            "(its result runs at any batch)") from None
+
+
 # ----------------------------------------------------------------------------------- report
 
 
@@ -490,7 +592,10 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     gm, prune_report = prune(gm, example_inputs, cfg)
     if cfg.prune_ratio is not None:
         requested = gm
-    result = run_passes(copy.deepcopy(gm) if cfg.prune_ratio is not None else gm, [], cfg, record)
+    dyn_shapes = _program_dynamic_shapes(model) if kind == "ExportedProgram" else None
+    # a program exported with a dynamic height/width runs at other sizes: only merges exact at every size
+    any_size = dyn_shapes is not None and any(i > 0 for d in dyn_shapes for i in d)
+    result = run_passes(copy.deepcopy(gm) if cfg.prune_ratio is not None else gm, [], cfg, record, any_size=any_size)
     propagate_shapes(result, example_inputs)
     after = graph_stats(result)
 
@@ -508,7 +613,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
 
     out_model = result
     if kind == "ExportedProgram":
-        out_model = torch.export.export(result, example_inputs)
+        out_model = _reexport(result, example_inputs, dyn_shapes)
     chosen_ids = {id(s) for s in chosen}
     kept = [s for s in find_activations(original, collapsible_only=False) if not is_collapsible(s)]
     report = build_report(
@@ -539,14 +644,33 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
 # ----------------------------------------------------------------------------------- torch.compile
 
 
+def _module_attribute(n: fx.Node) -> bool:
+    """A dynamo placeholder for a plain attribute of the model (BatchNorm's eps and momentum, which dynamic
+    shapes turn into 0-d tensor inputs read with .item()), not for a user input."""
+    ga = n.meta.get("grapharg")
+    return ga is not None and type(getattr(ga, "source", None)).__name__ == "AttrSource"
+
+
 def freeze_parameters(gm: fx.GraphModule, example_inputs) -> int:
     """Turn the parameter/buffer inputs of a dynamo graph into get_attr constants (as inductor's
-    freezing does) so the passes can fold them; the placeholders stay, unused. Returns how many."""
+    freezing does) so the passes can fold them; the placeholders stay, unused. A float attribute of the
+    model that dynamo made a 0-d tensor input (BatchNorm eps under dynamic shapes: FoldBatchNorm needs it as
+    a number) becomes that number where it is read with .item(). Returns how many."""
     frozen = 0
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     first_real = next((n for n in gm.graph.nodes if n.op != "placeholder"), None)
     for n, t in zip(placeholders, example_inputs):
         name = str(n.target)
+        if (isinstance(t, torch.Tensor) and t.ndim == 0 and t.is_floating_point() and _module_attribute(n)
+                and all(u.op == "call_method" and u.target == "item" for u in n.users)):
+            value = float(t)
+            for item in list(n.users):
+                for u in list(item.users):
+                    u.args = fx.node.map_arg(u.args, lambda a, item=item: value if a is item else a)
+                    u.kwargs = fx.node.map_arg(u.kwargs, lambda a, item=item: value if a is item else a)
+                gm.graph.erase_node(item)
+            frozen += 1
+            continue
         is_param = isinstance(t, torch.nn.Parameter) or "_parameters_" in name or "_buffers_" in name
         if not is_param or not isinstance(t, torch.Tensor) or not n.users:
             continue
@@ -584,9 +708,20 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
         raise CollapseError(f"threshold must be a finite number, got {cfg.threshold}")
 
     def backend(gm: fx.GraphModule, example_inputs):
+        low = _low_precision(list(example_inputs) + list(gm.parameters()) + list(gm.buffers()))
+        if low:   # numpy has no bfloat16 (FoldBatchNorm crashed) and float16 fails the float32 gate on rounding
+            raise CollapseError(f"torch_backend: the graph computes in {', '.join(low)}: the merges are computed "
+                                "and verified in float32/float64; compile model.float() (or use another backend "
+                                "for a low-precision model)")
+        _refuse_random(gm, None)   # a model compiled in training mode: its dropouts would fail the check by chance
         gm.meta[PARTIAL_GRAPH] = True   # a graph break may split the forward: no "relu():i" root keys
         freeze_parameters(gm, example_inputs)
-        propagate_shapes(gm, example_inputs, clone=False)
+        # dynamic shapes: sizes come as SymInts; running the graph on them would guard every size to its
+        # example value (a recompile per input shape, and after torch's recompile limit the model runs eagerly,
+        # uncollapsed). Their example values run it here; the compiler still gets the symbols.
+        concrete = [_size_hint(t) for t in example_inputs]
+        any_size = _dynamic_spatial(gm)
+        propagate_shapes(gm, concrete, clone=False)
         notes, warnings = [], []
         # a key that names no activation of *this* graph may live in another graph dynamo split off
         sites = find_activations(gm)
@@ -605,12 +740,14 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
         real = not any(isinstance(t, FakeTensor) for t in example_inputs)
         requested = requested_semantics(gm, names) if verify and real else None
         record = FxRecord()
-        out = run_passes(gm, names, cfg, record)
+        out = run_passes(gm, names, cfg, record, any_size=any_size)
+        if any_size:
+            notes.append("dynamic spatial size: only merges exact at every input size were planned")
         check = None
         if requested is not None:
             from ..core.runtime import compare
 
-            feeds = [tuple(example_inputs)]
+            feeds = [tuple(concrete)]
             got = run_outputs(out, feeds)
             check = compare(run_outputs(requested, feeds), got, [f"output{i}" for i in range(len(got[0]))],
                             cfg.rtol, cfg.atol)
@@ -639,6 +776,25 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
     backend.reports = []
     backend.unmatched_keys = keys.unmatched
     return backend
+
+
+def _size_hint(t):
+    """A SymInt's example value (without a guard), anything else as it is."""
+    if isinstance(t, torch.SymInt):
+        hint = t.node.hint
+        return int(hint) if hint is not None else t
+    return t
+
+
+def _dynamic_spatial(gm: fx.GraphModule) -> bool:
+    """Does a tensor input of the dynamo graph have a symbolic size past its first (batch) dim?"""
+    for n in gm.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        v = n.meta.get("example_value", n.meta.get("val"))
+        if isinstance(v, torch.Tensor) and any(not isinstance(d, int) for d in tuple(v.shape)[1:]):
+            return True
+    return False
 
 
 class _BackendKeys:

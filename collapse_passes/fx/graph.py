@@ -69,15 +69,29 @@ def shape_of(node) -> tuple | None:
         return None
     tm = node.meta.get("tensor_meta")
     if tm is not None and hasattr(tm, "shape"):
-        return tuple(int(d) for d in tm.shape)
+        try:
+            return tuple(_example_dim(d) for d in tm.shape)
+        except (TypeError, ValueError):
+            return None
     for k in ("val", "example_value"):
         v = node.meta.get(k)
         if isinstance(v, torch.Tensor):
             try:
-                return tuple(int(d) for d in v.shape)
-            except (TypeError, ValueError):  # symbolic sizes
+                return tuple(_example_dim(d) for d in v.shape)
+            except (TypeError, ValueError):  # symbolic sizes without an example value
                 return None
     return None
+
+
+def _example_dim(d) -> int:
+    """A dim as a number: a SymInt (dynamic shapes) gives its example value, read without int(), which would
+    guard the compiled graph to that size (a recompile per input shape)."""
+    if isinstance(d, torch.SymInt):
+        hint = d.node.hint
+        if hint is None:
+            raise ValueError("unbacked symbolic size")
+        return int(hint)
+    return int(d)
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True) -> None:
@@ -100,7 +114,8 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True) -> 
     except Exception as exc:   # wrong shapes or dtypes for this model: the user's input, one line
         cause = exc.__cause__ or exc
         why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
-        shapes = ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in feeds)
+        shapes = ", ".join(str(tuple(t.shape)) + ("" if t.dtype == torch.float32 else f" {str(t.dtype)[6:]}")
+                           if isinstance(t, torch.Tensor) else type(t).__name__ for t in feeds)
         raise CollapseError(f"the model does not run on example_inputs of shape {shapes} ({why}); "
                             "pass inputs the model accepts") from None
 

@@ -80,7 +80,8 @@ def constant_nodes(graph: gs.Graph) -> set[int]:
     """ids of the nodes whose inputs are all constants or outputs of such nodes (a toposorted graph):
     computed once when onnxruntime creates the session (constant folding) or TVM builds (FoldConstant),
     so they cost no MACs, ops or depth per inference. Swin V2's position-bias MLP on its fixed coordinate
-    table is one: pricing it made collapsing its ReLU look like a speed-up."""
+    table is one: pricing it made collapsing its ReLU look like a speed-up. Size arithmetic of a model
+    with static inputs counts as constant as well (fold_static_shapes)."""
     out: set[int] = set()
     for n in graph.nodes:
         if n.op in _RANDOM_OPS or n.op == "Constant" or any(isinstance(v, gs.Graph) for v in n.attrs.values()):
@@ -89,6 +90,13 @@ def constant_nodes(graph: gs.Graph) -> set[int]:
         if ins and all(isinstance(t, gs.Constant) or (t.inputs and (t.inputs[0].op == "Constant"
                                                                      or id(t.inputs[0]) in out)) for t in ins):
             out.add(id(n))
+    # with static inputs, run-time size arithmetic (Shape -> Gather -> Concat ...) is constant too: the
+    # fold_shapes pass folds it, so pricing it in the input model would credit that clean-up to a collapse
+    from .passes.fold_static_shapes import _static_inputs, shape_arithmetic
+
+    if _static_inputs(graph):
+        derived = shape_arithmetic(graph) or set()
+        out.update(id(n) for n in graph.nodes if n.outputs and all(id(t) in derived for t in n.outputs))
     return out
 
 

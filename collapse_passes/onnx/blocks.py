@@ -14,11 +14,13 @@ An identity skip is preferred over a projection when both readings fit. A post-a
 Block key: the torch module path of the Add when the node name is a TorchScript scope path
 ("/layer1/layer1.0/Add" -> "layer1.0") or, when node metadata is given, the dynamo exporter's
 name_scopes; otherwise the Add node name. Two blocks in one module (a transformer block has an
-attention and an MLP residual) get "<path>/<add node suffix>" keys, e.g. "blocks.0/Add_1".
-Every block also answers to its Add node name.
+attention and an MLP residual) get "<path>/Add", "<path>/Add_1", ...: TorchScript's node suffix, or on
+the dynamo export (global names such as node_add_17) the index among the module's own Adds, so both
+exporters and the torch front end agree. Every block also answers to its Add node name.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -165,6 +167,10 @@ def _module_path(add, node_meta) -> str | None:
     return module_path_from_scope_name(add.name)
 
 
+#: the TorchScript exporter's name of a module's own Add (the torch front end numbers them the same way)
+_TS_ADD = re.compile(r"Add(_\d+)?")
+
+
 def find_residual_blocks(graph: gs.Graph, node_meta: dict | None = None) -> list[ResidualBlock]:
     """Every residual block of `graph`, in graph order. `node_meta` (graph.node_key_names of the
     model proto) lets dynamo-exported models use module paths as keys; without it their blocks are
@@ -176,12 +182,21 @@ def find_residual_blocks(graph: gs.Graph, node_meta: dict | None = None) -> list
         if m is not None:
             found.append(ResidualBlock(key="", add=node, module=_module_path(node, node_meta), **m))
     counts = Counter(b.module for b in found if b.module)
+    own_adds: dict = {}   # module path -> its own Add nodes in graph order (several blocks in one module only)
+    if any(c > 1 for c in counts.values()):
+        for node in graph.nodes:
+            if node.op == "Add":
+                own_adds.setdefault(_module_path(node, node_meta), []).append(id(node))
     taken: set = set()
     for b in found:
         if b.module and counts[b.module] == 1:
             key = b.module
         elif b.module:
-            key = f"{b.module}/{b.add.name.rstrip('/').rsplit('/', 1)[-1]}"
+            tail = b.add.name.rstrip('/').rsplit('/', 1)[-1]
+            if not _TS_ADD.fullmatch(tail):   # torch.export names count over the whole graph (node_add_17):
+                i = own_adds[b.module].index(id(b.add))   # number the module's own adds, as TorchScript does
+                tail = "Add" + (f"_{i}" if i else "")
+            key = f"{b.module}/{tail}"
         else:
             key = b.add.name
         base, k = key, 1

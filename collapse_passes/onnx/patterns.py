@@ -104,6 +104,8 @@ def _single_op(node) -> Activation | None:
         lo, hi, ok = _clip_bounds(node)
         if not ok:
             return None
+        if catalogue.is_eps_guard(lo, None if hi is None or math.isinf(hi) else hi):
+            return None   # clamp_min(eps) before a division (F.normalize): no activation
         if lo == 0.0 and hi == 6.0:
             return act("relu6")
         if lo is not None and hi is not None and lo < hi:

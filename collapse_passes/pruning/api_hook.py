@@ -12,8 +12,14 @@ from ..errors import CollapseError
 from .select import check_ratio
 
 
-def prepare_pruning(original: onnx.ModelProto, cfg, score_details=None) -> tuple[onnx.ModelProto, dict, dict]:
-    """(model to collapse, data-dependent off channels, report dict)."""
+def prepare_pruning(original: onnx.ModelProto, cfg, score_details=None, chosen=(),
+                    remove_blocks=()) -> tuple[onnx.ModelProto, dict, dict]:
+    """(model to collapse, data-dependent off channels, report dict).
+
+    The off channels are found on the requested semantics (the chosen activations linearized, the
+    removed blocks skipped): a kept ReLU after a collapsed one sees other values there than in the input
+    model, and a channel off only in the input model would be removed wrongly (the gate, whose reference
+    masks the same channels, could not tell)."""
     report: dict = {"exact_removal": bool(cfg.prune)}
     base = original
     if cfg.prune_ratio is not None:
@@ -36,7 +42,10 @@ def prepare_pruning(original: onnx.ModelProto, cfg, score_details=None) -> tuple
     if cfg.prune and cfg.calib is not None:
         from .onnx_prune import always_off_channels
 
-        off = always_off_channels(base, cfg.calib, cfg.calib_batches)
+        from ..onnx.driver import requested_semantics
+
+        off = always_off_channels(requested_semantics(base, set(chosen), remove_blocks=remove_blocks),
+                                  cfg.calib, cfg.calib_batches)
     return base, off, report
 
 

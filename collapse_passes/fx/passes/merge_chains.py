@@ -46,11 +46,14 @@ class MergeLinearChains(FxPass):
     name = "merge"
 
     def __init__(self, cost_model: CostModel | None = None, allow_border_approx: bool = False,
-                 example_inputs=None, record=None):
+                 example_inputs=None, record=None, any_size: bool = False):
         super().__init__(record)
         self.cm = cost_model or CostModel()
         self.allow_border_approx = allow_border_approx
         self.example_inputs = example_inputs
+        # the graph runs at spatial sizes other than the shapes it was planned at (torch.compile dynamic
+        # shapes): only merges exact at every size (core/chains.size_bound), no size-guarded PaddedConv
+        self.any_size = any_size
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         if self.example_inputs is not None:
@@ -84,7 +87,7 @@ class MergeLinearChains(FxPass):
         spatials = [tuple(s[2:]) for s in shapes_in]
         outs = [tuple(s[2:]) for s in shapes_out]
         params = [op.params for op in chain]
-        plan = plan_conv_chain(params, spatials, outs, self.cm, self.allow_border_approx)
+        plan = plan_conv_chain(params, spatials, outs, self.cm, self.allow_border_approx, self.any_size)
         done = 0
         for (i, j), m in plan.merged.items():
             ops = chain[i:j]

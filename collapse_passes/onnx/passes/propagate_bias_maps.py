@@ -27,10 +27,19 @@ __all__ = ["PropagateBiasMaps", "bias_map_source", "count_bias_map_adds"]
 
 
 def _static(t) -> tuple | None:
+    """The tensor's shape with a symbolic first dim (a dynamic batch) read as 1, or None when another dim is
+    unknown. Offsets are (1, ...) and every op they pass through acts row by row along the first dim, so
+    they are the same for every batch (a dynamic-batch export kept all its bias-map Adds)."""
     s = getattr(t, "shape", None)
-    if s is None or not all(isinstance(d, (int, np.integer)) and d > 0 for d in s):
+    if s is None or len(s) == 0 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in s[1:]):
         return None
-    return tuple(int(d) for d in s)
+    first = s[0]
+    if isinstance(first, (int, np.integer)):
+        if first <= 0:
+            return None
+    elif not (isinstance(first, str) and first):
+        return None
+    return (int(first) if isinstance(first, (int, np.integer)) else 1,) + tuple(int(d) for d in s[1:])
 
 
 def _fits(c: np.ndarray, shape: tuple) -> bool:
