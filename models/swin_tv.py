@@ -168,10 +168,14 @@ class SwinTransformerBlock(nn.Module):
 
 
 class SwinTransformerTV(nn.Module):
+    """torchvision's SwinTransformer; `block` and `downsample` pick V1 (here) or V2 (models/swin_v2.py)."""
+
     def __init__(self, patch_size: int = 4, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, mlp_ratio: float = 4.0,
-                 num_classes: int = 1000) -> None:
+                 num_classes: int = 1000, block=None, downsample=None) -> None:
         super().__init__()
+        block = block or SwinTransformerBlock
+        downsample = downsample or PatchMerging
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
         win = [window_size, window_size]
@@ -183,11 +187,11 @@ class SwinTransformerTV(nn.Module):
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
             dim = embed_dim * 2**i
             layers.append(nn.Sequential(*[
-                SwinTransformerBlock(dim, heads, win, [0 if j % 2 == 0 else w // 2 for w in win], mlp_ratio)
+                block(dim, heads, win, [0 if j % 2 == 0 else w // 2 for w in win], mlp_ratio)
                 for j in range(depth)
             ]))
             if i < len(depths) - 1:
-                layers.append(PatchMerging(dim))
+                layers.append(downsample(dim))
         self.features = nn.Sequential(*layers)
         num_features = embed_dim * 2 ** (len(depths) - 1)
         self.norm = nn.LayerNorm(num_features)
@@ -195,7 +199,7 @@ class SwinTransformerTV(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.head = nn.Linear(num_features, num_classes)
-        for m in self.modules():
+        for m in self.modules():   # torchvision's initialisation (V2's cpb_mlp included)
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .efficientnet import StochasticDepth
-from .swin_tv import Permute, _patch_merging_pad
+from .swin_tv import SwinTransformerTV, _patch_merging_pad
 
 __all__ = ["PatchMergingV2", "ShiftedWindowAttentionV2", "SwinTransformerBlockV2", "SwinTransformerV2", "swin_v2_t"]
 
@@ -179,43 +179,12 @@ class SwinTransformerBlockV2(nn.Module):
         return x + self.stochastic_depth(self.norm2(self.mlp(x)))
 
 
-class SwinTransformerV2(nn.Module):
+class SwinTransformerV2(SwinTransformerTV):
     def __init__(self, patch_size: int = 4, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 8, mlp_ratio: float = 4.0,
                  num_classes: int = 1000) -> None:
-        super().__init__()
-        if len(depths) != len(num_heads):
-            raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
-        win = [window_size, window_size]
-        layers: list[nn.Module] = [nn.Sequential(
-            nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size),
-            Permute([0, 2, 3, 1]),
-            nn.LayerNorm(embed_dim),
-        )]
-        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
-            dim = embed_dim * 2**i
-            layers.append(nn.Sequential(*[
-                SwinTransformerBlockV2(dim, heads, win, [0 if j % 2 == 0 else w // 2 for w in win], mlp_ratio)
-                for j in range(depth)
-            ]))
-            if i < len(depths) - 1:
-                layers.append(PatchMergingV2(dim))
-        self.features = nn.Sequential(*layers)
-        num_features = embed_dim * 2 ** (len(depths) - 1)
-        self.norm = nn.LayerNorm(num_features)
-        self.permute = Permute([0, 3, 1, 2])
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.head = nn.Linear(num_features, num_classes)
-        for m in self.modules():   # torchvision's initialisation (cpb_mlp included)
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.features(x))
-        return self.head(self.flatten(self.avgpool(self.permute(x))))
+        super().__init__(patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio, num_classes,
+                         block=SwinTransformerBlockV2, downsample=PatchMergingV2)
 
 
 def swin_v2_t(num_classes: int = 1000, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
