@@ -92,9 +92,9 @@ def constant_nodes(graph: gs.Graph) -> set[int]:
             out.add(id(n))
     # with static inputs, run-time size arithmetic (Shape -> Gather -> Concat ...) is constant too: the
     # fold_shapes pass folds it, so pricing it in the input model would credit that clean-up to a collapse
-    from .passes.fold_static_shapes import _static_inputs, shape_arithmetic
+    from .passes.fold_static_shapes import static_inputs, shape_arithmetic
 
-    if _static_inputs(graph):
+    if static_inputs(graph):
         derived = shape_arithmetic(graph) or set()
         out.update(id(n) for n in graph.nodes if n.outputs and all(id(t) in derived for t in n.outputs))
     return out

@@ -50,7 +50,7 @@ SHAPE_INPUTS = {
 MAX_ELEMENTS = 4096
 
 
-def _static_inputs(graph: gs.Graph) -> bool:
+def static_inputs(graph: gs.Graph) -> bool:
     return bool(graph.inputs) and all(
         t.shape is not None and all(isinstance(d, int) and d >= 0 for d in t.shape) for t in graph.inputs)
 
@@ -144,7 +144,7 @@ class FoldStaticShapes:
 
     def __call__(self, ctx) -> PassResult:
         graph = ctx.graph
-        if ctx.source is None or not _static_inputs(graph):
+        if ctx.source is None or not static_inputs(graph):
             return PassResult(False)
         derived = shape_arithmetic(graph)
         if not derived:
