@@ -63,9 +63,9 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(_patch_merging_pad(x)))
 
 
-def shifted_window_attention(x_in: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, rel_bias: torch.Tensor,
-                             window: list[int], heads: int, shift: list[int]) -> torch.Tensor:
-    """torchvision's ``shifted_window_attention`` (no dropout, no logit scale), NHWC in and out."""
+def window_partition(x_in: torch.Tensor, window: list[int], shift: list[int]):
+    """Pad to whole windows, roll by the shift (none where one window covers the map), cut into windows:
+    (windows (B * nw, N, C), padded height, padded width, the shift used, nw). torchvision's order of ops."""
     b, h, w, c = x_in.shape
     pad_r = (window[1] - w % window[1]) % window[1]
     pad_b = (window[0] - h % window[0]) % window[0]
@@ -80,37 +80,59 @@ def shifted_window_attention(x_in: torch.Tensor, qkv: nn.Linear, proj: nn.Linear
         x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
     nw = (ph // window[0]) * (pw // window[1])
     x = x.view(b, ph // window[0], window[0], pw // window[1], window[1], c)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b * nw, window[0] * window[1], c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b * nw, window[0] * window[1], c), ph, pw, shift, nw
+
+
+def window_mask(ph: int, pw: int, window: list[int], shift: list[int], like: torch.Tensor) -> torch.Tensor:
+    """The -100 mask that keeps tokens rolled in from the other side of the map apart (nw, N, N)."""
+    mask = like.new_zeros((ph, pw))
+    h_slices = ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None))
+    w_slices = ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None))
+    count = 0
+    for hs in h_slices:
+        for ws in w_slices:
+            mask[hs[0]:hs[1], ws[0]:ws[1]] = count
+            count += 1
+    nw = (ph // window[0]) * (pw // window[1])
+    mask = mask.view(ph // window[0], window[0], pw // window[1], window[1])
+    mask = mask.permute(0, 2, 1, 3).reshape(nw, window[0] * window[1])
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    return mask.masked_fill(mask != 0, float(-100.0)).masked_fill(mask == 0, float(0.0))
+
+
+def masked_softmax_values(attn, v, x, ph, pw, window, shift, nw, heads):
+    """Add the shift mask (if any) to the attention logits, softmax, apply to v: (B * nw, N, C)."""
+    if sum(shift) > 0:
+        attn = attn.view(x.size(0) // nw, nw, heads, x.size(1), x.size(1))
+        attn = attn + window_mask(ph, pw, window, shift, x).unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, heads, x.size(1), x.size(1))
+    attn = F.softmax(attn, dim=-1)
+    return attn.matmul(v).transpose(1, 2).reshape(x.size(0), x.size(1), x.size(2))
+
+
+def window_merge(x: torch.Tensor, x_in: torch.Tensor, ph: int, pw: int, window: list[int], shift: list[int]):
+    """The inverse of window_partition: windows back into the map, rolled back, cropped to x_in's size."""
+    b, h, w, c = x_in.shape
+    x = x.view(b, ph // window[0], pw // window[1], window[0], window[1], c)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+    return x[:, :h, :w, :].contiguous()
+
+
+def shifted_window_attention(x_in: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, rel_bias: torch.Tensor,
+                             window: list[int], heads: int, shift: list[int]) -> torch.Tensor:
+    """torchvision's ``shifted_window_attention`` (no dropout, no logit scale), NHWC in and out."""
+    c = x_in.shape[3]
+    x, ph, pw, shift, nw = window_partition(x_in, window, shift)
     t = qkv(x)
     t = t.reshape(x.size(0), x.size(1), 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     q, k, v = t[0], t[1], t[2]
     q = q * (c // heads) ** -0.5
     attn = q.matmul(k.transpose(-2, -1))
     attn = attn + rel_bias
-    if sum(shift) > 0:
-        mask = x.new_zeros((ph, pw))
-        h_slices = ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None))
-        w_slices = ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None))
-        count = 0
-        for hs in h_slices:
-            for ws in w_slices:
-                mask[hs[0]:hs[1], ws[0]:ws[1]] = count
-                count += 1
-        mask = mask.view(ph // window[0], window[0], pw // window[1], window[1])
-        mask = mask.permute(0, 2, 1, 3).reshape(nw, window[0] * window[1])
-        mask = mask.unsqueeze(1) - mask.unsqueeze(2)
-        mask = mask.masked_fill(mask != 0, float(-100.0)).masked_fill(mask == 0, float(0.0))
-        attn = attn.view(x.size(0) // nw, nw, heads, x.size(1), x.size(1))
-        attn = attn + mask.unsqueeze(1).unsqueeze(0)
-        attn = attn.view(-1, heads, x.size(1), x.size(1))
-    attn = F.softmax(attn, dim=-1)
-    x = attn.matmul(v).transpose(1, 2).reshape(x.size(0), x.size(1), c)
-    x = proj(x)
-    x = x.view(b, ph // window[0], pw // window[1], window[0], window[1], c)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
-    if sum(shift) > 0:
-        x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
-    return x[:, :h, :w, :].contiguous()
+    x = proj(masked_softmax_values(attn, v, x, ph, pw, window, shift, nw, heads))
+    return window_merge(x, x_in, ph, pw, window, shift)
 
 
 class ShiftedWindowAttention(nn.Module):

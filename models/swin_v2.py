@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .efficientnet import StochasticDepth
-from .swin_tv import SwinTransformerTV, _patch_merging_pad
+from .swin_tv import SwinTransformerTV, _patch_merging_pad, masked_softmax_values, window_merge, window_partition
 
 __all__ = ["PatchMergingV2", "ShiftedWindowAttentionV2", "SwinTransformerBlockV2", "SwinTransformerV2", "swin_v2_t"]
 
@@ -51,41 +51,11 @@ class PatchMergingV2(nn.Module):
         return self.norm(self.reduction(_patch_merging_pad(x)))
 
 
-def _window_mask(ph: int, pw: int, window: list[int], shift: list[int], like: torch.Tensor) -> torch.Tensor:
-    """The -100 mask that keeps tokens rolled in from the other side of the map apart (nw, N, N)."""
-    mask = like.new_zeros((ph, pw))
-    h_slices = ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None))
-    w_slices = ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None))
-    count = 0
-    for hs in h_slices:
-        for ws in w_slices:
-            mask[hs[0]:hs[1], ws[0]:ws[1]] = count
-            count += 1
-    nw = (ph // window[0]) * (pw // window[1])
-    mask = mask.view(ph // window[0], window[0], pw // window[1], window[1])
-    mask = mask.permute(0, 2, 1, 3).reshape(nw, window[0] * window[1])
-    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
-    return mask.masked_fill(mask != 0, float(-100.0)).masked_fill(mask == 0, float(0.0))
-
-
 def shifted_window_attention_v2(x_in, qkv_weight, proj_weight, rel_bias, window, heads, shift, logit_scale,
                                 qkv_bias=None, proj_bias=None):
     """torchvision's ``shifted_window_attention`` with ``logit_scale`` (cosine attention), no dropout; NHWC."""
-    b, h, w, c = x_in.shape
-    pad_r = (window[1] - w % window[1]) % window[1]
-    pad_b = (window[0] - h % window[0]) % window[0]
-    x = F.pad(x_in, (0, 0, 0, pad_r, 0, pad_b))
-    _, ph, pw, _ = x.shape
-    shift = list(shift)
-    if window[0] >= ph:
-        shift[0] = 0
-    if window[1] >= pw:
-        shift[1] = 0
-    if sum(shift) > 0:
-        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-    nw = (ph // window[0]) * (pw // window[1])
-    x = x.view(b, ph // window[0], window[0], pw // window[1], window[1], c)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b * nw, window[0] * window[1], c)
+    c = x_in.shape[3]
+    x, ph, pw, shift, nw = window_partition(x_in, window, shift)
     if qkv_bias is not None:   # V2: no bias on the keys
         qkv_bias = qkv_bias.clone()
         length = qkv_bias.numel() // 3
@@ -96,19 +66,8 @@ def shifted_window_attention_v2(x_in, qkv_weight, proj_weight, rel_bias, window,
     attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
     attn = attn * torch.clamp(logit_scale, max=math.log(100.0)).exp()
     attn = attn + rel_bias
-    if sum(shift) > 0:
-        mask = _window_mask(ph, pw, window, shift, x)
-        attn = attn.view(x.size(0) // nw, nw, heads, x.size(1), x.size(1))
-        attn = attn + mask.unsqueeze(1).unsqueeze(0)
-        attn = attn.view(-1, heads, x.size(1), x.size(1))
-    attn = F.softmax(attn, dim=-1)
-    x = attn.matmul(v).transpose(1, 2).reshape(x.size(0), x.size(1), c)
-    x = F.linear(x, proj_weight, proj_bias)
-    x = x.view(b, ph // window[0], pw // window[1], window[0], window[1], c)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
-    if sum(shift) > 0:
-        x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
-    return x[:, :h, :w, :].contiguous()
+    x = F.linear(masked_softmax_values(attn, v, x, ph, pw, window, shift, nw, heads), proj_weight, proj_bias)
+    return window_merge(x, x_in, ph, pw, window, shift)
 
 
 # as torchvision: torch.fx.symbolic_trace keeps these as leaf calls (their shape arithmetic cannot be traced)
