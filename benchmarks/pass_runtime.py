@@ -11,6 +11,8 @@ onnxslim runs with its defaults (it does not verify).
 Cases (ResNet-18 and MobileNetV2 at 224x224, exported with the TorchScript exporter):
 - resnet18: no scores (folding / merging clean-ups only), as in issue 10's measurement;
 - resnet18_tv: the same on torchvision's ResNet-18 layout (models/resnet_tv.py, 1000 classes);
+- resnet18_tv_layer4: torchvision's ResNet-18 with the four ReLUs of layer4 collapsed (a partial collapse:
+  verification runs the shared prefix once);
 - mobilenet_v2_all: MobileNetV2 with every activation collapsed (scores 0, threshold 0.5).
 
     python benchmarks/pass_runtime.py [--runs 3] [--cases resnet18,mobilenet_v2_all] [--baseline DIR] [--json F]
@@ -62,6 +64,12 @@ def prepare(tmp: str, cases: list[str]) -> dict:
         p = os.path.join(tmp, "resnet18_tv.onnx")
         _export("resnet18_tv", p)
         out["resnet18_tv"] = (p, [])
+    if "resnet18_tv_layer4" in cases:   # a partial collapse: the last stage's four ReLUs
+        p = os.path.join(tmp, "resnet18_tv.onnx")
+        if not os.path.exists(p):
+            _export("resnet18_tv", p)
+        keys = ",".join(f"layer4.{i}.relu:{j}" for i in range(2) for j in range(2))
+        out["resnet18_tv_layer4"] = (p, ["--collapse", keys])
     if "mobilenet_v2_all" in cases:
         import collapse_passes as cp
 
@@ -153,7 +161,7 @@ def machine() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--cases", default="resnet18,resnet18_tv,mobilenet_v2_all")
+    ap.add_argument("--cases", default="resnet18,resnet18_tv,resnet18_tv_layer4,mobilenet_v2_all")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     ap.add_argument("--baseline", default=None, help="also time `python -m collapse_passes` from this source tree")
     ap.add_argument("--prepare", default=None, help=argparse.SUPPRESS)  # internal: export into this dir

@@ -132,7 +132,14 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
     v = report["verification"]
     r, o = v["against_requested"], v["against_original"]
     status = "[bold green]PASS[/]" if r["passed"] else "[bold red]FAIL[/]"
-    console.print(f"verification on {v['inputs']} ({v.get('runtime', 'onnxruntime, graph optimizations off')}): {status}")
+    if v.get("structural"):
+        console.print(f"verification by structure: {status} (the result computes the input model's own graph, the "
+                      "same ops on the same weights; nothing needed to run)")
+    else:
+        console.print(f"verification on {v['inputs']} ({v.get('runtime', 'onnxruntime')}): {status}")
+    if v.get("partial"):
+        parts = ", ".join(f"{k} {a} of {b} nodes" for k, (a, b) in v["partial"].items())
+        console.print(f"  ran only what differs from the models run before it: {parts}", highlight=False)
     console.print(f"  vs requested semantics: max abs {r['max_abs']:.3g}, max rel {r['max_rel']:.3g} "
                   f"(rtol {v['rtol']}, atol {v['atol']})")
     console.print(f"  vs original model (the price of the collapse): max abs {o['max_abs']:.3g}, "

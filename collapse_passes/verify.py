@@ -31,11 +31,23 @@ class Verification:
     inputs: str
     notes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)   # about the input model itself, not the collapse
+    structural: bool = False    # proved by value numbering: the result is the input's own graph, nothing run
+    partial: dict = field(default_factory=dict)    # model -> [nodes run, nodes] where only a changed region ran
 
     def as_dict(self) -> dict:
-        return {"against_requested": self.against_requested.as_dict(),
-                "against_original": self.against_original.as_dict(),
-                "rtol": self.rtol, "atol": self.atol, "inputs": self.inputs}
+        d = {"against_requested": self.against_requested.as_dict(),
+             "against_original": self.against_original.as_dict(),
+             "rtol": self.rtol, "atol": self.atol, "inputs": self.inputs,
+             "runtime": "none" if self.structural else RUNTIME}
+        if self.structural:
+            d["structural"] = True
+        if self.partial:
+            d["partial"] = self.partial
+        return d
+
+
+#: how the verification runs are made (core/runtime.session(optimize="auto"))
+RUNTIME = "onnxruntime CPU, graph optimizations on for models with at most 16 MiB of weights"
 
 
 def ort_message(exc: BaseException, limit: int = 240) -> str:
@@ -51,10 +63,11 @@ def run(model: onnx.ModelProto, feeds: list[dict], sess=None) -> tuple[list[list
     return _runtime_run(sess or session(model), feeds)
 
 
-def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str):
+def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str, extra_outputs=()):
     """Run the input model alone first: if it cannot run on these feeds, the feeds (or the model)
-    are the user's problem, not the collapse's."""
-    sess = session(model, optimize="auto")
+    are the user's problem, not the collapse's. Returns (outputs per feed, output names): the graph's
+    outputs, then `extra_outputs` (intermediate values later runs start from)."""
+    sess = session(model, optimize="auto", extra_outputs=extra_outputs)
     names = [o.name for o in sess.get_outputs()]
     outs = []
     for k, f in enumerate(feeds):
@@ -65,7 +78,7 @@ def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str)
                 if not _optimized(sess):
                     raise
                 # an optimized graph onnxruntime cannot run: the graph as written decides
-                sess = session(model)
+                sess = session(model, extra_outputs=extra_outputs)
                 outs.append(sess.run(names, f))
         except Exception as exc:
             msg = ort_message(exc)
@@ -130,21 +143,75 @@ def _same_arrays(a, b) -> bool:
 
 def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.ModelProto,
            feeds: list[dict], rtol: float, atol: float, inputs_desc: str, seed: int = 0) -> Verification:
+    """Run the input model, the requested semantics and the result on `feeds` and compare.
+
+    Only what differs is run (onnx/value_numbering.py): the requested semantics and the result each
+    run their changed region on the values of the models run before them. A result that computes the
+    requested semantics' graph itself (the same ops on the same weights: nothing was collapsed, folded
+    or merged) is proved equal by structure; it is loaded by onnxruntime, and nothing is run."""
     for what, v in (("rtol", rtol), ("atol", atol)):
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise CollapseError(f"{what} must be a finite number >= 0, got {v}")
-    orig_out, names = run_input_model(original, feeds, inputs_desc)
+    from .onnx.value_numbering import plan_runs
+
+    models = [original] if requested is original else [original, requested]
+    plans = plan_runs(models + [result])
+    p_orig, p_req, p_res = plans[0], plans[len(models) - 1], plans[-1]
+    if p_res.outputs == p_req.outputs == p_orig.outputs:
+        session(result, ours=True)   # it loads: the file written is one onnxruntime accepts
+        same = Comparison(0.0, 0.0, True, 0)
+        return Verification(same, same, rtol, atol, "none (proved by structure)",
+                            structural=True)
+    # per feed: value number -> array, the graph inputs first (an output may be an input passed through)
+    values = [{n: f[name] for p in plans for name, n in p.inputs.items() if name in f} for f in feeds]
+    orig_out, names = run_input_model(original, feeds, inputs_desc, extra_outputs=p_orig.fetch)
+    _keep(values, p_orig, names, orig_out)
+    orig_out = [o[:len(original.graph.output)] for o in orig_out]
+    names = names[:len(original.graph.output)]
     warns = input_model_warnings(original, orig_out, names, feeds, seed)
+    partial = {}
+    for plan in plans[1:]:
+        if plan.model is not None:
+            _run_plan(plan, feeds, values)
+        if not plan.whole:
+            partial["result" if plan is p_res else "requested"] = [plan.nodes_run, plan.nodes_total]
     # the input ran on these feeds: a failure of the result or the requested model is ours (a bug)
-    res_out, _ = run(result, feeds, session(result, optimize="auto", ours=True))
-    # nothing requested (requested is the input model itself): its outputs are the input's
-    req_out = orig_out if requested is original else run(requested, feeds, session(requested, optimize="auto", ours=True))[0]
+    res_out = [[vals[n] for n in p_res.outputs] for vals in values]
+    req_out = orig_out if requested is original else [[vals[n] for n in p_req.outputs] for vals in values]
     against = nonfinite_request(orig_out, req_out, names, len(feeds)) or compare(req_out, res_out, names, rtol, atol)
     if not against.passed and not against.why:
         against = float64_second_look(against, lambda m, f: _reference_run(m, f), requested, result, feeds,
                                       names, rtol, atol)
     return Verification(against, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
-                        warnings=warns)
+                        warnings=warns, partial=partial)
+
+
+def _keep(values: list[dict], plan, names: list[str], outs: list[list]) -> None:
+    """File a run's outputs under their value numbers."""
+    for vals, out in zip(values, outs):
+        for name, arr in zip(names, out):
+            if name in plan.names:
+                vals[plan.names[name]] = arr
+
+
+def _run_plan(plan, feeds: list[dict], values: list[dict]) -> None:
+    """Run a RunPlan's model (whole or its changed region) on every feed, region inputs taken from
+    the values earlier runs filed; a model of ours that fails is a bug (RuntimeError)."""
+    model = plan.model
+    if not plan.whole:   # region inputs get the element type of the values they are fed
+        first = values[0]
+        for vi in model.graph.input:
+            if vi.name in plan.boundary and not vi.type.tensor_type.elem_type:
+                vi.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(
+                    np.asarray(first[plan.boundary[vi.name]]).dtype)
+    sess = session(model, optimize="auto", ours=True, extra_outputs=plan.fetch, initializers=plan.initializers)
+    names = [o.name for o in sess.get_outputs()]
+    outs = []
+    for f, vals in zip(feeds, values):
+        feed = {n: f[n] for n in plan.fed}
+        feed.update({n: vals[k] for n, k in plan.boundary.items()})
+        outs.append(sess.run(names, feed))
+    _keep(values, plan, names, outs)
 
 
 #: float64 second looks are made on at most this many of the check's inputs

@@ -24,6 +24,7 @@ must not spin-wait and steal cores from the next one (interleaved timing, shared
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def _bytes(model) -> bytes | str:
 
 
 def session(model, optimize: bool | str = False, threads: int | None = None, spinning: bool = False,
-            ours: bool = False):
+            ours: bool = False, extra_outputs=(), initializers=()):
     """A CPU InferenceSession. optimize=False runs the graph as written; True applies onnxruntime's
     graph optimizations (layout included, NCHWc); "auto" (what verification uses) optimizes when the
     weights are at most AUTO_OPTIMIZE_BYTES. The optimized session holds re-laid-out copies of the
@@ -57,16 +58,20 @@ def session(model, optimize: bool | str = False, threads: int | None = None, spi
     An optimized session that onnxruntime cannot build falls back to the graph as written.
 
     A load failure is the user's problem (CollapseError) unless ours=True: a model this package
-    made that onnxruntime cannot load is a bug (RuntimeError)."""
+    made that onnxruntime cannot load is a bug (RuntimeError). `extra_outputs` names intermediate
+    values the session also returns (after the graph's outputs); `initializers` are TensorProtos
+    the model reads besides its own (a region of a bigger model, whose weights are not copied into
+    it); `model` must then be a ModelProto."""
     if optimize == "auto":
-        optimize = _weight_bytes(model) <= AUTO_OPTIMIZE_BYTES
+        optimize = _weight_bytes(model) + sum(t.ByteSize() for t in initializers) <= AUTO_OPTIMIZE_BYTES
         if optimize:
             _fix_mmap_threshold()
             try:
-                return _session(model, True, threads, spinning, ours, arena=False)
+                return _session(model, True, threads, spinning, ours, arena=False, extra=extra_outputs,
+                                inits=initializers)
             except (RuntimeError, CollapseError):
                 optimize = False
-    return _session(model, bool(optimize), threads, spinning, ours)
+    return _session(model, bool(optimize), threads, spinning, ours, extra=extra_outputs, inits=initializers)
 
 
 #: "auto" sessions optimize the graph when the model's weights take at most this many bytes
@@ -117,7 +122,7 @@ def _fix_mmap_threshold() -> None:
         pass
 
 
-def _session(model, optimize: bool, threads, spinning, ours, arena: bool | None = None):
+def _session(model, optimize: bool, threads, spinning, ours, arena: bool | None = None, extra=(), inits=()):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -137,7 +142,9 @@ def _session(model, optimize: bool, threads, spinning, ours, arena: bool | None 
         if hasattr(model, "graph") and hasattr(model, "SerializeToString"):
             # the weights go to onnxruntime as in-memory external initializers: only the structure is
             # serialized (ResNet-18: session 0.5 s -> 0.15 s, 30 MB less peak per session)
-            light, names, values = _weights_apart(model)
+            light, names, values = _weights_apart(model, inits)
+            for name in extra:
+                light.graph.output.add().name = name
             if names:
                 keep = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
                 so.add_external_initializers(names, keep)
@@ -158,10 +165,11 @@ APART_BYTES = 4096
 _APART_TYPES = {1, 11, 10, 2, 3, 4, 5, 6, 7, 9, 12, 13}
 
 
-def _weights_apart(model):
+def _weights_apart(model, more=()):
     """(structure, names, arrays): `model` whose large top-level initializers are marked as external
     data, plus those initializers as numpy arrays (SessionOptions.add_external_initializers). The
-    caller's proto is not modified; a tensor already stored externally stays as it is."""
+    caller's proto is not modified; a tensor already stored externally stays as it is. `more`:
+    initializers of another proto the model also reads, handed over the same way."""
     import onnx
     from onnx import numpy_helper
 
@@ -169,7 +177,7 @@ def _weights_apart(model):
 
     light = without_initializers(model)
     names, values = [], []
-    for t in model.graph.initializer:
+    for t in itertools.chain(model.graph.initializer, more):
         if (t.data_location != onnx.TensorProto.EXTERNAL and t.data_type in _APART_TYPES
                 and t.ByteSize() >= APART_BYTES):
             light.graph.initializer.append(external_ref(t, "in-memory"))
