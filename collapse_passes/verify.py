@@ -165,6 +165,13 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     # per feed: value number -> array, the graph inputs first (an output may be an input passed through)
     values = [{n: f[name] for p in plans for name, n in p.inputs.items() if name in f} for f in feeds]
     orig_out, names = run_input_model(original, feeds, inputs_desc, extra_outputs=p_orig.fetch)
+    if sum(np.asarray(v).nbytes for out in orig_out for v in out[len(original.graph.output):]) > FETCH_BUDGET_BYTES:
+        # the values at the regions' boundaries (big calibration batches) would outweigh what the
+        # regions save: the other models run whole
+        plans = plan_runs(models + [result], regions=False)
+        p_orig, p_req, p_res = plans[0], plans[len(models) - 1], plans[-1]
+        values = [{n: f[name] for p in plans for name, n in p.inputs.items() if name in f} for f in feeds]
+        orig_out = [o[:len(original.graph.output)] for o in orig_out]
     _keep(values, p_orig, names, orig_out)
     orig_out = [o[:len(original.graph.output)] for o in orig_out]
     names = names[:len(original.graph.output)]
@@ -213,6 +220,9 @@ def _run_plan(plan, feeds: list[dict], values: list[dict]) -> None:
         outs.append(sess.run(names, feed))
     _keep(values, plan, names, outs)
 
+
+#: at most this many bytes of intermediate values (all feeds) are kept for the changed regions' runs
+FETCH_BUDGET_BYTES = 256 << 20
 
 #: float64 second looks are made on at most this many of the check's inputs
 F64_FEEDS = 2

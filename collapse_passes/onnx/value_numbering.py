@@ -164,14 +164,16 @@ class RunPlan:
     initializers: list = field(default_factory=list)   # the full model's TensorProtos a region reads (not copied)
 
 
-def plan_runs(models: list[onnx.ModelProto], first_whole: bool = True) -> list[RunPlan]:
+def plan_runs(models: list[onnx.ModelProto], first_whole: bool = True, regions: bool = True) -> list[RunPlan]:
     """One RunPlan per model, in order. The first model runs whole (it is the input model: its own
     run says whether the feeds fit it) unless first_whole=False. Models with different opsets, or
-    with sparse initializers, run whole."""
+    with sparse initializers, run whole; with regions=False every model runs whole (the numbers
+    still say which outputs are the same computation)."""
     opsets = [sorted((o.domain or "", o.version) for o in m.opset_import) for m in models]
     table = Numbering()
     numbered = [number_model(m, table) for m in models]
-    shareable = all(o == opsets[0] for o in opsets) and not any(m.graph.sparse_initializer for m in models)
+    shareable = regions and all(o == opsets[0] for o in opsets) and not any(m.graph.sparse_initializer
+                                                                          for m in models)
     available: dict[int, tuple[int, str]] = {}   # number -> (plan index, name in that plan's model)
     plans: list[RunPlan] = []
     for k, (m, nums) in enumerate(zip(models, numbered)):
