@@ -9,7 +9,6 @@ original, uncollapsed model is reported separately as the price of the collapse 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +17,7 @@ import onnx
 from .errors import CollapseError
 
 # sessions, random feeds, the comparison rule: one runtime module for every front end and benchmark
-from .core.runtime import Comparison, compare, input_specs, nonfinite_request, random_inputs, session  # noqa: F401
+from .core.runtime import Comparison, compare, input_specs, nonfinite_request, ort_message, random_inputs, session  # noqa: F401
 from .core.runtime import run as _runtime_run
 
 
@@ -48,14 +47,6 @@ class Verification:
 
 #: how the verification runs are made (core/runtime.session(optimize="auto"))
 RUNTIME = "onnxruntime CPU, graph optimizations on for models with at most 16 MiB of weights"
-
-
-def ort_message(exc: BaseException, limit: int = 240) -> str:
-    """onnxruntime's error text without its prefix and C++ source locations, on one line."""
-    msg = " ".join(str(exc).split())
-    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
-    msg = re.sub(r"/onnxruntime_src/\S+ .*? was false\. ", "", msg)
-    return msg[:limit] + ("..." if len(msg) > limit else "")
 
 
 def run(model: onnx.ModelProto, feeds: list[dict], sess=None) -> tuple[list[list[np.ndarray]], list[str]]:
@@ -158,7 +149,11 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     plans = plan_runs(models + [result])
     p_orig, p_req, p_res = plans[0], plans[len(models) - 1], plans[-1]
     if p_res.outputs == p_req.outputs == p_orig.outputs:
-        session(result, ours=True)   # it loads: the file written is one onnxruntime accepts
+        try:
+            session(result, ours=True)   # it loads: the file written is one onnxruntime accepts
+        except RuntimeError:
+            session(original)   # the input itself does not load: the user's problem (CollapseError)
+            raise
         same = Comparison(0.0, 0.0, True, 0)
         return Verification(same, same, rtol, atol, "none (proved by structure)",
                             structural=True)

@@ -150,3 +150,19 @@ def test_boundary_values_over_budget_run_the_models_whole(monkeypatch):
     whole = _collapse(m).report["verification"]
     assert "partial" in part and "partial" not in whole
     assert whole["against_original"]["max_abs"] == pytest.approx(part["against_original"]["max_abs"], rel=1e-5)
+
+
+def test_an_input_onnxruntime_cannot_load_is_refused_in_one_line(tmp_path):
+    """Nothing to run does not mean nothing checked: a no-op result is still loaded by onnxruntime, and
+    an input that onnxruntime cannot load (here an opset it does not know) is the user's problem."""
+    import subprocess
+    import sys
+
+    m = _chain()
+    m.opset_import[0].version = 99
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    out = subprocess.run([sys.executable, "-m", "collapse_passes", str(src), "-o", str(tmp_path / "o.onnx")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "o.onnx").exists()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -151,12 +152,22 @@ def _session(model, optimize: bool, threads, spinning, ours, arena: bool | None 
             model = light
         sess = ort.InferenceSession(_bytes(model), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        msg = " ".join(str(exc).split())[:200]
+        msg = ort_message(exc, 200)
         if ours:
             raise RuntimeError(f"onnxruntime cannot load the transformed model ({msg})") from exc
         raise CollapseError(f"onnxruntime cannot load the model ({msg})") from None
     sess._collapse_weights = keep   # onnxruntime reads them for as long as the session lives
     return sess
+
+
+def ort_message(exc: BaseException, limit: int = 240) -> str:
+    """onnxruntime's error text without its prefix and C++ source locations, on one line."""
+    msg = " ".join(str(exc).split())
+    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+    msg = re.sub(r"/onnxruntime_src/\S+ .*? was false\. ", "", msg)
+    # "file.h:46 void ns::Function(args) message": the location and the C++ signature go
+    msg = re.sub(r"/onnxruntime_src/\S+:\d+ [^()]*\((?:[^()]|\([^()]*\))*\)(?: const)? ", "", msg)
+    return msg[:limit] + ("..." if len(msg) > limit else "")
 
 
 #: top-level initializers with at least this many bytes of data are handed over in memory
