@@ -181,7 +181,9 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     res_out = [[vals[n] for n in p_res.outputs] for vals in values]
     req_out = orig_out if requested is original else [[vals[n] for n in p_req.outputs] for vals in values]
     against = nonfinite_request(orig_out, req_out, names, len(feeds)) or compare(req_out, res_out, names, rtol, atol)
-    if not against.passed and not against.why:
+    # onnx's evaluator may read an op under another opset than onnxruntime does (Softmax's axis before
+    # 13): with the opsets apart, its agreement would prove nothing about what onnxruntime computes
+    if not against.passed and not against.why and _opsets(requested) == _opsets(result):
         against = float64_second_look(against, lambda m, f: _reference_run(m, f), requested, result, feeds,
                                       names, rtol, atol)
     return Verification(against, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
@@ -244,6 +246,10 @@ def float64_second_look(against: Comparison, run64, requested, result, feeds, na
                       f"float32 outputs differ by max rel {against.max_rel:.3g} (over rtol {rtol}): rounding of the "
                       f"merged sums; the same graphs in float64 agree to max rel {c64.max_rel:.3g} on "
                       f"{len(feeds)} input(s), so the collapse is exact")
+
+
+def _opsets(model) -> list:
+    return sorted((o.domain or "", o.version) for o in model.opset_import)
 
 
 def _reference_run(model: onnx.ModelProto, feeds: list[dict]):

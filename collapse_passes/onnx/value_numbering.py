@@ -95,6 +95,9 @@ def number_model(model: onnx.ModelProto, table: Numbering) -> ModelNumbers:
     g = model.graph
     ids: dict[str, int] = {}
     producer: dict[str, int] = {}
+    # an op's meaning depends on its opset (Softmax's default axis changed at 13): ops of models with
+    # different opsets never share a number
+    opsets = tuple(sorted((o.domain or "", o.version) for o in model.opset_import))
     inits = set()
     for t in g.initializer:
         ids[t.name] = table.constant(t)
@@ -113,7 +116,8 @@ def number_model(model: onnx.ModelProto, table: Numbering) -> ModelNumbers:
         if std and node.op_type == "Identity" and node.input and node.input[0] in ids:
             ids[node.output[0]] = ids[node.input[0]]
             continue
-        if std and node.op_type == "Dropout" and _inference_dropout(node, ids, table) and node.input[0] in ids:
+        training = std and node.op_type == "Dropout" and not _inference_dropout(node, ids, table)
+        if std and node.op_type == "Dropout" and not training and node.input[0] in ids:
             ids[node.output[0]] = ids[node.input[0]]
             for out in node.output[1:]:
                 if out:
@@ -122,14 +126,17 @@ def number_model(model: onnx.ModelProto, table: Numbering) -> ModelNumbers:
         if std and node.op_type == "Constant":
             ids[node.output[0]] = table.attribute_constant(node)
             continue
-        if (not std or node.op_type in RANDOM_OPS or any(i and i not in ids for i in node.input)
+        if (not std or training or node.op_type in RANDOM_OPS or any(i and i not in ids for i in node.input)
                 or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)):
             for out in node.output:
                 if out:
                     ids[out] = table.unique()
             continue
         attrs = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
-        key = (node.op_type, attrs, tuple(ids[i] if i else 0 for i in node.input))
+        # which outputs exist is part of the op: Split without sizes splits into as many parts as it has
+        # outputs; BatchNormalization before opset 14 trains when it has more than one
+        key = (opsets, node.op_type, attrs, tuple(ids[i] if i else 0 for i in node.input),
+               tuple(bool(o) for o in node.output))
         for j, out in enumerate(node.output):
             if out:
                 ids[out] = table.intern((key, j))
@@ -201,7 +208,9 @@ def _graph_output_names(model) -> set:
 
 
 def _whole(m: onnx.ModelProto, nums: ModelNumbers) -> RunPlan:
-    names = {n: i for n, i in nums.ids.items() if n in nums.producer}
+    # graph outputs too: one that is an initializer has no producer, and its value is read by number
+    outs = {o.name for o in m.graph.output}
+    names = {n: i for n, i in nums.ids.items() if n in nums.producer or n in outs}
     return RunPlan(m, True, len(m.graph.node), len(m.graph.node), list(nums.outputs), fed=list(nums.inputs),
                    names=names, inputs={n: nums.ids[n] for n in nums.inputs})
 
@@ -225,6 +234,8 @@ def _region(m: onnx.ModelProto, nums: ModelNumbers, available: dict, inputs: set
             if i and p is not None and p not in in_region and ids[i] in table.constants:
                 in_region.add(p)
     order = sorted(in_region)
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for k in order for a in g.node[k].attribute):
+        return _whole(m, nums)   # If/Loop/Scan read outer values by name, not as inputs: no region boundary for them
     if len(order) > REGION_MAX_FRACTION * len(g.node):
         return _whole(m, nums)   # the values at the boundary would cost more memory than the skipped nodes save
     produced = {o for k in order for o in g.node[k].output if o}
