@@ -137,9 +137,9 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     """Run the input model, the requested semantics and the result on `feeds` and compare.
 
     Only what differs is run (onnx/value_numbering.py): the requested semantics and the result each
-    run their changed region on the values of the models run before them. A result that computes the
-    requested semantics' graph itself (the same ops on the same weights: nothing was collapsed, folded
-    or merged) is proved equal by structure; it is loaded by onnxruntime, and nothing is run."""
+    run their changed region on the values of the models run before them. A result that is the input
+    model's own computation (the same ops on the same weights: nothing was collapsed, folded or merged)
+    is proved equal by structure; it is loaded by onnxruntime, and nothing is run."""
     for what, v in (("rtol", rtol), ("atol", atol)):
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise CollapseError(f"{what} must be a finite number >= 0, got {v}")
@@ -157,19 +157,17 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
         same = Comparison(0.0, 0.0, True, 0)
         return Verification(same, same, rtol, atol, "none (proved by structure)",
                             structural=True)
-    # per feed: value number -> array, the graph inputs first (an output may be an input passed through)
-    values = [{n: f[name] for p in plans for name, n in p.inputs.items() if name in f} for f in feeds]
     orig_out, names = run_input_model(original, feeds, inputs_desc, extra_outputs=p_orig.fetch)
-    if sum(np.asarray(v).nbytes for out in orig_out for v in out[len(original.graph.output):]) > FETCH_BUDGET_BYTES:
+    n_out = len(original.graph.output)
+    if sum(np.asarray(v).nbytes for out in orig_out for v in out[n_out:]) > FETCH_BUDGET_BYTES:
         # the values at the regions' boundaries (big calibration batches) would outweigh what the
         # regions save: the other models run whole
         plans = plan_runs(models + [result], regions=False)
         p_orig, p_req, p_res = plans[0], plans[len(models) - 1], plans[-1]
-        values = [{n: f[name] for p in plans for name, n in p.inputs.items() if name in f} for f in feeds]
-        orig_out = [o[:len(original.graph.output)] for o in orig_out]
+    # per feed: value number -> array, the graph inputs first (an output may be an input passed through)
+    values = [{n: f[name] for p in plans for name, n in p.inputs.items() if name in f} for f in feeds]
     _keep(values, p_orig, names, orig_out)
-    orig_out = [o[:len(original.graph.output)] for o in orig_out]
-    names = names[:len(original.graph.output)]
+    orig_out, names = [o[:n_out] for o in orig_out], names[:n_out]
     warns = input_model_warnings(original, orig_out, names, feeds, seed)
     partial = {}
     for plan in plans[1:]:
