@@ -143,7 +143,7 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     for what, v in (("rtol", rtol), ("atol", atol)):
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise CollapseError(f"{what} must be a finite number >= 0, got {v}")
-    from .onnx.value_numbering import plan_runs
+    from .onnx.value_numbering import opsets, plan_runs
 
     models = [original] if requested is original else [original, requested]
     plans = plan_runs(models + [result])
@@ -181,7 +181,7 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     against = nonfinite_request(orig_out, req_out, names, len(feeds)) or compare(req_out, res_out, names, rtol, atol)
     # onnx's evaluator may read an op under another opset than onnxruntime does (Softmax's axis before
     # 13): with the opsets apart, its agreement would prove nothing about what onnxruntime computes
-    if not against.passed and not against.why and _opsets(requested) == _opsets(result):
+    if not against.passed and not against.why and opsets(requested) == opsets(result):
         against = float64_second_look(against, lambda m, f: _reference_run(m, f), requested, result, feeds,
                                       names, rtol, atol)
     return Verification(against, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
@@ -244,10 +244,6 @@ def float64_second_look(against: Comparison, run64, requested, result, feeds, na
                       f"float32 outputs differ by max rel {against.max_rel:.3g} (over rtol {rtol}): rounding of the "
                       f"merged sums; the same graphs in float64 agree to max rel {c64.max_rel:.3g} on "
                       f"{len(feeds)} input(s), so the collapse is exact")
-
-
-def _opsets(model) -> list:
-    return sorted((o.domain or "", o.version) for o in model.opset_import)
 
 
 def _reference_run(model: onnx.ModelProto, feeds: list[dict]):

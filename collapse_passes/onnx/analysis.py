@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from ..algebra.conv import ConvParams
 from ..algebra.cost import conv_macs, linear_macs
-from .graph import const_value, toposort
+from .graph import RANDOM_OPS, const_value, toposort
 from .linear_ops import ConvView, DenseView
 from .patterns import NONLINEAR_OPS, find_activations
 from .shapes import complete_mac_shapes, with_shapes
@@ -72,10 +72,6 @@ def node_macs(node) -> int:
     return 0
 
 
-#: ops that give a new value on every run, even from constant inputs
-_RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-
-
 def constant_nodes(graph: gs.Graph) -> set[int]:
     """ids of the nodes whose inputs are all constants or outputs of such nodes (a toposorted graph):
     computed once when onnxruntime creates the session (constant folding) or TVM builds (FoldConstant),
@@ -84,7 +80,7 @@ def constant_nodes(graph: gs.Graph) -> set[int]:
     with static inputs counts as constant as well (fold_static_shapes)."""
     out: set[int] = set()
     for n in graph.nodes:
-        if n.op in _RANDOM_OPS or n.op == "Constant" or any(isinstance(v, gs.Graph) for v in n.attrs.values()):
+        if n.op in RANDOM_OPS or n.op == "Constant" or any(isinstance(v, gs.Graph) for v in n.attrs.values()):
             continue
         ins = [t for t in n.inputs if t.name]
         if ins and all(isinstance(t, gs.Constant) or (t.inputs and (t.inputs[0].op == "Constant"

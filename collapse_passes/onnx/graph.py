@@ -17,6 +17,8 @@ from google.protobuf.message import DecodeError
 from ..errors import CollapseError
 
 ONNX_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+#: ops that give a new value on every run, even from the same inputs
+RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 #: types stored two elements per byte: their size is not count x numpy itemsize
 _PACKED_TYPES = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
 

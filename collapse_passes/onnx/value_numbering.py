@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-#: ops whose outputs are drawn at random: two of them never compute the same value
-RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+from .graph import RANDOM_OPS
+
 #: constants up to this many bytes are numbered by their bytes; larger ones by name, then compared
 SMALL_CONST_BYTES = 1 << 16
 _STD_DOMAINS = ("", "ai.onnx")
@@ -97,7 +97,7 @@ def number_model(model: onnx.ModelProto, table: Numbering) -> ModelNumbers:
     producer: dict[str, int] = {}
     # an op's meaning depends on its opset (Softmax's default axis changed at 13): ops of models with
     # different opsets never share a number
-    opsets = tuple(sorted((o.domain or "", o.version) for o in model.opset_import))
+    versions = opsets(model)
     inits = set()
     for t in g.initializer:
         ids[t.name] = table.constant(t)
@@ -127,7 +127,7 @@ def number_model(model: onnx.ModelProto, table: Numbering) -> ModelNumbers:
             ids[node.output[0]] = table.attribute_constant(node)
             continue
         if (not std or training or node.op_type in RANDOM_OPS or any(i and i not in ids for i in node.input)
-                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)):
+                or _has_subgraph(node)):
             for out in node.output:
                 if out:
                     ids[out] = table.unique()
@@ -135,13 +135,22 @@ def number_model(model: onnx.ModelProto, table: Numbering) -> ModelNumbers:
         attrs = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
         # which outputs exist is part of the op: Split without sizes splits into as many parts as it has
         # outputs; BatchNormalization before opset 14 trains when it has more than one
-        key = (opsets, node.op_type, attrs, tuple(ids[i] if i else 0 for i in node.input),
+        key = (versions, node.op_type, attrs, tuple(ids[i] if i else 0 for i in node.input),
                tuple(bool(o) for o in node.output))
         for j, out in enumerate(node.output):
             if out:
                 ids[out] = table.intern((key, j))
     outs = [ids.get(o.name) or table.unique() for o in g.output]
     return ModelNumbers(ids, producer, fed, outs)
+
+
+def opsets(model: onnx.ModelProto) -> tuple:
+    """(domain, version) of every opset the model imports, sorted: an op's meaning depends on them."""
+    return tuple(sorted((o.domain or "", o.version) for o in model.opset_import))
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
 def _inference_dropout(node, ids, table: Numbering) -> bool:
@@ -176,10 +185,10 @@ def plan_runs(models: list[onnx.ModelProto], first_whole: bool = True, regions: 
     run says whether the feeds fit it) unless first_whole=False. Models with different opsets, or
     with sparse initializers, run whole; with regions=False every model runs whole (the numbers
     still say which outputs are the same computation)."""
-    opsets = [sorted((o.domain or "", o.version) for o in m.opset_import) for m in models]
+    versions = [opsets(m) for m in models]
     table = Numbering()
     numbered = [number_model(m, table) for m in models]
-    shareable = regions and all(o == opsets[0] for o in opsets) and not any(m.graph.sparse_initializer
+    shareable = regions and all(v == versions[0] for v in versions) and not any(m.graph.sparse_initializer
                                                                           for m in models)
     available: dict[int, tuple[int, str]] = {}   # number -> (plan index, name in that plan's model)
     plans: list[RunPlan] = []
@@ -234,7 +243,7 @@ def _region(m: onnx.ModelProto, nums: ModelNumbers, available: dict, inputs: set
             if i and p is not None and p not in in_region and ids[i] in table.constants:
                 in_region.add(p)
     order = sorted(in_region)
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for k in order for a in g.node[k].attribute):
+    if any(_has_subgraph(g.node[k]) for k in order):
         return _whole(m, nums)   # If/Loop/Scan read outer values by name, not as inputs: no region boundary for them
     if len(order) > REGION_MAX_FRACTION * len(g.node):
         return _whole(m, nums)   # the values at the boundary would cost more memory than the skipped nodes save

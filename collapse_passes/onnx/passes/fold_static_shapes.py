@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
-from ..graph import toposort
+from ..graph import RANDOM_OPS, toposort
 from ..shapes import run_values
 
 #: ops whose output shape depends on input values that no static rule gives
@@ -34,8 +34,7 @@ DATA_SHAPED = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "Loop", "If
                "SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceEmpty", "SplitToSequence",
                "ConcatFromSequence", "Optional", "OptionalGetElement", "OptionalHasElement", "RegexFullMatch"}
 #: ops whose output is not a function of their inputs: never folded
-NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-                    "Bernoulli", "Dropout"}
+NONDETERMINISTIC = RANDOM_OPS | {"Dropout"}
 #: op -> input positions whose VALUES set the output shape; each must be constant or shape arithmetic
 SHAPE_INPUTS = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Pad": (1, 3), "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,),
