@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
 
-from .config import CollapseConfig, with_tolerances
+from .config import CollapseConfig, check_settings, with_tolerances
 from .errors import CollapseError, VerificationError
 from .onnx.analysis import model_stats
 from .onnx.graph import as_model, node_key_names, save_model_atomic, to_graph
@@ -53,8 +53,11 @@ class CollapseResult:
 
 def make_config(config: CollapseConfig | None, scores=None, threshold=None, remove=None, caller: str = "collapse",
                 **kwargs) -> CollapseConfig:
-    """`config` (or a default one) with the keyword arguments of collapse() / torch_backend() applied."""
-    cfg = config or CollapseConfig()
+    """A copy of `config` (or a default one) with the keyword arguments of collapse() / torch_backend()
+    applied; the caller's config object is not changed."""
+    if config is not None and not isinstance(config, CollapseConfig):
+        check_settings(config)   # names the type in one line (a dict, say), before any attribute is set
+    cfg = replace(config) if config is not None else CollapseConfig()
     if scores is not None:
         cfg.scores = scores
     if threshold is not None:
@@ -182,7 +185,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         warnings.append(f"verification: {ver.against_requested.why}")
 
     passed = ver.against_requested.passed
-    passed = finish_pruning(prune_report, ctx, original, base, feeds, cfg, warnings, passed)
+    passed = finish_pruning(prune_report, ctx, original, base, feeds, cfg, warnings, passed,
+                            requested=requested, chosen={a.name for a in chosen}, remove_blocks=blocks_removed)
     approx = bool(ctx.approximations)
     if approx and not passed:
         warnings.append(f"border approximation: max abs error {ver.against_requested.max_abs:.3g} vs the requested "

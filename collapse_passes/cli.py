@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr = p.add_argument_group("channel pruning (docs/pruning.md)")
     pr.add_argument("--no-prune", action="store_true",
                     help="keep constant channels (by default they are removed exactly: zero filters before a ReLU, "
-                         "zero-gamma BN, and with --calib ReLU channels off on all calibration data)")
+                         "zero-gamma BN)")
+    pr.add_argument("--prune-calib-dead", action="store_true",
+                    help="with --calib: also remove ReLU channels that are 0 on every calibration sample "
+                         "(approximate: exact on that data only; the error on random inputs is reported)")
     pr.add_argument("--prune-ratio", type=float, metavar="R",
                     help="also prune about R (0 <= R < 1) of the prunable channels, lowest importance first "
                          "(approximate: the error against the unpruned model is reported)")
@@ -352,7 +355,7 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
         force=args.force, seed=args.seed, remove_blocks=args.remove_blocks,
         prune=not args.no_prune, prune_ratio=args.prune_ratio, prune_scope=args.prune_scope,
         prune_importance=args.prune_importance, round_to=args.round_to, prune_max_error=args.prune_max_error,
-        eval_data=args.eval, target_speedup=args.target_speedup)
+        prune_calib_dead=args.prune_calib_dead, eval_data=args.eval, target_speedup=args.target_speedup)
     try:
         result = api.collapse(source, config=cfg)
     except VerificationError as exc:
@@ -393,6 +396,8 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
             raise CollapseError("--plot: no scores to plot; give --scores or --method")
         thr = args.remove_blocks if args.method == "lacoot" else args.threshold
         plan.stage("plot", plot_scores(scores, thr, None, title=f"{Path(args.model).name}: collapse scores"))
+    if args.report:   # staged with the rest: a report that cannot be written (ENOSPC) stops the model too
+        plan.stage("report", report_json(report).encode())
     for o in plan.commit(("model_data", "model", "scores", "plot")):
         if o.role == "model_data":
             console.print(f"wrote {o.given} (the model's external data)", highlight=False)
@@ -425,7 +430,8 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
         if getattr(args, "export", None):
             plan.mark_written("export")
     if args.report:
-        plan.stage("report", report_json(report).encode())
+        if getattr(args, "target", None):   # now with the TVM part
+            plan.stage("report", report_json(report).encode())
         for o in plan.commit(("report",)):
             console.print(f"report written to {o.given}", highlight=False)
     if args.quiet and plan.path("model") is not None:

@@ -34,9 +34,53 @@ class CollapseConfig:
     prune_scope: str = "global"      # global ranking or per layer
     prune_importance: object = "l1"  # l1 | l2 | tlc | easier | {tensor or node: [per-channel scores]} | .json
     round_to: int = 1                # keep channel counts a multiple of this
+    prune_calib_dead: bool = False   # also remove ReLU channels off on all calibration data (approximate, opt-in)
     prune_max_error: float | None = None   # refuse a ratio prune whose max abs error exceeds this (unless force)
     eval_data: object = None         # .npz / dict: model inputs + "labels": top-1 accuracy and latency in the report
     target_speedup: float | None = None    # pick lowest-scored activations that buy predicted speed-up until S
+
+
+def check_settings(cfg) -> None:
+    """Refuse a config of the wrong type or numeric settings of the wrong type or value (CollapseError),
+    before any work: the CLI's flags are checked by its parser and validate_args, the library's keyword
+    arguments here, so `collapse(m, check="3")` is one clear line, not a TypeError from numpy."""
+    import math
+    import numbers
+
+    import numpy as np
+
+    from .errors import CollapseError
+
+    if not isinstance(cfg, CollapseConfig):
+        raise CollapseError(f"config must be a collapse_passes.config.CollapseConfig, got {type(cfg).__name__}; "
+                            "or pass the settings as keyword arguments")
+
+    def integer(name, low):   # numpy integers are taken, as Python ints
+        v = getattr(cfg, name)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < low:
+            raise CollapseError(f"{name} must be an integer >= {low}, got {v!r}")
+        setattr(cfg, name, int(v))
+
+    def number(name):   # numpy floats are taken, as Python floats
+        v = getattr(cfg, name)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) \
+                or v < 0:
+            raise CollapseError(f"{name} must be a finite number >= 0, got {v!r}")
+        setattr(cfg, name, float(v))
+
+    integer("check", 1)
+    integer("seed", 0)
+    if cfg.calib_batches is not None:
+        integer("calib_batches", 1)
+    for name in ("rtol", "atol", "per_op_overhead", "approx_max_error", "prune_max_error"):
+        if getattr(cfg, name) is not None:
+            number(name)
+    if cfg.prune_calib_dead and cfg.calib is None:
+        raise CollapseError("--prune-calib-dead (prune_calib_dead) removes ReLU channels that are off on the "
+                            "calibration data: give --calib data (calib=), or drop it")
+    if cfg.prune_calib_dead and not cfg.prune:
+        raise CollapseError("--prune-calib-dead is a kind of channel removal, and --no-prune (prune=False) turns "
+                            "channel removal off: drop one of them")
 
 
 def with_tolerances(cfg: CollapseConfig, half: bool = False, notes: list | None = None) -> CollapseConfig:

@@ -24,6 +24,10 @@ from pathlib import Path
 from .errors import CollapseError
 
 EXPORT_MARKER = ".collapse-passes-export"   # written into every --export directory this tool makes
+#: what an export holds (tvm_integration.cli_hook writes it): a marked directory holding anything else is
+#: not replaced, since the replacement would delete files the user put there
+EXPORT_LAYOUT = {EXPORT_MARKER: None, "model.so": None, "report.json": None,
+                 "tuning": {"database_workload.json", "database_tuning_record.json", "tune_summary.json"}}
 NAME_MAX = 255
 _TAG = "~cp"
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.~cp(?P<pid>\d+)-[0-9a-z]{6}\.(?P<kind>tmp|tmpdir|old)$")
@@ -251,6 +255,21 @@ def _identity(p: Path):
     return st.st_dev, st.st_ino
 
 
+def _foreign_entries(folder: Path) -> list[str]:
+    """Entries of an earlier export directory that the export did not write (EXPORT_LAYOUT), sorted."""
+    out = []
+    for e in sorted(os.scandir(folder), key=lambda e: e.name):
+        want = EXPORT_LAYOUT.get(e.name, False)
+        if want is None and e.is_file(follow_symlinks=False):
+            continue
+        if isinstance(want, set) and e.is_dir(follow_symlinks=False):
+            out += [f"{e.name}/{f.name}" for f in sorted(os.scandir(e.path), key=lambda f: f.name)
+                    if f.name not in want or not f.is_file(follow_symlinks=False)]
+            continue
+        out.append(e.name + ("/" if e.is_dir(follow_symlinks=False) else ""))
+    return out
+
+
 def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
@@ -317,6 +336,9 @@ class OutputPlan:
         if path is None:
             return
         check_path_form(flag, path)
+        if os.fspath(path) == "-":   # the usual "stdout": not a file name anyone means
+            raise CollapseError(f"{flag} -: the tool writes files (atomically), not to stdout; give a file path "
+                                f"(./- for a file named '-')")
         # realpath resolves each component in order, so "link/../x" follows the link like the kernel does
         final = Path(os.path.realpath(os.fspath(path)))
         self.outputs[role] = Output(role, flag, _show(path), final, kind)
@@ -365,17 +387,44 @@ class OutputPlan:
                     raise CollapseError(f"{flag} {given} exists and was not made by this tool (no {EXPORT_MARKER} "
                                         f"marker), so it is not replaced; name a new directory, e.g. "
                                         f"{flag} {given.rstrip('/') or given}-export")
+                foreign = _foreign_entries(final) if o.kind == "dir" else []
+                if foreign:
+                    raise CollapseError(f"{flag} {given} holds files an export does not write ({', '.join(foreign[:3])}"
+                                        f"{', ...' if len(foreign) > 3 else ''}); replacing the directory would delete "
+                                        f"them: move them out or name a new directory")
             elif o.kind != "file":
                 raise CollapseError(f"{flag} {given} exists and is not a directory; name a new directory")
             elif not stat.S_ISREG(st.st_mode):
                 way = "use --dry-run to write no model" if o.role == "model" else f"drop {flag} to write none"
                 raise CollapseError(f"{flag} {given} is {_kind_of(st.st_mode)}; the tool writes regular files only "
                                     f"({way})")
+        if o.role == "model_data" and st is not None and stat.S_ISREG(st.st_mode):
+            self._check_data_file_owner(o)
         parent = final.parent
         if not parent.is_dir():
             raise CollapseError(f"{flag} {given}: folder {parent} does not exist; create it first or choose "
                                 "another path")
         self._probe(flag, given, parent)
+
+    def _check_data_file_owner(self, o: Output) -> None:
+        """An existing `<model>.data` is named by no flag: replace it only when the model file being
+        replaced refers to it (an earlier run's output), never another model's weights."""
+        model = self.outputs.get("model")
+        owned = False
+        if model is not None and os.path.isfile(model.final):
+            try:
+                import onnx
+
+                from .onnx.graph import external_data_files
+
+                proto = onnx.load(os.fspath(model.final), load_external_data=False)
+                owned = any(_identity(r) == _identity(o.final) for r in external_data_files(proto, model.final))
+            except Exception:   # noqa: BLE001 - not a model that refers to it: not replaced
+                owned = False
+        if not owned:
+            name = f"{model.flag} {model.given}" if model is not None else "the model"
+            raise CollapseError(f"{o.flag} {o.given} exists and is not the data file of {name} (another model's "
+                                f"weights?); it is not overwritten: move it away or choose another output path")
 
     @staticmethod
     def _probe(flag: str, given: str, folder: Path) -> None:

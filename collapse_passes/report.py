@@ -26,10 +26,13 @@ def build_report(*, input, activations: list, before: dict, after: dict, verific
     if data_dep:
         n = sum(g.get("channels_before", 0) - g.get("channels_after", 0) for g in pr.get("groups", [])
                 if str(g.get("kind", "")).startswith("data-dependent"))
+        err = pr.get("calib_dead_error")
+        measured = (f"; on {err['inputs']} it differs from the model that keeps them by max abs {err['max_abs']:.3g} "
+                    f"(max rel {err['max_rel']:.3g})" if err else "")
         warnings = list(warnings) + [
-            f"{n or 'some'} channel(s) removed because their ReLU was off on every calibration sample: the result "
-            "equals the input model only on inputs that keep them off (verified on the calibration data); "
-            "--no-prune (prune=False) keeps them"]
+            f"{n or 'some'} channel(s) removed because their ReLU was off on every calibration sample (approximate): "
+            "the result equals the input model only on inputs that keep them off (verified on the calibration data)"
+            f"{measured}; without --prune-calib-dead (prune_calib_dead=False) they are kept"]
     return {
         "input": input,
         "activations": activations,

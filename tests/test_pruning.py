@@ -459,7 +459,10 @@ def test_data_dependent_removal_with_calib(tmp_path):
     np.savez(calib, input=_x((16, 3, 16, 16), seed=3))
     plain = api.collapse(path)
     assert plain.report["pruning"]["removed_channels"] == 0
-    res = api.collapse(path, calib=str(calib))
+    # an approximation: only on request (--prune-calib-dead), never by default with --calib
+    by_default = api.collapse(path, calib=str(calib))
+    assert by_default.report["pruning"]["removed_channels"] == 0 and not by_default.report["approximate"]
+    res = api.collapse(path, calib=str(calib), prune_calib_dead=True)
     pr = res.report["pruning"]
     assert pr["removed_channels"] >= 2 and pr["data_dependent"]
     first = pr["groups"][0]  # b1's ReLU: the planted channels (random calibration data may switch off others too)
@@ -467,8 +470,18 @@ def test_data_dependent_removal_with_calib(tmp_path):
     assert res.passed and res.report["verification"]["against_requested"]["passed"]
     # removal that holds on the calibration data only is said: approximate, with a warning (it was "exact")
     assert res.report["approximate"] and not plain.report["approximate"]
-    assert any("off on every calibration sample" in w for w in res.report["warnings"])
-    assert api.collapse(path, calib=str(calib), prune_ratio=None, prune=False).report["approximate"] is False
+    assert any("off on every calibration sample" in w and "max abs" in w for w in res.report["warnings"])
+    # what the removal changes is measured on random inputs against the model that keeps those channels
+    err = pr["calib_dead_error"]
+    from collapse_passes.verify import random_inputs
+    feeds = random_inputs(res.original, 3, 1)
+    keep, got = session(onnx.load(path)), session(res.model)
+    diff = max(float(np.abs(keep.run(None, f)[0] - got.run(None, f)[0]).max()) for f in feeds)
+    assert err["max_abs"] == pytest.approx(diff, rel=1e-3, abs=1e-6) and err["inputs"] == "3 random input(s)"
+    with pytest.raises(CollapseError, match="--calib"):
+        api.collapse(path, prune_calib_dead=True)
+    with pytest.raises(CollapseError, match="--no-prune"):
+        api.collapse(path, calib=str(calib), prune_calib_dead=True, prune=False)
     # torch front end: the same channels, and the result equals the module with them forced to 0
     batches = [torch.from_numpy(_x((8, 3, 16, 16), seed=s)) for s in (3, 4)]
     pm, frep = prune_module(m, batches[0][:1], calib=batches)

@@ -230,8 +230,8 @@ def test_scores_methods_and_exact_clean_ups(tiny, tmp_path):
         assert 0 < len(sel) < 49 and set(res.report["score_details"]["scores"]) == set(_expected_keys(m))
         x = _x(32, 3, seed=4)
         assert _close(_ort(res.model, x), _reference(m, sel)(x))
-        # with pruning (default) channels off on every calibration sample go: exact on that data
-        res = cp.collapse(path, method=method, calib=calib, threshold=0.3)
+        # with --prune-calib-dead channels off on every calibration sample go: exact on that data
+        res = cp.collapse(path, method=method, calib=calib, threshold=0.3, prune_calib_dead=True)
         sel = [a["key"] for a in res.report["activations"] if a["collapsed"]]
         assert res.report["after"]["params"] < res.report["before"]["params"]
         assert _close(_ort(res.model, calib["input"][:4]), _reference(m, sel)(calib["input"][:4]))
@@ -351,7 +351,7 @@ def test_channels_off_on_calibration_data_are_found_on_the_requested_semantics(t
     itself. The scan now runs on the requested semantics."""
     path, m = tiny("resnet50_tv", False)
     calib = {"input": _x(32, 16, seed=3)}
-    res = cp.collapse(path, method="easier", calib=calib, threshold=0.3)
+    res = cp.collapse(path, method="easier", calib=calib, threshold=0.3, prune_calib_dead=True)
     sel = [a["key"] for a in res.report["activations"] if a["collapsed"]]
     assert sel and res.report["pruning"]["data_dependent"]
     assert res.report["after"]["params"] < res.report["before"]["params"]

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from .cli_hook import add_arguments, run_from_args
+from .cli_hook import add_arguments, check_args, run_from_args
 from .errors import TVMError
 
 def random_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:
@@ -22,6 +22,25 @@ def random_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:
     from collapse_passes.core.runtime import random_inputs as feeds
 
     return feeds(model, 1, seed)[0]
+
+
+def _check_outputs(args) -> None:
+    """The core CLI's output plan (collapse_passes.outputs.OutputPlan), before any build: --export and
+    the tuning folder never name an input, a file, or a folder this tool did not make; raises CollapseError."""
+    import os
+
+    from collapse_passes.outputs import OutputPlan
+
+    plan = OutputPlan()
+    plan.add_model_input(args.model)
+    if args.collapsed:
+        plan.add_model_input(args.collapsed)
+    plan.add_output("export", "--export", args.export, kind="dir")
+    if args.tune_dir:
+        plan.add_output("tune", "--tune-dir", args.tune_dir, kind="tree")
+    else:   # cli_hook.default_tune_dir: <output stem>.tvm/<target>/
+        plan.add_output("tune", "the default tuning dir", os.path.splitext(args.output)[0] + ".tvm", kind="tree")
+    plan.check()
 
 
 def main(argv=None) -> int:
@@ -47,7 +66,12 @@ def main(argv=None) -> int:
     if args.output is None:
         args.output = args.collapsed or args.model
     try:
+        _check_outputs(args)
+        check_args(args, collapsed)   # the cheap checks (target, cross compiler, ops) before any build
         report = run_from_args(args, original, collapsed, random_inputs(collapsed))
+    except CollapseError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     except TVMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import platform
 import shutil
 import sys
 import time
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
@@ -195,7 +196,7 @@ def atomic_directory(final_dir: str | os.PathLike):
     Temp and backup dirs carry names the next CLI run recognises and removes
     if this process is killed (collapse_passes.outputs.temp_path).
     """
-    from collapse_passes.outputs import raise_if_interrupted, temp_path
+    from collapse_passes.outputs import _foreign_entries, raise_if_interrupted, temp_path
 
     # symlinks resolved, as the core CLI's output plan resolves --export (collapse_passes.outputs): a link
     # to an export directory is written through (the link stays), not refused after the whole TVM run
@@ -205,6 +206,10 @@ def atomic_directory(final_dir: str | os.PathLike):
                                        and os.path.isfile(os.path.join(final, EXPORT_MARKER))):
         raise TVMError(f"{final} exists and was not made by this tool (no {EXPORT_MARKER} marker); "
                        "export into a new directory")
+    foreign = _foreign_entries(Path(final)) if os.path.isdir(final) else []
+    if foreign:   # an earlier export holding the user's own files: replacing it would delete them
+        raise TVMError(f"{final} holds files an export does not write ({', '.join(foreign[:3])}); move them out "
+                       "or export into a new directory")
     os.makedirs(parent, exist_ok=True)
     tmp = os.fspath(temp_path(final, "tmpdir"))
     os.mkdir(tmp)  # mode 0777 & ~umask, like a plain mkdir

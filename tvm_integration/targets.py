@@ -467,6 +467,10 @@ def _from_dict(d: dict[str, Any], name: str, cuda_arch: str | None):
             d.setdefault(key, value)
     if d["kind"] == "llvm" and d.get("mcpu"):
         _check_llvm_cpu(d, given)
+    if "num-cores" in d:   # TVM takes any integer; MetaSchedule and the thread pool fail on it much later
+        n = d["num-cores"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UnknownTargetError(f'invalid target {given}: "num-cores" must be a whole number >= 1, got {n!r}')
     if d["kind"] == "llvm" and "num-cores" not in d:
         # MetaSchedule refuses LLVM targets without num-cores.
         d["num-cores"] = (os.cpu_count() or 1) if not d.get("mtriple") else AARCH64_DEFAULT_CORES

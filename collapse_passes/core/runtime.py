@@ -228,9 +228,34 @@ def input_specs(model_or_session) -> list[tuple[str, list, type]]:
     return [(i.name, list(i.shape), ORT_TYPES.get(i.type, np.float32)) for i in sess.get_inputs()]
 
 
+def memory_budget() -> int:
+    """Bytes one run may hold in check inputs: a quarter of this machine's memory (4 GiB if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _check_input_memory(specs, count: int) -> None:
+    """Refuse, in one line, random inputs that would not fit in memory (a declared [100000, 100000] input,
+    or --check 10000 at 224x224 (6 GB)): numpy's MemoryError, or the OOM killer, is no answer."""
+    sizes = [(n, [d if isinstance(d, int) and d > 0 else 1 for d in shape], np.dtype(dt)) for n, shape, dt in specs]
+    per_feed = sum(int(np.prod(dims, dtype=object)) * dt.itemsize for _, dims, dt in sizes)
+    temp = max([int(np.prod(dims, dtype=object)) * 8 for _, dims, dt in sizes if dt.kind == "f"], default=0)
+    need, budget = per_feed * count + temp, memory_budget()
+    if need > budget:
+        shapes = ", ".join(f"{n} {tuple(dims)} {dt.name}" for n, dims, dt in sizes)
+        most = max(0, (budget - temp) // per_feed) if per_feed else 0
+        way = f"lower --check to at most {most}, or " if most >= 1 else ""
+        raise CollapseError(f"{count} random check input(s) of {per_feed / 2**20:.4g} MiB each ({shapes}) need "
+                            f"{need / 2**30:.3g} GiB, over a quarter of this machine's memory "
+                            f"({budget / 2**30:.3g} GiB); {way}verify on --calib data of the real input size")
+
+
 def random_inputs(model_or_session, count: int = 1, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """`count` seeded feeds: standard normal floats, 0/1 integers and booleans; dynamic dims = 1."""
     specs = input_specs(model_or_session)
+    _check_input_memory(specs, count)
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(count):

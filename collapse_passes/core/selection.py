@@ -67,6 +67,18 @@ def lookup(index: dict, key: str, source: str = "scores") -> list:
     raise CollapseError(f"{source}: unknown layer key {key!r}{hint}")
 
 
+def _unique_keys(pairs, src: str) -> dict:
+    """A JSON object whose key appears twice with different values is refused: json keeps the last one
+    silently, and an edited scores file is read as the user meant it or not at all."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out and out[k] != v:
+            raise CollapseError(f"{src}: key {str(k)[:80]!r} appears twice, with {str(out[k])[:40]} and "
+                                f"{str(v)[:40]}; keep one")
+        out[k] = v
+    return out
+
+
 def read_scores(scores) -> dict[str, float]:
     """Accept {"scores": {...}}, a plain {key: score} dict, or a path to a JSON file."""
     src = "scores"
@@ -76,7 +88,7 @@ def read_scores(scores) -> dict[str, float]:
         if not p.is_file():
             raise CollapseError(f"{src}: scores file not found")
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(), object_pairs_hook=lambda pairs: _unique_keys(pairs, src))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CollapseError(f"{src}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
                                 'expected {"scores": {"<key>": <float>}}') from None
@@ -133,7 +145,11 @@ def assign_scores(acts, index, raw: dict[str, float], src: str, notes: list) -> 
 
 def check_selection(cfg) -> None:
     """Refuse selection arguments of the wrong type or value as bad input (CollapseError), before any
-    work; normalise `collapse` given as one string ("k1,k2") to its list of keys."""
+    work; normalise `collapse` given as one string ("k1,k2") to its list of keys. The numeric settings
+    too (config.check_settings)."""
+    from ..config import check_settings
+
+    check_settings(cfg)
     if isinstance(cfg.collapse, str):
         keys = [k.strip() for k in cfg.collapse.split(",") if k.strip()]
         if not keys:

@@ -67,11 +67,69 @@ def trace_module(model: torch.nn.Module, example_inputs=None) -> fx.GraphModule:
             raise CollapseError(f"torch.fx cannot trace {where} ({why}); pass example_inputs=(...) to trace it "
                                 "with torch.export, or give a torch.export.ExportedProgram") from None
     try:
-        return torch.export.export(model, tuple(example_inputs)).module()
+        ep = _export_any_batch(model, tuple(example_inputs))
+        gm = ep.module()
+        gm.meta[EXPORT_BATCHES] = _batch_range(ep)
+        return gm
     except Exception as exc2:
         raise CollapseError(f"torch.fx cannot trace {where} ({why}) and torch.export failed too "
                             f"({_first_line(exc2)}); rewrite its data-dependent control flow "
                             "(torch.cond) or export the model to ONNX") from None
+
+
+#: GraphModule.meta key: (lo, hi) batch sizes an nn.Module traced with torch.export runs at (hi None: no bound)
+EXPORT_BATCHES = "collapse_passes.export_batches"
+
+
+def _batch_range(ep) -> tuple:
+    """(lo, hi) of dim 0 of the program's first tensor input: its example size when static."""
+    for n in ep.graph.nodes:
+        v = n.meta.get("val")
+        if n.op == "placeholder" and n.name in set(ep.graph_signature.user_inputs) and isinstance(v, torch.Tensor) \
+                and v.ndim > 0:
+            d = v.shape[0]
+            if not isinstance(d, torch.SymInt):
+                return int(d), int(d)
+            vr = ep.range_constraints.get(d.node.expr)
+            if vr is None:
+                return 0, None
+            return _finite_int(vr.lower) or 0, _finite_int(vr.upper)
+    return 0, None
+
+
+def _finite_int(bound) -> int | None:
+    """A range bound as an int, None for an infinite one (torch's int_oo has no usable is_finite)."""
+    try:
+        v = float(bound)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return int(v) if math.isfinite(v) else None
+
+
+def _export_any_batch(model: torch.nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
+    """torch.export with dim 0 of every tensor input left dynamic where the model allows it (Dim.AUTO). A plain
+    export of a batch-1 example specializes the batch to 1 (0/1 specialization), and the result of an nn.Module
+    that symbolic_trace cannot trace (torchvision's Swin) then failed on any other batch with a guard error;
+    size-oblivious reasoning keeps it symbolic. A model the dynamic export fails on is exported as given."""
+    import torch.fx.experimental._config as fx_config
+    from torch.export import Dim
+
+    dims = tuple({0: Dim.AUTO} if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in example_inputs)
+    try:
+        with fx_config.patch(backed_size_oblivious=True):
+            return torch.export.export(model, example_inputs, dynamic_shapes=dims)
+    except Exception:   # noqa: BLE001 - the static export below says what is wrong, if anything
+        return torch.export.export(model, example_inputs)
+
+
+def unwrap_compiled(model):
+    """The module torch.compile(model) wraps: an OptimizedModule holds it as `_orig_mod`, so its traced keys
+    would all start with `_orig_mod.` while the user's scores, the torch_backend and the ONNX export of the
+    model name `layer1.0.relu`. Anything else is returned as it is."""
+    orig = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(orig, torch.nn.Module):
+        return orig
+    return model
 
 
 def _inputs_from_meta(gm: fx.GraphModule):
@@ -102,12 +160,24 @@ def _example_inputs(model, example_inputs, gm: fx.GraphModule | None = None):
 
 
 def _training_bn_in_program(ep) -> list[str]:
+    return training_batchnorm_nodes(ep.graph)
+
+
+def training_batchnorm_nodes(graph: fx.Graph) -> list[str]:
+    """BatchNorm nodes in training mode (batch statistics, running stats updated): torch.export's aten ops, and
+    dynamo's F.batch_norm / torch.batch_norm, whose training flag is argument 5 (or a keyword) in every spelling.
+    A BatchNorm without running stats (track_running_stats=False) uses batch statistics in eval too, as
+    collapse() of the module accepts it: not listed."""
     aten = torch.ops.aten
+    flagged = (aten.batch_norm.default, aten.native_batch_norm.default, torch.nn.functional.batch_norm,
+               torch.batch_norm)
     bad = []
-    for n in ep.graph.nodes:
+    for n in graph.nodes:
         if n.op != "call_function":
             continue
-        if n.target is aten.batch_norm.default and len(n.args) > 5 and n.args[5] or \
+        mean_at = 1 if n.target is torch.nn.functional.batch_norm else 3
+        has_stats = n.kwargs.get("running_mean", n.args[mean_at] if len(n.args) > mean_at else None) is not None
+        if n.target in flagged and has_stats and n.kwargs.get("training", n.args[5] if len(n.args) > 5 else False) or \
                 n.target in (aten._native_batch_norm_legit.default, aten._native_batch_norm_legit_functional.default):
             bad.append(n.name)
     return bad
@@ -206,7 +276,7 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
 
 def list_torch_keys(model, example_inputs=None) -> list[dict]:
     """The activation keys of a torch model, as api.list_keys gives them for ONNX."""
-    gm, _ = to_graph_module(model, example_inputs)
+    gm, _ = to_graph_module(unwrap_compiled(model), example_inputs)
     return [{"key": s.keys[0], "keys": s.keys, "module": s.path, "kind": s.kind, "nodes": s.node_names}
             for s in find_activations(gm)]
 
@@ -560,6 +630,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
 
     t0 = time.perf_counter()
     cfg = with_tolerances(cfg)   # float32 tolerances unless given
+    model = unwrap_compiled(model)   # torch.compile(model): keys are the wrapped module's paths
     gm, kind = to_graph_module(model, example_inputs)
     example_inputs = _example_inputs(model, example_inputs, gm)
     # our own copies: shape propagation and pruning run the model, which may write into its input
@@ -569,7 +640,17 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
                             "example_inputs (check=N adds random inputs of the same shapes)")
     if cfg.check < 1:
         raise CollapseError("check must be at least 1: every result is verified")
+    if cfg.prune_calib_dead:
+        raise CollapseError("prune_calib_dead is for ONNX models with calib= data; on a torch model "
+                            "collapse_passes.pruning.fx_adapter.prune_module(model, x, calib=batches) removes the "
+                            "ReLU channels off on every batch")
     notes, warnings = [], []
+    batches = gm.meta.get(EXPORT_BATCHES) if kind == "nn.Module" else None
+    if batches is not None and batches[1] is not None:   # its guards can be stricter than the range: say the sure one
+        b = next((t.shape[0] for t in example_inputs if isinstance(t, torch.Tensor) and t.ndim > 0), batches[0])
+        notes.append(f"symbolic_trace could not trace the model and torch.export could not keep its batch dynamic "
+                     f"(the model's code bounds it): the result is sure to run at the example batch ({b}) only; "
+                     "collapse with example_inputs of the batch you deploy")
     _check_input_count(gm, example_inputs)
     propagate_shapes(gm, example_inputs)
     computed = method_scores(model, cfg, notes, gm) if cfg.method else None
@@ -714,6 +795,11 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
                                 "and verified in float32/float64; compile model.float() (or use another backend "
                                 "for a low-precision model)")
         _refuse_random(gm, None)   # a model compiled in training mode: its dropouts would fail the check by chance
+        train_bn = training_batchnorm_nodes(gm.graph)
+        if train_bn:   # batch statistics: nothing folds, and the frozen graph's running-stat updates differ from eager
+            raise CollapseError(f"torch_backend: BatchNorm {train_bn[0]} runs in training mode (batch statistics); the "
+                                "backend is for inference (parameters are frozen into the graph): compile "
+                                "model.eval()")
         gm.meta[PARTIAL_GRAPH] = True   # a graph break may split the forward: no "relu():i" root keys
         freeze_parameters(gm, example_inputs)
         # dynamic shapes: sizes come as SymInts; running the graph on them would guard every size to its

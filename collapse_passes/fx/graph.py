@@ -467,8 +467,8 @@ def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[
             s.keys.append(s.site)
             if s.site != s.path:
                 s.keys.append(s.path)
-        s.keys.extend(s.node_names)
-        s.keys.extend(at_root.get(id(s), []))
+        s.keys.extend(at_root.get(id(s), []))   # first: the display key, the same on every front end
+        s.keys.extend([n for n in s.node_names if n not in s.keys])
     return sites
 
 

@@ -304,9 +304,18 @@ def write_bytes_atomic(data, path: str | os.PathLike) -> Path:
     """Temp file beside the destination (a name the next run recognises as stale if this one is
     killed), fsync, rename; the mode is what a plain open() gives (umask, or the replaced file's).
     `data`: bytes, or an iterable of byte strings written one after the other."""
-    from ..outputs import write_temp
+    import stat
+
+    from ..outputs import _kind_of, write_temp
 
     dest = Path(path)
+    try:   # the rename would replace a device (/dev/null, as root), a FIFO or a folder's entry
+        mode = os.stat(dest).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else _kind_of(mode)
+        raise CollapseError(f"{dest} is {what}; only regular files are written: give a file path")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = write_temp(dest, data)
     try:

@@ -103,6 +103,13 @@ def site_metadata(activations: list[Activation], node_meta: dict) -> dict[str, d
     return out
 
 
+def _torch_export(node_meta: dict[str, dict[str, str]]) -> bool:
+    """Whether a torch exporter made the model: TorchScript scope names ("/layer1/Relu") or the
+    torch.export-based exporter's node metadata ("pkg.torch.onnx.*")."""
+    return any(name.startswith("/") or any(k.startswith("pkg.torch.") for k in meta)
+               for name, meta in node_meta.items())
+
+
 def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, str]]) -> dict:
     """Attach keys to each activation; return the key -> [activations] index.
 
@@ -159,6 +166,7 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
             key = stored[id(a)][0]
             bare, sep, call = key.rpartition(SITE_SEP)
             at_root[id(a)] = [key, bare] if sep and call.isdigit() and bare.endswith(ROOT_CALL) else [key]
+    from_torch = bool(paths or stored) or _torch_export(node_meta)
     index: dict[str, list[Activation]] = defaultdict(list)
     for a in activations:
         a.keys = []
@@ -168,8 +176,13 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
                 a.keys.append(a.module_path)
         else:
             a.module_path, a.site = None, None
-        a.keys.extend(n for n in a.node_names if n)
-        a.keys.extend(at_root.get(id(a), []))
+        # in a torch export a root call's kind():i key comes first: it is the display key --save-scores
+        # writes, and unlike the node names it is the same on both exporters and in the torch front end.
+        # Elsewhere (a hand-built or converted model) the node names are the names its author gave
+        names = [n for n in a.node_names if n]
+        for k in (at_root.get(id(a), []) + names if from_torch else names + at_root.get(id(a), [])):
+            if k not in a.keys:
+                a.keys.append(k)
         for k in dict.fromkeys(a.keys):
             if a not in index[k]:
                 index[k].append(a)

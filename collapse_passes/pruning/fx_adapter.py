@@ -529,7 +529,7 @@ def _counts(gm, example_inputs) -> tuple[int, int]:
         mod = gm.get_submodule(n.target)
         mod = getattr(mod, "conv", mod)
         meta = n.meta.get("tensor_meta")
-        if meta is None:
+        if not hasattr(meta, "shape"):   # None, or a tuple of metas (nn.MultiheadAttention, nn.LSTM)
             continue
         out = int(np.prod(meta.shape))
         if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):

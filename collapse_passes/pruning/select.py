@@ -23,7 +23,8 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
     scope "global": units of all groups are ranked together by importance divided by their group's mean
     (so layers with large weights do not keep everything); a group that would lose all units is an error.
     Kept counts are rounded up to a multiple of round_to (never above n). `exclude` units and units with
-    no finite importance (not scored by the user) are not candidates.
+    no finite importance (not scored by the user) are not candidates. Every tensor of a group keeps at
+    least one channel (see _keep_every_tensor).
     """
     check_ratio(ratio, round_to)
     if scope not in ("global", "layer"):
@@ -43,7 +44,7 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
             keep = keep_count(n, ratio, round_to)
             ranked = sorted(units, key=lambda k: (importance[(gid, k)], k))
             removed += [(gid, k) for k in ranked[: n - keep]]
-        return removed
+        return _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()}, round_to)
     scored = []
     for gid, units in cands.items():
         vals = np.array([importance[(gid, k)] for k in units], dtype=np.float64)
@@ -66,4 +67,29 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
                 "lower --prune-ratio or prune per layer")
         ks_sorted = sorted(ks, key=lambda k: (importance[(gid, k)], k))
         removed += [(gid, k) for k in ks_sorted[: n - keep]]
-    return removed
+    return _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()}, round_to)
+
+
+def _keep_every_tensor(cg: ChannelGraph, removed: list, importance: dict, n_units: dict, round_to: int) -> list:
+    """`removed` less the units that would leave a tensor with no channel.
+
+    A group's tensors can be smaller than the group: each input of a Concat (an Inception branch, a
+    DenseNet layer's growth) or output of a Split holds only part of its channels. Removing every unit
+    of one of them would leave a conv with no filter; the most important of its removed units stays (and
+    the group's next most important ones, until its kept count is a multiple of round_to again)."""
+    groups = cg.groups()
+    removed = list(removed)
+    while True:
+        drop: dict = {}
+        for gid, k in removed:
+            for s, i in groups[gid].units[k]:
+                drop.setdefault(s, set()).add(i)
+        empty = [s for s, d in drop.items() if len(d) >= cg.size(s)]
+        if not empty:
+            return removed
+        touching = [(gid, k) for gid, k in removed if any(t == empty[0] for t, _ in groups[gid].units[k])]
+        best = max(touching, key=lambda u: (importance[u], u))
+        removed.remove(best)
+        rest = sorted((u for u in removed if u[0] == best[0]), key=lambda u: (importance[u], u))
+        while rest and (n_units[best[0]] - len(rest)) % round_to:
+            removed.remove(rest.pop())

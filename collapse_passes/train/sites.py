@@ -132,8 +132,14 @@ def resolve(sites: list[Site], keys) -> list[Site]:
 
 
 def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, new)
+    """Put `new` in every slot holding the module at `path`: one module object registered under several
+    parents (an nn.ReLU shared by two blocks) has one path in named_modules and in the traced graph (its
+    first name), and all its calls are that path's sites; setting the first slot alone left the others."""
+    old = model.get_submodule(path)
+    slots = {(id(parent), name): parent for parent in model.modules()
+             for name, child in parent._modules.items() if child is old}   # named_children() skips aliases
+    for (_, name), parent in slots.items():
+        setattr(parent, name, new)
 
 
 def _regime(site: Site) -> LinearRegime:
