@@ -183,7 +183,7 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     # 13): with the opsets apart, its agreement would prove nothing about what onnxruntime computes
     if not against.passed and not against.why and opsets(requested) == opsets(result):
         against = float64_second_look(against, lambda m, f: _reference_run(m, f), requested, result, feeds,
-                                      names, rtol, atol)
+                                      names, rtol, atol, req32=req_out)
     return Verification(against, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
                         warnings=warns, partial=partial)
 
@@ -223,12 +223,16 @@ FETCH_BUDGET_BYTES = 256 << 20
 F64_FEEDS = 2
 
 
-def float64_second_look(against: Comparison, run64, requested, result, feeds, names, rtol, atol) -> Comparison:
+def float64_second_look(against: Comparison, run64, requested, result, feeds, names, rtol, atol,
+                        req32=None) -> Comparison:
     """The float32 gate failed: evaluate the requested semantics and the result again in float64
     (run64(model, feeds) -> per-feed outputs, or None when the graph cannot run so). Merged convs sum
     many more products in another order, so an ill-conditioned network (a deep stack of collapsed
     layers, BatchNorm-scaled) can differ by more than rtol in float32 while the algebra is exact: then
-    float64 agrees to ~1e-12 and the result passes, with both numbers said. Anything else fails as before."""
+    float64 agrees to ~1e-12 and the result passes, with both numbers said. Anything else fails as before;
+    when the requested semantics' own float32 outputs (`req32`, per feed) are that far from its float64
+    ones too, the failure says so: the network is too ill-conditioned for float32 (a deep stack of collapsed
+    layers with large BatchNorm scales), and any float32 program of it, the merged one included, is off."""
     feeds = [{k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v for k, v in f.items()}
              if isinstance(f, dict) else f for f in feeds[:F64_FEEDS]]
     try:
@@ -239,6 +243,17 @@ def float64_second_look(against: Comparison, run64, requested, result, feeds, na
         return against
     c64 = compare(req64, res64, names, rtol, atol)
     if not c64.passed:
+        if req32 is not None:
+            own = compare(req64, [[np.asarray(v, np.float64) for v in out] for out in req32[:len(feeds)]],
+                          names, rtol, atol)
+            if not own.passed:
+                return Comparison(against.max_abs, against.max_rel, False, against.samples, against.worst_output,
+                                  f"output differs from the requested semantics by max rel {against.max_rel:.3g} "
+                                  f"(rtol {rtol}), and the requested semantics itself is that unstable in float32: "
+                                  f"its float32 and float64 outputs differ by max rel {own.max_rel:.3g} (the collapsed "
+                                  "layers form an ill-conditioned linear map, outputs up to "
+                                  f"{max(float(np.max(np.abs(v))) for out in req64 for v in out):.3g}); collapse fewer "
+                                  "activations, or compare in float64 (a float64 model)")
         return against
     return Comparison(against.max_abs, against.max_rel, True, against.samples, against.worst_output,
                       f"float32 outputs differ by max rel {against.max_rel:.3g} (over rtol {rtol}): rounding of the "

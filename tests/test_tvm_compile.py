@@ -346,7 +346,11 @@ def test_atomic_directory_replaces_existing(tmp_path):
         with cli_hook.atomic_directory(final):
             pass
     assert sorted(os.listdir(final)) == ["old"]
-    (final / cli_hook.EXPORT_MARKER).write_text("")  # made by an earlier export: replaced
+    (final / cli_hook.EXPORT_MARKER).write_text("")  # made by an earlier export, with a file of the user's
+    with pytest.raises(TVMError, match="holds files an export does not write"):
+        with cli_hook.atomic_directory(final):
+            pass
+    (final / "old").rename(final / "model.so")   # only what an export writes: replaced
     with cli_hook.atomic_directory(final) as tmp:
         with open(os.path.join(tmp, "new"), "w") as f:
             f.write("2")

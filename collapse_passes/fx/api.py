@@ -528,7 +528,7 @@ def verify_torch(original, requested, result, feeds, rtol: float, atol: float, d
     orig, req = run_outputs(original, feeds), run_outputs(requested, feeds)
     against = nonfinite_request(orig, req, names, len(feeds)) or compare(req, res, names, rtol, atol)
     if not against.passed and not against.why:
-        against = float64_second_look(against, _run64, requested, result, feeds, names, rtol, atol)
+        against = float64_second_look(against, _run64, requested, result, feeds, names, rtol, atol, req32=req)
     return Verification(against, compare(orig, res, names, rtol, atol), rtol, atol, desc)
 
 
