@@ -55,14 +55,17 @@ def _feeds(n=3, seed=0, shape=(1, 3, 32, 32)):
     return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def tiny_resnet50(tmp_path_factory):
+def _tiny_resnet50(folder, layers, dynamo):
     from models import build
 
     torch.manual_seed(0)
-    m = randomize_bn(build("resnet50_tv", width=8, num_classes=10, layers=(1, 1, 1, 1)).eval())
-    path = export_quiet(m, tmp_path_factory.mktemp("adv8") / "r50.onnx", (1, 3, 32, 32), dynamo=False)
-    return m, path
+    m = randomize_bn(build("resnet50_tv", width=8, num_classes=10, layers=layers).eval())
+    return m, export_quiet(m, folder / "r50.onnx", (1, 3, 32, 32), dynamo=dynamo)
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet50(tmp_path_factory):
+    return _tiny_resnet50(tmp_path_factory.mktemp("adv8"), (1, 1, 1, 1), False)
 
 
 def test_ratio_prune_error_is_measured_against_the_collapsed_unpruned_model(tiny_resnet50, tmp_path):
@@ -170,12 +173,7 @@ def test_ratio_prune_accuracy_is_of_the_collapsed_models(tiny_resnet50, tmp_path
 
 @pytest.fixture(scope="module")
 def tiny_resnet50_dynamo(tmp_path_factory):
-    from models import build
-
-    torch.manual_seed(0)
-    m = randomize_bn(build("resnet50_tv", width=8, num_classes=10, layers=(1, 2, 1, 1)).eval())
-    path = export_quiet(m, tmp_path_factory.mktemp("adv8dy") / "r50dy.onnx", (1, 3, 32, 32), dynamo=True)
-    return m, path
+    return _tiny_resnet50(tmp_path_factory.mktemp("adv8dy"), (1, 2, 1, 1), True)
 
 
 def test_ratio_prune_keeps_dynamo_module_path_keys(tiny_resnet50_dynamo, tmp_path):
