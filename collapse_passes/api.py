@@ -16,8 +16,8 @@ from .errors import CollapseError, VerificationError
 from .onnx.analysis import model_stats
 from .onnx.graph import as_model, node_key_names, save_model_atomic, to_graph
 from .report import activation_row, build_report
-from .core.selection import assign_scores, check_selection, choose, display_key, read_scores
-from .onnx.keys import resolve_keys
+from .core.selection import KeyIndex, assign_scores, check_selection, choose, display_key, read_scores
+from .onnx.keys import never_collapsed_keys, resolve_keys
 from .onnx.patterns import find_activations, unknown_nonlinear_nodes
 
 
@@ -109,8 +109,9 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
 
     graph = to_graph(original)
     acts = find_activations(graph)
-    index = resolve_keys(acts, node_key_names(original))
+    meta = node_key_names(original)
     unknown = unknown_nonlinear_nodes(graph, acts)
+    index = KeyIndex(resolve_keys(acts, meta), never_collapsed_keys(unknown, meta))
 
     raw_scores: dict[str, float] = {}
     block_scores: dict[str, float] = {}

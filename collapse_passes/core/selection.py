@@ -52,11 +52,26 @@ def display_key(a) -> str:
     return a.keys[0] if a.keys else a.name
 
 
+class KeyIndex(dict):
+    """key -> [sites], and `never` {key: op}: the keys of nonlinear ops no front end collapses (Tanh,
+    Sigmoid, Softplus...), so that a key naming one is told why, not offered a near match (acts.hardtanh
+    for acts.tanh)."""
+
+    def __init__(self, index: dict, never: dict | None = None):
+        super().__init__(index)
+        self.never = dict(never or {})
+
+
 def lookup(index: dict, key: str, source: str = "scores") -> list:
     """The sites `key` names; an unknown key is one line with near matches (or the valid call sites)."""
     if key in index:
         return index[key]
     path, sep, call = key.rpartition(SITE_SEP)
+    never = getattr(index, "never", {})
+    op = never.get(key) or (never.get(path) if sep and call.isdigit() else None)
+    if op:
+        raise CollapseError(f"{source}: {key!r} is a {op}, which has no linear regime: it is never collapsed and "
+                            "stays as it is; --list-keys (collapse_passes.list_keys) lists the activations that can be")
     if sep and call.isdigit() and path in index:
         sites = [display_key(a) for a in index[path]]
         raise CollapseError(f"{source}: {key!r} names no call site: module {path!r} is called "

@@ -17,7 +17,7 @@ from torch import fx
 from torch.fx.passes.infra.pass_manager import PassManager
 
 from ..config import CollapseConfig, with_tolerances
-from ..core.selection import assign_scores, choose, read_scores
+from ..core.selection import KeyIndex, assign_scores, choose, read_scores
 from ..errors import CollapseError, VerificationError
 from ..report import activation_row, build_report
 from .graph import (PARTIAL_GRAPH, count_ops, count_params, find_activations, is_collapsible, key_index, linear_op,
@@ -365,7 +365,9 @@ def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list,
     if cfg.threshold is not None and cfg.remove is not None:
         raise CollapseError("give either threshold or remove, not both")
     sites = find_activations(gm)
-    index = key_index(sites)
+    never = {k: s.kind for s in find_activations(gm, collapsible_only=False) if not is_collapsible(s)
+             for k in s.keys}
+    index = KeyIndex(key_index(sites), never)
     raw = dict(computed.scores) if computed is not None and computed.kind != "block" else {}
     if cfg.scores is not None:
         raw.update(read_scores(cfg.scores))

@@ -198,3 +198,15 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
         if f"{one}{SITE_SEP}0" not in index:
             index[f"{one}{SITE_SEP}0"] = [a]
     return dict(index)
+
+
+def never_collapsed_keys(nodes, node_meta: dict[str, dict[str, str]]) -> dict[str, str]:
+    """{key: op} of nonlinear nodes left alone (Tanh, Sigmoid...): their node names and module paths, so a
+    key naming one is refused with the reason (core.selection.KeyIndex)."""
+    out: dict[str, str] = {}
+    for n in nodes:
+        path = module_path_from_metadata(node_meta.get(n.name, {})) or module_path_from_scope_name(n.name)
+        for k in (n.name, path):
+            if k:
+                out.setdefault(k, n.op)
+    return out
