@@ -67,9 +67,9 @@ def top1(model: onnx.ModelProto, feeds: list[dict], labels: np.ndarray, src: str
                                 "(samples, classes) logits")
         n = out.shape[0]
         lab = labels[i:i + n]
-        if lab.size and (lab.min() < 0 or lab.max() >= out.shape[1]):
+        if lab.size and (lab.min() < 0 or lab.max() >= out.shape[1]):   # name the range of all labels, not this batch's
             raise CollapseError(f"{src}: labels must be class indices in [0, {out.shape[1]}) (the model has "
-                                f"{out.shape[1]} outputs per sample), got {int(lab.min())}..{int(lab.max())}")
+                                f"{out.shape[1]} outputs per sample), got {int(labels.min())}..{int(labels.max())}")
         correct += int((out.argmax(1) == labels[i:i + n]).sum())
         i += n
     return correct / max(i, 1)

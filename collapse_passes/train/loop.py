@@ -38,7 +38,7 @@ class CollapseRun:
 
 # ------------------------------------------------------------------------------------ data
 
-def _as_pairs(data, name: str):
+def _as_pairs(data, name: str, reread: bool = True):
     """A DataLoader / iterable of (x, y) or an (inputs, labels) tensor pair -> a re-iterable of batches."""
     if data is None:
         return None
@@ -50,6 +50,9 @@ def _as_pairs(data, name: str):
             raise CollapseError(f"{name}: {len(x)} inputs but {len(y)} labels; give one label per input")
         return _TensorBatches(x, y)
     if hasattr(data, "__iter__"):
+        if reread and iter(data) is data:   # the default trainer / accuracy re-read it every round: empty after one
+            raise CollapseError(f"{name}: a one-shot iterator (generator) is exhausted after one round; give a "
+                                "DataLoader, a list of (inputs, labels) batches or an (inputs, labels) tensor pair")
         return data
     raise CollapseError(f"{name}: expected a DataLoader or an (inputs, labels) tensor pair, got {type(data).__name__}")
 
@@ -76,13 +79,28 @@ def _cycle(batches):
             raise CollapseError("train_data yields no batches")
 
 
+def _check_class_labels(y, out, what: str):
+    """Labels of every batch (not only the first, which _probe checks before training) must be class
+    indices of `out`: cross entropy raises IndexError on them, top-1 would count them wrong silently.
+    Returns y as int64 (cross entropy rejects int32 / int16 targets)."""
+    n = out.shape[1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    if isinstance(y, torch.Tensor) and len(y) and n is not None and (int(y.min()) < 0 or int(y.max()) >= n):
+        raise CollapseError(f"{what}: labels must lie in [0, {n}) (the model has {n} outputs), got a batch with "
+                            f"{int(y.min())}..{int(y.max())}")
+    if isinstance(y, torch.Tensor) and not y.dtype.is_floating_point and y.dtype not in (torch.bool, torch.int64):
+        y = y.long()
+    return y
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, batches) -> float:
     """Top-1 accuracy over (x, y) batches, model in eval mode."""
     model.eval()
     correct = total = 0
     for x, y in batches:
-        correct += int((model(x).argmax(1) == y).sum())
+        out = model(x)
+        _check_class_labels(y, out, "val_data")
+        correct += int((out.argmax(1) == y).sum())
         total += len(y)
     if not total:
         raise CollapseError("val_data yields no samples")
@@ -93,6 +111,7 @@ def default_fine_tune(train_batches, steps: int, lr: float = 1e-3, loss_fn=None,
                       prelu_lambda: float = 0.0, lacoot: LacootTerm | None = None, lacoot_lambda: float = 0.0):
     """fine_tune(model) -> model: `steps` optimiser steps of loss_fn (cross entropy) plus the Layer
     Folding and LaCoOT terms when their lambdas are > 0."""
+    default_loss = loss_fn is None
     loss_fn = loss_fn or F.cross_entropy
     stream = _cycle(train_batches)
 
@@ -105,7 +124,10 @@ def default_fine_tune(train_batches, steps: int, lr: float = 1e-3, loss_fn=None,
             ctx.__enter__()
         try:
             for x, y in itertools.islice(stream, steps):
-                loss = loss_fn(model(x), y)
+                out = model(x)
+                if default_loss:
+                    y = _check_class_labels(y, out, "train_data")
+                loss = loss_fn(out, y)
                 if prelu_lambda > 0:
                     loss = loss + prelu_lambda * prelu_penalty(model)
                 if ctx:
@@ -218,7 +240,8 @@ def _conv_params(conv: nn.Conv2d, pads):
 
     # a nonzero bias stands for the folded BatchNorm: the planner then prices the bias-map Add that a
     # merge across an inner padding needs (a zero bias needs none)
-    return ConvParams(conv.weight.detach().numpy(), np.ones(conv.out_channels, np.float32), tuple(conv.stride),
+    w = conv.weight.detach().cpu().float().numpy()   # .cpu(): a model on the GPU
+    return ConvParams(w, np.ones(conv.out_channels, np.float32), tuple(conv.stride),
                       tuple(pads) + tuple(pads), tuple(conv.dilation), conv.groups)
 
 
@@ -314,13 +337,14 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     if model.training:
         raise CollapseError("the model is in training mode; call model.eval() first (scores and the baseline "
                             "accuracy are taken in eval mode)")
-    _check_numbers(max_accuracy_drop=max_accuracy_drop, steps_per_round=steps_per_round, pretrain_steps=pretrain_steps,
-                   lr=lr, max_rounds=max_rounds, patience=patience, score_batches=score_batches,
-                   prelu_lambda=prelu_lambda, fold_alpha=fold_alpha, lacoot_lambda=lacoot_lambda,
-                   target_speedup=target_speedup, min_gain=min_gain)
+    (max_accuracy_drop, steps_per_round, pretrain_steps, lr, max_rounds, patience, score_batches, prelu_lambda,
+     fold_alpha, lacoot_lambda, target_speedup, min_gain) = _check_numbers(
+        max_accuracy_drop=max_accuracy_drop, steps_per_round=steps_per_round, pretrain_steps=pretrain_steps, lr=lr,
+        max_rounds=max_rounds, patience=patience, score_batches=score_batches, prelu_lambda=prelu_lambda,
+        fold_alpha=fold_alpha, lacoot_lambda=lacoot_lambda, target_speedup=target_speedup, min_gain=min_gain)
     say = log or (lambda *_: None)
-    train_b = _as_pairs(train_data, "train_data")
-    val_b = _as_pairs(val_data, "val_data")
+    train_b = _as_pairs(train_data, "train_data", reread=fine_tune is None)
+    val_b = _as_pairs(val_data, "val_data", reread=evaluate is None)
     model = copy.deepcopy(model).eval()
     for data, what in ((train_b, "train_data"), (val_b if evaluate is None else None, "val_data")):
         _probe(model, data, what, class_labels=what == "val_data" or (fine_tune is None and loss_fn is None))
@@ -338,7 +362,9 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         fine_tune = _checked_fine_tune(fine_tune)
     base_acc = float(evaluate(model))
     say(f"baseline accuracy {base_acc:.4f}")
-    first = next(iter(train_b)) if train_b is not None else None
+    first = next(iter(train_b), None) if train_b is not None else None
+    if train_b is not None and first is None:
+        raise CollapseError("train_data yields no batches; give at least one (inputs, labels) batch")
     lacoot = LacootTerm(model, blocks) if (lacoot_lambda > 0 or remove_blocks_below is not None) else None
     if fine_tune is None:
         if train_b is None:
@@ -354,7 +380,7 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         ft = fine_tune if train_b is None else default_fine_tune(
             train_b, pretrain_steps, lr, loss_fn, optimizer, prelu_lambda if name == "prelu" else 0.0, lacoot,
             lacoot_lambda)
-        model = ft(model)
+        model = ft(model).eval()   # a user trainer may leave train mode (BatchNorm batch statistics)
         say(f"regularised training ({pretrain_steps} steps): accuracy {evaluate(model):.4f}")
     predictor = None
     if (predict or target_speedup or prefer_speedup) and first is not None:
@@ -479,11 +505,12 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
                        stopped)
 
 
-def _check_numbers(**kw) -> None:
+def _check_numbers(**kw) -> list:
     """One CollapseError for a numeric argument out of range (a negative step count, a NaN tolerance, a
     fold threshold outside [0, 1]...), before any training: NaN compares False and would disable the
     accuracy check or the stop silently."""
     import math
+    import numbers
 
     rules = {  # name: (allowed, what to say); None values are allowed where the default is None
         "max_accuracy_drop": (lambda v: v >= 0, ">= 0"),
@@ -499,12 +526,18 @@ def _check_numbers(**kw) -> None:
         "target_speedup": (lambda v: 0 < v < math.inf, "a finite number > 0 (or None)"),
         "min_gain": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     }
+    out = []
     for name, v in kw.items():
         if v is None and name in ("max_rounds", "target_speedup"):
+            out.append(v)
             continue
         ok, what = rules[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not ok(v):
+        # numbers.Real: numpy scalars (np.int64(3), np.float32(0.1)) are numbers too
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or math.isnan(v) or not ok(v):
             raise CollapseError(f"{name} must be {what}, got {v!r}")
+        # counts become int (itertools.islice rejects 3.0), the rest float
+        out.append(int(v) if what.startswith("an integer") else float(v))
+    return out
 
 
 def _has_submodule(model: nn.Module, path: str) -> bool:
@@ -549,6 +582,8 @@ def _probe(model: nn.Module, batches, what: str, class_labels: bool) -> None:
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise CollapseError(f"{what}: the model's output must be (N, classes) logits for the default loss and "
                             "accuracy; pass loss_fn= and evaluate= otherwise")
+    if isinstance(batches, _TensorBatches):
+        y = batches.y   # all labels at once: cheap, and a bad label after the first batch fails before training
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= out.shape[1]):
         raise CollapseError(f"{what}: labels must lie in [0, {out.shape[1]}) (the model has {out.shape[1]} "
                             f"outputs), got {int(y.min())}..{int(y.max())}")
