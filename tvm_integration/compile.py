@@ -99,16 +99,33 @@ def import_onnx(model, shape_dict: Mapping[str, Sequence[int]] | None = None):
 
     proto = _load_onnx(model)
     check_onnx_ops(proto)
-    try:
-        mod = from_onnx(
-            proto,
-            shape_dict=dict(shape_dict) if shape_dict else None,
-            keep_params_in_input=False,
-        )
-    except tvm.error.OpNotImplemented as e:
-        raise TVMError(f"TVM's ONNX importer failed: {_first_line(e)}") from None
-    except NotImplementedError as e:
-        raise TVMError(f"TVM's ONNX importer does not support part of this model: {_first_line(e)}") from None
+    import io
+
+    printed = io.StringIO()   # on a failure the importer prints "Error converting operator X, with
+    failure = None            # inputs: <pages of Relax>" to stdout; the op name goes into our one line
+    with stderr_without(("BlockBuilder destroyed with remaining blocks",)):
+        try:
+            with contextlib.redirect_stdout(printed):
+                mod = from_onnx(
+                    proto,
+                    shape_dict=dict(shape_dict) if shape_dict else None,
+                    keep_params_in_input=False,
+                )
+        except tvm.error.OpNotImplemented as e:
+            failure = f"TVM's ONNX importer failed: {_first_line(e)}"
+        except NotImplementedError as e:
+            failure = f"TVM's ONNX importer does not support part of this model: {_first_line(e)}"
+        except tvm.error.InternalError as e:   # e.g. a TorchScript-exported Swin: Reshape of a tensor
+            # whose shape the importer lost (computed through Shape/Gather/Concat)
+            op = printed.getvalue().partition("Error converting operator ")[2].partition(",")[0]
+            failure = (f"TVM's ONNX importer failed on this model{f' at a {op} node' if op else ''}: "
+                       f"{_first_line(e)}")
+        if failure is not None:
+            import gc
+
+            gc.collect()   # the half-built BlockBuilder logs a warning when destroyed: here, filtered
+    if failure is not None:
+        raise TVMError(failure)
     return mod
 
 
@@ -382,7 +399,8 @@ def build(
 
     config = {"relax.backend.use_cuda_graph": True} if cuda_graph else {}
     try:
-        with target, tvm.transform.PassContext(opt_level=3, config=config):
+        with target, tvm.transform.PassContext(opt_level=3, config=config), \
+                stderr_without(BUILD_NOISE, once=BUILD_NOISE_ONCE):
             ex = tvm.compile(mod, target=target, relax_pipeline=_pipeline)
     except TVMError:
         raise
@@ -622,12 +640,17 @@ def export_library(executable, path: str | os.PathLike, target_info=None) -> str
 #: TVM 0.27's VM executable logs "Warning: Scope Saving:" once per constant when it is saved (a debug
 #: line left in executable.cc): 100-270 lines for a MobileNet/Swin export, telling the user nothing
 SAVE_NOISE = ("Warning: Scope Saving:",)
+#: a Swin-T build logs ~70 of each (one per kernel / per Gather): codegen noise, and a caution about
+#: TVM's own take(mode="fast") on the importer's in-bound indices; the latter is kept once
+BUILD_NOISE = ("Warning: Unknown pragma pragma_scope",)
+BUILD_NOISE_ONCE = ("Warning: Fast mode segfaults when there are out-of-bounds indices",)
 
 
 @contextlib.contextmanager
-def stderr_without(noise: Sequence[str]):
+def stderr_without(noise: Sequence[str], once: Sequence[str] = ()):
     """Run the block with file descriptor 2 captured (C++ logging bypasses sys.stderr), then pass on
-    every captured line that contains none of `noise`."""
+    every captured line that contains none of `noise`, and the first line only that contains an item
+    of `once`."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -642,8 +665,16 @@ def stderr_without(noise: Sequence[str]):
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines(keepends=True)
-                    if not any(n in ln for n in noise)]
+            kept, seen = [], set()
+            for ln in tmp.read().decode(errors="replace").splitlines(keepends=True):
+                if any(n in ln for n in noise):
+                    continue
+                rep = next((n for n in once if n in ln), None)
+                if rep is not None:
+                    if rep in seen:
+                        continue
+                    seen.add(rep)
+                kept.append(ln)
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

@@ -30,8 +30,12 @@ def relax_from_torch(model, example_inputs=None, **kwargs):
             raise TVMError("relax_from_torch: pass example_inputs=(tensor, ...) to export the module")
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
+        try:   # ep.module() (what the torch front end returns for Swin-like models) refuses eval():
+            model.eval()   # its train/eval behaviour was fixed when it was exported
+        except NotImplementedError:
+            pass
         try:
-            model = torch.export.export(model.eval(), tuple(example_inputs))
+            model = torch.export.export(model, tuple(example_inputs))
         except Exception as e:  # noqa: BLE001 - an export failure of any kind is the user's model
             raise TVMError(f"torch.export failed: {_first_line(e)}") from None
     try:
