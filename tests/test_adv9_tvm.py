@@ -117,7 +117,8 @@ def test_importer_internal_error_is_one_line_naming_the_op(monkeypatch, capsys):
     assert "pages of Relax" not in capsys.readouterr().out
 
 
-def test_cli_refuses_a_model_tvm_cannot_import_before_collapsing(tmp_path, monkeypatch, capsys):
+def test_an_importer_failure_after_the_collapse_is_one_line_and_the_model_stays_written(tmp_path, monkeypatch,
+                                                                                      capsys):
     import tvm.relax.frontend.onnx as tvm_onnx
 
     from collapse_passes.cli import main
@@ -125,6 +126,8 @@ def test_cli_refuses_a_model_tvm_cannot_import_before_collapsing(tmp_path, monke
     monkeypatch.setattr(tvm_onnx, "from_onnx", _failing_importer)
     out = tmp_path / "out.onnx"
     rc = main([EXAMPLE, "-o", str(out), "--target", "cpu", "--tune-trials", "0"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.count("\n") == 0 and "Reshape" in err, err
-    assert not out.exists()
+    captured = capsys.readouterr()
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error")]
+    assert rc != 0 and len(errors) == 1 and "Reshape" in errors[0], captured.err
+    assert "Traceback" not in captured.err and "pages of Relax" not in captured.out
+    assert out.exists()   # verified before TVM ran: written, and the error says so

@@ -167,7 +167,7 @@ def check_args(args, model=None) -> None:
     `model`, the input ONNX model, that TVM's importer lacks), for the core CLI to make before any work:
     a typo in --target is bad input (exit 2, nothing written), not a TVM failure after minutes of
     collapsing. Raises TVMError."""
-    from .compile import check_onnx_ops, import_onnx
+    from .compile import check_onnx_ops
     from .targets import resolve_target
     from .tune import check_tracker
 
@@ -183,8 +183,6 @@ def check_args(args, model=None) -> None:
                        "HOST:PORT --rpc-key KEY to measure on a device, or --tune-trials 0")
     if model is not None:
         check_onnx_ops(model)
-        import_onnx(model)   # a few seconds: a model the importer fails on (TorchScript-exported Swin-T)
-        # is refused here, not after the collapse has run and written its output
 
 
 @contextlib.contextmanager
