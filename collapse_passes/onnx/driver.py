@@ -5,7 +5,7 @@ import onnx
 
 from ..pipeline import PassManager
 from .context import OnnxContext
-from .graph import check_model, node_key_names, to_graph, to_model
+from .graph import check_model, keep_node_metadata, node_key_names, to_graph, to_model
 from .keys import site_metadata
 from .passes import Cleanup, FoldAffine, LinearizeActivations
 from .patterns import find_activations
@@ -54,23 +54,10 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
     sites = site_metadata(find_activations(ctx.graph), ctx.node_meta)
     pm = build_pass_manager(merge, remove_blocks, prune)
     pm.run(ctx)
-    out = to_model(ctx.graph, model)
-    keep_node_metadata(out, {n: {**ctx.node_meta.get(n, {}), **sites.get(n, {})} for n in (*ctx.node_meta, *sites)})
+    out = to_model(ctx.graph, model)   # the input's node metadata back (to_model); the site keys on top
+    keep_node_metadata(out, sites)
     check_model(out, "collapsed model")
     return out, ctx, pm
-
-
-def keep_node_metadata(out: onnx.ModelProto, node_meta: dict) -> None:
-    """Give the nodes that kept their names their metadata_props back (graphsurgeon drops them): the
-    dynamo exporter's module paths there are the activation keys, so a second run on the result finds
-    the activations left alone under the same keys. Entries the node already has are kept unless
-    node_meta gives them a new value."""
-    for node in out.graph.node:
-        meta = node_meta.get(node.name)
-        if meta:
-            merged = {**{p.key: p.value for p in node.metadata_props}, **meta}
-            del node.metadata_props[:]
-            node.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in merged.items())
 
 
 def requested_semantics(model: onnx.ModelProto, chosen: set, remove_blocks=None,

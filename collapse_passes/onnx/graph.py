@@ -359,7 +359,9 @@ def toposort(graph: gs.Graph) -> gs.Graph:
 
 
 def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
-    """Export a graph, keeping the template's opset imports and model-level metadata."""
+    """Export a graph, keeping the template's opset imports, model-level metadata and the node metadata
+    of the nodes that kept their names (graphsurgeon drops node metadata: a dynamo export's module paths
+    live there, and every later step finds activation keys and residual blocks by them)."""
     out = gs.export_onnx(graph, do_type_check=False)
     out.ir_version = template.ir_version
     del out.opset_import[:]
@@ -367,7 +369,21 @@ def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     out.producer_name = "collapse_passes"
     del out.metadata_props[:]
     out.metadata_props.extend(template.metadata_props)
+    keep_node_metadata(out, node_key_names(template))
     return out
+
+
+def keep_node_metadata(out: onnx.ModelProto, node_meta: dict) -> None:
+    """Give the nodes that kept their names their metadata_props back (graphsurgeon drops them): the
+    dynamo exporter's module paths there are the activation keys, so a second run on the result finds
+    the activations left alone under the same keys. Entries the node already has are kept unless
+    node_meta gives them a new value."""
+    for node in out.graph.node:
+        meta = node_meta.get(node.name)
+        if meta:
+            merged = {**{p.key: p.value for p in node.metadata_props}, **meta}
+            del node.metadata_props[:]
+            node.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in merged.items())
 
 
 def const_value(t) -> np.ndarray | None:

@@ -3,9 +3,9 @@
 prepare: validate the flags, prune to a ratio (an approximation, before everything else), and with
 --prune-calib-dead find the ReLU channels always off on the calibration data. finish: measure what the
 data-dependent removal changes on random inputs (it is exact on the calibration data by construction), and
-the ratio prune's error against the
-unpruned requested semantics (the collapse applied to the unpruned model: what the user asked for, as
-the torch front end does; and top-1 accuracy with --eval data), refuse it above --prune-max-error unless forced.
+the ratio prune's error against the unpruned requested semantics (the collapse applied to the unpruned
+model: what the user asked for, as the torch front end does; and top-1 accuracy with --eval data),
+refuse it above --prune-max-error unless forced.
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def _finite_number(x) -> bool:
 
 
 def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list, passed: bool,
-                   requested=None, chosen=(), remove_blocks=()) -> bool:
+                   requested, chosen=(), remove_blocks=()) -> bool:
     """Fill the report; returns whether the run still passes (a ratio prune may be refused).
 
     The ratio prune's error is the pruned requested semantics (`requested`, what the result was verified
@@ -123,16 +123,15 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
     from ..verify import compare, run
 
     report.update({k: v for k, v in ctx.pruning.items()} if ctx.pruning else {})
-    if report.get("data_dependent_channels") and requested is not None:
+    if report.get("data_dependent_channels"):
         _measure_calib_dead(report, base, requested, chosen, remove_blocks, cfg)
     ratio = report.get("ratio")
     if ratio is not None:
         from ..onnx.driver import requested_semantics
 
         unpruned = requested_semantics(original, set(chosen), remove_blocks=remove_blocks)
-        pruned = base if requested is None else requested
         o, names = run(unpruned, feeds)
-        b, _ = run(pruned, feeds)
+        b, _ = run(requested, feeds)
         c = compare(o, b, names, cfg.rtol, cfg.atol)
         ratio["error_vs_unpruned"] = {"max_abs": c.max_abs, "max_rel": c.max_rel}
         ev = getattr(cfg, "eval_data", None)
@@ -140,7 +139,8 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
             from ..evaluation import load_eval_data, top1
 
             feeds_e, labels, _src = load_eval_data(ev, original)
-            ratio["accuracy"] = {"unpruned": top1(unpruned, feeds_e, labels, _src), "pruned": top1(pruned, feeds_e, labels, _src)}
+            ratio["accuracy"] = {"unpruned": top1(unpruned, feeds_e, labels, _src),
+                                 "pruned": top1(requested, feeds_e, labels, _src)}
         warnings.append(f"prune ratio {ratio['ratio']}: approximate, max abs error {c.max_abs:.3g} against the "
                         "unpruned model" + (" with the same activations collapsed" if chosen or remove_blocks else ""))
         if not ratio.get("removed_channels"):   # say why, rather than report a prune that did nothing

@@ -223,7 +223,7 @@ def ratio_prune(model: onnx.ModelProto, ratio: float, *, scope: str = "global", 
     if removed:
         apply_removal(graph, cg, removed)
         graph.cleanup()
-    out = _with_node_metadata(to_model(graph, model), model)
+    out = to_model(graph, model)
     return out, {"ratio": ratio, "scope": scope, "round_to": round_to, "importance": importance,
                  "removed_channels": len(removed), "groups": rows, **graph_summary(cg)}
 
@@ -286,16 +286,5 @@ def mask_channels(model: onnx.ModelProto, off: dict) -> onnx.ModelProto:
                                                                                         mask.reshape(shape))],
                                    outputs=[masked]))
     toposort(graph)
-    return _with_node_metadata(to_model(graph, model), model)
+    return to_model(graph, model)
 
-
-def _with_node_metadata(out: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
-    """`out` with the node metadata of `model` back on the nodes that kept their names (graphsurgeon drops
-    it): a dynamo export's module paths live there, and the passes after a ratio prune or a channel mask
-    find activation keys and residual blocks (--remove-blocks) by them (they fell back to node names:
-    `--remove-blocks` refused its own LaCoOT keys, the written model's keys became `relu():0`)."""
-    from ..onnx.driver import keep_node_metadata
-    from ..onnx.graph import node_key_names
-
-    keep_node_metadata(out, node_key_names(model))
-    return out
