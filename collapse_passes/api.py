@@ -82,6 +82,9 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     example_inputs = kwargs.pop("example_inputs", None)   # torch models: shapes for planning, inputs for the gate
     cfg = make_config(config, scores, threshold, remove, "collapse", **kwargs)
     if _is_torch_module(model):   # nn.Module, fx.GraphModule, torch.export.ExportedProgram
+        if cfg.input_shapes is not None:
+            raise CollapseError("input_shapes is for ONNX models; a torch model takes its shapes from "
+                                "example_inputs=(...)")
         if cfg.eval_data is not None or cfg.target_speedup is not None:
             raise CollapseError("eval_data / target_speedup apply to ONNX models; for a torch model use "
                                 "collapse_passes.train.iterative_collapse(..., target_speedup=S) or export it first")
@@ -93,6 +96,16 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                             "inputs or calib= data")
     t0 = time.perf_counter()
     original, path = as_model(model)
+    notes: list[str] = []
+    if cfg.input_shapes is not None:
+        from .onnx.shapes import fix_input_shapes, parse_input_shapes
+
+        # a proto read from a path here is ours to change; the caller's ModelProto is copied
+        original = fix_input_shapes(original, parse_input_shapes(cfg.input_shapes), in_place=path is not None)
+        notes.append("input shapes fixed (--input-shape): " + ", ".join(
+            f"{vi.name} {'x'.join(str(d.dim_value) for d in vi.type.tensor_type.shape.dim)}"
+            for vi in original.graph.input if vi.name not in {t.name for t in original.graph.initializer})
+            + "; the model written takes these shapes only")
     eval_set = None
     if cfg.eval_data is not None:
         from .evaluation import load_eval_data
@@ -102,7 +115,6 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         raise CollapseError("give either threshold or remove, not both")
     if cfg.remove is not None and cfg.remove < 0:
         raise CollapseError(f"remove must be >= 0, got {cfg.remove}")
-    notes: list[str] = []
     warnings: list[str] = []
     half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
     cfg = with_tolerances(cfg, any(o.type.tensor_type.elem_type in half for o in original.graph.output), notes)
@@ -148,6 +160,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
 
     from .onnx.driver import requested_semantics, run_passes
+    from .onnx.shapes import dynamic_inputs
     from .pruning.api_hook import finish_pruning, prepare_pruning
 
     base, prune_off, prune_report = prepare_pruning(original, cfg, score_details, chosen={a.name for a in chosen},
@@ -163,6 +176,10 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     requested = requested_semantics(base, {a.name for a in chosen}, remove_blocks=blocks_removed,
                                     constant_channels=ctx.pruning.get("data_dependent_channels"))
     stats_after = model_stats(result_model, graph=ctx.graph)   # shapes inferred by the last Cleanup
+    dynamic = dynamic_inputs(original)
+    if dynamic:
+        notes.append(f"dynamic input size: {', '.join(dynamic)}; MACs and the merge planner count those dims "
+                     "as 1 and chains of unknown size are not merged; --input-shape NAME:D0,D1,... gives real sizes")
     ctx.graph = None   # its arrays duplicate the result's weights: not held through verification
 
     from .verify import random_inputs, verify
@@ -179,7 +196,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         desc = f"{cfg.check} random input(s), seed {cfg.seed}"
         if any(not isinstance(d, int) for _, dims, _ in _model_inputs(original) for d in dims[1:]):
             # a dynamic height/width runs as 1: say so, a model that needs real sizes (Swin) then names it
-            desc += ", dynamic dims after the first run as 1 (--calib data checks real sizes)"
+            desc += (", dynamic dims after the first run as 1 (--calib data checks real sizes, --input-shape "
+                     "fixes them)")
     ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
     warnings.extend(ver.warnings)
     if ver.against_requested.passed and ver.against_requested.why:   # passed on the float64 second look

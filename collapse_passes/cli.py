@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--prune-max-error", type=float, metavar="E",
                     help="refuse (unless --force) a ratio prune whose max abs error against the unpruned model exceeds E")
     v = p.add_argument_group("verification and output")
+    v.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...",
+                   help="sizes for the input's dynamic dims, e.g. input:1,3,224,224 (repeat per input; D0,D1,... "
+                        "alone for a model with one input): MACs, merge planning and the check use them, and the "
+                        "model written takes these shapes only")
     v.add_argument("--check", type=int, default=3, metavar="N", help="random inputs for the check (default 3)")
     v.add_argument("--rtol", type=float, default=None)   # None: 1e-4 (float16 outputs: 1e-2), config.with_tolerances
     v.add_argument("--atol", type=float, default=None)   # None: 1e-5 (float16 outputs: 1e-3)
@@ -355,7 +359,8 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
         force=args.force, seed=args.seed, remove_blocks=args.remove_blocks,
         prune=not args.no_prune, prune_ratio=args.prune_ratio, prune_scope=args.prune_scope,
         prune_importance=args.prune_importance, round_to=args.round_to, prune_max_error=args.prune_max_error,
-        prune_calib_dead=args.prune_calib_dead, eval_data=args.eval, target_speedup=args.target_speedup)
+        prune_calib_dead=args.prune_calib_dead, eval_data=args.eval, target_speedup=args.target_speedup,
+        input_shapes=args.input_shape)
     try:
         result = api.collapse(source, config=cfg)
     except VerificationError as exc:

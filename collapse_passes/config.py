@@ -38,6 +38,7 @@ class CollapseConfig:
     prune_max_error: float | None = None   # refuse a ratio prune whose max abs error exceeds this (unless force)
     eval_data: object = None         # .npz / dict: model inputs + "labels": top-1 accuracy and latency in the report
     target_speedup: float | None = None    # pick lowest-scored activations that buy predicted speed-up until S
+    input_shapes: object = None      # ONNX: {input: [dims]} (or "input:1,3,224,224" strings) for dynamic dims
 
 
 def check_settings(cfg) -> None:

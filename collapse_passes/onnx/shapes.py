@@ -181,3 +181,96 @@ def apply_types(graph: gs.Graph, types: dict, reset: bool = True) -> None:
         elif reset and id(t) not in outputs:
             t.dtype = None
             t.shape = None
+
+
+def parse_input_shapes(specs) -> dict[str, list[int]]:
+    """--input-shape values ("input:1,3,224,224", or "1,3,224,224" for a model with one input; a dict
+    {name: dims} from the library) -> {name: [dims]}, the name "" standing for the only input."""
+    from ..errors import CollapseError
+
+    if isinstance(specs, dict):
+        items = list(specs.items())
+    elif not isinstance(specs, (str, list, tuple)):
+        raise CollapseError(f"input_shapes must be {{name: [dims]}} or 'NAME:D0,D1,...' strings, got "
+                            f"{type(specs).__name__}")
+    else:
+        items = []
+        for spec in ([specs] if isinstance(specs, str) else list(specs)):
+            if not isinstance(spec, str):
+                raise CollapseError(f"input shape {spec!r}: expected NAME:D0,D1,... (or D0,D1,... for a "
+                                    "model with one input)")
+            name, _, dims = spec.rpartition(":")
+            items.append((name, [d for d in dims.replace("x", ",").split(",") if d.strip()]))
+    out: dict[str, list[int]] = {}
+    for name, dims in items:
+        try:
+            values = [int(d) if isinstance(d, (int, np.integer)) else int(str(d).strip()) for d in dims]
+        except (TypeError, ValueError):
+            values = []
+        if not values or any(v < 1 for v in values) or any(isinstance(d, (bool, float)) for d in dims):
+            shown = ",".join(str(d) for d in dims) if isinstance(dims, (list, tuple)) else repr(dims)
+            raise CollapseError(f"--input-shape {name + ':' if name else ''}{shown}: give positive integers, "
+                                "e.g. input:1,3,224,224")
+        if name in out:
+            raise CollapseError(f"input shape for {name or 'the input'!r} given twice")
+        out[name] = values
+    return out
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], in_place: bool = False) -> onnx.ModelProto:
+    """`model` with the given sizes for its inputs' dynamic dims (as onnxslim's --input-shapes and
+    onnxsim's --overwrite-input-shape): costs, MACs, the check inputs and size arithmetic then see the
+    real sizes, and the model written takes these shapes only. A static dim must be given as it is;
+    intermediate shapes are dropped and inferred again, the outputs' from the new inputs."""
+    from ..calib import model_inputs
+    from ..errors import CollapseError
+
+    inputs = {name: dims for name, dims, _ in model_inputs(model)}
+    shown = ", ".join(f"{n} ({_fmt_dims(model, n)})" for n in inputs) or "none"
+    if "" in shapes:
+        if len(inputs) != 1:
+            raise CollapseError(f"the model has {len(inputs)} inputs ({shown}): name each, --input-shape "
+                                "NAME:D0,D1,...")
+        shapes = {next(iter(inputs)): shapes[""], **{k: v for k, v in shapes.items() if k}}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise CollapseError(f"--input-shape {name}: the model has no input {name!r}; its inputs: {shown}")
+        have = inputs[name]
+        if len(dims) != len(have):
+            raise CollapseError(f"--input-shape {name}: {len(dims)} dims given, the input has rank {len(have)} "
+                                f"({_fmt_dims(model, name)})")
+        for axis, (d, h) in enumerate(zip(dims, have)):
+            if h is not None and h != d:
+                raise CollapseError(f"--input-shape {name}: dim {axis} of the input is fixed at {h}, not {d} "
+                                    f"({_fmt_dims(model, name)})")
+    if not in_place:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    for vi in model.graph.input:
+        for d, v in zip(vi.type.tensor_type.shape.dim, shapes.get(vi.name, ())):
+            d.Clear()
+            d.dim_value = int(v)
+    del model.graph.value_info[:]   # the old intermediate shapes name the dynamic dims
+    types = inferred_types(model) or {}
+    for vi in model.graph.output:
+        new = types.get(vi.name)
+        dims = new.type.tensor_type.shape.dim if new is not None and new.type.HasField("tensor_type") else ()
+        if dims and all(d.HasField("dim_value") for d in dims):
+            vi.type.tensor_type.shape.CopyFrom(new.type.tensor_type.shape)
+    return model
+
+
+def _fmt_dims(model: onnx.ModelProto, name: str) -> str:
+    vi = next(v for v in model.graph.input if v.name == name)
+    return "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                    for d in vi.type.tensor_type.shape.dim)
+
+
+def dynamic_inputs(model: onnx.ModelProto) -> list[str]:
+    """"name (NxCxHxW)" for each input with a dynamic dim after the first (a dynamic batch is the usual
+    per-sample count): MACs, the planner's prices and random check inputs take those dims as 1."""
+    from ..calib import model_inputs
+
+    return [f"{name} ({_fmt_dims(model, name)})" for name, dims, _ in model_inputs(model)
+            if any(d is None for d in dims[1:])]

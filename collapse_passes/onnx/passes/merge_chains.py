@@ -103,7 +103,8 @@ class MergeLinearChains:
         spatials = [_spatial(n.inputs[0]) for n in chain]
         outs = [_spatial(n.outputs[0]) for n in chain]
         if any(s is None for s in spatials) or any(o is None for o in outs):
-            ctx.notes.append(f"chain {chain[0].name}..{chain[-1].name}: shapes unknown, not merged")
+            ctx.notes.append(f"chain {chain[0].name}..{chain[-1].name}: shapes unknown, not merged "
+                              "(a dynamic input size? --input-shape fixes it)")
             return 0
         plan = plan_conv_chain(params, spatials, outs, cm, ctx.allow_border_approx)
 
