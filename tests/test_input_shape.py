@@ -131,3 +131,22 @@ def test_torch_model_takes_its_shapes_from_example_inputs():
     with pytest.raises(CollapseError, match="example_inputs"):
         cp.collapse(_Net().eval(), collapse=["r1"], input_shapes={"x": [1, 3, 8, 8]},
                     example_inputs=(torch.randn(1, 3, 8, 8),))
+
+
+def test_dynamic_inputs_names_sizes_not_a_dynamic_batch(dyn_export):
+    from collapse_passes.onnx.shapes import dynamic_inputs, fix_input_shapes
+
+    _, path = dyn_export
+    proto = onnx.load(path)
+    assert dynamic_inputs(proto) == ["input (Nx3xHxW)"]
+    batch_only = fix_input_shapes(proto, {"input": [1, 3, 8, 8]})
+    batch_only.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    assert dynamic_inputs(batch_only) == []   # a dynamic batch is the usual per-sample count
+
+
+def test_tvm_latency_table_says_what_input_it_timed():
+    from tvm_integration.cli_hook import format_latency_table
+
+    lat = {r: {"onnxruntime": 1.0, "tvm_untuned": 2.0, "tvm_tuned": None} for r in ("original", "collapsed")}
+    text = format_latency_table({"latency_ms": lat, "models": {"inputs": {"input": [1, 3, 1, 1]}}})
+    assert text.splitlines()[0] == "timed on input 1x3x1x1"

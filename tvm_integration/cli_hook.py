@@ -379,6 +379,12 @@ def run_from_args(
     }
     verification: dict[str, Any] = {}
     notes: list[str] = []
+    from collapse_passes.onnx.shapes import dynamic_inputs
+
+    dynamic = dynamic_inputs(collapsed_model)
+    if dynamic:
+        notes.append(f"dynamic input size ({', '.join(dynamic)}): compiled for it and timed with those dims as 1; "
+                     "--input-shape NAME:D0,D1,... compiles and times a real size")
     ref_coll = tc.run_ort(collapsed_model, inputs)
     latency["original"]["onnxruntime"] = tc.measure_ort_latency(original_model, inputs, repeat=repeat)
     latency["collapsed"]["onnxruntime"] = tc.measure_ort_latency(collapsed_model, inputs, repeat=repeat)
@@ -537,6 +543,8 @@ def run_from_args(
         seconds["total"] = time.perf_counter() - t_all
 
     _say(console, format_latency_table(report))
+    for note in notes:
+        _say(console, f"TVM note: {note}")
     return json.loads(json.dumps(report, default=_json_default))
 
 
@@ -556,7 +564,9 @@ def format_latency_table(report: Mapping[str, Any]) -> str:
     def cell(v):
         return "-" if v is None else f"{v:.3f}"
 
-    lines = [f"{'latency (ms, median)':<22}" + "".join(f"{c:>14}" for c in cols)]
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.get("models", {}).get("inputs", {}).items())
+    lines = ([f"timed on {shapes}"] if shapes else []) + [
+        f"{'latency (ms, median)':<22}" + "".join(f"{c:>14}" for c in cols)]
     for row in ("original", "collapsed"):
         lines.append(f"{row:<22}" + "".join(f"{cell(lat[row][c]):>14}" for c in cols))
     return "\n".join(lines)
