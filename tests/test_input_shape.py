@@ -150,3 +150,11 @@ def test_tvm_latency_table_says_what_input_it_timed():
     lat = {r: {"onnxruntime": 1.0, "tvm_untuned": 2.0, "tvm_tuned": None} for r in ("original", "collapsed")}
     text = format_latency_table({"latency_ms": lat, "models": {"inputs": {"input": [1, 3, 1, 1]}}})
     assert text.splitlines()[0] == "timed on input 1x3x1x1"
+
+
+def test_standalone_tvm_entry_takes_input_shape_and_refuses_a_bad_one(dyn_export, capsys):
+    from tvm_integration.__main__ import main as tvm_main
+
+    _, path = dyn_export
+    assert tvm_main([path, "--target", "cpu", "--input-shape", "input:1,3,40"]) == 2
+    assert "3 dims given, the input has rank 4" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 Compiles MODEL.onnx (or ``--collapsed C.onnx``, compared with MODEL.onnx) with
 TVM, compares latencies with onnxruntime and optionally exports; the same
 flags as ``collapse-passes --target``.  Inputs are random (seed 0) with
-dynamic dimensions set to 1.
+dynamic dimensions set to 1, or to ``--input-shape NAME:D0,D1,...``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--verbose", action="store_true", help="show MetaSchedule progress tables")
+    p.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...",
+                   help="sizes for dynamic input dims (else they run as 1), e.g. input:1,3,224,224")
     add_arguments(p)
     args = p.parse_args(argv)
     if not args.target:
@@ -60,6 +62,13 @@ def main(argv=None) -> int:
     try:   # the core's loader: a missing, truncated or non-ONNX file is one line, not a traceback
         original = load_model_file(args.model).model
         collapsed = load_model_file(args.collapsed).model if args.collapsed else original
+        if args.input_shape:   # both models compiled and timed at the sizes given
+            from collapse_passes.onnx.shapes import fix_input_shapes, parse_input_shapes
+
+            shapes = parse_input_shapes(args.input_shape)
+            same = collapsed is original
+            original = fix_input_shapes(original, shapes, in_place=True)
+            collapsed = original if same else fix_input_shapes(collapsed, shapes, in_place=True)
     except CollapseError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
