@@ -133,26 +133,27 @@ def test_backend_eval_model_still_compiles_and_matches():
     torch._dynamo.reset()
 
 
-def test_train_linearize_replaces_every_slot_of_a_shared_module():
-    """train.sites.linearize(model, [path]) of a module shared by two blocks replaced the first slot only: the
-    second block's call stayed a ReLU although the bare path names both sites."""
+def test_train_linearize_replaces_exactly_the_named_slots_of_a_shared_module():
+    """train.sites.linearize of a module shared by two blocks: its sites are the call paths b1.2 and b2.2 (as
+    torch.export names them), each its own slot; naming both replaces both."""
     from collapse_passes.train.sites import linearize
 
     torch.manual_seed(0)
     m = _live_bn(_Shared(), 3)
-    out = linearize(copy.deepcopy(m), ["b1.2"])
-    ref = copy.deepcopy(m)
-    ref.b1[2] = nn.Identity()
-    ref.b2[2] = nn.Identity()
     xs = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        assert _rel(ref(xs), out(xs)) < 1e-5
+    for keys, slots in ((["b2.2"], ["b2"]), (["b1.2"], ["b1"]), (["b1.2", "b2.2"], ["b1", "b2"])):
+        out = linearize(copy.deepcopy(m), keys)
+        ref = copy.deepcopy(m)
+        for b in slots:
+            getattr(ref, b)[2] = nn.Identity()
+        with torch.no_grad():
+            assert _rel(ref(xs), out(xs)) < 1e-5, keys
+            assert _rel(m(xs), out(xs)) > 1e-3, keys   # the named slot did change
 
 
-@pytest.mark.xfail(strict=True, reason="open (reported by helper-B): a module object registered in two blocks is "
-                   "keyed b1.2:0/b1.2:1 by symbolic_trace (its first name) but b1.2/b2.2 by torch.export and the "
-                   "dynamo ONNX exporter (b2.b1.2 by the TorchScript one), so b2.2 is refused on an nn.Module")
 def test_shared_module_keys_agree_between_module_and_program():
+    """A module object registered in two blocks was keyed b1.2:0/b1.2:1 by symbolic_trace (its first name) but
+    b1.2/b2.2 by torch.export; now both name the call path (fx/call_path.py)."""
     torch.manual_seed(0)
     m = _live_bn(_Shared(), 3)
     x = torch.randn(1, 3, 8, 8)

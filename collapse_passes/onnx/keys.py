@@ -11,6 +11,12 @@ A module called at several places (torchvision's BasicBlock calls `self.relu` tw
 call site, `path:i` with i the call index in execution order (0-based); its bare path names all sites.
 A module called once also answers to `path:0`.
 
+One module object registered at several paths (an nn.ReLU shared by blocks b1 and b2) is named by the path
+each call went through in the torch.export-based exporter's metadata (b1.2, b2.2), as in the torch front end
+(fx/call_path.py). The TorchScript exporter names a module object by its first path only ("/b2/b1.2/Relu",
+read b2.b1.2; a Sequential holding it twice numbers the scope, s.1:0, s.1:1): its file does not say under
+which name b2 holds it, so those keys stay as read (README, Keys).
+
 Keys stay put across runs: collapsing `act:0` of a module called three times leaves two calls, which
 a fresh numbering would call act:0 and act:1. So the written model carries each remaining activation's
 site key in its node metadata (SITE_META, MODULE_META; onnx.driver writes them), and a later run keys

@@ -55,8 +55,36 @@ def _is(mod, names) -> bool:
 
 
 def activation_modules(model) -> dict:
-    """module path -> (module, kind) for every activation module, in registration order."""
-    return {name: (m, _kind(m)) for name, m in model.named_modules() if name and _kind(m) is not None}
+    """module path -> (module, kind) for every activation module, in registration order; a module registered
+    at several paths is listed at each (its calls are keyed by call path: fx/call_path.py)."""
+    return {name: (m, _kind(m)) for name, m in model.named_modules(remove_duplicate=False)
+            if name and _kind(m) is not None}
+
+
+def _called_only(acts: dict, called) -> dict:
+    """acts less the aliases no call was keyed by (a second attribute name of the same parent: its calls are
+    keyed by the first); a module never called keeps its first path (reported as never run)."""
+    called = set(called)
+    hit = {id(m) for p, (m, _) in acts.items() if p in called}
+    first: dict[int, str] = {}
+    for p, (m, _) in acts.items():
+        first.setdefault(id(m), p)
+    return {p: v for p, v in acts.items() if p in called or (id(v[0]) not in hit and first[id(v[0])] == p)}
+
+
+def _traced_calls(model) -> dict | None:
+    """module path -> calls per forward of each call_module node of the call-path trace (None: untraceable)."""
+    from ..fx.call_path import CallPathTracer
+
+    try:
+        graph = CallPathTracer().trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure means "not traceable"
+        return None
+    calls: dict[str, int] = defaultdict(int)
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[str(n.target)] += 1
+    return dict(calls)
 
 
 def _params(mod, kind: str) -> dict:
@@ -80,12 +108,13 @@ def module_scores(model, method: str, calib_batches=None) -> ScoreResult:
         raise CollapseError("module_scores: the model has no activation modules (nn.ReLU, nn.GELU, ...); "
                             "activations called as functions (F.relu) cannot be hooked")
     if name == "prelu":
-        return _prelu(acts, calib_batches)
+        return _prelu(_called_only(acts, _traced_calls(model) or ()), calib_batches)
     if name == "easier":
         if calib_batches is None:
             raise CollapseError("module_scores: easier needs calib_batches (an iterable of input batches)")
         stats, _, calls = _run_hooks(model, acts, calib_batches, moments=False, min_samples=2)
-        return _from_stats("easier", "empirical", acts, stats, calls, lambda st: 1.0 - st.p_on, {})
+        return _from_stats("easier", "empirical", _called_only(acts, calls), stats, calls, lambda st: 1.0 - st.p_on,
+                           {})
     return _tlc(model, acts, calib_batches)
 
 
@@ -140,41 +169,56 @@ def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int
 
     Activation inputs are read in forward *pre*-hooks: an in-place activation overwrites them."""
     torch = _torch()
+    from ..fx.call_path import CallPaths
+
     stats: dict[tuple, ChannelStats] = {}
     producer: dict[str, str] = {}
     calls: dict[str, int] = {}
     state = {"count": defaultdict(int), "made": {}}
-    leaves = {n: m for n, m in model.named_modules() if n and not list(m.children())}
-    types = {n: type(m).__name__ for n, m in leaves.items()}
+    # keys are call paths, as the torch front end's sites (fx/call_path.py): every module's hooks track the call
+    paths = CallPaths(model)
+    first_path = {m: n for n, m in model.named_modules()}
+    mods = {id(m): m for m in model.modules() if m is not model}
+    types = {n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False) if not list(m.children())}
 
-    def leaf_hook(name):
-        def hook(mod, inputs, output):
-            if isinstance(output, torch.Tensor):
-                state["made"][id(output)] = (output, name)
-        return hook
+    def leaf_hook(mod, inputs, output):
+        if isinstance(output, torch.Tensor):
+            state["made"][id(output)] = (output, paths.current)
 
-    def act_hook(key):
-        mod, kind = acts[key]
+    def act_hook(mod, inputs):
+        key = paths.current
+        if key not in acts or not inputs or not isinstance(inputs[0], torch.Tensor):
+            return
+        kind = acts[key][1]
+        x = inputs[0]
+        call = state["count"][key]
+        state["count"][key] += 1
+        made = state["made"].get(id(x))
+        prod = made[1] if made is not None and made[0] is x else ""
+        if (key, call) not in stats:
+            producer[(key, call)] = prod
+            rank = x.dim()
+            axis = None if rank <= 1 else (1 if rank != 3 else (1 if types.get(prod) in _CONV_LIKE else 2))
+            p = _params(mod, kind)
+            stats[(key, call)] = ChannelStats(axis, activation_kink(kind, p), upper_bound(kind, p), moments=moments)
+        stats[(key, call)].update(x.detach().to("cpu", torch.float64).numpy())
 
-        def hook(m, inputs):
-            if not inputs or not isinstance(inputs[0], torch.Tensor):
-                return
-            x = inputs[0]
-            call = state["count"][key]
-            state["count"][key] += 1
-            made = state["made"].get(id(x))
-            prod = made[1] if made is not None and made[0] is x else ""
-            if (key, call) not in stats:
-                producer[(key, call)] = prod
-                rank = x.dim()
-                axis = None if rank <= 1 else (1 if rank != 3 else (1 if types.get(prod) in _CONV_LIKE else 2))
-                p = _params(mod, kind)
-                stats[(key, call)] = ChannelStats(axis, activation_kink(kind, p), upper_bound(kind, p), moments=moments)
-            stats[(key, call)].update(x.detach().to("cpu", torch.float64).numpy())
-        return hook
+    def restart(mod, inputs):   # hooks return None: the inputs and outputs are kept
+        paths.restart()
 
-    handles = [m.register_forward_hook(leaf_hook(n)) for n, m in leaves.items()]
-    handles += [acts[k][0].register_forward_pre_hook(act_hook(k)) for k in acts]
+    def enter(mod, inputs):
+        paths.enter(mod, first_path.__getitem__)
+
+    def leave(mod, inputs, output):
+        paths.exit()
+
+    # order matters: a module's call path is entered before its activation hook reads it, and read by the
+    # leaf hook before it is left
+    handles = [model.register_forward_pre_hook(restart)]
+    handles += [m.register_forward_pre_hook(enter) for m in mods.values()]
+    handles += [m.register_forward_hook(leaf_hook) for m in mods.values() if not list(m.children())]
+    handles += [m.register_forward_pre_hook(act_hook) for m in {id(v[0]): v[0] for v in acts.values()}.values()]
+    handles += [m.register_forward_hook(leave) for m in mods.values()]
     was_training = model.training
     model.eval()
     samples = 0
@@ -246,14 +290,16 @@ def _from_stats(method, variant, acts, stats, calls, p_off_fn, fixed: dict, note
 # ------------------------------------------------------------------------------------ tlc
 
 def _bn_by_fx(model, acts: dict) -> tuple[dict, dict] | None:
-    """(site key -> BN module path, module path -> calls) from torch.fx.symbolic_trace, in call
-    order (None when untraceable)."""
+    """(site key -> BN module path, module path -> calls) from torch.fx (modules named by call path, as the
+    torch front end names them: fx/call_path.py), in call order (None when untraceable)."""
     torch = _torch()
+    from ..fx.call_path import CallPathTracer
+
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = torch.fx.GraphModule(model, CallPathTracer().trace(model))
     except Exception:
         return None
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     sites = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in acts]
     calls: dict[str, int] = defaultdict(int)
     for node in sites:
@@ -276,18 +322,20 @@ def _bn_p_off(bn, kind: str, params: dict):
 
 
 def _tlc(model, acts: dict, calib_batches) -> ScoreResult:
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     traced_sites = _bn_by_fx(model, acts)
     traced = traced_sites is not None
     stats = producer = None
     if traced:
         bn_of, calls = traced_sites
+        acts = _called_only(acts, calls)
     else:
         if calib_batches is None:
             raise CollapseError("module_scores: tlc could not trace the model with torch.fx to find the BatchNorm "
                                 "before each activation; give calib_batches (hooks then find it, and the empirical "
                                 "variant covers the rest)")
         stats, producer, calls = _run_hooks(model, acts, calib_batches, moments=True, min_samples=2)
+        acts = _called_only(acts, calls)
         # the hooks saw which leaf module produced each call's input
         bn_of = {site_key(path, call, calls[path]): p for (path, call), p in producer.items()
                  if p and _is(modules.get(p), _BN)}

@@ -28,12 +28,13 @@ def to_prelu(model: nn.Module) -> list[str]:
     negative slope (ReLU6 loses its cap at 6: Layer Folding's parametrisation has none). In place;
     returns the paths swapped."""
     done = []
-    for s in find_sites(model):
+    sites = find_sites(model)
+    for s in sites:
         if s.kind in _TO_PRELU and s.calls == 1:
             # a slope of 0 is a stationary point of |1 - alpha^2|: ReLUs start as LeakyReLU(0.01)
             init = float(s.params.get("alpha", 0.0)) if s.kind == "leaky_relu" else 0.0
             init = init if init != 0.0 else 0.01
-            _set_module(model, s.path, nn.PReLU(1, init=init))
+            _set_module(model, s.path, nn.PReLU(1, init=init), keep={t.path for t in sites})
             done.append(s.path)
     return done
 

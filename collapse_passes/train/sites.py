@@ -23,6 +23,7 @@ from ..core.activations import is_collapsible, linear_regime
 from ..core.selection import site_key
 from ..core.torch_kinds import module_kind
 from ..errors import CollapseError
+from ..fx.call_path import CallPathTracer
 
 
 class LinearRegime(nn.Module):
@@ -53,8 +54,9 @@ class Site:
     params: dict = field(default_factory=dict)
 
 
-class _Tracer(torch.fx.Tracer):
-    """Keeps LinearRegime as a call_module node (the marker relocate_padding looks for)."""
+class _Tracer(CallPathTracer):
+    """Keeps LinearRegime as a call_module node (the marker relocate_padding looks for); modules are named
+    by their call path (fx/call_path.py), as the torch front end keys them."""
 
     def is_leaf_module(self, m, qualname):
         return isinstance(m, LinearRegime) or super().is_leaf_module(m, qualname)
@@ -71,7 +73,7 @@ def _trace(model):
 def find_sites(model: nn.Module) -> list[Site]:
     """Collapsible activation call sites, in call order (torch.fx), or per module when untraceable."""
     gm = _trace(model)
-    mods = dict(model.named_modules())
+    mods = dict(model.named_modules(remove_duplicate=False))   # call paths include aliases
     if isinstance(gm, Exception):
         out = []
         for path, m in mods.items():
@@ -131,15 +133,17 @@ def resolve(sites: list[Site], keys) -> list[Site]:
     return list(out.values())
 
 
-def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    """Put `new` in every slot holding the module at `path`: one module object registered under several
-    parents (an nn.ReLU shared by two blocks) has one path in named_modules and in the traced graph (its
-    first name), and all its calls are that path's sites; setting the first slot alone left the others."""
+def _set_module(model: nn.Module, path: str, new: nn.Module, keep=()) -> None:
+    """Put `new` at `path`, and in every other slot holding the same module object except the paths in
+    `keep`. One module object registered at several paths is keyed by call path (fx/call_path.py): an
+    nn.ReLU shared by blocks b1 and b2 is two sites, b1.2 and b2.2 (keep names the paths that are sites of
+    their own); an alias no call is keyed by (a second attribute name of the same parent) is called under
+    `path`'s key, so it is replaced with it."""
     old = model.get_submodule(path)
-    slots = {(id(parent), name): parent for parent in model.modules()
-             for name, child in parent._modules.items() if child is old}   # named_children() skips aliases
-    for (_, name), parent in slots.items():
-        setattr(parent, name, new)
+    slots = [q for q, m in model.named_modules(remove_duplicate=False) if m is old and (q == path or q not in keep)]
+    for q in slots:
+        head, _, name = q.rpartition(".")
+        setattr(model.get_submodule(head) if head else model, name, new)
 
 
 def _regime(site: Site) -> LinearRegime:
@@ -154,7 +158,7 @@ def linearize(model: nn.Module, keys) -> nn.Module:
     whole = {s.path for s in chosen if all(t.key in {c.key for c in chosen} for t in sites if t.path == s.path)}
     for s in chosen:
         if s.path in whole:
-            _set_module(model, s.path, _regime(s))
+            _set_module(model, s.path, _regime(s), keep={t.path for t in sites})
     partial = [s for s in chosen if s.path not in whole]
     if not partial:
         return model
@@ -195,7 +199,7 @@ def conv_chains(model: nn.Module) -> list[list[str]]:
     gm = _trace(model)
     if isinstance(gm, Exception):
         return []
-    mods = dict(model.named_modules())
+    mods = dict(model.named_modules(remove_duplicate=False))   # call paths include aliases
     prev: dict[str, str] = {}
     for n in gm.graph.nodes:
         conv2 = mods.get(n.target) if n.op == "call_module" else None
@@ -240,7 +244,7 @@ def relocate_padding(model: nn.Module, accept: Callable | None = None) -> int:
     that then stays unmerged only enlarges its first conv). Returns the number of convs whose padding moved.
 
     Changes the function on the border only; the caller fine-tunes afterwards."""
-    mods = dict(model.named_modules())
+    mods = dict(model.named_modules(remove_duplicate=False))   # call paths include aliases
     moves = 0
     for chain in conv_chains(model):
         convs = [mods[p] for p in chain]
