@@ -8,6 +8,9 @@ because torchvision is not installable.
   ``stochastic_depth``, identity in eval) when stride 1 and in == out.
 * ``features.8``      -- 1x1 conv to 4*320 = 1280 + BN + SiLU
 * ``avgpool``, ``classifier`` = Dropout + Linear.
+
+Weights are initialised as torchvision's (``models.tv_init``; Linear U(-1/sqrt(out), 1/sqrt(out))) unless
+``tv_init=False``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 
 from .mobilenet import _make_divisible
 from .mobilenet_v3 import Conv2dNormActivation, SqueezeExcitation
+from .tv_init import torchvision_init
 
 __all__ = ["EfficientNet", "MBConv", "StochasticDepth", "efficientnet_b0"]
 
@@ -65,7 +69,7 @@ class MBConv(nn.Module):
 
 class EfficientNet(nn.Module):
     def __init__(self, cfg=B0, width_mult=1.0, depth_mult=1.0, num_classes=1000, in_channels=3,
-                 dropout=0.2, stochastic_depth_prob=0.2):
+                 dropout=0.2, stochastic_depth_prob=0.2, tv_init=True):
         super().__init__()
         adj = lambda c: _make_divisible(c * width_mult, 8)  # noqa: E731
         reps = lambda n: int(math.ceil(n * depth_mult))  # noqa: E731
@@ -85,6 +89,8 @@ class EfficientNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True), nn.Linear(last_out, num_classes))
+        if tv_init:
+            torchvision_init(self, linear="uniform")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)

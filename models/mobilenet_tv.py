@@ -12,7 +12,8 @@ Same module tree as ``torchvision.models.mobilenet_v2`` so state dicts and modul
 * ``features.18``           -- 1x1 conv to 1280 + BN + ReLU6 (``features.18.2``)
 * global average pool, ``classifier`` = Dropout(0.2) + Linear(1280, num_classes).
 
-The residual is used when stride == 1 and input channels == output channels.
+The residual is used when stride == 1 and input channels == output channels. Weights are initialised as
+torchvision's (``models.tv_init``) unless ``tv_init=False``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from .mobilenet import _make_divisible
+from .tv_init import torchvision_init
 
 __all__ = ["TV_CFG", "ConvBNReLU6", "TvInvertedResidual", "MobileNetV2TV", "mobilenet_v2_tv"]
 
@@ -66,7 +68,7 @@ class TvInvertedResidual(nn.Module):
 
 class MobileNetV2TV(nn.Module):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                 cfg=TV_CFG, last_channels: int = 1280, dropout: float = 0.2) -> None:
+                 cfg=TV_CFG, last_channels: int = 1280, dropout: float = 0.2, tv_init: bool = True) -> None:
         super().__init__()
         cin = _make_divisible(32 * width_mult)
         last = _make_divisible(last_channels * max(1.0, width_mult))
@@ -79,6 +81,8 @@ class MobileNetV2TV(nn.Module):
         layers.append(ConvBNReLU6(cin, last, kernel=1))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+        if tv_init:
+            torchvision_init(self, linear="normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -87,5 +91,7 @@ class MobileNetV2TV(nn.Module):
 
 
 def mobilenet_v2_tv(**kw) -> MobileNetV2TV:
-    """torchvision-layout MobileNetV2. Keyword args: ``num_classes=1000, in_channels=3, width_mult=1.0``."""
+    """torchvision-layout MobileNetV2. Keyword args: ``num_classes=1000, in_channels=3, width_mult=1.0,
+    tv_init=True`` (torchvision's initialisation; False keeps PyTorch's default, whose random-weight outputs
+    barely depend on the input)."""
     return MobileNetV2TV(**kw)

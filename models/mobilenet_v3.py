@@ -11,6 +11,8 @@ Module tree as torchvision's, so module paths (activation keys) match:
   in == out.
 * last ``features.N`` -- 1x1 conv to 6*C + BN + Hardswish
 * ``avgpool``, ``classifier`` = Linear, Hardswish, Dropout, Linear.
+
+Weights are initialised as torchvision's (``models.tv_init``; Linear N(0, 0.01)) unless ``tv_init=False``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from .mobilenet import _make_divisible
+from .tv_init import torchvision_init
 
 __all__ = ["MobileNetV3", "mobilenet_v3_large", "mobilenet_v3_small", "SqueezeExcitation", "Conv2dNormActivation"]
 
@@ -86,7 +89,8 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV3(nn.Module):
-    def __init__(self, cfg, last_channel, num_classes=1000, in_channels=3, width_mult=1.0, dropout=0.2):
+    def __init__(self, cfg, last_channel, num_classes=1000, in_channels=3, width_mult=1.0, dropout=0.2,
+                 tv_init=True):
         super().__init__()
         norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
         adj = lambda c: _make_divisible(c * width_mult, 8)  # noqa: E731
@@ -101,6 +105,8 @@ class MobileNetV3(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(last_out, last_channel), nn.Hardswish(), nn.Dropout(dropout),
                                         nn.Linear(last_channel, num_classes))
+        if tv_init:
+            torchvision_init(self, linear="normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)

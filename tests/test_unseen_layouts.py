@@ -1,6 +1,7 @@
 """Real-world layouts the passes were not written against: torchvision-faithful MobileNetV3 (SE with
 Hardsigmoid gate, Hardswish) and EfficientNet-B0 (SiLU, SE with SiLU inside and Sigmoid gate), exported
-by both torch exporters with random BatchNorm statistics; plus the bad-input cases found attacking them."""
+by both torch exporters with torchvision's init and BatchNorm statistics set from random data (outputs that
+depend on the input); plus the bad-input cases found attacking them."""
 from __future__ import annotations
 
 import json
@@ -14,22 +15,25 @@ import pytest
 
 import collapse_passes as cp
 from collapse_passes.cli import main
-from collapse_passes.errors import CollapseError
+from collapse_passes.errors import CollapseError, VerificationError
 from collapse_passes.onnx.keys import module_path_from_scope_name
-from conftest import export_quiet, randomize_bn
+from conftest import export_quiet
 
 TINY_V3 = dict(width_mult=0.25, num_classes=10, last_channel=64)
 TINY_B0 = dict(width_mult=0.25, depth_mult=0.34, num_classes=10)
 ACT_TYPES = ("ReLU", "Hardswish", "Hardsigmoid", "SiLU", "ReLU6")
 
 
-def _build(name, kw, seed=0, zero_gamma=0.0):
+def _build(name, kw, seed=0, zero_gamma=0.0, size=32):
+    """torchvision's init with BatchNorm statistics set from random data (models.tv_init.calibrate_bn): with the
+    fresh statistics the logits differ by ~1e-8 between inputs and every output comparison passes."""
     import torch
 
     from models import build
+    from models.tv_init import calibrate_bn
 
     torch.manual_seed(seed)
-    m = randomize_bn(build(name, **kw).eval(), seed)
+    m = calibrate_bn(build(name, **kw), (8 if size <= 64 else 2, 3, size, size), seed=seed)
     if zero_gamma:   # constant channels (BN gamma 0, negative beta): exact pruning must remove them
         g = torch.Generator().manual_seed(seed + 1)
         for mod in m.modules():
@@ -93,15 +97,25 @@ def test_keys_are_torch_module_paths_on_both_exporters(tiny, name):
 
 # ------------------------------------------------------------------------------- collapse all
 
+def _no_gates(keys):
+    """Every key but the SE gates: a linearized gate makes its block quadratic in x (x * (a*mean(x) + b)), so with
+    all of them the network is a polynomial of degree 2**blocks that overflows float32 on any input it responds to."""
+    return [k for k in keys if not k.endswith("scale_activation")]
+
+
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_collapse_every_activation_of_mobilenet_v3(tiny, dynamo):
     p, _ = tiny("mobilenet_v3_small", dynamo)
     keys = [d["key"] for d in cp.list_keys(p)]
+    if not dynamo:   # the gates too: refused (NaN/Inf in the requested semantics), nothing written
+        with pytest.raises(VerificationError, match="NaN/Inf"):
+            cp.collapse(p, scores={k: 0.0 for k in keys}, threshold=0.5)
+    keys = _no_gates(keys)
     r = cp.collapse(p, scores={k: 0.0 for k in keys}, threshold=0.5)
     rep = r.report
     assert rep["passed"] and rep["collapsed"] == len(keys)
     assert rep["after"]["depth_ops"] < rep["before"]["depth_ops"]
-    assert rep["after"]["depth_nonlinear"] == 0
+    assert rep["after"]["depth_nonlinear"] < rep["before"]["depth_nonlinear"]
     json.dumps(rep)   # the report is plain JSON (numpy bools once leaked into it)
     # a bias map is added only where a merge put the first bias into a per-position map
     maps = sum(1 for n in r.model.graph.node if n.op_type == "Add" and n.name.endswith("_bias_map"))
@@ -113,7 +127,7 @@ def test_collapse_every_activation_of_mobilenet_v3(tiny, dynamo):
 @pytest.mark.slow
 def test_collapse_every_activation_of_efficientnet(tiny):
     p, _ = tiny("efficientnet_b0", False)
-    keys = [d["key"] for d in cp.list_keys(p)]
+    keys = [d["key"] for d in cp.list_keys(p)]   # EfficientNet's Sigmoid gates are no keys
     rep = cp.collapse(p, scores={k: 0.0 for k in keys}, threshold=0.5).report
     assert rep["passed"] and rep["collapsed"] == len(keys)
     assert rep["after"]["depth_ops"] < rep["before"]["depth_ops"]
@@ -122,13 +136,17 @@ def test_collapse_every_activation_of_efficientnet(tiny):
 @pytest.mark.slow
 def test_mobilenet_v3_large_224_external_data(tmp_path):
     """Full width at 224x224, saved with external data, through the command line."""
-    m = _build("mobilenet_v3_large", {})
+    m = _build("mobilenet_v3_large", {}, size=224)
     p = export_quiet(m, tmp_path / "full.onnx", (1, 3, 224, 224), False)
     ext = tmp_path / "ext" / "m.onnx"
     ext.parent.mkdir()
     onnx.save(onnx.load(p), str(ext), save_as_external_data=True, location="m.data")
     keys = [d["key"] for d in cp.list_keys(str(ext))]
     assert len(keys) == len(set(keys)) == 48
+    # every third activation, gates kept: with all 42 others collapsed the linear map is so ill-conditioned that
+    # float32 rounding differences (onnxruntime's NCHWc kernels vs plain ones) change the logits by 100%, and the
+    # check refuses it (float64 second look)
+    keys = _no_gates(keys)[::3]
     s = tmp_path / "s.json"
     s.write_text(json.dumps({"scores": {k: 0.0 for k in keys}}))
     out, rep = tmp_path / "o.onnx", tmp_path / "r.json"

@@ -13,7 +13,7 @@ import pytest
 
 import collapse_passes as cp
 from collapse_passes.cli import main
-from conftest import export_quiet, randomize_bn
+from conftest import export_quiet
 
 # depth 0.3: stages of 1, 2, 2, 2, 3, 5 blocks (stride-1 residual Fused-MBConv blocks in stages 2 and 3)
 TINY_EV2 = dict(width_mult=0.25, depth_mult=0.3, num_classes=10, last_channel=64)
@@ -31,7 +31,15 @@ def _build(name, kw=None, seed=0):
     from models import build
 
     torch.manual_seed(seed)
-    m = randomize_bn(build(name, **(KW[name] if kw is None else kw)).eval(), seed)
+    m = build(name, **(KW[name] if kw is None else kw))
+    if any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules()):
+        # BN statistics from data: with random ones EfficientNetV2's logits differ by 2e-5 (relative) between
+        # inputs, inside the check's rtol, and every comparison passed whatever the collapse computed
+        from models.tv_init import calibrate_bn
+
+        m = calibrate_bn(m, (8,) + tuple(SHAPES[name][1:]), seed=seed)
+    else:
+        m = m.eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():   # non-trivial LayerNorm affines, so a folding error would show
         for mod in m.modules():
@@ -87,6 +95,32 @@ def _torch_out(m, x):
 
 def _close(a, b, rtol=1e-4):
     return np.abs(a - b).max() <= rtol * max(1.0, np.abs(b).max())
+
+
+#: float32 accuracy of a collapsed EfficientNetV2 with BN statistics from data: linearized SiLUs give logits
+#: up to 1e7 and torch's own float32 forward is off its float64 one by up to ~6e-4 of the largest logit
+F32_RTOL = 2e-3
+#: the comparisons' rtol per model (Swin V2 has no BatchNorm: float32 is as accurate as before)
+RTOL = {"efficientnet_v2_s": F32_RTOL, "swin_v2_t": 1e-4}
+#: the tool's check tolerance per model (None: its default, 1e-4)
+CHECK_RTOL = {"efficientnet_v2_s": F32_RTOL / 2, "swin_v2_t": None}
+
+
+def _matches_requested(got, m, keys, x, rtol=F32_RTOL):
+    """`got` equals the requested semantics (the torch model with `keys` as identity) computed in float64, on
+    every sample where float32 can compute it at all: where torch's own float32 forward is within rtol of
+    float64. Collapsed SE gates (sigmoid of a linearized, 1e4-scale pre-activation) make some inputs
+    chaotic: there torch float32 itself is 100% off, and no float32 program is right or wrong. At least one
+    sample must be stable."""
+    import torch
+
+    req = _requested(m, keys)
+    y32 = _torch_out(req, x)
+    with torch.no_grad():
+        y64 = copy.deepcopy(req).double()(torch.from_numpy(x).double()).numpy()
+    stable = [i for i in range(len(x)) if _close(y32[i], y64[i], rtol / 2)]
+    assert stable, "no input on which float32 computes the requested semantics"
+    return all(_close(np.asarray(got[i], np.float64), y64[i], rtol) for i in stable)
 
 
 def _ops(model, op):
@@ -205,11 +239,11 @@ def test_collapse_all_and_every_other_match_torch_with_identities(tiny, name, dy
     rng = np.random.default_rng(11)
     subsets = [keys, keys[1::2], [k for k in keys if rng.random() < 0.4]]
     for sel in [s for s in subsets if s]:
-        r = cp.collapse(p, collapse=sel)
+        r = cp.collapse(p, collapse=sel, rtol=CHECK_RTOL[name])   # the check at this network's float32 accuracy
         rep = r.report
         assert rep["passed"] and rep["collapsed"] == len(sel)
         assert rep["after"]["depth_ops"] < rep["before"]["depth_ops"]
-        assert _close(_run(r.model, x), _torch_out(_requested(m, sel), x))
+        assert _matches_requested(_run(r.model, x), m, sel, x, RTOL[name])
         assert not _close(_run(r.model, x), _torch_out(m, x), rtol=1e-2)   # the collapse did change the model
 
 
@@ -236,16 +270,16 @@ def test_fused_mbconv_expand_and_project_merge_into_one_conv(tiny, dynamo):
     assert ((cout, cin, 3, 3), ((2, 2),)) in after and ((cout, cin, 3, 3), ((2, 2),)) not in before
     merge = [g for g in r.report["merges"] if g["kind"] == "conv"] if r.report["merges"] else []
     assert len(merge) == 1 and merge[0]["exact"] and merge[0]["macs_after"] < merge[0]["macs_before"]
-    assert _close(_run(r.model, x), _torch_out(_requested(m, ["features.2.0.block.0.2"]), x))
+    assert _matches_requested(_run(r.model, x), m, ["features.2.0.block.0.2"], x)
 
     # stride 1 with the residual: the merged 3x3 absorbs the skip too (identity at its centre tap)
     r = cp.collapse(p, collapse=["features.2.1.block.0.2"])
     assert len(_conv_shapes(r.model)) == len(before) - 1 and _ops(r.model, "Add") == _ops(onnx.load(p), "Add") - 1
-    assert _close(_run(r.model, x), _torch_out(_requested(m, ["features.2.1.block.0.2"]), x))
+    assert _matches_requested(_run(r.model, x), m, ["features.2.1.block.0.2"], x)
 
     r = cp.collapse(p, collapse=["features.1.0.block.0.2"])   # 3x3 -> SiLU -> (next block) 3x3 stride 2
     assert r.report["passed"] and len(_conv_shapes(r.model)) == len(before)
-    assert _close(_run(r.model, x), _torch_out(_requested(m, ["features.1.0.block.0.2"]), x))
+    assert _matches_requested(_run(r.model, x), m, ["features.1.0.block.0.2"], x)
 
 
 @pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -283,12 +317,12 @@ def test_torch_front_end_collapses_the_same_keys(name, form):
     keys = [d["key"] for d in cp.list_keys(obj, example_inputs=(x,))]
     assert sorted(keys) == sorted(_act_paths(m))
     sel = keys[::2]
-    r = cp.collapse(obj, collapse=sel, example_inputs=(x,))
+    r = cp.collapse(obj, collapse=sel, example_inputs=(x,), rtol=CHECK_RTOL[name])
     assert r.report["passed"]
     out = r.model.module() if form == "exported_program" else r.model
     assert isinstance(r.model, torch.export.ExportedProgram if form == "exported_program" else torch.fx.GraphModule)
     with torch.no_grad():
-        assert _close(out(x).numpy(), _torch_out(_requested(m, sel), x.numpy()))
+        assert _matches_requested(out(x).numpy(), m, sel, x.numpy(), RTOL[name])
 
 
 # ----------------------------------------------------------------------------------------- scores, planning
@@ -304,7 +338,7 @@ def test_score_methods_and_target_speedup_give_the_requested_semantics(tiny, nam
     p, m = tiny(name, False)
     calib = _x(name, seed=7, batch=4)
     kw = dict(method="easier", target_speedup=1.2) if method == "target_speedup" else dict(method=method, remove=3)
-    r = cp.collapse(p, calib={"input": calib}, **kw)
+    r = cp.collapse(p, calib={"input": calib}, rtol=CHECK_RTOL[name], **kw)
     rep = r.report
     sel = _collapsed_keys(rep)
     assert rep["passed"] and len(sel) == rep["collapsed"] > 0
@@ -314,7 +348,7 @@ def test_score_methods_and_target_speedup_give_the_requested_semantics(tiny, nam
         scored = {a["key"]: a["score"] for a in rep["activations"] if a["score"] is not None}
         assert len(sel) == 3 and max(scored[k] for k in sel) <= min(v for k, v in scored.items() if k not in sel)
     x = _x(name)
-    assert _close(_run(r.model, x), _torch_out(_requested(m, sel), x))
+    assert _matches_requested(_run(r.model, x), m, sel, x, RTOL[name])
 
 
 @pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
