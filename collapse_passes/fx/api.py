@@ -20,8 +20,9 @@ from ..config import CollapseConfig, with_tolerances
 from ..core.selection import KeyIndex, assign_scores, choose, read_scores
 from ..errors import CollapseError, VerificationError
 from ..report import activation_row, build_report
-from .graph import (PARTIAL_GRAPH, count_ops, count_params, find_activations, is_collapsible, key_index, linear_op,
-                    propagate_shapes, shape_of, training_batchnorms)
+from .call_path import CallPathTracer
+from .graph import (PARTIAL_GRAPH, copy_sharing_weights, count_ops, count_params, find_activations, is_collapsible,
+                    key_index, linear_op, propagate_shapes, shape_of, training_batchnorms)
 from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, LinearizeActivations, MergeLinearChains,
                      RemoveResidualBlocks)
 
@@ -31,8 +32,9 @@ MAX_STEPS = 20
 # ----------------------------------------------------------------------------------- input
 
 
-class _PathTracer(fx.Tracer):
-    """symbolic_trace that remembers which module it was inside when tracing failed."""
+class _PathTracer(CallPathTracer):
+    """symbolic_trace (modules named by their call path) that remembers which module it was inside when
+    tracing failed."""
 
     def __init__(self):
         super().__init__()
@@ -268,7 +270,7 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
         what = type(model.get_submodule(bad[0])).__name__
         raise CollapseError(f"{what} {bad[0]!r} is in training mode (its output depends on the batch or on chance, "
                             "so nothing can fold into it): call model.eval() first")
-    gm, kind = (copy.deepcopy(model), "GraphModule") if isinstance(model, fx.GraphModule) else \
+    gm, kind = (copy_sharing_weights(model), "GraphModule") if isinstance(model, fx.GraphModule) else \
         (trace_module(model, example_inputs), "nn.Module")
     _refuse_random(gm, model)
     return gm, kind
@@ -342,11 +344,12 @@ def _lacoot_scores(gm: fx.GraphModule, cfg: CollapseConfig, notes: list):
     blocks = find_residual_blocks(gm)
     ident = identity_blocks(blocks, "method='lacoot'")
 
-    def pairs():
-        for got in tapped_values(gm, [n for b in ident for n in (b.input, b.output)], batches, "lacoot", MIN_SAMPLES):
-            yield {b.key: (got[b.input], got[b.output]) for b in ident if b.input in got and b.output in got}
+    def pairs(keys):   # once per pass over the batches (more than one when the points exceed lacoot's budget)
+        sub = [b for b in ident if b.key in set(keys)]
+        for got in tapped_values(gm, [n for b in sub for n in (b.input, b.output)], batches, "lacoot", MIN_SAMPLES):
+            yield {b.key: (got[b.input], got[b.output]) for b in sub if b.input in got and b.output in got}
 
-    computed = mswd_scores(blocks, pairs(), N_DIRECTIONS, SEED, "method='lacoot'")
+    computed = mswd_scores(blocks, pairs, N_DIRECTIONS, SEED, "method='lacoot'")
     notes.extend(computed.notes)
     notes.append(f"scores: lacoot of {len(computed.scores)} residual block(s) of the traced graph (fx/blocks.py) "
                  f"over {len(batches)} calibration batch(es)")
@@ -442,18 +445,20 @@ def prune(gm: fx.GraphModule, example_inputs, cfg: CollapseConfig):
                                 "ExportedProgram); export it to ONNX and run the CLI with --prune-ratio")
         return gm, {"exact_removal": cfg.prune, "groups": [], "removed_channels": 0,
                     "notes": ["aten-level graph (torch.export): channel pruning skipped"]}
+    # gm's node metadata holds its shapes: prune_module runs the model only after removing channels, and leaves
+    # the shapes of what it returns in its metadata
     pruned, report = prune_module(gm, example_inputs, exact=cfg.prune, ratio=cfg.prune_ratio, scope=cfg.prune_scope,
-                                  round_to=cfg.round_to, importance=importance, channel_scores=channel_scores)
+                                  round_to=cfg.round_to, importance=importance, channel_scores=channel_scores,
+                                  shapes_known=True)
     if cfg.prune_ratio is not None:
         report["ratio"] = {**report.get("ratio", {}), "approximate": True}
-    propagate_shapes(pruned, example_inputs)
     return pruned, report
 
 
 def requested_semantics(gm: fx.GraphModule, chosen_names, blocks=()) -> fx.GraphModule:
     """A copy of gm with the chosen residual blocks replaced by their skip and the chosen activations
-    linearized, and nothing else (the gate's reference)."""
-    ref = copy.deepcopy(gm)
+    linearized, and nothing else (the gate's reference). It shares gm's weights (no pass edits one in place)."""
+    ref = copy_sharing_weights(gm)
     RemoveResidualBlocks(blocks)(ref)
     LinearizeActivations(chosen_names)(ref)
     return ref
@@ -473,15 +478,47 @@ def _feeds(example_inputs, count: int, seed: int) -> list[tuple]:
 
 
 def run_outputs(model, feeds) -> list[list[np.ndarray]]:
-    from torch.utils._pytree import tree_leaves
-
     outs = []
     with torch.no_grad():
         for f in feeds:
             f = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in f)   # a model may write its input
-            outs.append([t.detach().cpu().double().numpy() for t in tree_leaves(model(*f))
-                         if isinstance(t, torch.Tensor)])
+            outs.append(output_arrays(model(*f)))
     return outs
+
+
+def output_arrays(output) -> list[np.ndarray]:
+    """A model's output (any pytree) as the float64 arrays verification compares."""
+    from torch.utils._pytree import tree_leaves
+
+    return [t.detach().cpu().double().numpy() for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
+
+
+class CheckOutputs:
+    """Each model's outputs on the check inputs, each run at most once per input: the trace check, the gate and
+    the ratio prune's error read the same runs, a model's run on example_inputs may be the shape propagation
+    that filled its metadata (keep), and a model that computes what another does shares its runs (same)."""
+
+    def __init__(self, feeds: list[tuple]):
+        self.feeds = feeds
+        self._got: dict = {}   # id(model) -> (model, {feed index: arrays})
+
+    def _of(self, model) -> dict:
+        return self._got.setdefault(id(model), (model, {}))[1]
+
+    def keep(self, model, i: int, output) -> None:
+        self._of(model)[i] = output_arrays(output)
+
+    def same(self, model, like) -> None:
+        """model computes what `like` does (the requested semantics when nothing is collapsed)."""
+        self._got[id(model)] = (model, self._of(like))
+
+    def __call__(self, model, upto: int | None = None) -> list[list[np.ndarray]]:
+        got = self._of(model)
+        wanted = range(len(self.feeds) if upto is None else upto)
+        for i in wanted:
+            if i not in got:
+                got[i] = run_outputs(model, [self.feeds[i]])[0]
+        return [got[i] for i in wanted]
 
 
 def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
@@ -502,9 +539,10 @@ def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
                            if defaults else "are missing: give every input in example_inputs"))
 
 
-def _check_trace(model, traced, example_inputs, cfg: CollapseConfig) -> None:
+def _check_trace(model, got: list, example_inputs, cfg: CollapseConfig) -> None:
     """The traced graph must compute what the model computes: symbolic tracing cannot see Python-level
-    branches on values (torch.is_tensor(x), isinstance, data checks) and may take another branch than eager."""
+    branches on values (torch.is_tensor(x), isinstance, data checks) and may take another branch than eager.
+    got: the traced graph's outputs on example_inputs (CheckOutputs: the run that propagated its shapes)."""
     from ..core.runtime import compare
 
     try:
@@ -512,7 +550,6 @@ def _check_trace(model, traced, example_inputs, cfg: CollapseConfig) -> None:
     except Exception as exc:   # noqa: BLE001 - the trace ran on these inputs, the model itself does not
         raise CollapseError(f"the model does not run on example_inputs ({_first_line(exc)}) although its torch.fx "
                             "trace does; pass inputs the model accepts") from None
-    got = run_outputs(traced, [example_inputs])
     c = compare(want, got, [f"output{i}" for i in range(len(want[0]))], cfg.rtol, cfg.atol)
     if not c.passed:
         raise CollapseError(f"torch.fx's trace of the model computes other outputs than the model on example_inputs "
@@ -521,13 +558,17 @@ def _check_trace(model, traced, example_inputs, cfg: CollapseConfig) -> None:
                             "pass torch.export.export(model, example_inputs) instead")
 
 
-def verify_torch(original, requested, result, feeds, rtol: float, atol: float, desc: str):
+def verify_torch(original, requested, result, feeds, rtol: float, atol: float, desc: str,
+                 outputs: CheckOutputs | None = None):
+    """outputs: the runs already made on these feeds (CheckOutputs), reused; the float64 second look runs
+    requested and result again only when the float32 comparison fails."""
     from ..core.runtime import compare, nonfinite_request
     from ..verify import Verification, float64_second_look
 
-    res = run_outputs(result, feeds)
+    outputs = outputs if outputs is not None else CheckOutputs(feeds)
+    res = outputs(result)
     names = [f"output{i}" for i in range(len(res[0]))]
-    orig, req = run_outputs(original, feeds), run_outputs(requested, feeds)
+    orig, req = outputs(original), outputs(requested)
     against = nonfinite_request(orig, req, names, len(feeds)) or compare(req, res, names, rtol, atol)
     if not against.passed and not against.why:
         against = float64_second_look(against, _run64, requested, result, feeds, names, rtol, atol, req32=req)
@@ -654,37 +695,44 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
                      f"(the model's code bounds it): the result is sure to run at the example batch ({b}) only; "
                      "collapse with example_inputs of the batch you deploy")
     _check_input_count(gm, example_inputs)
-    propagate_shapes(gm, example_inputs)
+    traced_out = propagate_shapes(gm, example_inputs)   # also the input graph's run on example_inputs
     computed = method_scores(model, cfg, notes, gm) if cfg.method else None
     block_scores = dict(computed.scores) if computed is not None and computed.kind == "block" else {}
     blocks_removed = sorted(k for k, v in block_scores.items() if cfg.remove_blocks is not None and v <= cfg.remove_blocks)
     sites, chosen, scores = select(gm, cfg, notes, warnings, computed)
     names = [s.keys[0] for s in chosen]   # the site's own key: an fx node name can equal a shared root module's path
-    original = copy.deepcopy(gm)
+    original = copy_sharing_weights(gm)
+    feeds = _feeds(example_inputs, cfg.check, cfg.seed)
+    outputs = CheckOutputs(feeds)   # every model runs at most once per check input (see docs/torch.md)
+    outputs.keep(original, 0, traced_out)
     if kind == "nn.Module":
-        _check_trace(model, original, example_inputs, cfg)
+        _check_trace(model, outputs(original, upto=1), example_inputs, cfg)
     before = graph_stats(original)
     record = FxRecord()
-    requested = reference = requested_semantics(original, names, blocks_removed)
     # prune after linearize: the constants are those of the requested semantics (a collapsed ReLU passes
     # a negative constant channel on). Exact removal keeps the semantics (the gate checks it against the
     # unpruned reference); a ratio prune is an approximation: the collapse is verified against the pruned
     # model and the prune's own error is reported
     RemoveResidualBlocks(blocks_removed, record)(gm)
     LinearizeActivations(names, record)(gm)
+    # the requested semantics (the gate's reference) are the input with these two passes alone: gm now. The
+    # pruning and the passes below work on copies of it (prune_module copies; else copy_sharing_weights)
+    requested = reference = gm
+    if not names and not blocks_removed:
+        outputs.same(requested, original)   # nothing changed: the input's runs are the reference's
     gm, prune_report = prune(gm, example_inputs, cfg)
     if cfg.prune_ratio is not None:
         requested = gm
     dyn_shapes = _program_dynamic_shapes(model) if kind == "ExportedProgram" else None
     # a program exported with a dynamic height/width runs at other sizes: only merges exact at every size
     any_size = dyn_shapes is not None and any(i > 0 for d in dyn_shapes for i in d)
-    result = run_passes(copy.deepcopy(gm) if cfg.prune_ratio is not None else gm, [], cfg, record, any_size=any_size)
-    propagate_shapes(result, example_inputs)
+    result = run_passes(copy_sharing_weights(gm) if gm is requested or gm is reference else gm, [], cfg, record,
+                        any_size=any_size)
+    outputs.keep(result, 0, propagate_shapes(result, example_inputs))   # shapes for the report, and a check run
     after = graph_stats(result)
 
-    feeds = _feeds(example_inputs, cfg.check, cfg.seed)
     desc = f"example_inputs + {len(feeds) - 1} random input(s) of their shapes, seed {cfg.seed}"
-    ver = verify_torch(original, requested, result, feeds, cfg.rtol, cfg.atol, desc)
+    ver = verify_torch(original, requested, result, feeds, cfg.rtol, cfg.atol, desc, outputs)
     passed = ver.against_requested.passed
     if passed and ver.against_requested.why:   # passed on the float64 second look
         warnings.append(f"verification: {ver.against_requested.why}")
@@ -711,7 +759,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         pruning=prune_report, started=t0,
         score_details=computed.as_dict() if computed is not None else None)
     if prune_report is not None and cfg.prune_ratio is not None:
-        err = verify_torch(reference, reference, requested, feeds, cfg.rtol, cfg.atol, desc).against_requested
+        err = verify_torch(reference, reference, requested, feeds, cfg.rtol, cfg.atol, desc, outputs).against_requested
         prune_report["ratio"]["error_vs_unpruned"] = {"max_abs": err.max_abs, "max_rel": err.max_rel}
         if cfg.prune_max_error is not None and err.max_abs > cfg.prune_max_error:
             passed = passed and cfg.force

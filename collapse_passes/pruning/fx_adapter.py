@@ -64,12 +64,9 @@ class _FxBuilder(SlotBuilder):
     NODE_KEY = "fx_node"
 
     def __init__(self, gm, example_inputs):
-        from torch.fx.passes.shape_prop import ShapeProp
-
         super().__init__()
         self.gm = gm
-        with _shape_run():
-            ShapeProp(gm).propagate(*example_inputs)
+        _propagate(gm, example_inputs)
         self.calls: dict = {}
         for n in gm.graph.nodes:
             if n.op == "call_module":
@@ -342,7 +339,18 @@ def _op_type(n, gm=None) -> str:
 
 
 def build_fx_channel_graph(gm, example_inputs) -> ChannelGraph:
+    """example_inputs None: gm's node metadata already holds its shapes (ShapeProp ran, nothing changed since)."""
     return _FxBuilder(gm, example_inputs).build()
+
+
+def _propagate(gm, example_inputs) -> None:
+    """ShapeProp on copies of example_inputs (a model may write into its input); None: nothing to do."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    if example_inputs is None:
+        return
+    with _shape_run():
+        ShapeProp(gm).propagate(*(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs))
 
 
 # ------------------------------------------------------------------------------------------ rewrite
@@ -425,13 +433,18 @@ class ConvWithBiasMap(torch.nn.Module):
 # ------------------------------------------------------------------------------------------ entry point
 
 def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | None = None, scope: str = "global",
-                 round_to: int = 1, importance: str = "l1", channel_scores: dict | None = None, calib=None):
+                 round_to: int = 1, importance: str = "l1", channel_scores: dict | None = None, calib=None,
+                 shapes_known: bool = False):
     """(pruned nn.Module, report): exact constant-channel removal and/or ratio pruning of a torch module.
 
     module: an nn.Module (traced with torch.fx.symbolic_trace) or a GraphModule; it is not modified.
     example_inputs: a tensor or tuple of tensors (shapes for flatten and bias maps).
     calib: optional iterable of input batches (tensors or tuples); ReLU channels that are 0 on all of them
     are removed too (data-dependent: the result equals the module with those channels forced to 0).
+    shapes_known: module is a GraphModule whose node metadata holds its shapes on example_inputs (collapse() ran
+    ShapeProp): the model runs only after a removal, and the result shares the weights it does not slice with
+    module (collapse() passes its own graph, whose weights are the user's: they are replaced, never edited).
+    The result's node metadata holds its shapes on example_inputs either way.
     """
     torch = _torch()
     from .select import check_ratio, select_for_ratio
@@ -444,7 +457,13 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         example_inputs = (example_inputs,)
     # copies: ShapeProp runs the module, which may write into its input (x.mul_(2))
     example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
-    gm = copy.deepcopy(module)
+    shapes_known = shapes_known and isinstance(module, torch.fx.GraphModule)
+    if shapes_known:
+        from ..fx.graph import copy_sharing_weights
+
+        gm = copy_sharing_weights(module)
+    else:
+        gm = copy.deepcopy(module)
     if not isinstance(gm, torch.fx.GraphModule):
         try:
             gm = torch.fx.symbolic_trace(gm)
@@ -452,12 +471,19 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
             raise CollapseError(f"torch.fx cannot trace this module ({' '.join(str(exc).split())[:160]}); "
                                 "pass a GraphModule") from None
     gm.eval()
-    before = _counts(gm, example_inputs)
+    stale = [not shapes_known]   # the node metadata lacks the shapes (or a removal changed them)
+    changed = False
+
+    def shape_inputs():   # what a shape reader runs on: nothing while the metadata holds the shapes
+        run, stale[0] = stale[0], False
+        return example_inputs if run else None
+
+    before = _counts(gm, shape_inputs())
     report = {"exact_removal": exact, "groups": [], "removed_channels": 0}
     # the ratio prune first, as on ONNX: exact removal can turn a conv into a ConvWithBiasMap, which the
     # channel graph does not read (it would freeze that layer's groups and the ratio would skip them)
     if ratio is not None:
-        cg = build_fx_channel_graph(gm, example_inputs)
+        cg = build_fx_channel_graph(gm, shape_inputs())
         if importance in ("l1", "l2"):
             imp = cg.filter_importance(1 if importance == "l1" else 2)
         elif importance == "scores" and channel_scores:
@@ -472,8 +498,15 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
                            "frozen_ops": cg.frozen_ops[:200]}
         if removed:
             apply_fx_removal(gm, cg, removed)
-    if exact:
-        cg = build_fx_channel_graph(gm, example_inputs)
+            stale[0] = changed = True
+    if exact and shapes_known and calib is None and not _constant_source_possible(gm):
+        # collapse() calls us on every model: the channel graph is most of our time (ResNet-50 ~1 s, a per-channel
+        # graph), and with no channel that can start a constant there is nothing for exact removal to find
+        report.update(notes=[], removed_channels=0, frozen_ops=[],
+                      channel_graph="not built: no conv / linear has an all-zero filter and no BatchNorm a zero "
+                                    "scale, so no channel is a known constant")
+    elif exact:
+        cg = build_fx_channel_graph(gm, shape_inputs())
         dd = _always_off(gm, cg, calib) if calib is not None else {}
         from .onnx_prune import applicable_constants, removal_rows
 
@@ -484,9 +517,10 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
             report["groups"] = removal_rows(cg, found)
             report["data_dependent"] = any(f["data_dependent"] for f in found)
             apply_fx_removal(gm, cg, removed, [x for f in found for x in f["folds"]])
+            stale[0] = changed = True
         report["removed_channels"] = len(removed)
         report["frozen_ops"] = cg.frozen_ops[:200]
-    after = _counts(gm, example_inputs)
+    after = _counts(gm, shape_inputs()) if changed else before
     report.update(params_before=before[0], params_after=after[0], macs_before=before[1], macs_after=after[1],
                   params_saved=before[0] - after[0], macs_saved=before[1] - after[1])
     return gm, report
@@ -514,13 +548,32 @@ def _always_off(gm, cg: ChannelGraph, calib) -> dict:
     return {relus[k]: set(torch.nonzero(v <= 0).flatten().tolist()) for k, v in peak.items()}
 
 
-def _counts(gm, example_inputs) -> tuple[int, int]:
-    """(parameters, MACs of convs and linears for the example input)."""
-    torch = _torch()
-    from torch.fx.passes.shape_prop import ShapeProp
+def _constant_source_possible(gm) -> bool:
+    """Can a channel of gm start a known constant (ChannelGraph._constant_sources without calibration data: a
+    conv / linear module with an all-zero filter, a BatchNorm module with a zero scale; the channel graph
+    reads conv, dense and bn ops from these modules only)?"""
+    nn = _torch().nn
+    for n in gm.graph.nodes:
+        if n.op != "call_module":
+            continue
+        mod = gm.get_submodule(n.target)
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            w = _np(mod.weight)
+            if not np.all(np.any(w.reshape(w.shape[0], -1) != 0, axis=1)):
+                return True
+        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and mod.running_mean is not None:
+            g = _np(mod.weight) if mod.weight is not None else np.ones(mod.num_features)
+            b = _np(mod.bias) if mod.bias is not None else np.zeros(mod.num_features)
+            scale, _ = bn_to_affine(g, b, _np(mod.running_mean), _np(mod.running_var), mod.eps)
+            if np.any(np.asarray(scale, np.float64) == 0):
+                return True
+    return False
 
-    with _shape_run():
-        ShapeProp(gm).propagate(*example_inputs)
+
+def _counts(gm, example_inputs) -> tuple[int, int]:
+    """(parameters, MACs of convs and linears for the example input; None: shapes from the node metadata)."""
+    torch = _torch()
+    _propagate(gm, example_inputs)
     params = sum(p.numel() for p in gm.parameters())
     macs = 0
     for n in gm.graph.nodes:

@@ -61,9 +61,17 @@ class LinearizeActivations(FxPass):
                         new = gm.graph.call_function(operator.mul, (new, scale))
                     if shift != 0.0:
                         new = gm.graph.call_function(operator.add, (new, shift))
-            for k in ("tensor_meta", "val", "example_value", "nn_module_stack"):
-                if new is not x and k in s.node.meta:
-                    new.meta[k] = s.node.meta[k]
+            # every inserted op has the site's shape: collapse() reads shapes from this metadata after the
+            # pass (the channel graph of its pruning step) instead of running the model again
+            inserted = []
+            op = new
+            while op is not x:   # the chain of mul/add/clone just inserted, each reading the one before
+                inserted.append(op)
+                op = op.args[0]
+            for op in inserted:
+                for k in ("tensor_meta", "val", "example_value", "nn_module_stack"):
+                    if k in s.node.meta:
+                        op.meta[k] = s.node.meta[k]
             s.node.replace_all_uses_with(new)
             now[s.node] = new
             for n in reversed(s.nodes):   # a composite's inner ops are read only inside it
