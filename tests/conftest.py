@@ -23,6 +23,18 @@ TINY = {"resnet18": dict(width=8), "mobilenet_v2": dict(width_mult=0.25), "vgg16
 CALIBRATED = {"mobilenet_v2"}
 
 
+def pytest_configure(config):
+    """Under `make test` (pytest -n 2 on a 2-core CI runner) each worker's torch would use every core: two
+    workers then fight over them, and a forward pass under that contention is 3-10x slower. One torch thread
+    per worker."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        try:
+            import torch
+        except ImportError:
+            return
+        torch.set_num_threads(1)
+
+
 def randomize_bn(model, seed=0):
     """Give BatchNorms non-trivial statistics so folding is actually exercised."""
     import torch
