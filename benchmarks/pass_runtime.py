@@ -16,6 +16,15 @@ Cases (ResNet-18 and MobileNetV2 at 224x224, exported with the TorchScript expor
 - mobilenet_v2_all: MobileNetV2 with every activation collapsed (scores 0, threshold 0.5).
 
     python benchmarks/pass_runtime.py [--runs 3] [--cases resnet18,mobilenet_v2_all] [--baseline DIR] [--json F]
+
+--torch: the torch front end instead (collapse_passes.collapse on an nn.Module, docs/torch.md "What a collapse
+costs"): each run is a fresh child process that builds the model (seeded), times one collapse() call
+(lazy imports included, as a user's first call) and counts the model runs in it (GraphModule and model calls,
+fx Interpreter runs such as ShapeProp); --baseline DIR runs the same child with DIR's collapse_passes first on
+sys.path, interleaved. Cases: resnet50_tv_layer4 (torchvision-layout ResNet-50, layer4.0's three ReLUs),
+mobilenet_v3_large_last3 (the last three Hardswish of MobileNetV3-large), both at 1x3x224x224, check=3.
+
+    python benchmarks/pass_runtime.py --torch [--runs 3] [--threads N] [--baseline DIR] [--json F]
 """
 from __future__ import annotations
 
@@ -158,6 +167,96 @@ def machine() -> str:
             f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}")
 
 
+# ------------------------------------------------------------------------------ torch front end (--torch)
+
+TORCH_CASES = {
+    "resnet50_tv_layer4": ("resnet50_tv", ["layer4.0.relu:0", "layer4.0.relu:1", "layer4.0.relu:2"]),
+    "mobilenet_v3_large_last3": ("mobilenet_v3_large", ["features.15.block.0.2", "features.15.block.1.2",
+                                                        "features.16.2"]),
+}
+
+
+def torch_child(case: str, tree: str | None, threads: int | None) -> dict:
+    """One collapse() of a TORCH_CASES model in this process: seconds and model runs (printed as JSON)."""
+    if tree:
+        sys.path.insert(0, tree)   # that tree's collapse_passes; the models are this checkout's (the same for all)
+    import torch
+    from torch import fx
+
+    import collapse_passes as cp
+    from models import build
+
+    if threads:
+        torch.set_num_threads(threads)
+    name, keys = TORCH_CASES[case]
+    torch.manual_seed(0)
+    model = build(name).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    runs = {"calls": 0, "interpreted": 0}
+
+    def hook(module, args, out):
+        if module is model or isinstance(module, fx.GraphModule):
+            runs["calls"] += 1
+
+    interp_run = fx.Interpreter.run
+
+    def counted(self, *a, **k):
+        runs["interpreted"] += 1
+        return interp_run(self, *a, **k)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    fx.Interpreter.run = counted
+    t0 = time.perf_counter()
+    res = cp.collapse(model, collapse=keys, example_inputs=(x,))
+    seconds = time.perf_counter() - t0
+    handle.remove()
+    fx.Interpreter.run = interp_run
+    return {"seconds": seconds, "passed": bool(res.passed), **runs, "threads": torch.get_num_threads(),
+            "source": os.path.dirname(os.path.dirname(os.path.abspath(cp.__file__)))}
+
+
+def torch_bench(cases: list[str], runs: int, baseline: str | None, threads: int | None) -> list[dict]:
+    trees = {"collapse_passes": None, **({"baseline": os.path.abspath(baseline)} if baseline else {})}
+    rows = []
+    for case in cases:
+        got = {t: [] for t in trees}
+        for r in range(runs):
+            for tool in (list(trees) if r % 2 == 0 else list(trees)[::-1]):   # alternate who goes first
+                cmd = [sys.executable, os.path.abspath(__file__), "--torch-child", case]
+                cmd += ["--tree", trees[tool]] if trees[tool] else []
+                cmd += ["--threads", str(threads)] if threads else []
+                load = os.getloadavg()[0]
+                p = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+                if p.returncode != 0:
+                    print(f"  ! {case} {tool}: exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                    continue
+                one = json.loads(p.stdout.strip().splitlines()[-1])
+                one["load"] = load
+                got[tool].append(one)
+                print(f"  {case:26s} {tool:16s} run {r}: {one['seconds']:6.2f} s  {one['calls']} calls + "
+                      f"{one['interpreted']} interpreter runs  load {load:.1f}  {one['source']}", flush=True)
+        for tool, v in got.items():
+            if not v:
+                continue
+            secs = [o["seconds"] for o in v]
+            rows.append({"case": case, "tool": tool, "seconds_median": statistics.median(secs),
+                         "seconds_min": min(secs), "seconds_max": max(secs), "runs": len(v),
+                         "model_runs": v[0]["calls"] + v[0]["interpreted"], "calls": v[0]["calls"],
+                         "interpreted": v[0]["interpreted"], "passed": all(o["passed"] for o in v),
+                         "threads": v[0]["threads"], "load": [o["load"] for o in v]})
+    return rows
+
+
+def torch_table(rows: list[dict]) -> str:
+    lines = ["| case | tree | collapse() s, median (min-max) | model runs (calls + interpreter) | passed |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['tool']} | {r['seconds_median']:.2f} ({r['seconds_min']:.2f}-"
+                     f"{r['seconds_max']:.2f}) | {r['model_runs']} ({r['calls']} + {r['interpreted']}) | "
+                     f"{'yes' if r['passed'] else 'NO'} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -165,7 +264,24 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     ap.add_argument("--baseline", default=None, help="also time `python -m collapse_passes` from this source tree")
     ap.add_argument("--prepare", default=None, help=argparse.SUPPRESS)  # internal: export into this dir
+    ap.add_argument("--torch", action="store_true", help="time the torch front end's collapse() instead")
+    ap.add_argument("--threads", type=int, default=None, help="--torch: torch.set_num_threads in the children")
+    ap.add_argument("--torch-child", default=None, help=argparse.SUPPRESS)  # internal: one timed collapse()
+    ap.add_argument("--tree", default=None, help=argparse.SUPPRESS)  # internal: collapse_passes from this tree
     args = ap.parse_args(argv)
+    if args.torch_child:
+        print(json.dumps(torch_child(args.torch_child, args.tree, args.threads)))
+        return 0
+    if args.torch:
+        names = [c.strip() for c in args.cases.split(",") if c.strip() in TORCH_CASES] or list(TORCH_CASES)
+        rows = torch_bench(names, args.runs, args.baseline, args.threads)
+        print(torch_table(rows))
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+              + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"machine": f"{os.cpu_count()} cores", "rows": rows}, f, indent=1)
+        return 0
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     if args.prepare:
         with open(os.path.join(args.prepare, "cases.json"), "w") as f:

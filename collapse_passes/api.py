@@ -163,6 +163,10 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     from .onnx.shapes import dynamic_inputs
     from .pruning.api_hook import finish_pruning, prepare_pruning
 
+    if stats_before is None and (chosen or blocks_removed):
+        # its MAC count reads every conv weight: done now, with the input the only model held, not later on top
+        # of the requested semantics and the result (docs/pass_runtime.md, 2026-11-28 13:40)
+        stats_before = model_stats(original)
     base, prune_off, prune_report = prepare_pruning(original, cfg, score_details, chosen={a.name for a in chosen},
                                                     remove_blocks=blocks_removed)
     collapsed_outputs = {a.output.name for a in chosen}   # a collapsed ReLU is no longer "always off"

@@ -89,7 +89,12 @@ def test_model_written_in_pieces_reads_back_as_the_same_model(exported, tmp_path
 
     model = onnx.load(exported(name, dynamo))
     pieces = list(serialized_pieces(model))
-    assert len(pieces) == len(model.graph.initializer) + 1 and max(map(len, pieces)) < model.ByteSize()
+    assert len(pieces) == 2 * len(model.graph.initializer) + 1 and max(map(len, pieces)) < model.ByteSize()
+    # a header and the tensor's own bytes: together the wire form of ModelProto(graph=GraphProto(initializer=[t]))
+    for k, t in enumerate(model.graph.initializer):
+        piece = onnx.ModelProto()
+        piece.graph.initializer.append(t)
+        assert pieces[1 + 2 * k] + pieces[2 + 2 * k] == piece.SerializeToString()
     back = onnx.ModelProto()
     back.ParseFromString(b"".join(pieces))
     assert back == model
@@ -223,3 +228,85 @@ def test_input_model_the_optimized_session_cannot_run_is_run_as_written(exported
     want, _ = runtime.run(model, feeds)
     for a, b in zip(outs, want):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-5)
+
+
+def _conv_gather_model(weights_listed_as_inputs: bool = False):
+    """x -> Conv(w: 6.9 KB float) -> Flatten -> Gather(idx: 4.8 KB int64): one weight to feed, one integer
+    initializer that stays an initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 3, 3, 3)).astype(np.float32), "w")
+    idx = numpy_helper.from_array(rng.integers(0, 64 * 36, 600).astype(np.int64), "idx")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+             helper.make_node("Gather", ["f", "idx"], ["y"], name="gather", axis=1)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])]
+    if weights_listed_as_inputs:   # IR < 4 style: every initializer is a graph input too
+        inputs += [helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 3, 3, 3]),
+                   helper.make_tensor_value_info("idx", TensorProto.INT64, [600])]
+    g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 600])],
+                          [w, idx])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_session_with_fed_weights_runs_like_one_with_initializers(listed):
+    """session(feed_weights=True) (verification's sessions): the float weights are graph inputs fed
+    from our arrays with every run, and onnxruntime computes on those arrays themselves (no second copy
+    of the weights: zeroing them changes the output); integer initializers stay initializers; the
+    caller sees the model's own inputs and its proto is left as it was."""
+    import ctypes
+
+    from collapse_passes.core.runtime import outputs, random_inputs, session
+
+    model = _conv_gather_model(listed)
+    before = model.SerializeToString()
+    feed = random_inputs(session(model), 1)[0]
+    assert list(feed) == ["x"]
+    sess = session(model, feed_weights=True)
+    assert [i.name for i in sess.get_inputs()] == ["x"]
+    assert set(sess._weights) == {"w"}
+    ref = outputs(session(model), feed)
+    np.testing.assert_allclose(outputs(sess, feed)[0], ref[0], rtol=1e-6, atol=1e-6)
+    assert np.abs(ref[0]).max() > 0.1
+    assert model.SerializeToString() == before
+    w = sess._weights["w"]
+    ctypes.memset(w.ctypes.data, 0, w.nbytes)
+    np.testing.assert_array_equal(outputs(sess, feed)[0], 0.0)
+
+
+def test_fed_weights_session_of_an_unloadable_model_is_one_line(tmp_path):
+    """A model onnxruntime refuses is refused as before when its weights would be fed (CollapseError
+    for the user's model, RuntimeError for one of ours)."""
+    from collapse_passes.core.runtime import session
+    from collapse_passes.errors import CollapseError
+
+    model = _conv_gather_model()
+    model.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(CollapseError, match="cannot load the model"):
+        session(model, feed_weights=True)
+    with pytest.raises(RuntimeError, match="cannot load the transformed model"):
+        session(model, feed_weights=True, ours=True)
+
+
+def test_release_free_memory_only_in_our_own_process(monkeypatch):
+    """release_free_memory calls glibc's malloc_trim under `python -m collapse_passes` only."""
+    import ctypes
+
+    from collapse_passes.core import runtime
+
+    calls = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: FakeLibc())
+    monkeypatch.setattr(runtime, "OWN_PROCESS", False)
+    runtime.release_free_memory()
+    assert calls == []
+    monkeypatch.setattr(runtime, "OWN_PROCESS", True)
+    runtime.release_free_memory()
+    assert calls == [0]

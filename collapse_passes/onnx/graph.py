@@ -262,9 +262,25 @@ def _model_pieces(model: onnx.ModelProto, refs: dict):
     (singular sub-messages merge, repeated fields append), so it reads back as the same model."""
     yield without_initializers(model).SerializeToString()
     for i, t in enumerate(model.graph.initializer):
-        piece = onnx.ModelProto()   # a fresh one each time: protobuf's arena keeps what is deleted
-        piece.graph.initializer.append(refs.get(i, t))
-        yield piece.SerializeToString()
+        # the piece's wire form written by hand, the tensor's own bytes after a few header bytes: a
+        # piece proto would hold a copy of the tensor besides its serialization
+        data = refs.get(i, t).SerializeToString()
+        tensor = _INITIALIZER_TAG + _varint(len(data))
+        yield _GRAPH_TAG + _varint(len(tensor) + len(data)) + tensor
+        yield data
+
+
+#: wire tags (field number << 3 | 2, length-delimited) of ModelProto.graph (7), GraphProto.initializer (5)
+_GRAPH_TAG, _INITIALIZER_TAG = bytes([7 << 3 | 2]), bytes([5 << 3 | 2])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external: bool | None = None) -> Path:
