@@ -10,10 +10,20 @@ with onnxruntime on the CPU (numerical reference), and time
 * TVM CUDA tuned (MetaSchedule, --trials per model; kernels shared by the two models tuned once);
 * onnxruntime's CUDA execution provider, when onnxruntime-gpu is installed.
 
-Writes $OUT/gpu_check.json (or --out) and prints one JSON line per measurement. Without a visible
-GPU it prints one line saying so and exits 2, writing nothing.
+The models get BatchNorm statistics from data (models.tv_init.calibrate_bn, through
+merge_latency.variants(calibrate=True)): with random ones (randomize_bn) a random-weight MobileNet gives
+the same logits to ~1e-8 for every input, and an absolute error on them passes whatever the GPU
+computes. The check: ORT CPU's outputs for two inputs must differ (spread >= MIN_SPREAD of the output),
+and max |TVM CUDA - ORT CPU| over the input-dependent scale max |ORT(x1) - ORT(x2)| must be <= REL_TOL;
+a row that fails says so on stderr and the exit status is 1.
 
-    python benchmarks/gpu_check.py [--out DIR] [--batches 1 32] [--trials 256]
+Writes $OUT/gpu_check.json (or --out) after every row and prints one JSON line per measurement.
+--max-seconds (default 480) starts no new batch past it (the tuned runs take --trials' time on top).
+Without a visible GPU it prints one line saying so and exits 2, writing nothing; --dry-run builds the
+models and the ORT CPU references and checks the spread, without TVM or a GPU.
+
+    python benchmarks/gpu_check.py [--out DIR] [--batches 1 32] [--trials 256] [--max-seconds 480]
+    python benchmarks/gpu_check.py --dry-run --batches 1
 """
 from __future__ import annotations
 
@@ -32,6 +42,24 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+#: max |TVM CUDA - ORT CPU| over the input-dependent scale of the ORT CPU outputs (float32 on both sides)
+REL_TOL = 1e-3
+#: outputs for two inputs closer than this (relative) check nothing: the model ignores its input
+MIN_SPREAD = 1e-3
+
+
+def input_scale(run, feed: dict) -> tuple[float, float]:
+    """(max |run(x1) - run(x2)|, that over max |run(x1)|) for x2 a second seeded random input: the
+    input-dependent scale of the outputs and their relative spread."""
+    other = {k: np.random.default_rng(1).standard_normal(v.shape).astype(v.dtype) for k, v in feed.items()}
+    a, b = run(feed), run(other)
+    scale = max(float(np.max(np.abs(p - q))) for p, q in zip(a, b))
+    return scale, scale / max(max(float(np.max(np.abs(p))) for p in a), 1e-300)
+
+
+def relative_error(got, ref, scale: float) -> float:
+    return max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref)) / max(scale, 1e-300)
 
 
 def _gpu_name() -> str | None:
@@ -66,7 +94,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per model (0: no tuning)")
     ap.add_argument("--cuda-arch", default=None, help="e.g. sm_90 (default: from nvidia-smi)")
+    ap.add_argument("--max-seconds", type=float, default=480.0, help="start no new batch after this many seconds")
+    ap.add_argument("--dry-run", action="store_true", help="no GPU, no TVM: the models, ORT CPU references and spread")
     args = ap.parse_args(argv)
+    if args.dry_run:
+        return _dry_run(args)
 
     gpu = _gpu_name()
     if gpu is None:
@@ -94,7 +126,8 @@ def main(argv=None) -> int:
     if not has_ort_cuda:
         print("gpu_check: onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu): "
               "ORT CUDA column left empty", file=sys.stderr)
-    rows, tuning = [], []
+    rows, tuning, failed = [], [], []
+    t_start = time.perf_counter()
 
     def _write(out, rows, tuning):
         os.makedirs(out, exist_ok=True)
@@ -110,7 +143,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = os.path.join(args.out, "tvm_cuda_db") if args.trials else None
         for b in args.batches:
-            models, _stats, _shape = ml.variants("mobilenet_v2", b, tmp)
+            if time.perf_counter() - t_start > args.max_seconds:
+                print(f"gpu_check: batch {b} skipped: over --max-seconds {args.max_seconds:g}", file=sys.stderr)
+                continue
+            models, _stats, _shape = ml.variants("mobilenet_v2", b, tmp, calibrate=True)
             feed = {"input": np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32)}
             for label in ("(c) collapse_passes", "(a) dense+onnxslim"):
                 model = models[label]
@@ -120,8 +156,12 @@ def main(argv=None) -> int:
                 build_s = time.perf_counter() - t0
                 ex_nograph = tc.build(mod, target, cuda_graph=False)
                 ref = tc.run_ort(model, feed)
-                err = max(float(np.max(np.abs(g - r))) for g, r in zip(tc.run(ex, feed), ref))
+                scale, spread = input_scale(lambda f: tc.run_ort(model, f), feed)
+                got = tc.run(ex, feed)
+                err = max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref))
+                rel = relative_error(got, ref, scale)
                 row = {"model": label, "batch": b, "build_s": round(build_s, 1), "max_abs_vs_ort_cpu": err,
+                       "rel_err_vs_ort_cpu": rel, "output_spread": spread,
                        "tvm_cuda_untuned_ms": tc.measure_latency(ex, feed, repeat=args.repeat),
                        "tvm_cuda_untuned_no_graph_ms": tc.measure_latency(ex_nograph, feed, repeat=args.repeat),
                        "ort_cuda_ms": _time_ort_cuda(model, feed, args.repeat)}
@@ -130,17 +170,59 @@ def main(argv=None) -> int:
                                                progress=False, shared_database=False,
                                                log=lambda s: print("  " + s, file=sys.stderr, flush=True))
                     ext = tc.build(mod, target, database=db)
-                    errt = max(float(np.max(np.abs(g - r))) for g, r in zip(tc.run(ext, feed), ref))
+                    gott = tc.run(ext, feed)
+                    errt = max(float(np.max(np.abs(g - r))) for g, r in zip(gott, ref))
                     row.update({"tvm_cuda_tuned_ms": tc.measure_latency(ext, feed, repeat=args.repeat),
                                 "max_abs_tuned_vs_ort_cpu": errt, "tuned_functions": len(ext.tuned_functions),
+                                "rel_err_tuned_vs_ort_cpu": relative_error(gott, ref, scale),
                                 "untuned_functions": ext.untuned_functions})
                     tuning.append({"model": label, "batch": b, "seconds": rep.seconds,
                                    "tasks_tuned": rep.tasks_tuned, "from_database": rep.tasks_from_database()})
+                problems = _problems(row)
+                row["ok"] = not problems
+                failed += [f"gpu_check: {label} batch {b}: {p}" for p in problems]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 _write(args.out, rows, tuning)  # after every row: a run cut off by its timeout keeps what it measured
     _write(args.out, rows, tuning)
-    return 0
+    for line in failed:
+        print(line, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _problems(row: dict) -> list[str]:
+    out = []
+    if not row["output_spread"] >= MIN_SPREAD:
+        out.append(f"the outputs barely depend on the input (spread {row['output_spread']:.2e} < {MIN_SPREAD:g}): "
+                   "the check would pass whatever the GPU computes")
+    for key in ("rel_err_vs_ort_cpu", "rel_err_tuned_vs_ort_cpu"):
+        if key in row and not row[key] <= REL_TOL:
+            out.append(f"{key} {row[key]:.2e} > {REL_TOL:g}")
+    return out
+
+
+def _dry_run(args) -> int:
+    """The CPU side only: the calibrated models, their ORT CPU references, the spread check."""
+    import merge_latency as ml
+    from tvm_integration import compile as tc
+
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for b in args.batches:
+            models, _stats, _shape = ml.variants("mobilenet_v2", b, tmp, calibrate=True)
+            feed = {"input": np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32)}
+            for label in ("(c) collapse_passes", "(a) dense+onnxslim"):
+                model = models[label]
+                scale, spread = input_scale(lambda f: tc.run_ort(model, f), feed)
+                row = {"model": label, "batch": b, "dry_run": True, "output_spread": spread,
+                       "rel_err_vs_ort_cpu": relative_error(tc.run_ort(model, feed), tc.run_ort(model, feed), scale)}
+                problems = _problems(row)
+                row["ok"] = not problems
+                failed += [f"gpu_check: {label} batch {b}: {p}" for p in problems]
+                print(json.dumps(row), flush=True)
+    for line in failed:
+        print(line, file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

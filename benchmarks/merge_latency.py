@@ -172,12 +172,19 @@ def _map_adds(model) -> int:
     return count_bias_map_adds(to_graph(model))
 
 
-def variants(name: str, batch: int, tmp: str) -> tuple[dict, dict, tuple]:
+def variants(name: str, batch: int, tmp: str, calibrate: bool = False) -> tuple[dict, dict, tuple]:
+    """calibrate: BN statistics from data (models.tv_init.calibrate_bn) instead of randomize_bn, whose
+    MobileNet outputs barely depend on the input (what a check of outputs needs; timing does not)."""
     import onnxslim
 
     arch, kw, side, make_ideal = CASES[name]
     torch.manual_seed(0)
-    model = randomize_bn(build(arch, **kw).eval())
+    if calibrate:
+        from models.tv_init import calibrate_bn
+
+        model = calibrate_bn(build(arch, **kw), (8, 3, side, side), batches=2, seed=0)
+    else:
+        model = randomize_bn(build(arch, **kw).eval())
     ideal = make_ideal(model)
     shape = (batch, 3, side, side)
     dense = _export(model, os.path.join(tmp, f"{name}_{batch}.onnx"), shape)
