@@ -49,7 +49,8 @@ def _check_array(src: str, name: str, arr: np.ndarray, dims: list, dt) -> np.nda
 
 
 def _fmt(dims) -> str:
-    return "(" + ", ".join("N" if d is None else str(d) for d in dims) + ")"
+    """(N, 3, ?, ?): N the sample axis, ? any other dynamic dim (not "N" again: that read as a size tied to N)."""
+    return "(" + ", ".join(("N" if i == 0 else "?") if d is None else str(d) for i, d in enumerate(dims)) + ")"
 
 
 def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None,

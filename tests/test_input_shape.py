@@ -97,8 +97,12 @@ def test_single_input_shorthand_and_dict_and_the_callers_proto_is_not_changed(dy
     before = proto.SerializeToString()
     a = cp.collapse(proto, collapse=["r1"], input_shapes={"input": [1, 3, 16, 16]})
     b = cp.collapse(proto, collapse=["r1"], input_shapes="1x3x16x16")
+    c = cp.collapse(proto, collapse=["r1"], input_shapes=(1, 3, 16, 16))   # a list of ints: the only input's dims
     assert proto.SerializeToString() == before
-    assert _dims(a.model.graph.input[0]) == _dims(b.model.graph.input[0]) == [1, 3, 16, 16]
+    assert _dims(a.model.graph.input[0]) == _dims(b.model.graph.input[0]) == _dims(c.model.graph.input[0]) \
+        == [1, 3, 16, 16]
+    with pytest.raises(CollapseError, match="give positive integers"):
+        cp.collapse(proto, collapse=["r1"], input_shapes=[1, 3, 0, 16])
 
 
 @pytest.mark.parametrize("spec, why", [
@@ -158,3 +162,175 @@ def test_standalone_tvm_entry_takes_input_shape_and_refuses_a_bad_one(dyn_export
     _, path = dyn_export
     assert tvm_main([path, "--target", "cpu", "--input-shape", "input:1,3,40"]) == 2
     assert "3 dims given, the input has rank 4" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- dynamic exports, adversarial (H6)
+
+def _ref_with(m, **linear):
+    """A copy of `m` with the named children replaced (their linear regime), for comparing in torch."""
+    ref = _Net()
+    ref.load_state_dict(m.state_dict())
+    for name, mod in linear.items():
+        setattr(ref, name, mod)
+    return ref.eval()
+
+
+def _ort(model, x):
+    import onnxruntime as ort
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+def _keys(path):
+    return [k["key"] for k in cp.list_keys(path)]
+
+
+def _close(got, want):
+    return np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_without_input_shape_the_written_model_stays_dynamic_and_exact_at_every_size(dyn_export):
+    m, path = dyn_export
+    loose = cp.collapse(path, collapse=["r1", "r3"])
+    assert _dims(loose.model.graph.input[0]) == ["N", 3, "H", "W"]
+    ref = _ref_with(m, r1=nn.Identity(), r3=nn.Identity())
+    rng = np.random.default_rng(0)
+    for shape in [(1, 3, 32, 32), (2, 3, 24, 40), (3, 3, 7, 9)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        with torch.no_grad():
+            assert _close(_ort(loose.model, x), ref(torch.from_numpy(x)).numpy()), shape
+
+
+def test_an_absurd_input_shape_is_one_line_exit_2_not_a_traceback(dyn_export, tmp_path, capsys):
+    _, path = dyn_export
+    out = tmp_path / "o.onnx"
+    for spec in ("input:99999999999999999999,3,4,4", "input:1,3,100000,100000"):
+        assert main([path, "-o", str(out), "--collapse", "r1", "--input-shape", spec]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "give a smaller size" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def batch_only_export(tmp_path_factory):
+    torch.manual_seed(1)
+    m = randomize_bn(_Net().eval())
+    d = tmp_path_factory.mktemp("batch")
+    paths = {}
+    for tag, axes in (("static", None), ("batch", {"input": {0: "N"}, "logits": {0: "N"}})):
+        paths[tag] = str(d / f"{tag}.onnx")
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(m, (torch.randn(1, 3, 16, 16),), paths[tag], dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["logits"], dynamic_axes=axes)
+    return m, paths
+
+
+def test_batch_only_export_keys_fixed_batch_and_wrong_sizes(batch_only_export, tmp_path, capsys):
+    m, paths = batch_only_export
+    assert _keys(paths["batch"]) == _keys(paths["static"]) == ["r1", "r2", "r3"]
+    r = cp.collapse(paths["batch"], collapse=["r1"], input_shapes="input:4,3,16,16")
+    assert _dims(r.model.graph.input[0]) == [4, 3, 16, 16] and _dims(r.model.graph.output[0]) == [4, 5]
+    x = np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        assert _close(_ort(r.model, x), _ref_with(m, r1=nn.Identity())(torch.from_numpy(x)).numpy())
+    out = tmp_path / "o.onnx"
+    # a static height cannot be changed; calibration data of another size is refused, not resized
+    assert main([paths["batch"], "-o", str(out), "--collapse", "r1", "--input-shape", "input:1,3,32,32"]) == 2
+    assert "dim 2 of the input is fixed at 16, not 32" in capsys.readouterr().err
+    calib = tmp_path / "c.npz"
+    np.savez(calib, input=np.zeros((4, 3, 32, 32), np.float32))
+    assert main([paths["batch"], "-o", str(out), "--method", "tlc", "--remove", "1", "--calib", str(calib)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "axis 2 is 32, expected 16" in err, err
+    assert not out.exists()
+
+
+def test_calibration_data_of_the_wrong_channels_names_dynamic_dims_apart_from_the_batch(dyn_export, tmp_path, capsys):
+    _, path = dyn_export
+    calib, out = tmp_path / "c.npz", tmp_path / "o.onnx"
+    np.savez(calib, input=np.zeros((4, 4, 32, 32), np.float32))
+    assert main([path, "-o", str(out), "--method", "tlc", "--remove", "1", "--calib", str(calib)]) == 2
+    err = capsys.readouterr().err.strip()
+    # was "expects (N, 3, N, N)": height and width read as the sample count
+    assert len(err.splitlines()) == 1 and "expects (N, 3, ?, ?) (axis 1 is 4, expected 3)" in err, err
+    assert not out.exists()
+
+
+class _Patchify(nn.Module):
+    """A stride-4 unpadded patch conv (as Swin's stem): a 1 x 1 input cannot run."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.r = nn.ReLU()
+        self.fc = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.fc(self.r(self.patch(x))).mean((2, 3))
+
+
+def test_a_dynamic_model_that_cannot_run_at_1x1_names_input_shape(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = str(tmp_path / "p.onnx")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Patchify().eval(), (torch.randn(1, 3, 16, 16),), path, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}})
+    out = tmp_path / "o.onnx"
+    assert main([path, "-o", str(out), "--collapse", "r"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--input-shape" in err, err
+    assert not out.exists()
+    assert main([path, "-o", str(out), "-q", "--collapse", "r", "--input-shape", "input:1,3,16,16"]) == 0
+    assert out.exists()
+
+
+@pytest.mark.slow
+def test_dynamo_export_with_dynamic_shapes_matches_torch_and_the_static_keys(dyn_export, tmp_path):
+    from torch.export import Dim
+
+    m, ts_path = dyn_export
+    paths = {}
+    for tag, dyn in (("static", None), ("dyn", ({0: Dim("N", max=64), 2: Dim("H", min=8, max=512),
+                                                 3: Dim("W", min=8, max=512)},))):
+        paths[tag] = str(tmp_path / f"{tag}.onnx")
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(m, (torch.randn(2, 3, 32, 32),), paths[tag], dynamo=True, opset_version=18,
+                              external_data=False, input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=dyn)
+    assert _dims(onnx.load(paths["dyn"]).graph.input[0]) == ["N", 3, "H", "W"]
+    assert _keys(paths["dyn"]) == _keys(paths["static"]) == _keys(ts_path) == ["r1", "r2", "r3"]
+    ref = _ref_with(m, r1=nn.Identity())
+    rng = np.random.default_rng(2)
+    loose = cp.collapse(paths["dyn"], collapse=["r1"])
+    fixed = cp.collapse(paths["dyn"], collapse=["r1"], input_shapes="input:2,3,40,24")
+    assert fixed.report["merges"] and not loose.report["merges"]
+    for model, shapes in ((loose.model, [(1, 3, 32, 32), (2, 3, 40, 24)]), (fixed.model, [(2, 3, 40, 24)])):
+        for shape in shapes:
+            x = rng.standard_normal(shape).astype(np.float32)
+            with torch.no_grad():
+                assert _close(_ort(model, x), ref(torch.from_numpy(x)).numpy()), shape
+
+
+def test_float64_reference_run_is_quiet_when_sigmoid_overflows():
+    """A refused ill-conditioned collapse (EfficientNet, collapsed SiLUs: outputs ~1e4) printed numpy's
+    'invalid value encountered in divide' from onnx's reference Sigmoid above its one-line error."""
+    from onnx import TensorProto, helper
+
+    from collapse_passes.verify import _reference_run
+
+    g = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with warnings.catch_warnings(), np.errstate(all="warn"):
+        warnings.simplefilter("error")
+        (y,), = _reference_run(model, [{"x": np.array([[1000.0, -1000.0, 0.0]], np.float32)}])
+    assert y.tolist() == [[1.0, 0.0, 0.5]]

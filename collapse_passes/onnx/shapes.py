@@ -183,13 +183,22 @@ def apply_types(graph: gs.Graph, types: dict, reset: bool = True) -> None:
             t.shape = None
 
 
+#: most elements one --input-shape may give (8 GiB of float32): the check allocates inputs of that size, and a
+#: dim past int64 cannot even be written into the model
+MAX_INPUT_ELEMENTS = 2 ** 31
+
+
 def parse_input_shapes(specs) -> dict[str, list[int]]:
     """--input-shape values ("input:1,3,224,224", or "1,3,224,224" for a model with one input; a dict
-    {name: dims} from the library) -> {name: [dims]}, the name "" standing for the only input."""
+    {name: dims} or, for one input, a list of ints from the library) -> {name: [dims]}, the name "" standing
+    for the only input."""
     from ..errors import CollapseError
 
     if isinstance(specs, dict):
         items = list(specs.items())
+    elif (isinstance(specs, (list, tuple)) and specs
+          and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in specs)):
+        items = [("", list(specs))]   # [1, 3, 224, 224]: the dims of a model's only input, as "1,3,224,224"
     elif not isinstance(specs, (str, list, tuple)):
         raise CollapseError(f"input_shapes must be {{name: [dims]}} or 'NAME:D0,D1,...' strings, got "
                             f"{type(specs).__name__}")
@@ -213,6 +222,10 @@ def parse_input_shapes(specs) -> dict[str, list[int]]:
                                 "e.g. input:1,3,224,224")
         if name in out:
             raise CollapseError(f"input shape for {name or 'the input'!r} given twice")
+        if int(np.prod([float(v) for v in values])) > MAX_INPUT_ELEMENTS:
+            raise CollapseError(f"--input-shape {name + ':' if name else ''}{','.join(map(str, values))}: "
+                                f"{np.prod([float(v) for v in values]):.3g} elements, more than "
+                                f"{MAX_INPUT_ELEMENTS:,} (the check runs inputs of this size): give a smaller size")
         out[name] = values
     return out
 
