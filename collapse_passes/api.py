@@ -98,14 +98,12 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     original, path = as_model(model)
     notes: list[str] = []
     if cfg.input_shapes is not None:
-        from .onnx.shapes import fix_input_shapes, parse_input_shapes
+        from .onnx.shapes import fix_input_shapes, input_shapes_text, parse_input_shapes
 
         # a proto read from a path here is ours to change; the caller's ModelProto is copied
         original = fix_input_shapes(original, parse_input_shapes(cfg.input_shapes), in_place=path is not None)
-        notes.append("input shapes fixed (--input-shape): " + ", ".join(
-            f"{vi.name} {'x'.join(str(d.dim_value) for d in vi.type.tensor_type.shape.dim)}"
-            for vi in original.graph.input if vi.name not in {t.name for t in original.graph.initializer})
-            + "; the model written takes these shapes only")
+        notes.append(f"input shapes fixed (--input-shape): {input_shapes_text(original)}; the model written takes "
+                     "these sizes only (a dim given by name stays dynamic)")
     eval_set = None
     if cfg.eval_data is not None:
         from .evaluation import load_eval_data

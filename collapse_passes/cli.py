@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = p.add_argument_group("verification and output")
     v.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...",
                    help="sizes for the input's dynamic dims, e.g. input:1,3,224,224 (repeat per input; D0,D1,... "
-                        "alone for a model with one input): MACs, merge planning and the check use them, and the "
-                        "model written takes these shapes only")
+                        "alone for a model with one input; a name such as N keeps that dim dynamic): MACs, merge "
+                        "planning and the check use them, and the model written takes these sizes only")
     v.add_argument("--check", type=int, default=3, metavar="N", help="random inputs for the check (default 3)")
     v.add_argument("--rtol", type=float, default=None)   # None: 1e-4 (float16 outputs: 1e-2), config.with_tolerances
     v.add_argument("--atol", type=float, default=None)   # None: 1e-5 (float16 outputs: 1e-3)

@@ -110,7 +110,9 @@ def test_single_input_shorthand_and_dict_and_the_callers_proto_is_not_changed(dy
     ("input:1,3,32", r"3 dims given, the input has rank 4"),
     ("input:1,4,32,32", r"dim 1 of the input is fixed at 3, not 4"),
     ("input:1,3,0,32", r"give positive integers"),
-    ("input:1,3,a,32", r"give positive integers"),
+    ("input:1,3,2.5,32", r"give positive integers"),
+    ("input:1,3-,32,32", r"give positive integers"),
+    ("input:1,N,32,32", r"dim 1 of the input is fixed at 3, not a dynamic size"),
 ])
 def test_bad_input_shape_is_one_line_exit_2_and_nothing_written(dyn_export, tmp_path, capsys, spec, why):
     _, path = dyn_export
@@ -334,3 +336,27 @@ def test_float64_reference_run_is_quiet_when_sigmoid_overflows():
         warnings.simplefilter("error")
         (y,), = _reference_run(model, [{"x": np.array([[1000.0, -1000.0, 0.0]], np.float32)}])
     assert y.tolist() == [[1.0, 0.0, 0.5]]
+
+
+def test_a_dim_given_by_name_stays_dynamic(dyn_export):
+    """input:N,3,32,32: height and width fixed for planning, MACs and the check; the batch stays dynamic, as
+    deployments keep it. The written model runs at several batch sizes and merges as the static one does."""
+    import onnxruntime as ort
+
+    m, path = dyn_export
+    r = cp.collapse(path, collapse=["r1"], input_shapes=["input:N,3,32,32"])
+    assert _dims(r.model.graph.input[0]) == ["N", 3, 32, 32]
+    assert _dims(r.model.graph.output[0]) == ["N", 5]
+    assert r.report["merges"] and not any("dynamic input size" in n for n in r.report["notes"])
+    assert any("input Nx3x32x32" in n for n in r.report["notes"])
+    ref = _Net()
+    ref.load_state_dict(m.state_dict())
+    ref.r1 = nn.Identity()
+    ref.eval()
+    sess = ort.InferenceSession(r.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        x = np.random.default_rng(n).standard_normal((n, 3, 32, 32)).astype(np.float32)
+        with torch.no_grad():
+            want = ref(torch.from_numpy(x)).numpy()
+        got = sess.run(None, {"input": x})[0]
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())

@@ -210,24 +210,38 @@ def parse_input_shapes(specs) -> dict[str, list[int]]:
                                     "model with one input)")
             name, _, dims = spec.rpartition(":")
             items.append((name, [d for d in dims.replace("x", ",").split(",") if d.strip()]))
-    out: dict[str, list[int]] = {}
+    out: dict[str, list] = {}
     for name, dims in items:
         try:
-            values = [int(d) if isinstance(d, (int, np.integer)) else int(str(d).strip()) for d in dims]
+            values = [_dim_value(d) for d in dims]
         except (TypeError, ValueError):
             values = []
-        if not values or any(v < 1 for v in values) or any(isinstance(d, (bool, float)) for d in dims):
+        if not values or any(v is not None and v < 1 for v in values) or any(isinstance(d, (bool, float))
+                                                                               for d in dims):
             shown = ",".join(str(d) for d in dims) if isinstance(dims, (list, tuple)) else repr(dims)
-            raise CollapseError(f"--input-shape {name + ':' if name else ''}{shown}: give positive integers, "
-                                "e.g. input:1,3,224,224")
+            raise CollapseError(f"--input-shape {name + ':' if name else ''}{shown}: give positive integers (a name "
+                                "such as N keeps a dynamic dim dynamic), e.g. input:1,3,224,224 or input:N,3,224,224")
         if name in out:
             raise CollapseError(f"input shape for {name or 'the input'!r} given twice")
-        if int(np.prod([float(v) for v in values])) > MAX_INPUT_ELEMENTS:
+        elements = np.prod([float(v) for v in values if v is not None])
+        if int(elements) > MAX_INPUT_ELEMENTS:
             raise CollapseError(f"--input-shape {name + ':' if name else ''}{','.join(map(str, values))}: "
-                                f"{np.prod([float(v) for v in values]):.3g} elements, more than "
+                                f"{elements:.3g} elements, more than "
                                 f"{MAX_INPUT_ELEMENTS:,} (the check runs inputs of this size): give a smaller size")
         out[name] = values
     return out
+
+
+def _dim_value(d) -> int | None:
+    """A size, or None for a name (N, batch, ?): that dim stays dynamic."""
+    if d is None:
+        return None
+    if isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+        return int(d)
+    text = str(d).strip()
+    if text == "?" or text.isidentifier():
+        return None
+    return int(text)
 
 
 def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], in_place: bool = False) -> onnx.ModelProto:
@@ -254,14 +268,18 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], in_pl
                                 f"({_fmt_dims(model, name)})")
         for axis, (d, h) in enumerate(zip(dims, have)):
             if h is not None and h != d:
-                raise CollapseError(f"--input-shape {name}: dim {axis} of the input is fixed at {h}, not {d} "
-                                    f"({_fmt_dims(model, name)})")
+                raise CollapseError(f"--input-shape {name}: dim {axis} of the input is fixed at {h}, not "
+                                    f"{'a dynamic size' if d is None else d} ({_fmt_dims(model, name)})")
     if not in_place:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         model = copy
+    kept = set()   # the names of the dims left dynamic
     for vi in model.graph.input:
         for d, v in zip(vi.type.tensor_type.shape.dim, shapes.get(vi.name, ())):
+            if v is None:
+                kept.add(d.dim_param)
+                continue
             d.Clear()
             d.dim_value = int(v)
     del model.graph.value_info[:]   # the old intermediate shapes name the dynamic dims
@@ -269,9 +287,16 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], in_pl
     for vi in model.graph.output:
         new = types.get(vi.name)
         dims = new.type.tensor_type.shape.dim if new is not None and new.type.HasField("tensor_type") else ()
-        if dims and all(d.HasField("dim_value") for d in dims):
+        if dims and all(d.HasField("dim_value") or (d.dim_param and d.dim_param in kept) for d in dims):
             vi.type.tensor_type.shape.CopyFrom(new.type.tensor_type.shape)
     return model
+
+
+def input_shapes_text(model: onnx.ModelProto) -> str:
+    """"input 1x3x224x224, mask Nx49" for the model's inputs (dynamic dims by name)."""
+    from ..calib import model_inputs
+
+    return ", ".join(f"{name} {_fmt_dims(model, name)}" for name, _, _ in model_inputs(model))
 
 
 def _fmt_dims(model: onnx.ModelProto, name: str) -> str:
