@@ -46,17 +46,7 @@ class _Small(nn.Module):
         return self.head(self.act(self.b2(self.c2(self.act(self.b1(self.c1(x)))))))
 
 
-class _Shared(nn.Module):
-    """One nn.ReLU object registered in two blocks."""
-
-    def __init__(self):
-        super().__init__()
-        act = nn.ReLU()
-        self.b1 = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), act, nn.Conv2d(8, 8, 1))
-        self.b2 = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), act, nn.Conv2d(8, 4, 1))
-
-    def forward(self, x):
-        return self.b2(self.b1(x))
+from tests.test_shared_module_keys import Shared as _Shared  # noqa: E402  one nn.ReLU in two blocks
 
 
 class _ShapeBranch(nn.Module):
