@@ -21,8 +21,8 @@ from ..core.selection import KeyIndex, assign_scores, choose, read_scores
 from ..errors import CollapseError, VerificationError
 from ..report import activation_row, build_report
 from .call_path import CallPathTracer
-from .graph import (PARTIAL_GRAPH, copy_sharing_weights, count_ops, count_params, find_activations, is_collapsible,
-                    key_index, linear_op, propagate_shapes, shape_of, training_batchnorms)
+from .graph import (PARTIAL_GRAPH, SharedWeightWrites, copy_sharing_weights, count_ops, count_params, find_activations,
+                    is_collapsible, key_index, linear_op, propagate_shapes, shape_of, training_batchnorms)
 from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, LinearizeActivations, MergeLinearChains,
                      RemoveResidualBlocks)
 
@@ -558,6 +558,18 @@ def _check_trace(model, got: list, example_inputs, cfg: CollapseConfig) -> None:
                             "pass torch.export.export(model, example_inputs) instead")
 
 
+def _refuse_shared_writes(shared, module, where: str) -> None:
+    """Raise VerificationError when a pass wrote one of the user's weights in place (SharedWeightWrites): the
+    gate's reference reads the same tensor, so the comparison could not fail; the user's model was changed."""
+    names = {id(t): n for n, t in [*module.named_parameters(remove_duplicate=False),
+                                   *module.named_buffers(remove_duplicate=False)]}
+    written = shared.changed(names)
+    if written:
+        raise VerificationError(f"{where}: a pass wrote the model's weight(s) {', '.join(written[:3])}"
+                                f"{' ...' if len(written) > 3 else ''} in place (a bug in collapse_passes: the "
+                                "result cannot be verified, and the model given was changed); please report it")
+
+
 def verify_torch(original, requested, result, feeds, rtol: float, atol: float, desc: str,
                  outputs: CheckOutputs | None = None):
     """outputs: the runs already made on these feeds (CheckOutputs), reused; the float64 second look runs
@@ -713,6 +725,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     # a negative constant channel on). Exact removal keeps the semantics (the gate checks it against the
     # unpruned reference); a ratio prune is an approximation: the collapse is verified against the pruned
     # model and the prune's own error is reported
+    shared = SharedWeightWrites.of(gm)   # the user's tensors: no pass may write one in place (the gate reads them too)
     RemoveResidualBlocks(blocks_removed, record)(gm)
     LinearizeActivations(names, record)(gm)
     # the requested semantics (the gate's reference) are the input with these two passes alone: gm now. The
@@ -728,6 +741,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     any_size = dyn_shapes is not None and any(i > 0 for d in dyn_shapes for i in d)
     result = run_passes(copy_sharing_weights(gm) if gm is requested or gm is reference else gm, [], cfg, record,
                         any_size=any_size)
+    _refuse_shared_writes(shared, reference, "collapse")
     outputs.keep(result, 0, propagate_shapes(result, example_inputs))   # shapes for the report, and a check run
     after = graph_stats(result)
 
@@ -875,8 +889,11 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
 
         real = not any(isinstance(t, FakeTensor) for t in example_inputs)
         requested = requested_semantics(gm, names) if verify and real else None
+        shared = SharedWeightWrites.of(requested) if requested is not None else None   # the model's own tensors
         record = FxRecord()
         out = run_passes(gm, names, cfg, record, any_size=any_size)
+        if shared is not None:
+            _refuse_shared_writes(shared, requested, "torch_backend")
         if any_size:
             notes.append("dynamic spatial size: only merges exact at every input size were planned")
         check = None
