@@ -119,7 +119,9 @@ def test_torchvision_init_refuses_an_unknown_linear_rule():
 def test_collapse_matches_own_torch_reference(exported, name, dynamo):
     p, m = exported(name, dynamo)
     keys = [d["key"] for d in cp.list_keys(p)]
-    chosen = keys[::3]
+    # every third key from the third: EfficientNet-B0 with keys[::3] collapsed has logits ~4e5 and is so
+    # ill-conditioned that float32 programs differ by 2e-3 among themselves (torch with 1 or 2 threads, onnxruntime)
+    chosen = keys[2::3]
     r = cp.collapse(p, collapse=chosen)
     assert r.passed and sorted(a["key"] for a in r.report["activations"] if a["collapsed"]) == sorted(chosen)
     x = np.random.default_rng(2).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)

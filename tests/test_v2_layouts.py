@@ -111,16 +111,20 @@ def _matches_requested(got, m, keys, x, rtol=F32_RTOL):
     every sample where float32 can compute it at all: where torch's own float32 forward is within rtol of
     float64. Collapsed SE gates (sigmoid of a linearized, 1e4-scale pre-activation) make some inputs
     chaotic: there torch float32 itself is 100% off, and no float32 program is right or wrong. At least one
-    sample must be stable."""
+    sample must be stable. On a stable sample another float32 program (onnxruntime, other summation orders)
+    may be several times further off than torch's forward, which measures how ill-conditioned the sample is:
+    it must be within max(rtol, 10x torch's own float32 error) (dynamo export, every other key: torch 3.9e-4,
+    onnxruntime 2.1e-3 on the unmerged and the merged model alike; a wrong merge is off by O(1))."""
     import torch
 
     req = _requested(m, keys)
     y32 = _torch_out(req, x)
     with torch.no_grad():
         y64 = copy.deepcopy(req).double()(torch.from_numpy(x).double()).numpy()
-    stable = [i for i in range(len(x)) if _close(y32[i], y64[i], rtol / 2)]
+    err32 = [np.abs(y32[i] - y64[i]).max() / max(1.0, np.abs(y64[i]).max()) for i in range(len(x))]
+    stable = [i for i in range(len(x)) if err32[i] <= rtol / 2]
     assert stable, "no input on which float32 computes the requested semantics"
-    return all(_close(np.asarray(got[i], np.float64), y64[i], rtol) for i in stable)
+    return all(_close(np.asarray(got[i], np.float64), y64[i], max(rtol, 10 * err32[i])) for i in stable)
 
 
 def _ops(model, op):
