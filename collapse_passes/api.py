@@ -196,7 +196,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             raise CollapseError("--check must be at least 1: every result is verified")
         feeds = random_inputs(original, cfg.check, cfg.seed)
         desc = f"{cfg.check} random input(s), seed {cfg.seed}"
-        if any(not isinstance(d, int) for _, dims, _ in _model_inputs(original) for d in dims[1:]):
+        if dynamic:
             # a dynamic height/width runs as 1: say so, a model that needs real sizes (Swin) then names it
             desc += (", dynamic dims after the first run as 1 (--calib data checks real sizes, --input-shape "
                      "fixes them)")
