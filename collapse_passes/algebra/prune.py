@@ -4,7 +4,7 @@ A channel whose value is a constant c (per position it does not vary with the in
 from every op that reads it if its contribution is added to that op's bias. For a linear layer that is
 W[:, i] * c. For a conv it is the conv of a constant map, which differs near the border when the conv
 zero-pads (the padding reads 0, not c): then the contribution is a per-position map, computed with the
-same `conv_nd` rule the merge uses for its `bias_map` (exact, needs the input spatial size).
+same `constant_through_conv` rule the merge uses for its `bias_map` (exact, needs the input spatial size).
 
 Pure numpy; conventions as in conv.py / linear.py (conv weight (O, I/group, *k), linear weight (out, in)).
 """
@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ._common import AlgebraError, f64, out_dtype
-from .conv import ConvParams, conv_nd
+from .conv import ConvParams, constant_through_conv
 from .linear import LinearParams
 
 __all__ = [
@@ -117,8 +117,7 @@ def fold_constant_inputs_conv(p: ConvParams, idx, values, input_spatial=None):
     if input_spatial is None:
         raise AlgebraError("a constant channel read through zero padding needs the input spatial size "
                            "(its contribution differs on the border)")
-    x = np.broadcast_to(const.reshape((1, -1) + (1,) * p.ndim), (1, p.in_channels) + tuple(input_spatial))
-    bias_map = conv_nd(x, p.replace(weight=f64(p.weight), bias=None if p.bias is None else f64(p.bias)))[0]
+    bias_map = constant_through_conv(const, p, input_spatial)
     flat = bias_map.reshape(bias_map.shape[0], -1)
     if np.all(flat == flat[:, :1]):  # no border effect after all (e.g. the border reads are all-zero taps)
         return p.replace(bias=flat[:, 0].astype(dtype)), None
