@@ -184,6 +184,14 @@ def check_selection(cfg) -> None:
     if getattr(cfg, "remove_blocks", None) is not None and str(cfg.method or "").strip().lower() != "lacoot":
         raise CollapseError("remove_blocks (--remove-blocks) needs method='lacoot' (--method lacoot): the blocks "
                             "are chosen by their LaCoOT score")
+    chooses_by_score = [f for f, v in (("threshold", cfg.threshold), ("remove", cfg.remove),
+                                       ("target_speedup", getattr(cfg, "target_speedup", None))) if v is not None]
+    if str(cfg.method or "").strip().lower() == "lacoot" and cfg.scores is None and chooses_by_score:
+        # LaCoOT scores blocks only: a threshold meant for them would otherwise select no activation, exit 0
+        raise CollapseError(f"method='lacoot' (--method lacoot) scores residual blocks, not activations, so "
+                            f"{chooses_by_score[0]} (--{chooses_by_score[0].replace('_', '-')}) would select nothing; "
+                            "use remove_blocks=T (--remove-blocks T) to replace the blocks scoring <= T by their "
+                            "skip, or give activation scores (--scores)")
     if cfg.remove is not None and (isinstance(cfg.remove, (bool, np.bool_)) or not isinstance(cfg.remove, numbers.Integral)
                                    or cfg.remove < 0):
         raise CollapseError(f"remove must be an integer >= 0, got {cfg.remove!r}")

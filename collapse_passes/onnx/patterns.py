@@ -84,6 +84,22 @@ def _clip_bounds(node) -> tuple[float | None, float | None, bool]:
     return lo, hi, ok
 
 
+def _max_scalar(node) -> tuple[float, object] | None:
+    """(c, x) of Max(x, c) with one float tensor x and a float scalar constant c, else None: torch.export
+    writes x.clamp(min=c) / clamp_min as this Max, where the TorchScript exporter writes Clip(x, c) (the
+    same activation, and the same key, on both exporters). Integer Max (shape arithmetic) is no activation."""
+    if len(node.inputs) != 2 or len(node.outputs) != 1:
+        return None
+    consts = [const_value(t) for t in node.inputs]
+    if sum(c is None for c in consts) != 1:
+        return None
+    c = next(c for c in consts if c is not None)
+    if c.size != 1 or c.ndim > 1 or c.dtype.kind != "f":
+        return None   # a scalar: the output has x's shape, so the identity replaces it exactly
+    x = node.inputs[0] if consts[0] is None else node.inputs[1]
+    return float(c.reshape(())), x
+
+
 def _single_op(node) -> Activation | None:
     if not node.inputs or not node.outputs:
         return None
@@ -96,6 +112,14 @@ def _single_op(node) -> Activation | None:
         scale, shift = catalogue.linear_regime(kind, params)
         return Activation(node.name, kind, [node], x, y, linear_scale=scale, linear_shift=shift,
                           params=dict(params or {}))
+    if op == "Max" and (node.domain or "") in ("", "ai.onnx"):
+        lo_x = _max_scalar(node)
+        if lo_x is None:
+            return None
+        lo, x = lo_x
+        if catalogue.is_eps_guard(lo, None):
+            return None   # clamp_min(eps) before a division, as the Clip form below
+        return act("clip", params={"min": lo})
     if (node.domain or "") not in ("", "ai.onnx", "com.microsoft"):
         return None
     if op == "Relu":

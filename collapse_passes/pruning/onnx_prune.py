@@ -202,10 +202,11 @@ def ratio_prune(model: onnx.ModelProto, ratio: float, *, scope: str = "global", 
     importance: "l1" / "l2" (norms of each unit's filters) or "scores" with channel_scores {tensor or
     node name: per-channel scores, higher = more important} (TLC/EASIER p_on, or the user's).
     """
-    from ..onnx.graph import to_graph, to_model
+    from ..onnx.graph import to_model
+    from ..onnx.passes.fold_static_shapes import folded_graph
 
     check_ratio(ratio, round_to)
-    graph = to_graph(model)
+    graph = folded_graph(model)   # the shapes the pipeline sees: its first pass folds the same arithmetic
     cg = build_channel_graph(graph)
     if importance in ("l1", "l2"):
         imp = cg.filter_importance(1 if importance == "l1" else 2)

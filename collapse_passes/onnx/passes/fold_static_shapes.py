@@ -173,3 +173,16 @@ class FoldStaticShapes:
         n0 = len(graph.nodes)
         toposort(graph.cleanup(remove_unused_graph_inputs=False))
         return PassResult(True, [f"folded {done} run-time shape value(s), {n0 - len(graph.nodes)} node(s) removed"])
+
+
+def folded_graph(model) -> gs.Graph:
+    """`model` as a graph with its run-time shape arithmetic folded, for an analysis outside the pass
+    pipeline that needs the shapes ONNX inference stops at: ratio pruning of a TorchScript export, whose
+    torch.chunk is a Slice ending at Shape -> Gather -> Div, would otherwise freeze every channel group
+    behind it (and prune other channels than on the torch.export-based export of the same model)."""
+    from ..context import OnnxContext
+    from ..graph import to_graph
+
+    ctx = OnnxContext(graph=to_graph(model), source=model)
+    FoldStaticShapes()(ctx)
+    return ctx.graph
