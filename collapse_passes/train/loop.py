@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import CollapseError
 from .regularizers import FOLD_ALPHA, LacootTerm, clamp_slopes, prelu_modules, prelu_penalty, prelu_score, remove_blocks, to_prelu
-from .sites import OriginalKeys, find_sites, linearize, relocate_padding
+from .sites import OriginalKeys, find_sites, functional_sites, linearize, relocate_padding
 
 METHODS = ("easier", "tlc", "prelu")
 
@@ -34,6 +34,7 @@ class CollapseRun:
     removed_blocks: list[str] = field(default_factory=list)
     predicted_speedup: float | None = None
     stopped: str = ""
+    notes: list[str] = field(default_factory=list)   # e.g. activations the loop cannot collapse (function calls)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -42,8 +43,18 @@ def _as_pairs(data, name: str, reread: bool = True):
     """A DataLoader / iterable of (x, y) or an (inputs, labels) tensor pair -> a re-iterable of batches."""
     if data is None:
         return None
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, np.ndarray) for t in data):
-        data = tuple(torch.from_numpy(t) for t in data)   # numpy (inputs, labels): same as tensors
+    if isinstance(data, dict):   # iterating it would give its keys (strings) as "batches"
+        raise CollapseError(f"{name}: a dict (keys {list(data)[:4]}); give an (inputs, labels) pair such as "
+                            "(d['x'], d['y']), or a DataLoader of (inputs, labels) batches")
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (torch.Tensor, np.ndarray)) \
+            and isinstance(data[1], (torch.Tensor, np.ndarray, list)):
+        # numpy, or tensor inputs with numpy / list labels: same as tensors (a batch is never a bare array, so
+        # this is no list of two batches)
+        try:
+            data = tuple(t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in data)
+        except (TypeError, ValueError, RuntimeError) as e:   # labels of strings, ragged lists, object arrays
+            raise CollapseError(f"{name}: the (inputs, labels) pair does not convert to tensors ({e}); give numeric "
+                                "tensors or arrays") from None
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
         if len(x) != len(y):
@@ -128,6 +139,17 @@ def default_fine_tune(train_batches, steps: int, lr: float = 1e-3, loss_fn=None,
                 if default_loss:
                     y = _check_class_labels(y, out, "train_data")
                 loss = loss_fn(out, y)
+                if isinstance(loss, torch.Tensor) and not loss.requires_grad and \
+                        not any(p.requires_grad for p in model.parameters()):
+                    raise CollapseError("fine-tuning: no parameter of the model requires grad (frozen model); "
+                                        "unfreeze the layers to fine-tune, or pass fine_tune= / steps_per_round=0")
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+                    # backward() would fail deep inside torch ("grad can be implicitly created only for scalar
+                    # outputs", "does not require grad")
+                    what = (type(loss).__name__ if not isinstance(loss, torch.Tensor) else
+                            f"a tensor of shape {tuple(loss.shape)}" if loss.numel() != 1 else "a tensor without grad")
+                    raise CollapseError(f"loss_fn must return a scalar loss tensor that depends on the model output, got "
+                                        f"{what}; reduce it (.mean()) or leave loss_fn=None for cross entropy")
                 if prelu_lambda > 0:
                     loss = loss + prelu_lambda * prelu_penalty(model)
                 if ctx:
@@ -169,11 +191,14 @@ class SpeedupPredictor:
     graph op by op with the same cost model (speedup.graph_cost). Cached per set of collapsed keys.
     The first model priced is the baseline (the loop prices the original model first)."""
 
-    def __init__(self, example_input: torch.Tensor, cost_model=None):
+    def __init__(self, example_input: torch.Tensor, cost_model=None, required: bool = True):
         self.x = example_input[:1].detach()
         self.cm = make_cost_model(cost_model)
         self.cache: dict[frozenset, float] = {}
         self.base: float | None = None
+        # required=False (predict=True only, no target_speedup / prefer_speedup): a model the ONNX exporter
+        # or the merge cannot take turns the predictions off (speedup() -> None, `failed` says why)
+        self.required, self.failed = required, None
 
     def merged(self, model: nn.Module):
         """The model exported and merged by the exact ONNX passes under self.cm (not verified: a
@@ -187,12 +212,18 @@ class SpeedupPredictor:
 
         buf = io.BytesIO()
         m = copy.deepcopy(model).eval()
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(m, (self.x,), buf, opset_version=17, dynamo=False, input_names=["input"],
-                              output_names=["logits"])
-        out, _, _ = run_passes(onnx.load_from_string(buf.getvalue()), set(), merge=True, cost_model=self.cm,
-                               input_shapes={"input": list(self.x.shape)})
+        try:   # stderr too: the TorchScript exporter prints its whole IR graph before raising
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(m, (self.x,), buf, opset_version=17, dynamo=False, input_names=["input"],
+                                  output_names=["logits"])
+            out, _, _ = run_passes(onnx.load_from_string(buf.getvalue()), set(), merge=True, cost_model=self.cm,
+                                   input_shapes={"input": list(self.x.shape)})
+        except Exception as e:  # noqa: BLE001 - any export / merge failure of the user's model
+            raise CollapseError(f"the speed-up prediction exports the model to ONNX and merges it, and that failed "
+                                f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); run without "
+                                "target_speedup / prefer_speedup (predict=False turns the prediction off)") from e
         return out
 
     def cost(self, model: nn.Module, keys=()) -> float:
@@ -205,8 +236,16 @@ class SpeedupPredictor:
                 self.base = self.cache[k]
         return self.cache[k]
 
-    def speedup(self, model: nn.Module, keys=()) -> float:
-        c = self.cost(model, keys)
+    def speedup(self, model: nn.Module, keys=()) -> float | None:
+        if self.failed:
+            return None
+        try:
+            c = self.cost(model, keys)
+        except CollapseError as e:
+            if self.required:
+                raise
+            self.failed = str(e)
+            return None
         return self.base / c
 
 
@@ -338,16 +377,31 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         raise CollapseError("the model is in training mode; call model.eval() first (scores and the baseline "
                             "accuracy are taken in eval mode)")
     (max_accuracy_drop, steps_per_round, pretrain_steps, lr, max_rounds, patience, score_batches, prelu_lambda,
-     fold_alpha, lacoot_lambda, target_speedup, min_gain) = _check_numbers(
+     fold_alpha, lacoot_lambda, target_speedup, min_gain, remove_blocks_below) = _check_numbers(
         max_accuracy_drop=max_accuracy_drop, steps_per_round=steps_per_round, pretrain_steps=pretrain_steps, lr=lr,
         max_rounds=max_rounds, patience=patience, score_batches=score_batches, prelu_lambda=prelu_lambda,
-        fold_alpha=fold_alpha, lacoot_lambda=lacoot_lambda, target_speedup=target_speedup, min_gain=min_gain)
+        fold_alpha=fold_alpha, lacoot_lambda=lacoot_lambda, target_speedup=target_speedup, min_gain=min_gain,
+        remove_blocks_below=remove_blocks_below)
+    if isinstance(blocks, (str, bytes)) or (blocks is not None and not hasattr(blocks, "__iter__")):
+        # a str would be iterated letter by letter ("no submodule 'l'")
+        raise CollapseError(f"blocks must be a list of module paths, got {type(blocks).__name__} {blocks!r}; "
+                            f"write blocks=[{blocks!r}]")
     say = log or (lambda *_: None)
     train_b = _as_pairs(train_data, "train_data", reread=fine_tune is None)
     val_b = _as_pairs(val_data, "val_data", reread=evaluate is None)
     model = copy.deepcopy(model).eval()
     for data, what in ((train_b, "train_data"), (val_b if evaluate is None else None, "val_data")):
         _probe(model, data, what, class_labels=what == "val_data" or (fine_tune is None and loss_fn is None))
+    notes: list[str] = []
+    fn_sites = functional_sites(model)
+    if fn_sites:
+        shown = ", ".join(fn_sites[:6]) + (", ..." if len(fn_sites) > 6 else "")
+        if not find_sites(model):   # nothing the loop can collapse: one line, not an unchanged model and "no candidate"
+            raise CollapseError(f"the model's collapsible activations are function calls ({shown}: F.relu(x) and the "
+                                "like in forward), and the loop swaps activation modules; use nn.ReLU-style modules, or "
+                                "export the model and run collapse_passes on the ONNX file (--method easier)")
+        notes.append(f"{len(fn_sites)} activation(s) are function calls, not modules, and were not considered: {shown}")
+        say(notes[-1])
     if blocks is not None:
         missing = [p for p in blocks if not _has_submodule(model, p)]
         if missing:
@@ -371,9 +425,12 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
             raise CollapseError("give train_data (or a fine_tune callable)")
         fine_tune = default_fine_tune(train_b, steps_per_round, lr, loss_fn, optimizer,
                                       prelu_lambda if name == "prelu" else 0.0, lacoot, lacoot_lambda)
+    start_acc = base_acc   # the accuracy of `model` as the rounds start (what the result reports if none is kept)
     if name == "prelu":
         if not prelu_modules(model) and not to_prelu(model):
             raise CollapseError("method prelu needs ReLU / ReLU6 / LeakyReLU / PReLU modules; the model has none")
+        if not pretrain_steps:   # ReLU -> PReLU(0.01) changed the function: measure it
+            start_acc = float(evaluate(model))
     if (name == "prelu" or lacoot_lambda > 0) and pretrain_steps:
         # the regularised phase runs the default trainer with the term when there is training data; a user
         # trainer without data is called instead (it adds prelu_penalty / LacootTerm itself)
@@ -381,10 +438,11 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
             train_b, pretrain_steps, lr, loss_fn, optimizer, prelu_lambda if name == "prelu" else 0.0, lacoot,
             lacoot_lambda)
         model = ft(model).eval()   # a user trainer may leave train mode (BatchNorm batch statistics)
-        say(f"regularised training ({pretrain_steps} steps): accuracy {evaluate(model):.4f}")
+        start_acc = float(evaluate(model))
+        say(f"regularised training ({pretrain_steps} steps): accuracy {start_acc:.4f}")
     predictor = None
     if (predict or target_speedup or prefer_speedup) and first is not None:
-        predictor = SpeedupPredictor(first[0], cost_model)
+        predictor = SpeedupPredictor(first[0], cost_model, required=bool(target_speedup or prefer_speedup))
     cm = predictor.cm if predictor is not None else make_cost_model(cost_model)
     example = first[0] if first is not None else None
     if prefer_speedup and predictor is None:
@@ -399,9 +457,11 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     no_gain: dict[tuple, frozenset] = {}   # candidate -> collapsed sites of its parents when it bought nothing
     failures = 0
     cur_speed = predictor.speedup(model, ()) if predictor else None
-    acc = base_acc
+    acc = start_acc
     stopped = "no candidate left"
     origin = OriginalKeys(find_sites(model))
+    if not origin.calls:
+        stopped = "the model has no collapsible activation module"
     gate = target_speedup is not None or prefer_speedup
 
     def parent(k: str) -> str:
@@ -411,7 +471,18 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         ps = {parent(k) for k in cand}
         return frozenset(k for k in collapsed if parent(k) in ps)
 
+    spent = base_acc - start_acc > max_accuracy_drop + 1e-9
+    if spent:
+        # every round is measured against the input's accuracy: none could pass, and the result would carry
+        # a drop beyond the tolerance without saying so
+        stopped = "accuracy tolerance (before any round)"
+        notes.append(f"the {'regularised training' if pretrain_steps else 'ReLU -> PReLU swap'} already dropped the "
+                     f"accuracy from {base_acc:.4f} to {start_acc:.4f}, more than max_accuracy_drop; no round was "
+                     "tried (lower prelu_lambda / lacoot_lambda / lr, or give more pretrain_steps)")
+        say(notes[-1])
     for rnd in itertools.count():
+        if spent:
+            break
         if max_rounds is not None and rnd >= max_rounds:
             stopped = "max_rounds"
             break
@@ -488,6 +559,11 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     if remove_blocks_below is not None and lacoot is not None and batches:
         lacoot.model = model
         bs = lacoot.block_scores(batches)
+        unscored = [p for p in lacoot.blocks if p not in bs]
+        if unscored:   # its forward hook never saw an output of its input's shape: no skip can replace it
+            notes.append(f"remove_blocks_below: block(s) {', '.join(unscored[:6])} not scored (not run, or the output "
+                         "shape differs from the input's: no identity skip can replace them)")
+            say(notes[-1])
         drop = [p for p, v in sorted(bs.items(), key=lambda kv: kv[1]) if v <= remove_blocks_below]
         if drop:
             trial = remove_blocks(copy.deepcopy(model), drop).eval()
@@ -500,9 +576,11 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
                 model, acc, removed = trial, a, drop
                 # sites inside a removed block are gone with it
                 collapsed = [k for k in collapsed if not any(k == p or k.startswith(p + ".") for p in drop)]
-    return CollapseRun(model, collapsed, history, base_acc, acc, removed,
-                       predictor.speedup(model, tuple(collapsed) + ("blocks",) + tuple(removed)) if predictor else None,
-                       stopped)
+    final_speed = predictor.speedup(model, tuple(collapsed) + ("blocks",) + tuple(removed)) if predictor else None
+    if predictor is not None and predictor.failed:
+        notes.append("no predicted speed-ups: " + predictor.failed.replace(
+            "; run without target_speedup / prefer_speedup (predict=False turns the prediction off)", ""))
+    return CollapseRun(model, collapsed, history, base_acc, acc, removed, final_speed, stopped, notes)
 
 
 def _check_numbers(**kw) -> list:
@@ -525,10 +603,11 @@ def _check_numbers(**kw) -> list:
         "fold_alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
         "target_speedup": (lambda v: 0 < v < math.inf, "a finite number > 0 (or None)"),
         "min_gain": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+        "remove_blocks_below": (lambda v: 0 <= v < math.inf, "a finite number >= 0 (or None)"),
     }
     out = []
     for name, v in kw.items():
-        if v is None and name in ("max_rounds", "target_speedup"):
+        if v is None and name in ("max_rounds", "target_speedup", "remove_blocks_below"):
             out.append(v)
             continue
         ok, what = rules[name]
@@ -565,7 +644,10 @@ def _probe(model: nn.Module, batches, what: str, class_labels: bool) -> None:
     if first is None:
         return   # reported where the data is used ("yields no batches / samples")
     if not (isinstance(first, (tuple, list)) and len(first) == 2):
-        raise CollapseError(f"{what}: each batch must be an (inputs, labels) pair, got {type(first).__name__}")
+        got = (f"a dict with keys {list(first)[:4]}" if isinstance(first, dict) else
+               f"a {type(first).__name__} of {len(first)}" if isinstance(first, (tuple, list)) else type(first).__name__)
+        raise CollapseError(f"{what}: each batch must be an (inputs, labels) pair, got {got}; give a DataLoader whose "
+                            "collate_fn returns (inputs, labels), or pass fine_tune= / evaluate= that read your batches")
     x, y = first
     try:
         out = model.eval()(x)

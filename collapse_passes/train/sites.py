@@ -6,8 +6,9 @@
                                                    the chain's first conv (so the later merge is exact)
 
 A site of a module called once is collapsed by swapping the module (the model keeps its class);
-one site of a module called several times (torchvision's BasicBlock.relu) needs a graph edit, so
-the model is traced with torch.fx and a GraphModule is returned. Kept small on purpose: the torch.fx
+one site of a module called several times (torchvision's BasicBlock.relu) needs a graph edit: the
+module issuing the calls is traced with torch.fx and put back as a GraphModule (the whole model only
+when no single submodule issues them all). Kept small on purpose: the torch.fx
 front end (collapse_passes/fx) is where this lands for good.
 """
 from __future__ import annotations
@@ -94,6 +95,20 @@ def find_sites(model: nn.Module) -> list[Site]:
     return out
 
 
+def functional_sites(model: nn.Module) -> list[str]:
+    """Keys of the collapsible activations the loop cannot swap: function calls (F.relu(x), x.relu(),
+    x * torch.sigmoid(x)) rather than modules. The ONNX and torch.fx front ends collapse them; the loop
+    only swaps modules, so it must say that these stay."""
+    gm = _trace(model)
+    if isinstance(gm, Exception):
+        return []
+    from ..fx.graph import find_activations
+
+    from ..core.selection import display_key
+
+    return [display_key(a) for a in find_activations(gm) if a.node.op != "call_module"]
+
+
 class OriginalKeys:
     """Sites named by their key in the model the loop started from. Once one call of a shared module is
     collapsed, the model's own keys renumber (`layer4.1.relu:1` becomes `layer4.1.relu`, which names both
@@ -160,28 +175,64 @@ def linearize(model: nn.Module, keys) -> nn.Module:
         if s.path in whole:
             _set_module(model, s.path, _regime(s), keep={t.path for t in sites})
     partial = [s for s in chosen if s.path not in whole]
+    by_parent: dict[str, list] = {}
+    for s in partial:
+        by_parent.setdefault(s.path.rpartition(".")[0], []).append(s)
+    partial = [s for parent, group in by_parent.items() if not _linearize_in_parent(model, parent, group)
+               for s in group]
     if not partial:
         return model
     gm = _trace(model)
     if isinstance(gm, Exception):
         raise CollapseError(f"collapsing one call site of a shared module ({partial[0].key}) needs torch.fx, and the "
                             f"model does not trace ({str(gm).splitlines()[0][:120]}); collapse the bare path instead")
-    want = {(s.path, s.call): s for s in partial}
+    _edit_calls(gm, {(s.path, s.call): s for s in partial})
+    return gm
+
+
+def _edit_calls(gm: torch.fx.GraphModule, want: dict, prefix: str = "") -> None:
+    """Point the call_module nodes of `want` {(path, call index): Site} at LinearRegime modules (targets in
+    gm are relative to `prefix`)."""
     seen: dict[str, int] = {}
     for n in list(gm.graph.nodes):
         if n.op != "call_module":
             continue
         i = seen.get(n.target, 0)
         seen[n.target] = i + 1
-        s = want.get((n.target, i))
+        s = want.get((prefix + n.target, i))
         if s is None:
             continue
-        name = "collapsed_" + s.key.replace(".", "_").replace(":", "_")
+        base = "collapsed_" + (s.key.rpartition(".")[2] if prefix else s.key).replace(".", "_").replace(":", "_")
+        name, k = base, 1
+        while hasattr(gm, name):   # keys renumber after a collapse: relu:1 can come twice
+            name, k = f"{base}_{k}", k + 1
         gm.add_submodule(name, _regime(s))
         n.target = name
     gm.graph.lint()
     gm.recompile()
-    return gm
+
+
+def _linearize_in_parent(model: nn.Module, parent: str, sites: list) -> bool:
+    """Collapse call sites of a shared module by re-tracing only the module that issues its calls
+    (BasicBlock for BasicBlock.relu) and putting that GraphModule at its path, so the model keeps its
+    class and every other submodule (forward hooks on blocks, the LaCoOT term, remove_blocks). Done only
+    when that module issues every call of the shared module (its local call count equals the model's,
+    so it runs once and the call indices agree); False otherwise (the caller traces the whole model)."""
+    if not parent:
+        return False
+    try:
+        owner = model.get_submodule(parent)
+    except AttributeError:
+        return False
+    gm = _trace(owner)
+    if isinstance(gm, Exception):
+        return False
+    rel = {s.path: s.path[len(parent) + 1:] for s in sites}
+    if any(_calls(gm, rel[s.path]) != s.calls for s in sites):
+        return False
+    _edit_calls(gm, {(s.path, s.call): s for s in sites}, prefix=parent + ".")
+    _set_module(model, parent, gm)
+    return True
 
 
 # ------------------------------------------------------------------------------------ padding
