@@ -313,7 +313,8 @@ def test_cli_hook_with_tuning_dir_reports_tuned_latency(tuned, cnn, tmp_path):
     assert report["tuning"]["tasks_tuned"] == 0 or tuned["report"].note
     assert report["latency_ms"]["collapsed"]["tvm_tuned"] > 0
     assert report["verification"]["collapsed_tvm_tuned_vs_onnxruntime"]["ok"]
-    assert report["export"]["library_is_tuned"]
+    # the tuned library, unless it measured slower than the untuned one (then a note says it shipped that)
+    assert report["export"]["library_is_tuned"] or any("exported the untuned library" in n for n in report["notes"])
     files = sorted(os.listdir(tmp_path / "out" / "tuning"))
     assert "database_tuning_record.json" in files and "database_workload.json" in files
 

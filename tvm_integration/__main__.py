@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import numpy as np
@@ -22,6 +23,21 @@ def random_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:
     from collapse_passes.core.runtime import random_inputs as feeds
 
     return feeds(model, 1, seed)[0]
+
+
+def _input_mismatch(a, b) -> str | None:
+    """Why models `a` and `b` cannot take the same inputs (names, element types, static sizes), or None."""
+    from collapse_passes.calib import model_inputs
+
+    ia, ib = ({n: (d, t) for n, d, t in model_inputs(m)} for m in (a, b))
+    if set(ia) != set(ib):
+        return f"take different inputs ({sorted(ia)} vs {sorted(ib)})"
+    for name, (da, ta) in ia.items():
+        db, tb = ib[name]
+        if ta != tb or len(da) != len(db) or any(x is not None and y is not None and x != y for x, y in zip(da, db)):
+            fmt = lambda d: "x".join("?" if x is None else str(x) for x in d)  # noqa: E731
+            return (f"take input {name!r} as {fmt(da)} {np.dtype(ta).name} vs {fmt(db)} {np.dtype(tb).name}")
+    return None
 
 
 def _check_outputs(args) -> None:
@@ -43,7 +59,7 @@ def _check_outputs(args) -> None:
     plan.check()
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tvm_integration", description=__doc__.splitlines()[0])
     p.add_argument("model", help="ONNX model (the input model)")
     p.add_argument("--collapsed", default=None, help="collapsed ONNX model (default: MODEL itself)")
@@ -52,10 +68,17 @@ def main(argv=None) -> int:
     p.add_argument("--verbose", action="store_true", help="show MetaSchedule progress tables")
     p.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...",
                    help="sizes for dynamic input dims (else they run as 1), e.g. input:1,3,224,224")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="relative tolerance of the TVM-vs-onnxruntime check (default 1e-4, as the core CLI)")
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance of that check (default 1e-5)")
     add_arguments(p)
     args = p.parse_args(argv)
     if not args.target:
         p.error("--target is required")
+    for flag, v in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            print(f"error: {flag} must be a finite number >= 0, got {v}", file=sys.stderr)
+            return 2
     from collapse_passes.errors import CollapseError
     from collapse_passes.onnx.graph import load_model_file
 
@@ -74,6 +97,11 @@ def main(argv=None) -> int:
         return 2
     if args.output is None:
         args.output = args.collapsed or args.model
+    why = _input_mismatch(original, collapsed)
+    if why:   # one random feed drives both models: onnxruntime raised a ValueError traceback here
+        print(f"error: {args.model} and --collapsed {args.collapsed} {why}; compare two versions of one model",
+              file=sys.stderr)
+        return 2
     try:
         _check_outputs(args)
         check_args(args, collapsed)   # the cheap checks (target, cross compiler, ops) before any build
@@ -81,12 +109,43 @@ def main(argv=None) -> int:
     except CollapseError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    except TVMError as e:
+    except TVMError as e:   # a TVM output that differs from onnxruntime's is a failed check: 1, as the core CLI
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1 if getattr(e, "is_mismatch", False) else 2
     if args.json:
         print(json.dumps(report, indent=2))
     return 0
+
+
+def main(argv=None) -> int:
+    """_main under the core CLI's signal guard (collapse_passes.outputs): TVM's FFI swallowed the
+    KeyboardInterrupt of a Ctrl-C (raised inside a pass or tuning callback) and the run went on for minutes,
+    exported, and exited 0; SIGTERM killed it with no word. Now: exit 130/143 and what was written."""
+    import signal
+
+    from collapse_passes.outputs import (Interrupted, finish_run, interrupt_guard, rearm_signal_handlers,
+                                         received_signal)
+
+    with interrupt_guard():
+        try:
+            try:
+                rc = _main(argv)
+            finally:
+                rearm_signal_handlers()
+            if received_signal() is not None:   # swallowed on the way: atomic_directory renamed nothing since
+                raise Interrupted(received_signal())
+        except (KeyboardInterrupt, Interrupted, Exception) as exc:
+            signum = getattr(exc, "signum", None) or received_signal()
+            if signum is None and isinstance(exc, KeyboardInterrupt):
+                signum = signal.SIGINT
+            if signum is None:
+                raise
+            name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+            print(f"interrupted ({name}); nothing written (the TVM tuning database may hold new records)",
+                  file=sys.stderr)
+            rc = 128 + int(signum)
+        finish_run(rc)
+    return rc
 
 
 if __name__ == "__main__":

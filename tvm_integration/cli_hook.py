@@ -176,6 +176,8 @@ def check_args(args, model=None) -> None:
     if getattr(args, "rpc_key", None) and not getattr(args, "rpc_tracker", None):
         raise TVMError("--rpc-key needs --rpc-tracker HOST:PORT")
     _, info = resolve_target(args.target, getattr(args, "cuda_arch", None))
+    if getattr(args, "cuda_arch", None) and info.kind != "cuda":   # would be ignored: say so, as for other flags
+        raise TVMError(f"--cuda-arch applies to CUDA targets only, not {info.name!r}; drop it or pass --target cuda")
     if getattr(args, "rpc_tracker", None):
         check_tracker(args.rpc_tracker, getattr(args, "rpc_key", None))
     elif int(getattr(args, "tune_trials", 0) or 0) > 0 and not info.runs_on_host:   # as tune_with_report says
@@ -273,6 +275,17 @@ def _f64_note(check: Mapping[str, Any]) -> str:
             f"by {f['onnxruntime_max_rel_vs_float64']:.3g}")
 
 
+def _float64_pass_notes(verification: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One note per check that failed the user's --rtol/--atol and passed only on the float64 look: a pass
+    the user must hear about, with both numbers, as the core verification's float64 look says it."""
+    notes = []
+    for name, c in verification.items():
+        if c.get("ok") and c.get("float64_look") and c.get("max_rel_err") is not None:
+            notes.append(f"{name}: max abs {c['max_abs_err']:.3g}, max rel {c['max_rel_err']:.3g} is outside rtol "
+                         f"{c['rtol']:g} / atol {c['atol']:g}; passed as float32 rounding{_f64_note(c)}")
+    return notes
+
+
 def _float64_look(got, ref, model, inputs, rtol: float, atol: float) -> dict[str, Any] | None:
     """TVM's and onnxruntime's float32 outputs against the model evaluated in float64 (onnx's reference
     evaluator, collapse_passes.verify); None when the evaluator cannot run the model."""
@@ -291,6 +304,21 @@ def _float64_look(got, ref, model, inputs, rtol: float, atol: float) -> dict[str
     bound = max(rtol, FLOAT32_NOISE_FACTOR * ort64.max_rel)
     return {"ok": bool(tvm64.passed or tvm64.max_rel <= bound), "tvm_max_rel_vs_float64": tvm64.max_rel,
             "onnxruntime_max_rel_vs_float64": ort64.max_rel, "factor": FLOAT32_NOISE_FACTOR}
+
+
+def _library_to_export(ex_untuned, ex_tuned, latency: Mapping[str, float | None]):
+    """(executable, note or None): the tuned build, unless both were timed here and it is the slower one.
+
+    A small budget gives a few kernels the best of a handful of random schedules, which can be far slower
+    than TVM's default ones (8 trials on MobileNetV3-small: 2.1 ms tuned, 0.39 ms untuned); exporting it
+    would ship the slower library the run itself measured."""
+    if ex_tuned is None:
+        return ex_untuned, None
+    tuned, untuned = latency.get("tvm_tuned"), latency.get("tvm_untuned")
+    if tuned is None or untuned is None or tuned <= untuned:
+        return ex_tuned, None
+    return ex_untuned, (f"the tuned build measured slower than the untuned one ({tuned:.3f} ms vs {untuned:.3f} ms): "
+                        "exported the untuned library; raise --tune-trials")
 
 
 def _model_summary(model) -> dict[str, Any]:
@@ -457,6 +485,7 @@ def run_from_args(
                         ex_tuned_orig, inputs, repeat=repeat
                     )
 
+    notes.extend(_float64_pass_notes(verification))
     bad = [k for k, v in verification.items() if k.startswith("collapsed") and not v.get("ok")]
     if bad:
         v = verification[bad[0]]
@@ -510,7 +539,9 @@ def run_from_args(
     # 5. Export, atomically.
     if export_dir:
         final = os.path.abspath(os.fspath(export_dir))
-        lib_ex = ex_tuned if ex_tuned is not None else ex_coll
+        lib_ex, why = _library_to_export(ex_coll, ex_tuned, latency["collapsed"])
+        if why:
+            notes.append(why)
         t0 = time.perf_counter()
         with atomic_directory(final) as tmp:
             tc.export_library(lib_ex, os.path.join(tmp, LIB_NAME), info)
@@ -532,7 +563,7 @@ def run_from_args(
                 "dir": final,
                 "files": files,
                 "library": LIB_NAME,
-                "library_is_tuned": ex_tuned is not None and bool(ex_tuned.tuned_functions),
+                "library_is_tuned": lib_ex is ex_tuned and bool(ex_tuned.tuned_functions),
                 "load": "relax.VirtualMachine(tvm.runtime.load_module('model.so'), dev)['main'](*inputs)",
                 "cross_compiler": info.cross_compiler,
             }

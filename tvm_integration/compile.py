@@ -260,6 +260,37 @@ def prepare(mod, target, *, prepack: bool | None = None, layout: str | None = No
         return tvm.transform.Sequential(prepare_passes(target, prepack=prepack, layout=layout))(mod)
 
 
+def gpu_schedule_rules() -> list:
+    """DLight's default GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback), each declining a
+    function it fails on instead of failing the build.
+
+    A rule returns None for a function it does not fit, but some crash instead: TVM 0.27's GEMV rule
+    asserts (``assert s_loops``) on a depthwise conv whose output map is 1x1 (the last stage of
+    MobileNetV3-small / EfficientNet-B0 at 32x32), which made every CUDA build of those models fail with a
+    bare AssertionError.
+    The function then goes to the next rule, as when a rule does not apply (and, after the last, to
+    ``DefaultGPUSchedule``). Each rule schedules its own copy of the function, so a failed try leaves
+    nothing behind.
+    """
+    from tvm.s_tir import dlight as dl
+
+    class _Declining(dl.ScheduleRule):
+        def __init__(self, rule):
+            self.rule = rule
+
+        def apply(self, func, target, tunable):
+            try:
+                return self.rule.apply(func, target, tunable)
+            except Exception:  # noqa: BLE001 - a crashed rule is a rule that does not apply
+                return None
+
+        def is_target_available(self, target) -> bool:
+            return self.rule.is_target_available(target)
+
+    return [_Declining(r) for r in (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                    dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
+
+
 def _is_gpu(target) -> bool:
     from tvm.relax.backend.utils import BackendDispatcher
 
@@ -381,13 +412,7 @@ def build(
         if gpu:
             from tvm.s_tir import dlight as dl
 
-            m = dl.ApplyDefaultSchedule(
-                dl.gpu.Matmul(),
-                dl.gpu.GEMV(),
-                dl.gpu.Reduction(),
-                dl.gpu.GeneralReduction(),
-                dl.gpu.Fallback(),
-            )(m)
+            m = dl.ApplyDefaultSchedule(*gpu_schedule_rules())(m)
             # What DLight has no rule for (e.g. convolutions) still needs thread bindings.
             from tvm.s_tir import transform as s_tir_transform
 

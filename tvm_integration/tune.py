@@ -336,18 +336,109 @@ def _db_paths(work_dir: str) -> list[str]:
     return [os.path.join(work_dir, f) for f in DB_FILES]
 
 
-def open_database(work_dir: str, *, create: bool = True):
+def open_database(work_dir: str, *, create: bool = True, say=None):
     """The JSON database in ``work_dir`` (None when absent and ``create`` is False).
 
     Opened with ``module_equality="anchor-block"``: a query matches any record
     whose kernel has the same anchor block (conv, matmul...), whatever it fused.
+    TVM refuses to open a database holding one record whose trace does not replay on its
+    workload (``parallel_for_dynamic error``); such records (written before
+    :func:`_on_stored_workloads`: a trace of another model's block names) are dropped from the
+    file, ``say`` tells how many, and the rest is opened. Anything else is a one-line TVMError.
     """
     from tvm.s_tir import meta_schedule as ms
 
     if not create and not all(os.path.exists(p) for p in _db_paths(work_dir)):
         return None
     os.makedirs(work_dir, exist_ok=True)
-    return ms.database.JSONDatabase(work_dir=work_dir, module_equality=MODULE_EQUALITY)
+    try:
+        return ms.database.JSONDatabase(work_dir=work_dir, module_equality=MODULE_EQUALITY)
+    except Exception as exc:  # noqa: BLE001 - TVM's error says neither which record nor why
+        first = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        try:
+            dropped = _drop_unreplayable_records(work_dir)
+        except Exception:  # noqa: BLE001 - a damaged workload file: not ours to guess at
+            dropped = 0
+        if dropped:
+            try:
+                db = ms.database.JSONDatabase(work_dir=work_dir, module_equality=MODULE_EQUALITY)
+            except Exception:  # noqa: BLE001
+                db = None
+            if db is not None:
+                (say or (lambda _m: None))(
+                    f"dropped {dropped} record(s) from the tuning database in {work_dir}: their schedule "
+                    "does not apply to their kernel (written by an earlier version); those kernels stay untuned until tuned again")
+                return db
+        raise TVMError(f"the tuning database in {work_dir} cannot be read ({first}); move it away or "
+                       "pass another --tune-dir") from None
+
+
+def _drop_unreplayable_records(work_dir: str) -> int:
+    """Rewrite ``work_dir``'s record file without the records whose trace fails on their workload (what
+    makes TVM refuse the whole database); returns how many were dropped. Written atomically."""
+    from tvm.s_tir import meta_schedule as ms
+
+    wl_path, rec_path = _db_paths(work_dir)
+    with open(wl_path) as f:
+        workloads = [ms.database.Workload.from_json(json.loads(line)) for line in f if line.strip()]
+    keep, dropped = [], 0
+    with open(rec_path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                idx, rec = json.loads(line)
+                ms.database.TuningRecord.from_json(rec, workloads[idx])
+                keep.append(line if line.endswith("\n") else line + "\n")
+            except Exception:  # noqa: BLE001 - exactly the records TVM cannot load
+                dropped += 1
+    if dropped:
+        from collapse_passes.outputs import temp_path
+
+        tmp = temp_path(rec_path)
+        try:
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+            os.replace(tmp, rec_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return dropped
+
+
+def _replays(trace, mod) -> bool:
+    """Whether ``trace`` applies to ``mod`` (its blocks are found by name)."""
+    from tvm.s_tir import Schedule
+
+    try:
+        trace.apply_to_schedule(Schedule(mod), remove_postproc=False)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _on_stored_workloads(tasks, db) -> list:
+    """``tasks`` with each kernel the database already holds (anchor-block match, no record yet)
+    replaced by the stored module.
+
+    MetaSchedule files a measured schedule under the stored workload equal to the task, but equality
+    ignores block names, which TOPI takes from Relax variables (``lv11_red`` in one model, ``lv18_red``
+    in the same kernel of another, or of the same model after a collapse). A trace tuned on the task's
+    names and filed under the stored names replays nowhere: the build fails (``get-block``) and TVM
+    refuses to load the database again. Tuning the stored module keeps names and trace together; the
+    build applies the record to this model's kernel as to any anchor-block match.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    out = []
+    for task in tasks:
+        tmod = task.dispatched[0]
+        if db.has_workload(tmod):
+            stored = db.commit_workload(tmod).mod   # the existing workload; nothing new is written
+            if not stored.same_as(tmod):
+                task = ms.ExtractedTask(task.task_name, task.mod, task.target, [stored], task.weight)
+        out.append(task)
+    return out
 
 
 @contextlib.contextmanager
@@ -380,10 +471,11 @@ def _copy_best(src, dst, task_mod, target) -> bool:
     rec = src.query_tuning_record(task_mod, target, "main")
     if rec is None:
         return False
+    workload = dst.commit_workload(rec.workload.mod)   # dst's own when it holds an equal one
+    if not workload.mod.same_as(rec.workload.mod) and not _replays(rec.trace, workload.mod):
+        return False   # other block names (see _on_stored_workloads): filed there it would replay nowhere
     dst.commit_tuning_record(
-        ms.database.TuningRecord(
-            rec.trace, dst.commit_workload(rec.workload.mod), rec.run_secs, rec.target, rec.args_info
-        )
+        ms.database.TuningRecord(rec.trace, workload, rec.run_secs, rec.target, rec.args_info)
     )
     return True
 
@@ -640,7 +732,7 @@ def tune_with_report(
     t_start = time.perf_counter()
 
     if trials == 0:
-        db = open_database(work_dir, create=False)
+        db = open_database(work_dir, create=False, say=say)
         if db is not None:
             report.total_records = len(db)
             report.note = "trials=0: reused the existing database, tuned nothing"
@@ -702,7 +794,7 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
                  rpc_tracker, rpc_key, progress, retune, num_trials_per_iter, max_trials_per_task,
                  population_size, seed, builder_timeout_s, runner_timeout_s, shared_dir):
     """The part of :func:`tune_with_report` that runs under the database lock."""
-    db = open_database(work_dir)
+    db = open_database(work_dir, say=say)
     records_before = len(db)
     shared = None
     from_shared: set[str] = set()
@@ -710,7 +802,7 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
         report.shared_database = shared_dir
         os.makedirs(shared_dir, exist_ok=True)
         with _exclusive(shared_dir, say):
-            shared = open_database(shared_dir)
+            shared = open_database(shared_dir, say=say)
             if not retune:
                 for task in all_tasks:
                     tmod = task.dispatched[0]
@@ -748,7 +840,7 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
 
     if todo:
         todo.sort(key=lambda ft: -ft[0])  # heavy tasks first: they get the budget
-        tasks = [t for _, t in todo]
+        tasks = _on_stored_workloads([t for _, t in todo], db)
         n = len(tasks)
         per_iter, per_task = plan_trials(
             trials, n, num_trials_per_iter=num_trials_per_iter, max_trials_per_task=max_trials_per_task
@@ -784,7 +876,6 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
             )
         finally:
             _restore_handlers(foreign_handlers)
-        report.tasks_tuned = n
     else:
         say(
             f"all {len(all_tasks) - report.tasks_skipped} tunable task(s) already tuned in "
@@ -794,9 +885,12 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
     for task in all_tasks:
         task_reports[task.task_name].best_us = _best_us(db, task.dispatched[0], target)
         task_reports[task.task_name].records = _record_count(db, task.dispatched[0])
+    # tuned = got a measured schedule now; a budget below one round per task leaves the rest untried
+    untried = [t.task_name for _, t in todo if task_reports[t.task_name].best_us is None]
+    report.tasks_tuned = len(todo) - len(untried)
     if shared_dir is not None and todo:
         with _exclusive(shared_dir, say):
-            shared = open_database(shared_dir)  # re-read: another run may have added records
+            shared = open_database(shared_dir, say=say)  # re-read: another run may have added records
             for _, task in todo:
                 if _copy_best(db, shared, task.dispatched[0], target):
                     report.published += 1
@@ -817,6 +911,7 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
     say(
         f"tuning done in {report.seconds:.1f} s: {report.tasks_tuned} task(s) tuned, "
         f"{report.tasks_reused} reused, {report.new_records} new record(s)"
+        + (f"; {len(untried)} task(s) still without a measured schedule (raise --tune-trials)" if untried else "")
     )
     if report.tasks_reused:
         say("from the database (not tuned again): " + ", ".join(
