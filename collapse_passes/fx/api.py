@@ -21,8 +21,9 @@ from ..core.selection import KeyIndex, assign_scores, choose, read_scores
 from ..errors import CollapseError, VerificationError
 from ..report import activation_row, build_report
 from .call_path import CallPathTracer
-from .graph import (PARTIAL_GRAPH, SharedWeightWrites, copy_sharing_weights, count_ops, count_params, find_activations,
-                    is_collapsible, key_index, linear_op, propagate_shapes, shape_of, training_batchnorms)
+from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, copy_sharing_weights, count_ops,
+                    count_params, find_activations, is_collapsible, key_index, linear_op, own_weights, propagate_shapes,
+                    shape_of, state_error, state_writes, training_batchnorms)
 from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, LinearizeActivations, MergeLinearChains,
                      RemoveResidualBlocks)
 
@@ -257,6 +258,9 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
                                 "in float32/float64; export it from model.float() (and convert the result back after)")
         gm = model.module()
         _refuse_random(gm, None)
+        writes = state_writes(gm)
+        if writes:
+            raise CollapseError(state_error(writes))
         return gm, "ExportedProgram"
     if not isinstance(model, torch.nn.Module):
         raise CollapseError(f"expected an ONNX model, nn.Module, GraphModule or ExportedProgram, got "
@@ -270,8 +274,18 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
         what = type(model.get_submodule(bad[0])).__name__
         raise CollapseError(f"{what} {bad[0]!r} is in training mode (its output depends on the batch or on chance, "
                             "so nothing can fold into it): call model.eval() first")
-    gm, kind = (copy_sharing_weights(model), "GraphModule") if isinstance(model, fx.GraphModule) else \
-        (trace_module(model, example_inputs), "nn.Module")
+    guard = StateGuard(model)   # symbolic_trace runs an update of a buffer that is no proxy (`self.calls += 1`)
+    try:
+        gm, kind = (copy_sharing_weights(model), "GraphModule") if isinstance(model, fx.GraphModule) else \
+            (trace_module(model, example_inputs), "nn.Module")
+    except CollapseError:   # a failed torch.export fallback may have run a write (`w.data.clamp_()`) for real
+        if guard.written():
+            guard.restore()
+        raise
+    writes = state_writes(gm) + guard.written()
+    if writes:
+        guard.restore()
+        raise CollapseError(state_error(writes))
     _refuse_random(gm, model)
     return gm, kind
 
@@ -707,6 +721,9 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
                      f"(the model's code bounds it): the result is sure to run at the example batch ({b}) only; "
                      "collapse with example_inputs of the batch you deploy")
     _check_input_count(gm, example_inputs)
+    # the runs below share the caller's tensors: a write the graph does not show (a leaf module's own
+    # update, or one symbolic_trace dropped) is found after the trace check's run, undone and refused
+    guard = StateGuard(model) if isinstance(model, torch.nn.Module) else None
     traced_out = propagate_shapes(gm, example_inputs)   # also the input graph's run on example_inputs
     computed = method_scores(model, cfg, notes, gm) if cfg.method else None
     block_scores = dict(computed.scores) if computed is not None and computed.kind == "block" else {}
@@ -718,7 +735,15 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     outputs = CheckOutputs(feeds)   # every model runs at most once per check input (see docs/torch.md)
     outputs.keep(original, 0, traced_out)
     if kind == "nn.Module":
-        _check_trace(model, outputs(original, upto=1), example_inputs, cfg)
+        try:
+            _check_trace(model, outputs(original, upto=1), example_inputs, cfg)
+        except CollapseError:   # a state written by the run explains a mismatch better than a missed branch
+            if not guard.written():
+                raise
+    writes = guard.written() if guard is not None else []
+    if writes:
+        guard.restore()
+        raise CollapseError(state_error(writes))
     before = graph_stats(original)
     record = FxRecord()
     # prune after linearize: the constants are those of the requested semantics (a collapsed ReLU passes
@@ -757,6 +782,8 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         passed = cfg.approx_max_error is None or ver.against_requested.max_abs <= cfg.approx_max_error
 
     out_model = result
+    if kind != "ExportedProgram":   # the re-export below copies; here the unmerged layers still hold the caller's
+        own_weights(result, model)
     if kind == "ExportedProgram":
         out_model = _reexport(result, example_inputs, dyn_shapes)
     chosen_ids = {id(s) for s in chosen}
@@ -775,11 +802,25 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     if prune_report is not None and cfg.prune_ratio is not None:
         err = verify_torch(reference, reference, requested, feeds, cfg.rtol, cfg.atol, desc, outputs).against_requested
         prune_report["ratio"]["error_vs_unpruned"] = {"max_abs": err.max_abs, "max_rel": err.max_rel}
+        # said as the ONNX path says it (pruning/api_hook.finish_pruning); the report's list, which
+        # build_report may have copied
+        ratio = prune_report["ratio"]
+        report["warnings"].append(f"prune ratio {cfg.prune_ratio}: approximate, max abs error {err.max_abs:.3g} "
+                                  "against the unpruned model")
+        if not ratio.get("removed_channels"):
+            report["warnings"].append(f"prune ratio {cfg.prune_ratio} removed no channel: "
+                                      f"{len(ratio.get('frozen_ops', []))} op(s) froze channel groups (report: "
+                                      "pruning.ratio.frozen_ops), round_to keeps multiples of it")
         if cfg.prune_max_error is not None and err.max_abs > cfg.prune_max_error:
-            passed = passed and cfg.force
-            warnings.append(f"ratio prune: max abs error {err.max_abs:.3g} against the unpruned model exceeds "
-                            f"prune_max_error {cfg.prune_max_error}")
+            # the refusal names its reason: the gate itself passed, and its numbers would say nothing
+            prune_report["refused"] = (f"ratio pruning error {err.max_abs:.3g} (max abs, against the unpruned "
+                                       f"model) exceeds prune_max_error {cfg.prune_max_error}; lower prune_ratio "
+                                       "or raise the limit")
+            report["warnings"].append(prune_report["refused"])
+            report["passed"] = passed = False   # as the ONNX path: the result is written only with force
     res = CollapseResult(out_model, report, requested, passed, original)
+    if prune_report is not None and prune_report.get("refused") and not cfg.force:
+        raise VerificationError(f"{prune_report['refused']}; use force=True to get the result anyway", res)
     if not passed and not cfg.force:
         raise VerificationError.mismatch(ver.against_requested, cfg.rtol, cfg.atol,
                                          "use force=True to get the result anyway", res)
@@ -794,6 +835,18 @@ def _module_attribute(n: fx.Node) -> bool:
     shapes turn into 0-d tensor inputs read with .item()), not for a user input."""
     ga = n.meta.get("grapharg")
     return ga is not None and type(getattr(ga, "source", None)).__name__ == "AttrSource"
+
+
+def _source_path(n: fx.Node) -> str:
+    """The model attribute a dynamo input reads: L['self']._modules['block']._buffers['ema'] -> block.ema."""
+    import re
+
+    ga = n.meta.get("grapharg")
+    name = getattr(getattr(ga, "source", None), "name", None)
+    name = name() if callable(name) else name
+    parts = re.findall(r"\['([^']+)'\]|\.([A-Za-z_]\w*)", name or "")
+    path = [a or b for a, b in parts if (a or b) not in ("self", "_modules", "_parameters", "_buffers")]
+    return ".".join(path) if path else n.name
 
 
 def freeze_parameters(gm: fx.GraphModule, example_inputs) -> int:
@@ -824,6 +877,7 @@ def freeze_parameters(gm: fx.GraphModule, example_inputs) -> int:
         with gm.graph.inserting_before(first_real):
             c = gm.graph.get_attr(attr)
         c.meta.update({k: v for k, v in n.meta.items() if k in ("val", "example_value", "tensor_meta")})
+        c.meta[STATE_NAME] = _source_path(n)
         n.replace_all_uses_with(c)
         frozen += 1
     gm.recompile()
@@ -866,6 +920,9 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
                                 "model.eval()")
         gm.meta[PARTIAL_GRAPH] = True   # a graph break may split the forward: no "relu():i" root keys
         freeze_parameters(gm, example_inputs)
+        writes = state_writes(gm)
+        if writes:   # frozen into constants, a running statistic would stop updating (and the check runs it twice)
+            raise CollapseError(state_error(writes, "torch_backend: "))
         # dynamic shapes: sizes come as SymInts; running the graph on them would guard every size to its
         # example value (a recompile per input shape, and after torch's recompile limit the model runs eagerly,
         # uncollapsed). Their example values run it here; the compiler still gets the symbols.

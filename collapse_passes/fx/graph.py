@@ -827,3 +827,101 @@ def is_add(node: fx.Node) -> bool:
 def _inplace(node: fx.Node) -> bool:
     """An in-place add rewrites its first operand: replaced by a fresh op only when nothing else reads that."""
     return node.target in (operator.iadd, aten.add_.Tensor, "add_") and isinstance(node.args[0], fx.Node)
+
+
+def state_writes(gm: fx.GraphModule) -> list[str]:
+    """'<attr> (<op>)' for each parameter or buffer the graph writes in place (a running statistic updated
+    in forward: `self.ema.mul_(0.9)`, torch.export's `copy_(b_calls, ...)`, directly or through a view).
+    Such a model's output depends on how often it ran: the passes would fold one call's value into the
+    result, the check runs it several times, and every run would change the caller's model."""
+    found = []
+    for n in gm.graph.nodes:
+        if n.op != "get_attr":
+            continue
+        for a in alias_group(n):
+            for u in a.users:
+                if mutates(u, a):
+                    op = u.target if isinstance(u.target, str) else getattr(u.target, "__name__", str(u.target))
+                    found.append(f"{n.meta.get(STATE_NAME, n.target)} ({op})")
+    return list(dict.fromkeys(found))
+
+
+#: get_attr node meta: the model attribute path a frozen dynamo input stands for (`block.0.running_mean`)
+STATE_NAME = "collapse_passes.state_name"
+
+
+class StateGuard:
+    """The caller's parameters and buffers as they were: which slots hold which tensor, the buffers' values
+    (copies: buffers are small) and every tensor's version counter. written() names what a trace or a run of
+    the model changed since (a buffer updated in forward, also where symbolic_trace ran the update eagerly
+    and kept none of it in the graph: `self.calls += 1`), restore() puts it back."""
+
+    def __init__(self, model: nn.Module):
+        self.slots = [(name, mod, dict(mod._parameters), dict(mod._buffers))
+                      for name, mod in model.named_modules(remove_duplicate=False)]
+        self.tensors = {}
+        for name, mod, params, buffers in self.slots:
+            for attr, t in [*params.items(), *buffers.items()]:
+                if isinstance(t, torch.Tensor) and id(t) not in self.tensors:
+                    copy = t.detach().clone() if attr in buffers else None
+                    self.tensors[id(t)] = (f"{name}.{attr}" if name else attr, t, self._version(t), copy)
+
+    @staticmethod
+    def _version(t: torch.Tensor):
+        try:
+            return t._version
+        except RuntimeError:   # an inference-mode tensor has no version counter
+            return None
+
+    def written(self) -> list[str]:
+        out = []
+        for name, mod, params, buffers in self.slots:
+            for attr in set(params) | set(buffers) | set(mod._parameters) | set(mod._buffers):
+                was = params.get(attr, buffers.get(attr))
+                if mod._parameters.get(attr, mod._buffers.get(attr)) is not was:
+                    out.append(f"{name}.{attr}" if name else attr)
+        for path, t, version, copy in self.tensors.values():
+            if self._version(t) != version or copy is not None and not torch.equal(t.detach(), copy):
+                out.append(path)
+        return list(dict.fromkeys(out))
+
+    def restore(self) -> None:
+        for _, mod, params, buffers in self.slots:
+            mod._parameters.clear()
+            mod._parameters.update(params)
+            mod._buffers.clear()
+            mod._buffers.update(buffers)
+        with torch.no_grad():
+            for _, t, _, copy in self.tensors.values():
+                if copy is not None and not torch.equal(t.detach(), copy):
+                    t.copy_(copy)
+
+
+def state_error(writes: list[str], where: str = "") -> str:
+    """The one line for a model whose forward writes its own parameters or buffers ('name' or 'name (op)')."""
+    seen = {w.split(" (")[0] for w in writes if " (" in w}
+    writes = list(dict.fromkeys(w for w in writes if " (" in w or w not in seen))
+    return (f"{where}the model's forward writes its own state in place ({', '.join(writes[:3])}"
+            f"{' ...' if len(writes) > 3 else ''}): its output depends on how often it ran, so a collapsed copy cannot "
+            "be verified and the check's runs would change your model; update that state outside forward (or under "
+            "`if self.training:`) and collapse the model in eval()")
+
+
+def own_weights(result: nn.Module, model) -> int:
+    """Give `result` its own copies of the parameters and buffers it shares with the caller's `model`
+    (copy_sharing_weights keeps the unmerged layers' tensors): fine-tuning the collapsed model must not train
+    the model it came from. Tied tensors stay tied; requires_grad is kept. Returns how many were copied."""
+    theirs = {id(t) for t in [*model.parameters(), *model.buffers()]} if isinstance(model, nn.Module) else set()
+    copies: dict = {}
+    with torch.no_grad():
+        for mod in result.modules():
+            for slots in (mod._parameters, mod._buffers):
+                for attr, t in list(slots.items()):
+                    if t is None or id(t) not in theirs:
+                        continue
+                    if id(t) not in copies:
+                        c = t.detach().clone()
+                        copies[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) \
+                            if isinstance(t, nn.Parameter) else c
+                    slots[attr] = copies[id(t)]
+    return len(copies)

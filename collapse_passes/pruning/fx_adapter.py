@@ -487,7 +487,7 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         if importance in ("l1", "l2"):
             imp = cg.filter_importance(1 if importance == "l1" else 2)
         elif importance == "scores" and channel_scores:
-            imp = cg.score_importance({k: np.asarray(v, np.float64) for k, v in channel_scores.items()})
+            imp = cg.score_importance(_checked_scores(gm, channel_scores))
         else:
             raise CollapseError(f"unknown pruning importance {importance!r}; use l1, l2 or scores with channel_scores")
         removed = select_for_ratio(cg, imp, ratio, scope, round_to)
@@ -590,3 +590,26 @@ def _counts(gm, example_inputs) -> tuple[int, int]:
         elif isinstance(mod, torch.nn.Linear):
             macs += out * mod.in_features
     return int(params), int(macs)
+
+
+def _checked_scores(gm, channel_scores: dict) -> dict:
+    """{fx node name: float64 scores}: keys may name a node or a module (its call_module target). What the
+    ONNX path checks (pruning/api_hook._check_channel_scores): an unknown name or a NaN used to leave those
+    channels unranked (kept), so the ratio prune removed nothing without a word."""
+    by_target = {str(n.target): n.name for n in gm.graph.nodes if n.op == "call_module"}
+    names = {n.name for n in gm.graph.nodes}
+    out = {}
+    for k, v in channel_scores.items():
+        name = k if k in names else by_target.get(k)
+        if name is None:
+            raise CollapseError(f"prune_importance: {k!r} names no node or module of the traced model; use a "
+                                "module path (layer1.0.relu) or an fx node name")
+        try:
+            arr = np.asarray(v, np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            arr = np.array([np.nan])
+        if arr.size == 0 or not np.all(np.isfinite(arr)):
+            raise CollapseError(f"prune_importance: {k!r} must be a non-empty list of finite numbers "
+                                "(one score per channel)")
+        out[name] = arr
+    return out

@@ -198,13 +198,23 @@ class ChannelGraph:
         """(gid, unit) -> sum of user/statistics per-channel scores over the unit's channels on named tensors.
 
         channel_scores maps a tensor name to one score per channel (higher = more important); units with
-        no scored channel get +inf (kept).
+        no scored channel get +inf (kept). A list whose length is not the tensor's channel count is a
+        CollapseError: a short one left the channels past its end unranked (kept, so a 0.5 ratio removed one
+        channel) and a long one was cut, both without a word.
         """
+        from ..errors import CollapseError
+
+        sizes = {}
+        for s in self.slots.nodes:
+            sizes.setdefault(s[0], self.size(s))
+        for name, v in channel_scores.items():
+            if name in sizes and len(v) != sizes[name]:
+                raise CollapseError(f"per-channel scores for {name!r}: {len(v)} value(s), the tensor has "
+                                    f"{sizes[name]} channels; give one score per channel")
         out = {}
         for g in self.groups():
             for k in self.prunable_units(g):
-                vals = [float(channel_scores[s[0]][i]) for s, i in g.units[k]
-                        if s[0] in channel_scores and i < len(channel_scores[s[0]])]
+                vals = [float(channel_scores[s[0]][i]) for s, i in g.units[k] if s[0] in channel_scores]
                 out[(g.gid, k)] = float(np.sum(vals)) if vals else float("inf")
         return out
 
