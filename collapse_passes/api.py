@@ -34,19 +34,21 @@ class CollapseResult:
         if not isinstance(self.model, onnx.ModelProto):   # a torch result (GraphModule / ExportedProgram)
             raise CollapseError("save() writes ONNX results; for a torch result use torch.export.save(ep, path) or "
                                 "models.export.export_onnx(result.model, path, input_shape)")
-        from .onnx.graph import data_file_for, needs_external_data
+        from .onnx.graph import needs_external_data
+        from .outputs import OutputPlan
 
         external = needs_external_data(self.model)   # over 2 GiB: the weights go to <path>.data
+        # the CLI's checks for -o, also for a result of a ModelProto (no input file): a path naming a folder,
+        # a NUL byte or an overlong name are one CollapseError, not a ValueError/OSError from the write
+        plan = OutputPlan()
         if self.source is not None:   # never over the input model or its external data (as the CLI's -o)
-            from .outputs import OutputPlan
-
-            plan = OutputPlan()
             plan.add_model_input(self.source)
-            plan.add_output("model", "save()", path)
-            if external:
-                plan.add_output("model_data", "save()'s data file", data_file_for(path))
-            plan.check()
-        return save_model_atomic(self.model, path, external=external)
+        plan.add_output("model", "save()", path)
+        if external:
+            plan.add_model_data("save()'s data file")
+        plan.check()
+        save_model_atomic(self.model, plan.path("model"), external=external)   # the checked file (links resolved)
+        return Path(path)
 
 
 # ------------------------------------------------------------------------------------ collapse

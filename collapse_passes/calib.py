@@ -98,6 +98,9 @@ def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None
         if count < min_samples:
             raise CollapseError(f"{p}: {count} calibration sample(s), at least {min_samples} needed")
         return
+    why = not_numpy_archive(p)
+    if why:
+        raise CollapseError(f"{p}: {why}")
     try:
         data = np.load(p, allow_pickle=False)
     except Exception as exc:
@@ -112,6 +115,9 @@ def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None
 
 
 def _load_npy(f: Path, mmap_mode=None) -> np.ndarray:
+    why = not_numpy_archive(f)
+    if why:
+        raise CollapseError(f"{f}: {why}")
     try:
         return np.load(f, allow_pickle=False, mmap_mode=mmap_mode)
     except Exception as exc:
@@ -125,6 +131,22 @@ def _load_member(p: Path, data, key: str) -> np.ndarray:
     except Exception as exc:
         raise CollapseError(f"{p}: array {key!r} cannot be read ({_why(exc)}); save numeric arrays with "
                             "numpy.savez") from None
+
+
+def not_numpy_archive(p) -> str | None:
+    """Why `p` is no .npz (zip) or .npy file, from its first bytes, else None. np.load takes any other
+    file for a pickle and, with pickles refused, says "This file contains pickled (object) data ...
+    allow_pickle=" (cut off in the one-line message): wrong for a JSON or an ONNX file given by mistake."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return None   # np.load names the problem
+    if head[:2] == b"PK" or head == b"\x93NUMPY":
+        return None
+    what = f"it starts with {head.decode('ascii', 'replace')!r}, neither a zip archive nor NumPy's header" if head \
+        else "it is empty"
+    return f"not an .npz/.npy file ({what}); save the arrays with numpy.savez(path, <input name>=array)"
 
 
 def _why(exc: BaseException) -> str:

@@ -21,8 +21,8 @@ from rich.markup import escape
 
 from .config import CollapseConfig
 from .errors import BUG_REPORT, EXIT_BAD_INPUT, EXIT_BUG, CollapseError, VerificationError
-from .outputs import (Interrupted, OutputPlan, finish_run, interrupt_guard, rearm_signal_handlers,
-                      received_signal)
+from .outputs import (Interrupted, OutputPlan, finish_run, interrupt_guard, raise_if_interrupted,
+                      rearm_signal_handlers, received_signal)
 
 METHODS = ("tlc", "easier", "prelu", "lacoot")
 MAX_CHECK = 10_000
@@ -220,12 +220,8 @@ def default_output(model: str) -> Path:
 
 
 def add_data_output(plan: OutputPlan) -> None:
-    """The model's external data file, `<model file>.data` beside it (onnx/graph.data_file_for)."""
-    from .onnx.graph import data_file_for
-
-    model = plan.outputs["model"]
-    plan.add_output("model_data", f"{model.flag}'s data file", data_file_for(model.final))
-    plan.outputs["model_data"].given = f"{model.given}.data"
+    """The model's external data file, `<model file>.data` beside it (OutputPlan.add_model_data)."""
+    plan.add_model_data(f"{plan.outputs['model'].flag}'s data file")
 
 
 def build_plan(args, source=None) -> OutputPlan:
@@ -407,7 +403,9 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
         if o.role == "model_data":
             console.print(f"wrote {o.given} (the model's external data)", highlight=False)
         elif o.role == "model":
-            flag = " [yellow](verification failed, written because of --force)[/]" if not result.passed else ""
+            why = ("ratio pruning error over --prune-max-error" if (report.get("pruning") or {}).get("refused")
+                   else "verification failed")   # a refused ratio prune passed the gate: say what failed
+            flag = f" [yellow]({why}, written because of --force)[/]" if not result.passed else ""
             console.print(f"wrote {o.given}{flag}", highlight=False)
         else:
             console.print(f"{o.role} written to {o.given}", highlight=False)
@@ -421,6 +419,9 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
         try:
             try:
                 report["tvm"] = _run_tvm(args, result, console)
+                # a signal whose Interrupted a TVM pass or MetaSchedule swallowed (the build went on): without
+                # --report/--export nothing is renamed after TVM, so no commit would notice, and the run said 0
+                raise_if_interrupted()
             finally:
                 rearm_signal_handlers()   # LLVM took SIGINT/SIGTERM over during the build
         except CollapseError as exc:

@@ -29,6 +29,11 @@ def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray
         if not p.is_file():
             raise CollapseError(f"{src}: evaluation data not found; give an .npz with the model inputs and a "
                                 f"'{LABELS}' array")
+        from .calib import not_numpy_archive
+
+        why = not_numpy_archive(p)
+        if why:
+            raise CollapseError(f"{src}: {why}")
         try:
             npz = np.load(p, allow_pickle=False)
             arrays = {k: npz[k] for k in npz.files}

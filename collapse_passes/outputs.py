@@ -270,6 +270,42 @@ def _foreign_entries(folder: Path) -> list[str]:
     return out
 
 
+_FS_IOC_GETFLAGS = 0x80086601          # linux/fs.h; the flags lsattr shows
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+
+
+def _check_replaceable(flag: str, given: str, final: Path) -> None:
+    """An existing output that is immutable or append-only (chattr +i / +a) cannot be renamed over, not
+    even by root, and the folder probe cannot tell: the run did all its work, renamed the model into place,
+    and only then failed on the report (exit 2 with a file written). Read with the ioctl lsattr uses;
+    file systems without these flags (ENOTTY) and other systems are taken as replaceable."""
+    try:
+        import array
+        import fcntl
+    except ImportError:   # not a POSIX system
+        return
+    try:
+        fd = os.open(final, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return   # unreadable: the write says why
+    try:
+        buf = array.array("l", [0])
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf, True)
+        flags = buf[0]
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    if flags & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
+        what = "immutable" if flags & _FS_IMMUTABLE_FL else "append-only"
+        raise CollapseError(f"{flag} {given} is {what} (chattr +{'i' if what == 'immutable' else 'a'}), so it cannot be "
+                            f"replaced; choose another path or remove the flag (chattr -{'i' if what == 'immutable' else 'a'})")
+
+
+def _suffix(role: str) -> str:
+    return {"model": ".onnx", "plot": ".png"}.get(role, ".json")
+
+
 def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
@@ -339,9 +375,31 @@ class OutputPlan:
         if os.fspath(path) == "-":   # the usual "stdout": not a file name anyone means
             raise CollapseError(f"{flag} -: the tool writes files (atomically), not to stdout; give a file path "
                                 f"(./- for a file named '-')")
+        if kind == "file" and os.path.basename(os.fspath(path)) in ("", ".", ".."):
+            # realpath drops a trailing '/': `-o new/` would write a *file* named `new`
+            raise CollapseError(f"{flag} {_show(path)} names a folder (it ends in '{os.sep}', '.' or '..'); "
+                                f"give a file path, e.g. {flag} {os.path.join(os.path.normpath(_show(path)), 'out' + _suffix(role))}")
         # realpath resolves each component in order, so "link/../x" follows the link like the kernel does
         final = Path(os.path.realpath(os.fspath(path)))
         self.outputs[role] = Output(role, flag, _show(path), final, kind)
+
+    def add_model_data(self, flag: str) -> Output:
+        """The model output's external data file, `<model file>.data` beside the file the model lands in
+        (onnx/graph.data_file_for), as `model_data`. The model records it by name only, and loaders look
+        for it beside the path they open: a model output that is a symlink into another folder would be
+        written with its data where loading it through the link never finds it, so that is refused."""
+        from .onnx.graph import data_file_for
+
+        model = self.outputs["model"]
+        given_dir = os.path.realpath(os.path.dirname(os.path.abspath(model.given)))
+        if Path(given_dir) != model.final.parent:
+            raise CollapseError(f"{model.flag} {model.given} is a symbolic link into {model.final.parent}, and the "
+                                f"model is written with an external data file, which loaders look for beside "
+                                f"{model.given}; give the link's target {model.final} or a path that is no link")
+        self.add_output("model_data", flag, data_file_for(model.final))
+        data = self.outputs["model_data"]
+        data.given = os.path.join(os.path.dirname(model.given), data.final.name)   # where it really lands
+        return data
 
     # ---------------------------------------------------------------- checks
     def check(self) -> None:
@@ -365,8 +423,10 @@ class OutputPlan:
         flag, given, final = o.flag, o.given, o.final
         for label, ig, ip, ident in self.inputs:
             if final == ip or (ident is not None and _identity(final) == ident):
+                model = self.outputs.get("model")   # the data file's name follows the model's: -o is the way out
+                way = model.flag if o.role == "model_data" and model is not None else flag
                 raise CollapseError(f"{flag} {given} is the {label} {ig}; inputs are never overwritten: "
-                                    f"choose another path for {flag}")
+                                    f"choose another path for {way}")
             if o.kind == "dir" and _inside(ip, final):
                 raise CollapseError(f"{flag} {given} holds the input {ig}; that directory would be replaced: "
                                     f"choose a new directory for {flag}")
@@ -382,7 +442,8 @@ class OutputPlan:
         if st is not None:
             if stat.S_ISDIR(st.st_mode):
                 if o.kind == "file":
-                    raise CollapseError(f"{flag} {given} is a directory; give a file path")
+                    raise CollapseError(f"{flag} {given} is a directory; only regular files are written: give a "
+                                        f"file path")
                 if o.kind == "dir" and not os.path.isfile(final / EXPORT_MARKER):
                     raise CollapseError(f"{flag} {given} exists and was not made by this tool (no {EXPORT_MARKER} "
                                         f"marker), so it is not replaced; name a new directory, e.g. "
@@ -395,9 +456,12 @@ class OutputPlan:
             elif o.kind != "file":
                 raise CollapseError(f"{flag} {given} exists and is not a directory; name a new directory")
             elif not stat.S_ISREG(st.st_mode):
-                way = "use --dry-run to write no model" if o.role == "model" else f"drop {flag} to write none"
-                raise CollapseError(f"{flag} {given} is {_kind_of(st.st_mode)}; the tool writes regular files only "
+                way = ("give a file path" if not flag.startswith(("-", "the default")) else
+                       "use --dry-run to write no model" if o.role == "model" else f"drop {flag} to write none")
+                raise CollapseError(f"{flag} {given} is {_kind_of(st.st_mode)}; only regular files are written "
                                     f"({way})")
+        if st is not None and (stat.S_ISREG(st.st_mode) or o.kind == "dir"):
+            _check_replaceable(flag, given, final)
         if o.role == "model_data" and st is not None and stat.S_ISREG(st.st_mode):
             self._check_data_file_owner(o)
         parent = final.parent

@@ -81,6 +81,7 @@ def _main(argv=None) -> int:
             return 2
     from collapse_passes.errors import CollapseError
     from collapse_passes.onnx.graph import load_model_file
+    from collapse_passes.outputs import rearm_signal_handlers
 
     try:   # the core's loader: a missing, truncated or non-ONNX file is one line, not a traceback
         original = load_model_file(args.model).model
@@ -105,11 +106,14 @@ def _main(argv=None) -> int:
     try:
         _check_outputs(args)
         check_args(args, collapsed)   # the cheap checks (target, cross compiler, ops) before any build
+        rearm_signal_handlers()   # LLVM took SIGINT/SIGTERM over when the target was made (exit -15, no word)
         report = run_from_args(args, original, collapsed, random_inputs(collapsed))
     except CollapseError as e:
+        _raise_if_signalled(e)
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    except TVMError as e:   # a TVM output that differs from onnxruntime's is a failed check: 1, as the core CLI
+    except TVMError as e:
+        _raise_if_signalled(e)   # a TVM output that differs from onnxruntime's is a failed check: 1, as the core CLI
         print(f"error: {e}", file=sys.stderr)
         return 1 if getattr(e, "is_mismatch", False) else 2
     if args.json:
@@ -117,22 +121,47 @@ def _main(argv=None) -> int:
     return 0
 
 
+def _raise_if_signalled(exc) -> None:
+    """TVM's FFI turns the Interrupted of a signal into an error of its own ("TVM build ... failed: 15")."""
+    from collapse_passes.outputs import Interrupted, received_signal
+
+    if received_signal() is not None:
+        raise Interrupted(received_signal()) from exc
+
+
+def _export_written_since(argv, t0: float) -> str | None:
+    """The --export directory, if this run renamed it into place (its marker is newer than the run)."""
+    import os
+
+    from collapse_passes.outputs import EXPORT_MARKER
+
+    q = argparse.ArgumentParser(add_help=False)
+    q.add_argument("--export")
+    exp = q.parse_known_args(sys.argv[1:] if argv is None else argv)[0].export
+    try:
+        return exp if exp and os.stat(os.path.join(exp, EXPORT_MARKER)).st_mtime >= t0 else None
+    except OSError:
+        return None
+
+
 def main(argv=None) -> int:
     """_main under the core CLI's signal guard (collapse_passes.outputs): TVM's FFI swallowed the
     KeyboardInterrupt of a Ctrl-C (raised inside a pass or tuning callback) and the run went on for minutes,
     exported, and exited 0; SIGTERM killed it with no word. Now: exit 130/143 and what was written."""
     import signal
+    import time
 
     from collapse_passes.outputs import (Interrupted, finish_run, interrupt_guard, rearm_signal_handlers,
                                          received_signal)
 
+    t0 = time.time()
     with interrupt_guard():
         try:
             try:
                 rc = _main(argv)
             finally:
                 rearm_signal_handlers()
-            if received_signal() is not None:   # swallowed on the way: atomic_directory renamed nothing since
+            if received_signal() is not None:   # swallowed on the way by TVM: the run went on to the end
                 raise Interrupted(received_signal())
         except (KeyboardInterrupt, Interrupted, Exception) as exc:
             signum = getattr(exc, "signum", None) or received_signal()
@@ -141,8 +170,9 @@ def main(argv=None) -> int:
             if signum is None:
                 raise
             name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
-            print(f"interrupted ({name}); nothing written (the TVM tuning database may hold new records)",
-                  file=sys.stderr)
+            exp = _export_written_since(argv, t0)
+            print(f"interrupted ({name}); {f'wrote {exp} (export)' if exp else 'nothing written'}; the TVM tuning "
+                  "database may hold new records", file=sys.stderr)
             rc = 128 + int(signum)
         finish_run(rc)
     return rc
