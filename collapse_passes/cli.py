@@ -189,7 +189,11 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
         if not has_scores:
             raise CollapseError("--target-speedup needs scores: add --scores FILE.json or --method")
     if args.remove_blocks is not None and args.method != "lacoot":
-        raise CollapseError("--remove-blocks needs --method lacoot")
+        from .core.selection import block_scores_given
+
+        if not (args.scores and block_scores_given(args.scores) is not None):
+            raise CollapseError("--remove-blocks needs --method lacoot, or --scores with block scores it saved "
+                                "(--save-scores)")
     if args.remove_blocks is not None and not math.isfinite(args.remove_blocks):
         raise CollapseError(f"--remove-blocks must be a finite number, got {args.remove_blocks}")
     if args.collapse is not None and not [k for k in args.collapse.split(",") if k.strip()]:
@@ -475,6 +479,7 @@ def _scores_json(report: dict) -> str:
     payload = {"scores": scores}
     if report.get("score_details"):
         payload["method"] = report["score_details"].get("method")
+        payload["kind"] = report["score_details"].get("kind")   # "block": --scores reads them back as block scores
         payload["details"] = report["score_details"].get("details", {})
     return report_json(payload)
 

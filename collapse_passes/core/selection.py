@@ -137,6 +137,22 @@ def read_scores(scores) -> dict[str, float]:
     return out
 
 
+def block_scores_given(scores) -> dict[str, float] | None:
+    """The residual-block scores of a scores file or dict written by --save-scores after --method lacoot
+    ("kind": "block"; older files: "method": "lacoot"), else None: those keys name blocks, not activations,
+    and select blocks for remove_blocks (--remove-blocks) without computing LaCoOT again."""
+    data = scores
+    if isinstance(scores, (str, os.PathLike)):
+        try:
+            data = json.loads(Path(scores).read_text())
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            return None   # read_scores says what is wrong with it
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind") or ("block" if str(data.get("method", "")).lower() == "lacoot" else None)
+    return read_scores(scores) if kind == "block" else None
+
+
 def assign_scores(acts, index, raw: dict[str, float], src: str, notes: list) -> dict[int, float]:
     """id(activation) -> score. A key naming several sites (the bare path of a shared module) scores
     all of them; a key naming one site (path:i, a node name) overrides it for that site."""
@@ -181,14 +197,18 @@ def check_selection(cfg) -> None:
         if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
                               or not math.isfinite(float(v))):
             raise CollapseError(f"{name} must be a finite number, got {v!r}")
-    if getattr(cfg, "remove_blocks", None) is not None and str(cfg.method or "").strip().lower() != "lacoot":
-        raise CollapseError("remove_blocks (--remove-blocks) needs method='lacoot' (--method lacoot): the blocks "
-                            "are chosen by their LaCoOT score")
+    lacoot = str(cfg.method or "").strip().lower() == "lacoot"
+    saved_blocks = cfg.scores is not None and not lacoot and block_scores_given(cfg.scores) is not None
+    if getattr(cfg, "remove_blocks", None) is not None and not (lacoot or saved_blocks):
+        raise CollapseError("remove_blocks (--remove-blocks) needs method='lacoot' (--method lacoot), or block scores "
+                            "it saved (--save-scores, given as --scores): the blocks are chosen by their LaCoOT score")
     chooses_by_score = [f for f, v in (("threshold", cfg.threshold), ("remove", cfg.remove),
                                        ("target_speedup", getattr(cfg, "target_speedup", None))) if v is not None]
-    if str(cfg.method or "").strip().lower() == "lacoot" and cfg.scores is None and chooses_by_score:
+    if (lacoot and cfg.scores is None or saved_blocks) and chooses_by_score:
         # LaCoOT scores blocks only: a threshold meant for them would otherwise select no activation, exit 0
-        raise CollapseError(f"method='lacoot' (--method lacoot) scores residual blocks, not activations, so "
+        what = "these scores (saved after --method lacoot) are" if saved_blocks else \
+            "method='lacoot' (--method lacoot) scores"
+        raise CollapseError(f"{what} residual blocks, not activations, so "
                             f"{chooses_by_score[0]} (--{chooses_by_score[0].replace('_', '-')}) would select nothing; "
                             "use remove_blocks=T (--remove-blocks T) to replace the blocks scoring <= T by their "
                             "skip, or give activation scores (--scores)")

@@ -372,6 +372,18 @@ def _lacoot_scores(gm: fx.GraphModule, cfg: CollapseConfig, notes: list):
     return computed
 
 
+def saved_block_scores(cfg: CollapseConfig):
+    """scores= holding LaCoOT block scores saved by --save-scores (core.selection.block_scores_given) as the
+    ScoreResult method='lacoot' would give; None otherwise. Unknown block keys are refused when removed."""
+    if cfg.scores is None:
+        return None
+    from ..core.selection import block_scores_given
+    from ..scores._common import ScoreResult
+
+    saved = block_scores_given(cfg.scores)
+    return None if saved is None else ScoreResult("lacoot", "saved", "block", saved)
+
+
 def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list, computed=None):
     """(sites, chosen sites, score per site id): the ONNX path's selection, over fx activation sites.
     `computed`: the method's ScoreResult (method_scores), whose scores the user's scores= override."""
@@ -386,7 +398,7 @@ def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list,
              for k in s.keys}
     index = KeyIndex(key_index(sites), never)
     raw = dict(computed.scores) if computed is not None and computed.kind != "block" else {}
-    if cfg.scores is not None:
+    if cfg.scores is not None and not (computed is not None and computed.variant == "saved"):
         raw.update(read_scores(cfg.scores))
     src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
     scores = assign_scores(sites, index, raw, src, notes) if raw else {}
@@ -725,7 +737,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     # update, or one symbolic_trace dropped) is found after the trace check's run, undone and refused
     guard = StateGuard(model) if isinstance(model, torch.nn.Module) else None
     traced_out = propagate_shapes(gm, example_inputs)   # also the input graph's run on example_inputs
-    computed = method_scores(model, cfg, notes, gm) if cfg.method else None
+    computed = method_scores(model, cfg, notes, gm) if cfg.method else saved_block_scores(cfg)
     block_scores = dict(computed.scores) if computed is not None and computed.kind == "block" else {}
     blocks_removed = sorted(k for k, v in block_scores.items() if cfg.remove_blocks is not None and v <= cfg.remove_blocks)
     sites, chosen, scores = select(gm, cfg, notes, warnings, computed)
