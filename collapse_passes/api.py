@@ -199,7 +199,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                      "as 1 and chains of unknown size are not merged; --input-shape NAME:D0,D1,... gives real sizes")
     ctx.graph = None   # its arrays duplicate the result's weights: not held through verification
 
-    from .verify import random_inputs, verify
+    from .verify import merge_refused, random_inputs, verify
 
     if cfg.calib is not None:
         from .calib import calibration_feeds
@@ -226,10 +226,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                                                 prune=cfg.prune, prune_off=prune_off)
         alt_ver = verify(original, requested, alt_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
         if alt_ver.against_requested.passed:
-            warnings.append(f"merging refused after verification: the merged result was {ver.against_requested.max_rel:.3g} "
-                            f"(max rel) from the requested semantics ({len(ctx.merges)} merged segment(s): rounding of "
-                            "merged weights amplified by an ill-conditioned stack of collapsed layers); the result "
-                            "written is not merged (activations linearized, BatchNorm/affine folded) and matches it")
+            warnings.append(merge_refused(ver.against_requested, len(ctx.merges)))
             result_model, ctx, pm, ver = alt_model, alt_ctx, alt_pm, alt_ver
             stats_after = model_stats(result_model, graph=ctx.graph)
             ctx.graph = None

@@ -205,6 +205,14 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
                         warnings=warns, partial=partial)
 
 
+def merge_refused(failed: Comparison, merged_segments: int) -> str:
+    """The warning of a result written without merging because the merged one failed (both front ends)."""
+    return (f"merging refused after verification: the merged result was {failed.max_rel:.3g} (max rel) from the "
+            f"requested semantics ({merged_segments} merged segment(s): rounding of merged weights amplified by an "
+            "ill-conditioned stack of collapsed layers); the result written is not merged (activations linearized, "
+            "BatchNorm/affine folded) and matches it")
+
+
 def _keep(values: list[dict], plan, names: list[str], outs: list[list]) -> None:
     """File a run's outputs under their value numbers."""
     for vals, out in zip(values, outs):

@@ -79,3 +79,17 @@ def test_no_fallback_when_the_unmerged_result_fails_too(model_path, monkeypatch)
     with pytest.raises(VerificationError) as exc:
         cp.collapse(model_path, collapse=["act"])
     assert exc.value.report.report["merges"]   # the merged result's report: the first failure
+
+
+def test_the_torch_front_end_falls_back_the_same_way(monkeypatch):
+    torch.manual_seed(0)
+    m = Chain().eval()
+    x = torch.randn(1, 3, 8, 8)
+    ok = cp.collapse(m, collapse=["act"], example_inputs=(x,))
+    assert ok.report["merges"]
+    _off_merges(monkeypatch)
+    r = cp.collapse(m, collapse=["act"], example_inputs=(x,))
+    assert r.passed and r.report["merges"] == []
+    assert any("merging refused after verification" in w for w in r.report["warnings"])
+    want = nn.Sequential(m.c1, m.c2, m.out)(x)
+    assert torch.allclose(r.model(x), want, rtol=1e-5, atol=1e-6)

@@ -6,6 +6,7 @@ alone), compared with the result by verify.compare (one tolerance rule for both 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import os
@@ -776,14 +777,26 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     dyn_shapes = _program_dynamic_shapes(model) if kind == "ExportedProgram" else None
     # a program exported with a dynamic height/width runs at other sizes: only merges exact at every size
     any_size = dyn_shapes is not None and any(i > 0 for d in dyn_shapes for i in d)
-    result = run_passes(copy_sharing_weights(gm) if gm is requested or gm is reference else gm, [], cfg, record,
-                        any_size=any_size)
+    before_passes = copy.deepcopy(record)   # a fallback without merging starts from here
+    result = run_passes(copy_sharing_weights(gm), [], cfg, record, any_size=any_size)
     _refuse_shared_writes(shared, reference, "collapse")
     outputs.keep(result, 0, propagate_shapes(result, example_inputs))   # shapes for the report, and a check run
     after = graph_stats(result)
 
     desc = f"example_inputs + {len(feeds) - 1} random input(s) of their shapes, seed {cfg.seed}"
     ver = verify_torch(original, requested, result, feeds, cfg.rtol, cfg.atol, desc, outputs)
+    if not ver.against_requested.passed and record.merges and not record.approximations:
+        # as the ONNX front end (api.collapse): the same passes without merging, written when they verify
+        alt_record = before_passes
+        alt = run_passes(copy_sharing_weights(gm), [], dataclasses.replace(cfg, merge=False), alt_record,
+                         any_size=any_size)
+        outputs.keep(alt, 0, propagate_shapes(alt, example_inputs))
+        alt_ver = verify_torch(original, requested, alt, feeds, cfg.rtol, cfg.atol, desc, outputs)
+        if alt_ver.against_requested.passed:
+            from ..verify import merge_refused
+
+            warnings.append(merge_refused(ver.against_requested, len(record.merges)))
+            result, record, ver, after = alt, alt_record, alt_ver, graph_stats(alt)
     passed = ver.against_requested.passed
     if passed and ver.against_requested.why:   # passed on the float64 second look
         warnings.append(f"verification: {ver.against_requested.why}")
