@@ -75,7 +75,8 @@ def lookup(index: dict, key: str, source: str = "scores") -> list:
     if sep and call.isdigit() and path in index:
         sites = [display_key(a) for a in index[path]]
         raise CollapseError(f"{source}: {key!r} names no call site: module {path!r} is called "
-                            f"{len(sites)} time(s); its keys are {', '.join(sites)}")
+                            f"{len(sites)} time(s); its keys are {', '.join(sites)} (call indices count the calls in "
+                            "this model: in a model collapsed before, the calls collapsed then are gone)")
     near = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else \
         "; collapse_passes.list_keys(model) (--list-keys on the command line) lists this model's activation keys"
