@@ -141,6 +141,15 @@ _RECEIVED: list = []   # signals that arrived while interrupt_guard was active (
 
 _FINISHED: list = []   # the exit code, once the run is over
 
+_RENAMED_DIRS: set = set()   # directories renamed into place by this run's code outside the plan (TVM --export)
+
+
+def note_dir_renamed(final) -> None:
+    """Record that `final` was just renamed into place (call with the signals held, right after the rename):
+    the export is renamed deep inside the TVM hand-off, and an interruption before that returned said the
+    export was not written although it was."""
+    _RENAMED_DIRS.add(os.path.realpath(os.fspath(final)))
+
 
 def finish_run(code: int) -> None:
     _FINISHED[:] = [code]
@@ -172,10 +181,13 @@ def interrupt_guard():
         if _FINISHED:   # main() is returning its exit code: nothing left to interrupt
             return
         _RECEIVED.append(signum)
+        if _DEFERRED:   # inside C++ that calls Python back: raise_if_interrupted() raises at a safe point
+            return
         raise Interrupted(signum)
 
     _RECEIVED.clear()
     _FINISHED.clear()
+    _RENAMED_DIRS.clear()
 
     old = {}
     try:
@@ -189,6 +201,23 @@ def interrupt_guard():
         with signals_blocked():   # a signal now is delivered after both handlers are restored
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+_DEFERRED: list = []   # non-empty while signals_deferred() is active
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Make the guard's handler only record SIGINT/SIGTERM (no exception) inside this block, for library code
+    that calls Python back from C++: an Interrupted raised in MetaSchedule's logging callback (a C++
+    destructor) killed the run with std::terminate (SIGSEGV, exit -11, no cleanup); raised elsewhere in its
+    callbacks it was swallowed and tuning went on for minutes. The code inside calls raise_if_interrupted()
+    where stopping is safe (between batches)."""
+    _DEFERRED.append(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.pop()
 
 
 def rearm_signal_handlers() -> None:
@@ -556,7 +585,8 @@ class OutputPlan:
                 o.staged = None
 
     def written(self) -> list[Output]:
-        return [o for o in self.outputs.values() if o.written]
+        return [o for o in self.outputs.values()
+                if o.written or (o.kind == "dir" and os.path.realpath(o.final) in _RENAMED_DIRS)]
 
     def _written_clause(self) -> str:
         w = self.written()

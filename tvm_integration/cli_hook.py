@@ -198,7 +198,8 @@ def atomic_directory(final_dir: str | os.PathLike):
     Temp and backup dirs carry names the next CLI run recognises and removes
     if this process is killed (collapse_passes.outputs.temp_path).
     """
-    from collapse_passes.outputs import _foreign_entries, raise_if_interrupted, temp_path
+    from collapse_passes.outputs import (_foreign_entries, note_dir_renamed, raise_if_interrupted, signals_blocked,
+                                         temp_path)
 
     # symlinks resolved, as the core CLI's output plan resolves --export (collapse_passes.outputs): a link
     # to an export directory is written through (the link stays), not refused after the whole TVM run
@@ -225,10 +226,14 @@ def atomic_directory(final_dir: str | os.PathLike):
     backup = None
     try:
         raise_if_interrupted()   # a signal whose Interrupted a library swallowed: nothing lands
-        if os.path.lexists(final):
-            backup = os.fspath(temp_path(final, "old"))
-            os.replace(final, backup)
-        os.replace(tmp, final)
+        # held from the first rename to the record of the last: a signal between them (or before the caller
+        # learnt of it) said the export was not written although it had been renamed into place
+        with signals_blocked():
+            if os.path.lexists(final):
+                backup = os.fspath(temp_path(final, "old"))
+                os.replace(final, backup)
+            os.replace(tmp, final)
+            note_dir_renamed(final)
     except BaseException:
         if backup is not None and not os.path.lexists(final):
             os.replace(backup, final)
@@ -358,6 +363,8 @@ def run_from_args(
             f"--target needs Apache TVM ({e}); install the extra: pip install '.[tvm]'"
         ) from None
 
+    from collapse_passes.outputs import raise_if_interrupted as stage_done
+
     from . import compile as tc
     from .targets import host_cpu_name, resolve_target
     from .tune import check_tracker, tune_with_report
@@ -394,12 +401,14 @@ def run_from_args(
     mod_orig = tc.import_onnx(original_model)
     mod_coll = tc.import_onnx(collapsed_model)
     seconds["import"] = time.perf_counter() - t0
+    stage_done()   # a signal TVM swallowed ends the run here, not after every later stage (minutes of tuning)
 
     # 3. Untuned builds.
     t0 = time.perf_counter()
     ex_orig = tc.build(mod_orig, target, layout=layout)
     ex_coll = tc.build(mod_coll, target, layout=layout)
     seconds["build_untuned"] = time.perf_counter() - t0
+    stage_done()
 
     latency: dict[str, dict[str, float | None]] = {
         "original": {"onnxruntime": None, "tvm_untuned": None, "tvm_tuned": None},
@@ -426,6 +435,7 @@ def run_from_args(
     else:
         notes.append(f"target {info.name} does not run on this host: TVM latencies not measured here")
 
+    stage_done()
     # 4. Tuning (also picks up an existing database when trials == 0).
     tune_report = None
     ex_tuned = None
@@ -438,6 +448,7 @@ def run_from_args(
 
     db, rep = _tune(mod_coll, "TVM: ")
     seconds["tune"] = time.perf_counter() - t0
+    stage_done()
     tune_report = rep.to_dict()
     tune_report["estimated_total_us_from_records"] = rep.estimated_total_us()
     if db is not None:
@@ -453,6 +464,7 @@ def run_from_args(
             verification["collapsed_tvm_tuned_vs_onnxruntime"] = _compare(got, ref_coll, rtol, atol,
                                                                             collapsed_model, inputs)
             latency["collapsed"]["tvm_tuned"] = tc.measure_latency(ex_tuned, inputs, repeat=repeat)
+        stage_done()
 
     # 4b. The input model, for the comparison: same database and work dir, so
     # kernels it shares with the collapsed model are reused, not tuned again.
@@ -467,6 +479,7 @@ def run_from_args(
             t0 = time.perf_counter()
             db_o, rep_o = _tune(mod_orig, "TVM (input model): ")
             seconds["tune_original"] = time.perf_counter() - t0
+            stage_done()
             ex_tuned_orig = tc.build(mod_orig, target, database=db_o, layout=layout) if db_o is not None else None
         tune_report_orig = rep_o.to_dict()
         if ex_tuned_orig is not None:
@@ -485,6 +498,7 @@ def run_from_args(
                         ex_tuned_orig, inputs, repeat=repeat
                     )
 
+    stage_done()
     notes.extend(_float64_pass_notes(verification))
     bad = [k for k, v in verification.items() if k.startswith("collapsed") and not v.get("ok")]
     if bad:

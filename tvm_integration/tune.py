@@ -234,6 +234,9 @@ def _make_pooled_builder(max_workers: int, timeout_sec: float, initializer, f_ex
             )
 
         def build(self, build_inputs):
+            # a safe point: a signal recorded during tuning (outputs.signals_deferred) stops the run here, at
+            # the next batch, not after the whole budget (the exception ends ms.tune_tasks)
+            _raise_if_interrupted()
             results = []
             for map_result in self.pool.map_with_error_catching(
                 lambda x: _worker_func(*x),
@@ -261,6 +264,27 @@ def _make_pooled_builder(max_workers: int, timeout_sec: float, initializer, f_ex
                 pass
 
     return PooledLocalBuilder()
+
+
+def _raise_if_interrupted() -> None:
+    """outputs.raise_if_interrupted: Interrupted if a SIGINT/SIGTERM came during this run (the CLIs' guard)."""
+    from collapse_passes.outputs import raise_if_interrupted
+
+    raise_if_interrupted()
+
+
+def _stop_on_interrupt_callback():
+    """A measure callback (after every batch, once its records are committed) that raises Interrupted after
+    a signal: together with the builder's check, the run stops at the next batch, not after the budget."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class StopOnInterrupt(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            _raise_if_interrupted()
+
+    return StopOnInterrupt()
 
 
 def _register_worker_module_by_value() -> None:
@@ -597,23 +621,30 @@ def _run_tune_tasks(
             runner = ms.runner.LocalRunner(
                 timeout_sec=runner_timeout_s, evaluator_config=evaluator, initializer=initializer
             )
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=work_dir,
-            max_trials_global=trials,
-            max_trials_per_task=max_trials_per_task,
-            num_trials_per_iter=per_iter,
-            builder=builder,
-            runner=runner,
-            database=db,
-            module_equality=MODULE_EQUALITY,
-            cost_model="xgb",
-            measure_callbacks="default",
-            task_scheduler="gradient",
-        )
+        from collapse_passes.outputs import signals_deferred
+
+        with signals_deferred():   # a signal is acted on at the next batch (builder, measure callback)
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=work_dir,
+                max_trials_global=trials,
+                max_trials_per_task=max_trials_per_task,
+                num_trials_per_iter=per_iter,
+                builder=builder,
+                runner=runner,
+                database=db,
+                module_equality=MODULE_EQUALITY,
+                cost_model="xgb",
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _stop_on_interrupt_callback()],
+                task_scheduler="gradient",
+            )
+    except BaseException:
+        _raise_if_interrupted()   # TVM's own error for the Interrupted raised at a safe point: the interruption
+        raise
     finally:
         builder.shutdown()
+    _raise_if_interrupted()   # a signal after the last batch: the records are whole, the rest of the run is not done
 
 
 # --------------------------------------------------------------------------- main API
@@ -906,7 +937,10 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
     elif todo and any(task_reports[t.task_name].best_us is None for _, t in todo):
         # A rerun with the same work dir tunes exactly those tasks.
         report.note = "some tasks got no trial within the budget; raise --tune-trials"
-    with open(os.path.join(work_dir, SUMMARY_FILE), "w") as f:
+    _raise_if_interrupted()
+    from collapse_passes.outputs import signals_blocked
+
+    with signals_blocked(), open(os.path.join(work_dir, SUMMARY_FILE), "w") as f:   # never half a summary
         json.dump(report.to_dict(), f, indent=2)
     say(
         f"tuning done in {report.seconds:.1f} s: {report.tasks_tuned} task(s) tuned, "
