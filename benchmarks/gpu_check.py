@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     from tvm_integration import compile as tc
     from tvm_integration.errors import TVMError
     from tvm_integration.targets import resolve_target
-    from tvm_integration.tune import tune_with_report
+    from tvm_integration.tuning import tune_with_report
 
     try:
         target, info = resolve_target("cuda", args.cuda_arch)

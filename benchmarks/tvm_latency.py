@@ -127,7 +127,7 @@ def run_benchmark(models, target_spec: str, budgets: list[int], repeat: int, wor
     from tvm_integration import compile as tc
     from tvm_integration.__main__ import random_inputs
     from tvm_integration.targets import configure_runtime_threads, resolve_target
-    from tvm_integration.tune import tune_with_report
+    from tvm_integration.tuning import tune_with_report
 
     target, info = resolve_target(target_spec)
     layouts = [tc.check_layout(x) for x in (layouts or [tc.default_layout(target)])]

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-scores", metavar="FILE.json", help="write the computed scores (editable, re-usable)")
     g.add_argument("--plot", metavar="FILE.png", help="plot per-layer scores with the threshold")
     g.add_argument("--remove-blocks", type=float, metavar="T",
-                   help="with --method lacoot: replace residual blocks scoring <= T by their skip")
+                   help="with --method lacoot, or --scores of saved block scores (\"kind\": \"block\"): replace "
+                        "residual blocks scoring <= T by their skip")
     g.add_argument("--target-speedup", type=float, metavar="S",
                    help="collapse lowest-scored activations first, skipping those whose collapse buys no predicted "
                         "speed-up (cost model on the merged graph), until the predicted speed-up reaches S")

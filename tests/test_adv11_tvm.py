@@ -93,7 +93,7 @@ def _record(mod, target):
 def test_a_database_holding_a_trace_of_other_block_names_is_repaired_on_open(tmp_path, cpu, kernels):
     from tvm.s_tir import meta_schedule as ms
 
-    from tvm_integration.tune import open_database
+    from tvm_integration.tuning import open_database
 
     a, b = kernels
     db = open_database(str(tmp_path))
@@ -111,7 +111,7 @@ def test_a_database_holding_a_trace_of_other_block_names_is_repaired_on_open(tmp
 
 def test_a_database_tvm_cannot_read_is_one_line(tmp_path):
     from tvm_integration.errors import TVMError
-    from tvm_integration.tune import open_database
+    from tvm_integration.tuning import open_database
 
     (tmp_path / "database_workload.json").write_text('{"bad\n')
     (tmp_path / "database_tuning_record.json").write_text("x\n")
@@ -122,7 +122,7 @@ def test_a_database_tvm_cannot_read_is_one_line(tmp_path):
 def test_the_shared_database_copy_refuses_a_trace_that_would_replay_nowhere(tmp_path, cpu, kernels):
     from tvm.s_tir import meta_schedule as ms
 
-    from tvm_integration.tune import _copy_best, open_database
+    from tvm_integration.tuning import _copy_best, open_database
 
     a, b = kernels
     src, dst = open_database(str(tmp_path / "src")), open_database(str(tmp_path / "dst"))
@@ -139,7 +139,7 @@ def test_the_shared_database_copy_refuses_a_trace_that_would_replay_nowhere(tmp_
 def test_tuning_a_kernel_the_database_holds_under_other_block_names(tmp_path, cpu, kernels):
     """End to end, as `--tune-trials` does for the collapsed then the input model (6 trials, ~10 s)."""
     from tvm_integration import build, import_onnx
-    from tvm_integration.tune import open_database, tune_with_report
+    from tvm_integration.tuning import open_database, tune_with_report
 
     a, _ = kernels
     work = str(tmp_path / "db")
@@ -255,7 +255,7 @@ def test_a_tune_dir_tvm_cannot_read_is_one_line_after_the_model_is_written(tmp_p
 def test_a_task_the_budget_never_reached_is_not_reported_as_tuned(tmp_path, cpu):
     """8 trials over 62 MobileNetV3 tasks said "62 task(s) tuned" with 4 measured: 2 trials, 2 tasks here."""
     from tvm_integration import import_onnx
-    from tvm_integration.tune import tune_with_report
+    from tvm_integration.tuning import tune_with_report
 
     said = []
     _, rep = tune_with_report(import_onnx(_conv_mean(1)), cpu[0], cpu[1], work_dir=str(tmp_path), trials=2,

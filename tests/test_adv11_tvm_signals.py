@@ -90,7 +90,7 @@ def _leftovers(root) -> list[str]:
 
 
 def _database_reads(tune_dir) -> int:
-    from tvm_integration.tune import open_database
+    from tvm_integration.tuning import open_database
 
     db = open_database(str(tune_dir), create=False)
     assert db is not None

@@ -29,7 +29,7 @@ from tvm_integration import compile as tc  # noqa: E402
 from tvm_integration.errors import TVMError  # noqa: E402
 from tvm_integration.targets import AARCH64_CXX, resolve_target  # noqa: E402
 from tvm_integration.testing import tiny_cnn_onnx  # noqa: E402
-from tvm_integration.tune import (  # noqa: E402
+from tvm_integration.tuning import (  # noqa: E402
     DB_ENV,
     check_tracker,
     database_key,
@@ -78,7 +78,7 @@ def tuned(tmp_path_factory, mod, cpu):
     import dataclasses
     import fcntl
 
-    from tvm_integration.tune import TaskReport, TuneReport, open_database
+    from tvm_integration.tuning import TaskReport, TuneReport, open_database
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -179,7 +179,7 @@ def test_cuda_targets_carry_the_block_limits_metaschedule_needs(spec, mod, tmp_p
 
     from tvm_integration import _worker
     from tvm_integration.compile import prepare
-    from tvm_integration.tune import MODULE_EQUALITY
+    from tvm_integration.tuning import MODULE_EQUALITY
 
     target, info = resolve_target(spec, cuda_arch="sm_90" if spec == "cuda" else None)
     _worker.preload_intrinsics(info.intrin_modules)  # as tune_with_report does (the full import is slow)

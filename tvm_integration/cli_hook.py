@@ -169,7 +169,7 @@ def check_args(args, model=None) -> None:
     collapsing. Raises TVMError."""
     from .compile import check_onnx_ops
     from .targets import resolve_target
-    from .tune import check_tracker
+    from .tuning import check_tracker
 
     if not str(getattr(args, "target", "") or "").strip():
         raise TVMError("--target is empty; give cpu, cuda, aarch64, a TVM target tag or a JSON target dict")
@@ -367,7 +367,7 @@ def run_from_args(
 
     from . import compile as tc
     from .targets import host_cpu_name, resolve_target
-    from .tune import check_tracker, tune_with_report
+    from .tuning import check_tracker, tune_with_report
 
     t_all = time.perf_counter()
     repeat = max(1, int(getattr(args, "tvm_repeat", DEFAULT_REPEAT) or DEFAULT_REPEAT))
@@ -560,7 +560,7 @@ def run_from_args(
         with atomic_directory(final) as tmp:
             tc.export_library(lib_ex, os.path.join(tmp, LIB_NAME), info)
             files = [LIB_NAME]
-            from .tune import DB_FILES, SUMMARY_FILE
+            from .tuning import DB_FILES, SUMMARY_FILE
 
             tuning_files = [
                 f for f in (*DB_FILES, SUMMARY_FILE) if os.path.exists(os.path.join(tune_dir, f))

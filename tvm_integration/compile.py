@@ -2,7 +2,7 @@
 
 All functions import TVM lazily, so ``import tvm_integration`` stays cheap.
 
-Build pipeline (shared with :mod:`tvm_integration.tune`, so the tuned
+Build pipeline (shared with :mod:`tvm_integration.tuning`, so the tuned
 database's workloads match the functions being built)::
 
     DecomposeOpsForInference, [FoldConstant, RaiseConstantMinMax,
@@ -368,7 +368,7 @@ def build(
     ``prepack`` (default: on for CPU) lets tuned kernels read weights in the
     blocked layout MetaSchedule chose; the re-layout is folded into the
     constants here.  It must match the setting the database was tuned with
-    (:func:`tvm_integration.tune.tune_with_report` uses the same default).
+    (:func:`tvm_integration.tuning.tune_with_report` uses the same default).
     ``layout`` ("NCHW" or "NHWC", default :func:`default_layout`) is the
     convolution layout; like ``prepack`` it must match the tuning run's.
     ``cuda_graph`` (default: on for CUDA) captures the kernel launches of

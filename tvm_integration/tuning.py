@@ -951,3 +951,4 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
         say("from the database (not tuned again): " + ", ".join(
             t.name + (" [shared]" if t.source == "shared" else "") for t in report.tasks if t.reused))
     return db, report
+
