@@ -208,9 +208,9 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
 def merge_refused(failed: Comparison, merged_segments: int) -> str:
     """The warning of a result written without merging because the merged one failed (both front ends)."""
     return (f"merging refused after verification: the merged result was {failed.max_rel:.3g} (max rel) from the "
-            f"requested semantics ({merged_segments} merged segment(s): rounding of merged weights amplified by an "
-            "ill-conditioned stack of collapsed layers); the result written is not merged (activations linearized, "
-            "BatchNorm/affine folded) and matches it")
+            f"requested semantics with {merged_segments} merged segment(s), outside the check's tolerance (float32 "
+            "rounding of merged weights, amplified where collapsed layers form an ill-conditioned stack, is the usual "
+            "cause); the result written is not merged (activations linearized, BatchNorm/affine folded) and matches it")
 
 
 def _keep(values: list[dict], plan, names: list[str], outs: list[list]) -> None:

@@ -407,6 +407,10 @@ def constant_through_conv(values, p: ConvParams, input_spatial) -> np.ndarray:
     out_sp = p.output_spatial(tuple(input_spatial))
     if min(out_sp) < 1:
         raise AlgebraError(f"input spatial {tuple(input_spatial)} too small for this conv (output {out_sp})")
+    if not np.all(np.isfinite(values)):
+        # inf * (tap reads padding: 0) is NaN in the separable sum, while the conv adds weight * 0 there
+        shape = (1, p.in_channels) + tuple(input_spatial)
+        return conv_nd(np.broadcast_to(values.reshape((1, -1) + (1,) * p.ndim), shape), p)[0]
     g, O = p.group, p.out_channels
     Ig = p.in_channels // g
     w = f64(p.weight).reshape((g, O // g, Ig) + p.kernel_shape)
