@@ -140,24 +140,22 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             raw_scores = dict(computed.scores)
         score_details = computed.as_dict()
         notes.extend(computed.notes)
-    blocks_removed = sorted(k for k, v in block_scores.items()
-                            if cfg.remove_blocks is not None and v <= cfg.remove_blocks)
-    if block_scores and cfg.remove_blocks is None:
-        notes.append("block scores computed; add --remove-blocks T to replace blocks scoring <= T by their skip")
     saved_blocks = None if cfg.method or cfg.scores is None else block_scores_given(cfg.scores)
     if saved_blocks is not None:   # --save-scores of a lacoot run: block keys, checked against the model's blocks
         from .onnx.blocks import find_residual_blocks
 
-        known = {k for b in find_residual_blocks(to_graph(original), meta) for k in b.keys}
+        known = {k for b in find_residual_blocks(graph, meta) for k in b.keys}   # the graph read above
         bad = [k for k in saved_blocks if k not in known]
         if bad:
             raise CollapseError(f"{cfg.scores}: {bad[0]!r} names no residual block of this model (block scores, "
                                 f"saved after --method lacoot); its blocks are: {', '.join(sorted(known)[:12]) or 'none'}")
         block_scores = saved_blocks
-        blocks_removed = sorted(k for k, v in block_scores.items()
-                                if cfg.remove_blocks is not None and v <= cfg.remove_blocks)
     elif cfg.scores is not None:
         raw_scores.update(read_scores(cfg.scores))
+    blocks_removed = sorted(k for k, v in block_scores.items()
+                            if cfg.remove_blocks is not None and v <= cfg.remove_blocks)
+    if block_scores and cfg.remove_blocks is None:
+        notes.append("block scores computed; add --remove-blocks T to replace blocks scoring <= T by their skip")
     src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
     act_scores = assign_scores(acts, index, raw_scores, src, notes) if raw_scores else {}
 
