@@ -344,7 +344,9 @@ def _cut_runs(x: np.ndarray, p: ConvParams):
     if int(np.prod(x.shape[2:])) < CUT_RUNS_MIN_SIZE:
         return None
     take = []
-    for a, (n, k, d, s, b) in enumerate(zip(x.shape[2:], p.kernel_shape, p.dilations, p.strides, p.pads_begin)):
+    out_sp = p.output_spatial(x.shape[2:])   # of the whole map: the sizes the outputs are copied back to
+    for a, (n, k, d, s, b, m) in enumerate(zip(x.shape[2:], p.kernel_shape, p.dilations, p.strides, p.pads_begin,
+                                                out_sp)):
         axis = a + 2
         mid = n // 2
         others = tuple(i for i in range(x.ndim) if i != axis)
@@ -359,7 +361,6 @@ def _cut_runs(x: np.ndarray, p: ConvParams):
         D = (hi - lo - 2 * keep) // s * s
         if D <= 0:
             continue
-        m = (n + b + p.pads_end[a] - w) // s + 1
         x = np.delete(x, np.s_[lo + keep:lo + keep + D], axis=axis)
         start = np.arange(m) * s - b          # first slice each output's window reads
         inside = -(-(lo + b) // s)            # the cut map's first output whose window starts in the run
