@@ -11,6 +11,7 @@ has succeeded. docs/file_safety.md lists the promises.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -132,6 +133,17 @@ def write_temp(dest: str | os.PathLike, data) -> Path:
             os.unlink(tmp)
         raise
     return tmp
+
+
+def checked_output_file(path, flag: str = "output", role: str = "file") -> Path:
+    """The CLI's checks of one output file (OutputPlan._check_one: a folder, device or FIFO, a missing or
+    unwritable folder, an immutable file, a NUL byte, an overlong name), for library writers
+    (onnx/graph.write_bytes_atomic): one CollapseError, nothing created. A missing folder is refused, not
+    made: a library call creates no folder its caller did not ask for. Returns the resolved target."""
+    plan = OutputPlan()
+    plan.add_output(role, flag, path)
+    plan._check_one(plan.outputs[role])
+    return plan.outputs[role].final
 
 
 # ------------------------------------------------------------------------------- signals
@@ -264,6 +276,40 @@ def check_path_form(flag: str, p: str | os.PathLike) -> None:
         if n > NAME_MAX:
             raise CollapseError(f"{flag}: path component {part[:24]!r}... is {n} bytes, longer than the "
                                 f"{NAME_MAX} bytes file systems allow; use a shorter name")
+
+
+def check_folder_reachable(flag: str, given: str | os.PathLike) -> None:
+    """The folder an output is created in must exist as the kernel resolves the path *as given*.
+    realpath (which makes Output.final) keeps a missing or non-folder component and lets a later '..'
+    cancel it, so `-o sub/../o.onnx` with no folder `sub` came out as `./o.onnx`, where open() fails
+    with ENOENT: the run wrote a file the path cannot name. Refused in one line instead, naming the
+    first component the kernel cannot go through."""
+    s = os.fspath(given)
+    head = os.path.dirname(s.rstrip(os.sep) or s) or os.curdir   # a folder output (`exp/`) is created in `.`
+    try:
+        if stat.S_ISDIR(os.stat(head).st_mode):
+            return
+    except OSError:
+        pass
+    parts = Path(head).parts
+    problem = None
+    for i in range(len(parts)):
+        prefix = os.path.join(*parts[:i + 1])
+        try:
+            if not stat.S_ISDIR(os.stat(prefix).st_mode):
+                problem = os.strerror(errno.ENOTDIR)
+        except FileNotFoundError:
+            problem = ""
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        if problem is not None:
+            break
+    else:   # each prefix is a folder yet the whole is not (it changed meanwhile): name the whole
+        prefix, problem, i = head, os.strerror(errno.ENOTDIR), len(parts)
+    why = " (a later '..' does not skip it: the system resolves every component)" if os.pardir in parts[i + 1:] else ""
+    if problem == "":
+        raise CollapseError(f"{flag} {s}: folder {prefix} does not exist{why}; create it first or choose another path")
+    raise CollapseError(f"{flag} {s}: {prefix}: {problem}{why}; choose another path")
 
 
 def _kind_of(mode: int) -> str:
@@ -450,6 +496,7 @@ class OutputPlan:
 
     def _check_one(self, o: Output) -> None:
         flag, given, final = o.flag, o.given, o.final
+        check_folder_reachable(flag, given)
         for label, ig, ip, ident in self.inputs:
             if final == ip or (ident is not None and _identity(final) == ident):
                 model = self.outputs.get("model")   # the data file's name follows the model's: -o is the way out

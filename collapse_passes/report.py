@@ -201,8 +201,14 @@ def _default(o):
     return str(o)
 
 
-def plot_scores(scores: dict[str, float], threshold: float | None, path, title: str = "collapse scores") -> None:
-    """Bar chart of per-layer scores (in model order) with the collapse threshold."""
+def plot_scores(scores: dict[str, float], threshold: float | None, path, title: str = "collapse scores") -> bytes | None:
+    """Bar chart of per-layer scores (in model order) with the collapse threshold, written atomically to
+    `path` (checked before the plot is drawn; a missing folder is refused, not created), or returned as
+    PNG bytes when `path` is None."""
+    if path is not None:
+        from .outputs import checked_output_file
+
+        checked_output_file(path, "plot_scores()", "plot")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,4 +236,4 @@ def plot_scores(scores: dict[str, float], threshold: float | None, path, title: 
     plt.close(fig)
     if path is None:  # the CLI stages the bytes itself (collapse_passes.outputs)
         return buf.getvalue()
-    write_bytes_atomic(buf.getvalue(), path)
+    write_bytes_atomic(buf.getvalue(), path, "plot_scores()")

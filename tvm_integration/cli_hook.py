@@ -150,15 +150,16 @@ def default_tune_dir(args, target_info) -> str:
     """
     from .targets import target_slug
 
+    # realpath, as the core CLI's output plan resolves it (collapse_passes.outputs): abspath drops `link/..`
+    # textually, so the run wrote somewhere other than the folder the plan had checked
     if getattr(args, "tune_dir", None):
-        return os.path.abspath(os.fspath(args.tune_dir))
+        return os.path.realpath(os.fspath(args.tune_dir))
     slug = target_slug(target_info)
     base = _path_arg(args, ("output", "out", "output_path")) or _path_arg(
         args, ("model", "input", "model_path", "input_model")
     )
     if base:
-        stem = os.path.splitext(os.path.abspath(base))[0]
-        return os.path.join(stem + ".tvm", slug)
+        return os.path.join(os.path.realpath(os.path.splitext(os.fspath(base))[0] + ".tvm"), slug)
     return os.path.abspath(os.path.join("tvm_tune", slug))
 
 
@@ -213,7 +214,9 @@ def atomic_directory(final_dir: str | os.PathLike):
     if foreign:   # an earlier export holding the user's own files: replacing it would delete them
         raise TVMError(f"{final} holds files an export does not write ({', '.join(foreign[:3])}); move them out "
                        "or export into a new directory")
-    os.makedirs(parent, exist_ok=True)
+    if not os.path.isdir(parent):   # a folder nobody asked for is not made (the CLI's output plan refuses it too)
+        raise TVMError(f"cannot export to {final}: folder {parent} does not exist; create it first or choose "
+                       "another path")
     tmp = os.fspath(temp_path(final, "tmpdir"))
     os.mkdir(tmp)  # mode 0777 & ~umask, like a plain mkdir
     try:
@@ -552,7 +555,7 @@ def run_from_args(
 
     # 5. Export, atomically.
     if export_dir:
-        final = os.path.abspath(os.fspath(export_dir))
+        final = os.path.realpath(os.fspath(export_dir))   # where the output plan checked it
         lib_ex, why = _library_to_export(ex_coll, ex_tuned, latency["collapsed"])
         if why:
             notes.append(why)

@@ -497,6 +497,19 @@ def _ordered_args(vm, inputs: Mapping[str, np.ndarray], func_name: str = "main")
     """
     arity = vm._get_function_arity(func_name)  # noqa: SLF001 - public in all but name
     params = [vm._get_function_param_name(func_name, i) for i in range(arity)]  # noqa: SLF001
+    if not isinstance(inputs, Mapping):   # a list of arrays gave "dictionary update sequence element #0 ..."
+        what = type(inputs).__name__
+        raise TVMError(f"inputs must be a dict {{input name: array}}, got a {what}; pass "
+                       f"dict(zip({params}, arrays)) (the compiled model's inputs, in order)")
+    for k, v in inputs.items():
+        try:
+            kind = np.asarray(v).dtype.kind
+        except Exception:  # noqa: BLE001 - anything numpy cannot read as an array
+            kind = "O"
+        if kind not in "biuf":   # TVM said "unknown dtype `<U3`" (a string) or failed deeper (objects)
+            raise TVMError(f"input {k!r} must be a numeric array, got {type(v).__name__}"
+                           f"{f' of dtype {v.dtype}' if hasattr(v, 'dtype') else ''}; pass np.asarray(value, "
+                           "dtype=np.float32) (or the input's dtype)")
     if len(inputs) != arity:
         raise TVMError(
             f"the compiled model takes {arity} input(s) {params}, got {len(inputs)}: {list(inputs)}"
@@ -645,20 +658,39 @@ def export_library(executable, path: str | os.PathLike, target_info=None) -> str
     ``tvm.contrib.cc`` of older TVMs moved to ``tvm.support.cc`` in 0.27).
     Load it with ``relax.VirtualMachine(tvm.runtime.load_module(path), dev)``;
     weights are bound, so ``vm["main"]`` takes the model inputs only.
+    The path gets collapse_passes' output checks first (a folder, device or FIFO is never replaced, a
+    missing folder is refused, not created) and the library is written atomically: linked into a temp
+    directory beside it (the name the next CLI run recognises as stale), then renamed into place.
     """
+    import shutil
+
     from tvm.support import cc
 
+    from collapse_passes.errors import CollapseError
+    from collapse_passes.outputs import checked_output_file, signals_blocked, temp_path
+
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    cross = getattr(target_info, "cross_compiler", None)
     try:
-        with stderr_without(SAVE_NOISE):
-            if cross:
-                _raw(executable).export_library(path, fcompile=cc.cross_compiler(cross))
-            else:
-                _raw(executable).export_library(path)
-    except Exception as e:
-        raise TVMError(f"exporting {path} failed: {_first_line(e)}") from e
+        final = checked_output_file(path, "export_library()")
+    except CollapseError as e:
+        raise TVMError(str(e)) from None
+    cross = getattr(target_info, "cross_compiler", None)
+    with signals_blocked():   # recorded for the cleanup below the moment it exists
+        tmp_dir = os.fspath(temp_path(final, "tmpdir"))
+        os.mkdir(tmp_dir)
+    try:
+        staged = os.path.join(tmp_dir, final.name)   # same name: TVM picks the format by the suffix (.tar)
+        try:
+            with stderr_without(SAVE_NOISE):
+                if cross:
+                    _raw(executable).export_library(staged, fcompile=cc.cross_compiler(cross))
+                else:
+                    _raw(executable).export_library(staged)
+        except Exception as e:
+            raise TVMError(f"exporting {path} failed: {_first_line(e)}") from e
+        os.replace(staged, final)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 

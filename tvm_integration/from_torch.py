@@ -34,8 +34,11 @@ def relax_from_torch(model, example_inputs=None, **kwargs):
             model.eval()   # its train/eval behaviour was fixed when it was exported
         except NotImplementedError:
             pass
-        try:
-            model = torch.export.export(model, tuple(example_inputs))
+        from collapse_passes.core.quiet import exporter_silenced
+
+        try:   # silenced: torch.export logs its whole graph at a guard it cannot decide; TVMError says it in one line
+            with exporter_silenced():
+                model = torch.export.export(model, tuple(example_inputs))
         except Exception as e:  # noqa: BLE001 - an export failure of any kind is the user's model
             raise TVMError(f"torch.export failed: {_first_line(e)}") from None
     try:

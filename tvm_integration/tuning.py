@@ -397,6 +397,18 @@ def open_database(work_dir: str, *, create: bool = True, say=None):
                        "pass another --tune-dir") from None
 
 
+def _write_summary(work_dir: str, summary: dict) -> None:
+    """``work_dir/tune_summary.json``, atomically (temp file, fsync, rename: collapse_passes' writer), with
+    the signals held: an ``open(..., "w")`` truncated the previous summary first, and a failure while
+    writing (a value json cannot take, a full disk) left half a file that a later --export copied."""
+    from collapse_passes.onnx.graph import write_text_atomic
+    from collapse_passes.outputs import signals_blocked
+
+    text = json.dumps(summary, indent=2)
+    with signals_blocked():
+        write_text_atomic(text, os.path.join(work_dir, SUMMARY_FILE), "the tuning summary")
+
+
 def _drop_unreplayable_records(work_dir: str) -> int:
     """Rewrite ``work_dir``'s record file without the records whose trace fails on their workload (what
     makes TVM refuse the whole database); returns how many were dropped. Written atomically."""
@@ -938,10 +950,7 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
         # A rerun with the same work dir tunes exactly those tasks.
         report.note = "some tasks got no trial within the budget; raise --tune-trials"
     _raise_if_interrupted()
-    from collapse_passes.outputs import signals_blocked
-
-    with signals_blocked(), open(os.path.join(work_dir, SUMMARY_FILE), "w") as f:   # never half a summary
-        json.dump(report.to_dict(), f, indent=2)
+    _write_summary(work_dir, report.to_dict())
     say(
         f"tuning done in {report.seconds:.1f} s: {report.tasks_tuned} task(s) tuned, "
         f"{report.tasks_reused} reused, {report.new_records} new record(s)"

@@ -118,12 +118,15 @@ def _export_any_batch(model: torch.nn.Module, example_inputs: tuple) -> torch.ex
     import torch.fx.experimental._config as fx_config
     from torch.export import Dim
 
+    from ..core.quiet import exporter_silenced
+
     dims = tuple({0: Dim.AUTO} if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in example_inputs)
-    try:
-        with fx_config.patch(backed_size_oblivious=True):
+    try:   # silenced: torch.export logs its whole graph at a guard it cannot decide; the caller says it in one line
+        with fx_config.patch(backed_size_oblivious=True), exporter_silenced():
             return torch.export.export(model, example_inputs, dynamic_shapes=dims)
     except Exception:   # noqa: BLE001 - the static export below says what is wrong, if anything
-        return torch.export.export(model, example_inputs)
+        with exporter_silenced():
+            return torch.export.export(model, example_inputs)
 
 
 def unwrap_compiled(model):
@@ -651,10 +654,14 @@ def _program_dynamic_shapes(ep) -> list[dict] | None:
 def _reexport(result: fx.GraphModule, example_inputs, dyn_shapes) -> torch.export.ExportedProgram:
     """The result as an ExportedProgram, with the input program's dynamic dims (a program exported for any
     batch came back fixed to its example batch)."""
+    from ..core.quiet import exporter_silenced
+
     if dyn_shapes is None:
-        return torch.export.export(result, example_inputs)
+        with exporter_silenced():
+            return torch.export.export(result, example_inputs)
     try:
-        return torch.export.export(result, example_inputs, dynamic_shapes=tuple(dyn_shapes))
+        with exporter_silenced():
+            return torch.export.export(result, example_inputs, dynamic_shapes=tuple(dyn_shapes))
     except Exception as exc:   # noqa: BLE001 - a dim the result cannot keep dynamic: say which, in one line
         raise CollapseError(f"the collapsed program cannot keep the input program's dynamic dims "
                             f"({_first_line(exc)}); export the model with static shapes, or pass the nn.Module "

@@ -316,23 +316,15 @@ def copy_fields(src, dst, skip: str) -> None:
             setattr(dst, field.name, value)
 
 
-def write_bytes_atomic(data, path: str | os.PathLike) -> Path:
+def write_bytes_atomic(data, path: str | os.PathLike, what: str = "output") -> Path:
     """Temp file beside the destination (a name the next run recognises as stale if this one is
     killed), fsync, rename; the mode is what a plain open() gives (umask, or the replaced file's).
-    `data`: bytes, or an iterable of byte strings written one after the other."""
-    import stat
+    `data`: bytes, or an iterable of byte strings written one after the other. The path gets the CLI's
+    output checks first (outputs.checked_output_file; `what` names it in the message): a folder, device or
+    FIFO is never replaced and a missing folder is refused, not created. A symlink is written through."""
+    from ..outputs import checked_output_file, write_temp
 
-    from ..outputs import _kind_of, write_temp
-
-    dest = Path(path)
-    try:   # the rename would replace a device (/dev/null, as root), a FIFO or a folder's entry
-        mode = os.stat(dest).st_mode
-    except OSError:
-        mode = None
-    if mode is not None and not stat.S_ISREG(mode):
-        what = "a directory" if stat.S_ISDIR(mode) else _kind_of(mode)
-        raise CollapseError(f"{dest} is {what}; only regular files are written: give a file path")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = checked_output_file(path, what)
     tmp = write_temp(dest, data)
     try:
         os.replace(tmp, dest)
@@ -340,11 +332,11 @@ def write_bytes_atomic(data, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return dest
+    return Path(path)
 
 
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    return write_bytes_atomic(text.encode(), path)
+def write_text_atomic(text: str, path: str | os.PathLike, what: str = "output") -> Path:
+    return write_bytes_atomic(text.encode(), path, what)
 
 
 def _short(exc: BaseException) -> str:

@@ -203,19 +203,15 @@ class SpeedupPredictor:
     def merged(self, model: nn.Module):
         """The model exported and merged by the exact ONNX passes under self.cm (not verified: a
         prediction; the result the user gets is merged and verified by collapse_passes.collapse)."""
-        import contextlib
-        import warnings
-
         import onnx
 
+        from ..core.quiet import exporter_silenced
         from ..onnx.driver import run_passes
 
         buf = io.BytesIO()
         m = copy.deepcopy(model).eval()
-        try:   # stderr too: the TorchScript exporter prints its whole IR graph before raising
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
-                warnings.simplefilter("ignore")
+        try:   # the TorchScript exporter prints its whole IR graph before raising: the error below says it
+            with exporter_silenced():
                 torch.onnx.export(m, (self.x,), buf, opset_version=17, dynamo=False, input_names=["input"],
                                   output_names=["logits"])
             out, _, _ = run_passes(onnx.load_from_string(buf.getvalue()), set(), merge=True, cost_model=self.cm,
