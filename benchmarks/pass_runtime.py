@@ -6,7 +6,9 @@ across exec, so the children are started from a parent that imports nothing heav
 exported in a separate process first); otherwise every child would report at least the parent's size. Runs are interleaved (collapse_passes,
 onnxslim, collapse_passes, ...) in alternating order so machine noise hits both alike; medians
 are reported with min-max. collapse_passes runs its verification gate (three random inputs, the default; a `--check 1` row shows what they cost);
-onnxslim runs with its defaults (it does not verify).
+onnxslim runs with its defaults (it does not verify). Two "ORT floor" rows run onnxruntime alone on the input
+model (three random inputs, bare process; lowest-memory settings, then with graph optimizations): the least a
+tool that verifies with onnxruntime pays.
 
 Cases (ResNet-18 and MobileNetV2 at 224x224, exported with the TorchScript exporter):
 - resnet18: no scores (folding / merging clean-ups only), as in issue 10's measurement;
@@ -124,6 +126,11 @@ def commands(path: str, extra: list[str], out_dir: str, baseline: str | None = N
     }
     # the same run verified on one random input instead of three: what the verification runs cost
     cmds["collapse_passes --check 1"] = cmds["collapse_passes"] + ["--check", "1"]
+    # a lower bound for any tool that verifies with onnxruntime: the input model alone, run on three random
+    # inputs in a bare process (onnxruntime + numpy, no onnx import, the thriftiest session settings)
+    # (one row with the settings that keep memory lowest, one with graph optimizations: the fastest)
+    cmds["ORT floor (input x3)"] = [py, os.path.abspath(__file__), "--ort-floor", path]
+    cmds["ORT floor optimized"] = [py, os.path.abspath(__file__), "--ort-floor", path, "--ort-optimize"]
     if baseline:  # another checkout of the package (e.g. `git archive HEAD collapse_passes | tar -x -C DIR`)
         cmds["baseline"] = ["env", f"PYTHONPATH={baseline}", py, "-m", "collapse_passes", path,
                             "-o", os.path.join(out_dir, "base.onnx"), "-q", *extra]
@@ -152,6 +159,31 @@ def bench(cases: dict, runs: int, out_dir: str, baseline: str | None = None) -> 
                          "ok": all(rc == 0 for rc in v["rc"]), "runs": runs,
                          "size_mb": os.path.getsize(path) / 2 ** 20})
     return rows
+
+
+def ort_floor(path: str, optimize: bool, runs: int = 3) -> None:
+    """The --ort-floor child: what running the input model on `runs` random inputs costs on its own, with
+    the settings that keep memory lowest (no arena, no memory pattern, glibc's mmap threshold fixed, graph as
+    written: measured 2026-11-28 as the least peak RSS of the combinations tried), or with onnxruntime's
+    graph optimizations (faster, ~10 MiB more)."""
+    import ctypes
+
+    import numpy as np
+    import onnxruntime as ort
+
+    ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)   # M_MMAP_THRESHOLD, as `python -m collapse_passes` does
+    so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else
+                                   ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.standard_normal([d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
+                                         dtype=np.float32) for i in sess.get_inputs()}
+    for _ in range(runs):
+        sess.run(None, feeds)
 
 
 def table(rows: list[dict]) -> str:
@@ -272,7 +304,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="--torch: torch.set_num_threads in the children")
     ap.add_argument("--torch-child", default=None, help=argparse.SUPPRESS)  # internal: one timed collapse()
     ap.add_argument("--tree", default=None, help=argparse.SUPPRESS)  # internal: collapse_passes from this tree
+    ap.add_argument("--ort-floor", default=None, help=argparse.SUPPRESS)  # internal: the onnxruntime-only row
+    ap.add_argument("--ort-optimize", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.ort_floor:
+        ort_floor(args.ort_floor, args.ort_optimize)
+        return 0
     if args.torch_child:
         print(json.dumps(torch_child(args.torch_child, args.tree, args.threads)))
         return 0

@@ -310,3 +310,24 @@ def test_release_free_memory_only_in_our_own_process(monkeypatch):
     monkeypatch.setattr(runtime, "OWN_PROCESS", True)
     runtime.release_free_memory()
     assert calls == [0]
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_benchmark_ort_floor_child_runs_the_input_model(tmp_path, optimize):
+    """benchmarks/pass_runtime.py's "ORT floor" rows: a bare onnxruntime child on the input model, listed
+    beside the tools for every case."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_cli import small_model
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "pass_runtime.py"
+    path = tmp_path / "m.onnx"
+    onnx.save(small_model(), str(path))
+    cmd = [sys.executable, str(bench), "--ort-floor", str(path)] + (["--ort-optimize"] if optimize else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    assert subprocess.run(cmd[:2] + ["--ort-floor", str(bad)], capture_output=True, timeout=120).returncode != 0
