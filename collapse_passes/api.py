@@ -197,7 +197,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                      "as 1 and chains of unknown size are not merged; --input-shape NAME:D0,D1,... gives real sizes")
     ctx.graph = None   # its arrays duplicate the result's weights: not held through verification
 
-    from .verify import merge_refused, random_inputs, verify
+    from .verify import random_inputs, verify
 
     if cfg.calib is not None:
         from .calib import calibration_feeds
@@ -214,20 +214,30 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             desc += (", dynamic dims after the first run as 1 (--calib data checks real sizes, --input-shape "
                      "fixes them)")
     ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
+    merge_fallback = None
     if not ver.against_requested.passed and ctx.merges and not ctx.approximations:
         # merged kernels of an ill-conditioned stack (every SiLU of EfficientNetV2-S collapsed: outputs ~1e22)
         # can be off where the layers one by one are not: the merged weights, rounded to float32, err in a
-        # direction the later layers amplify (the float64 look then disagrees too). The same passes without
-        # merging are tried before giving up; a result of them that verifies is written, with both numbers said.
-        alt_model, alt_ctx, alt_pm = run_passes(base, {a.name for a in chosen}, merge=False, cost_model=cost_model,
-                                                input_shapes=input_shapes, remove_blocks=blocks_removed,
-                                                prune=cfg.prune, prune_off=prune_off)
-        alt_ver = verify(original, requested, alt_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
-        if alt_ver.against_requested.passed:
-            warnings.append(merge_refused(ver.against_requested, len(ctx.merges)))
-            result_model, ctx, pm, ver = alt_model, alt_ctx, alt_pm, alt_ver
-            stats_after = model_stats(result_model, graph=ctx.graph)
-            ctx.graph = None
+        # direction the later layers amplify (the float64 look then disagrees too). The merges that break it are
+        # searched (core/merge_fallback: the same passes with some merges refused, each trial verified) and only
+        # those refused; a result that verifies is written, with the refused merges and their numbers said.
+        from .core.merge_fallback import search
+
+        def trial(allowed):
+            m, c, p = run_passes(base, {a.name for a in chosen}, merge=bool(allowed), cost_model=cost_model,
+                                 allow_border_approx=cfg.allow_border_approx, input_shapes=input_shapes,
+                                 remove_blocks=blocks_removed, prune=cfg.prune, prune_off=prune_off,
+                                 merge_allowed=allowed)
+            c.graph = None   # its arrays duplicate the trial's weights: not held through the search
+            v = verify(original, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
+            return (m, c, p, v), v.against_requested, c.merges
+
+        fb = search(ctx.merges, trial, failed=ver.against_requested)
+        if fb is not None:
+            warnings.append(fb.warning(ver.against_requested, len(ctx.merges)))
+            merge_fallback = fb.as_dict()
+            result_model, ctx, pm, ver = fb.payload
+            stats_after = model_stats(result_model)
     warnings.extend(ver.warnings)
     if ver.against_requested.passed and ver.against_requested.why:   # passed on the float64 second look
         warnings.append(f"verification: {ver.against_requested.why}")
@@ -254,6 +264,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                 for r in pm.records.values()],
         left_alone=[n.op for n in unknown], left_alone_nodes=[n.name for n in unknown],
         notes=notes + ctx.notes, warnings=warnings, score_details=score_details, pruning=prune_report, started=t0)
+    if merge_fallback is not None:
+        report["merge_fallback"] = merge_fallback
     if speedup_rows is not None:
         report["target_speedup"] = {"target": cfg.target_speedup, "tried": speedup_rows}
     if eval_set is not None:

@@ -9,7 +9,7 @@ original, uncollapsed model is reported separately as the price of the collapse 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -205,14 +205,6 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
                         warnings=warns, partial=partial)
 
 
-def merge_refused(failed: Comparison, merged_segments: int) -> str:
-    """The warning of a result written without merging because the merged one failed (both front ends)."""
-    return (f"merging refused after verification: the merged result was {failed.max_rel:.3g} (max rel) from the "
-            f"requested semantics with {merged_segments} merged segment(s), outside the check's tolerance (float32 "
-            "rounding of merged weights, amplified where collapsed layers form an ill-conditioned stack, is the usual "
-            "cause); the result written is not merged (activations linearized, BatchNorm/affine folded) and matches it")
-
-
 def _keep(values: list[dict], plan, names: list[str], outs: list[list]) -> None:
     """File a run's outputs under their value numbers."""
     for vals, out in zip(values, outs):
@@ -279,12 +271,12 @@ def float64_second_look(against: Comparison, run64, requested, result, feeds, na
                                   f"its float32 and float64 outputs differ by max rel {own.max_rel:.3g} (the collapsed "
                                   "layers form an ill-conditioned linear map, outputs up to "
                                   f"{max(float(np.max(np.abs(v))) for out in req64 for v in out):.3g}); collapse fewer "
-                                  "activations, or compare in float64 (a float64 model)")
-        return against
+                                  "activations, or compare in float64 (a float64 model)", c64.max_rel)
+        return replace(against, max_rel64=c64.max_rel)
     return Comparison(against.max_abs, against.max_rel, True, against.samples, against.worst_output,
                       f"float32 outputs differ by max rel {against.max_rel:.3g} (over rtol {rtol}): rounding of the "
                       f"merged sums; the same graphs in float64 agree to max rel {c64.max_rel:.3g} on "
-                      f"{len(feeds)} input(s), so the collapse is exact")
+                      f"{len(feeds)} input(s), so the collapse is exact", c64.max_rel)
 
 
 def _reference_run(model: onnx.ModelProto, feeds: list[dict]):

@@ -60,6 +60,8 @@ def export_onnx(
     The input is random normal data of ``input_shape`` (float32) on the
     model's device.
     """
+    if not dynamo:
+        _refuse_view_writes(model)   # before anything is created
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -95,6 +97,36 @@ def export_onnx(
                 **export_kwargs,
             )
     return path
+
+
+def view_writes(model) -> list[str]:
+    """In-place ops of a torch.fx graph that write through a view (``y[:, 3].mul_(3)``; ``fill_`` of a ``slice``,
+    torch.export's spelling of ``mask[:2, :2] = 1``), as ``"node (op of view)"``. The TorchScript exporter drops
+    such writes in a GraphModule (the ONNX file computes as if they were not there: torchvision-style Swin-T
+    collapsed through its torch.export graph gave a 3e-2 error, silently); the torch.export-based exporter keeps
+    them. Views and writes are read as collapse_passes reads them (fx/graph.py, from the aten schemas)."""
+    if not isinstance(model, torch.fx.GraphModule):
+        return []
+    from collapse_passes.fx.graph import aliases_input, mutates
+
+    found = []
+    for n in model.graph.nodes:
+        v = n.args[0] if n.op in ("call_function", "call_method") and n.args else None
+        if not isinstance(v, torch.fx.Node) or v.op == "call_module" or not aliases_input(v) or not mutates(n, v):
+            continue
+        if isinstance(v.args[0], torch.fx.Node) and mutates(v, v.args[0]):
+            continue   # the return of an in-place op (x.relu_().mul_(2)) is its input, not a view
+        name = lambda t: t if isinstance(t, str) else getattr(t, "__name__", str(t))   # noqa: E731
+        found.append(f"{n.name} ({name(n.target)} of {name(v.target)})")
+    return found
+
+
+def _refuse_view_writes(model) -> None:
+    found = view_writes(model)
+    if found:
+        raise ValueError(f"the TorchScript exporter drops in-place writes through views in a "
+                         f"torch.fx graph ({', '.join(found[:2])}{' ...' if len(found) > 2 else ''}) and would write a wrong "
+                         "ONNX file: export it with dynamo=True")
 
 
 def node_module_path(node) -> str | None:

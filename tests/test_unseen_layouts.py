@@ -243,6 +243,9 @@ def test_result_save_never_overwrites_the_input_or_its_external_data(tiny, tmp_p
     onnx.save(onnx.load(p), str(src), save_as_external_data=True, location="m.data", size_threshold=0)
     before = {f: (tmp_path / f).read_bytes() for f in ("m.onnx", "m.data")}
     r = cp.collapse(str(src), collapse=["features.0.2"])
+    with pytest.raises(CollapseError, match="folder .*sub does not exist"):   # the system cannot resolve it
+        r.save(tmp_path / "sub" / ".." / "m.onnx")
+    (tmp_path / "sub").mkdir()   # now it names the input
     for target in (src, tmp_path / "m.data", tmp_path / "sub" / ".." / "m.onnx"):
         with pytest.raises(CollapseError, match="never overwritten"):
             r.save(target)

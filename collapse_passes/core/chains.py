@@ -14,6 +14,7 @@ from ..algebra import linear as lin_alg
 from ..algebra.cost import CostModel, conv_macs, conv_signature, linear_macs, linear_signature
 from ..errors import CollapseError
 from ..planning import plan_segments
+from .merge_fallback import REFUSED_JOIN
 
 MAX_SEGMENT = 6
 
@@ -30,7 +31,7 @@ class ConvChainPlan:
 
 
 def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: bool = False,
-                    any_size: bool = False) -> ConvChainPlan:
+                    any_size: bool = False, joins_ok=None) -> ConvChainPlan:
     """Where to cut a chain of ConvParams (input spatial size spatials[k], output outs[k] of conv k).
 
     Segments are priced by cm (a bias-map Add counted as an elementwise op); a merge the algebra
@@ -45,6 +46,9 @@ def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: 
         if j - i == 1:
             merged[(i, j)] = conv_alg.MergedConv(params[i], None, True, "single conv")
             return merged[(i, j)]
+        if joins_ok is not None and not all(joins_ok[i:j - 1]):
+            refused[(i, j)] = REFUSED_JOIN
+            return None
         if (i + 1, j) in refused:   # a refused inner pair refuses every segment that contains it
             refused[(i, j)] = refused[(i + 1, j)]
             return None
@@ -119,21 +123,24 @@ def merge_reason(before, after, n, m=None) -> str:
     return why
 
 
-def plan_dense_chain(params, rows: int, cm: CostModel) -> dict:
+def plan_dense_chain(params, rows: int, cm: CostModel, joins_ok=None) -> dict:
     """{(i, j): composed LinearParams} for the segments of a chain of linears worth merging (always exact);
-    rows = how many rows (tokens x batch) each linear sees."""
+    rows = how many rows (tokens x batch) each linear sees; joins_ok as plan_conv_chain."""
     cache = {}
 
     def cost(i, j):
+        if j - i > 1 and joins_ok is not None and not all(joins_ok[i:j - 1]):
+            return None
         p = params[i] if j - i == 1 else cache.setdefault((i, j), lin_alg.compose_linear_chain(params[i:j]))
         return cm.op_cost("Gemm", linear_macs(p, rows), linear_signature(p, rows))
 
     return {(i, j): cache[(i, j)] for i, j in plan_segments(len(params), cost, MAX_SEGMENT) if j - i > 1}
 
 
-def merge_record(kind: str, nodes: list, before: int, after: int, ops_before: int, m=None) -> dict:
-    """The report's record of one merged segment (kind "conv" with its MergedConv m, or "dense")."""
-    rec = {"kind": kind, "nodes": list(nodes), "macs_before": int(before), "macs_after": int(after),
+def merge_record(kind: str, nodes: list, before: int, after: int, ops_before: int, m=None, joins=()) -> dict:
+    """The report's record of one merged segment (kind "conv" with its MergedConv m, or "dense"); joins: the
+    join keys (merge_fallback.join_key) it fused, by which a refused merge is named on a rerun."""
+    rec = {"kind": kind, "nodes": list(nodes), "joins": list(joins), "macs_before": int(before), "macs_after": int(after),
            "ops_before": ops_before, "ops_after": 1 + (m is not None and m.bias_map is not None),
            "exact": m is None or bool(m.exact)}
     if m is not None:

@@ -395,12 +395,15 @@ class Comparison:
     samples: int
     worst_output: str = ""
     why: str = ""
+    max_rel64: float | None = None   # the float64 second look's max rel, when one was taken (verify.py)
 
     def as_dict(self) -> dict:
         d = {"max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed,
              "samples": self.samples, "worst_output": self.worst_output}
         if self.why:
             d["why"] = self.why
+        if self.max_rel64 is not None:
+            d["max_rel_float64"] = self.max_rel64
         return d
 
 

@@ -6,9 +6,9 @@ alone), compared with the result by verify.compare (one tolerance rule for both 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import math
+import operator
 import os
 import time
 
@@ -18,6 +18,7 @@ from torch import fx
 from torch.fx.passes.infra.pass_manager import PassManager
 
 from ..config import CollapseConfig, with_tolerances
+from ..core.merge_fallback import search as merge_search
 from ..core.selection import KeyIndex, assign_scores, choose, read_scores
 from ..errors import CollapseError, VerificationError
 from ..report import activation_row, build_report
@@ -42,6 +43,12 @@ class _PathTracer(CallPathTracer):
         super().__init__()
         self.failed_in: str | None = None
 
+    def is_leaf_module(self, m, qualname) -> bool:
+        """A layer with forward (pre-)hooks is traced through, hooks included (as torch.export and dynamo trace
+        it): as a call_module node its hooks ran only while the layer stayed, so folding or collapsing it dropped
+        them (the gate failed on any folded hooked conv, and a hook on a collapsed activation vanished)."""
+        return super().is_leaf_module(m, qualname) and not has_forward_hooks(m)
+
     def call_module(self, m, forward, args, kwargs):
         try:
             return super().call_module(m, forward, args, kwargs)
@@ -52,6 +59,17 @@ class _PathTracer(CallPathTracer):
                 except NameError:
                     self.failed_in = type(m).__name__
             raise
+
+
+def has_forward_hooks(m: torch.nn.Module) -> bool:
+    """Forward (pre-)hooks other than torch's weight reparametrizations (weight_norm, spectral_norm: a pre-hook
+    that sets .weight from other parameters, which the layer's current .weight already is in eval; traced through,
+    they would set a Proxy as the user's weight and keep the conv from merging)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return bool(m._forward_hooks) or any(not isinstance(h, (WeightNorm, SpectralNorm))
+                                         for h in m._forward_pre_hooks.values())
 
 
 def _first_line(exc: BaseException) -> str:
@@ -73,12 +91,50 @@ def trace_module(model: torch.nn.Module, example_inputs=None) -> fx.GraphModule:
     try:
         ep = _export_any_batch(model, tuple(example_inputs))
         gm = ep.module()
+        inline_grad_regions(gm)
         gm.meta[EXPORT_BATCHES] = _batch_range(ep)
         return gm
     except Exception as exc2:
         raise CollapseError(f"torch.fx cannot trace {where} ({why}) and torch.export failed too "
                             f"({_first_line(exc2)}); rewrite its data-dependent control flow "
                             "(torch.cond) or export the model to ONNX") from None
+
+
+def inline_grad_regions(gm: fx.GraphModule) -> int:
+    """Inline torch.export's `with torch.no_grad():` / `set_grad_enabled` regions (wrap_with_set_grad_enabled: a
+    submodule called by a higher-order op) into the graph: the activations inside them were no sites (a program
+    of a forward with a no_grad block listed none of its keys, which symbolic_trace of the module does list).
+    The grad mode goes, as symbolic_trace drops it: the result computes the same values, and gradients now reach
+    the layers the region held. Returns how many regions were inlined."""
+    hop = getattr(torch.ops.higher_order, "wrap_with_set_grad_enabled", None)
+    done = 0
+    for node in list(gm.graph.nodes):
+        if hop is None or node.op != "call_function" or node.target is not hop or len(node.args) < 2 \
+                or getattr(node.args[1], "op", None) != "get_attr" or node.kwargs:
+            continue
+        sub = gm.get_submodule(str(node.args[1].target))
+        phs = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        if not isinstance(sub, fx.GraphModule) or len(phs) != len(node.args) - 2 or \
+                any(n.op in ("get_attr", "call_module") for n in sub.graph.nodes):
+            continue   # a region holding its own attributes or a nested region: left as it is
+        users = list(node.users)
+        if not all(u.op == "call_function" and u.target is operator.getitem for u in users):
+            continue
+        with gm.graph.inserting_before(node):
+            outs = gm.graph.graph_copy(sub.graph, dict(zip(phs, node.args[2:])))
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        for u in users:
+            u.replace_all_uses_with(outs[u.args[1]])
+            gm.graph.erase_node(u)
+        getter = node.args[1]
+        gm.graph.erase_node(node)
+        if not getter.users:
+            gm.graph.erase_node(getter)
+        done += 1
+    if done:
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return done
 
 
 #: GraphModule.meta key: (lo, hi) batch sizes an nn.Module traced with torch.export runs at (hi None: no bound)
@@ -244,8 +300,25 @@ def _refuse_random(gm: fx.GraphModule, model) -> None:
                         + ("" if training else ", or remove the random ops"))
 
 
+def _refuse_meta(tensors, what: str, way_out: str) -> None:
+    """Tensors without data (device 'meta', as from init_empty_weights or to('meta')): nothing can be folded,
+    merged or verified on them, and torch's first data read raised NotImplementedError deep in a check."""
+    if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+        raise CollapseError(f"{what} on the 'meta' device (no data): {way_out}")
+
+
+_LOAD_WEIGHTS = "load its weights first (model.to_empty(device='cpu') and load_state_dict, or build it on 'cpu')"
+
+
 def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
     """(a GraphModule the passes may change, the input's kind): never modifies the caller's model."""
+    from torch.utils._pytree import tree_leaves
+
+    weights = [*model.state_dict.values(), *model.constants.values()] if isinstance(model, torch.export.ExportedProgram) \
+        else [*model.parameters(), *model.buffers()] if isinstance(model, torch.nn.Module) else []
+    _refuse_meta(weights, "the model's weights are", _LOAD_WEIGHTS)
+    _refuse_meta(tree_leaves(example_inputs) if example_inputs is not None else [], "example_inputs are",
+                 "give real tensors of the shapes to plan and verify on (torch.randn(...) on the model's device)")
     if isinstance(model, torch.export.ExportedProgram):
         ex = getattr(model, "example_inputs", None)
         if ex is not None and len(ex) > 1 and ex[1]:
@@ -261,6 +334,7 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
             raise CollapseError(f"the program holds {', '.join(low)} weights: the merges are computed and verified "
                                 "in float32/float64; export it from model.float() (and convert the result back after)")
         gm = model.module()
+        inline_grad_regions(gm)
         _refuse_random(gm, None)
         writes = state_writes(gm)
         if writes:
@@ -282,6 +356,9 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
     try:
         gm, kind = (copy_sharing_weights(model), "GraphModule") if isinstance(model, fx.GraphModule) else \
             (trace_module(model, example_inputs), "nn.Module")
+        if kind == "GraphModule" and any(n.op == "call_module" and has_forward_hooks(gm.get_submodule(str(n.target)))
+                                         for n in gm.graph.nodes):   # a layer with hooks: trace them in (_PathTracer)
+            gm = trace_module(gm, example_inputs)
     except CollapseError:   # a failed torch.export fallback may have run a write (`w.data.clamp_()`) for real
         if guard.written():
             guard.restore()
@@ -419,14 +496,16 @@ def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list,
 
 
 def run_passes(gm: fx.GraphModule, chosen_names, cfg: CollapseConfig, record: FxRecord,
-               example_inputs=None, any_size: bool = False) -> fx.GraphModule:
+               example_inputs=None, any_size: bool = False, merge_allowed=None) -> fx.GraphModule:
     """Linearize the chosen sites once, then fold / absorb / merge / cleanup to a fixed point.
-    any_size: the graph will run at other spatial sizes than its shapes (MergeLinearChains.any_size)."""
+    any_size: the graph will run at other spatial sizes than its shapes (MergeLinearChains.any_size).
+    merge_allowed: the join keys merges may use (None: all; an empty set: no merge), core/merge_fallback."""
     LinearizeActivations(chosen_names, record)(gm)
     loop = [FoldBatchNorm(record)]
-    if cfg.merge:
-        loop += [AbsorbResidual(record), MergeLinearChains(_cost_model(cfg), cfg.allow_border_approx, None, record,
-                                                           any_size=any_size)]
+    if cfg.merge and merge_allowed != frozenset():
+        loop += [AbsorbResidual(record, merge_allowed),
+                 MergeLinearChains(_cost_model(cfg), cfg.allow_border_approx, None, record, any_size=any_size,
+                                   allowed=merge_allowed)]
     loop.append(Cleanup(record))
     res = PassManager(loop, steps=MAX_STEPS)(gm)
     return res.graph_module
@@ -498,20 +577,35 @@ def requested_semantics(gm: fx.GraphModule, chosen_names, blocks=()) -> fx.Graph
 
 
 def _feeds(example_inputs, count: int, seed: int) -> list[tuple]:
-    """The example inputs, then count-1 seeded random inputs of the same shapes (floating inputs only)."""
+    """The example inputs, then count-1 seeded random inputs of the same shapes (floating inputs only), drawn on
+    the CPU (the same numbers on every device) and put on each input's device: a model on a GPU got CPU inputs."""
+    from torch.utils._pytree import tree_map
+
     g = torch.Generator().manual_seed(seed)
     feeds = [tuple(example_inputs)]
+
+    def draw(t):   # inside dicts / lists too: a dict input was the same tensor on every check run
+        return torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device) if isinstance(t, torch.Tensor) and \
+            t.is_floating_point() else t
+
     for _ in range(max(0, count - 1)):
-        feeds.append(tuple(torch.randn(t.shape, generator=g, dtype=t.dtype) if isinstance(t, torch.Tensor)
-                           and t.is_floating_point() else t for t in example_inputs))
+        feeds.append(tuple(tree_map(draw, t) for t in example_inputs))
     return feeds
+
+
+def _cloned(inputs) -> tuple:
+    """Copies of the tensors in `inputs`, inside dicts and lists too (a model writing batch["img"] in place wrote
+    the caller's example input)."""
+    from torch.utils._pytree import tree_map
+
+    return tuple(tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, inputs))
 
 
 def run_outputs(model, feeds) -> list[list[np.ndarray]]:
     outs = []
     with torch.no_grad():
         for f in feeds:
-            f = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in f)   # a model may write its input
+            f = _cloned(f)   # a model may write its input
             outs.append(output_arrays(model(*f)))
     return outs
 
@@ -723,7 +817,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     gm, kind = to_graph_module(model, example_inputs)
     example_inputs = _example_inputs(model, example_inputs, gm)
     # our own copies: shape propagation and pruning run the model, which may write into its input
-    example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    example_inputs = _cloned(example_inputs)
     if cfg.calib is not None and not cfg.method:
         raise CollapseError("calib= on a torch model feeds method= scores; torch models are verified on "
                             "example_inputs (check=N adds random inputs of the same shapes)")
@@ -792,18 +886,23 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
 
     desc = f"example_inputs + {len(feeds) - 1} random input(s) of their shapes, seed {cfg.seed}"
     ver = verify_torch(original, requested, result, feeds, cfg.rtol, cfg.atol, desc, outputs)
+    fallback = None
     if not ver.against_requested.passed and record.merges and not record.approximations:
-        # as the ONNX front end (api.collapse): the same passes without merging, written when they verify
-        alt_record = before_passes
-        alt = run_passes(copy_sharing_weights(gm), [], dataclasses.replace(cfg, merge=False), alt_record,
-                         any_size=any_size)
-        outputs.keep(alt, 0, propagate_shapes(alt, example_inputs))
-        alt_ver = verify_torch(original, requested, alt, feeds, cfg.rtol, cfg.atol, desc, outputs)
-        if alt_ver.against_requested.passed:
-            from ..verify import merge_refused
+        # as the ONNX front end (api.collapse): the merges that break it are refused, the rest kept
+        # (core/merge_fallback), the result written when it verifies
+        def trial(allowed):
+            rec = copy.deepcopy(before_passes)
+            alt = run_passes(copy_sharing_weights(gm), [], cfg, rec, any_size=any_size, merge_allowed=allowed)
+            outputs.keep(alt, 0, propagate_shapes(alt, example_inputs))
+            v = verify_torch(original, requested, alt, feeds, cfg.rtol, cfg.atol, desc, outputs)
+            return (alt, rec, v), v.against_requested, rec.merges
 
-            warnings.append(merge_refused(ver.against_requested, len(record.merges)))
-            result, record, ver, after = alt, alt_record, alt_ver, graph_stats(alt)
+        fb = merge_search(record.merges, trial, failed=ver.against_requested)
+        if fb is not None:
+            warnings.append(fb.warning(ver.against_requested, len(record.merges)))
+            fallback = fb.as_dict()
+            result, record, ver = fb.payload
+            after = graph_stats(result)
     passed = ver.against_requested.passed
     if passed and ver.against_requested.why:   # passed on the float64 second look
         warnings.append(f"verification: {ver.against_requested.why}")
@@ -814,8 +913,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         passed = cfg.approx_max_error is None or ver.against_requested.max_abs <= cfg.approx_max_error
 
     out_model = result
-    if kind != "ExportedProgram":   # the re-export below copies; here the unmerged layers still hold the caller's
-        own_weights(result, model)
+    own_weights(result, model)   # the unmerged layers still hold the caller's tensors (torch.export does not copy)
     if kind == "ExportedProgram":
         out_model = _reexport(result, example_inputs, dyn_shapes)
     chosen_ids = {id(s) for s in chosen}
@@ -831,6 +929,8 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         left_alone_nodes=[s.name for s in kept], notes=notes + record.notes, warnings=warnings,
         pruning=prune_report, started=t0,
         score_details=computed.as_dict() if computed is not None else None)
+    if fallback is not None:
+        report["merge_fallback"] = fallback
     if prune_report is not None and cfg.prune_ratio is not None:
         err = verify_torch(reference, reference, requested, feeds, cfg.rtol, cfg.atol, desc, outputs).against_requested
         prune_report["ratio"]["error_vs_unpruned"] = {"max_abs": err.max_abs, "max_rel": err.max_rel}
@@ -985,19 +1085,39 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
             _refuse_shared_writes(shared, requested, "torch_backend")
         if any_size:
             notes.append("dynamic spatial size: only merges exact at every input size were planned")
-        check = None
+        check = fallback = None
         if requested is not None:
             from ..core.runtime import compare
 
             feeds = [tuple(concrete)]
-            got = run_outputs(out, feeds)
-            check = compare(run_outputs(requested, feeds), got, [f"output{i}" for i in range(len(got[0]))],
-                            cfg.rtol, cfg.atol)
+            want = run_outputs(requested, feeds)
+
+            def checked(g):
+                got = run_outputs(g, feeds)
+                return compare(want, got, [f"output{i}" for i in range(len(got[0]))], cfg.rtol, cfg.atol)
+
+            check = checked(out)
+            if not check.passed and record.merges and not record.approximations:
+                # as collapse(): the merges that break the check are refused, the rest kept (core/merge_fallback)
+                def trial(allowed):   # from the requested semantics: the chosen sites are linearized there
+                    rec = FxRecord()
+                    g = run_passes(copy_sharing_weights(requested), [], cfg, rec, any_size=any_size,
+                                   merge_allowed=allowed)
+                    c = checked(g)
+                    return (g, rec, c), c, rec.merges
+
+                fb = merge_search(record.merges, trial, failed=check)
+                if fb is not None:
+                    warnings.append(fb.warning(check, len(record.merges)))
+                    fallback = fb.as_dict()
+                    out, record, check = fb.payload
         elif verify:
             notes.append("not verified: dynamo gave fake example inputs")
         backend.reports.append({"collapsed": [s.keys[0] for s in chosen], "merges": record.merges,
                                 "folds": record.folds, "notes": notes + record.notes, "warnings": warnings,
                                 "verification": None if check is None else check.as_dict()})
+        if fallback is not None:
+            backend.reports[-1]["merge_fallback"] = fallback
         approx_ok = check is not None and bool(record.approximations) and (
             cfg.approx_max_error is None or check.max_abs <= cfg.approx_max_error)   # opted in, as collapse()
         if check is not None and not check.passed and not approx_ok:

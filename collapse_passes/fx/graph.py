@@ -910,8 +910,16 @@ def state_error(writes: list[str], where: str = "") -> str:
 def own_weights(result: nn.Module, model) -> int:
     """Give `result` its own copies of the parameters and buffers it shares with the caller's `model`
     (copy_sharing_weights keeps the unmerged layers' tensors): fine-tuning the collapsed model must not train
-    the model it came from. Tied tensors stay tied; requires_grad is kept. Returns how many were copied."""
-    theirs = {id(t) for t in [*model.parameters(), *model.buffers()]} if isinstance(model, nn.Module) else set()
+    the model it came from. Tied tensors stay tied; requires_grad is kept. Returns how many were copied.
+    `model` may be an ExportedProgram: its .module() holds the program's (and the exported module's) own
+    tensors, and torch.export of the result copies none of them."""
+    if isinstance(model, nn.Module):
+        mine = [*model.parameters(), *model.buffers()]
+    elif isinstance(model, torch.export.ExportedProgram):
+        mine = [*model.state_dict.values(), *model.constants.values()]
+    else:
+        mine = []
+    theirs = {id(t) for t in mine if isinstance(t, torch.Tensor)}
     copies: dict = {}
     with torch.no_grad():
         for mod in result.modules():

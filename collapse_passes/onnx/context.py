@@ -26,6 +26,7 @@ class OnnxContext:
     run_shapes: dict = field(default_factory=dict)    # tensor -> shape read from one run of `source`
     run_asked: set = field(default_factory=set)       # tensors already asked of a run (found or not)
     fold_protected: set = field(default_factory=set)  # ids of nodes inside activations left as they are
+    merge_allowed: frozenset | None = None            # join keys a merge may use (None: all; core/merge_fallback)
 
     @property
     def graph_outputs(self) -> set:

@@ -40,14 +40,15 @@ def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = Fal
 
 def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow_border_approx: bool = False,
                cost_model=None, input_shapes=None, remove_blocks=None, prune: bool = False,
-               prune_off: dict | None = None, run_cache: OnnxContext | None = None,
+               prune_off: dict | None = None, run_cache: OnnxContext | None = None, merge_allowed=None,
                ) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
     """`run_cache`: the context of an earlier run on the same `model`, whose run-read shapes
-    (ctx.run_shapes, shapes.run_shapes) this run reuses instead of running the model again."""
+    (ctx.run_shapes, shapes.run_shapes) this run reuses instead of running the model again.
+    `merge_allowed`: the join keys merges may use (None: all), core/merge_fallback."""
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), allow_border_approx=allow_border_approx,
                       cost_model=cost_model, input_shapes=dict(input_shapes or {}),
                       remove_blocks=set(remove_blocks or ()), node_meta=node_key_names(model),
-                      prune=prune, prune_off=dict(prune_off or {}), source=model)
+                      prune=prune, prune_off=dict(prune_off or {}), source=model, merge_allowed=merge_allowed)
     if run_cache is not None:   # shared, not copied: what one candidate reads, the next one has
         ctx.run_shapes, ctx.run_asked = run_cache.run_shapes, run_cache.run_asked
     # keyed before the passes change the graph: the result keeps the input's site keys (onnx.keys)

@@ -11,6 +11,7 @@ from torch import fx
 
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
+from ...core.merge_fallback import join_key
 from ...errors import CollapseError
 from ..graph import (feeds_output, insert_linear, is_add, linear_op, mutated_between, origin,
                      single_user)
@@ -19,6 +20,10 @@ from ._base import FxPass, PassResult
 
 class AbsorbResidual(FxPass):
     name = "absorb_residual"
+
+    def __init__(self, record=None, allowed=None):
+        super().__init__(record)
+        self.allowed = allowed   # join keys an absorb may use (None: all), core/merge_fallback
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         done = 0
@@ -37,6 +42,9 @@ class AbsorbResidual(FxPass):
 
     def _absorb(self, gm, add, op, skip) -> bool:
         proj = None
+        join = join_key("+".join(origin(op.node)), add.name)
+        if self.allowed is not None and join not in self.allowed:   # refused after verification
+            return False
         try:
             if op.kind == "conv":
                 if skip is op.x:
@@ -66,7 +74,7 @@ class AbsorbResidual(FxPass):
         gm.graph.erase_node(op.node)
         if proj is not None:
             gm.graph.erase_node(proj.node)
-        self.record.merges.append({"kind": f"residual-{kind}", "nodes": names, "macs_before": 0,
+        self.record.merges.append({"kind": f"residual-{kind}", "nodes": names, "joins": [join], "macs_before": 0,
                                    "macs_after": 0, "ops_before": 2 + (proj is not None), "ops_after": 1,
                                    "exact": True, "reason": f"skip ({kind}) folded into the branch's kernel"})
         return True

@@ -13,6 +13,7 @@ from torch import fx
 
 from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
+from ...core.merge_fallback import join_key, joins_ok
 from ..graph import (feeds_output, insert_linear, linear_op, origin, propagate_shapes, shape_of,
                      single_user)
 from ._base import FxPass, PassResult
@@ -41,13 +42,19 @@ def _chains(gm: fx.GraphModule, kind: str) -> list[list]:
     return chains
 
 
+def _joins(chain) -> list[str]:
+    """Join keys of a chain's neighbouring ops, each named by the input graph's nodes it stands for."""
+    return [join_key("+".join(origin(a.node)), "+".join(origin(b.node))) for a, b in zip(chain, chain[1:])]
+
+
 class MergeLinearChains(FxPass):
     """cost_model: algebra.cost.CostModel; example_inputs: run ShapeProp first (else node metadata is used)."""
     name = "merge"
 
     def __init__(self, cost_model: CostModel | None = None, allow_border_approx: bool = False,
-                 example_inputs=None, record=None, any_size: bool = False):
+                 example_inputs=None, record=None, any_size: bool = False, allowed=None):
         super().__init__(record)
+        self.allowed = allowed   # join keys a merge may use (None: all), core/merge_fallback
         self.cm = cost_model or CostModel()
         self.allow_border_approx = allow_border_approx
         self.example_inputs = example_inputs
@@ -87,13 +94,16 @@ class MergeLinearChains(FxPass):
         spatials = [tuple(s[2:]) for s in shapes_in]
         outs = [tuple(s[2:]) for s in shapes_out]
         params = [op.params for op in chain]
-        plan = plan_conv_chain(params, spatials, outs, self.cm, self.allow_border_approx, self.any_size)
+        joins = _joins(chain)
+        plan = plan_conv_chain(params, spatials, outs, self.cm, self.allow_border_approx, self.any_size,
+                               joins_ok(self.allowed, joins))
         done = 0
         for (i, j), m in plan.merged.items():
             ops = chain[i:j]
             before = sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
             after = conv_macs(m.params, outs[j - 1])
-            rec = merge_record("conv", [n for op in ops for n in origin(op.node)], before, after, len(ops), m)
+            rec = merge_record("conv", [n for op in ops for n in origin(op.node)], before, after, len(ops), m,
+                               joins[i:j - 1])
             self._replace(gm, ops, "conv", m.params, m.bias_map)
             self.record.merges.append(rec)
             if not m.exact:
@@ -111,12 +121,13 @@ class MergeLinearChains(FxPass):
         s = shape_of(chain[0].x)
         rows = int(np.prod(s[:-1])) if s else 1
         done = 0
-        for (i, j), p in plan_dense_chain(params, rows, self.cm).items():
+        joins = _joins(chain)
+        for (i, j), p in plan_dense_chain(params, rows, self.cm, joins_ok(self.allowed, joins)).items():
             ops = chain[i:j]
             before = sum(linear_macs(q, rows) for q in params[i:j])
             after = linear_macs(p, rows)
             self.record.merges.append(merge_record("dense", [n for op in ops for n in origin(op.node)],
-                                                   before, after, len(ops)))
+                                                   before, after, len(ops), joins=joins[i:j - 1]))
             self._replace(gm, ops, "linear", p)
             done += 1
         return done

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
+from ...core.merge_fallback import join_key
 from ...errors import CollapseError
 from ...pipeline import PassResult
 from ..graph import const_value, single_consumer, toposort
@@ -63,6 +64,9 @@ class AbsorbResidual:
 
     def _absorb(self, ctx, add, view, bm_add, skip, outs) -> bool:
         x = view.input
+        join = join_key(view.node.name or view.output.name, add.name or add.outputs[0].name)
+        if ctx.merge_allowed is not None and join not in ctx.merge_allowed:   # refused after verification
+            return False
         try:
             if isinstance(view, ConvView):
                 p = view.params
@@ -88,7 +92,7 @@ class AbsorbResidual:
         add.outputs.clear()
         last = bm_add or (view.bias_add if isinstance(view, DenseView) and view.bias_add is not None else view.node)
         last.outputs[0] = out
-        ctx.merges.append({"kind": f"residual-{kind}", "nodes": [view.node.name, add.name], "macs_before": 0,
+        ctx.merges.append({"kind": f"residual-{kind}", "nodes": [view.node.name, add.name], "joins": [join], "macs_before": 0,
                            "macs_after": 0, "ops_before": 2, "ops_after": 1, "exact": True,
                            "reason": f"skip ({kind}) folded into the branch's kernel"})
         return True

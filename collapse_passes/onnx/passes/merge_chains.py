@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
+from ...core.merge_fallback import join_key, joins_ok
 from ...pipeline import PassResult
 from ..graph import make_const, single_consumer, toposort
 from ..linear_ops import ConvView, DenseView
@@ -24,6 +25,11 @@ def _spatial(t) -> tuple | None:
         return None
     s = t.shape[2:]
     return tuple(int(d) for d in s) if all(isinstance(d, int) and d > 0 for d in s) else None
+
+
+def _name(node) -> str:
+    """A node's identity in join keys: its name (kept by the first node of a merge), else its output's."""
+    return node.name or node.outputs[0].name
 
 
 def _rows(t) -> int:
@@ -106,7 +112,9 @@ class MergeLinearChains:
             ctx.notes.append(f"chain {chain[0].name}..{chain[-1].name}: shapes unknown, not merged "
                               "(a dynamic input size? --input-shape fixes it)")
             return 0
-        plan = plan_conv_chain(params, spatials, outs, cm, ctx.allow_border_approx)
+        joins = [join_key(_name(a), _name(b)) for a, b in zip(chain, chain[1:])]
+        plan = plan_conv_chain(params, spatials, outs, cm, ctx.allow_border_approx,
+                               joins_ok=joins_ok(ctx.merge_allowed, joins))
 
         def seq_macs(i, j):
             return sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
@@ -114,7 +122,7 @@ class MergeLinearChains:
         for (i, j), m in plan.merged.items():
             nodes = chain[i:j]
             rec = merge_record("conv", [n.name for n in nodes], seq_macs(i, j), conv_macs(m.params, outs[j - 1]),
-                               len(nodes), m)
+                               len(nodes), m, joins[i:j - 1])
             self._apply_conv(ctx, nodes, m)
             ctx.merges.append(rec)
             if not m.exact:
@@ -150,7 +158,8 @@ class MergeLinearChains:
     def _merge_dense_chain(self, ctx, chain, cm) -> int:
         params = [v.params for v in chain]
         rows = _rows(chain[0].input)
-        plan = plan_dense_chain(params, rows, cm)
+        joins = [join_key(_name(a.node), _name(b.node)) for a, b in zip(chain, chain[1:])]
+        plan = plan_dense_chain(params, rows, cm, joins_ok(ctx.merge_allowed, joins))
         for (i, j), p in plan.items():
             views = chain[i:j]
             before = sum(linear_macs(q, rows) for q in params[i:j])
@@ -166,7 +175,7 @@ class MergeLinearChains:
                 head.node.outputs[0] = out
             head.write(ctx.graph, p)
             rec = merge_record("dense", [v.node.name for v in views], before, linear_macs(p, rows),
-                               sum(len(v.nodes) for v in views))
+                               sum(len(v.nodes) for v in views), joins=joins[i:j - 1])
             rec["ops_after"] = len(head.nodes)
             ctx.merges.append(rec)
         return len(plan)
