@@ -336,7 +336,8 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
     validate_args(args, parser)
     if args.list_keys:
         rows = api.list_keys(args.model)
-        sys.stdout.write("".join(f"{r['key']}\t{r['kind']}\t{', '.join(k for k in r['keys'] if k != r['key'])}\n"
+        shown = lambda k: repr(k) if any(c in k for c in "\t\n\r\v\f") else k   # one line per activation
+        sys.stdout.write("".join(f"{r['key']}\t{r['kind']}\t{', '.join(shown(k) for k in r['keys'] if k != r['key'])}\n"
                                  for r in rows))
         sys.stdout.flush()
         return 0

@@ -76,6 +76,18 @@ def check_settings(cfg) -> None:
     for name in ("rtol", "atol", "per_op_overhead", "approx_max_error", "prune_max_error"):
         if getattr(cfg, name) is not None:
             number(name)
+    # settings of the merge planner are read by nothing else: with merging off they would be ignored silently
+    if not cfg.merge:
+        for flag, given in (("--allow-border-approx (allow_border_approx)", cfg.allow_border_approx),
+                            ("--cost measured (cost='measured')", cfg.cost == "measured"),
+                            ("--per-op-overhead (per_op_overhead)",   # --target-speedup prices with it too
+                             cfg.per_op_overhead is not None and cfg.target_speedup is None)):
+            if given:
+                raise CollapseError(f"{flag} has an effect only on merge planning, and --no-merge (merge=False) "
+                                    "turns merging off: drop one of them")
+    if cfg.approx_max_error is not None and not cfg.allow_border_approx:
+        raise CollapseError("--approx-max-error (approx_max_error) has an effect only with --allow-border-approx "
+                            "(allow_border_approx=True): add it or drop approx_max_error")
     if cfg.prune_calib_dead and cfg.calib is None:
         raise CollapseError("--prune-calib-dead (prune_calib_dead) removes ReLU channels that are off on the "
                             "calibration data: give --calib data (calib=), or drop it")

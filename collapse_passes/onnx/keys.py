@@ -128,6 +128,7 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
     order = {name: i for i, name in enumerate(node_meta)}
     stored = {id(a): st for a in activations if (st := _stored_site(a, node_meta))}
     paths: dict[int, str] = {}
+    scoped: set[int] = set()   # paths read from a TorchScript scope name (the others from exact metadata)
     for a in activations:
         if id(a) in stored:
             if stored[id(a)][1]:
@@ -140,18 +141,29 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
                 break
         if not path:
             path = module_path_from_scope_name(a.name)
+            if path:
+                scoped.add(id(a))
         if path:
             paths[id(a)] = path
-    # TorchScript numbers repeated calls: relu, relu_1, relu_2 -> all calls of module "relu"
-    known = set(paths.values())
+    # TorchScript numbers repeated calls: relu, relu_1, relu_2 -> all calls of module "relu". Only its scope
+    # names: the torch.export-based exporter's metadata names the module of every call exactly (a second call
+    # of `relu` is under 'relu', a module named `relu_1` under 'relu_1'), and a TorchScript scope `relu_1`
+    # whose activation is of another kind than `relu`'s is a module of its own, not a call of `relu`.
+    kinds: dict[str, set] = defaultdict(set)
+    for a in activations:
+        if id(a) in paths:
+            kinds[paths[id(a)]].add(a.kind)
+    renamed = {}
     for a in activations:
         p = paths.get(id(a))
-        if p is None or id(a) in stored:
+        if p is None or id(a) not in scoped:
             continue
         head, _, last = p.rpartition(".")
         m = _CALL_SUFFIX.match(last)
-        if m and (f"{head}.{m.group(1)}" if head else m.group(1)) in known:
-            paths[id(a)] = f"{head}.{m.group(1)}" if head else m.group(1)
+        base = (f"{head}.{m.group(1)}" if head else m.group(1)) if m else None
+        if base is not None and a.kind in kinds.get(base, ()):
+            renamed[id(a)] = base
+    paths.update(renamed)
     sites: dict[str, list[Activation]] = defaultdict(list)
     for a in activations:
         if id(a) in paths:
@@ -203,7 +215,20 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
             continue
         if f"{one}{SITE_SEP}0" not in index:
             index[f"{one}{SITE_SEP}0"] = [a]
+    # the first key is the one --list-keys, --save-scores and the report print: it must name this activation
+    # alone and survive `--collapse K1,K2` and the tab-separated --list-keys (no comma, tab or newline). Node names need not be unique or
+    # plain (two nodes named "a", a node named "re,lu" or "relu()", which is also the name of all root relus)
+    for a in activations:
+        if a.keys and not _own_key(a.keys[0], a, index):
+            own = next((k for k in a.keys if _own_key(k, a, index)), None)
+            if own is not None:
+                a.keys.remove(own)
+                a.keys.insert(0, own)
     return dict(index)
+
+
+def _own_key(key: str, a: Activation, index: dict) -> bool:
+    return index.get(key) == [a] and not any(c in key for c in ",\t\n\r\v\f")
 
 
 def never_collapsed_keys(nodes, node_meta: dict[str, dict[str, str]]) -> dict[str, str]:
