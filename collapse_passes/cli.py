@@ -171,9 +171,6 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
         _finite("--approx-max-error", args.approx_max_error)
     if args.per_op_overhead is not None:
         _finite("--per-op-overhead", args.per_op_overhead, why=" (the MAC-equivalent cost of one op in merge planning)")
-        if args.no_merge:
-            raise CollapseError("--per-op-overhead has an effect only on merge planning; drop --no-merge or drop "
-                                "--per-op-overhead")
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise CollapseError(f"--threshold must be a finite number, got {args.threshold}")
     if args.remove is not None and args.remove < 0:

@@ -75,20 +75,30 @@ def load_model(path: str | os.PathLike, external_files: list | None = None) -> o
 
 
 def name_nameless_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every nameless top-level node a stable name, "<OpType>_<index>" (its position in the
-    topologically sorted node list), so every activation has a key a scores file can name."""
+    """Give every top-level node a unique, stable name, so every activation has a key a scores file
+    can name: a nameless node becomes "<OpType>_<index>" (its position in the topologically sorted
+    node list); a node whose name repeats an earlier node's becomes "<name>_<k>" (ONNX requires
+    unique node names and onnxruntime refuses a model without them; names carry no semantics)."""
     taken = {n.name for n in model.graph.node if n.name}
+    seen: set[str] = set()
     for i, n in enumerate(model.graph.node):
-        if n.name:
+        if n.name and n.name not in seen:
+            seen.add(n.name)
             continue
-        base = name = f"{n.op_type}_{i}"
+        base = name = n.name or f"{n.op_type}_{i}"
         k = 1
         while name in taken:
             name = f"{base}_{k}"
             k += 1
         n.name = name
         taken.add(name)
+        seen.add(name)
     return model
+
+
+def _needs_names(model: onnx.ModelProto) -> bool:
+    names = [n.name for n in model.graph.node]
+    return not all(names) or len(set(names)) != len(names)
 
 
 def _load_external(model: onnx.ModelProto, path: Path) -> None:
@@ -172,7 +182,7 @@ def as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:
         if ext is not None:   # a proto from onnx.load(..., load_external_data=False): its weights are elsewhere
             raise CollapseError(f"the ModelProto's weights are not loaded (initializer {ext!r} is stored in an "
                                 "external data file): pass the model's path, or onnx.load(path) with its data")
-        if any(not n.name for n in model_or_path.graph.node):
+        if _needs_names(model_or_path):
             copy = onnx.ModelProto()
             copy.CopyFrom(model_or_path)   # the caller's proto is never modified
             return name_nameless_nodes(copy), None
