@@ -5,6 +5,7 @@ Loading turns every way a file can be wrong into one CollapseError line; saving 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,9 +301,17 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external:
         external = needs_external_data(model)
     if not external:
         return write_bytes_atomic(serialized_pieces(model), path)
-    pieces, chunks = external_data_pieces(model, data_file_for(path).name)
-    write_bytes_atomic(chunks, data_file_for(path))   # the data first: the model file refers to it
-    return write_bytes_atomic(pieces, path)
+    data = data_file_for(path)
+    new_data = not os.path.lexists(data)
+    pieces, chunks = external_data_pieces(model, data.name)
+    write_bytes_atomic(chunks, data)   # the data first: the model file refers to it
+    try:
+        return write_bytes_atomic(pieces, path)
+    except BaseException:
+        if new_data:   # a data file no model refers to is not left behind (one that was there stays replaced)
+            with contextlib.suppress(OSError):
+                os.unlink(data)
+        raise
 
 
 def serialized_pieces(model: onnx.ModelProto):
@@ -335,12 +344,16 @@ def write_bytes_atomic(data, path: str | os.PathLike, what: str = "output") -> P
     from ..outputs import checked_output_file, write_temp
 
     dest = checked_output_file(path, what)
-    tmp = write_temp(dest, data)
+    tmp = None
     try:
+        tmp = write_temp(dest, data)   # removes its temp file itself when the write fails
         os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):   # a full disk, a quota, an I/O error: one line for a library caller too
+            raise CollapseError(f"{what} {path}: cannot write ({exc.strerror or exc}); nothing was written there: "
+                                "free space or choose another path") from None
         raise
     return Path(path)
 
