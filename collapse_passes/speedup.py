@@ -1,12 +1,13 @@
 """Predicted speed-up of a collapse, priced on the real merged graph (what LayerMerge does with a
 latency table, here with the cost model of algebra/cost.py).
 
-stats_cost(stats) = MACs + per-op overhead x non-activation nodes of the *merged* ONNX graph (nodes computed
-from constants alone are free: folded when the session loads)
-(report["before"/"after"] of api.collapse); graph_cost(model, cm) prices the graph op by op with the
-planner's cost model (measured on onnxruntime with cost="measured"), what the training loop uses. Activation nodes are priced at zero: onnxruntime fuses
-Relu / Clip into the conv before them, so an activation whose collapse lets no merge happen buys
-nothing.
+stats_cost(stats) = MACs + per-op overhead x nodes of the *merged* ONNX graph (nodes computed from
+constants alone are free: folded when the session loads) (report["before"/"after"] of api.collapse);
+graph_cost(model, cm) prices the graph op by op with the planner's cost model (measured on onnxruntime
+with cost="measured"), what the training loop uses. Activations runtimes fuse into the conv before them
+(ReLU, Clip, LeakyReLU, HardSigmoid: core/activations.fuses) are priced at zero, so collapsing one buys
+only the merges it allows; the others (HardSwish, SiLU, GELU, PReLU, ...) are ops of their own, priced
+like the elementwise ops a merge creates: one pass over their output plus the per-op overhead per node.
 No torch here: the CLI's --target-speedup and the torch training loop both use it.
 """
 from __future__ import annotations
@@ -20,8 +21,12 @@ from .errors import CollapseError
 def stats_cost(stats: dict, cost_model: CostModel | None = None) -> float:
     """MAC-equivalent cost of a model from its model_stats dict (report["before"] / ["after"])."""
     cm = cost_model or CostModel()
-    ops = float(stats["nodes"]) - float(stats.get("activations", 0)) - float(stats.get("constant_nodes", 0))
-    return float(stats["macs"]) + cm.per_op_overhead_macs * ops
+    if "free_activation_nodes" in stats:   # onnx/analysis.model_stats
+        free, elements = float(stats["free_activation_nodes"]), float(stats.get("activation_elements", 0))
+    else:   # stats without the split (an older report): every activation free, one node each
+        free, elements = float(stats.get("activations", 0)), 0.0
+    ops = float(stats["nodes"]) - free - float(stats.get("constant_nodes", 0))
+    return float(stats["macs"]) + elements + cm.per_op_overhead_macs * ops
 
 
 def graph_cost(model, cost_model: CostModel | None = None) -> float:
@@ -29,9 +34,10 @@ def graph_cost(model, cost_model: CostModel | None = None) -> float:
     cost_model.op_cost with its signature (a MeasuredCostModel, cost="measured", times it on
     onnxruntime; the MAC model gives MACs + overhead), every other non-activation node its per-op
     overhead, activations zero (fused into the op before them). The same prices the merge planner
-    used, so a prediction agrees with the plan (stats_cost only knows MACs and node counts)."""
+    used, so a prediction agrees with the plan (stats_cost only knows MACs and node counts). Activations
+    are priced as in stats_cost: zero when fused, else an elementwise pass over their output."""
     from .algebra.cost import conv_signature, linear_signature
-    from .onnx.analysis import _dims, constant_nodes, node_macs
+    from .onnx.analysis import _dims, activation_elements, constant_nodes, free_activation, node_macs
     from .onnx.graph import toposort
     from .onnx.linear_ops import ConvView, DenseView
     from .onnx.patterns import find_activations
@@ -40,8 +46,10 @@ def graph_cost(model, cost_model: CostModel | None = None) -> float:
     cm = cost_model or CostModel()
     graph = with_shapes(model)
     toposort(graph)
-    inside = {id(n) for a in find_activations(graph) for n in a.nodes} | constant_nodes(graph)   # free
-    total = 0.0
+    acts, folded = find_activations(graph), constant_nodes(graph)
+    inside = {id(n) for a in acts for n in a.nodes} | folded   # priced below, or free
+    total = sum(activation_elements(a) + sum(cm.op_cost(n.op, 0) for n in a.nodes)
+                for a in acts if not free_activation(a, folded))
     for n in graph.nodes:
         if n.op in ("Constant", "Identity") or id(n) in inside:
             continue

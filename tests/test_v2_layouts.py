@@ -346,8 +346,10 @@ def test_score_methods_and_target_speedup_give_the_requested_semantics(tiny, nam
     rep = r.report
     sel = _collapsed_keys(rep)
     assert rep["passed"] and len(sel) == rep["collapsed"] > 0
-    if method == "target_speedup":
-        assert rep["after"]["macs"] <= rep["before"]["macs"]
+    if method == "target_speedup":   # cheaper as priced (MACs may rise where a merge saves ops and SiLU passes)
+        from collapse_passes.speedup import stats_cost
+
+        assert stats_cost(rep["after"]) < stats_cost(rep["before"])
     else:
         scored = {a["key"]: a["score"] for a in rep["activations"] if a["score"] is not None}
         assert len(sel) == 3 and max(scored[k] for k in sel) <= min(v for k, v in scored.items() if k not in sel)

@@ -56,6 +56,7 @@ class ActivationKind:
     upper: Callable = lambda p: None                   # params -> input where on ends, or None
     piecewise_linear: bool = True   # the linear regime holds exactly on [kink, upper]; False: only as x -> +inf
     description: str = ""
+    fuses: bool = False   # runtimes compute it inside the conv / gemm before it (onnxruntime's FusedConv): no op of its own
 
 
 def _where_pos(x, neg):
@@ -68,15 +69,15 @@ def _elu_neg(x, alpha):
 
 
 CATALOGUE: dict[str, ActivationKind] = {k.name: k for k in [
-    ActivationKind("relu", lambda x, p: np.maximum(x, 0.0), description="max(x, 0)"),
+    ActivationKind("relu", lambda x, p: np.maximum(x, 0.0), fuses=True, description="max(x, 0)"),
     ActivationKind("relu6", lambda x, p: np.clip(x, 0.0, 6.0), upper=lambda p: 6.0,
-                   description="min(max(x, 0), 6)"),
+                   fuses=True, description="min(max(x, 0), 6)"),
     ActivationKind("clip", lambda x, p: np.clip(x, p["min"], np.inf if p.get("max") is None else p["max"]),
                    defaults={"min": 0.0, "max": None}, kink=lambda p: float(p["min"]),
                    upper=lambda p: None if p.get("max") is None else float(p["max"]),
-                   description="min(max(x, min), max); ReLU6 when (0, 6)"),
+                   fuses=True, description="min(max(x, min), max); ReLU6 when (0, 6)"),
     ActivationKind("leaky_relu", lambda x, p: _where_pos(x, p["alpha"] * x), defaults={"alpha": 0.01},
-                   description="x if x >= 0 else alpha*x"),
+                   fuses=True, description="x if x >= 0 else alpha*x"),
     ActivationKind("prelu", lambda x, p: _where_pos(x, np.asarray(p["slope"], np.float64) * x),
                    defaults={"slope": 0.25}, description="x if x >= 0 else slope*x (slope per channel)"),
     ActivationKind("hardswish", lambda x, p: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, piecewise_linear=False,
@@ -85,7 +86,7 @@ CATALOGUE: dict[str, ActivationKind] = {k.name: k for k in [
                    defaults={"alpha": 0.2, "beta": 0.5}, linear=lambda p: (float(p["alpha"]), float(p["beta"])),
                    kink=lambda p: -p["beta"] / p["alpha"] if p["alpha"] else 0.0,
                    upper=lambda p: (1.0 - p["beta"]) / p["alpha"] if p["alpha"] else None,
-                   description="clip(alpha*x + beta, 0, 1); linear regime alpha*x + beta"),
+                   fuses=True, description="clip(alpha*x + beta, 0, 1); linear regime alpha*x + beta"),
     ActivationKind("elu", lambda x, p: np.where(x > 0, x, _elu_neg(x, p["alpha"])), defaults={"alpha": 1.0},
                    piecewise_linear=True, description="x if x > 0 else alpha*(exp(x) - 1)"),
     ActivationKind("celu", lambda x, p: np.where(x > 0, x, _elu_neg(x / p["alpha"], p["alpha"])),
@@ -106,9 +107,9 @@ CATALOGUE: dict[str, ActivationKind] = {k.name: k for k in [
                    description="log(1 + exp(beta*x))/beta; not collapsed: no exactly linear half-line"),
     ActivationKind("tanh", lambda x, p: np.tanh(x), collapsible=False, linear=lambda p: (0.0, 1.0),
                    piecewise_linear=False,
-                   description="tanh(x); not collapsed (saturates on both sides)"),
+                   fuses=True, description="tanh(x); not collapsed (saturates on both sides)"),
     ActivationKind("sigmoid", lambda x, p: 1.0 / (1.0 + np.exp(-x)), collapsible=False, linear=lambda p: (0.0, 1.0),
-                   piecewise_linear=False, description="1/(1 + exp(-x)); not collapsed (saturates on both sides)"),
+                   piecewise_linear=False, fuses=True, description="1/(1 + exp(-x)); not collapsed (saturates on both sides)"),
 ]}
 
 #: other spellings accepted by get(): the Relax pass's names and common synonyms
@@ -137,6 +138,13 @@ def get(kind: str) -> ActivationKind:
 def is_collapsible(kind: str) -> bool:
     k = ALIASES.get(kind, kind)
     return k in CATALOGUE and CATALOGUE[k].collapsible
+
+
+def fuses(kind: str) -> bool:
+    """True when runtimes compute `kind` inside the conv / gemm that feeds it (no op, no pass over
+    memory of its own): what a cost model prices at zero. Unknown kinds: False."""
+    k = ALIASES.get(kind, kind)
+    return k in CATALOGUE and CATALOGUE[k].fuses
 
 
 def params_with_defaults(kind: str, params: dict | None = None) -> dict:

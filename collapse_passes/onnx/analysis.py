@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 from ..algebra.conv import ConvParams
 from ..algebra.cost import conv_macs, linear_macs
 from .graph import RANDOM_OPS, const_value, toposort
+from ..core.activations import fuses
 from .linear_ops import ConvView, DenseView
 from .patterns import NONLINEAR_OPS, find_activations
 from .shapes import complete_mac_shapes, with_shapes
@@ -26,6 +27,10 @@ class ModelStats:
     depth_nonlinear: int    # the same path measure counted in nonlinear ops (a fused GELU is one)
     activations: int
     constant_nodes: int = 0  # non-activation nodes computed from constants alone (folded at load): no cost
+    # activations runtimes fuse into the op before them (core/activations.fuses: ReLU, Clip, ...) are free;
+    # the others (HardSwish, SiLU, GELU, PReLU, ...) are ops of their own, one pass over their output
+    free_activation_nodes: int = 0
+    activation_elements: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -151,7 +156,21 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
         nodes=len([n for n in graph.nodes if n.op not in _FREE_OPS]),
         params=params, macs=int(macs),
         depth_ops=_longest(preds, w_ops), depth_nonlinear=_longest(preds, w_nl), activations=len(acts),
-        constant_nodes=sum(1 for n in graph.nodes if id(n) in folded and id(n) not in inside))
+        constant_nodes=sum(1 for n in graph.nodes if id(n) in folded and id(n) not in inside),
+        free_activation_nodes=sum(len(a.nodes) for a in acts if free_activation(a, folded)),
+        activation_elements=sum(activation_elements(a) for a in acts if not free_activation(a, folded)))
+
+
+def free_activation(act, folded: set) -> bool:
+    """Costs nothing per inference: fused into the op before it (core/activations.fuses), or computed
+    from constants alone (`folded`: constant_nodes) when the session loads."""
+    return fuses(act.kind) or all(id(n) in folded for n in act.nodes)
+
+
+def activation_elements(act) -> int:
+    """Elements an activation writes per inference (its output; dynamic dims count as 1, as in node_macs)."""
+    dims = _dims(act.output)
+    return int(np.prod(dims)) if dims else 0
 
 
 def _through_free(node):
