@@ -161,9 +161,23 @@ def _set_module(model: nn.Module, path: str, new: nn.Module, keep=()) -> None:
         setattr(model.get_submodule(head) if head else model, name, new)
 
 
-def _regime(site: Site) -> LinearRegime:
+#: nn.Module's hook tables: a collapsed activation keeps the user's hooks (a forward hook recording that
+#: layer's output still fires, on the linear regime's output), as the torch front end keeps them by tracing
+_HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _regime(site: Site, old: nn.Module | None = None) -> LinearRegime:
+    """The LinearRegime of `site`; with `old` (the activation module it replaces) it shares old's hook
+    tables, the same dict objects, so a handle the user holds still removes the hook."""
     scale, shift = linear_regime(site.kind, site.params)
-    return LinearRegime(scale, shift, site.key)
+    new = LinearRegime(scale, shift, site.key)
+    if old is not None:
+        for table in _HOOK_TABLES:
+            if hasattr(old, table):
+                setattr(new, table, getattr(old, table))
+        new._is_full_backward_hook = getattr(old, "_is_full_backward_hook", None)
+    return new
 
 
 def linearize(model: nn.Module, keys) -> nn.Module:
@@ -173,7 +187,7 @@ def linearize(model: nn.Module, keys) -> nn.Module:
     whole = {s.path for s in chosen if all(t.key in {c.key for c in chosen} for t in sites if t.path == s.path)}
     for s in chosen:
         if s.path in whole:
-            _set_module(model, s.path, _regime(s), keep={t.path for t in sites})
+            _set_module(model, s.path, _regime(s, model.get_submodule(s.path)), keep={t.path for t in sites})
     partial = [s for s in chosen if s.path not in whole]
     by_parent: dict[str, list] = {}
     for s in partial:
@@ -206,7 +220,7 @@ def _edit_calls(gm: torch.fx.GraphModule, want: dict, prefix: str = "") -> None:
         name, k = base, 1
         while hasattr(gm, name):   # keys renumber after a collapse: relu:1 can come twice
             name, k = f"{base}_{k}", k + 1
-        gm.add_submodule(name, _regime(s))
+        gm.add_submodule(name, _regime(s, gm.get_submodule(n.target)))
         n.target = name
     gm.graph.lint()
     gm.recompile()
