@@ -88,17 +88,51 @@ def _load_onnx(model):
     raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
 
 
+def fold_size_arithmetic(proto):
+    """``proto`` with its run-time size arithmetic folded into constants (collapse_passes' ``fold_shapes``
+    pass: static inputs only, integer values only), or ``proto`` itself when there is none to fold. TVM
+    0.27's ONNX importer loses the shape of a tensor reshaped through such arithmetic (a TorchScript
+    Swin's padding: Mod -> Concat -> Cast -> Reshape -> Pad), which onnxruntime folds when it loads."""
+    import onnx_graphsurgeon as gs
+
+    from collapse_passes.onnx.passes.fold_static_shapes import folded_graph
+
+    try:
+        graph = folded_graph(proto)
+    except Exception:   # noqa: BLE001 - nothing to fold that the pass understands: the importer's error stands
+        return proto
+    if len(graph.nodes) == len(proto.graph.node):
+        return proto
+    out = gs.export_onnx(graph)
+    out.ir_version = proto.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(proto.opset_import)
+    return out
+
+
 def import_onnx(model, shape_dict: Mapping[str, Sequence[int]] | None = None):
     """ONNX model (proto or path) -> Relax ``IRModule``.
 
     Weights (initializers) are bound as constants, so ``main`` takes the model
     inputs only.  Ops the importer lacks raise :class:`TVMError` naming them.
+    A model the importer fails on is imported again with its size arithmetic
+    folded (``fold_size_arithmetic``), when there is some.
     """
+    proto = _load_onnx(model)
+    check_onnx_ops(proto)
+    try:
+        return _import_onnx(proto, shape_dict)
+    except TVMError:
+        folded = fold_size_arithmetic(proto)
+        if folded is proto:
+            raise
+    return _import_onnx(folded, shape_dict)
+
+
+def _import_onnx(proto, shape_dict):
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    proto = _load_onnx(model)
-    check_onnx_ops(proto)
     import io
 
     printed = io.StringIO()   # on a failure the importer prints "Error converting operator X, with

@@ -15,6 +15,10 @@ Conditions (otherwise the pass does nothing):
 - no custom-domain op, and every input that sets an output shape (Reshape's shape, Pad's pads, ...)
   is a constant or itself shape arithmetic.
 
+Integer arithmetic on small constants alone (sizes the exporter already wrote as Constant nodes, e.g.
+Swin's `(window - W % window) % window` padding) is folded the same way: onnxruntime would fold it at
+load, TVM's ONNX importer does not (small_constant_arithmetic).
+
 Only integer and boolean values are written (sizes, indices, conditions), where a node that is not
 folded reads them, and only up to MAX_ELEMENTS values. A tensor built from shapes that is data rather
 than a size (the shifted-window attention mask and its boolean condition) stays computed at run time
@@ -84,6 +88,32 @@ def shape_arithmetic(graph: gs.Graph) -> set | None:
     return derived
 
 
+def small_constant_arithmetic(graph: gs.Graph) -> set:
+    """ids of the tensors computed by ops from constants alone, where every constant behind them holds at
+    most MAX_ELEMENTS values: size arithmetic the TorchScript exporter wrote with Constant nodes once the
+    input size was static (Swin's `pad_r = (window - W % window) % window` -> Concat -> Cast -> Pad).
+    onnxruntime folds these when a session loads; TVM's ONNX importer does not, and loses the shape of
+    what they reshape. Large constants (a weight's Transpose) are never pulled in."""
+    small: set = set()
+    for node in graph.nodes:
+        if node.op in NONDETERMINISTIC or node.op == "Constant" or node.domain not in (None, "", "ai.onnx") \
+                or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            continue
+        ins = [t for t in node.inputs if t is not None and t.name]
+        if ins and all(id(t) in small or (isinstance(t, gs.Constant) and _small_constant(t))
+                       or (t.inputs and t.inputs[0].op == "Constant" and _small_constant(t.inputs[0].attrs.get("value")))
+                       for t in ins):
+            small.update(id(t) for t in node.outputs)
+    return small
+
+
+def _small_constant(c) -> bool:
+    try:
+        return isinstance(c, gs.Constant) and int(np.prod(c.shape)) <= MAX_ELEMENTS
+    except (TypeError, ValueError):
+        return False
+
+
 def _evaluate(graph: gs.Graph, derived: set, frontier: dict, source) -> dict:
     """{tensor name: value} of the shape-arithmetic tensors `frontier`: from a model of the shape arithmetic alone when inference gives
     every Shape/Size input it reads, else from one run of the input model."""
@@ -146,6 +176,9 @@ class FoldStaticShapes:
         if ctx.source is None or not static_inputs(graph):
             return PassResult(False)
         derived = shape_arithmetic(graph)
+        if derived is None:
+            return PassResult(False)
+        derived = derived | small_constant_arithmetic(graph)
         if not derived:
             return PassResult(False)
         outputs = ctx.graph_outputs
