@@ -396,6 +396,10 @@ class Comparison:
     worst_output: str = ""
     why: str = ""
     max_rel64: float | None = None   # the float64 second look's max rel, when one was taken (verify.py)
+    # failed, but the request is ill-conditioned in float32 and the result's float32 outputs are about as close
+    # to its exact outputs as its own float32 ones (verify.float64_second_look): accepted by the gate once the
+    # merge fallback found no result that passes outright (accept_conditioned)
+    conditioned: bool = False
 
     def as_dict(self) -> dict:
         d = {"max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed,
@@ -404,6 +408,8 @@ class Comparison:
             d["why"] = self.why
         if self.max_rel64 is not None:
             d["max_rel_float64"] = self.max_rel64
+        if self.conditioned:
+            d["within_float32_conditioning"] = True
         return d
 
 
