@@ -71,11 +71,19 @@ def predicted_speedup(before: dict, after: dict, cost_model: CostModel | None = 
     return stats_cost(before, cost_model) / a if a > 0 else float("inf")
 
 
-def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float, window: int = 2) -> tuple[list, list]:
+#: at most this many skipped items are tried together with a later one (its partners first, then the latest)
+MAX_COMPANIONS = 4
+
+
+def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float, window: int = 2,
+                       partners=None) -> tuple[list, list]:
     """Greedy, lowest score first: take an item when cost_of(taken + [item]) is lower than the cost of
     what is taken so far; stop once base_cost / cost reaches target. An item that buys nothing alone is
-    tried again together with the next ones (up to `window` pending items before it): a MobileNetV2 block
-    merges into one conv only when both of its activations go, and neither alone enables a merge.
+    tried again together with skipped ones: a MobileNetV2 block merges into one conv only when both of
+    its activations go, and neither alone enables a merge. Companions: partners(item, pending) (the
+    skipped items next to it in the graph, whatever their scores: random or per-layer scores rarely rank
+    a block's two activations side by side), then the `window` latest skipped items, at most
+    MAX_COMPANIONS, in groups of up to `window`.
     Returns (taken, history) with one history row per item tried: {item, cost, speedup, taken, with}."""
     taken, history, pending = [], [], []
     cur = cost_of([])
@@ -83,8 +91,14 @@ def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float, w
         if base_cost / cur >= target:
             break
         best = None
-        recent = pending[len(pending) - window:] if window else []
-        for k in range(0, len(recent) + 1):   # the item alone, then with one recent pending item, then two, ...
+        latest = pending[len(pending) - window:] if window else []
+        near = list(partners(item, pending)) if partners is not None and pending else []
+        recent = []
+        for p in near + latest[::-1]:
+            if len(recent) < MAX_COMPANIONS and not any(p is q for q in recent):
+                recent.append(p)
+        recent = [p for p in pending if any(p is q for q in recent)]   # in the order they were skipped
+        for k in range(0, min(len(recent), max(window, 1)) + 1):   # the item alone, then with one companion, two, ...
             for extra in itertools.combinations(reversed(recent), k):
                 group = [p for p in recent if any(p is e for e in extra)] + [item]
                 c = cost_of(taken + group)
@@ -174,6 +188,22 @@ class RegionPricer:
             self.memo[key] = cost
         return self.memo[key]
 
+    def partners(self, item, pending: list) -> list:
+        """The pending activations next to `item`'s linear region (with the forced ones and `item`
+        collapsed): those whose collapse would join that region, the companions a merge may need."""
+        from .onnx.regions import linear_regions
+
+        ids = {id(a) for a in self.forced} | {id(item)}
+        names = next((r for r in linear_regions(self.acts, ids, self.non_float) if item.nodes[-1].name in r),
+                     frozenset())
+        out = []
+        for a in pending:
+            touching = [p.name for t in a.nodes[0].inputs for p in t.inputs] + \
+                       [c.name for c in a.output.outputs]
+            if any(n in names for n in touching):
+                out.append(a)
+        return out
+
     def __call__(self, items: list) -> float:
         from .onnx.regions import linear_regions
 
@@ -234,7 +264,7 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
     cost_of = RegionPricer(original, acts, forced, full_cost, lambda sub, names, sub_shapes: run_passes(
         sub, names, merge=cfg.merge, cost_model=cm, input_shapes=sub_shapes, run_cache=cache), cm, ranked)
     base = stats_cost(stats_before.as_dict(), cm)   # model_stats(original), computed by the caller
-    taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base)
+    taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base, partners=cost_of.partners)
     # the reported prediction: the whole graph, not the sum of its regions (nothing taken: the pricer's base)
     final = base / (full_cost(taken) if taken else cost_of([]))
     skipped = sum(not h["taken"] for h in hist)
