@@ -33,9 +33,9 @@ def graph_cost(model, cost_model: CostModel | None = None) -> float:
     """Cost of an ONNX model priced op by op with the planner's own cost model: each Conv / Gemm by
     cost_model.op_cost with its signature (a MeasuredCostModel, cost="measured", times it on
     onnxruntime; the MAC model gives MACs + overhead), every other non-activation node its per-op
-    overhead, activations zero (fused into the op before them). The same prices the merge planner
-    used, so a prediction agrees with the plan (stats_cost only knows MACs and node counts). Activations
-    are priced as in stats_cost: zero when fused, else an elementwise pass over their output."""
+    overhead, activations as in stats_cost (zero when fused into the op before them, else a pass over
+    their output plus the overhead per node). The same prices the merge planner used, so a prediction
+    agrees with the plan (stats_cost only knows MACs and node counts)."""
     from .algebra.cost import conv_signature, linear_signature
     from .onnx.analysis import _dims, activation_elements, constant_nodes, free_activation, node_macs
     from .onnx.graph import toposort

@@ -9,8 +9,8 @@ import onnx_graphsurgeon as gs
 
 from ..algebra.conv import ConvParams
 from ..algebra.cost import conv_macs, linear_macs
-from .graph import RANDOM_OPS, const_value, toposort
 from ..core.activations import fuses
+from .graph import RANDOM_OPS, const_value, toposort
 from .linear_ops import ConvView, DenseView
 from .patterns import NONLINEAR_OPS, find_activations
 from .shapes import complete_mac_shapes, with_shapes
