@@ -197,6 +197,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                      "as 1 and chains of unknown size are not merged; --input-shape NAME:D0,D1,... gives real sizes")
     ctx.graph = None   # its arrays duplicate the result's weights: not held through verification
 
+    from .core.merge_fallback import unfolded_warning
     from .verify import accept_conditioned, random_inputs, verify
 
     if cfg.calib is not None:
@@ -214,7 +215,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             desc += (", dynamic dims after the first run as 1 (--calib data checks real sizes, --input-shape "
                      "fixes them)")
     ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
-    merge_fallback = None
+    merge_fallback = fold_fallback = None
     if not ver.against_requested.passed and ctx.merges and not ctx.approximations:
         # merged kernels of an ill-conditioned stack (every SiLU of EfficientNetV2-S collapsed: outputs ~1e22)
         # can be off where the layers one by one are not: the merged weights, rounded to float32, err in a
@@ -237,6 +238,24 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             warnings.append(fb.warning(ver.against_requested, len(ctx.merges)))
             merge_fallback = fb.as_dict()
             result_model, ctx, pm, ver = fb.payload
+            stats_after = model_stats(result_model)
+    if not ver.against_requested.passed and not ver.against_requested.conditioned and ctx.folds \
+            and not ctx.approximations:
+        # the merges refused and still off: the folds' float32 weights (BatchNorm into a conv) are what an
+        # ill-conditioned request amplifies. The activations linearized and nothing folded is the request's
+        # own ops: a result that verifies, the collapse kept, the folding given up (onnxruntime folds
+        # BatchNorm when it loads anyway)
+        m, c, p = run_passes(base, {a.name for a in chosen}, merge=False, fold=False, cost_model=cost_model,
+                             input_shapes=input_shapes, remove_blocks=blocks_removed, prune=cfg.prune,
+                             prune_off=prune_off)
+        v = verify(original, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
+        if v.against_requested.passed:
+            warnings.append(unfolded_warning(ver.against_requested, len(ctx.folds), len(ctx.merges)))
+            fold_fallback = {"folds_refused": len(ctx.folds), "merges_refused": len(ctx.merges),
+                             "max_rel_folded": ver.against_requested.max_rel,
+                             "max_rel_float64_folded": ver.against_requested.max_rel64}
+            result_model, ctx, pm, ver = m, c, p, v
+            c.graph = None
             stats_after = model_stats(result_model)
     ver = accept_conditioned(ver)
     warnings.extend(ver.warnings)
@@ -267,6 +286,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         notes=notes + ctx.notes, warnings=warnings, score_details=score_details, pruning=prune_report, started=t0)
     if merge_fallback is not None:
         report["merge_fallback"] = merge_fallback
+    if fold_fallback is not None:
+        report["fold_fallback"] = fold_fallback
     if speedup_rows is not None:
         report["target_speedup"] = {"target": cfg.target_speedup, "tried": speedup_rows}
     if eval_set is not None:

@@ -75,6 +75,16 @@ class MergeFallback:
                                 f"{self.comparison.max_rel:.3g})")
 
 
+def unfolded_warning(failed, folds: int, merges: int) -> str:
+    """One line for the gate's last resort (api.collapse, fx collapse_torch): the folded result failed, the
+    result written has the activations collapsed and nothing folded or merged (the request's own ops)."""
+    return (f"folding refused after verification: with {folds} fold(s)"
+            f"{f' and {merges} merge(s)' if merges else ''} the result was {_numbers(failed.max_rel, failed.max_rel64)} "
+            "from the requested semantics, outside the check's tolerance (float32 weights of a folded BatchNorm, "
+            "amplified where collapsed layers form an ill-conditioned stack, is the usual cause); the result written has the chosen activations collapsed and its BatchNorm / affine "
+            "ops and linear chains as they were, and matches the request")
+
+
 def _numbers(rel32: float, rel64) -> str:
     """A trial's measured error: float32 max rel, and the float64 second look's when one was taken."""
     return f"max rel {rel32:.3g}" + ("" if rel64 is None else f" (float64: {rel64:.3g})")

@@ -496,12 +496,14 @@ def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list,
 
 
 def run_passes(gm: fx.GraphModule, chosen_names, cfg: CollapseConfig, record: FxRecord,
-               example_inputs=None, any_size: bool = False, merge_allowed=None) -> fx.GraphModule:
+               example_inputs=None, any_size: bool = False, merge_allowed=None, fold: bool = True) -> fx.GraphModule:
     """Linearize the chosen sites once, then fold / absorb / merge / cleanup to a fixed point.
     any_size: the graph will run at other spatial sizes than its shapes (MergeLinearChains.any_size).
-    merge_allowed: the join keys merges may use (None: all; an empty set: no merge), core/merge_fallback."""
+    merge_allowed: the join keys merges may use (None: all; an empty set: no merge), core/merge_fallback.
+    fold=False (with merge_allowed=frozenset()): the activations linearized and nothing folded, the gate's
+    last resort."""
     LinearizeActivations(chosen_names, record)(gm)
-    loop = [FoldBatchNorm(record)]
+    loop = [FoldBatchNorm(record)] if fold else []
     if cfg.merge and merge_allowed != frozenset():
         loop += [AbsorbResidual(record, merge_allowed),
                  MergeLinearChains(_cost_model(cfg), cfg.allow_border_approx, None, record, any_size=any_size,
@@ -906,6 +908,25 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
             after = graph_stats(result)
     from ..verify import accept_conditioned
 
+    fold_fallback = None
+    if not ver.against_requested.passed and not ver.against_requested.conditioned and record.folds \
+            and not record.approximations:
+        # as the ONNX front end (api.collapse): the activations linearized and nothing folded is the request's
+        # own ops, written when the folded result is off (float32 BatchNorm folds in an ill-conditioned stack)
+        from ..core.merge_fallback import unfolded_warning
+
+        rec = copy.deepcopy(before_passes)
+        alt = run_passes(copy_sharing_weights(gm), [], cfg, rec, any_size=any_size, merge_allowed=frozenset(),
+                         fold=False)
+        outputs.keep(alt, 0, propagate_shapes(alt, example_inputs))
+        v = verify_torch(original, requested, alt, feeds, cfg.rtol, cfg.atol, desc, outputs)
+        if v.against_requested.passed:
+            warnings.append(unfolded_warning(ver.against_requested, len(record.folds), len(record.merges)))
+            fold_fallback = {"folds_refused": len(record.folds), "merges_refused": len(record.merges),
+                             "max_rel_folded": ver.against_requested.max_rel,
+                             "max_rel_float64_folded": ver.against_requested.max_rel64}
+            result, record, ver = alt, rec, v
+            after = graph_stats(result)
     ver = accept_conditioned(ver)
     passed = ver.against_requested.passed
     if passed and ver.against_requested.why:   # passed on the float64 second look
@@ -935,6 +956,8 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         score_details=computed.as_dict() if computed is not None else None)
     if fallback is not None:
         report["merge_fallback"] = fallback
+    if fold_fallback is not None:
+        report["fold_fallback"] = fold_fallback
     if prune_report is not None and cfg.prune_ratio is not None:
         err = verify_torch(reference, reference, requested, feeds, cfg.rtol, cfg.atol, desc, outputs).against_requested
         prune_report["ratio"]["error_vs_unpruned"] = {"max_abs": err.max_abs, "max_rel": err.max_rel}

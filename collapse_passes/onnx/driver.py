@@ -19,8 +19,8 @@ def _pre_passes(remove_blocks) -> list:
     return [RemoveResidualBlocks(), LinearizeActivations()]
 
 
-def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = False) -> PassManager:
-    loop = [FoldAffine()]
+def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = False, fold: bool = True) -> PassManager:
+    loop = [FoldAffine()] if fold else []
     if merge:
         from .passes.merge_chains import MergeLinearChains
         from .passes.absorb_residual import AbsorbResidual
@@ -41,10 +41,11 @@ def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = Fal
 def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow_border_approx: bool = False,
                cost_model=None, input_shapes=None, remove_blocks=None, prune: bool = False,
                prune_off: dict | None = None, run_cache: OnnxContext | None = None, merge_allowed=None,
-               ) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
+               fold: bool = True) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
     """`run_cache`: the context of an earlier run on the same `model`, whose run-read shapes
     (ctx.run_shapes, shapes.run_shapes) this run reuses instead of running the model again.
-    `merge_allowed`: the join keys merges may use (None: all), core/merge_fallback."""
+    `merge_allowed`: the join keys merges may use (None: all), core/merge_fallback.
+    `fold=False` (with merge=False): the activations linearized and nothing folded, the gate's last resort."""
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), allow_border_approx=allow_border_approx,
                       cost_model=cost_model, input_shapes=dict(input_shapes or {}),
                       remove_blocks=set(remove_blocks or ()), node_meta=node_key_names(model),
@@ -53,7 +54,7 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
         ctx.run_shapes, ctx.run_asked = run_cache.run_shapes, run_cache.run_asked
     # keyed before the passes change the graph: the result keeps the input's site keys (onnx.keys)
     sites = site_metadata(find_activations(ctx.graph), ctx.node_meta)
-    pm = build_pass_manager(merge, remove_blocks, prune)
+    pm = build_pass_manager(merge, remove_blocks, prune, fold)
     pm.run(ctx)
     out = to_model(ctx.graph, model)   # the input's node metadata back (to_model); the site keys on top
     keep_node_metadata(out, sites)
