@@ -78,3 +78,16 @@ def test_onnx_front_end_writes_the_unfolded_result(monkeypatch):
     r = cp.collapse(_bn_model(), collapse=["act"], merge=False)
     assert r.passed and r.report["fold_fallback"]["folds_refused"] == 1
     assert [n.op_type for n in r.model.graph.node] == ["Conv", "BatchNormalization", "Conv"]
+
+
+def test_torch_compile_backend_takes_the_same_last_resort():
+    m = _Cancelling().eval()
+    x = torch.randn(1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    be = cp.torch_backend(collapse=["act"], inductor=False)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(m, backend=be)(x)
+    [rep] = be.reports
+    assert rep["fold_fallback"]["folds_refused"] >= 1 and rep["verification"]["passed"]
+    with torch.no_grad():
+        assert torch.allclose(got, m.c2(m.bn(m.c1(x + 10.0))).mean((2, 3)), rtol=1e-6, atol=0)

@@ -6,6 +6,7 @@ alone), compared with the result by verify.compare (one tolerance rule for both 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import operator
@@ -1053,8 +1054,9 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
     inductor=False runs the transformed graph eagerly (fast to build; for tests and debugging).
     The backend's .reports lists, per compiled graph, the keys it collapsed, the pass records and the
     check: with verify=True (default) each graph is run once on dynamo's example inputs against the same
-    graph with only the chosen activations linearized (rtol/atol of the config); a mismatch raises
-    VerificationError (torch.compile reports it as a backend failure).
+    graph with only the chosen activations linearized (rtol/atol of the config); a mismatch goes through
+    the gate's fallbacks (merges refused, the float64 second look, nothing folded) as in collapse(), and
+    one that remains raises VerificationError (torch.compile reports it as a backend failure).
     """
     from ..api import make_config
 
@@ -1112,7 +1114,7 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
             _refuse_shared_writes(shared, requested, "torch_backend")
         if any_size:
             notes.append("dynamic spatial size: only merges exact at every input size were planned")
-        check = fallback = None
+        check = fallback = fold_fallback = None
         if requested is not None:
             from ..core.runtime import compare
 
@@ -1138,6 +1140,9 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
                     warnings.append(fb.warning(check, len(record.merges)))
                     fallback = fb.as_dict()
                     out, record, check = fb.payload
+            if not check.passed and not record.approximations:   # the gate's later steps, as collapse()
+                out, record, check, fold_fallback = _last_resorts(check, requested, out, record, feeds, want, cfg,
+                                                                  any_size, warnings)
         elif verify:
             notes.append("not verified: dynamo gave fake example inputs")
         backend.reports.append({"collapsed": [s.keys[0] for s in chosen], "merges": record.merges,
@@ -1145,6 +1150,8 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
                                 "verification": None if check is None else check.as_dict()})
         if fallback is not None:
             backend.reports[-1]["merge_fallback"] = fallback
+        if fold_fallback is not None:
+            backend.reports[-1]["fold_fallback"] = fold_fallback
         approx_ok = check is not None and bool(record.approximations) and (
             cfg.approx_max_error is None or check.max_abs <= cfg.approx_max_error)   # opted in, as collapse()
         if check is not None and not check.passed and not approx_ok:
@@ -1165,6 +1172,35 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
     backend.reports = []
     backend.unmatched_keys = keys.unmatched
     return backend
+
+
+def _last_resorts(check, requested, out, record, feeds, want, cfg, any_size, warnings):
+    """torch_backend's gate after its merge search, as collapse_torch's: the float64 second look (float32
+    rounding, or a request ill-conditioned in float32), then the graph with nothing folded. Returns
+    (graph, record, comparison, fold_fallback report or None)."""
+    from ..core.merge_fallback import unfolded_warning
+    from ..core.runtime import compare
+    from ..verify import float64_second_look
+
+    names = [f"output{i}" for i in range(len(want[0]))]
+    check = float64_second_look(check, _run64, requested, out, feeds, names, cfg.rtol, cfg.atol, req32=want,
+                                res32=run_outputs(out, feeds))
+    fold_fallback = None
+    if not check.passed and not check.conditioned and record.folds:
+        rec = FxRecord()
+        g = run_passes(copy_sharing_weights(requested), [], cfg, rec, any_size=any_size, merge_allowed=frozenset(),
+                       fold=False)
+        c = compare(want, run_outputs(g, feeds), names, cfg.rtol, cfg.atol)
+        if c.passed:
+            warnings.append(unfolded_warning(check, len(record.folds), len(record.merges)))
+            fold_fallback = {"folds_refused": len(record.folds), "merges_refused": len(record.merges),
+                             "max_rel_folded": check.max_rel, "max_rel_float64_folded": check.max_rel64}
+            return g, rec, c, fold_fallback
+    if check.conditioned:
+        check = dataclasses.replace(check, passed=True)
+    if check.passed and check.why:
+        warnings.append(f"verification: {check.why}")
+    return out, record, check, fold_fallback
 
 
 def _size_hint(t):
