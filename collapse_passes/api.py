@@ -197,7 +197,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                      "as 1 and chains of unknown size are not merged; --input-shape NAME:D0,D1,... gives real sizes")
     ctx.graph = None   # its arrays duplicate the result's weights: not held through verification
 
-    from .core.merge_fallback import unfolded_warning
+    from .core.merge_fallback import unfolded
     from .verify import accept_conditioned, random_inputs, verify
 
     if cfg.calib is not None:
@@ -250,10 +250,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                              prune_off=prune_off)
         v = verify(original, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed)
         if v.against_requested.passed:
-            warnings.append(unfolded_warning(ver.against_requested, len(ctx.folds), len(ctx.merges)))
-            fold_fallback = {"folds_refused": len(ctx.folds), "merges_refused": len(ctx.merges),
-                             "max_rel_folded": ver.against_requested.max_rel,
-                             "max_rel_float64_folded": ver.against_requested.max_rel64}
+            line, fold_fallback = unfolded(ver.against_requested, len(ctx.folds), len(ctx.merges))
+            warnings.append(line)
             result_model, ctx, pm, ver = m, c, p, v
             c.graph = None
             stats_after = model_stats(result_model)

@@ -75,14 +75,18 @@ class MergeFallback:
                                 f"{self.comparison.max_rel:.3g})")
 
 
-def unfolded_warning(failed, folds: int, merges: int) -> str:
-    """One line for the gate's last resort (api.collapse, fx collapse_torch): the folded result failed, the
-    result written has the activations collapsed and nothing folded or merged (the request's own ops)."""
-    return (f"folding refused after verification: with {folds} fold(s)"
+def unfolded(failed, folds: int, merges: int) -> tuple[str, dict]:
+    """The gate's last resort taken (api.collapse, fx collapse_torch and torch_backend): the folded result
+    failed, the result written has the activations collapsed and nothing folded or merged (the request's own
+    ops). Returns (the warning line, report["fold_fallback"])."""
+    line = (f"folding refused after verification: with {folds} fold(s)"
             f"{f' and {merges} merge(s)' if merges else ''} the result was {_numbers(failed.max_rel, failed.max_rel64)} "
             "from the requested semantics, outside the check's tolerance (float32 weights of a folded BatchNorm, "
-            "amplified where collapsed layers form an ill-conditioned stack, is the usual cause); the result written has the chosen activations collapsed and its BatchNorm / affine "
-            "ops and linear chains as they were, and matches the request")
+            "amplified where collapsed layers form an ill-conditioned stack, is the usual cause); the result written "
+            "has the chosen activations collapsed and its BatchNorm / affine ops and linear chains as they were, and "
+            "matches the request")
+    return line, {"folds_refused": folds, "merges_refused": merges, "max_rel_folded": failed.max_rel,
+                  "max_rel_float64_folded": failed.max_rel64}
 
 
 def _numbers(rel32: float, rel64) -> str:

@@ -914,7 +914,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
             and not record.approximations:
         # as the ONNX front end (api.collapse): the activations linearized and nothing folded is the request's
         # own ops, written when the folded result is off (float32 BatchNorm folds in an ill-conditioned stack)
-        from ..core.merge_fallback import unfolded_warning
+        from ..core.merge_fallback import unfolded
 
         rec = copy.deepcopy(before_passes)
         alt = run_passes(copy_sharing_weights(gm), [], cfg, rec, any_size=any_size, merge_allowed=frozenset(),
@@ -922,10 +922,8 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         outputs.keep(alt, 0, propagate_shapes(alt, example_inputs))
         v = verify_torch(original, requested, alt, feeds, cfg.rtol, cfg.atol, desc, outputs)
         if v.against_requested.passed:
-            warnings.append(unfolded_warning(ver.against_requested, len(record.folds), len(record.merges)))
-            fold_fallback = {"folds_refused": len(record.folds), "merges_refused": len(record.merges),
-                             "max_rel_folded": ver.against_requested.max_rel,
-                             "max_rel_float64_folded": ver.against_requested.max_rel64}
+            line, fold_fallback = unfolded(ver.against_requested, len(record.folds), len(record.merges))
+            warnings.append(line)
             result, record, ver = alt, rec, v
             after = graph_stats(result)
     ver = accept_conditioned(ver)
@@ -1178,7 +1176,7 @@ def _last_resorts(check, requested, out, record, feeds, want, cfg, any_size, war
     """torch_backend's gate after its merge search, as collapse_torch's: the float64 second look (float32
     rounding, or a request ill-conditioned in float32), then the graph with nothing folded. Returns
     (graph, record, comparison, fold_fallback report or None)."""
-    from ..core.merge_fallback import unfolded_warning
+    from ..core.merge_fallback import unfolded
     from ..core.runtime import compare
     from ..verify import float64_second_look
 
@@ -1192,9 +1190,8 @@ def _last_resorts(check, requested, out, record, feeds, want, cfg, any_size, war
                        fold=False)
         c = compare(want, run_outputs(g, feeds), names, cfg.rtol, cfg.atol)
         if c.passed:
-            warnings.append(unfolded_warning(check, len(record.folds), len(record.merges)))
-            fold_fallback = {"folds_refused": len(record.folds), "merges_refused": len(record.merges),
-                             "max_rel_folded": check.max_rel, "max_rel_float64_folded": check.max_rel64}
+            line, fold_fallback = unfolded(check, len(record.folds), len(record.merges))
+            warnings.append(line)
             return g, rec, c, fold_fallback
     if check.conditioned:
         check = dataclasses.replace(check, passed=True)
