@@ -162,7 +162,11 @@ def _print_pruning(pr: dict, console: Console, max_rows: int) -> None:
     """Channel pruning: per group channels before/after, parameters and MACs saved, frozen ops."""
     from rich.table import Table
 
-    sections = [("exact removal", pr)] + ([("ratio prune", pr["ratio"])] if pr.get("ratio") else [])
+    dd = sum(g.get("channels_before", 0) - g.get("channels_after", 0) for g in pr.get("groups") or []
+             if str(g.get("kind", "")).startswith("data-dependent"))
+    # channels off on the calibration data only are not an exact removal: the title says which part is not
+    first = "exact removal" if not dd else f"constant-channel removal ({dd} data-dependent, approximate)"
+    sections = [(first, pr)] + ([("ratio prune", pr["ratio"])] if pr.get("ratio") else [])
     for label, sec in sections:
         rows = sec.get("groups") or []
         if not rows:
