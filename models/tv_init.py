@@ -30,7 +30,7 @@ def torchvision_init(model: nn.Module, linear: str) -> nn.Module:
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:   # affine=False: nothing
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
@@ -39,7 +39,8 @@ def torchvision_init(model: nn.Module, linear: str) -> nn.Module:
             else:
                 r = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -r, r)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:   # Swin's qkv / fc layers may have none
+                nn.init.zeros_(m.bias)
     return model
 
 

@@ -196,3 +196,17 @@ def test_fresh_batchnorm_mobilenet_is_warned_not_silently_passed(tmp_path):
     p = export_quiet(m, tmp_path / "d.onnx", (1, 3, SIZE, SIZE), False)
     r = cp.collapse(p, collapse=[d["key"] for d in cp.list_keys(p)][::3])
     assert any("barely depend on its input" in w for w in r.report["warnings"]), r.report["warnings"]
+
+
+def test_layers_without_bias_or_affine_parameters_are_left_as_they_are():
+    """Swin's layouts hold nn.Linear(bias=False): torchvision_init stopped with an AttributeError on them (H2,
+    adversarial round 13); a BatchNorm2d(affine=False) has no weight to set either."""
+    import torch.nn as nn
+
+    from models.tv_init import torchvision_init
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4, affine=False), nn.Flatten(),
+                      nn.Linear(4 * 2 * 2, 3, bias=False))
+    for linear in ("normal", "uniform"):
+        torchvision_init(m, linear)
+    assert m[3].bias is None and m[1].weight is None
