@@ -14,6 +14,12 @@ def activation_row(key: str, keys, kind: str, nodes, score, collapsed: bool, mod
             "score": score, "collapsed": bool(collapsed)}
 
 
+def data_dependent_channels(pruning: dict) -> int:
+    """Channels of a pruning report removed because they were off on the calibration data only."""
+    return sum(g.get("channels_before", 0) - g.get("channels_after", 0) for g in pruning.get("groups") or []
+               if str(g.get("kind", "")).startswith("data-dependent"))
+
+
 def build_report(*, input, activations: list, before: dict, after: dict, verification: dict, passed: bool,
                  approximations: list, folds: list, merges: list, passes: list, left_alone, left_alone_nodes,
                  notes: list, warnings: list, started: float, blocks=(), score_details=None, pruning=None) -> dict:
@@ -24,8 +30,7 @@ def build_report(*, input, activations: list, before: dict, after: dict, verific
     pr = pruning or {}
     data_dep = bool(pr.get("data_dependent"))
     if data_dep:
-        n = sum(g.get("channels_before", 0) - g.get("channels_after", 0) for g in pr.get("groups", [])
-                if str(g.get("kind", "")).startswith("data-dependent"))
+        n = data_dependent_channels(pr)
         err = pr.get("calib_dead_error")
         measured = (f"; on {err['inputs']} it differs from the model that keeps them by max abs {err['max_abs']:.3g} "
                     f"(max rel {err['max_rel']:.3g})" if err else "")
@@ -162,8 +167,7 @@ def _print_pruning(pr: dict, console: Console, max_rows: int) -> None:
     """Channel pruning: per group channels before/after, parameters and MACs saved, frozen ops."""
     from rich.table import Table
 
-    dd = sum(g.get("channels_before", 0) - g.get("channels_after", 0) for g in pr.get("groups") or []
-             if str(g.get("kind", "")).startswith("data-dependent"))
+    dd = data_dependent_channels(pr)
     # channels off on the calibration data only are not an exact removal: the title says which part is not
     first = "exact removal" if not dd else f"constant-channel removal ({dd} data-dependent, approximate)"
     sections = [(first, pr)] + ([("ratio prune", pr["ratio"])] if pr.get("ratio") else [])

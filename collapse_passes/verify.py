@@ -297,13 +297,17 @@ def float64_second_look(against: Comparison, run64, requested, result, feeds, na
 
 
 def accept_conditioned(ver: Verification) -> Verification:
-    """The gate's last word: a result that failed only because the request is ill-conditioned in float32,
-    and is as close to its exact outputs as float32 gets (Comparison.conditioned), passes. Applied after
-    the merge fallback, which looks for merges to refuse first (a result without them may pass outright)."""
-    a = ver.against_requested
-    if a.passed or not a.conditioned:
-        return ver
-    return replace(ver, against_requested=replace(a, passed=True))
+    """The gate's last word on a Verification (accepted, on its comparison with the request)."""
+    a = accepted(ver.against_requested)
+    return ver if a is ver.against_requested else replace(ver, against_requested=a)
+
+
+def accepted(c: Comparison) -> Comparison:
+    """A comparison that failed only because the request is ill-conditioned in float32, the result being as
+    close to its exact outputs as float32 gets (Comparison.conditioned), passes; any other is returned as it
+    is. Applied after the merge fallback, which looks for merges to refuse first (a result without them may
+    pass outright)."""
+    return replace(c, passed=True) if c.conditioned and not c.passed else c
 
 
 def _as64(outs) -> list:

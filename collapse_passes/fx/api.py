@@ -6,7 +6,6 @@ alone), compared with the result by verify.compare (one tolerance rule for both 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import math
 import operator
@@ -1119,8 +1118,10 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
             feeds = [tuple(concrete)]
             want = run_outputs(requested, feeds)
 
+            ran = {}   # id(graph) -> its outputs on feeds: the float64 second look reuses them
+
             def checked(g):
-                got = run_outputs(g, feeds)
+                got = ran[id(g)] = run_outputs(g, feeds)
                 return compare(want, got, [f"output{i}" for i in range(len(got[0]))], cfg.rtol, cfg.atol)
 
             check = checked(out)
@@ -1139,8 +1140,8 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
                     fallback = fb.as_dict()
                     out, record, check = fb.payload
             if not check.passed and not record.approximations:   # the gate's later steps, as collapse()
-                out, record, check, fold_fallback = _last_resorts(check, requested, out, record, feeds, want, cfg,
-                                                                  any_size, warnings)
+                out, record, check, fold_fallback = _last_resorts(check, requested, out, record, feeds, want,
+                                                                  ran[id(out)], cfg, any_size, warnings)
         elif verify:
             notes.append("not verified: dynamo gave fake example inputs")
         backend.reports.append({"collapsed": [s.keys[0] for s in chosen], "merges": record.merges,
@@ -1172,17 +1173,17 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
     return backend
 
 
-def _last_resorts(check, requested, out, record, feeds, want, cfg, any_size, warnings):
+def _last_resorts(check, requested, out, record, feeds, want, got, cfg, any_size, warnings):
     """torch_backend's gate after its merge search, as collapse_torch's: the float64 second look (float32
-    rounding, or a request ill-conditioned in float32), then the graph with nothing folded. Returns
-    (graph, record, comparison, fold_fallback report or None)."""
+    rounding, or a request ill-conditioned in float32), then the graph with nothing folded. want / got: the
+    request's and `out`'s outputs on feeds. Returns (graph, record, comparison, fold_fallback report or None)."""
     from ..core.merge_fallback import unfolded
     from ..core.runtime import compare
-    from ..verify import float64_second_look
+    from ..verify import accepted, float64_second_look
 
     names = [f"output{i}" for i in range(len(want[0]))]
     check = float64_second_look(check, _run64, requested, out, feeds, names, cfg.rtol, cfg.atol, req32=want,
-                                res32=run_outputs(out, feeds))
+                                res32=got)
     fold_fallback = None
     if not check.passed and not check.conditioned and record.folds:
         rec = FxRecord()
@@ -1193,8 +1194,7 @@ def _last_resorts(check, requested, out, record, feeds, want, cfg, any_size, war
             line, fold_fallback = unfolded(check, len(record.folds), len(record.merges))
             warnings.append(line)
             return g, rec, c, fold_fallback
-    if check.conditioned:
-        check = dataclasses.replace(check, passed=True)
+    check = accepted(check)
     if check.passed and check.why:
         warnings.append(f"verification: {check.why}")
     return out, record, check, fold_fallback
