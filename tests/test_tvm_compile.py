@@ -235,6 +235,19 @@ def test_cpu_build_matches_onnxruntime(cnn, cnn_mod, cpu_target):
     assert ms > 0
 
 
+def test_latency_budget_lowers_repeat_of_slow_builds(cnn, cnn_mod, cpu_target):
+    """A build whose calls outlast the budget is timed MIN_REPEAT times, not `repeat` times (an untuned
+    ResNet-50 at 224 takes ~4 s a call: 20 repeats of two models were 2.5 minutes of a --target cpu run)."""
+    model, inputs = cnn
+    ex = tc.build(cnn_mod, cpu_target[0])
+    st = {}
+    assert tc.measure_latency(ex, inputs, repeat=20, budget_s=1e-9, stats=st) > 0
+    assert st["repeat"] == tc.MIN_REPEAT and st["first_call_ms"] > 0
+    st = {}
+    tc.measure_latency(ex, inputs, repeat=5, budget_s=1e6, stats=st)
+    assert st["repeat"] == 5
+
+
 def test_host_export_loads_with_vm(tmp_path, cnn, cnn_mod, cpu_target):
     from tvm import relax
 
@@ -289,6 +302,16 @@ def test_add_arguments_defaults():
     assert a.target == "cpu" and a.tune_trials == 0 and a.tvm_repeat == 20
     assert a.export is None and a.rpc_tracker is None and a.rpc_key is None
     assert a.cuda_arch is None and a.tune_dir is None
+
+
+def test_run_from_args_says_where_slow_builds_got_fewer_repeats(tmp_path, cnn, monkeypatch):
+    model, inputs = cnn
+    monkeypatch.setattr(cli_hook, "TIMING_BUDGET_S", 1e-9)
+    args = _args(target="cpu", tune_dir=tmp_path / "tune", tvm_repeat=5)
+    report = cli_hook.run_from_args(args, model, model, inputs, console=lambda _m: None)
+    note = [n for n in report["notes"] if "fewer than 5 repeats" in n]
+    assert note and "original untuned" in note[0] and f": {tc.MIN_REPEAT})" in note[0]
+    assert report["latency_ms"]["collapsed"]["tvm_untuned"] > 0
 
 
 def test_run_from_args_exports_atomically(tmp_path, cnn):

@@ -589,11 +589,18 @@ def measure_latency(
     *,
     repeat: int = 20,
     min_repeat_ms: int = 10,
+    budget_s: float | None = None,
+    stats: dict | None = None,
 ) -> float:
     """Median latency in milliseconds of ``main`` (``time_evaluator``, warm-up discarded).
 
     Each of the ``repeat`` measurements averages as many calls as needed to
-    last ``min_repeat_ms``; the median over them is returned.
+    last ``min_repeat_ms``; the median over them is returned. With ``budget_s``,
+    one call is timed first and ``repeat`` lowered (to no fewer than
+    :data:`MIN_REPEAT`) so that the measurements take about ``budget_s``: an
+    untuned ResNet-50 takes seconds per call, and 20 of them for a number the
+    user did not ask to optimise is minutes of waiting. ``stats`` (a dict), if
+    given, receives ``repeat`` (the count used) and ``first_call_ms``.
     """
     import tvm
 
@@ -601,10 +608,23 @@ def measure_latency(
     vm = _vm(executable, dev)
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in _ordered_args(vm, inputs)]
     vm.set_input("main", *args)
-    timer = vm.time_evaluator(
-        "invoke_stateful", dev, number=1, repeat=max(1, int(repeat)), min_repeat_ms=min_repeat_ms
-    )
+    repeat = max(1, int(repeat))
+    if budget_s is not None:
+        t0 = time.perf_counter()
+        vm.invoke_stateful("main")
+        dev.sync()
+        first = time.perf_counter() - t0
+        repeat = max(min(repeat, MIN_REPEAT), min(repeat, int(budget_s / max(first, 1e-9))))
+        if stats is not None:
+            stats["first_call_ms"] = first * 1e3
+    if stats is not None:
+        stats["repeat"] = repeat
+    timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
     return float(timer("main").median * 1e3)
+
+
+#: the fewest measurements :func:`measure_latency` makes under a time budget
+MIN_REPEAT = 3
 
 
 def profile(executable, inputs: Mapping[str, np.ndarray], device=None, *, runs: int = 20) -> dict:
