@@ -314,6 +314,13 @@ def test_run_from_args_says_where_slow_builds_got_fewer_repeats(tmp_path, cnn, m
     assert report["latency_ms"]["collapsed"]["tvm_untuned"] > 0
 
 
+def test_untuned_slowdown_is_said_only_without_a_tuned_build():
+    assert cli_hook._untuned_slowdown({"onnxruntime": 1.0, "tvm_untuned": 100.0, "tvm_tuned": None}) == 100.0
+    assert cli_hook._untuned_slowdown({"onnxruntime": 1.0, "tvm_untuned": 100.0, "tvm_tuned": 0.9}) is None
+    assert cli_hook._untuned_slowdown({"onnxruntime": 1.0, "tvm_untuned": 1.2, "tvm_tuned": None}) is None
+    assert cli_hook._untuned_slowdown({"onnxruntime": 1.0, "tvm_untuned": None, "tvm_tuned": None}) is None
+
+
 def test_run_from_args_exports_atomically(tmp_path, cnn):
     model, inputs = cnn
     out = tmp_path / "export"

@@ -332,6 +332,15 @@ def _library_to_export(ex_untuned, ex_tuned, latency: Mapping[str, float | None]
                         "exported the untuned library; raise --tune-trials")
 
 
+def _untuned_slowdown(latency: Mapping[str, float | None]) -> float | None:
+    """How many times slower than onnxruntime the untuned build ran, when nothing tuned was timed and it
+    is slower: a user who ran --target without --tune-trials should learn that tuning is the way to speed."""
+    ort, untuned = latency.get("onnxruntime"), latency.get("tvm_untuned")
+    if latency.get("tvm_tuned") is not None or not ort or not untuned or untuned <= 1.5 * ort:
+        return None
+    return untuned / ort
+
+
 def _model_summary(model) -> dict[str, Any]:
     ops: dict[str, int] = {}
     for n in model.graph.node:
@@ -512,6 +521,11 @@ def run_from_args(
                     latency["original"]["tvm_tuned"] = timed(ex_tuned_orig, "original", "tuned")
 
     stage_done()
+    slow = _untuned_slowdown(latency["collapsed"])
+    if slow is not None:
+        notes.append(f"untuned TVM is {slow:.0f}x slower than onnxruntime here: without tuning TVM compiles "
+                     "loop nests with default schedules; --tune-trials N tunes its kernels (docs/tvm.md: 512 trials "
+                     "tuned a MobileNetV2 in about 20 minutes on 2 cores)")
     if shortened:
         notes.append(f"TVM timed with fewer than {repeat} repeats where one call is slow: {'; '.join(shortened)}")
     notes.extend(_float64_pass_notes(verification))
