@@ -116,17 +116,30 @@ def import_onnx(model, shape_dict: Mapping[str, Sequence[int]] | None = None):
     Weights (initializers) are bound as constants, so ``main`` takes the model
     inputs only.  Ops the importer lacks raise :class:`TVMError` naming them.
     A model the importer fails on is imported again with its size arithmetic
-    folded (``fold_size_arithmetic``), when there is some.
+    folded (``fold_size_arithmetic``), when there is some; with ``shape_dict``,
+    last with its dynamic input dims fixed to those sizes first (the importer
+    keeps a dynamic batch symbolic through Shape -> Gather -> Reshape chains
+    that onnxruntime resolves at run time: a TorchScript Swin with a dynamic batch).
     """
     proto = _load_onnx(model)
     check_onnx_ops(proto)
     try:
         return _import_onnx(proto, shape_dict)
-    except TVMError:
-        folded = fold_size_arithmetic(proto)
-        if folded is proto:
-            raise
-    return _import_onnx(folded, shape_dict)
+    except TVMError as e:
+        first = e
+    folded = fold_size_arithmetic(proto)
+    if folded is not proto:
+        try:
+            return _import_onnx(folded, shape_dict)
+        except TVMError:
+            pass
+    if shape_dict:
+        from collapse_passes.onnx.shapes import dynamic_inputs, fix_input_shapes
+
+        if dynamic_inputs(proto, batch=True):
+            fixed = fix_input_shapes(proto, {k: list(v) for k, v in shape_dict.items()})
+            return _import_onnx(fold_size_arithmetic(fixed), shape_dict)
+    raise first
 
 
 def _import_onnx(proto, shape_dict):

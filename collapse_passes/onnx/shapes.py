@@ -305,10 +305,12 @@ def _fmt_dims(model: onnx.ModelProto, name: str) -> str:
                     for d in vi.type.tensor_type.shape.dim)
 
 
-def dynamic_inputs(model: onnx.ModelProto) -> list[str]:
+def dynamic_inputs(model: onnx.ModelProto, batch: bool = False) -> list[str]:
     """"name (NxCxHxW)" for each input with a dynamic dim after the first (a dynamic batch is the usual
-    per-sample count): MACs, the planner's prices and random check inputs take those dims as 1."""
+    per-sample count): MACs, the planner's prices and random check inputs take those dims as 1.
+    `batch=True`: a dynamic first dim counts too."""
     from ..calib import model_inputs
 
+    first = 0 if batch else 1
     return [f"{name} ({_fmt_dims(model, name)})" for name, dims, _ in model_inputs(model)
-            if any(d is None for d in dims[1:])]
+            if any(d is None for d in dims[first:])]

@@ -1,0 +1,51 @@
+"""A dynamic-batch model TVM's ONNX importer cannot take (a TorchScript Swin: Shape -> Gather -> Reshape
+chains the importer leaves without a shape) is compiled for the sizes timed, with a note, instead of
+ending the --target run after the collapse (the matrix run of 2026-11-29: TS Swin-T, dynamic batch)."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+torch = pytest.importorskip("torch")
+
+from models import build  # noqa: E402
+from models.export import export_onnx  # noqa: E402
+from tvm_integration import cli_hook  # noqa: E402
+from tvm_integration import compile as tc  # noqa: E402
+from tvm_integration.errors import TVMError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dyn_swin(tmp_path_factory):
+    torch.manual_seed(0)
+    m = build("swin_t_tv", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=4)
+    path = tmp_path_factory.mktemp("swin") / "swin_dyn.onnx"
+    export_onnx(m, path, (1, 3, 64, 64), dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    import onnx
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    return onnx.load(str(path)), {"input": x}
+
+
+def test_import_fixes_the_dynamic_batch_only_when_sizes_are_given(dyn_swin):
+    model, inputs = dyn_swin
+    with pytest.raises(TVMError, match="Reshape"):
+        tc.import_onnx(model)
+    mod = tc.import_onnx(model, {"input": [1, 3, 64, 64]})
+    ex = tc.build(mod, "llvm")
+    np.testing.assert_allclose(tc.run(ex, inputs)[0], tc.run_ort(model, inputs)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_target_run_compiles_a_dynamic_model_for_the_timed_sizes_and_says_so(dyn_swin, tmp_path):
+    model, inputs = dyn_swin
+    p = argparse.ArgumentParser()
+    cli_hook.add_arguments(p)
+    args = p.parse_args(["--target", "cpu", "--tune-dir", str(tmp_path / "tune"), "--tvm-repeat", "2"])
+    report = cli_hook.run_from_args(args, model, model, inputs, console=lambda _m: None)
+    note = [n for n in report["notes"] if "cannot take the dynamic input size" in n]
+    assert note and "input 1x3x64x64" in note[0] and "Nx3x64x64" in note[0]
+    assert not any(n.startswith("dynamic input size") for n in report["notes"])
+    assert report["verification"]["collapsed_tvm_untuned_vs_onnxruntime"]["ok"]
