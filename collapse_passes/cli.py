@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep constant channels (by default they are removed exactly: zero filters before a ReLU, "
                          "zero-gamma BN)")
     pr.add_argument("--prune-calib-dead", action="store_true",
-                    help="with --calib: also remove ReLU channels that are 0 on every calibration sample "
+                    help="with --calib: also remove ReLU / ReLU6 / HardSwish channels that are 0 on every calibration sample "
                          "(approximate: exact on that data only; the error on random inputs is reported)")
     pr.add_argument("--prune-ratio", type=float, metavar="R",
                     help="also prune about R (0 <= R < 1) of the prunable channels, lowest importance first "

@@ -34,7 +34,7 @@ class CollapseConfig:
     prune_scope: str = "global"      # global ranking or per layer
     prune_importance: object = "l1"  # l1 | l2 | tlc | easier | {tensor or node: [per-channel scores]} | .json
     round_to: int = 1                # keep channel counts a multiple of this
-    prune_calib_dead: bool = False   # also remove ReLU channels off on all calibration data (approximate, opt-in)
+    prune_calib_dead: bool = False   # also remove ReLU/ReLU6/HardSwish channels 0 on all calibration data (approximate, opt-in)
     prune_max_error: float | None = None   # refuse a ratio prune whose max abs error exceeds this (unless force)
     eval_data: object = None         # .npz / dict: model inputs + "labels": top-1 accuracy and latency in the report
     target_speedup: float | None = None    # pick lowest-scored activations that buy predicted speed-up until S
@@ -89,7 +89,7 @@ def check_settings(cfg) -> None:
         raise CollapseError("--approx-max-error (approx_max_error) has an effect only with --allow-border-approx "
                             "(allow_border_approx=True): add it or drop approx_max_error")
     if cfg.prune_calib_dead and cfg.calib is None:
-        raise CollapseError("--prune-calib-dead (prune_calib_dead) removes ReLU channels that are off on the "
+        raise CollapseError("--prune-calib-dead (prune_calib_dead) removes ReLU / ReLU6 / HardSwish channels that are 0 on the "
                             "calibration data: give --calib data (calib=), or drop it")
     if cfg.prune_calib_dead and not cfg.prune:
         raise CollapseError("--prune-calib-dead is a kind of channel removal, and --no-prune (prune=False) turns "

@@ -35,7 +35,7 @@ def build_report(*, input, activations: list, before: dict, after: dict, verific
         measured = (f"; on {err['inputs']} it differs from the model that keeps them by max abs {err['max_abs']:.3g} "
                     f"(max rel {err['max_rel']:.3g})" if err else "")
         warnings = list(warnings) + [
-            f"{n or 'some'} channel(s) removed because their ReLU was off on every calibration sample (approximate): "
+            f"{n or 'some'} channel(s) removed because their activation (ReLU, ReLU6 or HardSwish) was off on every calibration sample (approximate): "
             "the result equals the input model only on inputs that keep them off (verified on the calibration data)"
             f"{measured}; without --prune-calib-dead (prune_calib_dead=False) they are kept"]
     return {

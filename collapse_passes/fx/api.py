@@ -829,7 +829,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     if cfg.prune_calib_dead:
         raise CollapseError("prune_calib_dead is for ONNX models with calib= data; on a torch model "
                             "collapse_passes.pruning.fx_adapter.prune_module(model, x, calib=batches) removes the "
-                            "ReLU channels off on every batch")
+                            "ReLU / ReLU6 / Hardswish channels 0 on every batch")
     notes, warnings = [], []
     batches = gm.meta.get(EXPORT_BATCHES) if kind == "nn.Module" else None
     if batches is not None and batches[1] is not None:   # its guards can be stricter than the range: say the sure one

@@ -1,7 +1,7 @@
 """The pruning steps of api.collapse, kept here so the API only calls two functions.
 
 prepare: validate the flags, prune to a ratio (an approximation, before everything else), and with
---prune-calib-dead find the ReLU channels always off on the calibration data. finish: measure what the
+--prune-calib-dead find the ReLU / ReLU6 / HardSwish channels always 0 on the calibration data. finish: measure what the
 data-dependent removal changes on random inputs (it is exact on the calibration data by construction), and
 the ratio prune's error against the unpruned requested semantics (the collapse applied to the unpruned
 model: what the user asked for, as the torch front end does; and top-1 accuracy with --eval data),
@@ -125,6 +125,10 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
     report.update({k: v for k, v in ctx.pruning.items()} if ctx.pruning else {})
     if report.get("data_dependent_channels"):
         _measure_calib_dead(report, base, requested, chosen, remove_blocks, cfg)
+    elif cfg.prune_calib_dead and cfg.prune:   # say so, rather than leave the flag looking applied
+        warnings.append("--prune-calib-dead removed no channel: no ReLU / ReLU6 / HardSwish channel is 0 on every "
+                        "calibration sample (or each such channel feeds an op that cannot absorb a constant, such "
+                        "as a squeeze-excitation scale)")
     ratio = report.get("ratio")
     if ratio is not None:
         from ..onnx.driver import requested_semantics

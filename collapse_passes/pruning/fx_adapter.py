@@ -439,7 +439,7 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
 
     module: an nn.Module (traced with torch.fx.symbolic_trace) or a GraphModule; it is not modified.
     example_inputs: a tensor or tuple of tensors (shapes for flatten and bias maps).
-    calib: optional iterable of input batches (tensors or tuples); ReLU channels that are 0 on all of them
+    calib: optional iterable of input batches (tensors or tuples); ReLU / ReLU6 / Hardswish channels that are 0 on all of them
     are removed too (data-dependent: the result equals the module with those channels forced to 0).
     shapes_known: module is a GraphModule whose node metadata holds its shapes on example_inputs (collapse() ran
     ShapeProp): the model runs only after a removal, and the result shares the weights it does not slice with
@@ -526,9 +526,21 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
     return gm, report
 
 
+def _off_is_zero(gm, op) -> bool:
+    """An activation whose whole off side is exactly 0 (onnx_prune.OFF_IS_ZERO): ReLU, a clip from 0 (ReLU6),
+    Hardswish."""
+    if op.kind == "relu":
+        return True
+    if op.kind == "clip":
+        return op.data.get("lo") == 0.0
+    n = op.data.get("fx_node")
+    return (op.kind == "fn" and n is not None and n.op == "call_module"
+            and type(gm.get_submodule(n.target)) is torch.nn.Hardswish)
+
+
 def _always_off(gm, cg: ChannelGraph, calib) -> dict:
-    """{slot of a ReLU output: channels that are <= 0 on every calibration batch and position}."""
-    relus = {op.data["fx_node"].name: op.outs[0] for op in cg.ops if op.kind == "relu"}
+    """{slot of an activation output: channels that are 0 on every calibration batch and position}."""
+    relus = {op.data["fx_node"].name: op.outs[0] for op in cg.ops if _off_is_zero(gm, op)}
     peak: dict = {}
 
     class _Tap(torch.fx.Interpreter):
@@ -536,7 +548,7 @@ def _always_off(gm, cg: ChannelGraph, calib) -> dict:
             out = super().run_node(n)
             if n.name in relus and isinstance(out, torch.Tensor):
                 axis = relus[n.name][1]
-                m = out.detach().movedim(axis, 0).reshape(out.shape[axis], -1).amax(dim=1)
+                m = out.detach().movedim(axis, 0).reshape(out.shape[axis], -1).abs().amax(dim=1)
                 peak[n.name] = m if n.name not in peak else torch.maximum(peak[n.name], m)
             return out
 
@@ -545,7 +557,7 @@ def _always_off(gm, cg: ChannelGraph, calib) -> dict:
             _Tap(gm).run(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
     if not peak:
         raise CollapseError("calib holds no batches")
-    return {relus[k]: set(torch.nonzero(v <= 0).flatten().tolist()) for k, v in peak.items()}
+    return {relus[k]: set(torch.nonzero(v == 0).flatten().tolist()) for k, v in peak.items()}
 
 
 def _constant_source_possible(gm) -> bool:

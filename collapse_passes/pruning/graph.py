@@ -233,8 +233,8 @@ class ChannelGraph:
 
         A unit qualifies when every op reading it from outside the unit is a conv or dense layer (which
         takes the constant into its bias) and the value it reads is a known constant: zero filter -> its
-        bias; zero-scale BN -> its shift; ReLU of a constant; a ReLU channel always off on calibration
-        data when listed in data_dependent_off {slot: set(channels)}. Values read only inside the unit
+        bias; zero-scale BN -> its shift; ReLU of a constant; an activation channel always off (0) on
+        calibration data when listed in data_dependent_off {slot: set(channels)}. Values read only inside the unit
         may vary (a filter feeding a zero-gamma BN goes too). Returns dicts: gid, unit, folds
         [(op name, in slot, channel, value)], data_dependent, reason.
         """
@@ -262,7 +262,7 @@ class ChannelGraph:
         return found
 
     def _constant_sources(self, dd) -> set:
-        """(slot, i) where a constant can start: a zero filter, a zero-scale BN, a listed always-off ReLU."""
+        """(slot, i) where a constant can start: a zero filter, a zero-scale BN, a listed always-off activation."""
         out = {(s, int(i)) for s, chans in dd.items() for i in chans}
         for op in self.ops:
             if op.kind in ("conv", "dense"):
@@ -316,17 +316,15 @@ class ChannelGraph:
                 return b, False  # depthwise reading an all-zero channel (zero padding is zero too)
             return None, False
         x = val.get((op.ins[0], i)) if op.ins and op.ins[0] is not None else None
+        if x is None and i in dd.get(s, ()):
+            return 0.0, True   # listed off on all the calibration data (ReLU, ReLU6, HardSwish: onnx_prune.OFF_IS_ZERO)
         if op.kind == "bn":
             sc, sh = float(d["scale"][i]), float(d["shift"][i])
             if x is not None:
                 return sc * x + sh, False
             return (sh, False) if sc == 0.0 else (None, False)
         if op.kind == "relu":
-            if x is not None:
-                return max(x, 0.0), False
-            if i in dd.get(s, ()):
-                return 0.0, True
-            return None, False
+            return (None if x is None else max(x, 0.0)), False
         if op.kind == "clip":
             return (None if x is None else float(np.clip(x, -np.inf if d["lo"] is None else d["lo"],
                                                          np.inf if d["hi"] is None else d["hi"]))), False

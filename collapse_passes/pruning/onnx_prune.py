@@ -156,7 +156,7 @@ def removal_rows(cg: ChannelGraph, found: list) -> list[dict]:
     labels = {}
     for f in found:
         if f["data_dependent"]:
-            labels[f["gid"]] = "data-dependent (ReLU always off on the calibration data)"
+            labels[f["gid"]] = "data-dependent (activation always 0 on the calibration data)"
         else:
             labels.setdefault(f["gid"], "structural (constant channel)")
     return group_rows(cg, [(f["gid"], f["unit"]) for f in found], labels)
@@ -229,14 +229,22 @@ def ratio_prune(model: onnx.ModelProto, ratio: float, *, scope: str = "global", 
                  "removed_channels": len(removed), "groups": rows, **graph_summary(cg)}
 
 
+#: activation kinds that output exactly 0 on their whole off side (always_off_channels)
+OFF_IS_ZERO = ("relu", "relu6", "hardswish", "clip")   # clip: with min 0 only
+
+
 def always_off_channels(model: onnx.ModelProto, calib, calib_batches=None) -> dict:
-    """{ReLU output tensor: channels that are exactly 0 on every calibration sample and position}."""
+    """{activation output tensor: channels that are exactly 0 on every calibration sample and position}.
+
+    Activations whose whole "off" side is exactly 0 (OFF_IS_ZERO: ReLU, ReLU6 -- Clip(x, 0, 6), MobileNetV2's
+    activation, or any Clip from 0 -- and HardSwish, 0 for x <= -3): a channel at 0 on all the data is a constant channel there."""
+    from ..onnx.patterns import find_activations
     from ..scores._common import tapped_batches
 
     graph = gs.import_onnx(model)
     shapes = infer_shapes(graph)
-    relus = [n.outputs[0].name for n in graph.nodes if n.op == "Relu" and shapes.get(n.outputs[0].name)
-             and len(shapes[n.outputs[0].name]) >= 2]
+    relus = [a.output.name for a in find_activations(graph) if a.kind in OFF_IS_ZERO
+             and a.params.get("min", 0.0) == 0.0 and shapes.get(a.output.name) and len(shapes[a.output.name]) >= 2]
     if not relus:
         return {}
     mx: dict = {}
@@ -244,9 +252,10 @@ def always_off_channels(model: onnx.ModelProto, calib, calib_batches=None) -> di
         for name in relus:
             a = np.asarray(got[name])
             axis = 1 if a.ndim in (2, 4, 5) or a.ndim == 3 and _conv_fed(graph, name) else a.ndim - 1
-            m = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1)
+            # |y| peak: HardSwish is negative (not 0) on (-3, 0), so "never above 0" is not "always 0"
+            m = np.abs(np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)).max(axis=1)
             mx[name] = m if name not in mx else np.maximum(mx[name], m)
-    return {name: np.flatnonzero(m <= 0).tolist() for name, m in mx.items() if np.any(m <= 0)}
+    return {name: np.flatnonzero(m == 0).tolist() for name, m in mx.items() if np.any(m == 0)}
 
 
 def _conv_fed(graph, name) -> bool:

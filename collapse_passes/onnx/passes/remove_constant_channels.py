@@ -1,7 +1,7 @@
 """prune: remove channels whose value is a known constant (exact), through the channel dependency graph.
 
 All-zero filter with bias <= 0 before a ReLU, zero-gamma BatchNorm, and -- with calibration data --
-ReLU channels that are off on every sample (data-dependent: the verified reference then has those
+ReLU / ReLU6 / HardSwish channels that are 0 on every sample (data-dependent: the verified reference then has those
 channels forced to 0). Their constant contribution goes into the readers' biases (a per-position bias
 map where a conv reads them through zero padding). Runs once, after linearization (the constants are
 those of the requested semantics: a collapsed ReLU passes a negative constant on) and before folding.
