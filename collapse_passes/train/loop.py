@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CollapseError
-from .regularizers import FOLD_ALPHA, LacootTerm, clamp_slopes, prelu_modules, prelu_penalty, prelu_score, remove_blocks, to_prelu
+from .regularizers import (FOLD_ALPHA, LacootTerm, clamp_slopes, prelu_modules, prelu_penalty, prelu_score, prelu_swap,
+                           remove_blocks)
 from .sites import OriginalKeys, find_sites, functional_sites, linearize, relocate_padding
 
 METHODS = ("easier", "tlc", "prelu")
@@ -59,7 +60,7 @@ def _as_pairs(data, name: str, reread: bool = True):
         x, y = data
         if len(x) != len(y):
             raise CollapseError(f"{name}: {len(x)} inputs but {len(y)} labels; give one label per input")
-        return _TensorBatches(x, y)
+        return _TensorBatches(x, y, drop_single=name == "train_data")
     if hasattr(data, "__iter__"):
         if reread and iter(data) is data:   # the default trainer / accuracy re-read it every round: empty after one
             raise CollapseError(f"{name}: a one-shot iterator (generator) is exhausted after one round; give a "
@@ -69,14 +70,19 @@ def _as_pairs(data, name: str, reread: bool = True):
 
 
 class _TensorBatches:
-    def __init__(self, x, y, batch_size: int = 64, seed: int = 0):
-        self.x, self.y, self.bs = x, y, batch_size
+    """Shuffled batches of an (inputs, labels) pair. drop_single (training): a last batch of one sample is
+    left out when there are others (65 samples, batch 64): BatchNorm in train mode cannot normalise one."""
+
+    def __init__(self, x, y, batch_size: int = 64, seed: int = 0, drop_single: bool = False):
+        self.x, self.y, self.bs, self.drop_single = x, y, batch_size, drop_single
         self.gen = torch.Generator().manual_seed(seed)
 
     def __iter__(self):
         perm = torch.randperm(len(self.x), generator=self.gen)
         for i in range(0, len(self.x), self.bs):
             idx = perm[i:i + self.bs]
+            if self.drop_single and len(idx) == 1 and len(self.x) > 1:
+                continue
             yield self.x[idx], self.y[idx]
 
 
@@ -103,18 +109,44 @@ def _check_class_labels(y, out, what: str):
     return y
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, batches) -> float:
-    """Top-1 accuracy over (x, y) batches, model in eval mode."""
+def _nonfinite(t) -> bool:
+    """Whether a floating tensor holds NaN / Inf (integer inputs, token ids, never do)."""
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+
+
+class Diverged(CollapseError):
+    """Fine-tuning produced a non-finite loss or non-finite weights. In a round the loop rolls the round
+    back (the collapse or the learning rate made training diverge); before any round (the input model, the
+    regularised phase) and when the batch's inputs themselves hold NaN / Inf it is the user's one line."""
+
+    def __init__(self, msg: str, data: bool = False):
+        super().__init__(msg)
+        self.data = data
+
+
+def _counts(model: nn.Module, batches) -> tuple[int, int, int]:
+    """(correct, total, rows with non-finite logits) over (x, y) batches, model in eval mode. A row of NaN
+    logits is wrong: argmax of NaN is index 0, which would count as right for every class-0 sample (a model
+    whose weights went NaN scored about 1/classes and could pass a loose tolerance)."""
     model.eval()
-    correct = total = 0
-    for x, y in batches:
-        out = model(x)
-        _check_class_labels(y, out, "val_data")
-        correct += int((out.argmax(1) == y).sum())
-        total += len(y)
+    correct = total = bad = 0
+    with torch.no_grad():
+        for x, y in batches:
+            out = model(x)
+            _check_class_labels(y, out, "val_data")
+            ok = torch.isfinite(out).all(1) if out.is_floating_point() else \
+                torch.ones(len(out), dtype=torch.bool, device=out.device)
+            correct += int(((out.argmax(1) == y) & ok).sum())
+            bad += int((~ok).sum())
+            total += len(y)
     if not total:
         raise CollapseError("val_data yields no samples")
+    return correct, total, bad
+
+
+def accuracy(model: nn.Module, batches) -> float:
+    """Top-1 accuracy over (x, y) batches, model in eval mode (rows of non-finite logits count as wrong)."""
+    correct, total, _ = _counts(model, batches)
     return correct / total
 
 
@@ -134,8 +166,15 @@ def default_fine_tune(train_batches, steps: int, lr: float = 1e-3, loss_fn=None,
             ctx.model = model
             ctx.__enter__()
         try:
-            for x, y in itertools.islice(stream, steps):
-                out = model(x)
+            for step, (x, y) in enumerate(itertools.islice(stream, steps)):
+                try:
+                    out = model(x)
+                except ValueError as e:   # BatchNorm in train mode on one sample: the probe ran in eval mode
+                    if "Expected more than 1 value per channel" not in str(e):
+                        raise
+                    raise CollapseError(f"train_data: a batch of {len(x)} sample(s) reaches a BatchNorm in training "
+                                        "mode, which needs at least 2; give batches of 2 or more (DataLoader "
+                                        "drop_last=True)") from None
                 if default_loss:
                     y = _check_class_labels(y, out, "train_data")
                 loss = loss_fn(out, y)
@@ -154,6 +193,15 @@ def default_fine_tune(train_batches, steps: int, lr: float = 1e-3, loss_fn=None,
                     loss = loss + prelu_lambda * prelu_penalty(model)
                 if ctx:
                     loss = loss + lacoot_lambda * ctx.penalty()
+                if not bool(torch.isfinite(loss.detach())):
+                    # a NaN / Inf loss makes every weight NaN at opt.step(); the model would still "predict"
+                    # (argmax of NaN) and could pass the accuracy check
+                    data = any(_nonfinite(t) for t in (x if isinstance(x, (tuple, list)) else (x,)))
+                    raise Diverged(
+                        f"fine-tuning: the loss is {float(loss.detach())} at step {step} "
+                        + ("and the batch's inputs hold NaN / Inf; remove those samples from train_data" if data else
+                           f"(the training diverged); lower lr (now {lr:g}) or the lambdas, or check loss_fn"),
+                        data=data)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -366,7 +414,9 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     """
     name = str(method).strip().lower()
     if name not in METHODS:
-        raise CollapseError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+        raise CollapseError(f"unknown method {method!r}; valid: {', '.join(METHODS)}"
+                            + (" (LaCoOT is a term on any of them: lacoot_lambda= and remove_blocks_below=)"
+                               if name == "lacoot" else ""))
     if not isinstance(model, nn.Module):
         raise CollapseError(f"iterative_collapse expects a torch.nn.Module, got {type(model).__name__}")
     if model.training:
@@ -382,6 +432,14 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         # a str would be iterated letter by letter ("no submodule 'l'")
         raise CollapseError(f"blocks must be a list of module paths, got {type(blocks).__name__} {blocks!r}; "
                             f"write blocks=[{blocks!r}]")
+    for what, fn in (("loss_fn", loss_fn), ("fine_tune", fine_tune), ("evaluate", evaluate), ("log", log),
+                     ("optimizer", optimizer)):
+        if fn is not None and not callable(fn):   # called deep in the loop: a TypeError traceback there
+            way = ("a factory of the parameters: optimizer=torch.optim.SGD or lambda params: torch.optim.SGD(params, "
+                   "lr=0.01), not an optimizer built on the input model (the loop trains copies)"
+                   if isinstance(fn, torch.optim.Optimizer) else "a function")
+            shown = f" {fn!r}"[:60] if isinstance(fn, (str, bytes, int, float)) else ""   # an optimizer's repr is a page
+            raise CollapseError(f"{what} must be callable ({way}), got {type(fn).__name__}{shown}")
     say = log or (lambda *_: None)
     train_b = _as_pairs(train_data, "train_data", reread=fine_tune is None)
     val_b = _as_pairs(val_data, "val_data", reread=evaluate is None)
@@ -399,10 +457,15 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         notes.append(f"{len(fn_sites)} activation(s) are function calls, not modules, and were not considered: {shown}")
         say(notes[-1])
     if blocks is not None:
+        if any(not isinstance(p, str) or not p for p in blocks):
+            # "" is the model itself: "removing" it would replace the whole network by its input
+            raise CollapseError(f"blocks: {next(p for p in blocks if not isinstance(p, str) or not p)!r} is no "
+                                "submodule path; give the residual blocks' paths (model.named_modules() names)")
         missing = [p for p in blocks if not _has_submodule(model, p)]
         if missing:
             raise CollapseError(f"blocks: no submodule {missing[0]!r} in the model; give module paths "
                                 "(model.named_modules() names) or leave blocks=None to find residual blocks")
+    evaluate_is_default = evaluate is None
     if evaluate is None:
         if val_b is None:
             raise CollapseError("give val_data (or an evaluate callable) to measure accuracy")
@@ -410,7 +473,16 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     evaluate = _checked_evaluate(evaluate)
     if fine_tune is not None:
         fine_tune = _checked_fine_tune(fine_tune)
-    base_acc = float(evaluate(model))
+    if fine_tune is None and train_b is not None:
+        _probe_loss(model, train_b, loss_fn)
+    if evaluate_is_default:
+        correct, n, bad = _counts(model, val_b)
+        if bad:   # every accuracy, the baseline's included, would count those rows wrong whatever is collapsed
+            raise CollapseError(f"val_data: the model's output is NaN / Inf on {bad} of {n} samples before any "
+                                "change (inputs holding NaN / Inf?); remove those samples from val_data")
+        base_acc = correct / n
+    else:
+        base_acc = float(evaluate(model))
     say(f"baseline accuracy {base_acc:.4f}")
     first = next(iter(train_b), None) if train_b is not None else None
     if train_b is not None and first is None:
@@ -423,8 +495,10 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
                                       prelu_lambda if name == "prelu" else 0.0, lacoot, lacoot_lambda)
     start_acc = base_acc   # the accuracy of `model` as the rounds start (what the result reports if none is kept)
     if name == "prelu":
-        if not prelu_modules(model) and not to_prelu(model):
-            raise CollapseError("method prelu needs ReLU / ReLU6 / LeakyReLU / PReLU modules; the model has none")
+        if not prelu_modules(model):
+            model, swapped = prelu_swap(model)
+            if not swapped:
+                raise CollapseError("method prelu needs ReLU / ReLU6 / LeakyReLU / PReLU modules; the model has none")
         if not pretrain_steps:   # ReLU -> PReLU(0.01) changed the function: measure it
             start_acc = float(evaluate(model))
     if (name == "prelu" or lacoot_lambda > 0) and pretrain_steps:
@@ -434,6 +508,9 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
             train_b, pretrain_steps, lr, loss_fn, optimizer, prelu_lambda if name == "prelu" else 0.0, lacoot,
             lacoot_lambda)
         model = ft(model).eval()   # a user trainer may leave train mode (BatchNorm batch statistics)
+        if _nonfinite_state(model):
+            raise CollapseError(f"the regularised training ({pretrain_steps} steps) left NaN / Inf weights "
+                                f"({_nonfinite_state(model)}); lower lr or the lambdas")
         start_acc = float(evaluate(model))
         say(f"regularised training ({pretrain_steps} steps): accuracy {start_acc:.4f}")
     predictor = None
@@ -507,7 +584,14 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
             if gate and no_gain.get(cand) == context(cand):
                 deferred.append(cand)
                 continue
-            trial_m = _collapse_one(model, [now[k].key for k in cand], relocate, cm, example)
+            try:
+                trial_m = _collapse_one(model, [now[k].key for k in cand], relocate, cm, example)
+            except CollapseError as e:   # this site cannot be edited (a hooked block would be inlined): the others can
+                skipped.add(cand)
+                history.append({"round": rnd, "key": "+".join(cand), "score": cands[cand], "accuracy": None,
+                                "predicted_speedup": None, "action": f"skipped: {e}"})
+                say(f"round {rnd}: skip {'+'.join(cand)} ({e})")
+                continue
             if predictor is not None:
                 speed = predictor.speedup(trial_m, collapsed + list(cand))
                 if gate and speed <= cur_speed * (1 + max(min_gain, 1e-6)):
@@ -529,14 +613,24 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
             stopped = "no candidate buys a predicted speed-up" if gate else "no candidate left"
             break
         label = "+".join(choice)
-        trial = fine_tune(trial)
-        trial.eval()
-        a = float(evaluate(trial))
-        row = {"round": rnd, "key": label, "score": cands[choice], "accuracy": a, "predicted_speedup": speed}
-        if base_acc - a > max_accuracy_drop + 1e-9:   # 1.0 - 0.99 is 0.0100000000000000009
-            row["action"] = "rolled back: accuracy drop above max_accuracy_drop"
+        diverged = None
+        try:
+            trial = fine_tune(trial)
+        except Diverged as e:
+            if e.data:   # the data, not the collapse: every round would hit it
+                raise
+            diverged = str(e)
+        if diverged is None and _nonfinite_state(trial):   # a user trainer's NaN weights
+            diverged = f"fine-tuning left NaN / Inf weights ({_nonfinite_state(trial)})"
+        a = float("nan") if diverged else float(evaluate(trial.eval()))
+        row = {"round": rnd, "key": label, "score": cands[choice], "accuracy": None if diverged else a,
+               "predicted_speedup": speed}
+        if diverged or base_acc - a > max_accuracy_drop + 1e-9:   # 1.0 - 0.99 is 0.0100000000000000009
+            row["action"] = (f"rolled back: {diverged}" if diverged else
+                             "rolled back: accuracy drop above max_accuracy_drop")
             history.append(row)
-            say(f"round {rnd}: {label} -> accuracy {a:.4f}, drop {base_acc - a:.4f} > {max_accuracy_drop}: rolled back")
+            why = diverged or f"accuracy {a:.4f}, drop {base_acc - a:.4f} > {max_accuracy_drop}"
+            say(f"round {rnd}: {label} -> {why}: rolled back")
             failures += 1
             skipped.add(choice)
             if failures > patience:
@@ -665,6 +759,48 @@ def _probe(model: nn.Module, batches, what: str, class_labels: bool) -> None:
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= out.shape[1]):
         raise CollapseError(f"{what}: labels must lie in [0, {out.shape[1]}) (the model has {out.shape[1]} "
                             f"outputs), got {int(y.min())}..{int(y.max())}")
+
+
+def _nonfinite_state(model: nn.Module) -> str:
+    """The first parameter / buffer of `model` holding NaN / Inf, or ''."""
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if _nonfinite(t.detach()):
+            return name
+    return ""
+
+
+@torch.no_grad()
+def _probe_loss(model: nn.Module, batches, loss_fn) -> None:
+    """The loss of the input model on the first training batch must be finite: a NaN there (a loss_fn
+    that gives NaN, NaN inputs) would make every round diverge and be rolled back, and the run would end as
+    'accuracy tolerance' without saying why."""
+    if isinstance(batches, _TensorBatches):
+        if _nonfinite(batches.x):   # all inputs at once: cheap, and names the sample
+            i = int((~torch.isfinite(batches.x.reshape(len(batches.x), -1))).any(1).nonzero()[0])
+            raise CollapseError(f"train_data: input sample {i} holds NaN / Inf; remove such samples")
+        first = (batches.x[:batches.bs], batches.y[:batches.bs])
+    else:
+        it = iter(batches)
+        if it is batches:
+            return
+        first = next(it, None)
+        if first is None or not (isinstance(first, (tuple, list)) and len(first) == 2):
+            return
+    x, y = first
+    if hasattr(y, "__len__") and not len(y):
+        return   # no samples (the mean loss of none is NaN): reported where the data is used
+    out = model.eval()(x)
+    y = _check_class_labels(y, out, "train_data") if loss_fn is None else y
+    try:
+        loss = (loss_fn or F.cross_entropy)(out, y)
+    except Exception as e:   # noqa: BLE001 - the user's loss on the user's data: it would fail in every round
+        raise CollapseError(f"loss_fn(output, labels) fails on the first training batch ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:160]}); it is called as loss_fn(model(x), y)") from e
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1 and not bool(torch.isfinite(loss)):
+        data = any(_nonfinite(t) for t in (x if isinstance(x, (tuple, list)) else (x,)))
+        raise CollapseError(f"train_data: the input model's loss on the first batch is {float(loss)}"
+                            + (" and the batch's inputs hold NaN / Inf; remove those samples" if data else
+                               "; check loss_fn and the labels"))
 
 
 def _checked_evaluate(evaluate: Callable) -> Callable:

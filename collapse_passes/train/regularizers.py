@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import CollapseError
-from .sites import _set_module, find_sites
+from .sites import _set_module, find_sites, replace_calls, share_hooks
 
 FOLD_ALPHA = 0.9
 _TO_PRELU = ("relu", "relu6", "leaky_relu")
@@ -23,20 +23,47 @@ _TO_PRELU = ("relu", "relu6", "leaky_relu")
 
 # ------------------------------------------------------------------------------------ Layer Folding
 
-def to_prelu(model: nn.Module) -> list[str]:
-    """Swap every ReLU / ReLU6 / LeakyReLU module called once for a 1-slope nn.PReLU started at its
-    negative slope (ReLU6 loses its cap at 6: Layer Folding's parametrisation has none). In place;
-    returns the paths swapped."""
-    done = []
+def _prelu(site, old: nn.Module | None = None, origin: str | None = None) -> nn.PReLU:
+    # a slope of 0 is a stationary point of |1 - alpha^2|: ReLUs start as LeakyReLU(0.01)
+    init = float(site.params.get("alpha", 0.0)) if site.kind == "leaky_relu" else 0.0
+    m = share_hooks(nn.PReLU(1, init=init if init != 0.0 else 0.01), old)
+    if origin:
+        m._origin_key = origin   # find_sites / the loop name this site by the shared module's call key
+    return m
+
+
+def prelu_swap(model: nn.Module, whole_model: bool = True) -> tuple[nn.Module, list[str]]:
+    """Swap every ReLU / ReLU6 / LeakyReLU call site for a 1-slope nn.PReLU started at its negative slope
+    (ReLU6 loses its cap at 6: Layer Folding's parametrisation has none), keeping the user's hooks. A
+    module called several times (torchvision's BasicBlock.relu) gets one PReLU per call, each with its
+    own slope, as Layer Folding learns one per layer (sites.replace_calls: the block is re-traced; the
+    model itself only when its root issues the calls, whole_model=False leaves those). Returns (model,
+    swapped: module paths / call keys); the model is the same object unless the whole of it was traced."""
+    done, shared = [], []
     sites = find_sites(model)
     for s in sites:
-        if s.kind in _TO_PRELU and s.calls == 1:
-            # a slope of 0 is a stationary point of |1 - alpha^2|: ReLUs start as LeakyReLU(0.01)
-            init = float(s.params.get("alpha", 0.0)) if s.kind == "leaky_relu" else 0.0
-            init = init if init != 0.0 else 0.01
-            _set_module(model, s.path, nn.PReLU(1, init=init), keep={t.path for t in sites})
+        if s.kind not in _TO_PRELU:
+            continue
+        if s.calls == 1:
+            _set_module(model, s.path, _prelu(s, model.get_submodule(s.path)), keep={t.path for t in sites})
             done.append(s.path)
-    return done
+        else:
+            shared.append(s)
+    if shared:
+        try:
+            model = replace_calls(model, shared, lambda s, old: _prelu(s, old, s.key), name="prelu_",
+                                  whole_model=whole_model)
+        except CollapseError:   # does not trace: those calls keep their activation
+            pass
+        want = {s.key for s in shared}
+        done += [t.origin for t in find_sites(model) if t.origin in want]
+    return model, done
+
+
+def to_prelu(model: nn.Module) -> list[str]:
+    """prelu_swap in place (a module called several times from the root forward is left as it is);
+    returns the paths / call keys swapped."""
+    return prelu_swap(model, whole_model=False)[1]
 
 
 def prelu_modules(model: nn.Module) -> dict[str, nn.PReLU]:
@@ -237,7 +264,19 @@ class LacootTerm:
 
 
 def remove_blocks(model: nn.Module, paths) -> nn.Module:
-    """Replace whole residual blocks by their skip (identity). In place."""
+    """Replace whole residual blocks by their skip (identity). In place. A path that names no submodule
+    (or a bare string, which would be read letter by letter) is one CollapseError, before any change."""
+    if isinstance(paths, (str, bytes)) or not hasattr(paths, "__iter__"):
+        raise CollapseError(f"remove_blocks: give a list of module paths, got {type(paths).__name__} {paths!r}")
+    paths = list(paths)
+    for p in paths:
+        try:
+            ok = isinstance(p, str) and bool(p) and model.get_submodule(p) is not None
+        except AttributeError:
+            ok = False
+        if not ok:
+            raise CollapseError(f"remove_blocks: {p!r} names no submodule of the model; give residual blocks' paths "
+                                "(model.named_modules() names)")
     for p in paths:
         _set_module(model, p, nn.Identity())
     return model

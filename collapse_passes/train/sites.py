@@ -13,7 +13,9 @@ front end (collapse_passes/fx) is where this lands for good.
 """
 from __future__ import annotations
 
+import copy
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -53,22 +55,95 @@ class Site:
     calls: int             # how many times the module is called in one forward
     kind: str
     params: dict = field(default_factory=dict)
+    origin: str | None = None   # the key this site had before a per-call swap gave it a module of its own
 
 
 class _Tracer(CallPathTracer):
     """Keeps LinearRegime as a call_module node (the marker relocate_padding looks for); modules are named
-    by their call path (fx/call_path.py), as the torch front end keys them."""
+    by their call path (fx/call_path.py), as the torch front end keys them. With `through` (the call paths of
+    the sites an edit replaces: an edit trace) every submodule stays a call_module node, class, hooks and
+    all, unless an edited site lies inside it: traced through, a module becomes inlined code in its parent's
+    graph (an SE block inside a BasicBlock was an empty nn.Module after one ReLU call of the block was
+    collapsed: LaCoOT's block hooks, the user's hooks and isinstance checks no longer saw it)."""
+
+    def __init__(self, through=None):
+        super().__init__()
+        self.through = through
 
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, LinearRegime) or super().is_leaf_module(m, qualname)
+        if isinstance(m, LinearRegime):
+            return True
+        if self.through is not None:
+            return not any(p.startswith(qualname + ".") for p in self.through)
+        return super().is_leaf_module(m, qualname)
 
 
-def _trace(model):
+#: forward hook tables a trace would run (non-leaf modules are called through nn.Module.__call__)
+_FORWARD_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                   "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None)
+                or getattr(m, "_backward_hooks", None) or getattr(m, "_backward_pre_hooks", None))
+
+
+@contextmanager
+def _hooks_off(model: nn.Module):
+    """User forward hooks do not run while the model is traced: fx calls a module it traces through via
+    nn.Module.__call__, so its hooks would see Proxies (a hook logging outputs would log a Proxy, one calling
+    .numpy() would make the model untraceable and every shared module one site)."""
+    saved = []
+    for m in model.modules():
+        for table in _FORWARD_TABLES:
+            d = getattr(m, table, None)
+            if d:
+                saved.append((m, table, d))
+                setattr(m, table, type(d)())
     try:
-        graph = _Tracer().trace(model)
-        return torch.fx.GraphModule(model, graph, type(model).__name__)
+        yield
+    finally:
+        for m, table, d in saved:
+            setattr(m, table, d)
+
+
+class _GraphModule(torch.fx.GraphModule):
+    """torch.fx.GraphModule that keeps its own forward / backward hooks through copy.deepcopy: torch's
+    __deepcopy__ rebuilds the module and keeps only its state-dict hooks, and the training loop deep-copies
+    the model every round (a hook on a re-traced BasicBlock fired on linearize's result, not on the loop's)."""
+
+    def __deepcopy__(self, memo):
+        res = super().__deepcopy__(memo)
+        for table in _HOOK_TABLES:
+            if table in self.__dict__:
+                setattr(res, table, copy.deepcopy(self.__dict__[table], memo))
+        if "_is_full_backward_hook" in self.__dict__:
+            res._is_full_backward_hook = self._is_full_backward_hook
+        return res
+
+
+def _trace(model, through=None):
+    """model traced to a GraphModule (or the exception). through: the call paths an edit collapses (see
+    _Tracer); the GraphModule then takes over the model's own hooks, and a hooked module that has to be
+    traced through (an edited site inside it) is one CollapseError, not hooks silently dropped."""
+    try:
+        with _hooks_off(model):
+            graph = _Tracer(through).trace(model)
+            gm = _GraphModule(model, graph, type(model).__name__)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means "not traceable"
         return exc
+    if through is not None:
+        mods = dict(model.named_modules(remove_duplicate=False))
+        inside = sorted({q for p in through for q in mods if q and p.startswith(q + ".") and _hooked(mods[q])})
+        if inside:
+            raise CollapseError(f"collapsing one call of {sorted(through)[0]} traces {inside[0]!r} into a graph, and "
+                                f"{inside[0]!r} has hooks that would no longer fire; remove its hooks, or collapse "
+                                "every call of the module (its bare path)")
+        for table in _HOOK_TABLES:   # the model's own hooks (the same dicts: the user's handles still work)
+            if hasattr(model, table):
+                setattr(gm, table, getattr(model, table))
+        gm._is_full_backward_hook = getattr(model, "_is_full_backward_hook", None)
+    return gm
 
 
 def find_sites(model: nn.Module) -> list[Site]:
@@ -80,7 +155,7 @@ def find_sites(model: nn.Module) -> list[Site]:
         for path, m in mods.items():
             k = module_kind(m) if path else None
             if k and is_collapsible(k[0]):
-                out.append(Site(path, path, 0, 1, k[0], k[1]))
+                out.append(Site(path, path, 0, 1, k[0], k[1], getattr(m, "_origin_key", None)))
         return out
     from ..fx.graph import find_activations
 
@@ -90,7 +165,8 @@ def find_sites(model: nn.Module) -> list[Site]:
     seen: Counter = Counter()
     out = []
     for a in acts:
-        out.append(Site(a.site, a.path, seen[a.path], calls[a.path], a.kind, a.params))
+        out.append(Site(a.site, a.path, seen[a.path], calls[a.path], a.kind, a.params,
+                        getattr(mods.get(a.path), "_origin_key", None)))
         seen[a.path] += 1
     return out
 
@@ -123,6 +199,8 @@ class OriginalKeys:
         return left[site.call] if site.call < len(left) else site.call
 
     def of(self, site: Site) -> str:
+        if site.origin:   # a call of a shared module given a module of its own (per-call PReLU)
+            return site.origin
         return site_key(site.path, self._call(site), self.calls.get(site.path, site.calls))
 
     def collapsed(self, *sites: Site) -> None:
@@ -167,11 +245,9 @@ _HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_
                 "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _regime(site: Site, old: nn.Module | None = None) -> LinearRegime:
-    """The LinearRegime of `site`; with `old` (the activation module it replaces) it shares old's hook
-    tables, the same dict objects, so a handle the user holds still removes the hook."""
-    scale, shift = linear_regime(site.kind, site.params)
-    new = LinearRegime(scale, shift, site.key)
+def share_hooks(new: nn.Module, old: nn.Module | None) -> nn.Module:
+    """`new` (replacing `old`) takes old's hook tables, the same dict objects, so the user's hooks fire on
+    it and a handle the user holds still removes the hook."""
     if old is not None:
         for table in _HOOK_TABLES:
             if hasattr(old, table):
@@ -180,33 +256,55 @@ def _regime(site: Site, old: nn.Module | None = None) -> LinearRegime:
     return new
 
 
+def _regime(site: Site, old: nn.Module | None = None) -> LinearRegime:
+    """The LinearRegime of `site`, with old's hooks (share_hooks)."""
+    scale, shift = linear_regime(site.kind, site.params)
+    return share_hooks(LinearRegime(scale, shift, site.key), old)
+
+
 def linearize(model: nn.Module, keys) -> nn.Module:
-    """Replace the named sites by their linear regime, in place when possible (else a GraphModule)."""
+    """Replace the named sites by their linear regime, in place when possible (else a GraphModule). keys: a
+    list, or one string of comma-separated keys (as collapse(collapse="k1,k2"); iterated, a string would
+    be read letter by letter)."""
+    if isinstance(keys, str):
+        keys = [k.strip() for k in keys.split(",") if k.strip()]
     sites = find_sites(model)
     chosen = resolve(sites, keys)
     whole = {s.path for s in chosen if all(t.key in {c.key for c in chosen} for t in sites if t.path == s.path)}
     for s in chosen:
         if s.path in whole:
             _set_module(model, s.path, _regime(s, model.get_submodule(s.path)), keep={t.path for t in sites})
-    partial = [s for s in chosen if s.path not in whole]
+    return replace_calls(model, [s for s in chosen if s.path not in whole])
+
+
+def replace_calls(model: nn.Module, sites: list, make: Callable | None = None, name: str = "collapsed_",
+                  whole_model: bool = True) -> nn.Module:
+    """Give call sites of shared modules a module of their own, make(site, old module) (default: its
+    LinearRegime): the module issuing the calls is re-traced and put back as a GraphModule (_in_parent),
+    else the whole model is traced and the GraphModule returned (whole_model=False: those sites are left
+    as they are). Returns the model (the same object unless the whole model was traced)."""
     by_parent: dict[str, list] = {}
-    for s in partial:
+    for s in sites:
         by_parent.setdefault(s.path.rpartition(".")[0], []).append(s)
-    partial = [s for parent, group in by_parent.items() if not _linearize_in_parent(model, parent, group)
+    partial = [s for parent, group in by_parent.items() if not _linearize_in_parent(model, parent, group, make, name)
                for s in group]
-    if not partial:
+    if not partial or not whole_model:
         return model
-    gm = _trace(model)
+    gm = _trace(model, through={s.path for s in partial})
     if isinstance(gm, Exception):
         raise CollapseError(f"collapsing one call site of a shared module ({partial[0].key}) needs torch.fx, and the "
                             f"model does not trace ({str(gm).splitlines()[0][:120]}); collapse the bare path instead")
-    _edit_calls(gm, {(s.path, s.call): s for s in partial})
+    _edit_calls(gm, {(s.path, s.call): s for s in partial}, make=make, name=name)
     return gm
 
 
-def _edit_calls(gm: torch.fx.GraphModule, want: dict, prefix: str = "") -> None:
-    """Point the call_module nodes of `want` {(path, call index): Site} at LinearRegime modules (targets in
-    gm are relative to `prefix`)."""
+def _edit_calls(gm: torch.fx.GraphModule, want: dict, prefix: str = "", make: Callable | None = None,
+                name: str = "collapsed_") -> None:
+    """Point the call_module nodes of `want` {(path, call index): Site} at modules of their own, make(site,
+    old module) (default: LinearRegime), attributes named `name` + key (targets in gm are relative to
+    `prefix`)."""
+    make = make or _regime
+    prefix_name = name
     seen: dict[str, int] = {}
     for n in list(gm.graph.nodes):
         if n.op != "call_module":
@@ -216,17 +314,18 @@ def _edit_calls(gm: torch.fx.GraphModule, want: dict, prefix: str = "") -> None:
         s = want.get((prefix + n.target, i))
         if s is None:
             continue
-        base = "collapsed_" + (s.key.rpartition(".")[2] if prefix else s.key).replace(".", "_").replace(":", "_")
+        base = prefix_name + (s.key.rpartition(".")[2] if prefix else s.key).replace(".", "_").replace(":", "_")
         name, k = base, 1
         while hasattr(gm, name):   # keys renumber after a collapse: relu:1 can come twice
             name, k = f"{base}_{k}", k + 1
-        gm.add_submodule(name, _regime(s, gm.get_submodule(n.target)))
+        gm.add_submodule(name, make(s, gm.get_submodule(n.target)))
         n.target = name
     gm.graph.lint()
     gm.recompile()
 
 
-def _linearize_in_parent(model: nn.Module, parent: str, sites: list) -> bool:
+def _linearize_in_parent(model: nn.Module, parent: str, sites: list, make: Callable | None = None,
+                         name: str = "collapsed_") -> bool:
     """Collapse call sites of a shared module by re-tracing only the module that issues its calls
     (BasicBlock for BasicBlock.relu) and putting that GraphModule at its path, so the model keeps its
     class and every other submodule (forward hooks on blocks, the LaCoOT term, remove_blocks). Done only
@@ -238,13 +337,13 @@ def _linearize_in_parent(model: nn.Module, parent: str, sites: list) -> bool:
         owner = model.get_submodule(parent)
     except AttributeError:
         return False
-    gm = _trace(owner)
+    rel = {s.path: s.path[len(parent) + 1:] for s in sites}
+    gm = _trace(owner, through=set(rel.values()))
     if isinstance(gm, Exception):
         return False
-    rel = {s.path: s.path[len(parent) + 1:] for s in sites}
     if any(_calls(gm, rel[s.path]) != s.calls for s in sites):
         return False
-    _edit_calls(gm, {(s.path, s.call): s for s in sites}, prefix=parent + ".")
+    _edit_calls(gm, {(s.path, s.call): s for s in sites}, prefix=parent + ".", make=make, name=name)
     _set_module(model, parent, gm)
     return True
 
