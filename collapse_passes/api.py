@@ -161,12 +161,13 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
 
     chosen = choose(acts, index, act_scores, cfg, warnings)
     speedup_rows = stats_before = None
+    cost_model = _cost_model(cfg, original)   # one per run: a measured one times each signature once
     if cfg.target_speedup is not None:
         from .speedup import onnx_target_choice
 
         stats_before = model_stats(original)   # the planner's base and the report's "before", computed once
         chosen, speedup_rows = onnx_target_choice(original, acts, index, act_scores, chosen, cfg, notes,
-                                                  stats_before)
+                                                  stats_before, cost_model)
     if not raw_scores and not cfg.collapse and not block_scores:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
 
@@ -183,7 +184,6 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     collapsed_outputs = {a.output.name for a in chosen}   # a collapsed ReLU is no longer "always off"
     prune_off = {t: c for t, c in prune_off.items() if t not in collapsed_outputs}
     input_shapes = _input_shapes(original)
-    cost_model = _cost_model(cfg, original)
     result_model, ctx, pm = run_passes(base, {a.name for a in chosen}, merge=cfg.merge,
                                        allow_border_approx=cfg.allow_border_approx, cost_model=cost_model,
                                        input_shapes=input_shapes, remove_blocks=blocks_removed,

@@ -132,13 +132,14 @@ class RegionPricer:
     over the whole graph. A region that cannot be cut out (unnamed nodes, unknown shapes) or that
     fails to run falls back to `full_cost` for that candidate."""
 
-    def __init__(self, model, acts, forced: list, full_cost, run_region, cost_model, candidates=None):
+    def __init__(self, model, acts, forced: list, full_cost, run_region, cost_model, candidates=None, price=None):
         from .calib import model_inputs
         from .onnx.regions import ModelIndex, non_float_tensor_names
         from .onnx.shapes import inferred_types
 
         self.model, self.acts, self.forced = model, acts, list(forced)
         self.full_cost, self.run_region, self.cm = full_cost, run_region, cost_model
+        self.price = price or (lambda m, ctx: stats_cost(_stats(m, ctx), cost_model))
         self.candidates = list(candidates or [])
         self.types = inferred_types(model) or {}
         self.non_float = non_float_tensor_names(self.types, model)
@@ -170,7 +171,6 @@ class RegionPricer:
         key = (names, collapsed)
         if key not in self.memo:
             from .calib import model_inputs
-            from .onnx.analysis import model_stats
             from .onnx.regions import region_model
 
             cost = None
@@ -182,7 +182,7 @@ class RegionPricer:
                 try:
                     shapes = {n: dims for n, dims, _ in model_inputs(sub)}
                     m, ctx, _ = self.run_region(sub, set(collapsed), shapes)
-                    cost = stats_cost(model_stats(m, graph=ctx.graph).as_dict(), self.cm)
+                    cost = self.price(m, ctx)
                 except Exception:   # noqa: BLE001 - a region the passes cannot take alone: price the whole graph
                     cost = None
             self.memo[key] = cost
@@ -225,13 +225,22 @@ class RegionPricer:
         return self.base + delta
 
 
+def _stats(m, ctx) -> dict:
+    from .onnx.analysis import model_stats
+
+    return model_stats(m, graph=ctx.graph).as_dict()   # shapes as the passes left them
+
+
 def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: list, cfg, notes: list,
-                       stats_before) -> tuple[list, list]:
+                       stats_before, cm) -> tuple[list, list]:
     """--target-speedup S on an ONNX model: among the scored activations (those --threshold / --remove
     picked, when given), lowest score first, keep the ones whose collapse lowers the cost of the merged
-    graph, until cost(original) / cost(result) >= S. --collapse keys are always collapsed."""
-    from .algebra.cost import CostModel
-    from .onnx.analysis import model_stats
+    graph, until cost(original) / cost(result) >= S. --collapse keys are always collapsed.
+
+    cm: the run's cost model, which plans every candidate's merges as it plans the result's. A measured one
+    (--cost measured) also prices the graphs op by op (graph_cost: the latencies it measured), the MAC
+    model by MACs and node counts (stats_cost)."""
+    from .algebra.cost import OnDemandCostModel
     from .onnx.driver import run_passes
 
     if not act_scores:
@@ -241,7 +250,8 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
     from .calib import model_inputs
 
     shapes = {n: dims for n, dims, _ in model_inputs(original)}
-    cm = CostModel(**({"per_op_overhead_macs": cfg.per_op_overhead} if cfg.per_op_overhead is not None else {}))
+    measured = isinstance(cm, OnDemandCostModel)
+    price = (lambda m, ctx: graph_cost(m, cm)) if measured else (lambda m, ctx: stats_cost(_stats(m, ctx), cm))
     forced_ids = set()
     if cfg.collapse:
         from .core.selection import lookup
@@ -259,17 +269,20 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
         m, ctx, _ = run_passes(original, {a.name for a in forced + items}, merge=cfg.merge, cost_model=cm,
                                input_shapes=shapes, run_cache=cache)
         cache = cache or ctx
-        return stats_cost(model_stats(m, graph=ctx.graph).as_dict(), cm)   # shapes as the passes left them
+        return price(m, ctx)
 
     cost_of = RegionPricer(original, acts, forced, full_cost, lambda sub, names, sub_shapes: run_passes(
-        sub, names, merge=cfg.merge, cost_model=cm, input_shapes=sub_shapes, run_cache=cache), cm, ranked)
-    base = stats_cost(stats_before.as_dict(), cm)   # model_stats(original), computed by the caller
+        sub, names, merge=cfg.merge, cost_model=cm, input_shapes=sub_shapes, run_cache=cache), cm, ranked,
+        price=price)
+    # model_stats(original), computed by the caller
+    base = graph_cost(original, cm) if measured else stats_cost(stats_before.as_dict(), cm)
     taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base, partners=cost_of.partners)
     # the reported prediction: the whole graph, not the sum of its regions (nothing taken: the pricer's base)
     final = base / (full_cost(taken) if taken else cost_of([]))
     skipped = sum(not h["taken"] for h in hist)
     notes.append(f"--target-speedup {cfg.target_speedup}: {len(taken)} activation(s) collapsed, {skipped} skipped "
-                 f"(no predicted gain), predicted speed-up {final:.3f}x (MACs + per-op cost of the merged graph)"
+                 f"(no predicted gain), predicted speed-up {final:.3f}x ("
+                 + ("op latencies measured on onnxruntime" if measured else "MACs + per-op cost") + " of the merged graph)"
                  + ("" if final >= cfg.target_speedup else "; target not reached"))
     from .core.selection import display_key
 
