@@ -332,28 +332,43 @@ def _library_to_export(ex_untuned, ex_tuned, latency: Mapping[str, float | None]
                         "exported the untuned library; raise --tune-trials")
 
 
-def _import_both(tc, original_model, collapsed_model, inputs, notes: list[str]):
-    """Relax modules of both models. A model with a dynamic input size that TVM's importer cannot take is
-    imported, with the other, for the sizes timed here (both compiled alike, so the comparison holds); the
-    library then takes those sizes only, which the notes say."""
+def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, notes: list[str], seconds: dict,
+                  stage_done):
+    """(Relax module, untuned build) of both models, and whether they were made static. A model with a dynamic
+    input size that TVM cannot import or build (a TorchScript Swin's Shape -> Reshape chains at import; a
+    torch.export Swin's symbolic batch at build: "VarRemapGet(source) == nullptr") is compiled, with the
+    other, for the sizes timed here (both alike, so the comparison holds); the library then takes those
+    sizes only, which the notes say."""
     from collapse_passes.onnx.shapes import dynamic_inputs, input_shapes_text
 
+    def both(shapes):
+        t0 = time.perf_counter()
+        mods = tc.import_onnx(original_model, shapes), tc.import_onnx(collapsed_model, shapes)
+        seconds["import"] = time.perf_counter() - t0
+        stage_done()   # a signal TVM swallowed ends the run here, not after every later stage (minutes of tuning)
+        t0 = time.perf_counter()
+        exs = tc.build(mods[0], target, layout=layout), tc.build(mods[1], target, layout=layout)
+        seconds["build_untuned"] = time.perf_counter() - t0
+        stage_done()
+        return mods, exs
+
     try:
-        return tc.import_onnx(original_model), tc.import_onnx(collapsed_model), False
+        mods, exs = both(None)
+        return (*mods, *exs, False)
     except TVMError as e:
         if not dynamic_inputs(collapsed_model, batch=True) and not dynamic_inputs(original_model, batch=True):
             raise
         why = str(e)
     shapes = {k: list(v.shape) for k, v in inputs.items()}
     try:
-        mods = tc.import_onnx(original_model, shapes), tc.import_onnx(collapsed_model, shapes), True
+        mods, exs = both(shapes)
     except TVMError:
         raise TVMError(why) from None
     sizes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
-    notes.append(f"TVM's ONNX importer cannot take the dynamic input size ({input_shapes_text(collapsed_model)}): "
-                 f"compiled for {sizes}, which the TVM library takes only (--input-shape NAME:D0,D1,... chooses "
-                 f"the size); dynamic, it failed with: {why if len(why) <= 160 else why[:157] + '...'}")
-    return mods
+    notes.append(f"TVM cannot compile the dynamic input size ({input_shapes_text(collapsed_model)}): compiled for "
+                 f"{sizes}, which the TVM library takes only (--input-shape NAME:D0,D1,... chooses the size); "
+                 f"dynamic, it failed with: {why if len(why) <= 160 else why[:157] + '...'}")
+    return (*mods, *exs, True)
 
 
 def _untuned_slowdown(latency: Mapping[str, float | None]) -> float | None:
@@ -435,19 +450,10 @@ def run_from_args(
 
     layout = getattr(args, "tvm_layout", None)
 
-    # 2. Import both models.
-    t0 = time.perf_counter()
+    # 2. Import both models, 3. untuned builds (for the sizes timed, when TVM cannot take a dynamic size).
     notes: list[str] = []
-    mod_orig, mod_coll, made_static = _import_both(tc, original_model, collapsed_model, inputs, notes)
-    seconds["import"] = time.perf_counter() - t0
-    stage_done()   # a signal TVM swallowed ends the run here, not after every later stage (minutes of tuning)
-
-    # 3. Untuned builds.
-    t0 = time.perf_counter()
-    ex_orig = tc.build(mod_orig, target, layout=layout)
-    ex_coll = tc.build(mod_coll, target, layout=layout)
-    seconds["build_untuned"] = time.perf_counter() - t0
-    stage_done()
+    mod_orig, mod_coll, ex_orig, ex_coll, made_static = _compile_both(
+        tc, original_model, collapsed_model, inputs, target, layout, notes, seconds, stage_done)
 
     latency: dict[str, dict[str, float | None]] = {
         "original": {"onnxruntime": None, "tvm_untuned": None, "tvm_tuned": None},
