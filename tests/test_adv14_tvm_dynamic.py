@@ -71,3 +71,44 @@ def test_target_run_builds_a_dynamo_dynamic_batch_swin_for_the_timed_sizes(tmp_p
     note = [n for n in report["notes"] if "cannot compile the dynamic input size" in n]
     assert note and "VarRemapGet" in note[0]
     assert report["verification"]["collapsed_tvm_untuned_vs_onnxruntime"]["ok"]
+
+
+def _dynamic_batch_cnn():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Relu", ["c"], ["y"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_tuning_compiles_a_dynamic_model_for_the_timed_sizes_from_the_start():
+    """MetaSchedule tunes fixed shapes: a dynamic-batch MobileNetV2 with --tune-trials 16 died inside it
+    ("parallel_for_dynamic error ... old_rv != nullptr"), a traceback called a bug in collapse_passes."""
+    model = _dynamic_batch_cnn()
+    inputs = {"input": np.ones((1, 3, 8, 8), np.float32)}
+    notes, seconds = [], {}
+    *_, ex_c, static = cli_hook._compile_both(tc, model, model, inputs, "llvm", None, notes, seconds,
+                                              lambda: None, tuning=True)
+    assert static and notes[0].startswith("MetaSchedule tunes fixed sizes only: compiled for input 1x3x8x8")
+    notes = []
+    *_, static = cli_hook._compile_both(tc, model, model, inputs, "llvm", None, notes, seconds, lambda: None)
+    assert not static and not notes   # untuned, the dynamic build stands
+
+
+def test_a_metaschedule_runtime_error_is_one_line(monkeypatch, tmp_path):
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_integration.tuning import tune_with_report
+
+    def boom(**_kw):
+        raise RuntimeError("parallel_for_dynamic error with Check failed: (old_rv != nullptr) is false:\nmore")
+
+    monkeypatch.setattr(ms, "tune_tasks", boom)
+    mod = tc.import_onnx(_dynamic_batch_cnn(), {"input": [1, 3, 8, 8]})
+    with pytest.raises(TVMError, match="^MetaSchedule tuning failed: parallel_for_dynamic error") as ei:
+        tune_with_report(mod, "llvm", work_dir=str(tmp_path / "db"), trials=4, progress=False)
+    assert "\n" not in str(ei.value)

@@ -333,12 +333,13 @@ def _library_to_export(ex_untuned, ex_tuned, latency: Mapping[str, float | None]
 
 
 def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, notes: list[str], seconds: dict,
-                  stage_done):
+                  stage_done, tuning: bool = False):
     """(Relax module, untuned build) of both models, and whether they were made static. A model with a dynamic
     input size that TVM cannot import or build (a TorchScript Swin's Shape -> Reshape chains at import; a
     torch.export Swin's symbolic batch at build: "VarRemapGet(source) == nullptr") is compiled, with the
     other, for the sizes timed here (both alike, so the comparison holds); the library then takes those
-    sizes only, which the notes say."""
+    sizes only, which the notes say. With `tuning` (--tune-trials > 0) a dynamic model is compiled for those
+    sizes from the start: MetaSchedule tunes fixed shapes."""
     from collapse_passes.onnx.shapes import dynamic_inputs, input_shapes_text
 
     def both(shapes):
@@ -352,22 +353,29 @@ def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, n
         stage_done()
         return mods, exs
 
-    try:
-        mods, exs = both(None)
-        return (*mods, *exs, False)
-    except TVMError as e:
-        if not dynamic_inputs(collapsed_model, batch=True) and not dynamic_inputs(original_model, batch=True):
-            raise
-        why = str(e)
+    dynamic = dynamic_inputs(collapsed_model, batch=True) or dynamic_inputs(original_model, batch=True)
+    why = None
+    if not (dynamic and tuning):   # MetaSchedule tunes static shapes (a symbolic batch fails inside it, "old_rv")
+        try:
+            mods, exs = both(None)
+            return (*mods, *exs, False)
+        except TVMError as e:
+            if not dynamic:
+                raise
+            why = str(e)
     shapes = {k: list(v.shape) for k, v in inputs.items()}
     try:
         mods, exs = both(shapes)
     except TVMError:
+        if why is None:
+            raise
         raise TVMError(why) from None
     sizes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
-    notes.append(f"TVM cannot compile the dynamic input size ({input_shapes_text(collapsed_model)}): compiled for "
-                 f"{sizes}, which the TVM library takes only (--input-shape NAME:D0,D1,... chooses the size); "
-                 f"dynamic, it failed with: {why if len(why) <= 160 else why[:157] + '...'}")
+    lead = ("MetaSchedule tunes fixed sizes only" if why is None else
+            f"TVM cannot compile the dynamic input size ({input_shapes_text(collapsed_model)})")
+    notes.append(f"{lead}: compiled for {sizes}, which the TVM library takes only (--input-shape NAME:D0,D1,... "
+                 "chooses the size)" + ("" if why is None else
+                                        f"; dynamic, it failed with: {why if len(why) <= 160 else why[:157] + '...'}"))
     return (*mods, *exs, True)
 
 
@@ -453,7 +461,7 @@ def run_from_args(
     # 2. Import both models, 3. untuned builds (for the sizes timed, when TVM cannot take a dynamic size).
     notes: list[str] = []
     mod_orig, mod_coll, ex_orig, ex_coll, made_static = _compile_both(
-        tc, original_model, collapsed_model, inputs, target, layout, notes, seconds, stage_done)
+        tc, original_model, collapsed_model, inputs, target, layout, notes, seconds, stage_done, tuning=trials > 0)
 
     latency: dict[str, dict[str, float | None]] = {
         "original": {"onnxruntime": None, "tvm_untuned": None, "tvm_tuned": None},

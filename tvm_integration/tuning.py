@@ -651,8 +651,13 @@ def _run_tune_tasks(
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _stop_on_interrupt_callback()],
                 task_scheduler="gradient",
             )
-    except BaseException:
+    except RuntimeError as e:   # TVM's own errors (tvm.error.* are RuntimeErrors): one line, not a traceback
         _raise_if_interrupted()   # TVM's own error for the Interrupted raised at a safe point: the interruption
+        from .compile import _first_line
+
+        raise TVMError(f"MetaSchedule tuning failed: {_first_line(e)}") from e
+    except BaseException:
+        _raise_if_interrupted()
         raise
     finally:
         builder.shutdown()
