@@ -299,7 +299,7 @@ def test_cuda_build_compiles_without_gpu(cnn_mod):
 
 def test_add_arguments_defaults():
     a = _args(target="cpu")
-    assert a.target == "cpu" and a.tune_trials == 0 and a.tvm_repeat == 20
+    assert a.target == "cpu" and a.tune_trials == 0 and a.tvm_repeat is None   # DEFAULT_REPEAT, under a budget
     assert a.export is None and a.rpc_tracker is None and a.rpc_key is None
     assert a.cuda_arch is None and a.tune_dir is None
 
@@ -307,11 +307,15 @@ def test_add_arguments_defaults():
 def test_run_from_args_says_where_slow_builds_got_fewer_repeats(tmp_path, cnn, monkeypatch):
     model, inputs = cnn
     monkeypatch.setattr(cli_hook, "TIMING_BUDGET_S", 1e-9)
-    args = _args(target="cpu", tune_dir=tmp_path / "tune", tvm_repeat=5)
+    args = _args(target="cpu", tune_dir=tmp_path / "tune")
     report = cli_hook.run_from_args(args, model, model, inputs, console=lambda _m: None)
-    note = [n for n in report["notes"] if "fewer than 5 repeats" in n]
+    note = [n for n in report["notes"] if f"fewer than {cli_hook.DEFAULT_REPEAT} repeats" in n]
     assert note and "original untuned" in note[0] and f": {tc.MIN_REPEAT})" in note[0]
     assert report["latency_ms"]["collapsed"]["tvm_untuned"] > 0
+    # a --tvm-repeat the user gave is kept
+    report = cli_hook.run_from_args(_args(target="cpu", tune_dir=tmp_path / "tune", tvm_repeat=4), model, model,
+                                    inputs, console=lambda _m: None)
+    assert not any("repeats" in n for n in report["notes"])
 
 
 def test_untuned_slowdown_is_said_only_without_a_tuned_build():
