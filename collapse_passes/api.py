@@ -95,6 +95,10 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
 
         return collapse_torch(model, cfg, example_inputs)
     if example_inputs is not None:
+        if callable(model) and not isinstance(model, (str, os.PathLike)):   # a function: neither front end's
+            raise CollapseError(f"collapse() takes an ONNX model (onnx.ModelProto or a path) or a torch nn.Module, "
+                                f"fx.GraphModule or ExportedProgram, got {type(model).__name__}: wrap the function "
+                                "in an nn.Module (its forward calling it)")
         raise CollapseError("example_inputs is for torch models; ONNX models are verified on check= random "
                             "inputs or calib= data")
     t0 = time.perf_counter()

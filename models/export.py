@@ -48,7 +48,9 @@ def export_onnx(
     """Export ``model`` (in eval mode) to ``path`` and return ``str(path)``.
 
     Args:
-        model: the module; it is switched to ``eval()`` (and left so).
+        model: the module; it is switched to ``eval()`` (and left so). An
+            ``ExportedProgram`` (or its ``.module()``) is exported as it was
+            exported (the TorchScript exporter gets its ``.module()``).
         path: output ``.onnx`` file; parent folders are created.
         input_shape: full static input shape, e.g. ``(1, 3, 32, 32)``.
         dynamo: use the ``torch.export``-based exporter instead of TorchScript.
@@ -60,12 +62,19 @@ def export_onnx(
     The input is random normal data of ``input_shape`` (float32) on the
     model's device.
     """
+    program = model if isinstance(model, torch.export.ExportedProgram) else None
+    if program is not None:   # collapse() of an ExportedProgram returns one; the TorchScript exporter takes modules
+        model = program.module()
     if not dynamo:
         _refuse_view_writes(model)   # before anything is created
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:   # ExportedProgram.module(): torch refuses eval()/train(); it computes as exported,
+        if not dynamo:            # and TorchScript's exporter must not switch its mode
+            export_kwargs.setdefault("training", torch.onnx.TrainingMode.PRESERVE)
     try:
         device = next(model.parameters()).device
     except StopIteration:
@@ -77,7 +86,7 @@ def export_onnx(
         if dynamo:
             export_kwargs.setdefault("verbose", False)
             torch.onnx.export(
-                model,
+                program if program is not None else model,   # a program as it is (its dynamic dims kept)
                 (x,),
                 path,
                 dynamo=True,

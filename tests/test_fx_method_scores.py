@@ -94,7 +94,7 @@ def test_method_errors_are_one_line():
         (dict(model=ep, method="easier", calib=_calib()), "ExportedProgram"),
         (dict(model=m, calib=_calib()), "calib= on a torch model feeds method= scores"),
         (dict(model=m, method="easier", calib=torch.randn(4, 3, 12, 12)), "iterable of input batches"),
-        (dict(model=m, method="easier"), "easier needs calib_batches"),
+        (dict(model=m, method="easier"), r"easier needs calib=\[batch"),
         (dict(model=m, method="nope", calib=_calib()), "unknown score method"),
     ]
     for kw, match in cases:

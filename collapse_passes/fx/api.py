@@ -76,12 +76,75 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
+TRACED_DEFAULTS = "collapse_passes.traced_defaults"
+
+
+def _traced_defaults(model: torch.nn.Module, example_inputs) -> dict:
+    """The forward parameters example_inputs leave at their (non-tensor) defaults, as symbolic_trace's
+    concrete_args. Traced as inputs they were proxies: `bias=None` took the `bias is not None` branch, so such a
+    model was refused, and a keyword-only one had no way in through example_inputs; traced at their default the
+    graph computes what model(*example_inputs) computes (fx asserts the default if another value is passed)."""
+    import inspect
+
+    if example_inputs is None or isinstance(example_inputs, dict):
+        return {}
+    given = 1 if isinstance(example_inputs, torch.Tensor) else len(tuple(example_inputs))
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return {}
+    rest = [p for p in params[given:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    plain = (type(None), bool, int, float, str)
+    if not rest or any(p.default is inspect.Parameter.empty or not isinstance(p.default, plain) for p in rest):
+        return {}   # an input left out, or a tensor default: _check_input_count names them
+    return {p.name: p.default for p in rest}
+
+
+def _drop_specialized_inputs(graph: fx.Graph, count: int) -> None:
+    """Remove the last `count` placeholders (parameters traced at their defaults) with the asserts fx reads them
+    in: the passes' dead-code cleanup dropped those asserts, so the result ignored another value silently; without
+    the inputs, passing one fails loudly (TypeError) and the graph takes what example_inputs give."""
+    for ph in [n for n in graph.nodes if n.op == "placeholder"][-count:]:
+        order = []
+        stack = [ph]
+        while stack:
+            n = stack.pop()
+            if n not in order:
+                order.append(n)
+                stack.extend(n.users)
+        for n in sorted(order, key=lambda n: -list(graph.nodes).index(n)):   # users first
+            graph.erase_node(n)
+
+
+def _specialized_inputs(gm: fx.GraphModule, given: int) -> int:
+    """How many trailing placeholders past the `given` inputs are parameters fx traced at their default
+    (symbolic_trace(model, concrete_args={"mask": None}): a default, read only by fx's specialization asserts);
+    0 unless all of them are. The graph needs no value for them."""
+    from torch.fx._symbolic_trace import _assert_is_none
+
+    def only_asserts(n: fx.Node) -> bool:
+        return all(u.op == "call_function" and (u.target in (_assert_is_none, torch._assert) or
+                                                u.target is operator.eq and only_asserts(u)) for u in n.users)
+
+    rest = [n for n in gm.graph.nodes if n.op == "placeholder"][given:]
+    ok = rest and all(n.args and not str(n.target).startswith("*") and only_asserts(n) for n in rest)
+    return len(rest) if ok else 0
+
+
 def trace_module(model: torch.nn.Module, example_inputs=None) -> fx.GraphModule:
-    """symbolic_trace, or torch.export (non-strict) when that fails and example_inputs are given."""
+    """symbolic_trace (parameters left at their defaults traced as constants), or torch.export (non-strict)
+    when that fails and example_inputs are given."""
     tracer = _PathTracer()
     try:
-        graph = tracer.trace(model)
-        return fx.GraphModule(tracer.root, graph, type(model).__name__)
+        defaults = _traced_defaults(model, example_inputs)
+        graph = tracer.trace(model, concrete_args=defaults or None)
+        if defaults:
+            _drop_specialized_inputs(graph, len(defaults))
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        gm.meta[TRACED_DEFAULTS] = tuple(defaults)
+        return gm
     except Exception as exc:
         where = f"module {tracer.failed_in!r}" if tracer.failed_in else f"{type(model).__name__}.forward"
         why = _first_line(exc)
@@ -219,6 +282,10 @@ def _example_inputs(model, example_inputs, gm: fx.GraphModule | None = None):
                             "and the result is verified on them")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    if isinstance(example_inputs, dict):   # tuple(dict) would feed the model its key strings
+        raise CollapseError(f"example_inputs is a dict (keys {', '.join(map(repr, list(example_inputs)[:4]))}); pass "
+                            "the positional inputs of forward as a tuple, example_inputs=(x, ...) (a dict that is "
+                            "one input: example_inputs=({...},))")
     return tuple(example_inputs)
 
 
@@ -419,7 +486,7 @@ def method_scores(model, cfg: CollapseConfig, notes: list, gm: fx.GraphModule | 
         raise CollapseError("method= on an ExportedProgram: its aten graph has no activation modules to hook; "
                             "pass the nn.Module it was exported from (or give scores=)")
     batches = _calib_batches(cfg)
-    computed = module_scores(model, cfg.method, calib_batches=batches)
+    computed = module_scores(model, cfg.method, calib_batches=batches, calib_arg="calib=[batch, ...]")
     notes.extend(computed.notes)
     notes.append(f"scores: {computed.method} ({computed.variant}) of {len(computed.scores)} activation module "
                  "call(s) (scores/torch_hooks)"
@@ -649,9 +716,18 @@ class CheckOutputs:
 
 def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
     """symbolic tracing makes every forward parameter an input, `mask=None` included: the traced graph
-    then follows the `mask is not None` branch, so inputs left at their default cannot be traced."""
+    then follows the `mask is not None` branch, so inputs left at their default cannot be traced. Parameters
+    traced at their default (trace_module, or the user's concrete_args) need no input: those of a user's
+    GraphModule are dropped from our copy, as trace_module drops its own."""
     import inspect
 
+    if gm.meta.get(TRACED_DEFAULTS):   # traced at their defaults: the graph needs only example_inputs
+        return
+    specialized = _specialized_inputs(gm, len(example_inputs))
+    if specialized:   # a GraphModule the user traced with concrete_args: as trace_module's own (a copy: ours)
+        _drop_specialized_inputs(gm.graph, specialized)
+        gm.recompile()
+        return
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     missing = [n for n in phs[len(example_inputs):] if not isinstance(n.target, str) or not n.target.startswith("*")]
     if not missing:
@@ -929,6 +1005,10 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     passed = ver.against_requested.passed
     if passed and ver.against_requested.why:   # passed on the float64 second look
         warnings.append(f"verification: {ver.against_requested.why}")
+    from ..verify import nonfinite_output_warnings
+
+    orig_out = outputs(original)   # the gate's runs, no new one
+    warnings.extend(nonfinite_output_warnings(orig_out, [f"output{i}" for i in range(len(orig_out[0]))]))
     approx = bool(record.approximations)
     if approx and not passed:
         warnings.append(f"border approximation: max abs error {ver.against_requested.max_abs:.3g} vs the requested "
@@ -992,6 +1072,15 @@ def _module_attribute(n: fx.Node) -> bool:
     shapes turn into 0-d tensor inputs read with .item()), not for a user input."""
     ga = n.meta.get("grapharg")
     return ga is not None and type(getattr(ga, "source", None)).__name__ == "AttrSource"
+
+
+def _node_where(gm: fx.GraphModule, name: str) -> str:
+    """'a.1' (the module path the user knows) for a dynamo node, else the node's name."""
+    from .graph import module_path
+
+    node = next((n for n in gm.graph.nodes if n.name == name), None)
+    path = module_path(node) if node is not None else None
+    return repr(path) if path else name
 
 
 def _source_path(n: fx.Node) -> str:
@@ -1073,7 +1162,7 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
         _refuse_random(gm, None)   # a model compiled in training mode: its dropouts would fail the check by chance
         train_bn = training_batchnorm_nodes(gm.graph)
         if train_bn:   # batch statistics: nothing folds, and the frozen graph's running-stat updates differ from eager
-            raise CollapseError(f"torch_backend: BatchNorm {train_bn[0]} runs in training mode (batch statistics); the "
+            raise CollapseError(f"torch_backend: BatchNorm {_node_where(gm, train_bn[0])} runs in training mode (batch statistics); the "
                                 "backend is for inference (parameters are frozen into the graph): compile "
                                 "model.eval()")
         gm.meta[PARTIAL_GRAPH] = True   # a graph break may split the forward: no "relu():i" root keys

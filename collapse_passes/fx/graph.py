@@ -30,7 +30,7 @@ from ..algebra.linear import LinearParams
 from ..core import activations as catalogue
 from ..core import gates
 from ..core.torch_kinds import function_kind, module_kind
-from ..core.selection import root_keys, site_key
+from ..core.selection import ROOT_CALL, SITE_SEP, root_keys, site_key
 
 aten = torch.ops.aten
 
@@ -535,6 +535,13 @@ def key_index(sites: list[ActivationSite]) -> dict[str, list[ActivationSite]]:
     for k, found in names.items():
         if k not in index:
             index[k] = found
+    # `path:0` of a module called once (and `kind():0` of a lone root activation) names its one call, as on
+    # the ONNX front end (onnx/keys.py; README "Keys"): the torch front end refused it as "names no call site"
+    for s in sites:
+        one = s.site if s.site is not None and s.site == s.path else \
+            next((k for k in s.keys if k.endswith(ROOT_CALL)), None)
+        if one is not None:
+            index.setdefault(f"{one}{SITE_SEP}0", [s])
     return index
 
 

@@ -92,7 +92,9 @@ def _params(mod, kind: str) -> dict:
     return found[1] if found is not None else {}
 
 
-def module_scores(model, method: str, calib_batches=None) -> ScoreResult:
+def module_scores(model, method: str, calib_batches=None, calib_arg: str = "calib_batches") -> ScoreResult:
+    """`calib_arg` is how the caller's user passes the batches, named in the way-outs of the errors (collapse()
+    takes them as calib=[...], where calib_batches is a count: naming it there sent users to the wrong argument)."""
     torch = _torch()
     if not isinstance(model, torch.nn.Module):
         raise CollapseError(f"module_scores expects a torch.nn.Module, got {type(model).__name__}")
@@ -111,11 +113,11 @@ def module_scores(model, method: str, calib_batches=None) -> ScoreResult:
         return _prelu(_called_only(acts, _traced_calls(model) or ()), calib_batches)
     if name == "easier":
         if calib_batches is None:
-            raise CollapseError("module_scores: easier needs calib_batches (an iterable of input batches)")
+            raise CollapseError(f"module_scores: easier needs {calib_arg} (an iterable of input batches)")
         stats, _, calls = _run_hooks(model, acts, calib_batches, moments=False, min_samples=2)
         return _from_stats("easier", "empirical", _called_only(acts, calls), stats, calls, lambda st: 1.0 - st.p_on,
                            {})
-    return _tlc(model, acts, calib_batches)
+    return _tlc(model, acts, calib_batches, calib_arg)
 
 
 # ------------------------------------------------------------------------------------ prelu
@@ -321,7 +323,7 @@ def _bn_p_off(bn, kind: str, params: dict):
     return gaussian_p_off(beta, gamma, activation_kink(kind, params))
 
 
-def _tlc(model, acts: dict, calib_batches) -> ScoreResult:
+def _tlc(model, acts: dict, calib_batches, calib_arg: str = "calib_batches") -> ScoreResult:
     modules = dict(model.named_modules(remove_duplicate=False))
     traced_sites = _bn_by_fx(model, acts)
     traced = traced_sites is not None
@@ -331,8 +333,8 @@ def _tlc(model, acts: dict, calib_batches) -> ScoreResult:
         acts = _called_only(acts, calls)
     else:
         if calib_batches is None:
-            raise CollapseError("module_scores: tlc could not trace the model with torch.fx to find the BatchNorm "
-                                "before each activation; give calib_batches (hooks then find it, and the empirical "
+            raise CollapseError(f"module_scores: tlc could not trace the model with torch.fx to find the BatchNorm "
+                                f"before each activation; give {calib_arg} (hooks then find it, and the empirical "
                                 "variant covers the rest)")
         stats, producer, calls = _run_hooks(model, acts, calib_batches, moments=True, min_samples=2)
         acts = _called_only(acts, calls)
@@ -349,9 +351,9 @@ def _tlc(model, acts: dict, calib_batches) -> ScoreResult:
         if calib_batches is None:
             if not fixed:
                 raise CollapseError("module_scores: tlc found no BatchNorm directly before the activations; give "
-                                    "calib_batches for the empirical variant (per-channel mean/std of each input)")
+                                    f"{calib_arg} for the empirical variant (per-channel mean/std of each input)")
             raise CollapseError(f"module_scores: tlc: {len(rest)} of {len(acts)} activation modules have no BatchNorm "
-                                f"right before them (e.g. {', '.join(repr(k) for k in rest[:3])}); give calib_batches "
+                                f"right before them (e.g. {', '.join(repr(k) for k in rest[:3])}); give {calib_arg} "
                                 "for their empirical statistics")
         stats, _, hooked = _run_hooks(model, {k: acts[k] for k in rest}, calib_batches, moments=True, min_samples=2)
         calls = {**calls, **hooked}

@@ -368,7 +368,7 @@ def _site_scores(model, method, score_batches, sites) -> dict[str, float]:
         return {s.key: prelu_score(pre[s.path]) for s in sites if s.path in pre and s.calls == 1}
     from ..scores.torch_hooks import module_scores
 
-    res = module_scores(model, method, calib_batches=score_batches)
+    res = module_scores(model, method, calib_batches=score_batches, calib_arg="train_data")   # what the user gives
     if method == "tlc" and not any(isinstance(d, dict) and d.get("source") == "bn" for d in res.details.values()):
         raise CollapseError("method tlc scores activations from the BatchNorm before them, and this model has no "
                             "BatchNorm feeding an activation; use method='easier' (data-driven) instead")
