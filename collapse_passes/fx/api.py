@@ -106,14 +106,10 @@ def _drop_specialized_inputs(graph: fx.Graph, count: int) -> None:
     """Remove the last `count` placeholders (parameters traced at their defaults) with the asserts fx reads them
     in: the passes' dead-code cleanup dropped those asserts, so the result ignored another value silently; without
     the inputs, passing one fails loudly (TypeError) and the graph takes what example_inputs give."""
+    from .graph import reach
+
     for ph in [n for n in graph.nodes if n.op == "placeholder"][-count:]:
-        order = []
-        stack = [ph]
-        while stack:
-            n = stack.pop()
-            if n not in order:
-                order.append(n)
-                stack.extend(n.users)
+        order = reach(ph, lambda n: n.users)
         for n in sorted(order, key=lambda n: -list(graph.nodes).index(n)):   # users first
             graph.erase_node(n)
 

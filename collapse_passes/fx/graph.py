@@ -756,6 +756,20 @@ def mutated_between(x: fx.Node, start: fx.Node, end: fx.Node | None = None) -> b
     return any(u > start and (end is None or u < end) and mutates(u, a) for a in alias_group(x) for u in a.users)
 
 
+def reach(start: fx.Node, step, seen: set | None = None) -> list:
+    """`start` and every node reached from it through step(n) (n.users: what it feeds; n.all_input_nodes: what
+    it reads), each once, in visiting order; nodes already in `seen` are not entered (and `seen` grows)."""
+    seen = set() if seen is None else seen
+    order, todo = [], [start]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            order.append(m)
+            todo.extend(step(m))
+    return order
+
+
 def eliminate_dead_code(gm: fx.GraphModule) -> bool:
     """fx dead-code elimination that keeps in-place writes whose result is unused (`self.relu(x)` with
     inplace=True, `x.mul_(2)`) while something live reads the tensor they write (fx would drop them,
@@ -765,12 +779,7 @@ def eliminate_dead_code(gm: fx.GraphModule) -> bool:
     live: set = set()
 
     def mark(n):
-        todo = [n]
-        while todo:
-            m = todo.pop()
-            if m not in live:
-                live.add(m)
-                todo.extend(m.all_input_nodes)
+        reach(n, lambda m: m.all_input_nodes, live)
 
     writes = []
     for n in graph.nodes:
