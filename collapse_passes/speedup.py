@@ -66,9 +66,14 @@ def graph_cost(model, cost_model: CostModel | None = None) -> float:
     return total
 
 
+def speedup_ratio(base: float, cost: float) -> float:
+    """base / cost, for a graph that may cost nothing (a model of ReLUs alone: fused activations count 0):
+    nothing to nothing is 1.0 (no gain), something to nothing is inf."""
+    return base / cost if cost > 0 else (1.0 if base <= 0 else float("inf"))
+
+
 def predicted_speedup(before: dict, after: dict, cost_model: CostModel | None = None) -> float:
-    a = stats_cost(after, cost_model)
-    return stats_cost(before, cost_model) / a if a > 0 else float("inf")
+    return speedup_ratio(stats_cost(before, cost_model), stats_cost(after, cost_model))
 
 
 #: at most this many skipped items are tried together with a later one (its partners first, then the latest)
@@ -88,7 +93,7 @@ def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float, w
     taken, history, pending = [], [], []
     cur = cost_of([])
     for item in ranked:
-        if base_cost / cur >= target:
+        if speedup_ratio(base_cost, cur) >= target:
             break
         best = None
         latest = pending[len(pending) - window:] if window else []
@@ -108,7 +113,7 @@ def choose_for_speedup(ranked: list, cost_of, target: float, base_cost: float, w
             if best:
                 break
         c = best[0] if best else c
-        row = {"item": item, "cost": c, "speedup": base_cost / c if c else float("inf"), "taken": best is not None,
+        row = {"item": item, "cost": c, "speedup": speedup_ratio(base_cost, c), "taken": best is not None,
                "with": [] if best is None else best[1][:-1]}
         history.append(row)
         if best is not None:
@@ -278,7 +283,7 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
     base = graph_cost(original, cm) if measured else stats_cost(stats_before.as_dict(), cm)
     taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base, partners=cost_of.partners)
     # the reported prediction: the whole graph, not the sum of its regions (nothing taken: the pricer's base)
-    final = base / (full_cost(taken) if taken else cost_of([]))
+    final = speedup_ratio(base, full_cost(taken) if taken else cost_of([]))
     skipped = sum(not h["taken"] for h in hist)
     notes.append(f"--target-speedup {cfg.target_speedup}: {len(taken)} activation(s) collapsed, {skipped} skipped "
                  f"(no predicted gain), predicted speed-up {final:.3f}x ("

@@ -365,19 +365,35 @@ def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, n
                 raise
             why = str(e)
     shapes = {k: list(v.shape) for k, v in inputs.items()}
+    sizes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
     try:
         mods, exs = both(shapes)
-    except TVMError:
-        if why is None:
-            raise
-        raise TVMError(why) from None
-    sizes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
+    except TVMError as e:
+        # failed at the sizes timed too (a dynamic H/W Swin timed at 1x1, where its patch embedding has
+        # nothing): the way out is a size the model takes
+        def short(m):
+            m = " ".join(str(m).split())
+            return m if len(m) <= 160 else m[:157] + "..."
+        raise TVMError("TVM cannot compile this dynamic-size model "
+                       + ("" if why is None else f"with its dynamic sizes ({short(why)}) nor ")
+                       + f"for the sizes timed, {sizes} ({short(e)}); --input-shape NAME:D0,D1,... gives a "
+                       "size it takes") from None
     lead = ("MetaSchedule tunes fixed sizes only" if why is None else
             f"TVM cannot compile the dynamic input size ({input_shapes_text(collapsed_model)})")
     notes.append(f"{lead}: compiled for {sizes}, which the TVM library takes only (--input-shape NAME:D0,D1,... "
                  "chooses the size)" + ("" if why is None else
                                         f"; dynamic, it failed with: {why if len(why) <= 160 else why[:157] + '...'}"))
     return (*mods, *exs, True)
+
+
+def _note_unreplayable(ex, which: str, notes: list[str]) -> None:
+    """Say which kernels kept their default schedule because their record (tuned on the same conv / matmul
+    with another epilogue) does not replay on them (compile._replayable_only)."""
+    names = getattr(ex, "unreplayable", None)
+    if names:
+        notes.append(f"{which} model: {len(names)} kernel(s) left untuned, their tuning record (the same anchor "
+                     f"op with another epilogue) does not apply to them: {', '.join(names[:4])}"
+                     + (" ..." if len(names) > 4 else ""))
 
 
 def _untuned_slowdown(latency: Mapping[str, float | None]) -> float | None:
@@ -434,6 +450,8 @@ def run_from_args(
 
     t_all = time.perf_counter()
     given = getattr(args, "tvm_repeat", None)
+    if given is not None and int(given) < 1:   # 0 ran as the default, -3 as 1 (python -m tvm_integration)
+        raise TVMError(f"--tvm-repeat must be >= 1, got {given}")
     repeat = max(1, int(given or DEFAULT_REPEAT))
     budget = None if given else TIMING_BUDGET_S   # the user's own --tvm-repeat is kept, however slow a call
     trials = int(getattr(args, "tune_trials", 0) or 0)
@@ -524,6 +542,7 @@ def run_from_args(
         tune_report["untuned_functions"] = ex_tuned.untuned_functions
         if not ex_tuned.tuned_functions:
             notes.append("the tuning database had no record for this model: tuned == untuned")
+        _note_unreplayable(ex_tuned, "collapsed", notes)
         if info.runs_on_host:
             got = tc.run(ex_tuned, inputs)
             verification["collapsed_tvm_tuned_vs_onnxruntime"] = _compare(got, ref_coll, rtol, atol,
@@ -548,6 +567,8 @@ def run_from_args(
             ex_tuned_orig = tc.build(mod_orig, target, database=db_o, layout=layout) if db_o is not None else None
         tune_report_orig = rep_o.to_dict()
         if ex_tuned_orig is not None:
+            if not same:
+                _note_unreplayable(ex_tuned_orig, "input", notes)
             tune_report_orig["tuned_functions"] = ex_tuned_orig.tuned_functions
             tune_report_orig["untuned_functions"] = ex_tuned_orig.untuned_functions
             if info.runs_on_host:

@@ -375,6 +375,8 @@ class TVMExecutable:
     tuned_functions: fused TIR functions whose schedule came from the database.
     untuned_functions: the other fused TIR functions (default schedules).
     build_seconds: wall time of the build.
+    unreplayable: functions whose database record (an anchor-block match) does
+        not replay on them; they are among ``untuned_functions``.
     """
 
     executable: Any
@@ -382,6 +384,7 @@ class TVMExecutable:
     tuned_functions: list[str] = field(default_factory=list)
     untuned_functions: list[str] = field(default_factory=list)
     build_seconds: float = 0.0
+    unreplayable: list[str] = field(default_factory=list)
 
     def __getattr__(self, name):
         # Only called for attributes not found normally: forward to the executable.
@@ -434,12 +437,13 @@ def build(
     if cuda_graph is None:
         cuda_graph = target.kind.name == "cuda"
     record: dict[str, list[str]] = {}
+    skipped: list[str] = []
 
     @tvm.transform.module_pass(opt_level=0, name="CollapseTVMPipeline")
     def _pipeline(m, _ctx):
         m = tvm.transform.Sequential(prepare_passes(target, prepack=prepack, layout=layout))(m)
         if database is not None:
-            with database:
+            with _replayable_only(database, skipped):
                 m = relax.transform.MetaScheduleApplyDatabase(enable_warning=enable_warning)(m)
         record["tuned"], record["untuned"] = _scheduled_functions(m)
         if prepack:
@@ -484,7 +488,69 @@ def build(
         tuned_functions=record.get("tuned", []),
         untuned_functions=record.get("untuned", []),
         build_seconds=time.perf_counter() - t0,
+        unreplayable=sorted(set(skipped)),
     )
+
+
+def _replayable_only(database, skipped: list):
+    """``database`` answering only with records whose trace replays on the function asked about.
+
+    Records match by anchor block (tuning.MODULE_EQUALITY): a conv tuned with a ReLU epilogue is the record of
+    the same conv with a HardSwish epilogue too, but its trace does not replay there (the conv output has two
+    consumers: "old_outputs.size() == new_outputs.size() (1 vs. 2)", a MobileNetV3 with --tune-trials), and
+    MetaScheduleApplyDatabase failed the whole build on it. Such a function keeps its default schedule and is
+    named in ``skipped``."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
+    from tvm_ffi import structural_equal
+
+    @derived_object
+    class _Replayable(ms.database.PyDatabase):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def has_workload(self, mod):
+            return self.inner.has_workload(mod)
+
+        def commit_workload(self, mod):
+            return self.inner.commit_workload(mod)
+
+        def commit_tuning_record(self, record):
+            return self.inner.commit_tuning_record(record)
+
+        def get_top_k(self, workload, top_k):
+            return self.inner.get_top_k(workload, top_k)
+
+        def get_all_tuning_records(self):
+            return self.inner.get_all_tuning_records()
+
+        def query_tuning_record(self, mod, target, name):
+            # MetaScheduleApplyDatabase asks for the record, then replays it as tried here: a record of this very
+            # function on its own module, an anchor-block match through ScheduleUsingAnchorTrace on `mod`
+            rec = self.inner.query_tuning_record(mod, target, name)
+            if rec is not None and not structural_equal(mod, rec.workload.mod):
+                try:
+                    schedule_using_anchor_trace(Schedule(mod), rec.trace, target)
+                except Exception:  # noqa: BLE001 - TVM raises its own InternalError / ScheduleError kinds
+                    skipped.append(str(name))
+                    return None
+            return rec
+
+        def query_schedule(self, mod, target, name):
+            return self.inner.query_schedule(mod, target, name) if self.query_tuning_record(mod, target, name) \
+                else None
+
+        def query_ir_module(self, mod, target, name):
+            sch = self.query_schedule(mod, target, name)
+            return None if sch is None else sch.mod
+
+        def __len__(self):
+            return len(self.inner)
+
+    return _Replayable(database)
 
 
 # --------------------------------------------------------------------------- run / time

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import operator
+import warnings
 
 import numpy as np
 import torch
@@ -166,6 +167,14 @@ class _FxBuilder(SlotBuilder):
             return self.unary(n, "relu")
         if isinstance(mod, nn.LeakyReLU):
             return self.unary(n, "leaky_relu", alpha=float(mod.negative_slope))
+        if isinstance(mod, nn.PReLU):   # per-channel slope on axis 1, sliced with the channels (apply_fx_removal)
+            src = self.slot_of.get(x.name) if hasattr(x, "name") else None
+            per_channel = mod.num_parameters > 1
+            if per_channel and (self.calls.get(n.target, 0) > 1 or src is None or src[1] != 1):
+                return self.unknown(n, "per-channel PReLU called at several places or not on axis 1")
+            w = _np(mod.weight).astype(np.float64)
+            slope = w if per_channel else (np.full(self.cg.size(src), float(w[0])) if src is not None else None)
+            return self.unary(n, "prelu", slope=slope, slice_axis=0 if per_channel else None, module=mod)
         if isinstance(mod, (nn.ReLU6, nn.Hardtanh)):
             return self.unary(n, "clip", lo=float(mod.min_val), hi=float(mod.max_val))
         if isinstance(mod, index_m):
@@ -384,6 +393,10 @@ def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
                 info["bias_maps"].append(rec.name)
         elif rec.kind == "dense":
             mod.in_features, mod.out_features = new.in_features, new.out_features
+        elif rec.kind == "prelu" and rec.data["slice_axis"] is not None and edit.k_out is not None:
+            mod.weight = nn.Parameter(mod.weight.detach()[torch.as_tensor(edit.k_out)].clone(),
+                                      requires_grad=mod.weight.requires_grad)
+            mod.num_parameters = len(edit.k_out)
         elif rec.kind == "bn":
             idx = torch.as_tensor(k_in)
             for name in ("weight", "bias"):
@@ -520,6 +533,11 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
             stale[0] = changed = True
         report["removed_channels"] = len(removed)
         report["frozen_ops"] = cg.frozen_ops[:200]
+        if calib is not None and not any(f["data_dependent"] for f in found):   # as the ONNX run warns
+            msg = ("calib removed no channel: no ReLU / ReLU6 / Hardswish channel is 0 on every calibration "
+                   "sample (or each such channel feeds an op that cannot absorb a constant)")
+            report["notes"].append(msg)
+            warnings.warn(msg, stacklevel=2)
     after = _counts(gm, shape_inputs()) if changed else before
     report.update(params_before=before[0], params_after=after[0], macs_before=before[1], macs_after=after[1],
                   params_saved=before[0] - after[0], macs_saved=before[1] - after[1])
@@ -534,7 +552,17 @@ def _off_is_zero(gm, op) -> bool:
     if op.kind == "clip":
         return op.data.get("lo") == 0.0
     n = op.data.get("fx_node")
-    return (op.kind == "fn" and n is not None and n.op == "call_module"
+    if n is None:
+        return False
+    F = torch.nn.functional
+    if n.op == "call_function":   # the functional forms ("other" ops): F.hardswish, F.hardtanh(x, 0., hi)
+        if n.target is F.hardswish:
+            return True
+        if n.target is F.hardtanh:
+            lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min_val", -1.0)
+            return isinstance(lo, (int, float)) and float(lo) == 0.0
+        return False
+    return (op.kind == "fn" and n.op == "call_module"
             and type(gm.get_submodule(n.target)) is torch.nn.Hardswish)
 
 
@@ -542,6 +570,7 @@ def _always_off(gm, cg: ChannelGraph, calib) -> dict:
     """{slot of an activation output: channels that are 0 on every calibration batch and position}."""
     relus = {op.data["fx_node"].name: op.outs[0] for op in cg.ops if _off_is_zero(gm, op)}
     peak: dict = {}
+    seen = 0
 
     class _Tap(torch.fx.Interpreter):
         def run_node(self, n):
@@ -555,7 +584,8 @@ def _always_off(gm, cg: ChannelGraph, calib) -> dict:
     with _shape_run():
         for batch in calib:
             _Tap(gm).run(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
-    if not peak:
+            seen += 1
+    if not seen:   # counted apart from peak: a model with no ReLU-like activation (LeakyReLU only) taps nothing
         raise CollapseError("calib holds no batches")
     return {relus[k]: set(torch.nonzero(v == 0).flatten().tolist()) for k, v in peak.items()}
 

@@ -28,6 +28,7 @@ KINDS = {
     "bn",          # data: scale, shift (per channel): y = scale * x + shift
     "relu",
     "leaky_relu",  # data: alpha
+    "prelu",       # data: slope (per-channel vector, or None when it varies along another axis), slice_axis
     "clip",        # data: lo, hi (None = unbounded); ReLU6 is clip(0, 6)
     "index",       # pure channel indexing: data: src = per out slot (input position array, input channel array)
     "binary",      # elementwise Add/Sub/Mul/Div; data: fn ("add" ...), consts (per input: per-channel vector or None)
@@ -330,6 +331,9 @@ class ChannelGraph:
                                                          np.inf if d["hi"] is None else d["hi"]))), False
         if op.kind == "leaky_relu":
             return (None if x is None else (x if x >= 0 else d["alpha"] * x)), False
+        if op.kind == "prelu":
+            sl = d["slope"]
+            return (None if x is None or (x < 0 and sl is None) else (x if x >= 0 else float(sl[i]) * x)), False
         if op.kind == "fn":   # another elementwise function of the channel (adapter-given scalar f)
             return (None if x is None else float(d["fn"](x))), False
         if op.kind == "index":

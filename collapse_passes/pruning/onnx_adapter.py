@@ -18,7 +18,7 @@ from .graph import ChannelGraph, activation_fn, removal_edits
 
 #: elementwise unary ops: channel i of the output depends on channel i of the input only
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu",
-         "Softplus", "Softsign", "Mish", "PRelu_scalar", "Identity", "Dropout", "Clip", "Neg", "Abs", "Exp",
+         "Softplus", "Softsign", "Mish", "Identity", "Dropout", "Clip", "Neg", "Abs", "Exp",
          "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast"}
 #: unary ops that keep a per-channel constant the same constant
 CONST_PRESERVING = {"Identity", "Dropout", "MaxPool", "GlobalAveragePool", "GlobalMaxPool"}
@@ -40,6 +40,9 @@ def scalar_fn(node):
              "Gelu": ("gelu_tanh" if a.get("approximate", "none") == "tanh" else "gelu", {})}
     if node.op in kinds:
         return activation_fn(*kinds[node.op])
+    if node.op == "Pow":   # x ** e, e a constant scalar (op_Pow): the x**3 of a decomposed tanh-GELU
+        e = float(np.asarray(const_value(node.inputs[1])).reshape(()))
+        return lambda x: float(np.power(np.float64(x), e))
     return {"Erf": math.erf, "Neg": lambda x: -x, "Abs": abs}.get(node.op)
 
 
@@ -203,6 +206,37 @@ class _Builder(SlotBuilder):
             self.record(node, "fn", [src], [sout], fn=scalar_fn(node))
         else:
             self.record(node, "other", [src], [sout])
+
+    def op_Pow(self, node):
+        """Pow by a constant scalar is elementwise (the torch.export-based exporter writes tanh-GELU with x**3;
+        not understood, it froze the hidden axis of every such MLP)."""
+        e = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        if e is None or np.size(e) != 1:
+            return self.unknown(node, "pow with a dynamic or non-scalar exponent")
+        return self.unary(node)
+
+    def op_PRelu(self, node):
+        """PRelu with a constant slope: elementwise on the channel, its per-channel slope sliced with the channels
+        (MobileNet / Layer Folding models have one after every conv; not understood, it froze all their groups)."""
+        src = self.slot_of.get(node.inputs[0].name)
+        slope = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        r = self.rank(node.inputs[0])
+        if src is None or self.slotted(node)[1] is not None or slope is None or r is None or np.ndim(slope) > r:
+            return self.unknown(node, "prelu with a dynamic slope or of unknown rank")
+        ax, C = src[1], self.cg.size(src)
+        slope = np.asarray(slope, np.float64)
+        shp = (1,) * (r - slope.ndim) + tuple(slope.shape)
+        if shp[ax] not in (1, C):
+            return self.unknown(node, "prelu slope does not broadcast on the channel axis")
+        sout = self.new_slot(node.outputs[0], ax)
+        if sout is None:
+            return self.unknown(node, "unknown output shape")
+        self.cg.couple(src, sout)
+        cv = np.moveaxis(slope.reshape(shp), ax, 0).reshape(shp[ax], -1)
+        per_channel = np.broadcast_to(cv[:, 0], (C,)).copy() if np.all(cv == cv[:, :1]) else None
+        a = ax - (r - slope.ndim)
+        self.record(node, "prelu", [src], [sout], slope=per_channel,
+                    slice_axis=a if shp[ax] == C and C > 1 and a >= 0 else None)
 
     def binary(self, node):
         out = node.outputs[0]
@@ -483,6 +517,11 @@ def apply_removal(graph: gs.Graph, cg: ChannelGraph, removed, folds=()) -> dict:
             for j in range(1, 5):
                 v = const_value(node.inputs[j])
                 node.inputs[j] = make_const(graph, f"{node.name}.p{j}", prune_alg.slice_vector(v, k_in))
+        elif rec.kind == "prelu":
+            ax = rec.data["slice_axis"]
+            if ax is not None and k_out is not None:
+                c = const_value(node.inputs[1])
+                node.inputs[1] = make_const(graph, f"{node.name}.slope", np.take(c, k_out, axis=ax))
         elif rec.kind == "binary":
             for j, ax in enumerate(rec.data["slice_axes"]):
                 if ax is None or k_out is None:

@@ -290,7 +290,9 @@ class SpeedupPredictor:
                 raise
             self.failed = str(e)
             return None
-        return self.base / c
+        from ..speedup import speedup_ratio
+
+        return speedup_ratio(self.base, c)   # a graph that costs nothing (fused activations alone): no ZeroDivision
 
 
 # ------------------------------------------------------------------------------------ relocation
