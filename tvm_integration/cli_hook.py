@@ -343,6 +343,10 @@ def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, n
     sizes from the start: MetaSchedule tunes fixed shapes."""
     from collapse_passes.onnx.shapes import dynamic_inputs, input_shapes_text
 
+    def short(m):   # a TVM error, on one line and not a page of it
+        m = " ".join(str(m).split())
+        return m if len(m) <= 160 else m[:157] + "..."
+
     def both(shapes):
         t0 = time.perf_counter()
         mods = tc.import_onnx(original_model, shapes), tc.import_onnx(collapsed_model, shapes)
@@ -371,9 +375,6 @@ def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, n
     except TVMError as e:
         # failed at the sizes timed too (a dynamic H/W Swin timed at 1x1, where its patch embedding has
         # nothing): the way out is a size the model takes
-        def short(m):
-            m = " ".join(str(m).split())
-            return m if len(m) <= 160 else m[:157] + "..."
         raise TVMError("TVM cannot compile this dynamic-size model "
                        + ("" if why is None else f"with its dynamic sizes ({short(why)}) nor ")
                        + f"for the sizes timed, {sizes} ({short(e)}); --input-shape NAME:D0,D1,... gives a "
@@ -382,7 +383,7 @@ def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, n
             f"TVM cannot compile the dynamic input size ({input_shapes_text(collapsed_model)})")
     notes.append(f"{lead}: compiled for {sizes}, which the TVM library takes only (--input-shape NAME:D0,D1,... "
                  "chooses the size)" + ("" if why is None else
-                                        f"; dynamic, it failed with: {why if len(why) <= 160 else why[:157] + '...'}"))
+                                        f"; dynamic, it failed with: {short(why)}"))
     return (*mods, *exs, True)
 
 
