@@ -144,7 +144,7 @@ class RegionPricer:
 
         self.model, self.acts, self.forced = model, acts, list(forced)
         self.full_cost, self.run_region, self.cm = full_cost, run_region, cost_model
-        self.price = price or (lambda m, ctx: stats_cost(_stats(m, ctx), cost_model))
+        self.price = price or mac_price(cost_model)
         self.candidates = list(candidates or [])
         self.types = inferred_types(model) or {}
         self.non_float = non_float_tensor_names(self.types, model)
@@ -230,10 +230,12 @@ class RegionPricer:
         return self.base + delta
 
 
-def _stats(m, ctx) -> dict:
+def mac_price(cm):
+    """price(model, ctx) of a pass run's result by MACs and node counts (stats_cost), with the shapes as the
+    passes left them (ctx.graph)."""
     from .onnx.analysis import model_stats
 
-    return model_stats(m, graph=ctx.graph).as_dict()   # shapes as the passes left them
+    return lambda m, ctx: stats_cost(model_stats(m, graph=ctx.graph).as_dict(), cm)
 
 
 def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: list, cfg, notes: list,
@@ -256,7 +258,7 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
 
     shapes = {n: dims for n, dims, _ in model_inputs(original)}
     measured = isinstance(cm, OnDemandCostModel)
-    price = (lambda m, ctx: graph_cost(m, cm)) if measured else (lambda m, ctx: stats_cost(_stats(m, ctx), cm))
+    price = (lambda m, ctx: graph_cost(m, cm)) if measured else mac_price(cm)
     forced_ids = set()
     if cfg.collapse:
         from .core.selection import lookup

@@ -126,9 +126,9 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
     if report.get("data_dependent_channels"):
         _measure_calib_dead(report, base, requested, chosen, remove_blocks, cfg)
     elif cfg.prune_calib_dead and cfg.prune:   # say so, rather than leave the flag looking applied
-        warnings.append("--prune-calib-dead removed no channel: no ReLU / ReLU6 / HardSwish channel is 0 on every "
-                        "calibration sample (or each such channel feeds an op that cannot absorb a constant, such "
-                        "as a squeeze-excitation scale)")
+        from .graph import no_dead_channel_note
+
+        warnings.append(no_dead_channel_note("--prune-calib-dead"))
     ratio = report.get("ratio")
     if ratio is not None:
         from ..onnx.driver import requested_semantics

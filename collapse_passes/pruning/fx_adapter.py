@@ -19,7 +19,7 @@ from ..algebra.conv import ConvParams, bn_to_affine
 from ..algebra.linear import LinearParams
 from ..errors import CollapseError
 from .builder import SlotBuilder
-from .graph import ChannelGraph, activation_fn, removal_edits
+from .graph import ChannelGraph, activation_fn, no_dead_channel_note, removal_edits
 
 
 def _torch():
@@ -534,8 +534,7 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         report["removed_channels"] = len(removed)
         report["frozen_ops"] = cg.frozen_ops[:200]
         if calib is not None and not any(f["data_dependent"] for f in found):   # as the ONNX run warns
-            msg = ("calib removed no channel: no ReLU / ReLU6 / Hardswish channel is 0 on every calibration "
-                   "sample (or each such channel feeds an op that cannot absorb a constant)")
+            msg = no_dead_channel_note("calib")
             report["notes"].append(msg)
             warnings.warn(msg, stacklevel=2)
     after = _counts(gm, shape_inputs()) if changed else before
@@ -545,7 +544,7 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
 
 
 def _off_is_zero(gm, op) -> bool:
-    """An activation whose whole off side is exactly 0 (onnx_prune.OFF_IS_ZERO): ReLU, a clip from 0 (ReLU6),
+    """An activation whose whole off side is exactly 0 (graph.OFF_IS_ZERO): ReLU, a clip from 0 (ReLU6),
     Hardswish."""
     if op.kind == "relu":
         return True

@@ -22,6 +22,17 @@ from ..algebra.prune import filter_norms
 Slot = tuple  # (tensor name, channel axis)
 
 #: op kinds an adapter may use
+#: activation kinds that output exactly 0 on their whole off side: a channel of theirs at 0 on all the calibration
+#: data is a constant channel there (--prune-calib-dead; each adapter reads its own spelling of them)
+OFF_IS_ZERO = ("relu", "relu6", "hardswish", "clip")   # clip: with min 0 only
+
+
+def no_dead_channel_note(flag: str) -> str:
+    """What a calibration-data removal that removed nothing says (`flag`: how the user asked for it)."""
+    return (f"{flag} removed no channel: no ReLU / ReLU6 / HardSwish channel is 0 on every calibration sample (or "
+            "each such channel feeds an op that cannot absorb a constant, such as a squeeze-excitation scale)")
+
+
 KINDS = {
     "conv",        # data: params (ConvParams), input_spatial (tuple or None); ins[0] / outs[0] slots
     "dense",       # data: params (LinearParams); ins[0] / outs[0] on the last axis
@@ -318,7 +329,7 @@ class ChannelGraph:
             return None, False
         x = val.get((op.ins[0], i)) if op.ins and op.ins[0] is not None else None
         if x is None and i in dd.get(s, ()):
-            return 0.0, True   # listed off on all the calibration data (ReLU, ReLU6, HardSwish: onnx_prune.OFF_IS_ZERO)
+            return 0.0, True   # listed off on all the calibration data (ReLU, ReLU6, HardSwish: OFF_IS_ZERO)
         if op.kind == "bn":
             sc, sh = float(d["scale"][i]), float(d["shift"][i])
             if x is not None:

@@ -7,7 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import CollapseError
-from .graph import ChannelGraph
+from .graph import OFF_IS_ZERO, ChannelGraph
 from .onnx_adapter import apply_removal, build_channel_graph, infer_shapes
 from .select import check_ratio, select_for_ratio
 
@@ -227,10 +227,6 @@ def ratio_prune(model: onnx.ModelProto, ratio: float, *, scope: str = "global", 
     out = to_model(graph, model)
     return out, {"ratio": ratio, "scope": scope, "round_to": round_to, "importance": importance,
                  "removed_channels": len(removed), "groups": rows, **graph_summary(cg)}
-
-
-#: activation kinds that output exactly 0 on their whole off side (always_off_channels)
-OFF_IS_ZERO = ("relu", "relu6", "hardswish", "clip")   # clip: with min 0 only
 
 
 def always_off_channels(model: onnx.ModelProto, calib, calib_batches=None) -> dict:

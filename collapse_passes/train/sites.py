@@ -78,9 +78,12 @@ class _Tracer(CallPathTracer):
         return super().is_leaf_module(m, qualname)
 
 
-#: forward hook tables a trace would run (non-leaf modules are called through nn.Module.__call__)
-_FORWARD_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-                   "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
+#: nn.Module's hook tables: a collapsed activation keeps the user's hooks (a forward hook recording that
+#: layer's output still fires, on the linear regime's output), as the torch front end keeps them by tracing
+_HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+#: the forward ones, which a trace would run (non-leaf modules are called through nn.Module.__call__)
+_FORWARD_TABLES = tuple(t for t in _HOOK_TABLES if t.startswith("_forward"))
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -238,11 +241,6 @@ def _set_module(model: nn.Module, path: str, new: nn.Module, keep=()) -> None:
         head, _, name = q.rpartition(".")
         setattr(model.get_submodule(head) if head else model, name, new)
 
-
-#: nn.Module's hook tables: a collapsed activation keeps the user's hooks (a forward hook recording that
-#: layer's output still fires, on the linear regime's output), as the torch front end keeps them by tracing
-_HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-                "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
 
 
 def share_hooks(new: nn.Module, old: nn.Module | None) -> nn.Module:
