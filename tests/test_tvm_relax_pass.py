@@ -81,7 +81,7 @@ def test_swish_removal_leaves_no_dead_sigmoid(chain):
 
 def test_clip_removal_drops_maximum_minimum_kernels(chain):
     _, _, mod = chain
-    new_mod = collapse_sequence(["clip"])(mod)
+    new_mod = collapse_sequence(["relu6"])(mod)
     names = {gv.name_hint for gv in new_mod.functions.keys()}
     assert not any(n.startswith("maximum") or n.startswith("minimum") for n in names)
 
@@ -91,7 +91,7 @@ def test_selection_by_predicate_and_var_name(chain):
     sites = list_activations(mod)
     by_pred = LinearizeActivations(lambda s: s.kind in ("relu", "prelu"))(mod)
     assert [s.kind for s in list_activations(collapse_sequence([])(by_pred))] == [
-        "leakyrelu", "swish", "clip"
+        "leakyrelu", "swish", "relu6"
     ]
     by_name = collapse_sequence(sites[1].var_name)(mod)
     assert "leakyrelu" not in [s.kind for s in list_activations(by_name)]

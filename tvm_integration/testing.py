@@ -67,7 +67,7 @@ def tiny_cnn_onnx(channels: int = 8, size: int = 16, seed: int = 0):
     return model, {"input": x.numpy().astype(np.float32)}
 
 
-ACTIVATION_CHAIN_KINDS = ("relu", "leakyrelu", "swish", "prelu", "clip")
+ACTIVATION_CHAIN_KINDS = ("relu", "leakyrelu", "swish", "prelu", "relu6")   # Clip(0, 6) is a ReLU6 (catalogue)
 
 
 def activation_chain_onnx(drop: tuple[int, ...] = (), channels: int = 4, size: int = 8, seed: int = 0):
