@@ -1,13 +1,15 @@
 """Predicted speed-up of a collapse, priced on the real merged graph (what LayerMerge does with a
 latency table, here with the cost model of algebra/cost.py).
 
-stats_cost(stats) = MACs + per-op overhead x nodes of the *merged* ONNX graph (nodes computed from
-constants alone are free: folded when the session loads) (report["before"/"after"] of api.collapse);
+stats_cost(stats) prices a model from its model_stats (report["before"/"after"] of api.collapse): MACs
+(a depthwise conv's at DEPTHWISE_MAC_FACTOR each) + per element of every non-MAC op its price
+(ELEMENT_PRICES: a SiLU ~16 MACs, a GELU ~47, measured on onnxruntime) + the per-op overhead per node of the
+*merged* ONNX graph (nodes computed from constants alone are free: folded when the session loads).
 graph_cost(model, cm) prices the graph op by op with the planner's cost model (measured on onnxruntime
-with cost="measured"), what the training loop uses. Activations runtimes fuse into the conv before them
-(ReLU, Clip, LeakyReLU, HardSigmoid: core/activations.fuses) are priced at zero, so collapsing one buys
-only the merges it allows; the others (HardSwish, SiLU, GELU, PReLU, ...) are ops of their own, priced
-like the elementwise ops a merge creates: one pass over their output plus the per-op overhead per node.
+with cost="measured"), what the training loop uses; both read the same prices from the cost model.
+Activations runtimes fuse into the conv before them (ReLU, Clip, LeakyReLU, HardSigmoid:
+core/activations.fuses) pay no per-op overhead, only their element price (ReLU's is 0, so collapsing
+one buys only the merges it allows); the others (HardSwish, SiLU, GELU, PReLU, ...) are ops of their own.
 No torch here: the CLI's --target-speedup and the torch training loop both use it.
 """
 from __future__ import annotations
@@ -22,22 +24,29 @@ def stats_cost(stats: dict, cost_model: CostModel | None = None) -> float:
     """MAC-equivalent cost of a model from its model_stats dict (report["before"] / ["after"])."""
     cm = cost_model or CostModel()
     if "free_activation_nodes" in stats:   # onnx/analysis.model_stats
-        free, elements = float(stats["free_activation_nodes"]), float(stats.get("activation_elements", 0))
+        free = float(stats["free_activation_nodes"])
     else:   # stats without the split (an older report): every activation free, one node each
-        free, elements = float(stats.get("activations", 0)), 0.0
+        free = float(stats.get("activations", 0))
+    if stats.get("element_work") is not None:
+        work = sum(cm.element_price(k) * float(n) for k, n in stats["element_work"].items())
+        work += (cm.depthwise_factor - 1.0) * float(stats.get("depthwise_macs", 0))
+    else:   # an older report: one MAC per element of an unfused activation
+        work = float(stats.get("activation_elements", 0))
     ops = float(stats["nodes"]) - free - float(stats.get("constant_nodes", 0))
-    return float(stats["macs"]) + elements + cm.per_op_overhead_macs * ops
+    return float(stats["macs"]) + work + cm.per_op_overhead_macs * ops
 
 
 def graph_cost(model, cost_model: CostModel | None = None) -> float:
     """Cost of an ONNX model priced op by op with the planner's own cost model: each Conv / Gemm by
     cost_model.op_cost with its signature (a MeasuredCostModel, cost="measured", times it on
-    onnxruntime; the MAC model gives MACs + overhead), every other non-activation node its per-op
-    overhead, activations as in stats_cost (zero when fused into the op before them, else a pass over
-    their output plus the overhead per node). The same prices the merge planner used, so a prediction
-    agrees with the plan (stats_cost only knows MACs and node counts)."""
+    onnxruntime; the MAC model gives MACs + overhead), every other node its per-op overhead plus its
+    element price (cost_model.element_price: by activation kind for an activation, by op type
+    otherwise), activations as in stats_cost (no overhead when fused into the op before them). The
+    same prices the merge planner used, so a prediction agrees with the plan; with the MAC model it
+    equals stats_cost of the model's stats."""
     from .algebra.cost import conv_signature, linear_signature
-    from .onnx.analysis import _dims, activation_elements, constant_nodes, free_activation, node_macs
+    from .onnx.analysis import _dims, activation_elements, constant_nodes, node_elements, node_macs
+    from .core.activations import fuses
     from .onnx.graph import toposort
     from .onnx.linear_ops import ConvView, DenseView
     from .onnx.patterns import find_activations
@@ -48,8 +57,9 @@ def graph_cost(model, cost_model: CostModel | None = None) -> float:
     toposort(graph)
     acts, folded = find_activations(graph), constant_nodes(graph)
     inside = {id(n) for a in acts for n in a.nodes} | folded   # priced below, or free
-    total = sum(activation_elements(a) + sum(cm.op_cost(n.op, 0) for n in a.nodes)
-                for a in acts if not free_activation(a, folded))
+    total = sum(activation_elements(a) * cm.element_price(a.kind)
+                + (0.0 if fuses(a.kind) else sum(cm.op_cost(n.op, 0) for n in a.nodes))
+                for a in acts if not all(id(n) in folded for n in a.nodes))
     for n in graph.nodes:
         if n.op in ("Constant", "Identity") or id(n) in inside:
             continue
@@ -62,7 +72,7 @@ def graph_cost(model, cost_model: CostModel | None = None) -> float:
         if dv is not None and a:
             total += cm.op_cost("Gemm", macs, linear_signature(dv.params, a[0]))
             continue
-        total += cm.op_cost(n.op, macs)
+        total += cm.op_cost(n.op, macs) + node_elements(n) * cm.element_price(n.op)
     return total
 
 

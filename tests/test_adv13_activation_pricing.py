@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import collapse_passes as cp
+from collapse_passes.algebra.cost import ELEMENT_PRICES
 from collapse_passes.core.activations import fuses
 from collapse_passes.onnx.analysis import model_stats
 from collapse_passes.speedup import stats_cost
@@ -40,7 +41,8 @@ def test_catalogue_says_which_kinds_fuse():
 def test_fused_activation_is_free_and_hardswish_is_one_pass_plus_overhead():
     relu, hsw = model_stats(_conv_act_dw("Relu")).as_dict(), model_stats(_conv_act_dw("HardSwish")).as_dict()
     assert relu["macs"] == hsw["macs"]
-    per_act = 16 * 32 * 32 + 20_000.0   # elements of its output + the default per-op overhead
+    # elements of its output at HardSwish's measured price (algebra/cost.ELEMENT_PRICES) + the per-op overhead
+    per_act = 16 * 32 * 32 * ELEMENT_PRICES["hardswish"] + 20_000.0
     assert stats_cost(hsw) - stats_cost(relu) == pytest.approx(2 * per_act)
 
 

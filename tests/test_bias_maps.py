@@ -88,7 +88,7 @@ def test_planning_helpers():
 def test_cost_model_charges_an_elementwise_pass():
     cm = CostModel(per_op_overhead_macs=100.0)
     assert elementwise_macs((4, 8, 8)) == 256
-    assert cm.elementwise_cost("Add", (4, 8, 8)) == 356.0
+    assert cm.elementwise_cost("Add", (4, 8, 8)) == 256 * cm.element_price("Add") + 100.0   # priced elements + overhead
     assert cm.elementwise_cost("Add", (4, 16, 16)) > cm.elementwise_cost("Add", (4, 8, 8))
 
 
@@ -263,14 +263,19 @@ def test_planner_charges_the_map_add_it_creates():
              helper.make_node("Relu", ["h"], ["r"], name="act"),
              helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[3, 3], pads=[1] * 4, group=C, name="c2")]
     m = make_model(nodes, [vinfo("x", [1, C, hw, hw])], [vinfo("y", [1, C, hw, hw])], inits)
-    # separate: 1024 + 2304 MACs, two ops; merged: 9216 MACs, one op, plus a map Add over 4x8x8 = 256
-    cheap, _, _ = run_passes(m, {"act"}, cost_model=CostModel(20_000, per_kind_overhead_macs={"Add": 0}))
+    # separate: 1024 + 2304 MACs, two ops; merged: 9216 MACs, one op, plus a map Add over 4x8x8 = 256 elements
+    # at the Add's element price (depthwise MACs at 1 here, to keep the arithmetic plain)
+    add = 256 * CostModel().element_price("Add")
+    cheap, _, _ = run_passes(m, {"act"}, cost_model=CostModel(20_000, per_kind_overhead_macs={"Add": 0},
+                                                                depthwise_factor=1.0))
     assert [n.op_type for n in cheap.graph.node].count("Conv") == 1 and _map_adds(cheap) == 1
-    # one op overhead of 6000 saves 6000 - (9216 - 3328) = 112 MACs: less than the Add's 256-element pass
-    dear, _, _ = run_passes(m, {"act"}, cost_model=CostModel(6_000, per_kind_overhead_macs={"Add": 0}))
+    # one op overhead of 6000 saves 6000 - (9216 - 3328) = 112 MACs: less than the Add's pass over 256 elements
+    dear, _, _ = run_passes(m, {"act"}, cost_model=CostModel(6_000, per_kind_overhead_macs={"Add": 0},
+                                                               depthwise_factor=1.0))
     assert [n.op_type for n in dear.graph.node].count("Conv") == 2 and _map_adds(dear) == 0
     # without the map's pass it would merge (the same 112 saved, nothing charged)
-    free, _, _ = run_passes(m, {"act"}, cost_model=CostModel(6_000, per_kind_overhead_macs={"Add": -256}))
+    free, _, _ = run_passes(m, {"act"}, cost_model=CostModel(6_000, per_kind_overhead_macs={"Add": -add},
+                                                               depthwise_factor=1.0))
     assert [n.op_type for n in free.graph.node].count("Conv") == 1
     _same(cheap, dear)
 

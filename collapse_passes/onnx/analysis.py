@@ -1,6 +1,7 @@
 """Model statistics for the report: nodes, parameters, MACs and critical-path depth."""
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -8,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..algebra.conv import ConvParams
-from ..algebra.cost import conv_macs, linear_macs
+from ..algebra.cost import REDUCTION_OPS, conv_macs, is_depthwise, linear_macs
 from ..core.activations import fuses
 from .graph import RANDOM_OPS, const_value, toposort
 from .linear_ops import ConvView, DenseView
@@ -27,10 +28,14 @@ class ModelStats:
     depth_nonlinear: int    # the same path measure counted in nonlinear ops (a fused GELU is one)
     activations: int
     constant_nodes: int = 0  # non-activation nodes computed from constants alone (folded at load): no cost
-    # activations runtimes fuse into the op before them (core/activations.fuses: ReLU, Clip, ...) are free;
-    # the others (HardSwish, SiLU, GELU, PReLU, ...) are ops of their own, one pass over their output
+    # activations runtimes fuse into the op before them (core/activations.fuses: ReLU, Clip, ...) are no op of
+    # their own; the others (HardSwish, SiLU, GELU, PReLU, ...) are (element prices: element_work below)
     free_activation_nodes: int = 0
     activation_elements: int = 0
+    # what the cost model prices per element (algebra/cost.ELEMENT_PRICES): {activation kind or op type:
+    # elements per inference}, and the MACs of depthwise convs (charged DEPTHWISE_MAC_FACTOR each)
+    element_work: dict | None = None
+    depthwise_macs: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -39,7 +44,40 @@ class ModelStats:
 def _dims(t) -> list[int] | None:
     if t is None or t.shape is None:
         return None
-    return [d if isinstance(d, int) and d > 0 else 1 for d in t.shape]
+    return [d if isinstance(d, int) and d > 0 else _symbolic_dim(d) for d in t.shape]
+
+
+@functools.lru_cache(maxsize=4096)
+def _symbolic_dim(d) -> int:
+    """A dynamic dim at every dynamic size 1: `N` is 1, but an expression inference or the torch.export-based
+    exporter wrote (`4*N`: MobileViT's patches folded into the batch, `784*N`: a Linear over every position)
+    is its value there (4, 784), not 1 (that counted a MobileViT's transformer MACs 4-784x too low, and
+    --target-speedup then priced the input below its own collapsed results). Unknown: 1."""
+    import ast
+
+    def ev(e):
+        if isinstance(e, ast.Expression):
+            return ev(e.body)
+        if isinstance(e, ast.Constant) and isinstance(e.value, int):
+            return e.value
+        if isinstance(e, ast.Name):
+            return 1
+        if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod)):
+            a, b = ev(e.left), ev(e.right)
+            if isinstance(e.op, (ast.FloorDiv, ast.Mod)):
+                if b == 0:
+                    raise ValueError
+                return a // b if isinstance(e.op, ast.FloorDiv) else a % b
+            return a + b if isinstance(e.op, ast.Add) else a - b if isinstance(e.op, ast.Sub) else a * b
+        raise ValueError
+
+    if not isinstance(d, str) or len(d) > 200:
+        return 1
+    try:
+        v = ev(ast.parse(d.strip(), mode="eval"))
+    except (SyntaxError, ValueError, RecursionError):
+        return 1
+    return v if isinstance(v, int) and v > 0 else 1
 
 
 def node_macs(node) -> int:
@@ -128,6 +166,7 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
                     params += int(np.prod(a.t.dims))
     folded = constant_nodes(graph)
     macs = sum(node_macs(n) for n in graph.nodes if id(n) not in folded)
+    work, dw_macs = element_work(graph, acts, folded)
 
     # graph.toposort() above: predecessors always come first, so the longest paths are one sweep
     preds: dict[int, set] = {}
@@ -158,7 +197,40 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
         depth_ops=_longest(preds, w_ops), depth_nonlinear=_longest(preds, w_nl), activations=len(acts),
         constant_nodes=sum(1 for n in graph.nodes if id(n) in folded and id(n) not in inside),
         free_activation_nodes=sum(len(a.nodes) for a in acts if free_activation(a, folded)),
-        activation_elements=sum(activation_elements(a) for a in acts if not free_activation(a, folded)))
+        activation_elements=sum(activation_elements(a) for a in acts if not free_activation(a, folded)),
+        element_work=work, depthwise_macs=int(dw_macs))
+
+
+def node_elements(node) -> int:
+    """Elements a node is priced by (algebra/cost.ELEMENT_PRICES): its output's, a reduction's input's
+    (dynamic dims count as 1, as in node_macs)."""
+    t = node.inputs[0] if node.op in REDUCTION_OPS and node.inputs else (node.outputs[0] if node.outputs else None)
+    dims = _dims(t)
+    return int(np.prod(dims)) if dims else 0
+
+
+def element_work(graph: gs.Graph, acts: list, folded: set) -> tuple[dict, int]:
+    """({activation kind or ONNX op type: elements per inference}, MACs of depthwise convs) of a
+    toposorted graph with shapes: what the cost model prices beyond MACs and per-op overheads. An
+    activation counts once by its kind (a SiLU is one fused op in onnxruntime, not a Sigmoid and a Mul),
+    folded nodes (computed at load) not at all."""
+    work: dict = {}
+    inside = {id(n) for a in acts for n in a.nodes}
+    for a in acts:
+        if not all(id(n) in folded for n in a.nodes):
+            work[a.kind] = work.get(a.kind, 0) + activation_elements(a)
+    dw = 0
+    for n in graph.nodes:
+        if id(n) in inside or id(n) in folded or n.op in _FREE_OPS:
+            continue
+        cv = ConvView.of(n) if n.op == "Conv" else None
+        if cv is not None and is_depthwise(cv.params.in_channels, cv.params.group):
+            dw += node_macs(n)
+        if n.op not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+            k = node_elements(n)
+            if k:
+                work[n.op] = work.get(n.op, 0) + k
+    return work, dw
 
 
 def free_activation(act, folded: set) -> bool:
