@@ -120,7 +120,8 @@ def test_dynamic_batch_keeps_its_shape_arithmetic(tmp_path):
     path = _flatten_by_size(tmp_path, dynamic=True)
     r = cp.collapse(path)
     assert _ops(r.model).count("Shape") == _ops(path).count("Shape") == 1
-    assert not any(n.startswith("fold_shapes") for n in r.report["notes"])
+    # only what reads static dims is folded (view(b, -1)'s -1 becomes 144); the batch stays read at run time
+    assert all("dynamic input dims stay dynamic" in n for n in r.report["notes"] if n.startswith("fold_shapes"))
     x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)   # another batch runs
     np.testing.assert_allclose(_ort(r.model, x)[0], _ort(onnx.load(path), x)[0], rtol=1e-4, atol=1e-5)
 

@@ -70,8 +70,8 @@ def test_no_fallback_when_the_unmerged_result_fails_too(model_path, monkeypatch)
 
     orig = verify_mod.verify
 
-    def always_off(original, requested, result, feeds, rtol, atol, desc, seed=0):
-        v = orig(original, requested, result, feeds, rtol, atol, desc, seed=seed)
+    def always_off(original, requested, result, feeds, rtol, atol, desc, seed=0, **kw):
+        v = orig(original, requested, result, feeds, rtol, atol, desc, seed=seed, **kw)
         bad = verify_mod.Comparison(1.0, 1.0, False, v.against_requested.samples, "logits")
         return verify_mod.Verification(bad, v.against_original, rtol, atol, desc)
 

@@ -19,6 +19,10 @@ Integer arithmetic on small constants alone (sizes the exporter already wrote as
 Swin's `(window - W % window) % window` padding) is folded the same way: onnxruntime would fold it at
 load, TVM's ONNX importer does not (small_constant_arithmetic).
 
+With dynamic input dims (a dynamic batch) only the sizes that read static dims are folded (fold_static_dims:
+the c, h, w of a ShuffleNet channel shuffle, `view(b, -1, h, w)`'s -1 when its dynamic dims are the input's
+own), in rounds of fold + shape inference; whatever reads a dynamic dim stays computed at run time.
+
 Only integer and boolean values are written (sizes, indices, conditions), where a node that is not
 folded reads them, and only up to MAX_ELEMENTS values. A tensor built from shapes that is data rather
 than a size (the shifted-window attention mask and its boolean condition) stays computed at run time
@@ -173,8 +177,10 @@ class FoldStaticShapes:
 
     def __call__(self, ctx) -> PassResult:
         graph = ctx.graph
-        if ctx.source is None or not static_inputs(graph):
+        if ctx.source is None:
             return PassResult(False)
+        if not static_inputs(graph):
+            return fold_static_dims(ctx)
         derived = shape_arithmetic(graph)
         if derived is None:
             return PassResult(False)
@@ -188,24 +194,267 @@ class FoldStaticShapes:
                    for t in n.outputs):
             return PassResult(False)
         values = _evaluate(graph, derived, wanted, ctx.source)
-        fold = {name for name, v in values.items() if v.dtype.kind in "iub" and v.size <= MAX_ELEMENTS}
-        done = 0
-        for name in fold:
-            t = wanted[name]
-            c = None
-            for consumer in list(t.outputs):
-                if consumer.outputs and all(o.name in fold for o in consumer.outputs):
-                    continue   # folded itself: it dies with the arithmetic
-                c = c if c is not None else gs.Constant(f"{name}__folded", np.ascontiguousarray(values[name]))
-                for i, x in enumerate(consumer.inputs):
-                    if x is t:
-                        consumer.inputs[i] = c
-            done += c is not None
+        done = _write_folded(wanted, values)
         if not done:
             return PassResult(False)
         n0 = len(graph.nodes)
         toposort(graph.cleanup(remove_unused_graph_inputs=False))
         return PassResult(True, [f"folded {done} run-time shape value(s), {n0 - len(graph.nodes)} node(s) removed"])
+
+
+def _write_folded(wanted: dict, values: dict, written: dict | None = None) -> int:
+    """Give the nodes outside the arithmetic that read a tensor of `values` (integer/boolean, at most
+    MAX_ELEMENTS values) a constant instead; the number of tensors so replaced (recorded in `written`)."""
+    fold = {name for name, v in values.items() if v.dtype.kind in "iub" and v.size <= MAX_ELEMENTS}
+    if written is not None:
+        written.update((name, values[name]) for name in fold)
+    done = 0
+    for name in fold:
+        t = wanted[name]
+        c = None
+        for consumer in list(t.outputs):
+            if consumer.outputs and all(o.name in fold for o in consumer.outputs):
+                continue   # folded itself: it dies with the arithmetic
+            if c is None:   # np.array, not np.ascontiguousarray: a 0-d value stays 0-d (a scalar Gather index)
+                c = gs.Constant(f"{name}__folded", np.array(values[name], order="C"))
+            for i, x in enumerate(consumer.inputs):
+                if x is t:
+                    consumer.inputs[i] = c
+        done += c is not None
+    return done
+
+
+#: rounds of fold + shape inference for a model with dynamic input dims (each round reaches one more
+#: reshape whose size arithmetic read the one before it: a ShuffleNet block, a Swin window partition)
+MAX_DYNAMIC_ROUNDS = 64
+
+
+def _static_dim_reads(graph: gs.Graph) -> dict:
+    """id(tensor) -> value of each Gather / Slice of a Shape output (and each Shape, start/end included)
+    that reads only dims shape inference gives as numbers: sizes that do not depend on a dynamic dim."""
+    out = {}
+    for node in graph.nodes:
+        if node.op != "Shape" or not node.inputs or node.inputs[0].shape is None:
+            continue
+        dims = [d if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 else None
+                for d in node.inputs[0].shape]
+        r = len(dims)
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", r)
+        sel = dims[slice(start + r if start < 0 else start, end + r if end < 0 else end)]
+        s_out = node.outputs[0]
+        if sel and all(d is not None for d in sel):
+            out[id(s_out)] = np.asarray(sel, np.int64)
+            continue
+        for c in s_out.outputs:
+            if c.inputs[0] is not s_out or not c.outputs:
+                continue
+            if c.op == "Gather" and c.attrs.get("axis", 0) == 0 and len(c.inputs) == 2 \
+                    and _constant_value(c.inputs[1]) is not None:
+                idx = _constant_value(c.inputs[1])
+                if idx.dtype.kind not in "iu" or idx.size == 0 or np.any(idx >= len(sel)) or np.any(idx < -len(sel)):
+                    continue
+                picked = [sel[int(i)] for i in idx.reshape(-1)]
+                if all(d is not None for d in picked):
+                    out[id(c.outputs[0])] = np.asarray(picked, np.int64).reshape(idx.shape)
+            elif c.op == "Slice" and all(_constant_value(t) is not None
+                                         for t in c.inputs[1:] if t is not None and t.name):
+                ins = [_constant_value(t).reshape(-1) if t is not None and t.name else None for t in c.inputs[1:]]
+                starts, ends = ins[0], ins[1]
+                axes = ins[2] if len(ins) > 2 and ins[2] is not None else np.zeros_like(starts)
+                steps = ins[3] if len(ins) > 3 and ins[3] is not None else np.ones_like(starts)
+                if starts.size != 1 or list(axes) not in ([0], [-1]) or int(steps[0]) == 0:
+                    continue
+                picked = list(range(len(sel)))[slice(int(starts[0]), int(ends[0]), int(steps[0]))]
+                if all(sel[i] is not None for i in picked):
+                    out[id(c.outputs[0])] = np.asarray([sel[i] for i in picked], np.int64)
+    return out
+
+
+def _constant_value(t):
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    if t.inputs and t.inputs[0].op == "Constant":
+        v = t.inputs[0].attrs.get("value")
+        if isinstance(v, gs.Constant):
+            return np.asarray(v.values)
+    return None
+
+
+def _fold_static_dim_round(graph: gs.Graph, outputs, source, written: dict) -> int:
+    """One round of fold_static_dims: the static-dim reads and the small integer arithmetic on them and on
+    constants, evaluated with onnxruntime on a model of that arithmetic alone (never a run of the model:
+    its values could depend on the dynamic dims), written where the rest of the graph reads them."""
+    import onnx
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    from ...core import runtime
+
+    roots = _static_dim_reads(graph)
+    static = set(roots)
+    nodes = []
+    for node in graph.nodes:
+        if any(id(t) in roots for t in node.outputs) or node.op in NONDETERMINISTIC or node.op == "Constant" \
+                or node.domain not in (None, "", "ai.onnx") \
+                or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            continue
+        ins = [t for t in node.inputs if t is not None and t.name]
+        if not ins or not any(id(t) in static for t in ins):
+            continue   # constants alone: small_constant_arithmetic's (and onnxruntime's) business
+        small = [_constant_value(t) if id(t) not in static else None for t in ins]
+        if all(id(t) in static or (v is not None and v.size <= MAX_ELEMENTS) for t, v in zip(ins, small)):
+            static.update(id(t) for t in node.outputs)
+            nodes.append(node)
+    wanted = {t.name: t for t in graph.tensors().values()
+              if id(t) in static and t.name not in outputs
+              and any(not all(id(o) in static for o in c.outputs) for c in t.outputs)}
+    if not wanted:
+        return 0
+    names = {id(t): t.name for t in graph.tensors().values() if id(t) in roots}
+    protos, inits = [], {}
+    for i, v in roots.items():
+        protos.append(onnx.helper.make_node("Constant", [], [names[i]], value=onnx.numpy_helper.from_array(v)))
+    for n in nodes:
+        protos.append(OnnxExporter.export_node(n))
+        for t in n.inputs:
+            if t is None or not t.name or id(t) in static or t.name in inits:
+                continue
+            inits[t.name] = onnx.numpy_helper.from_array(np.array(_constant_value(t), order="C"), t.name)
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(protos, "static_dims", [], [onnx.ValueInfoProto(name=n) for n in wanted],
+                               list(inits.values())),
+        opset_imports=source.opset_import, ir_version=source.ir_version)
+    try:
+        got = runtime.session(model).run(list(wanted), {})
+    except Exception:
+        return 0
+    return _write_folded(wanted, {n: np.asarray(v) for n, v in zip(wanted, got)}, written)
+
+
+def _symbolic_piece(t):
+    """The 1-D size vector `t` as a list of ints and dim names, when it is a small integer constant or
+    Unsqueeze(Gather(Shape(x), i)) of one dim of x (a number or a name, as inference gives it); else None."""
+    v = _constant_value(t)
+    if v is not None:
+        return [int(d) for d in v.reshape(-1)] if v.dtype.kind in "iu" and v.ndim <= 1 and v.size <= 8 else None
+    p = t.inputs[0] if t.inputs else None
+    if p is None or p.op != "Unsqueeze" or not p.inputs:
+        return None
+    axes = _constant_value(p.inputs[1]) if len(p.inputs) > 1 else np.asarray(p.attrs.get("axes", []))
+    g = p.inputs[0].inputs[0] if p.inputs[0].inputs else None
+    if axes is None or list(axes.reshape(-1)) not in ([0], [-1]) or g is None or g.op != "Gather" \
+            or g.attrs.get("axis", 0) != 0:
+        return None
+    sh = g.inputs[0].inputs[0] if g.inputs[0].inputs else None
+    idx = _constant_value(g.inputs[1])
+    if sh is None or sh.op != "Shape" or idx is None or idx.ndim != 0 or sh.inputs[0].shape is None \
+            or sh.attrs.get("start", 0) != 0 or "end" in sh.attrs:
+        return None
+    dims = list(sh.inputs[0].shape)
+    i = int(idx)
+    return [dims[i]] if -len(dims) <= i < len(dims) else None
+
+
+def _resolve_reshape_wildcards(graph: gs.Graph, names: set, written: list) -> int:
+    """The -1 of a Reshape whose target is Concat(batch, -1, h, w) (`x.view(b, -1, h, w)` in a TorchScript
+    export) when the dynamic dims of the target are those of the input (same names, from the graph's
+    inputs): -1 is then the product of the input's numbers over those of the target, whatever the dynamic
+    sizes. ONNX inference leaves such a dim unknown (it does not divide symbols), and with it the channel
+    count of everything after a channel shuffle. The -1 is written as that number (a new constant)."""
+    done = 0
+    for node in graph.nodes:
+        if node.op != "Reshape" or len(node.inputs) < 2 or node.attrs.get("allowzero", 0):
+            continue
+        data, target = node.inputs[0], node.inputs[1]
+        cat = target.inputs[0] if target.inputs else None
+        if cat is None or cat.op != "Concat" or len(target.outputs) != 1 or data.shape is None:
+            continue
+        pieces = [_symbolic_piece(t) for t in cat.inputs]
+        if any(p is None for p in pieces):
+            continue
+        flat = [d for p in pieces for d in p]
+        holes = [k for k, p in enumerate(pieces) if -1 in p]
+        if len(holes) != 1 or flat.count(-1) != 1 or 0 in flat:
+            continue
+        src = list(data.shape)
+        sym_in = sorted(d for d in src if isinstance(d, str))
+        sym_out = sorted(d for d in flat if isinstance(d, str))
+        if sym_in != sym_out or not set(sym_in) <= names or any(d is None for d in src) \
+                or any(isinstance(d, (int, np.integer)) and d < -1 for d in flat):
+            continue
+        num = int(np.prod([d for d in src if not isinstance(d, str)], dtype=np.int64))
+        den = int(np.prod([d for d in flat if not isinstance(d, str) and d != -1], dtype=np.int64))
+        if den <= 0 or num % den:
+            continue
+        k = holes[0]
+        value = np.asarray([num // den if d == -1 else d for d in pieces[k]], np.int64)
+        cat.inputs[k] = gs.Constant(f"{target.name}__dim{k}", value)
+        written.append((target.name, k, value))
+        done += 1
+    return done
+
+
+#: fold_static_dims' results by graph signature (cleanup.shape_signature): --target-speedup runs the passes on
+#: the same model once per candidate (150 runs for a ShuffleNet), each would redo every round of inference
+_RECIPES: dict = {}
+_RECIPES_KEPT = 8
+
+
+def fold_static_dims(ctx) -> PassResult:
+    """A model with dynamic input dims (a dynamic batch): the run-time size arithmetic that reads only its
+    static dims (a TorchScript export's `x.view(b, groups, c // groups, h, w)` in a channel shuffle reads
+    c, h, w from Shape -> Gather -> Div) is folded into constants, and shape inference reaches what follows
+    (with h and w left at run time, ONNX inference loses the channel count at the Div and every shape after
+    the next torch.chunk, and the merge planner could not plan a conv behind it). Sizes that read a dynamic
+    dim stay computed at run time, so the model still takes every size it took. Shape inference gives the
+    static dims; each round reaches one more reshape that read the one before it. A graph folded before
+    (same signature) gets the same constants without the rounds."""
+    from .cleanup import infer_shapes, shape_signature
+
+    graph = ctx.graph
+    if shape_arithmetic(graph) is None:   # a shape set by data, control flow, a custom op: as it is
+        return PassResult(False)
+    n0 = len(graph.nodes)
+    sig = shape_signature(graph)
+    recipe = _RECIPES.get(sig)
+    if recipe is None:
+        recipe = _fold_rounds(graph, ctx)
+        _RECIPES[sig] = recipe
+        while len(_RECIPES) > _RECIPES_KEPT:
+            _RECIPES.pop(next(iter(_RECIPES)))
+    elif recipe[0] or recipe[1]:
+        tensors = graph.tensors()
+        for name, k, value in recipe[1]:
+            cat = tensors[name].inputs[0]
+            cat.inputs[k] = gs.Constant(f"{name}__dim{k}", value)
+        _write_folded({n: tensors[n] for n in recipe[0]}, recipe[0])
+        toposort(graph.cleanup(remove_unused_graph_inputs=False))
+        infer_shapes(graph)
+    done = len(recipe[0]) + len(recipe[1])
+    if not done:
+        return PassResult(False)
+    return PassResult(True, [f"folded {done} run-time size value(s) that read only static dims, "
+                             f"{n0 - len(graph.nodes)} node(s) removed (dynamic input dims stay dynamic)"])
+
+
+def _fold_rounds(graph: gs.Graph, ctx) -> tuple[dict, list]:
+    """fold_static_dims' rounds on `graph` (changed in place); what was written: ({tensor name: value},
+    [(Reshape target name, Concat input index, value)])."""
+    from .cleanup import infer_shapes
+
+    values: dict = {}
+    wildcards: list = []
+    if not infer_shapes(graph):
+        return values, wildcards
+    names = {d for t in graph.inputs for d in (t.shape or ()) if isinstance(d, str)}
+    for _ in range(MAX_DYNAMIC_ROUNDS):
+        k = _fold_static_dim_round(graph, ctx.graph_outputs, ctx.source, values) \
+            + _resolve_reshape_wildcards(graph, names, wildcards)
+        if not k:
+            break
+        toposort(graph.cleanup(remove_unused_graph_inputs=False))
+        if not infer_shapes(graph):
+            break
+    return values, wildcards
 
 
 def folded_graph(model) -> gs.Graph:
