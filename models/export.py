@@ -125,9 +125,23 @@ def view_writes(model) -> list[str]:
             continue
         if isinstance(v.args[0], torch.fx.Node) and mutates(v, v.args[0]):
             continue   # the return of an in-place op (x.relu_().mul_(2)) is its input, not a view
+        if _writes_nothing(n):
+            continue
         name = lambda t: t if isinstance(t, str) else getattr(t, "__name__", str(t))   # noqa: E731
         found.append(f"{n.name} ({name(n.target)} of {name(v.target)})")
     return found
+
+
+def _writes_nothing(n) -> bool:
+    """An in-place dropout outside training (aten.dropout_(x, p, False): torch.export's spelling of an eval
+    nn.Dropout(inplace=True), as in EfficientNet's classifier) or with p = 0 leaves its input as it is, so
+    dropping it changes nothing; refusing it refused every ExportedProgram of an EfficientNet."""
+    name = getattr(n.target, "__name__", str(n.target)).split(".")[0]
+    if name not in ("dropout_", "feature_dropout_", "alpha_dropout_", "feature_alpha_dropout_"):
+        return False
+    p = n.args[1] if len(n.args) > 1 else n.kwargs.get("p")
+    train = n.args[2] if len(n.args) > 2 else n.kwargs.get("train")
+    return train is False or (isinstance(p, (int, float)) and p == 0)
 
 
 def _refuse_view_writes(model) -> None:

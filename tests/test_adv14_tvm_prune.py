@@ -60,7 +60,8 @@ def test_prune_module_removes_dead_channels_of_functional_activations(act):
     m = _Fn(act).eval()
     calib = _calib()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # channels were removed: no "removed no channel" warning
+        warnings.simplefilter("ignore")   # the measured error of the removal is said in a warning (round 15)
+        warnings.filterwarnings("error", message=".*removed no channel")   # channels were removed: not this one
         pruned, report = prune_module(m, torch.randn(1, 3, 8, 8), calib=calib)
     assert pruned.c1.out_channels == 5
     for b in calib:   # exact on the calibration data

@@ -10,6 +10,7 @@ Pure numpy; conventions as in conv.py / linear.py (conv weight (O, I/group, *k),
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -20,6 +21,8 @@ from .linear import LinearParams
 
 __all__ = [
     "slice_conv",
+    "slice_conv_transpose",
+    "ConvTransposeParams",
     "slice_linear",
     "slice_vector",
     "fold_constant_inputs_conv",
@@ -52,7 +55,9 @@ def slice_conv(p: ConvParams, keep_out=None, keep_in=None) -> ConvParams:
 
     Dense convs slice both axes independently. Depthwise convs (one input channel per group, multiplier
     1) keep in == out: the kept sets must be equal and the group count becomes the new channel count.
-    Other grouped convs are refused (their channels are coupled within groups; the graph freezes them).
+    Other grouped convs stay grouped with equal group sizes: the kept channels must be the same
+    positions r in every group (output k*O/g + r, input k*I/g + r), which the channel graph guarantees
+    (it couples those positions into one unit); the group count stays g.
     """
     O, I, g = p.out_channels, p.in_channels, p.group
     ko = _idx(keep_out, O, "conv outputs")
@@ -64,7 +69,55 @@ def slice_conv(p: ConvParams, keep_out=None, keep_in=None) -> ConvParams:
         if not np.array_equal(ko, ki):
             raise AlgebraError("depthwise conv: kept input and output channels must be the same")
         return p.replace(weight=np.asarray(p.weight)[ko], bias=slice_vector(p.bias, ko), group=int(ko.size))
-    raise AlgebraError(f"grouped conv (group={g}, {I} in, {O} out) channels cannot be sliced independently")
+    pos_in = _group_positions(ki, I, g, "inputs")
+    _group_positions(ko, O, g, "outputs")
+    w = np.asarray(p.weight)[ko][:, pos_in]
+    return p.replace(weight=w, bias=slice_vector(p.bias, ko), group=g)
+
+
+def _group_positions(keep: np.ndarray, n: int, g: int, what: str) -> np.ndarray:
+    """The kept positions within one group of a grouped conv's n channels; the same in every group, or refused."""
+    per = n // g
+    pos = keep[keep < per]
+    if keep.size != pos.size * g or not np.array_equal(keep, (np.arange(g)[:, None] * per + pos[None, :]).ravel()):
+        raise AlgebraError(f"grouped conv (group={g}): kept {what} must be the same positions in every group "
+                           "(equal group sizes)")
+    return pos
+
+
+@dataclasses.dataclass
+class ConvTransposeParams:
+    """A transposed conv's weight (I, O/group, *k) and bias (O,): its output channel k*O/g + r is column r of
+    the input rows of group k. Only what channel pruning reads (slicing, filter norms, zero filters)."""
+    weight: np.ndarray
+    bias: np.ndarray | None
+    group: int = 1
+
+    @property
+    def in_channels(self) -> int:
+        return int(np.shape(self.weight)[0])
+
+    @property
+    def out_channels(self) -> int:
+        return int(np.shape(self.weight)[1]) * self.group
+
+    def filters(self) -> np.ndarray:
+        """One row per output channel (O, I/group * prod(k)): the weights that write it."""
+        w = np.asarray(self.weight)
+        g, ci, co = self.group, self.in_channels // self.group, w.shape[1]
+        return np.swapaxes(w.reshape(g, ci, co, -1), 1, 2).reshape(g * co, -1)
+
+
+def slice_conv_transpose(p: ConvTransposeParams, keep_out=None, keep_in=None) -> ConvTransposeParams:
+    """The transposed conv restricted to kept output and input channels; a grouped one keeps equal groups (the
+    same positions in every group, as slice_conv)."""
+    O, I, g = p.out_channels, p.in_channels, p.group
+    ko = _idx(keep_out, O, "conv-transpose outputs")
+    ki = _idx(keep_in, I, "conv-transpose inputs")
+    pos_out = ko if g == 1 else _group_positions(ko, O, g, "outputs")
+    if g > 1:
+        _group_positions(ki, I, g, "inputs")
+    return ConvTransposeParams(np.asarray(p.weight)[ki][:, pos_out], slice_vector(p.bias, ko), g)
 
 
 def slice_linear(p: LinearParams, keep_out=None, keep_in=None) -> LinearParams:

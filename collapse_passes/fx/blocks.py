@@ -66,8 +66,24 @@ def _from_only(t: fx.Node, x: fx.Node) -> bool:
         seen.add(n)
         if len(seen) > _MAX_WALK or n.op == "placeholder":
             return False
+        if _size_read(n):
+            continue   # a tensor's size is no data: the batch torch.export reads from the model input
         todo.extend(n.all_input_nodes)   # get_attr and literal-only nodes have none: constants
     return reached
+
+
+def _size_read(n: fx.Node) -> bool:
+    """n reads a tensor's size, not its values (aten.sym_size, x.size(), x.shape, x.dim()). torch.export's window
+    attention reads the batch from the *model* input (sym_size(x, 0)), so every Swin attention residual looked
+    computed from another input than the block's and was no block: 12 of Swin-T's 24 were found (the ONNX side,
+    its size arithmetic folded, finds 24) and the MLP residual took the bare module key."""
+    import torch
+
+    if n.op == "call_function":
+        if isinstance(n.target, torch._ops.OpOverload):
+            return n.target.__name__.split(".")[0] in ("sym_size", "sym_numel", "sym_stride")
+        return n.target is getattr and len(n.args) > 1 and n.args[1] in ("shape", "ndim")
+    return n.op == "call_method" and n.target in ("size", "dim", "numel")
 
 
 def _proj_link(gm: fx.GraphModule, n: fx.Node) -> bool:

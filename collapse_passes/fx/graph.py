@@ -631,15 +631,20 @@ def _fresh_name(gm: fx.GraphModule, hint: str) -> str:
 
 def insert_linear(gm: fx.GraphModule, before: fx.Node, x: fx.Node, kind: str, params, bias_map=None,
                   hint: str = "collapsed", meta_from: fx.Node | None = None, origin: list | None = None,
-                  size_guard: bool = False) -> fx.Node:
+                  size_guard: bool = False, sources=()) -> fx.Node:
     """Insert a call to a new module computing `params` on x, right before `before`; return its node.
 
     `before` is the first node of the group the new op replaces: x is read where the group read it, so
     an in-place op that runs later (`nn.ReLU(inplace=True)` on x) cannot change what the new op sees.
 
-    The new node carries the metadata of `meta_from` (shape, module stack) so keys and shapes survive."""
+    The new node carries the metadata of `meta_from` (shape, module stack) so keys and shapes survive.
+    `sources`: the nodes whose weights the new op is computed from; where none of their parameters requires grad
+    (a frozen backbone), neither do the new op's (they were trainable: a folded frozen conv + BN trained)."""
     name = _fresh_name(gm, hint)
     mod = make_module(kind, params, bias_map, size_guard)
+    read = _parameters_read(gm, sources)
+    if read and not any(t.requires_grad for t in read):
+        mod.requires_grad_(False)
     if isinstance(mod, PaddedConv):
         shape = shape_of(x)
         mod.in_spatial = tuple(int(d) for d in shape[2:]) if shape is not None else None
@@ -653,6 +658,22 @@ def insert_linear(gm: fx.GraphModule, before: fx.Node, x: fx.Node, kind: str, pa
     if origin is not None:
         new.meta[ORIGIN] = list(dict.fromkeys(origin))
     return new
+
+
+def _parameters_read(gm: fx.GraphModule, nodes) -> list:
+    """The parameters the nodes compute with: their modules' (call_module) and the get_attr inputs' (aten-level)."""
+    out = []
+    for n in nodes:
+        if n.op == "call_module":
+            out.extend(gm.get_submodule(str(n.target)).parameters())
+        for a in n.all_input_nodes:
+            if a.op == "get_attr":
+                t = gm
+                for part in str(a.target).split("."):
+                    t = getattr(t, part, None)
+                if isinstance(t, nn.Parameter):
+                    out.append(t)
+    return out
 
 
 ORIGIN = "collapse_origin"

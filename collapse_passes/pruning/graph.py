@@ -36,6 +36,7 @@ def no_dead_channel_note(flag: str) -> str:
 KINDS = {
     "conv",        # data: params (ConvParams), input_spatial (tuple or None); ins[0] / outs[0] slots
     "dense",       # data: params (LinearParams); ins[0] / outs[0] on the last axis
+    "convt",       # transposed conv: data: params (algebra.prune.ConvTransposeParams); ins[0] / outs[0] slots
     "bn",          # data: scale, shift (per channel): y = scale * x + shift
     "relu",
     "leaky_relu",  # data: alpha
@@ -53,6 +54,10 @@ def activation_fn(kind: str, params: dict | None = None):
     from ..core.activations import reference
 
     return lambda x: float(reference(kind, np.array([x], np.float64), params)[0])
+
+
+#: ops with weights whose output channels are filters (a group's producers)
+LAYERS = ("conv", "dense", "convt")
 
 
 @dataclass
@@ -96,6 +101,7 @@ class ChannelGraph:
         self.frozen_ops: list[dict] = []
         self._frozen: dict = {}
         self._groups: list[Group] | None = None
+        self._widths: dict = {}
 
     # -- building ---------------------------------------------------------------------------------
     def add_slot(self, slot: Slot, size: int) -> Slot:
@@ -138,6 +144,32 @@ class ChannelGraph:
             off += m
         return np.concatenate(pos), np.concatenate(src)
 
+    def couple_positions(self, slot: Slot, groups: int) -> None:
+        """Channel k*n/groups + r of slot goes with channel r for every group k: a grouped conv stays grouped
+        with equal group sizes, so position r of the per-group block goes in every group at once (what
+        Torch-Pruning does). Its input and output sides are coupled this way each, not to each other."""
+        per = self.size(slot) // groups
+        r = np.arange(per)
+        for k in range(1, groups):
+            self.couple(slot, slot, r, k * per + r)
+
+    def conv_groups(self, op_name: str, op_type: str, sin: Slot, sout: Slot, p) -> None:
+        """The channel couplings of a conv with p.group groups (both front ends): none when dense; input
+        channel i with output channel i when depthwise; else per-group positions on each side
+        (couple_positions). A side with one channel per group is frozen (removing it removes a group)."""
+        g = p.group
+        if g == 1:
+            return
+        if _depthwise(p):
+            self.couple(sin, sout)
+            return
+        for s, per, side in ((sin, p.in_channels // g, "input"), (sout, p.out_channels // g, "output")):
+            if per == 1:
+                self.freeze_op(op_name, op_type, [s], f"grouped conv (group={g}) with one {side} channel per "
+                                                      "group (removing it would remove a whole group)")
+            else:
+                self.couple_positions(s, g)
+
     def freeze(self, slot: Slot, op_name: str, op_type: str, reason: str) -> None:
         if slot not in self.slots:
             return
@@ -162,7 +194,7 @@ class ChannelGraph:
             return self._groups
         producer_of = {}
         for op in self.ops:
-            if op.kind in ("conv", "dense"):
+            if op.kind in LAYERS:
                 producer_of[op.outs[0]] = op.name
         import networkx as nx
 
@@ -183,11 +215,37 @@ class ChannelGraph:
             name = prods[0] if prods else str(slots[0][0])
             groups.append(Group(len(groups), name, slots, units, list(dict.fromkeys(frozen)), prods))
         self._groups = groups
+        self._widths = {}
         return groups
 
+    def unit_width(self, group: Group) -> int:
+        """Channels one unit of `group` holds in each conv / dense output: the number of groups for the
+        position classes of a grouped conv (couple_positions), else 1 (a gcd where units differ). Ratios,
+        rounding and reports count channels with it, not units."""
+        import math
+
+        self.groups()
+        if group.gid not in self._widths:
+            prod = self.producer_slots()
+            w = 0
+            for u in group.units:
+                counts: dict = {}
+                for s, _ in u:
+                    if s in prod:
+                        counts[s] = counts.get(s, 0) + 1
+                for c in counts.values():
+                    w = math.gcd(w, c)
+            self._widths[group.gid] = w or 1
+        return self._widths[group.gid]
+
+    def channel_count(self, removed) -> int:
+        """Channels the units `removed` ((gid, unit) pairs) take out of each layer they shrink."""
+        groups = self.groups()
+        return sum(self.unit_width(groups[gid]) for gid, _ in removed)
+
     def producer_slots(self) -> dict:
-        """slot -> (op, axis of its weight) for conv/dense outputs (the filters of a group)."""
-        return {op.outs[0]: op for op in self.ops if op.kind in ("conv", "dense")}
+        """slot -> op for conv / dense / transposed-conv outputs (the filters of a group)."""
+        return {op.outs[0]: op for op in self.ops if op.kind in LAYERS}
 
     def prunable_units(self, group: Group) -> list[int]:
         """Units of an unfrozen group that own at least one filter (a producer row)."""
@@ -199,7 +257,7 @@ class ChannelGraph:
     # -- importance -------------------------------------------------------------------------------
     def filter_importance(self, order: int = 1) -> dict:
         """(gid, unit index) -> sum of the L1/L2 norms of the unit's filters (producer rows)."""
-        norms = {s: filter_norms(op.data["params"].weight, 0, order) for s, op in self.producer_slots().items()}
+        norms = {s: filter_norms(_filters(op), 0, order) for s, op in self.producer_slots().items()}
         out = {}
         for g in self.groups():
             for k in self.prunable_units(g):
@@ -277,8 +335,8 @@ class ChannelGraph:
         """(slot, i) where a constant can start: a zero filter, a zero-scale BN, a listed always-off activation."""
         out = {(s, int(i)) for s, chans in dd.items() for i in chans}
         for op in self.ops:
-            if op.kind in ("conv", "dense"):
-                w = np.asarray(op.data["params"].weight)
+            if op.kind in LAYERS:
+                w = _filters(op)
                 zero = ~np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
                 out.update((op.outs[0], int(i)) for i in np.flatnonzero(zero))
             elif op.kind == "bn":
@@ -298,7 +356,8 @@ class ChannelGraph:
             op = self.ops[k]
             outs_in = [s for s in op.outs if s in slots]
             if not outs_in:
-                # a reader outside the unit: must absorb the constant
+                # a reader outside the unit: must absorb the constant (a transposed conv does not: the
+                # contribution of a constant input differs across its output positions)
                 if op.kind not in ("conv", "dense"):
                     return None
                 s = op.ins[0]
@@ -313,19 +372,33 @@ class ChannelGraph:
                     if v is not None:  # a variable value is fine if only ops inside the unit read it
                         data_dep |= dep
                         val[(s, i)] = v
+            s = op.ins[0] if op.kind in LAYERS else None
+            if s in slots and op.kind == "convt":
+                return None
+            if s in slots and not (op.kind == "conv" and _depthwise(op.data["params"])):
+                # a layer writing the unit that also reads it (x + conv(x)): its other outputs read the removed
+                # inputs too, so they absorb the constant (a depthwise conv's input i feeds output i only)
+                for i in members[s]:
+                    if (s, i) not in val:
+                        return None
+                    folds.append((op.name, s, i, val[(s, i)]))
         return {"folds": folds, "data_dependent": data_dep, "values": val}
 
     @staticmethod
     def _value(op: OpRecord, s, i, val, dd):
         """Constant value of channel i of op's output slot s, or None; and whether it is data-dependent."""
         d = op.data
-        if op.kind in ("conv", "dense"):
+        if op.kind in LAYERS:
             p = d["params"]
             b = 0.0 if p.bias is None else float(np.asarray(p.bias).reshape(-1)[i])
-            if not np.any(np.asarray(p.weight)[i]):
+            if not np.any(_filters(op)[i]):
                 return b, False
-            if op.kind == "conv" and op.ins[0] is not None and val.get((op.ins[0], i)) == 0.0 and p.group > 1:
-                return b, False  # depthwise reading an all-zero channel (zero padding is zero too)
+            if op.kind == "conv" and op.ins[0] is not None and p.group > 1:
+                # a grouped (or depthwise) conv whose whole input group is known zeros (zero padding is zero too)
+                ci, co = p.in_channels // p.group, p.out_channels // p.group
+                k = i // co
+                if all(val.get((op.ins[0], j)) == 0.0 for j in range(k * ci, (k + 1) * ci)):
+                    return b, False
             return None, False
         x = val.get((op.ins[0], i)) if op.ins and op.ins[0] is not None else None
         if x is None and i in dd.get(s, ()):
@@ -362,6 +435,17 @@ class ChannelGraph:
         return None, False
 
 
+def _filters(op: OpRecord) -> np.ndarray:
+    """One row of weights per output channel of a conv, dense or transposed-conv op (what writes it)."""
+    p = op.data["params"]
+    return p.filters() if op.kind == "convt" else np.asarray(p.weight)
+
+
+def _depthwise(p) -> bool:
+    """A conv whose input channel i is its output channel i (coupled in the channel graph)."""
+    return 1 < p.group == p.in_channels == p.out_channels
+
+
 @dataclass
 class OpEdit:
     """What one op becomes when units are removed (ChannelGraph.keep_sets) and constants folded:
@@ -395,10 +479,12 @@ def removal_edits(cg: ChannelGraph, removed, folds=()):
             if folded:
                 p, bm = prune_alg.fold_constant_inputs_conv(p, *folded, rec.data["input_spatial"])
                 edit.bias_map = bm if bm is None or edit.k_out is None else bm[edit.k_out]
-            edit.params = prune_alg.slice_conv(p, edit.k_out, edit.k_in if p.group == 1 else edit.k_out)
+            edit.params = prune_alg.slice_conv(p, edit.k_out, edit.k_out if _depthwise(p) else edit.k_in)
         elif rec.kind == "dense":
             p = rec.data["params"]
             if folded:
                 p = prune_alg.fold_constant_inputs_linear(p, *folded)
             edit.params = prune_alg.slice_linear(p, edit.k_out, edit.k_in)
+        elif rec.kind == "convt":
+            edit.params = prune_alg.slice_conv_transpose(rec.data["params"], edit.k_out, edit.k_in)
         yield edit

@@ -11,13 +11,14 @@ import onnx_graphsurgeon as gs
 
 from ..algebra import prune as prune_alg
 from ..algebra.conv import bn_to_affine
+from ..core.activations import SELU_ALPHA, SELU_GAMMA
 from ..onnx.graph import const_value, make_const, toposort
 from ..onnx.linear_ops import ConvView, DenseView
 from .builder import SlotBuilder
 from .graph import ChannelGraph, activation_fn, removal_edits
 
 #: elementwise unary ops: channel i of the output depends on channel i of the input only
-UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu",
+UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu", "Celu",
          "Softplus", "Softsign", "Mish", "Identity", "Dropout", "Clip", "Neg", "Abs", "Exp",
          "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast"}
 #: unary ops that keep a per-channel constant the same constant
@@ -37,6 +38,8 @@ def scalar_fn(node):
     kinds = {"Sigmoid": ("sigmoid", {}), "Tanh": ("tanh", {}), "HardSwish": ("hardswish", {}), "Mish": ("mish", {}),
              "HardSigmoid": ("hardsigmoid", {"alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}),
              "Elu": ("elu", {"alpha": float(a.get("alpha", 1.0))}), "Softplus": ("softplus", {"beta": 1.0}),
+             "Celu": ("celu", {"alpha": float(a.get("alpha", 1.0))}),
+             "Selu": ("selu", {"alpha": float(a.get("alpha", SELU_ALPHA)), "gamma": float(a.get("gamma", SELU_GAMMA))}),
              "Gelu": ("gelu_tanh" if a.get("approximate", "none") == "tanh" else "gelu", {})}
     if node.op in kinds:
         return activation_fn(*kinds[node.op])
@@ -115,6 +118,8 @@ class _Builder(SlotBuilder):
         ins = self.slotted(node)
         if op in ("Conv",):
             return self.conv(node)
+        if op == "ConvTranspose":
+            return self.conv_transpose(node)
         if op in ("Gemm", "MatMul"):
             return self.dense(node)
         if not any(s is not None for s in ins):
@@ -135,19 +140,30 @@ class _Builder(SlotBuilder):
         if v is None:
             return self.unknown(node, "conv with dynamic weights, or auto_pad on an input of unknown size")
         p = v.params
-        if p.group > 1 and not (p.group == p.in_channels == p.out_channels):
-            sin = self.get_slot(node.inputs[0], 1, node)
-            sout = self.new_slot(node.outputs[0], 1)
-            return self.cg.freeze_op(node.name, "Conv", [sin, sout], f"grouped conv (group={p.group}) not depthwise")
         sin = self.get_slot(node.inputs[0], 1, node)
         sout = self.new_slot(node.outputs[0], 1)
         if sin is None or sout is None:
             return self.cg.freeze_op(node.name, "Conv", [sin, sout], "unknown shapes")
-        if p.group > 1:
-            self.cg.couple(sin, sout)
+        self.cg.conv_groups(node.name, "Conv", sin, sout, p)
         xs = self.shape(node.inputs[0])
         spatial = tuple(xs[2:]) if xs and all(isinstance(d, int) and d > 0 for d in xs[2:]) else None
         self.record(node, "conv", [sin], [sout], params=p, input_spatial=spatial, view=v)
+
+    def conv_transpose(self, node):
+        """ConvTranspose with constant weight (I, O/group, *k) and bias: sliced like a conv, grouped ones with
+        equal groups (ChannelGraph.conv_groups). It writes constants (a zero filter) but absorbs none."""
+        w = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        b = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+        if w is None or (len(node.inputs) > 2 and node.inputs[2].name and b is None):
+            return self.unknown(node, "conv-transpose with dynamic weights")
+        p = prune_alg.ConvTransposeParams(np.asarray(w), None if b is None else np.asarray(b),
+                                          int(node.attrs.get("group", 1)))
+        sin = self.get_slot(node.inputs[0], 1, node)
+        sout = self.new_slot(node.outputs[0], 1)
+        if sin is None or sout is None or self.cg.size(sin) != p.in_channels or self.cg.size(sout) != p.out_channels:
+            return self.cg.freeze_op(node.name, node.op, [sin, sout], "unknown shapes")
+        self.cg.conv_groups(node.name, node.op, sin, sout, p)
+        self.record(node, "convt", [sin], [sout], params=p)
 
     def dense(self, node):
         v = DenseView.of(node, {t.name for t in self.g.outputs})
@@ -206,6 +222,23 @@ class _Builder(SlotBuilder):
             self.record(node, "fn", [src], [sout], fn=scalar_fn(node))
         else:
             self.record(node, "other", [src], [sout])
+
+    def op_Max(self, node):
+        """Max(x, c) / Min(x, c) by a constant scalar: a clip from below / above (torch.export's spelling of
+        x.clamp(min=0), a ReLU; not understood, it froze every group it touched)."""
+        cs = [const_value(t) for t in node.inputs]
+        if len(node.inputs) != 2 or sum(c is not None for c in cs) != 1 or np.size(next(c for c in cs if c is not None)) != 1:
+            return self.unknown(node, f"{node.op.lower()} of two tensors or by a non-scalar constant")
+        k = 0 if cs[0] is None else 1
+        src = self.slot_of.get(node.inputs[k].name)
+        sout = self.new_slot(node.outputs[0], src[1]) if src is not None else None
+        if sout is None or self.cg.size(sout) != self.cg.size(src):
+            return self.unknown(node, "unknown output shape")
+        self.cg.couple(src, sout)
+        c = float(np.asarray(cs[1 - k], np.float64).reshape(()))
+        self.record(node, "clip", [src], [sout], lo=c if node.op == "Max" else None, hi=c if node.op == "Min" else None)
+
+    op_Min = op_Max
 
     def op_Pow(self, node):
         """Pow by a constant scalar is elementwise (the torch.export-based exporter writes tanh-GELU with x**3;
@@ -513,6 +546,11 @@ def apply_removal(graph: gs.Graph, cg: ChannelGraph, removed, folds=()) -> dict:
             if edit.bias_map is not None:
                 _add_bias_map(graph, node, edit.bias_map)
                 info["bias_maps"].append(rec.name)
+        elif rec.kind == "convt":
+            dtype = const_value(node.inputs[1]).dtype
+            node.inputs[1] = make_const(graph, f"{node.name}.weight", edit.params.weight.astype(dtype))
+            if edit.params.bias is not None:
+                node.inputs[2] = make_const(graph, f"{node.name}.bias", edit.params.bias.astype(dtype))
         elif rec.kind == "bn":
             for j in range(1, 5):
                 v = const_value(node.inputs[j])

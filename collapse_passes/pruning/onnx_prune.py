@@ -23,8 +23,8 @@ def group_rows(cg: ChannelGraph, removed, labels: dict | None = None) -> list[di
     for g in cg.groups():
         if g.gid not in by_gid:
             continue
-        n = g.channels
-        rows.append({"group": g.name, "channels_before": n, "channels_after": n - len(by_gid[g.gid]),
+        n, w = g.channels, cg.unit_width(g)   # w: channels per unit (a grouped conv's groups)
+        rows.append({"group": g.name, "channels_before": n * w, "channels_after": (n - len(by_gid[g.gid])) * w,
                      "tensors": [s[0] for s in g.slots][:12],
                      **({"kind": labels[g.gid]} if labels and g.gid in labels else {})})
     return rows
@@ -74,15 +74,15 @@ def exact_removal(graph: gs.Graph, data_dependent_off: dict | None = None) -> di
         if info["bias_maps"]:
             notes.append(f"{len(info['bias_maps'])} conv(s) got a per-position bias map (a removed constant "
                          "channel read through zero padding)")
-    return {"removed_channels": len(removed), "groups": rows,
+    return {"removed_channels": cg.channel_count(removed), "groups": rows,
             "data_dependent": any(f["data_dependent"] for f in ok), "data_dependent_channels": dd_removed, **saved,
             **graph_summary(cg), "notes": notes}
 
 
 def may_hold_constant_channels(graph: gs.Graph) -> bool:
     """A cheap look before building the channel graph: a constant channel starts only at an all-zero
-    filter of a Conv/Gemm/MatMul or a BatchNormalization with a zero scale (ChannelGraph._constant_sources,
-    data-dependent ReLUs aside). Unreadable weights count as "may"."""
+    filter of a Conv/ConvTranspose/Gemm/MatMul or a BatchNormalization with a zero scale
+    (ChannelGraph._constant_sources, data-dependent ReLUs aside). Unreadable weights count as "may"."""
     from ..onnx.graph import const_value
     from ..onnx.linear_ops import ConvView, DenseView
 
@@ -91,6 +91,13 @@ def may_hold_constant_channels(graph: gs.Graph) -> bool:
         if n.op == "BatchNormalization":
             gamma = const_value(n.inputs[1]) if len(n.inputs) > 1 else None
             if gamma is None or not np.all(np.asarray(gamma)):
+                return True
+            continue
+        if n.op == "ConvTranspose" and len(n.inputs) > 1 and const_value(n.inputs[1]) is not None:
+            from ..algebra.prune import ConvTransposeParams
+
+            w = ConvTransposeParams(np.asarray(const_value(n.inputs[1])), None, int(n.attrs.get("group", 1))).filters()
+            if not np.all(np.any(w != 0, axis=1)):
                 return True
             continue
         v = ConvView.of(n) if n.op == "Conv" else DenseView.of(n, outs) if n.op in ("Gemm", "MatMul") else None
@@ -226,7 +233,7 @@ def ratio_prune(model: onnx.ModelProto, ratio: float, *, scope: str = "global", 
         graph.cleanup()
     out = to_model(graph, model)
     return out, {"ratio": ratio, "scope": scope, "round_to": round_to, "importance": importance,
-                 "removed_channels": len(removed), "groups": rows, **graph_summary(cg)}
+                 "removed_channels": cg.channel_count(removed), "groups": rows, **graph_summary(cg)}
 
 
 def always_off_channels(model: onnx.ModelProto, calib, calib_batches=None) -> dict:

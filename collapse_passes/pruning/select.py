@@ -1,6 +1,8 @@
 """Which units to remove for a target ratio: global or per-layer ranking by importance, rounded counts."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..algebra.prune import keep_count, round_keep
@@ -24,7 +26,9 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
     (so layers with large weights do not keep everything); a group that would lose all units is an error.
     Kept counts are rounded up to a multiple of round_to (never above n). `exclude` units and units with
     no finite importance (not scored by the user) are not candidates. Every tensor of a group keeps at
-    least one channel (see _keep_every_tensor).
+    least one channel (see _keep_every_tensor). Counts are in channels: a unit of a grouped conv's
+    position class holds one channel per conv group (ChannelGraph.unit_width), so it weighs that much in
+    the global ratio, and round_to applies to the channels it keeps (32 groups keep multiples of 32).
     """
     check_ratio(ratio, round_to)
     if scope not in ("global", "layer"):
@@ -37,14 +41,17 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
         if units:
             cands[g.gid] = units
     groups = cg.groups()
+    width = {gid: cg.unit_width(groups[gid]) for gid in cands}
+    # kept units rounded so that the kept channels (units * width) are a multiple of round_to
+    rounds = {gid: round_to // math.gcd(round_to, w) for gid, w in width.items()}
     removed = []
     if scope == "layer":
         for gid, units in cands.items():
             n = len(units)
-            keep = keep_count(n, ratio, round_to)
+            keep = keep_count(n, ratio, rounds[gid])
             ranked = sorted(units, key=lambda k: (importance[(gid, k)], k))
             removed += [(gid, k) for k in ranked[: n - keep]]
-        return _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()}, round_to)
+        return _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()}, rounds)
     scored = []
     for gid, units in cands.items():
         vals = np.array([importance[(gid, k)] for k in units], dtype=np.float64)
@@ -53,30 +60,34 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
         for k, v in zip(units, vals):
             scored.append((v / mean if mean > 0 else v, gid, k))
     scored.sort()
-    total = len(scored)
-    n_remove = int(np.floor(ratio * total + 1e-9))
+    total = sum(width[gid] for _, gid, _ in scored)
+    n_remove = int(np.floor(ratio * total + 1e-9))   # channels
     chosen: dict[int, list] = {}
-    for _, gid, k in scored[:n_remove]:
+    taken = 0
+    for _, gid, k in scored:
+        if taken + width[gid] / 2 > n_remove:   # the nearest count to the target (width 1: exactly n_remove)
+            break
         chosen.setdefault(gid, []).append(k)
+        taken += width[gid]
     for gid, ks in chosen.items():
         n = len(cands[gid])
-        keep = round_keep(n - len(ks), n, round_to)
+        keep = round_keep(n - len(ks), n, rounds[gid])
         if keep == 0:
             raise CollapseError(
-                f"pruning would empty layer {groups[gid].name} (all {n} channels have the lowest importance); "
-                "lower --prune-ratio or prune per layer")
+                f"pruning would empty layer {groups[gid].name} (all {n * width[gid]} channels have the lowest "
+                "importance); lower --prune-ratio or prune per layer")
         ks_sorted = sorted(ks, key=lambda k: (importance[(gid, k)], k))
         removed += [(gid, k) for k in ks_sorted[: n - keep]]
-    return _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()}, round_to)
+    return _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()}, rounds)
 
 
-def _keep_every_tensor(cg: ChannelGraph, removed: list, importance: dict, n_units: dict, round_to: int) -> list:
+def _keep_every_tensor(cg: ChannelGraph, removed: list, importance: dict, n_units: dict, rounds: dict) -> list:
     """`removed` less the units that would leave a tensor with no channel.
 
     A group's tensors can be smaller than the group: each input of a Concat (an Inception branch, a
     DenseNet layer's growth) or output of a Split holds only part of its channels. Removing every unit
     of one of them would leave a conv with no filter; the most important of its removed units stays (and
-    the group's next most important ones, until its kept count is a multiple of round_to again)."""
+    the group's next most important ones, until its kept count is a multiple of its rounding again)."""
     groups = cg.groups()
     removed = list(removed)
     while True:
@@ -91,5 +102,5 @@ def _keep_every_tensor(cg: ChannelGraph, removed: list, importance: dict, n_unit
         best = max(touching, key=lambda u: (importance[u], u))
         removed.remove(best)
         rest = sorted((u for u in removed if u[0] == best[0]), key=lambda u: (importance[u], u))
-        while rest and (n_units[best[0]] - len(rest)) % round_to:
+        while rest and (n_units[best[0]] - len(rest)) % rounds[best[0]]:
             removed.remove(rest.pop())

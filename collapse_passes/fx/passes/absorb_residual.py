@@ -68,7 +68,7 @@ class AbsorbResidual(FxPass):
             return False
         names = origin(op.node) + (origin(proj.node) if proj is not None else []) + [add.name]
         node = insert_linear(gm, first, op.x, op.kind, new, op.bias_map, hint=f"{op.node.name}_skip", meta_from=add,
-                             origin=names)
+                             origin=names, sources=[op.node] + ([proj.node] if proj is not None else []))
         add.replace_all_uses_with(node)
         gm.graph.erase_node(add)
         gm.graph.erase_node(op.node)

@@ -86,7 +86,7 @@ class FoldBatchNorm(FxPass):
             p, bm = _fold_after(op, scale, shift)
             names = origin(prod) + origin(bn.node)
             new = insert_linear(gm, prod, op.x, op.kind, p, bm, hint=f"{op.node.name}_bn", meta_from=bn.node,
-                                origin=origin(prod))
+                                origin=origin(prod), sources=[prod, *bn.nodes])
             bn.node.replace_all_uses_with(new)
             self._erase(gm, bn.nodes + [prod])
             self.record.folds.append({"kind": "batchnorm-after", "nodes": names})
@@ -102,7 +102,7 @@ class FoldBatchNorm(FxPass):
                 return 0
             names = origin(bn.node) + origin(nxt)
             new = insert_linear(gm, min(bn.nodes), bn.x, op.kind, p, None, hint=f"{nxt.name}_bn", meta_from=nxt,
-                                origin=origin(nxt))
+                                origin=origin(nxt), sources=[nxt, *bn.nodes])
             nxt.replace_all_uses_with(new)
             self._erase(gm, [nxt] + bn.nodes)
             self.record.folds.append({"kind": "batchnorm-before", "nodes": names})
@@ -124,7 +124,7 @@ class FoldBatchNorm(FxPass):
         p, bm = _fold_after(op, np.asarray(scale, dt), np.asarray(shift, dt))   # shift -> bias; the bias map only scales
         names = origin(x) + origin(node)
         new = insert_linear(gm, x, op.x, op.kind, p, bm, hint=f"{op.node.name}_affine", meta_from=node,
-                            origin=origin(x))
+                            origin=origin(x), sources=[x])
         node.replace_all_uses_with(new)
         self._erase(gm, [node, x])
         self.record.folds.append({"kind": "scalar-affine-after", "nodes": names})

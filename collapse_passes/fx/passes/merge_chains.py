@@ -79,7 +79,8 @@ class MergeLinearChains(FxPass):
         # the merged conv keeps a size guard (fx/graph.PaddedConv); stride-1 merges hold at any size
         sized = kind == "conv" and any(s != 1 for op in ops for s in op.params.strides)
         new = insert_linear(gm, ops[0].node, x, kind, params, bias_map, hint=f"{ops[0].node.name}_merged",
-                            meta_from=last, origin=[n for op in ops for n in origin(op.node)], size_guard=sized)
+                            meta_from=last, origin=[n for op in ops for n in origin(op.node)], size_guard=sized,
+                            sources=[op.node for op in ops])
         last.replace_all_uses_with(new)
         for op in reversed(ops):
             gm.graph.erase_node(op.node)
