@@ -5,7 +5,7 @@ import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
 from ..graph import toposort
-from ..shapes import apply_types, fill_shapes, inferred_types, light_export, missing_mac_tensors, run_shapes
+from ..shapes import apply_types, fill_shapes, inferred_types, light_export, missing_priced_tensors, run_shapes
 
 
 def infer_shapes(graph: gs.Graph) -> bool:
@@ -22,13 +22,14 @@ def infer_shapes(graph: gs.Graph) -> bool:
 
 
 def fill_from_source(graph: gs.Graph, ctx) -> int:
-    """Shapes inference loses at Conv / Gemm / MatMul (TorchScript Swin's run-time window sizes), read
+    """Shapes inference loses at Conv / Gemm / MatMul and priced elementwise ops (TorchScript Swin's
+    run-time window sizes, a ShuffleNet's channel shuffle: shapes.missing_priced_tensors), read
     from one onnxruntime run of the input model and kept by tensor name, so the merge planner prices
     them (a merge priced on unknown dims can make a bottleneck MLP twice as costly). Only for static
     inputs: the run's shapes are then the model's only ones (they are written as value_info)."""
     if ctx.source is None or not all(isinstance(d, int) for t in graph.inputs for d in (t.shape or [None])):
         return 0
-    missing = missing_mac_tensors(graph)
+    missing = missing_priced_tensors(graph)
     todo = [n for n in missing if n not in ctx.run_asked]
     if todo:
         ctx.run_asked.update(todo)
