@@ -266,12 +266,10 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     written_speedup = None
     if cfg.target_speedup is not None and (merge_fallback or fold_fallback) and stats_before is not None:
         # the plan priced its candidates with every merge (and fold) made; the result written has fewer
-        from .algebra.cost import OnDemandCostModel
-        from .speedup import graph_cost, predicted_speedup, speedup_ratio
+        from .speedup import model_cost, speedup_ratio
 
-        written_speedup = speedup_ratio(graph_cost(original, cost_model), graph_cost(result_model, cost_model)) \
-            if isinstance(cost_model, OnDemandCostModel) else \
-            predicted_speedup(stats_before.as_dict(), stats_after.as_dict(), cost_model)
+        written_speedup = speedup_ratio(model_cost(original, stats_before.as_dict(), cost_model),
+                                        model_cost(result_model, stats_after.as_dict(), cost_model))
         warnings.append(f"--target-speedup {cfg.target_speedup}: the merges{' and folds' if fold_fallback else ''} the "
                         f"check refused were part of the plan; the result written predicts {written_speedup:.3f}x, "
                         "not the speed-up planned above")

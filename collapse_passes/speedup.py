@@ -82,8 +82,14 @@ def speedup_ratio(base: float, cost: float) -> float:
     return base / cost if cost > 0 else (1.0 if base <= 0 else float("inf"))
 
 
-def predicted_speedup(before: dict, after: dict, cost_model: CostModel | None = None) -> float:
-    return speedup_ratio(stats_cost(before, cost_model), stats_cost(after, cost_model))
+def model_cost(model, stats: dict, cost_model: CostModel) -> float:
+    """The cost --target-speedup prices a whole model by: op by op with the latencies a measured cost model
+    (--cost measured) timed (graph_cost), else from its model_stats `stats` (stats_cost)."""
+    from .algebra.cost import OnDemandCostModel
+
+    if isinstance(cost_model, OnDemandCostModel):
+        return graph_cost(model, cost_model)
+    return stats_cost(stats, cost_model)
 
 
 #: at most this many skipped items are tried together with a later one (its partners first, then the latest)
@@ -292,7 +298,7 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
         sub, names, merge=cfg.merge, cost_model=cm, input_shapes=sub_shapes, run_cache=cache), cm, ranked,
         price=price)
     # model_stats(original), computed by the caller
-    base = graph_cost(original, cm) if measured else stats_cost(stats_before.as_dict(), cm)
+    base = model_cost(original, stats_before.as_dict(), cm)
     taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base, partners=cost_of.partners)
     # the reported prediction: the whole graph, not the sum of its regions (nothing taken: the pricer's base)
     final = speedup_ratio(base, full_cost(taken) if taken else cost_of([]))

@@ -668,9 +668,7 @@ def _parameters_read(gm: fx.GraphModule, nodes) -> list:
             out.extend(gm.get_submodule(str(n.target)).parameters())
         for a in n.all_input_nodes:
             if a.op == "get_attr":
-                t = gm
-                for part in str(a.target).split("."):
-                    t = getattr(t, part, None)
+                t = get_attr_value(gm, str(a.target))
                 if isinstance(t, nn.Parameter):
                     out.append(t)
     return out

@@ -14,7 +14,7 @@ from ..core.activations import fuses
 from .graph import RANDOM_OPS, const_value, toposort
 from .linear_ops import ConvView, DenseView
 from .patterns import NONLINEAR_OPS, find_activations
-from .shapes import complete_mac_shapes, with_shapes
+from .shapes import MAC_OPS, complete_mac_shapes, with_shapes
 
 _FREE_OPS = {"Constant", "Identity"}
 
@@ -226,7 +226,7 @@ def element_work(graph: gs.Graph, acts: list, folded: set) -> tuple[dict, int]:
         cv = ConvView.of(n) if n.op == "Conv" else None
         if cv is not None and is_depthwise(cv.params.in_channels, cv.params.group):
             dw += node_macs(n)
-        if n.op not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+        if n.op not in MAC_OPS:
             k = node_elements(n)
             if k:
                 work[n.op] = work.get(n.op, 0) + k

@@ -20,8 +20,9 @@ from ..algebra.linear import LinearParams
 from ..algebra.prune import ConvTransposeParams
 from ..core.torch_kinds import function_kind, module_kind
 from ..errors import CollapseError
+from ..fx.graph import copy_sharing_weights, get_attr_value
 from .builder import SlotBuilder
-from .graph import ChannelGraph, activation_fn, no_dead_channel_note, removal_edits
+from .graph import ChannelGraph, activation_fn, no_dead_channel_note, removal_edits, zero_filters
 
 
 def _torch():
@@ -295,7 +296,7 @@ class _FxBuilder(SlotBuilder):
         src = self.slot_of.get(x.name) if hasattr(x, "name") else None
         if src is None or not isinstance(w, torch.fx.Node) or w.op != "get_attr" or len(w.users) != 1:
             return self.unknown(n, "F.prelu with a computed or shared slope")
-        t = _attr(self.gm, w.target)
+        t = get_attr_value(self.gm, w.target)
         if not isinstance(t, torch.Tensor) or t.dim() != 1:
             return self.unknown(n, "F.prelu with a slope that is not a 1-D tensor")
         per_channel = t.numel() > 1
@@ -425,7 +426,7 @@ def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
     for edit in removal_edits(cg, removed, folds):
         rec, k_in = edit.rec, edit.k_in
         if rec.kind == "prelu" and rec.data.get("param_target") and edit.k_out is not None:   # F.prelu's slope
-            t = _attr(gm, rec.data["param_target"])
+            t = get_attr_value(gm, rec.data["param_target"])
             _set_attr(gm, rec.data["param_target"], nn.Parameter(t.detach()[torch.as_tensor(edit.k_out)].clone(),
                                                                  requires_grad=t.requires_grad))
         if "module" not in rec.data:
@@ -440,7 +441,7 @@ def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
         if rec.kind in ("conv", "convt"):
             mod.in_channels, mod.out_channels, mod.groups = new.in_channels, new.out_channels, new.group
             if edit.bias_map is not None:
-                _set_submodule(gm, rec.data["fx_node"].target,
+                _set_attr(gm, rec.data["fx_node"].target,
                                ConvWithBiasMap(mod, torch.as_tensor(edit.bias_map, dtype=mod.weight.dtype)))
                 info["bias_maps"].append(rec.name)
         elif rec.kind == "dense":
@@ -462,21 +463,10 @@ def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
     return info
 
 
-def _set_submodule(gm, target: str, new) -> None:
-    parent, _, name = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, name, new)
-
-
-def _attr(gm, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _set_attr(gm, target: str, value) -> None:
+    """Set the submodule or parameter at the dotted path `target` of gm."""
     parent, _, name = target.rpartition(".")
-    setattr(_attr(gm, parent) if parent else gm, name, value)
+    setattr(gm.get_submodule(parent) if parent else gm, name, value)
 
 
 def _module_fn(mod):
@@ -543,8 +533,6 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
     example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
     shapes_known = shapes_known and isinstance(module, torch.fx.GraphModule)
     if shapes_known:
-        from ..fx.graph import copy_sharing_weights
-
         gm = copy_sharing_weights(module)
     else:
         gm = copy.deepcopy(module)
@@ -571,8 +559,6 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
     report = {"exact_removal": exact, "groups": [], "removed_channels": 0}
     measure = check > 0 and (ratio is not None or calib is not None)
     if measure:
-        from ..fx.graph import copy_sharing_weights
-
         unpruned = copy_sharing_weights(gm)   # no removal edits a tensor in place: the weights can be shared
     after_ratio = None
     # the ratio prune first, as on ONNX: exact removal can turn a conv into a ConvWithBiasMap, which the
@@ -596,8 +582,6 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
             apply_fx_removal(gm, cg, removed)
             stale[0] = changed = True
         if measure:
-            from ..fx.graph import copy_sharing_weights
-
             after_ratio = copy_sharing_weights(gm) if calib is not None else gm
     if exact and shapes_known and calib is None and not _constant_source_possible(gm):
         # collapse() calls us on every model: the channel graph is most of our time (ResNet-50 ~1 s, a per-channel
@@ -718,11 +702,10 @@ def _constant_source_possible(gm) -> bool:
             continue
         mod = gm.get_submodule(n.target)
         if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            if not np.all(np.any(ConvTransposeParams(_np(mod.weight), None, mod.groups).filters() != 0, axis=1)):
+            if zero_filters(ConvTransposeParams(_np(mod.weight), None, mod.groups).filters()).any():
                 return True
         elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            w = _np(mod.weight)
-            if not np.all(np.any(w.reshape(w.shape[0], -1) != 0, axis=1)):
+            if zero_filters(_np(mod.weight)).any():
                 return True
         elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and mod.running_mean is not None:
             g = _np(mod.weight) if mod.weight is not None else np.ones(mod.num_features)

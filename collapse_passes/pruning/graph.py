@@ -336,9 +336,7 @@ class ChannelGraph:
         out = {(s, int(i)) for s, chans in dd.items() for i in chans}
         for op in self.ops:
             if op.kind in LAYERS:
-                w = _filters(op)
-                zero = ~np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
-                out.update((op.outs[0], int(i)) for i in np.flatnonzero(zero))
+                out.update((op.outs[0], int(i)) for i in np.flatnonzero(zero_filters(_filters(op))))
             elif op.kind == "bn":
                 out.update((op.outs[0], int(i)) for i in np.flatnonzero(np.asarray(op.data["scale"]) == 0))
         return out
@@ -433,6 +431,13 @@ class ChannelGraph:
             fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[d["fn"]]
             return float(fn(xs[0], xs[1])), False
         return None, False
+
+
+def zero_filters(w) -> np.ndarray:
+    """Which output channels of a weight with one filter per row (conv (O, I/g, *k), dense (O, I), a transposed
+    conv's ConvTransposeParams.filters()) are all zero: where a constant channel starts."""
+    w = np.asarray(w)
+    return ~np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
 
 
 def _filters(op: OpRecord) -> np.ndarray:

@@ -7,7 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import CollapseError
-from .graph import OFF_IS_ZERO, ChannelGraph
+from .graph import OFF_IS_ZERO, ChannelGraph, zero_filters
 from .onnx_adapter import apply_removal, build_channel_graph, infer_shapes
 from .select import check_ratio, select_for_ratio
 
@@ -97,14 +97,13 @@ def may_hold_constant_channels(graph: gs.Graph) -> bool:
             from ..algebra.prune import ConvTransposeParams
 
             w = ConvTransposeParams(np.asarray(const_value(n.inputs[1])), None, int(n.attrs.get("group", 1))).filters()
-            if not np.all(np.any(w != 0, axis=1)):
+            if zero_filters(w).any():
                 return True
             continue
         v = ConvView.of(n) if n.op == "Conv" else DenseView.of(n, outs) if n.op in ("Gemm", "MatMul") else None
         if v is None:
             continue
-        w = np.asarray(v.params.weight)
-        if not np.all(np.any(w.reshape(w.shape[0], -1) != 0, axis=1)):
+        if zero_filters(v.params.weight).any():
             return True
     return False
 

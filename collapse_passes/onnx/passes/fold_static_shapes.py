@@ -34,7 +34,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
-from ..graph import RANDOM_OPS, toposort
+from ..graph import RANDOM_OPS, const_value, toposort
 from ..shapes import run_values
 
 #: ops whose output shape depends on input values that no static rule gives
@@ -249,16 +249,16 @@ def _static_dim_reads(graph: gs.Graph) -> dict:
             if c.inputs[0] is not s_out or not c.outputs:
                 continue
             if c.op == "Gather" and c.attrs.get("axis", 0) == 0 and len(c.inputs) == 2 \
-                    and _constant_value(c.inputs[1]) is not None:
-                idx = _constant_value(c.inputs[1])
+                    and const_value(c.inputs[1]) is not None:
+                idx = const_value(c.inputs[1])
                 if idx.dtype.kind not in "iu" or idx.size == 0 or np.any(idx >= len(sel)) or np.any(idx < -len(sel)):
                     continue
                 picked = [sel[int(i)] for i in idx.reshape(-1)]
                 if all(d is not None for d in picked):
                     out[id(c.outputs[0])] = np.asarray(picked, np.int64).reshape(idx.shape)
-            elif c.op == "Slice" and all(_constant_value(t) is not None
+            elif c.op == "Slice" and all(const_value(t) is not None
                                          for t in c.inputs[1:] if t is not None and t.name):
-                ins = [_constant_value(t).reshape(-1) if t is not None and t.name else None for t in c.inputs[1:]]
+                ins = [const_value(t).reshape(-1) if t is not None and t.name else None for t in c.inputs[1:]]
                 starts, ends = ins[0], ins[1]
                 axes = ins[2] if len(ins) > 2 and ins[2] is not None else np.zeros_like(starts)
                 steps = ins[3] if len(ins) > 3 and ins[3] is not None else np.ones_like(starts)
@@ -268,16 +268,6 @@ def _static_dim_reads(graph: gs.Graph) -> dict:
                 if all(sel[i] is not None for i in picked):
                     out[id(c.outputs[0])] = np.asarray([sel[i] for i in picked], np.int64)
     return out
-
-
-def _constant_value(t):
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
-    if t.inputs and t.inputs[0].op == "Constant":
-        v = t.inputs[0].attrs.get("value")
-        if isinstance(v, gs.Constant):
-            return np.asarray(v.values)
-    return None
 
 
 def _fold_static_dim_round(graph: gs.Graph, outputs, source, written: dict) -> int:
@@ -300,7 +290,7 @@ def _fold_static_dim_round(graph: gs.Graph, outputs, source, written: dict) -> i
         ins = [t for t in node.inputs if t is not None and t.name]
         if not ins or not any(id(t) in static for t in ins):
             continue   # constants alone: small_constant_arithmetic's (and onnxruntime's) business
-        small = [_constant_value(t) if id(t) not in static else None for t in ins]
+        small = [const_value(t) if id(t) not in static else None for t in ins]
         if all(id(t) in static or (v is not None and v.size <= MAX_ELEMENTS) for t, v in zip(ins, small)):
             static.update(id(t) for t in node.outputs)
             nodes.append(node)
@@ -318,7 +308,7 @@ def _fold_static_dim_round(graph: gs.Graph, outputs, source, written: dict) -> i
         for t in n.inputs:
             if t is None or not t.name or id(t) in static or t.name in inits:
                 continue
-            inits[t.name] = onnx.numpy_helper.from_array(np.array(_constant_value(t), order="C"), t.name)
+            inits[t.name] = onnx.numpy_helper.from_array(np.array(const_value(t), order="C"), t.name)
     model = onnx.helper.make_model(
         onnx.helper.make_graph(protos, "static_dims", [], [onnx.ValueInfoProto(name=n) for n in wanted],
                                list(inits.values())),
@@ -333,19 +323,19 @@ def _fold_static_dim_round(graph: gs.Graph, outputs, source, written: dict) -> i
 def _symbolic_piece(t):
     """The 1-D size vector `t` as a list of ints and dim names, when it is a small integer constant or
     Unsqueeze(Gather(Shape(x), i)) of one dim of x (a number or a name, as inference gives it); else None."""
-    v = _constant_value(t)
+    v = const_value(t)
     if v is not None:
         return [int(d) for d in v.reshape(-1)] if v.dtype.kind in "iu" and v.ndim <= 1 and v.size <= 8 else None
     p = t.inputs[0] if t.inputs else None
     if p is None or p.op != "Unsqueeze" or not p.inputs:
         return None
-    axes = _constant_value(p.inputs[1]) if len(p.inputs) > 1 else np.asarray(p.attrs.get("axes", []))
+    axes = const_value(p.inputs[1]) if len(p.inputs) > 1 else np.asarray(p.attrs.get("axes", []))
     g = p.inputs[0].inputs[0] if p.inputs[0].inputs else None
     if axes is None or list(axes.reshape(-1)) not in ([0], [-1]) or g is None or g.op != "Gather" \
             or g.attrs.get("axis", 0) != 0:
         return None
     sh = g.inputs[0].inputs[0] if g.inputs[0].inputs else None
-    idx = _constant_value(g.inputs[1])
+    idx = const_value(g.inputs[1])
     if sh is None or sh.op != "Shape" or idx is None or idx.ndim != 0 or sh.inputs[0].shape is None \
             or sh.attrs.get("start", 0) != 0 or "end" in sh.attrs:
         return None
