@@ -459,8 +459,11 @@ def _say_if_nothing_changed(report: dict, args, err: Console) -> None:
         why = "no selection given (use --scores with --threshold/--remove, --collapse KEYS or --method)"
     else:
         why = "the selection chose no activation and nothing could be folded or merged"
-    err.print(f"note: this run collapsed, folded and merged nothing: {why}", highlight=False, markup=False,
-              soft_wrap=True)
+    before, after = (report.get("before") or {}).get("nodes"), (report.get("after") or {}).get("nodes")
+    # shape folding and dead-node clean-up still ran: "nothing" would hide the smaller graph written
+    done = f"only exact clean-ups ran ({before} -> {after} nodes)" if before and after and after < before \
+        else "collapsed, folded and merged nothing"
+    err.print(f"note: this run {done}: {why}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _report_scores(report: dict) -> dict:

@@ -360,3 +360,28 @@ def test_a_dim_given_by_name_stays_dynamic(dyn_export):
             want = ref(torch.from_numpy(x)).numpy()
         got = sess.run(None, {"input": x})[0]
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def _two_inputs_sharing_n():
+    """y = conv(a) + b: a is Nx3x4x4, b is Nx2x4x4 (one dim name, one size)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((2, 3, 1, 1)).astype(np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["a", "w"], ["c"]), helper.make_node("Add", ["c", "b"], ["y"])], "two",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3, 4, 4]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 4])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fixing_a_dim_name_on_one_input_fixes_it_on_the_others():
+    """--input-shape a:1,3,4,4 left b at Nx2x4x4: b's check input took another batch and the Add broadcast
+    it. The same name is the same size: b becomes 1x2x4x4; a conflicting size for N is one line."""
+    from collapse_passes.onnx.shapes import fix_input_shapes
+
+    fixed = fix_input_shapes(_two_inputs_sharing_n(), {"a": [1, 3, 4, 4]})
+    assert [_dims(vi) for vi in fixed.graph.input] == [[1, 3, 4, 4], [1, 2, 4, 4]]
+    with pytest.raises(CollapseError, match="one name is one size"):
+        fix_input_shapes(_two_inputs_sharing_n(), {"a": [1, 3, 4, 4], "b": [2, 2, 4, 4]})

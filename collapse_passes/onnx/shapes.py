@@ -288,11 +288,25 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], in_pl
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         model = copy
+    # one dim name is one size across the inputs (ONNX's meaning of a dim_param): fixing N on one input
+    # fixes it on the others, or their check inputs would take another batch and broadcast against it
+    named: dict[str, int] = {}
+    for vi in model.graph.input:
+        for axis, (d, v) in enumerate(zip(vi.type.tensor_type.shape.dim, shapes.get(vi.name, ()))):
+            if v is not None and d.dim_param:
+                if named.setdefault(d.dim_param, int(v)) != int(v):
+                    raise CollapseError(f"--input-shape {vi.name}: dim {axis} is {d.dim_param!r}, which another "
+                                        f"input's shape sets to {named[d.dim_param]}, not {v}: one name is one size")
     kept = set()   # the names of the dims left dynamic
     for vi in model.graph.input:
-        for d, v in zip(vi.type.tensor_type.shape.dim, shapes.get(vi.name, ())):
+        given = shapes.get(vi.name)
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            v = given[i] if given is not None else None
+            if v is None and d.dim_param:
+                v = named.get(d.dim_param)
             if v is None:
-                kept.add(d.dim_param)
+                if d.dim_param:
+                    kept.add(d.dim_param)
                 continue
             d.Clear()
             d.dim_value = int(v)
