@@ -9,6 +9,7 @@ original, uncollapsed model is reported separately as the price of the collapse 
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -184,6 +185,11 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
         same = Comparison(0.0, 0.0, True, 0)
         return Verification(same, same, rtol, atol, "none (proved by structure)",
                             structural=True)
+    # the passes' graphs (onnx-graphsurgeon: nodes and tensors point at each other) are reference cycles: once
+    # dropped they wait for the cycle collector, their weights with them, under the sessions' peak (a collapsed
+    # MobileNetV2 at 224: 33 MiB; docs/pass_runtime.md 2026-11-29). Not on the structural path above: no run
+    # to lift the peak there, and freeing early raised torchvision ResNet-18's end-of-run peak (+5 MiB).
+    gc.collect()
     release_free_memory()   # the arrays the passes freed: not under the sessions' peak
     orig_out, names = run_input_model(original, feeds, inputs_desc, extra_outputs=p_orig.fetch)
     release_free_memory()   # the input's session and its weights are gone: not under the later sessions'

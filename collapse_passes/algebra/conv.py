@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._common import AlgebraError, f64, is_zero, out_dtype, per_channel
+from .runmap import RunMap
 
 __all__ = [
     "ConvParams",
@@ -308,21 +309,31 @@ def max_block_diagonal_groups(dense) -> int:
 
 # -- reference conv (for bias maps and for callers without torch) -----------------------------------
 
-def conv_nd(x, p: ConvParams) -> np.ndarray:
+def conv_nd(x, p: ConvParams):
     """Plain numpy ONNX Conv of x (N, C, *spatial), float64. Used for bias maps.
 
     A bias map is constant away from the border (a run of equal slices along each axis): the conv then
     runs on the map with most of that run cut out and the output's own run is put back (_cut_runs),
-    exactly; a MobileNetV2 map at 224 x 224 costs a few percent of the whole conv."""
-    x = f64(x)
+    exactly; a MobileNetV2 map at 224 x 224 costs a few percent of the whole conv. x may be a RunMap
+    (bias maps carried by PropagateBiasMaps): the cut map is then taken from its core, the same array
+    the dense map gives, and the result is a RunMap of the conv of it (never the full map)."""
+    compact = isinstance(x, RunMap)
+    if not compact:
+        x = f64(x)
     if x.ndim != p.ndim + 2 or x.shape[1] != p.in_channels:
         raise AlgebraError(f"input shape {x.shape} does not fit conv with {p.in_channels} in channels, "
                            f"{p.ndim} spatial axes")
-    cut = _cut_runs(x, p)
+    cut = _cut_runs(x.core, p, x.idx) if compact else _cut_runs(x, p)
     if cut is None:
-        return _conv_nd(x, p)
+        y = _conv_nd(x.dense() if compact else x, p)
+        return RunMap(y) if compact else y
     small, take = cut
     y = _conv_nd(small, p)
+    if compact:
+        idx = [np.arange(n) for n in y.shape[2:]]
+        for axis, i in take:
+            idx[axis - 2] = i
+        return RunMap(y, idx).onto()
     for axis, idx in take:
         y = np.take(y, idx, axis=axis)
     return y
@@ -332,25 +343,33 @@ def conv_nd(x, p: ConvParams) -> np.ndarray:
 CUT_RUNS_MIN_SIZE = 1024
 
 
-def _cut_runs(x: np.ndarray, p: ConvParams):
-    """(x with most of each run of equal slices cut out, [(axis, output index map)]) or None.
+def _cut_runs(x: np.ndarray, p: ConvParams, idx=None):
+    """(the map with most of each run of equal slices cut out, [(axis, output index map)]) or None.
 
     Along an axis, slices lo..hi-1 (the run around the middle) are equal; window w = d(k-1)+1, stride s.
     Cutting D slices (a multiple of s) out of the run after its first K = w + s keeps a run of
     2K..2K+s-1 slices. An output whose window starts before the run reads the same slices in the cut
     map at the same index; one whose window ends after the run reads them D/s outputs earlier; one whose
     window lies inside the run reads only run slices, as does the first output of the cut map whose window
-    starts in the run. So every output is one output of the conv of the cut map, copied: exact."""
-    if int(np.prod(x.shape[2:])) < CUT_RUNS_MIN_SIZE:
+    starts in the run. So every output is one output of the conv of the cut map, copied: exact.
+
+    idx (a RunMap's): x is its core and the map is x taken at idx[a] along spatial axis a. Slices of the
+    map are equal exactly when the core slices they read are (idx reads every core slice), so the runs,
+    the cut and the cut map's values are those of the dense map."""
+    spatial = tuple(len(i) for i in idx) if idx is not None else x.shape[2:]
+    if int(np.prod(spatial)) < CUT_RUNS_MIN_SIZE:
         return None
-    take = []
-    out_sp = p.output_spatial(x.shape[2:])   # of the whole map: the sizes the outputs are copied back to
-    for a, (n, k, d, s, b, m) in enumerate(zip(x.shape[2:], p.kernel_shape, p.dilations, p.strides, p.pads_begin,
+    if idx is None:
+        idx = [np.arange(n) for n in spatial]
+    take, kept = [], []
+    out_sp = p.output_spatial(spatial)   # of the whole map: the sizes the outputs are copied back to
+    for a, (n, k, d, s, b, m) in enumerate(zip(spatial, p.kernel_shape, p.dilations, p.strides, p.pads_begin,
                                                 out_sp)):
         axis = a + 2
+        ia = idx[a]
         mid = n // 2
         others = tuple(i for i in range(x.ndim) if i != axis)
-        eq = np.all(x == np.take(x, [mid], axis=axis), axis=others)
+        eq = np.all(x == np.take(x, [ia[mid]], axis=axis), axis=others)[ia]
         lo, hi = mid, mid + 1
         while lo > 0 and eq[lo - 1]:
             lo -= 1
@@ -360,13 +379,19 @@ def _cut_runs(x: np.ndarray, p: ConvParams):
         keep = w + s
         D = (hi - lo - 2 * keep) // s * s
         if D <= 0:
+            kept.append((axis, ia))
             continue
-        x = np.delete(x, np.s_[lo + keep:lo + keep + D], axis=axis)
+        x = np.take(x, np.delete(ia, np.s_[lo + keep:lo + keep + D]), axis=axis)
         start = np.arange(m) * s - b          # first slice each output's window reads
         inside = -(-(lo + b) // s)            # the cut map's first output whose window starts in the run
-        idx = np.where(start < lo, np.arange(m), np.where(start + w > hi, np.arange(m) - D // s, inside))
-        take.append((axis, idx))
-    return (x, take) if take else None
+        idx_out = np.where(start < lo, np.arange(m), np.where(start + w > hi, np.arange(m) - D // s, inside))
+        take.append((axis, idx_out))
+    if not take:
+        return None
+    for axis, ia in kept:   # axes without a run to cut: the map's own slices
+        if not (len(ia) == x.shape[axis] and np.array_equal(ia, np.arange(len(ia)))):
+            x = np.take(x, ia, axis=axis)
+    return x, take
 
 
 def _conv_nd(x: np.ndarray, p: ConvParams) -> np.ndarray:
@@ -837,10 +862,10 @@ def add_identity_skip(p: ConvParams) -> ConvParams:
 # maps can be pushed to the end of a linear region, summed, and added once. These functions give
 # L0(M); maps carry a leading batch axis of 1 ((1, C, *spatial)) so they broadcast over any batch.
 
-def map_through_conv(bias_map, p: ConvParams) -> np.ndarray:
+def map_through_conv(bias_map, p: ConvParams):
     """conv(x + M) - conv(x), float64: the conv's weights applied to M with its own zero padding (exact:
-    the padded border of x + M is zero, as is that of x and of M)."""
-    m = f64(bias_map)
+    the padded border of x + M is zero, as is that of x and of M). A RunMap M gives a RunMap (conv_nd)."""
+    m = bias_map if isinstance(bias_map, RunMap) else f64(bias_map)
     if m.ndim != p.ndim + 2 or m.shape[0] != 1:
         raise AlgebraError(f"bias map must be (1, C, *spatial) for a {p.ndim}-D conv, got shape {m.shape}")
     return conv_nd(m, p.replace(weight=f64(p.weight), bias=None))
@@ -851,25 +876,49 @@ def map_through_dense(bias_map, weight) -> np.ndarray:
     return f64(bias_map) @ f64(weight).T
 
 
-def map_through_scale(bias_map, scale) -> np.ndarray:
+def map_through_scale(bias_map, scale):
     """scale * (x + M) + shift - (scale * x + shift) = scale * M; `scale` broadcasts like the op's constant
-    (a per-channel BN/affine scale is passed as shape (C, 1, ..., 1))."""
+    (a per-channel BN/affine scale is passed as shape (C, 1, ..., 1)). A RunMap M gives a RunMap when the
+    scale does not vary over space."""
+    if isinstance(bias_map, RunMap):
+        return bias_map * f64(scale)
     return f64(bias_map) * f64(scale)
 
 
 def map_through_mean(bias_map, axes) -> np.ndarray:
-    """mean(x + M) - mean(x) = mean(M) over `axes` (global average pooling: the spatial axes)."""
-    return f64(bias_map).mean(axis=tuple(axes), keepdims=True)
+    """mean(x + M) - mean(x) = mean(M) over `axes` (global average pooling: the spatial axes), an array
+    also for a RunMap M (summed from its full map, a few channels at a time: the dense map's numbers)."""
+    axes = tuple(axes)
+    if isinstance(bias_map, RunMap):
+        if axes != tuple(range(2, bias_map.ndim)):
+            return bias_map.dense().mean(axis=axes, keepdims=True)
+        return _by_channels(bias_map, lambda m: m.mean(axis=axes, keepdims=True))
+    return f64(bias_map).mean(axis=axes, keepdims=True)
+
+
+#: a RunMap's per-channel reductions are computed on its full map this many bytes at a time
+CHANNEL_CHUNK_BYTES = 8 << 20
+
+
+def _by_channels(m: RunMap, reduce) -> np.ndarray:
+    """reduce (a per-channel reduction over the spatial axes) of m's full map, computed a few channels at a
+    time: each channel's numbers are summed as the dense map's are (the same values in the same order),
+    without the whole full map in memory."""
+    per = max(1, CHANNEL_CHUNK_BYTES // (8 * max(1, int(np.prod(m.shape[2:])))))
+    return np.concatenate([reduce(m.dense(channels=slice(c, c + per))) for c in range(0, m.shape[1], per)], axis=1)
 
 
 def spatially_constant(bias_map, rtol: float = 1e-12) -> np.ndarray | None:
     """Per-channel vector (C,) if the (1, C, *spatial) map has the same value at every position (then it is
     an ordinary bias and folds into the producing op), else None. rtol absorbs float64 rounding only."""
-    m = f64(bias_map)
+    compact = isinstance(bias_map, RunMap)
+    m = bias_map.core if compact else f64(bias_map)   # a RunMap's core holds the same set of values
     if m.ndim < 2 or m.shape[0] != 1:
         return None
     flat = m.reshape(m.shape[1], -1)
     spread = flat.max(axis=1) - flat.min(axis=1)
     if np.all(spread <= rtol * max(1.0, float(np.abs(flat).max(initial=0.0)))):
+        if compact:   # the mean of the full map's numbers, as the dense map gives it
+            return _by_channels(bias_map, lambda d: d.reshape(d.shape[1], -1).mean(axis=1)[None])[0]
         return flat.mean(axis=1)
     return None
