@@ -69,9 +69,17 @@ def heldout_dense(model_name: str, tr_idx):
     torch.manual_seed(0)
     model = fit_digits(build(model_name, **cfg["model_kw"]), x_tr, y_tr, cfg, seed=0)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(model.state_dict(), path + ".tmp")
-    os.replace(path + ".tmp", path)
+    _write_atomic(path, lambda fh: torch.save(model.state_dict(), fh))
     return model.eval()
+
+
+def _write_atomic(path: str, write) -> None:
+    """write(fh) into a fresh temp file beside `path`, renamed when complete; removed on any failure or ^C
+    (a fixed `path.tmp` was left behind by an interrupted run, and two runs at once wrote the same one)."""
+    from collapse_passes.outputs import atomic_file
+
+    with atomic_file(path) as fh:
+        write(fh)
 
 
 def run(model_name: str, method: str, rounds: int, steps: int, pretrain: int, runs: int, lr: float = 5e-4,
@@ -196,9 +204,7 @@ def main() -> int:
     tag = ((f"-target{a.target_speedup:g}" if a.target_speedup else "") + ("" if a.no_prefer else "-prefer")
            + ("-measured" if a.cost == "measured" else "") + (f"-{a.tag}" if a.tag else ""))
     path = os.path.join(RESULTS, f"{a.model}-{a.method}{tag}.json")
-    with open(path + ".tmp", "w") as fh:
-        json.dump(r, fh, indent=1, default=float)
-    os.replace(path + ".tmp", path)
+    _write_atomic(path, lambda fh: fh.write(json.dumps(r, indent=1, default=float).encode()))
     print({k: v for k, v in r.items() if k != "history"})
     return 0
 

@@ -48,6 +48,10 @@ def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise CollapseError(f"{src}: '{LABELS}' must be a 1-D integer array (one class per sample), got "
                             f"shape {labels.shape} dtype {labels.dtype}")
+    if labels.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+        # astype(int64) below would wrap them negative and the range error would name numbers not in the file
+        raise CollapseError(f"{src}: labels must be class indices, got {int(labels.max())} (uint64); give one "
+                            "integer class per sample")
     names = [n for n, _, _ in model_inputs(model)]
     counts = {n: len(arrays[n]) for n in names if n in arrays and np.ndim(arrays[n])}
     if counts and any(c != len(labels) for c in counts.values()):
@@ -61,10 +65,18 @@ def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray
 
 
 def top1(model: onnx.ModelProto, feeds: list[dict], labels: np.ndarray, src: str = "--eval") -> float:
+    """Top-1 accuracy; a row of NaN / Inf logits counts as wrong (argmax of NaN is 0, which scored every
+    class-0 sample right: a --force'd result whose outputs were all NaN reported the share of class 0),
+    as train.accuracy() counts it."""
+    return _top1_counts(model, feeds, labels, src)[0]
+
+
+def _top1_counts(model: onnx.ModelProto, feeds: list[dict], labels: np.ndarray, src: str = "--eval") -> tuple:
+    """(accuracy, rows whose logits are not all finite)."""
     from .core.runtime import outputs, session
 
     sess = session(model, optimize=True)
-    correct, i = 0, 0
+    correct, i, bad = 0, 0, 0
     for f in feeds:
         out = np.asarray(outputs(sess, f)[0])
         if out.ndim != 2:
@@ -75,9 +87,11 @@ def top1(model: onnx.ModelProto, feeds: list[dict], labels: np.ndarray, src: str
         if lab.size and (lab.min() < 0 or lab.max() >= out.shape[1]):   # name the range of all labels, not this batch's
             raise CollapseError(f"{src}: labels must be class indices in [0, {out.shape[1]}) (the model has "
                                 f"{out.shape[1]} outputs per sample), got {int(labels.min())}..{int(labels.max())}")
-        correct += int((out.argmax(1) == labels[i:i + n]).sum())
+        ok = np.isfinite(out).all(1) if out.dtype.kind in "fc" else np.ones(n, dtype=bool)
+        correct += int(((out.argmax(1) == labels[i:i + n]) & ok).sum())
+        bad += int((~ok).sum())
         i += n
-    return correct / max(i, 1)
+    return correct / max(i, 1), bad
 
 
 def latency_ms(models: dict, feed: dict, rounds: int = 50) -> dict:
@@ -91,10 +105,13 @@ def latency_ms(models: dict, feed: dict, rounds: int = 50) -> dict:
 
 def eval_report(original: onnx.ModelProto, result: onnx.ModelProto, data) -> dict:
     feeds, labels, src = data if isinstance(data, tuple) else load_eval_data(data, original)
-    acc_o, acc_r = top1(original, feeds, labels, src), top1(result, feeds, labels, src)
+    (acc_o, bad_o), (acc_r, bad_r) = (_top1_counts(m, feeds, labels, src) for m in (original, result))
     first = {k: v[:1] for k, v in feeds[0].items()}
     lat = latency_ms({"original": original, "result": result}, first)
-    return {"accuracy": {"original": acc_o, "result": acc_r, "samples": int(len(labels)), "data": src},
+    acc = {"original": acc_o, "result": acc_r, "samples": int(len(labels)), "data": src}
+    if bad_o or bad_r:   # counted wrong above; say so (a --force'd overflowing result, NaN-producing weights)
+        acc["nonfinite_rows"] = {"original": bad_o, "result": bad_r}
+    return {"accuracy": acc,
             "latency": {"original_ms": lat["original"], "result_ms": lat["result"],
                         "speedup": lat["original"] / lat["result"] if lat["result"] else None,
                         "how": "onnxruntime CPU, batch 1, full graph optimizations, 50 interleaved runs, median"}}

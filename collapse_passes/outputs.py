@@ -113,6 +113,31 @@ def create_temp_file(dest: str | os.PathLike) -> tuple[int, Path]:
     return fd, tmp
 
 
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike):
+    """`with atomic_path(path) as tmp:` a new temp file's path beside `path` for a writer that takes a path (an
+    exporter), renamed onto `path` when the block ends, removed on any error or ^C: an interrupted write never
+    leaves a truncated `path`. For the scripts that write models, weights and data outside a run's OutputPlan."""
+    fd, tmp = create_temp_file(dest)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(dest: str | os.PathLike):
+    """`with atomic_file(path) as fh:` atomic_path with the temp file open for binary writing (and fsynced)."""
+    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def write_chunks(fh, data) -> None:
     """Write bytes, or an iterable of byte strings (onnx/graph.serialized_pieces), to `fh`."""
     for chunk in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):

@@ -117,7 +117,10 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
         m.add_row(label, _fmt_int(b[key]), _fmt_int(a[key]), _pct(b[key], a[key]))
     acc, lat = report.get("accuracy"), report.get("latency")
     if acc:
-        m.add_row(f"top-1 accuracy ({acc['samples']} samples)", f"{100 * acc['original']:.2f}%",
+        bad = acc.get("nonfinite_rows") or {}
+        m.add_row(f"top-1 accuracy ({acc['samples']} samples"
+                  + (f"; NaN/Inf logits, counted wrong: {bad['original']} / {bad['result']}" if bad else "") + ")",
+                  f"{100 * acc['original']:.2f}%",
                   f"{100 * acc['result']:.2f}%", f"{100 * (acc['result'] - acc['original']):+.2f} pt")
     if lat:
         m.add_row("latency, onnxruntime CPU batch 1 (median)", f"{lat['original_ms']:.3f} ms", f"{lat['result_ms']:.3f} ms",

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import time
 
 import numpy as np
@@ -156,21 +155,10 @@ def _cache_path(cache_dir: str, name: str, cfg: dict, seed: int, num_threads: in
 
 
 def _atomic_save(obj, path: str) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from collapse_passes.outputs import atomic_file
+
+    with atomic_file(path) as fh:
+        torch.save(obj, fh)
 
 
 def fit_digits(model: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, cfg: dict, seed: int = 0,

@@ -3,7 +3,8 @@
 ``export_onnx(model, path, input_shape, dynamo=False, opset=17)`` puts the
 model in eval mode and writes a self-contained ONNX file (weights embedded, no
 external data file) with one input ``"input"`` and one output ``"logits"``,
-static shapes.
+static shapes. The file is written atomically (a temp file beside ``path``,
+renamed when complete): an interrupted export leaves ``path`` as it was.
 
 * ``dynamo=False``: TorchScript-based exporter. Node names look like
   ``/layer1/layer1.0/relu1/Relu`` (the scope path of the module that produced
@@ -81,6 +82,16 @@ def export_onnx(
         device = torch.device("cpu")
     x = torch.randn(*input_shape, dtype=torch.float32, device=device)
     common = dict(input_names=["input"], output_names=["logits"])
+    # staged beside `path` and renamed once complete: an export interrupted (^C, a full disk, an exporter
+    # error after it opened the file) left a truncated model at `path`, or replaced the good one there
+    from collapse_passes.outputs import atomic_path
+
+    with atomic_path(path) as tmp:
+        _export_to(model, program, x, os.fspath(tmp), dynamo, opset, common, export_kwargs)
+    return path
+
+
+def _export_to(model, program, x, path, dynamo, opset, common, export_kwargs) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
@@ -105,7 +116,6 @@ def export_onnx(
                 **common,
                 **export_kwargs,
             )
-    return path
 
 
 def view_writes(model) -> list[str]:

@@ -55,13 +55,24 @@ def main() -> int:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         export_onnx(model, path, (1,) + tuple(x_te.shape[1:]), dynamo=False)
-    np.savez_compressed(os.path.join(OUT, "digits_eval.npz"), input=x_te.numpy().astype(np.float32),
-                        labels=y_te.numpy().astype(np.int64))
+    _save_npz(os.path.join(OUT, "digits_eval.npz"), input=x_te.numpy().astype(np.float32),
+              labels=y_te.numpy().astype(np.int64))
     fold = sum(v >= 0.9 for v in slopes.values())
     print(f"dense test accuracy {test_acc:.4f}; after the Layer Folding term {acc:.4f}; "
           f"{fold} of {len(slopes)} PReLU slopes >= 0.9 (foldable)")
     print("slopes:", ", ".join(f"{k}={v:.2f}" for k, v in slopes.items()))
     return 0
+
+
+def _save_npz(path: str, **arrays) -> None:
+    """np.savez_compressed to a temp file beside `path`, renamed when complete (export_onnx does the same):
+    ^C while writing left a truncated digits_eval.npz, the file `make run` evaluates with."""
+    import numpy as np
+
+    from collapse_passes.outputs import atomic_file
+
+    with atomic_file(path) as fh:   # a file object: savez would append .npz to a temp name
+        np.savez_compressed(fh, **arrays)
 
 
 if __name__ == "__main__":

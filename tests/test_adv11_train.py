@@ -109,7 +109,7 @@ def test_functional_activations_are_one_error_or_a_note():
             return self.fc(F.relu(self.c2(self.act(self.c1(x)))).mean((2, 3)))
 
     res = _run(Mixed(), max_accuracy_drop=1.0)
-    assert res.collapsed == ["act"] and "relu()" in res.notes[0]
+    assert res.collapsed == ["act"] and any("relu()" in n for n in res.notes)
 
 
 def test_model_without_activations_says_so():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -44,6 +45,9 @@ def _as_pairs(data, name: str, reread: bool = True):
     """A DataLoader / iterable of (x, y) or an (inputs, labels) tensor pair -> a re-iterable of batches."""
     if data is None:
         return None
+    if isinstance(data, (str, bytes, os.PathLike)):   # iterated, it gave characters: "batch ... got str"
+        raise CollapseError(f"{name}: a path ({str(data)[:80]!r}); the loop takes data, not files: load it first, "
+                            "e.g. d = numpy.load(path) and pass (d['input'], d['labels'])")
     if isinstance(data, dict):   # iterating it would give its keys (strings) as "batches"
         raise CollapseError(f"{name}: a dict (keys {list(data)[:4]}); give an (inputs, labels) pair such as "
                             "(d['x'], d['y']), or a DataLoader of (inputs, labels) batches")
@@ -56,6 +60,10 @@ def _as_pairs(data, name: str, reread: bool = True):
         except (TypeError, ValueError, RuntimeError) as e:   # labels of strings, ragged lists, object arrays
             raise CollapseError(f"{name}: the (inputs, labels) pair does not convert to tensors ({e}); give numeric "
                                 "tensors or arrays") from None
+    if (name == "train_data" or reread) and isinstance(data, tuple) and len(data) != 2 and data and \
+            all(isinstance(t, (torch.Tensor, np.ndarray)) for t in data):   # read as batches: "got Tensor"
+        raise CollapseError(f"{name}: a tuple of {len(data)} arrays; give (inputs, labels), two of them (extra "
+                            "targets or weights: a DataLoader of (inputs, labels) with loss_fn= / evaluate=)")
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
         if len(x) != len(y):
@@ -364,7 +372,11 @@ def planner_accept(model: nn.Module, example_input: torch.Tensor, cost_model) ->
 
 # ------------------------------------------------------------------------------------ the loop
 
-def _site_scores(model, method, score_batches, sites) -> dict[str, float]:
+def _site_scores(model, method, score_batches, sites, whole: set | None = None) -> dict[str, float]:
+    """Score per site key. A model torch.fx cannot trace has one site per module (find_sites), while the
+    hooks score each call (`path:0`, `path:1`): such a site, whose swap collapses every call, scores as its
+    highest call (as a group of sites does). Matching keys only dropped every shared module (the two
+    ReLU calls of each torchvision BasicBlock) from the candidates without a word; `whole` collects them."""
     if method == "prelu":
         pre = prelu_modules(model)
         return {s.key: prelu_score(pre[s.path]) for s in sites if s.path in pre and s.calls == 1}
@@ -374,9 +386,18 @@ def _site_scores(model, method, score_batches, sites) -> dict[str, float]:
     if method == "tlc" and not any(isinstance(d, dict) and d.get("source") == "bn" for d in res.details.values()):
         raise CollapseError("method tlc scores activations from the BatchNorm before them, and this model has no "
                             "BatchNorm feeding an activation; use method='easier' (data-driven) instead")
+    per_call: dict[str, list] = {}
+    for k, v in res.scores.items():
+        path, sep, call = k.rpartition(":")
+        if sep and call.isdigit():
+            per_call.setdefault(path, []).append(v)
     out = {}
     for s in sites:
         v = res.scores.get(s.key, res.scores.get(s.path))
+        if v is None and s.calls == 1 and s.key == s.path and len(per_call.get(s.path, ())) > 1:
+            v = max(per_call[s.path])
+            if whole is not None:
+                whole.add(s.path)
         if v is not None:
             out[s.key] = float(v)
     return out
@@ -421,6 +442,11 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
                                if name == "lacoot" else ""))
     if not isinstance(model, nn.Module):
         raise CollapseError(f"iterative_collapse expects a torch.nn.Module, got {type(model).__name__}")
+    from ..fx.api import unwrap_compiled
+
+    # torch.compile(model): the loop trains and edits the module it wraps (the wrapper's hooks broke dynamo:
+    # "already tracked for mutation"; its keys would start with `_orig_mod.`); compile the result again
+    model = unwrap_compiled(model)
     if model.training:
         raise CollapseError("the model is in training mode; call model.eval() first (scores and the baseline "
                             "accuracy are taken in eval mode)")
@@ -449,6 +475,13 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     for data, what in ((train_b, "train_data"), (val_b if evaluate is None else None, "val_data")):
         _probe(model, data, what, class_labels=what == "val_data" or (fine_tune is None and loss_fn is None))
     notes: list[str] = []
+    shared_note = None
+    if evaluate is None and _shares_samples(train_b, val_b):
+        # every accuracy check (and res.accuracy) would then be on images the loop trains on: the test drop
+        # after such a run is larger than the tolerance suggests (docs/training.md, first version of the loop)
+        shared_note = ("val_data shares samples with train_data (the same tensors or dataset): the accuracy checks "
+                       "and res.accuracy are not on held-out data; give val_data the loop does not train on")
+        say(shared_note)
     fn_sites = functional_sites(model)
     if fn_sites:
         shown = ", ".join(fn_sites[:6]) + (", ..." if len(fn_sites) > 6 else "")
@@ -529,6 +562,7 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     collapsed: list[str] = []
     history: list[dict] = []
     skipped: set[tuple] = set()        # candidates (tuples of original keys) not to try again
+    whole: set[str] = set()            # shared modules of an untraceable model: one candidate each (_site_scores)
     no_gain: dict[tuple, frozenset] = {}   # candidate -> collapsed sites of its parents when it bought nothing
     failures = 0
     cur_speed = predictor.speedup(model, ()) if predictor else None
@@ -568,7 +602,13 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         sites = [s for k, s in now.items() if (k,) not in skipped]
         if not sites:   # every site collapsed or skipped
             break
-        current = _site_scores(model, name, batches, sites)
+        current = _site_scores(model, name, batches, sites, whole)
+        if whole and not any(n.startswith("torch.fx cannot trace") for n in notes):
+            shown = ", ".join(sorted(whole)[:4]) + (", ..." if len(whole) > 4 else "")
+            notes.append(f"torch.fx cannot trace the model, so a module called several times ({shown}) is one "
+                         "candidate: all its calls collapse together, "
+                         "scored as its highest call; make forward traceable to collapse the calls one by one")
+            say(notes[-1])
         scores = {origin.of(s): current[s.key] for s in sites if s.key in current}
         if name == "prelu":
             scores = {k: v for k, v in scores.items() if v <= 1.0 - fold_alpha}
@@ -672,6 +712,8 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     if predictor is not None and predictor.failed:
         notes.append("no predicted speed-ups: " + predictor.failed.replace(
             "; run without target_speedup / prefer_speedup (predict=False turns the prediction off)", ""))
+    if shared_note:   # first: it qualifies every accuracy in the result
+        notes.insert(0, shared_note)
     return CollapseRun(model, collapsed, history, base_acc, acc, removed, final_speed, stopped, notes)
 
 
@@ -711,6 +753,27 @@ def _check_numbers(**kw) -> list:
     return out
 
 
+def _shares_samples(train_b, val_b) -> bool:
+    """Whether validation batches come from the training data: tensor pairs whose inputs overlap in memory
+    (the same tensor, or slices of one), or loaders over the same dataset object."""
+    if train_b is None or val_b is None:
+        return False
+    if isinstance(train_b, _TensorBatches) and isinstance(val_b, _TensorBatches):
+        a, b = train_b.x, val_b.x
+        if not (a.numel() and b.numel()) or a.device != b.device:
+            return False
+        if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+            return False
+        def span(t):   # element range [first, last] the tensor covers in its storage (strides of data are >= 0)
+            first = t.storage_offset()
+            return first, first + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+        (a0, a1), (b0, b1) = span(a), span(b)
+        ea, eb = a.element_size(), b.element_size()   # compared in bytes
+        return a0 * ea < (b1 + 1) * eb and b0 * eb < (a1 + 1) * ea
+    da, db = getattr(train_b, "dataset", None), getattr(val_b, "dataset", None)
+    return da is not None and da is db
+
+
 def _has_submodule(model: nn.Module, path: str) -> bool:
     try:
         model.get_submodule(path)
@@ -744,8 +807,15 @@ def _probe(model: nn.Module, batches, what: str, class_labels: bool) -> None:
     try:
         out = model.eval()(x)
     except Exception as e:   # noqa: BLE001 - any failure of the user's model on the user's data
+        w = next((p for p in model.parameters() if p.is_floating_point()), None)
+        way = "check the input shape and dtype"
+        if isinstance(x, torch.Tensor) and w is not None and x.dtype != w.dtype and \
+                (x.is_floating_point() or x.dtype == torch.uint8):   # numpy arrays are float64 by default
+            way = (f"the inputs are {str(x.dtype).replace('torch.', '')} and the model's weights "
+                   f"{str(w.dtype).replace('torch.', '')}: cast the inputs (x.to({w.dtype}), or "
+                   f".astype(numpy.{str(w.dtype).replace('torch.', '')}) for arrays)")
         raise CollapseError(f"{what}: the model fails on the first batch ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); check the input shape and dtype") from e
+                            f"{str(e).splitlines()[0] if str(e) else ''}); {way}") from e
     if not class_labels:
         return
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool \
