@@ -4,6 +4,7 @@ load -> resolve keys -> score -> choose -> passes -> verify -> (caller writes).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -14,10 +15,10 @@ import onnx
 from .config import CollapseConfig, check_settings, with_tolerances
 from .errors import CollapseError, VerificationError
 from .onnx.analysis import model_stats
-from .onnx.graph import as_model, node_key_names, save_model_atomic, to_graph
+from .onnx.graph import ONNX_FLOAT_TYPES, as_model, node_key_names, random_nodes, save_model_atomic, to_graph
 from .report import activation_row, build_report
-from .core.selection import (KeyIndex, assign_scores, block_scores_given, check_selection, choose, display_key,
-                             read_scores)
+from .core.selection import (KeyIndex, assign_scores, block_scores_given, blocks_to_remove, check_selection, choose,
+                             display_key, read_scores)
 from .onnx.keys import never_collapsed_keys, resolve_keys
 from .onnx.patterns import find_activations, unknown_nonlinear_nodes
 
@@ -102,8 +103,18 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         raise CollapseError("example_inputs is for torch models; ONNX models are verified on check= random "
                             "inputs or calib= data")
     t0 = time.perf_counter()
-    original, path = as_model(model)
+    given, path = as_model(model, expand=False)
     notes: list[str] = []
+    from .onnx.contrib import expand_contrib_ops
+
+    # onnxruntime's fused ops as standard ops (their activations seen); the result is checked against `given`
+    original = expand_contrib_ops(given, notes)
+    rand = random_nodes(original)
+    if rand:
+        raise CollapseError(f"the model draws random numbers ({', '.join(rand[:2])}{' ...' if len(rand) > 2 else ''}): its "
+                            "output is not a function of its input, so no result can be verified; export it in eval mode "
+                            "(model.eval(), and training=TrainingMode.EVAL for the TorchScript exporter), or remove the "
+                            "random ops")
     if cfg.input_shapes is not None:
         from .onnx.shapes import fix_input_shapes, input_shapes_text, parse_input_shapes
 
@@ -118,11 +129,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         eval_set = load_eval_data(cfg.eval_data, original)
     if cfg.threshold is not None and cfg.remove is not None:
         raise CollapseError("give either threshold or remove, not both")
-    if cfg.remove is not None and cfg.remove < 0:
-        raise CollapseError(f"remove must be >= 0, got {cfg.remove}")
     warnings: list[str] = []
-    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-    cfg = with_tolerances(cfg, any(o.type.tensor_type.elem_type in half for o in original.graph.output), notes)
+    cfg = with_tolerances(cfg, half_precision(original), notes)
 
     graph = to_graph(original)
     acts = find_activations(graph)
@@ -156,22 +164,22 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         block_scores = saved_blocks
     elif cfg.scores is not None:
         raw_scores.update(read_scores(cfg.scores))
-    blocks_removed = sorted(k for k, v in block_scores.items()
-                            if cfg.remove_blocks is not None and v <= cfg.remove_blocks)
-    if block_scores and cfg.remove_blocks is None:
-        notes.append("block scores computed; add --remove-blocks T to replace blocks scoring <= T by their skip")
+    blocks_removed = blocks_to_remove(block_scores, cfg.remove_blocks, warnings)
     src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
     act_scores = assign_scores(acts, index, raw_scores, src, notes) if raw_scores else {}
 
     chosen = choose(acts, index, act_scores, cfg, warnings)
     speedup_rows = stats_before = None
     cost_model = _cost_model(cfg, original)   # one per run: a measured one times each signature once
+    pruned = None   # the ratio prune, done first when --target-speedup plans on its result
     if cfg.target_speedup is not None:
+        from .pruning.api_hook import prune_to_ratio
         from .speedup import onnx_target_choice
 
         stats_before = model_stats(original)   # the planner's base and the report's "before", computed once
-        chosen, speedup_rows = onnx_target_choice(original, acts, index, act_scores, chosen, cfg, notes,
-                                                  stats_before, cost_model)
+        pruned = prune_to_ratio(original, cfg, score_details)   # the model the passes get: the prune counts
+        chosen, speedup_rows = onnx_target_choice(pruned[0], acts, index, act_scores, chosen, cfg, notes,
+                                                  stats_before, cost_model, reference=original)
     if not raw_scores and not cfg.collapse and not block_scores:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
 
@@ -184,7 +192,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         # of the requested semantics and the result (docs/pass_runtime.md, 2026-11-28 13:40)
         stats_before = model_stats(original)
     base, prune_off, prune_report = prepare_pruning(original, cfg, score_details, chosen={a.name for a in chosen},
-                                                    remove_blocks=blocks_removed)
+                                                    remove_blocks=blocks_removed, pruned=pruned)
     collapsed_outputs = {a.output.name for a in chosen}   # a collapsed ReLU is no longer "always off"
     prune_off = {t: c for t, c in prune_off.items() if t not in collapsed_outputs}
     input_shapes = _input_shapes(original)
@@ -219,7 +227,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             desc += (", dynamic dims after the first run as 1 (--calib data checks real sizes, --input-shape "
                      "fixes them)")
     reference_cache: dict = {}   # the request's float64 outputs, evaluated once for every verify below
-    ver = verify(original, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
+    ver = verify(given, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
                  reference_cache=reference_cache)
     merge_fallback = fold_fallback = None
     if not ver.against_requested.passed and ctx.merges and not ctx.approximations:
@@ -236,7 +244,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                                  remove_blocks=blocks_removed, prune=cfg.prune, prune_off=prune_off,
                                  merge_allowed=allowed)
             c.graph = None   # its arrays duplicate the trial's weights: not held through the search
-            v = verify(original, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
+            v = verify(given, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
                        reference_cache=reference_cache)
             return (m, c, p, v), v.against_requested, c.merges
 
@@ -255,7 +263,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         m, c, p = run_passes(base, {a.name for a in chosen}, merge=False, fold=False, cost_model=cost_model,
                              input_shapes=input_shapes, remove_blocks=blocks_removed, prune=cfg.prune,
                              prune_off=prune_off)
-        v = verify(original, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
+        v = verify(given, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
                    reference_cache=reference_cache)
         if v.against_requested.passed:
             line, fold_fallback = unfolded(ver.against_requested, len(ctx.folds), len(ctx.merges))
@@ -319,6 +327,20 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         raise VerificationError.mismatch(ver.against_requested, cfg.rtol, cfg.atol,
                                          "nothing written (use --force to write anyway)", res)
     return res
+
+
+def half_precision(model: onnx.ModelProto) -> str | None:
+    """What makes `model` compute in float16 / bfloat16 ("outputs", "weights"), or None. Weights count too: a
+    float16 model with float32 inputs and outputs (onnxconverter-common's keep_io_types) rounds every folded or
+    merged kernel to float16, and at float32's tolerances every fold and merge of it was refused."""
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    if any(o.type.tensor_type.elem_type in half for o in model.graph.output):
+        return "outputs"
+    count = {True: 0, False: 0}   # float weights' elements in half precision / in float32 or float64
+    for t in model.graph.initializer:
+        if t.data_type in ONNX_FLOAT_TYPES | half:
+            count[t.data_type in half] += math.prod(t.dims)
+    return "weights" if count[True] > count[False] else None
 
 
 def _input_shapes(model: onnx.ModelProto) -> dict:

@@ -173,8 +173,9 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
         _finite("--per-op-overhead", args.per_op_overhead, why=" (the MAC-equivalent cost of one op in merge planning)")
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise CollapseError(f"--threshold must be a finite number, got {args.threshold}")
-    if args.remove is not None and args.remove < 0:
-        raise CollapseError(f"--remove must be >= 0, got {args.remove}")
+    if args.remove is not None and args.remove < 1:
+        raise CollapseError(f"--remove must be >= 1 (collapse the N lowest-scored activations), got {args.remove}; "
+                            "leave it out to run only the exact clean-ups (folding, merging)")
     has_scores = args.scores is not None or args.method is not None
     for flag, v in (("--threshold", args.threshold), ("--remove", args.remove), ("--plot", args.plot),
                     ("--save-scores", args.save_scores)):

@@ -94,14 +94,26 @@ def check_settings(cfg) -> None:
     if cfg.prune_calib_dead and not cfg.prune:
         raise CollapseError("--prune-calib-dead is a kind of channel removal, and --no-prune (prune=False) turns "
                             "channel removal off: drop one of them")
+    # the ratio prune's settings are read by nothing else: without prune_ratio, collapse(m, round_to=8) ran and
+    # pruned nothing without a word (the CLI refused the same flags)
+    if cfg.prune_ratio is None:
+        imp = cfg.prune_importance
+        for flag, given in (("--round-to (round_to)", cfg.round_to != 1),
+                            ("--prune-scope (prune_scope)", cfg.prune_scope != "global"),
+                            ("--prune-importance (prune_importance)", not (isinstance(imp, str) and imp == "l1")),
+                            ("--prune-max-error (prune_max_error)", cfg.prune_max_error is not None)):
+            if given:
+                raise CollapseError(f"{flag} has an effect only with --prune-ratio (prune_ratio): add prune_ratio=R "
+                                    "or drop it")
 
 
-def with_tolerances(cfg: CollapseConfig, half: bool = False, notes: list | None = None) -> CollapseConfig:
+def with_tolerances(cfg: CollapseConfig, half: bool | str = False, notes: list | None = None) -> CollapseConfig:
     """A copy of `cfg` with rtol / atol filled in where left at None: TOLERANCE, or HALF_TOLERANCE when
-    the model computes in float16 / bfloat16 (said in `notes`). Given values are kept."""
+    the model computes in float16 / bfloat16 (`half`: true, or what says so, "outputs" / "weights"; said in
+    `notes`). Given values are kept."""
     rtol, atol = HALF_TOLERANCE if half else TOLERANCE
     if half and notes is not None and (cfg.rtol is None or cfg.atol is None):
-        notes.append(f"float16 outputs: verification tolerances rtol {cfg.rtol if cfg.rtol is not None else rtol}, "
+        notes.append(f"float16 {half if isinstance(half, str) else 'outputs'}: verification tolerances rtol {cfg.rtol if cfg.rtol is not None else rtol}, "
                      f"atol {cfg.atol if cfg.atol is not None else atol} (float16 rounding; --rtol / --atol set "
                      "them)")
     return replace(cfg, rtol=rtol if cfg.rtol is None else cfg.rtol, atol=atol if cfg.atol is None else cfg.atol)

@@ -255,14 +255,17 @@ def mac_price(cm):
 
 
 def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: list, cfg, notes: list,
-                       stats_before, cm) -> tuple[list, list]:
+                       stats_before, cm, reference=None) -> tuple[list, list]:
     """--target-speedup S on an ONNX model: among the scored activations (those --threshold / --remove
     picked, when given), lowest score first, keep the ones whose collapse lowers the cost of the merged
     graph, until cost(original) / cost(result) >= S. --collapse keys are always collapsed.
 
     cm: the run's cost model, which plans every candidate's merges as it plans the result's. A measured one
     (--cost measured) also prices the graphs op by op (graph_cost: the latencies it measured), the MAC
-    model by MACs and node counts (stats_cost)."""
+    model by MACs and node counts (stats_cost).
+
+    reference: the input model the speed-up is measured against (stats_before are its stats) when `original`,
+    the model the passes get, is it pruned to --prune-ratio: the prune counts towards S."""
     from .algebra.cost import OnDemandCostModel
     from .onnx.driver import run_passes
 
@@ -298,7 +301,7 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
         sub, names, merge=cfg.merge, cost_model=cm, input_shapes=sub_shapes, run_cache=cache), cm, ranked,
         price=price)
     # model_stats(original), computed by the caller
-    base = model_cost(original, stats_before.as_dict(), cm)
+    base = model_cost(original if reference is None else reference, stats_before.as_dict(), cm)
     taken, hist = choose_for_speedup(ranked, cost_of, cfg.target_speedup, base, partners=cost_of.partners)
     # the reported prediction: the whole graph, not the sum of its regions (nothing taken: the pricer's base)
     final = speedup_ratio(base, full_cost(taken) if taken else cost_of([]))

@@ -24,14 +24,21 @@ PROBE = np.linspace(-7.0, 7.0, 141)
 MAX_REGION_NODES = 16
 
 
-def identify_region(values) -> str | None:
-    """The gated kind whose reference equals a region's values on PROBE, or None (also for non-finite values)."""
+#: identification tolerances (rtol, atol) by the precision a region's constants are stored in: a float16 model's
+#: GELU divides by 1.4140625, not sqrt(2) (its values then differ from GELU's by ~5e-5, outside float32's 1e-4)
+REGION_TOLERANCE = {"float32": (1e-4, 1e-5), "float16": (4e-3, 4e-3), "bfloat16": (3e-2, 3e-2)}
+
+
+def identify_region(values, precision: str = "float32") -> str | None:
+    """The gated kind whose reference equals a region's values on PROBE, or None (also for non-finite values).
+    `precision`: the coarsest float type of the region's constants (REGION_TOLERANCE)."""
     if values is None:
         return None
     values = np.asarray(values, dtype=np.float64)
     if values.shape != PROBE.shape or not np.all(np.isfinite(values)):
         return None
-    return catalogue.identify(values, PROBE, catalogue.GATED_KINDS, rtol=1e-4, atol=1e-5)
+    rtol, atol = REGION_TOLERANCE.get(precision, REGION_TOLERANCE["float32"])
+    return catalogue.identify(values, PROBE, catalogue.GATED_KINDS, rtol=rtol, atol=atol)
 
 
 def grow_region(anchor, *, operands: Callable[[object], Iterable], producer: Callable[[object], object],

@@ -77,6 +77,13 @@ def lookup(index: dict, key: str, source: str = "scores") -> list:
         raise CollapseError(f"{source}: {key!r} names no call site: module {path!r} is called "
                             f"{len(sites)} time(s); its keys are {', '.join(sites)} (call indices count the calls in "
                             "this model: in a model collapsed before, the calls collapsed then are gone)")
+    sites = [a for found in index.values() for a in found]
+    onnx_sites = sites and all(hasattr(a, "module_path") for a in sites)   # the ONNX front end's activations
+    if "." in key and onnx_sites and not any(a.module_path for a in sites):
+        raise CollapseError(f"{source}: unknown layer key {key!r}: this model's nodes carry no torch module path (the "
+                            "exporter's scope names and metadata are gone, as after onnxslim or onnxruntime's optimizer), "
+                            "so module-path keys name nothing; use the keys --list-keys prints, or score this file "
+                            "with --method")
     near = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else \
         "; collapse_passes.list_keys(model) (--list-keys on the command line) lists this model's activation keys"
@@ -214,8 +221,28 @@ def check_selection(cfg) -> None:
                             "use remove_blocks=T (--remove-blocks T) to replace the blocks scoring <= T by their "
                             "skip, or give activation scores (--scores)")
     if cfg.remove is not None and (isinstance(cfg.remove, (bool, np.bool_)) or not isinstance(cfg.remove, numbers.Integral)
-                                   or cfg.remove < 0):
-        raise CollapseError(f"remove must be an integer >= 0, got {cfg.remove!r}")
+                                   or cfg.remove < 1):
+        # remove=0 asks for the 0 lowest scores: a run that collapses nothing and says nothing about why
+        raise CollapseError(f"remove (--remove) must be an integer >= 1 (collapse the N lowest-scored activations), "
+                            f"got {cfg.remove!r}; leave it out to run only the exact clean-ups (folding, merging)")
+
+
+def blocks_to_remove(block_scores: dict, remove_blocks, warnings: list) -> list[str]:
+    """The block keys scoring <= remove_blocks (sorted); a threshold that removes none is said, as --threshold's
+    is (a run that removed nothing only said that no activation was chosen). Both front ends. Block scores with no
+    remove_blocks at all (method='lacoot' alone) are said too: a note before 2026-11-29, easy to miss."""
+    if not block_scores:
+        return []
+    if remove_blocks is None:   # lacoot scores blocks only: without a threshold the run removes and collapses nothing
+        warnings.append(f"{len(block_scores)} residual block(s) scored (LaCoOT, lowest {min(block_scores.values()):.4g}) "
+                        "and none removed: give remove_blocks=T (--remove-blocks T) to replace the blocks scoring <= T "
+                        "by their skip")
+        return []
+    picked = sorted(k for k, v in block_scores.items() if v <= remove_blocks)
+    if not picked:
+        warnings.append(f"remove-blocks {remove_blocks} removes nothing: the lowest block score is "
+                        f"{min(block_scores.values()):.4g}")
+    return picked
 
 
 def choose(acts, index, act_scores: dict, cfg, warnings: list) -> list:

@@ -94,19 +94,29 @@ def _example_dim(d) -> int:
     return int(d)
 
 
-def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True):
+def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True, real: bool = True):
     """Fill node.meta['tensor_meta'] by running the graph once on example_inputs; returns the graph's output
     (collapse() keeps it as that model's first verification run instead of running it again).
 
     clone: run on copies, so a model that writes into its input leaves the caller's tensors alone (the
-    torch.compile backend passes False: tensors made inside dynamo's compile add guards it cannot source)."""
+    torch.compile backend passes False for fake inputs: tensors made inside dynamo's compile add guards it
+    cannot source). real: run on the tensors given even inside a torch.compile backend, where ShapeProp would
+    otherwise run in dynamo's fake mode: a fake copy of the whole graph and a fake run (Swin-T at 224: 0.6 s
+    against 0.2 s), whose output is no run of the model (the backend's check needs the input graph's outputs)."""
+    import contextlib
+
     from torch.fx.passes.shape_prop import ShapeProp
 
     from ..errors import CollapseError
 
     feeds = [t.clone() if clone and isinstance(t, torch.Tensor) else t for t in example_inputs]
-    prop = ShapeProp(gm)
-    import contextlib
+    if real:
+        from torch._guards import tracing
+
+        with tracing(None):   # ShapeProp takes the fake mode of the ambient tracing context (dynamo's)
+            prop = ShapeProp(gm)
+    else:
+        prop = ShapeProp(gm)
     import io
 
     try:   # ShapeProp prints the traceback of a failing node to stderr itself: the user gets our one line
@@ -968,3 +978,42 @@ def own_weights(result: nn.Module, model) -> int:
                             if isinstance(t, nn.Parameter) else c
                     slots[attr] = copies[id(t)]
     return len(copies)
+
+
+def keep_module_state(result: nn.Module, model) -> None:
+    """Put back on `result` what torch.fx drops from the caller's `model` when it copies it into a GraphModule
+    (its `_copy_attr` registers every buffer persistent; a module the passes build starts in training mode):
+    which buffers are non-persistent (by path, or by tensor where the passes moved it: call this before
+    own_weights copies them) and every module's training flag (the module at the same path's; a module the
+    passes made takes its parent's). `model`: nn.Module or ExportedProgram (buffers only: a program has no
+    modes). Without it a non-persistent buffer came back in state_dict() and a train-mode model in eval."""
+    if isinstance(model, torch.export.ExportedProgram):
+        non_persistent = set(model.graph_signature.non_persistent_buffers)
+        source = {}
+    elif isinstance(model, nn.Module):
+        source = dict(model.named_modules(remove_duplicate=False))
+        non_persistent = {f"{p}.{b}" if p else b for p, m in source.items() for b in m._non_persistent_buffers_set}
+    else:
+        return
+    tensors = {}
+    if source:
+        for name in non_persistent:
+            t = model.get_buffer(name)
+            if isinstance(t, torch.Tensor):
+                tensors[id(t)] = t
+    known = {f"{p}.{b}" if p else b for p, m in source.items() for b in m._buffers}
+    flags = {"": model.training} if isinstance(model, nn.Module) else {}
+    for path, mod in result.named_modules(remove_duplicate=False):
+        if path in source:
+            flags[path] = source[path].training
+        elif flags:
+            flags[path] = flags[path.rpartition(".")[0]] if "." in path else flags[""]
+        for b, t in mod._buffers.items():
+            full = f"{path}.{b}" if path else b
+            if full in non_persistent or (full not in known and t is not None and id(t) in tensors):
+                mod._non_persistent_buffers_set.add(b)
+            elif full in known:
+                mod._non_persistent_buffers_set.discard(b)
+    for path, mod in result.named_modules(remove_duplicate=False):
+        if path in flags:
+            mod.training = flags[path]

@@ -174,7 +174,56 @@ def _check_weight_sizes(model: onnx.ModelProto, where: str) -> None:
                                 f"{list(t.dims)} needs {need}); re-export the model")
 
 
-def as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:
+def as_model(model_or_path, expand: bool = True) -> tuple[onnx.ModelProto, Path | None]:
+    """The model and its path (None for a proto). `expand`: onnxruntime's fused contrib ops written as the
+    standard ops they stand for (onnx/contrib.py: their activations are seen); a caller that verifies against
+    the file as given asks for it as it is and expands it itself."""
+    model, path = _as_model(model_or_path)
+    if expand:
+        from .contrib import expand_contrib_ops
+
+        model = expand_contrib_ops(model, in_place=path is not None)   # a proto read here is ours
+    return model, path
+
+
+def random_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes that draw random numbers, as "name (op)": RANDOM_OPS, and Dropout in training mode (its training_mode
+    input not a constant False, its ratio not a constant 0), what an export without model.eval() writes. The
+    ONNX twin of fx/api.random_nodes: such a model's outputs change from run to run (and onnx's float64
+    evaluator draws other numbers than onnxruntime), so no result of it can be verified."""
+    consts = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = n.attribute[0].t
+
+    def value(name):
+        t = consts.get(name)
+        if t is None:
+            return None
+        try:
+            from onnx import numpy_helper
+
+            return numpy_helper.to_array(t)
+        except Exception:
+            return None
+    found = []
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx"):
+            continue
+        if n.op_type in RANDOM_OPS:
+            found.append(f"{n.name or n.output[0]} ({n.op_type})")
+        elif n.op_type == "Dropout" and len(n.input) > 2 and n.input[2]:
+            train = value(n.input[2])
+            ratio = value(n.input[1]) if len(n.input) > 1 and n.input[1] else None
+            if train is not None and not bool(np.asarray(train).any()):
+                continue   # inference: passes its input through
+            if ratio is not None and float(np.asarray(ratio).max()) == 0.0:
+                continue   # drops nothing
+            found.append(f"{n.name or n.output[0]} (Dropout in training mode)")
+    return found
+
+
+def _as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:
     if isinstance(model_or_path, ModelFile):
         return model_or_path.model, model_or_path.path
     if isinstance(model_or_path, onnx.ModelProto):

@@ -255,7 +255,24 @@ def _eval_region(nodes: list, x_name: str, probe: np.ndarray) -> np.ndarray | No
 
 
 def _classify(nodes: list, x_name: str) -> str | None:
-    return gates.identify_region(_eval_region(nodes, x_name, _PROBE))
+    return gates.identify_region(_eval_region(nodes, x_name, _PROBE), _precision(nodes))
+
+
+def _precision(nodes: list) -> str:
+    """The coarsest float type among a region's constants (a float16 model's 0.5, 1.4140625): how closely
+    its values can follow an activation's (gates.REGION_TOLERANCE)."""
+    found = "float32"
+    for n in nodes:
+        for t in n.inputs:
+            c = const_value(t) if t.name else None
+            if c is None:
+                continue
+            name = str(getattr(c, "dtype", ""))
+            if "bfloat16" in name:
+                return "bfloat16"
+            if name == "float16":
+                found = "float16"
+    return found
 
 
 def _grow_region(anchor, order: dict, claimed: set):

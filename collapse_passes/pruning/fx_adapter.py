@@ -20,7 +20,7 @@ from ..algebra.linear import LinearParams
 from ..algebra.prune import ConvTransposeParams
 from ..core.torch_kinds import function_kind, module_kind
 from ..errors import CollapseError
-from ..fx.graph import copy_sharing_weights, get_attr_value
+from ..fx.graph import copy_sharing_weights, get_attr_value, keep_module_state, training_batchnorms
 from .builder import SlotBuilder
 from .graph import ChannelGraph, activation_fn, no_dead_channel_note, removal_edits, zero_filters
 
@@ -442,7 +442,8 @@ def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
             mod.in_channels, mod.out_channels, mod.groups = new.in_channels, new.out_channels, new.group
             if edit.bias_map is not None:
                 _set_attr(gm, rec.data["fx_node"].target,
-                               ConvWithBiasMap(mod, torch.as_tensor(edit.bias_map, dtype=mod.weight.dtype)))
+                               ConvWithBiasMap(mod, torch.as_tensor(edit.bias_map, dtype=mod.weight.dtype),
+                                               rec.data.get("input_spatial")))
                 info["bias_maps"].append(rec.name)
         elif rec.kind == "dense":
             mod.in_features, mod.out_features = new.in_features, new.out_features
@@ -486,14 +487,23 @@ def _module_fn(mod):
 
 
 class ConvWithBiasMap(torch.nn.Module):
-    """conv(x) + a per-position bias map (a removed constant channel read through zero padding)."""
+    """conv(x) + a per-position bias map (a removed constant channel read through zero padding).
 
-    def __init__(self, conv, bias_map):
+    The map holds the borders of the input size it was computed at (in_spatial): another size raised a bare
+    broadcast error (a ResNet-50 pruned at 64 and run at 96), or, where the output size is the same (a stride-2
+    conv at 223 and 224), added the wrong borders silently; forward refuses it, as fx/graph.PaddedConv does."""
+
+    def __init__(self, conv, bias_map, in_spatial=None):
         super().__init__()
         self.conv = conv
         self.register_buffer("bias_map", bias_map)
+        self.in_spatial = None if in_spatial is None else tuple(int(d) for d in in_spatial)
 
     def forward(self, x):
+        if self.in_spatial is not None and tuple(x.shape[2:]) != self.in_spatial:
+            raise ValueError(f"collapse_passes: this pruned conv absorbed a removed constant channel through its zero "
+                             f"padding at input spatial size {self.in_spatial} (its bias map holds that size's borders), "
+                             f"got {tuple(x.shape[2:])}; prune with example_inputs of the size you run the model at")
         return self.conv(x) + self.bias_map
 
 
@@ -527,6 +537,10 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         check_ratio(ratio, round_to)
     elif isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         check_ratio(0.0, round_to)
+    if ratio is None and (round_to != 1 or scope != "global" or importance != "l1" or channel_scores is not None):
+        # they rank and round a ratio prune only: without ratio= they were ignored without a word
+        raise CollapseError("round_to / scope / importance / channel_scores have an effect only with ratio=R (a "
+                            "ratio prune); add ratio= or drop them")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     # copies: ShapeProp runs the module, which may write into its input (x.mul_(2))
@@ -547,7 +561,11 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         except Exception as exc:
             raise CollapseError(f"torch.fx cannot trace this module ({' '.join(str(exc).split())[:160]}); "
                                 "pass a GraphModule") from None
-    gm.eval()
+    # BatchNorm / dropout in training mode: the channel graph reads BatchNorms with their running statistics (a
+    # constant channel's value), so the result is in eval mode; else it keeps the module's modes (keep_module_state)
+    train_mode = training_batchnorms(gm)
+    if train_mode:
+        gm.eval()
     stale = [not shapes_known]   # the node metadata lacks the shapes (or a removal changed them)
     changed = False
 
@@ -600,8 +618,12 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         if removed:
             report["groups"] = removal_rows(cg, found)
             report["data_dependent"] = any(f["data_dependent"] for f in found)
-            apply_fx_removal(gm, cg, removed, [x for f in found for x in f["folds"]])
+            info = apply_fx_removal(gm, cg, removed, [x for f in found for x in f["folds"]])
             stale[0] = changed = True
+            if info["bias_maps"]:   # as the ONNX path says it; the result runs at this input size only
+                report["notes"].append(f"{len(info['bias_maps'])} conv(s) got a per-position bias map (a removed "
+                                       "constant channel read through zero padding): the result takes inputs of "
+                                       "the example's spatial size only")
         report["removed_channels"] = cg.channel_count(removed)
         report["frozen_ops"] = cg.frozen_ops[:200]
         if calib is not None and not any(f["data_dependent"] for f in found):   # as the ONNX run warns
@@ -613,6 +635,12 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
     after = _counts(gm, shape_inputs()) if changed else before
     report.update(params_before=before[0], params_after=after[0], macs_before=before[1], macs_after=after[1],
                   params_saved=before[0] - after[0], macs_saved=before[1] - after[1])
+    keep_module_state(gm, module)
+    if train_mode:
+        gm.eval()
+        report.setdefault("notes", []).append(
+            f"{train_mode[0]} (BatchNorm / dropout) was in training mode: pruned with the running statistics, "
+            "the result is in eval mode (call .train() on it to fine-tune)")
     return gm, report
 
 
@@ -638,6 +666,11 @@ def _measure_approximation(report, unpruned, after_ratio, pruned, example_inputs
         report["ratio"]["error_vs_unpruned"] = {"max_abs": c.max_abs, "max_rel": c.max_rel, "inputs": desc}
         warnings.warn(f"prune ratio {report['ratio']['ratio']}: approximate, max abs error {c.max_abs:.3g} (max rel "
                       f"{c.max_rel:.3g}) against the unpruned model on {desc}", stacklevel=3)
+        from .select import misaligned_note
+
+        note = misaligned_note(report["ratio"]["groups"], report["ratio"]["ratio"])
+        if note:
+            warnings.warn(note, stacklevel=3)
     if report.get("data_dependent"):
         c = compare(mid if mid is not None else base, final, names, 1e-4, 1e-5)
         report["calib_dead_error"] = {"max_abs": c.max_abs, "max_rel": c.max_rel, "inputs": desc}

@@ -256,8 +256,22 @@ class ChannelGraph:
 
     # -- importance -------------------------------------------------------------------------------
     def filter_importance(self, order: int = 1) -> dict:
-        """(gid, unit index) -> sum of the L1/L2 norms of the unit's filters (producer rows)."""
+        """(gid, unit index) -> sum of the L1/L2 norms of the unit's filters (producer rows).
+
+        A filter read only by a BatchNorm is weighed as it computes, scaled by |BN scale|: the TorchScript and
+        torch.export exporters fold eval BN into the conv, so without this a torch module (BN kept) and its
+        ONNX export (BN folded) ranked the same channels differently (a 0.3 ResNet-50 kept 33 vs 38 stem
+        channels)."""
         norms = {s: filter_norms(_filters(op), 0, order) for s, op in self.producer_slots().items()}
+        readers: dict = {}
+        for op in self.ops:
+            for s in op.ins:
+                if s is not None:
+                    readers.setdefault(s, []).append(op)
+        for s in norms:
+            r = readers.get(s, [])
+            if len(r) == 1 and r[0].kind == "bn" and r[0].ins[0] == s:
+                norms[s] = norms[s] * np.abs(np.asarray(r[0].data["scale"], np.float64).reshape(-1))
         out = {}
         for g in self.groups():
             for k in self.prunable_units(g):
