@@ -131,6 +131,12 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         raise CollapseError("give either threshold or remove, not both")
     warnings: list[str] = []
     cfg = with_tolerances(cfg, half_precision(original), notes)
+    batch_bn = [n.name or n.output[0] for n in original.graph.node if n.op_type == "BatchNormalization"
+                and any(a.name == "training_mode" and a.i for a in n.attribute)]
+    if batch_bn:   # deterministic, so verified honestly, but nothing folds and the user likely forgot eval()
+        warnings.append(f"{len(batch_bn)} BatchNormalization node(s) in training mode (e.g. {batch_bn[0]}): they "
+                        "normalize with each batch's own statistics, so none is folded and the outputs depend on the "
+                        "batch; export after model.eval() (training=TrainingMode.EVAL) to fold them")
 
     graph = to_graph(original)
     acts = find_activations(graph)
