@@ -222,7 +222,12 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         from .calib import calibration_feeds
 
         feeds = calibration_feeds(cfg.calib, original, limit=cfg.calib_batches or 8)
-        desc = f"calibration data ({sum(next(iter(f.values())).shape[0] for f in feeds)} samples)"
+        samples = sum(next(iter(f.values())).shape[0] for f in feeds)
+        desc = f"calibration data ({samples} samples)"
+        if _identical_samples(feeds):
+            warnings.append(f"the {samples} samples of --calib (calib=) checked are all the same input: scores from data (easier, lacoot, "
+                            "tlc's empirical variant) see one input, so every channel looks always on or off, and the "
+                            "check runs one input; give varied samples")
     else:
         if cfg.check < 1:
             raise CollapseError("--check must be at least 1: every result is verified")
@@ -333,6 +338,23 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         raise VerificationError.mismatch(ver.against_requested, cfg.rtol, cfg.atol,
                                          "nothing written (use --force to write anyway)", res)
     return res
+
+
+def _identical_samples(feeds: list[dict]) -> bool:
+    """Whether more than one sample was given and every one equals the first (eight zero images, say)."""
+    import numpy as np
+
+    first = None
+    count = 0
+    for f in feeds:
+        for i in range(next(iter(f.values())).shape[0] if f else 0):
+            sample = {k: v[i] for k, v in f.items()}
+            count += 1
+            if first is None:
+                first = sample
+            elif any(not np.array_equal(sample[k], first[k]) for k in first):
+                return False
+    return count > 1
 
 
 def half_precision(model: onnx.ModelProto) -> str | None:
