@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 
 from .config import CollapseConfig, check_settings, with_tolerances
-from .errors import CollapseError, VerificationError
+from .errors import CollapseError, VerificationError, random_model_error
 from .onnx.analysis import model_stats
 from .onnx.graph import ONNX_FLOAT_TYPES, as_model, node_key_names, random_nodes, save_model_atomic, to_graph
 from .report import activation_row, build_report
@@ -111,10 +111,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     original = expand_contrib_ops(given, notes)
     rand = random_nodes(original)
     if rand:
-        raise CollapseError(f"the model draws random numbers ({', '.join(rand[:2])}{' ...' if len(rand) > 2 else ''}): its "
-                            "output is not a function of its input, so no result can be verified; export it in eval mode "
-                            "(model.eval(), and training=TrainingMode.EVAL for the TorchScript exporter), or remove the "
-                            "random ops")
+        raise random_model_error(rand, "export it in eval mode (model.eval(), and training=TrainingMode.EVAL for the "
+                                 "TorchScript exporter), or remove the random ops")
     if cfg.input_shapes is not None:
         from .onnx.shapes import fix_input_shapes, input_shapes_text, parse_input_shapes
 

@@ -18,6 +18,14 @@ class CollapseError(Exception):
     exit_code = EXIT_BAD_INPUT
 
 
+def random_model_error(found: list[str], way_out: str, state: str = "") -> CollapseError:
+    """The refusal of a model that draws random numbers (`found`: "name (op)" rows), one wording for every front
+    end; `state` says why it does ("it is in training mode"), `way_out` what to do."""
+    shown = ", ".join(found[:2]) + (" ..." if len(found) > 2 else "")
+    return CollapseError(f"the model draws random numbers ({shown}){', ' + state if state else ''}: its output is not a "
+                         f"function of its input, so no result can be verified; {way_out}")
+
+
 class VerificationError(CollapseError):
     """The transformed model does not match the requested semantics within tolerance."""
 

@@ -20,7 +20,7 @@ from torch.fx.passes.infra.pass_manager import PassManager
 from ..config import CollapseConfig, with_tolerances
 from ..core.merge_fallback import search as merge_search
 from ..core.selection import KeyIndex, assign_scores, blocks_to_remove, choose, read_scores
-from ..errors import CollapseError, VerificationError
+from ..errors import CollapseError, VerificationError, random_model_error
 from ..report import activation_row, build_report
 from .call_path import CallPathTracer
 from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, copy_sharing_weights, count_ops,
@@ -365,11 +365,9 @@ def _refuse_random(gm: fx.GraphModule, model) -> None:
     if not rand:
         return
     training = isinstance(model, torch.nn.Module) and any(m.training for m in model.modules())
-    raise CollapseError(f"the model draws random numbers ({', '.join(rand[:2])}{' ...' if len(rand) > 2 else ''})"
-                        + (", it is in training mode" if training else "")
-                        + ": its output is not a function of its input, so no result can be verified; call "
-                        "model.eval() first (dropout and stochastic depth are identity in eval)"
-                        + ("" if training else ", or remove the random ops"))
+    raise random_model_error(rand, "call model.eval() first (dropout and stochastic depth are identity in eval)"
+                             + ("" if training else ", or remove the random ops"),
+                             "it is in training mode" if training else "")
 
 
 def _refuse_meta(tensors, what: str, way_out: str) -> None:
