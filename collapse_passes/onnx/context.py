@@ -27,6 +27,10 @@ class OnnxContext:
     run_asked: set = field(default_factory=set)       # tensors already asked of a run (found or not)
     fold_protected: set = field(default_factory=set)  # ids of nodes inside activations left as they are
     merge_allowed: frozenset | None = None            # join keys a merge may use (None: all; core/merge_fallback)
+    # conv chain (its node names) -> why it was not looked at, last word wins: a chain a fold has just rewritten
+    # has no shapes until Cleanup infers them, and the next round of the loop plans it (driver.run_passes
+    # adds what is left to the notes)
+    chain_notes: dict = field(default_factory=dict)
 
     @property
     def graph_outputs(self) -> set:

@@ -56,6 +56,7 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
     sites = site_metadata(find_activations(ctx.graph), ctx.node_meta)
     pm = build_pass_manager(merge, remove_blocks, prune, fold)
     pm.run(ctx)
+    ctx.notes.extend(ctx.chain_notes.values())
     out = to_model(ctx.graph, model)   # the input's node metadata back (to_model); the site keys on top
     keep_node_metadata(out, sites)
     check_model(out, "collapsed model")

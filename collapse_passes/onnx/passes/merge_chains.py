@@ -108,9 +108,12 @@ class MergeLinearChains:
         params = [ConvView(n).params for n in chain]
         spatials = [_spatial(n.inputs[0]) for n in chain]
         outs = [_spatial(n.outputs[0]) for n in chain]
+        names = tuple(n.name for n in chain)
+        for key in [k for k in ctx.chain_notes if set(k) & set(names)]:
+            del ctx.chain_notes[key]
         if any(s is None for s in spatials) or any(o is None for o in outs):
-            ctx.notes.append(f"chain {chain[0].name}..{chain[-1].name}: shapes unknown, not merged "
-                              "(a dynamic input size? --input-shape fixes it)")
+            ctx.chain_notes[names] = (f"chain {chain[0].name}..{chain[-1].name}: shapes unknown, not merged "
+                                      "(a dynamic input size? --input-shape fixes it)")
             return 0
         joins = [join_key(_name(a), _name(b)) for a, b in zip(chain, chain[1:])]
         plan = plan_conv_chain(params, spatials, outs, cm, ctx.allow_border_approx,
