@@ -44,3 +44,16 @@ def test_a_chain_planned_in_a_later_round_has_no_shapes_unknown_note(tmp_path):
     assert not [n for n in rep["notes"] if "shapes unknown" in n], rep["notes"]
     # the chain was looked at: merged or kept with its reason
     assert rep["merges"] or [n for n in rep["notes"] if "fc1" in n and ("kept" in n or "not merged" in n)], rep["notes"]
+
+
+def test_notes_name_the_module_behind_a_torch_export_node_name(tmp_path):
+    """The torch.export-based exporter names nodes node_Conv_740; the notes add the module path it stored."""
+    torch.manual_seed(0)
+    p = str(tmp_path / "se.onnx")
+    export_onnx(SE(c=480, s=120).eval(), p, (1, 3, 8, 8), dynamo=True)
+    out, rep = str(tmp_path / "out.onnx"), str(tmp_path / "r.json")
+    r = subprocess.run([sys.executable, "-m", "collapse_passes", p, "--collapse", "relu,gate", "-o", out,
+                        "--report", rep, "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    kept = [n for n in json.load(open(rep))["notes"] if n.startswith("kept ")]
+    assert kept and "(fc1)" in kept[0] and "(fc2)" in kept[0], kept

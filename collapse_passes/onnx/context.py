@@ -32,6 +32,14 @@ class OnnxContext:
     # adds what is left to the notes)
     chain_notes: dict = field(default_factory=dict)
 
+    def label(self, name: str) -> str:
+        """A node's name for the notes, with the module path the exporter stored when the name does not say it
+        (the torch.export-based exporter names nodes node_Conv_740): 'node_Conv_740 (features.11.block.2.fc1)'."""
+        from .keys import module_path_from_metadata
+
+        path = module_path_from_metadata(self.node_meta.get(name) or {})
+        return f"{name} ({path})" if path and not name.startswith("/") else name
+
     @property
     def graph_outputs(self) -> set:
         return {t.name for t in self.graph.outputs}

@@ -84,7 +84,7 @@ class AbsorbResidual:
                     return False
                 new, kind = lin_alg.add_identity(view.params), "identity"
         except CollapseError as exc:
-            ctx.notes.append(f"residual at {add.name} kept: {exc}")
+            ctx.notes.append(f"residual at {ctx.label(add.name)} kept: {exc}")
             return False
         view.write(ctx.graph, new)
         out = add.outputs[0]

@@ -112,7 +112,7 @@ class MergeLinearChains:
         for key in [k for k in ctx.chain_notes if set(k) & set(names)]:
             del ctx.chain_notes[key]
         if any(s is None for s in spatials) or any(o is None for o in outs):
-            ctx.chain_notes[names] = (f"chain {chain[0].name}..{chain[-1].name}: shapes unknown, not merged "
+            ctx.chain_notes[names] = (f"chain {ctx.label(chain[0].name)}..{ctx.label(chain[-1].name)}: shapes unknown, not merged "
                                       "(a dynamic input size? --input-shape fixes it)")
             return 0
         joins = [join_key(_name(a), _name(b)) for a, b in zip(chain, chain[1:])]
@@ -134,11 +134,11 @@ class MergeLinearChains:
             if any(a <= k and k + 2 <= b for a, b in plan.merged):
                 continue
             if (k, k + 2) in plan.refused:
-                ctx.notes.append(f"not merged {chain[k].name} + {chain[k + 1].name}: {plan.refused[(k, k + 2)]}")
+                ctx.notes.append(f"not merged {ctx.label(chain[k].name)} + {ctx.label(chain[k + 1].name)}: {plan.refused[(k, k + 2)]}")
             elif (k, k + 2) in plan.candidates:
                 m = plan.candidates[(k, k + 2)]
                 a, b = seq_macs(k, k + 2), conv_macs(m.params, outs[k + 1])
-                ctx.notes.append(f"kept {chain[k].name} + {chain[k + 1].name} separate: merging is exact but costs more "
+                ctx.notes.append(f"kept {ctx.label(chain[k].name)} + {ctx.label(chain[k + 1].name)} separate: merging is exact but costs more "
                                  f"(MACs {a:,} -> {b:,}, kernel {list(m.params.kernel_shape)}, group {m.params.group})")
         return len(plan.merged)
 
