@@ -86,19 +86,46 @@ def gaussian_p_off(mu, sigma, kink: float = 0.0) -> np.ndarray:
     return np.where(sigma > 0, p, np.where(mu < kink, 1.0, 0.0))
 
 
-def layer_summary(p_off: np.ndarray) -> dict:
-    """Per-layer numbers shared by EASIER and TLC from per-channel p_off."""
+def gaussian_p_above(mu, sigma, upper: float | None) -> np.ndarray | None:
+    """P(x > upper) for x ~ N(mu, sigma^2) per channel (None without an upper bound); sigma = 0 gives a step."""
+    if upper is None:
+        return None
+    return 1.0 - gaussian_p_off(mu, sigma, upper)
+
+
+def layer_summary(p_off: np.ndarray, p_above: np.ndarray | None = None) -> dict:
+    """Per-layer numbers shared by EASIER and TLC from per-channel p_off (input below the kink) and, for an
+    activation with an upper bound (ReLU6, HardSigmoid), p_above (input above it: saturated, constant).
+
+    The channel score is the entropy in bits of the regime the input falls in: off / on without an upper
+    bound (the methods' binary entropy), off / linear / saturated with one. As a two-state count, a ReLU6
+    channel half in its linear range and half above 6 was "always on", scored 0 and was collapsed to the
+    identity, wrong on every saturated input; here it scores 1 bit. A channel in one regime throughout
+    scores 0 either way, and without saturation both counts give the same number.
+    """
     p_off = np.asarray(p_off, dtype=np.float64).ravel()
-    h = binary_entropy(p_off)
-    return {
+    if p_above is None:
+        h = binary_entropy(p_off)
+        p_lin = 1.0 - p_off
+    else:
+        p_above = np.clip(np.asarray(p_above, dtype=np.float64).ravel(), 0.0, 1.0)
+        p_lin = np.clip(1.0 - p_off - p_above, 0.0, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = [np.nan_to_num(-p * np.log2(p), nan=0.0) for p in (np.clip(p_off, 0.0, 1.0), p_lin, p_above)]
+        h = terms[0] + terms[1] + terms[2]
+    out = {
         "score": float(h.mean()) if h.size else 0.0,
         "channels": int(p_off.size),
         "frac_dead": float(np.mean(p_off >= DEAD_P)) if p_off.size else 0.0,
-        "frac_linear": float(np.mean(p_off <= 1.0 - DEAD_P)) if p_off.size else 0.0,
+        "frac_linear": float(np.mean(p_lin >= DEAD_P)) if p_off.size else 0.0,
         "frac_mostly_off": float(np.mean(p_off >= 0.5)) if p_off.size else 0.0,
         "p_off": rounded(p_off),
         "p_on": rounded(1.0 - p_off),
     }
+    if p_above is not None:
+        out["frac_saturated"] = float(np.mean(p_above >= DEAD_P)) if p_off.size else 0.0
+        out["p_above"] = rounded(p_above)
+    return out
 
 
 # activation_kink(kind, params) / upper_bound(kind, params): the thresholds the scores use, from the
@@ -166,6 +193,11 @@ class ChannelStats:
     @property
     def p_on(self) -> np.ndarray:
         return self.on / max(self.n, 1)
+
+    @property
+    def p_above(self) -> np.ndarray | None:
+        """Fraction of entries above the upper bound (None without one)."""
+        return None if self.above is None else self.above / max(self.n, 1)
 
     @property
     def std(self) -> np.ndarray:

@@ -29,7 +29,8 @@ from ..core.activations import is_collapsible
 from ..core.torch_kinds import module_kind
 from ..errors import CollapseError
 from ..core.selection import site_key
-from ._common import ChannelStats, ScoreResult, activation_kink, gaussian_p_off, layer_summary, upper_bound
+from ._common import (ChannelStats, ScoreResult, activation_kink, gaussian_p_above, gaussian_p_off, layer_summary,
+                      upper_bound)
 
 _BN = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 _CONV_LIKE = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
@@ -122,7 +123,7 @@ def module_scores(model, method: str, calib_batches=None, calib_arg: str = "cali
             raise CollapseError(f"module_scores: easier needs {calib_arg} (an iterable of input batches)")
         stats, _, calls = _run_hooks(model, acts, calib_batches, moments=False, min_samples=2,
                                      calib_arg=calib_arg)
-        return _from_stats("easier", "empirical", _called_only(acts, calls), stats, calls, lambda st: 1.0 - st.p_on,
+        return _from_stats("easier", "empirical", _called_only(acts, calls), stats, calls, lambda st: (1.0 - st.p_on, st.p_above),
                            {})
     return _tlc(model, acts, calib_batches, calib_arg)
 
@@ -271,9 +272,9 @@ def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int
     return stats, producer, calls
 
 
-def _from_stats(method, variant, acts, stats, calls, p_off_fn, fixed: dict, notes=None) -> ScoreResult:
+def _from_stats(method, variant, acts, stats, calls, p_fn, fixed: dict, notes=None) -> ScoreResult:
     """Scores per call site: `fixed` (site key -> details, e.g. from a BatchNorm) wins, else the hooked
-    statistics of that call; calls: module path -> calls per forward."""
+    statistics of that call; calls: module path -> calls per forward; p_fn(stats) -> (p_off, p_above)."""
     scores, details = {}, {}
     notes = list(notes or [])
     unused = []
@@ -289,14 +290,14 @@ def _from_stats(method, variant, acts, stats, calls, p_off_fn, fixed: dict, note
                 if st is None:
                     unused.append(key)
                     continue
-                d = {"kind": kind, "source": "empirical", **layer_summary(p_off_fn(st)),
+                d = {"kind": kind, "source": "empirical", **layer_summary(*p_fn(st)),
                      "channel_axis": st.axis, "samples": st.samples}
             scores[key] = float(d["score"])
             details[key] = d if key == path else {**d, "module": path, "call": call}
     samples = max((st.samples for st in stats.values()), default=0)
     if method == "easier":
-        notes.insert(0, f"easier: entropy of on/off (input >= 0) per channel over {samples} calibration sample(s), "
-                        "mean over channels (forward hooks)")
+        notes.insert(0, f"easier: entropy of on/off (input >= 0; off/linear/saturated for ReLU6 and HardSigmoid) per "
+                        f"channel over {samples} calibration sample(s), mean over channels (forward hooks)")
     if unused:
         notes.append(f"{method}: {len(unused)} activation module(s) or call(s) never run on the calibration data get "
                      f"no score ({', '.join(unused[:3])})")
@@ -330,11 +331,11 @@ def _bn_by_fx(model, acts: dict) -> tuple[dict, dict] | None:
     return out, dict(calls)
 
 
-def _bn_p_off(bn, kind: str, params: dict):
+def _bn_regimes(bn, kind: str, params: dict):
     n = bn.num_features
     gamma = bn.weight.detach().cpu().double().numpy() if bn.weight is not None else np.ones(n)
     beta = bn.bias.detach().cpu().double().numpy() if bn.bias is not None else np.zeros(n)
-    return gaussian_p_off(beta, gamma, activation_kink(kind, params))
+    return gaussian_p_off(beta, gamma, activation_kink(kind, params)), gaussian_p_above(beta, gamma, upper_bound(kind, params))
 
 
 def _tlc(model, acts: dict, calib_batches, calib_arg: str = "calib_batches") -> ScoreResult:
@@ -359,7 +360,7 @@ def _tlc(model, acts: dict, calib_batches, calib_arg: str = "calib_batches") -> 
     fixed = {}
     for key, bn in bn_of.items():
         mod, kind = acts[key if key in acts else key.rpartition(":")[0]]
-        fixed[key] = {"kind": kind, "source": "bn", "bn": bn, **layer_summary(_bn_p_off(modules[bn], kind, _params(mod, kind)))}
+        fixed[key] = {"kind": kind, "source": "bn", "bn": bn, **layer_summary(*_bn_regimes(modules[bn], kind, _params(mod, kind)))}
     # a module is hooked when one of its calls has no BatchNorm right before it
     rest = [k for k in acts if not calls.get(k) or any(site_key(k, c, calls[k]) not in fixed for c in range(calls[k]))]
     if rest and stats is None:
@@ -382,5 +383,6 @@ def _tlc(model, acts: dict, calib_batches, calib_arg: str = "calib_batches") -> 
              "mixed": [f"tlc: variant mixed: {len(fixed)} activation(s) from their BatchNorm (found with {how}), "
                        f"{len(rest)} from per-channel mean/std on the calibration batches"]}[variant]
     res = _from_stats("tlc", variant, acts, stats or {}, calls,
-                      lambda st: gaussian_p_off(st.mean, st.std, st.kink), fixed, notes)
+                      lambda st: (gaussian_p_off(st.mean, st.std, st.kink), gaussian_p_above(st.mean, st.std, st.upper)),
+                      fixed, notes)
     return res
