@@ -121,3 +121,17 @@ def test_backend_shape_run_leaves_the_callers_input_alone():
     torch.testing.assert_close(given, 2 * x)   # written once, by the compiled call itself
     torch.testing.assert_close(y, m.conv(2 * x))
     assert want.shape == y.shape
+
+
+def test_backend_force_compiles_a_failed_check_with_a_warning():
+    """force=True was accepted and ignored: the backend raised as without it. Now, as collapse(force=True), the
+    graph is compiled and the failed check is in the report, with a warning."""
+    torch.manual_seed(0)
+    m = _Sqrt().eval()
+    x = torch.randn(4, 6)
+    with pytest.warns(UserWarning, match="compiled anyway"):
+        be, y = _compile(m, x, collapse=["relu"], force=True)
+    rep = be.reports[0]
+    assert rep["collapsed"] == ["relu"] and not rep["verification"]["passed"]
+    assert any("compiled anyway" in w for w in rep["warnings"])
+    assert torch.isnan(y).any()   # the linearized graph: sqrt of the negative pre-activations

@@ -1156,7 +1156,8 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
     check: with verify=True (default) each graph is run once on dynamo's example inputs against the same
     graph with only the chosen activations linearized (rtol/atol of the config); a mismatch goes through
     the gate's fallbacks (merges refused, the float64 second look, nothing folded) as in collapse(), and
-    one that remains raises VerificationError (torch.compile reports it as a backend failure).
+    one that remains raises VerificationError (torch.compile reports it as a backend failure), or with
+    force=True compiles the graph anyway with the failed check in .reports and a warning.
     """
     from ..api import make_config
 
@@ -1266,9 +1267,16 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
         approx_ok = check is not None and bool(record.approximations) and (
             cfg.approx_max_error is None or check.max_abs <= cfg.approx_max_error)   # opted in, as collapse()
         if check is not None and not check.passed and not approx_ok:
-            raise VerificationError(f"torch_backend: the collapsed graph differs from the requested semantics "
-                                    f"(max abs {check.max_abs:.3g}, max rel {check.max_rel:.3g}, rtol {cfg.rtol}, "
-                                    f"atol {cfg.atol})" + (f": {check.why}" if check.why else ""))
+            why = (f"torch_backend: the collapsed graph differs from the requested semantics (max abs "
+                   f"{check.max_abs:.3g}, max rel {check.max_rel:.3g}, rtol {cfg.rtol}, atol {cfg.atol})"
+                   + (f": {check.why}" if check.why else ""))
+            if not cfg.force:
+                raise VerificationError(why)
+            # force=True, as collapse(force=True): the result anyway, its failed check in the report and a warning
+            warnings.append(why + "; compiled anyway (force=True)")
+            import warnings as _warnings
+
+            _warnings.warn(warnings[-1], stacklevel=2)
         for prm in out.parameters():   # frozen: the new ops' weights are constants of this graph
             prm.requires_grad_(False)
         if not inductor:
