@@ -207,6 +207,11 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     requested = requested_semantics(base, {a.name for a in chosen}, remove_blocks=blocks_removed,
                                     constant_channels=ctx.pruning.get("data_dependent_channels"))
     stats_after = model_stats(result_model, graph=ctx.graph)   # shapes inferred by the last Cleanup
+    overridable = _overridable_weights(original, result_model)
+    if overridable:
+        notes.append(f"{len(overridable)} initializer(s) that were also graph inputs ({', '.join(overridable[:3])}"
+                     f"{', ...' if len(overridable) > 3 else ''}: an old exporter's overridable weights) are read as "
+                     "the constants they hold and are no longer inputs of the model written")
     dynamic = dynamic_inputs(original)
     if dynamic:
         notes.append(f"dynamic input size: {', '.join(dynamic)}; MACs and the merge planner count those dims "
@@ -393,6 +398,15 @@ def _cost_model(cfg: CollapseConfig, model):
     elif cfg.cost != "macs":
         raise CollapseError(f"unknown cost model {cfg.cost!r}; use macs or measured")
     return cm
+
+
+def _overridable_weights(original, result) -> list[str]:
+    """Initializers the input also declared as graph inputs (IR < 4 required it; onnxruntime lets a caller feed
+    them) that the result no longer takes: the passes fold and merge them as constants, so the interface of
+    the model written changes, and the report says so."""
+    inits = {t.name for t in original.graph.initializer}
+    kept = {i.name for i in result.graph.input}
+    return [i.name for i in original.graph.input if i.name in inits and i.name not in kept]
 
 
 def list_keys(model, example_inputs=None) -> list[dict]:

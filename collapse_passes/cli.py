@@ -327,6 +327,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _why_no_activations(path) -> str:
+    """Why --list-keys found nothing, where the file says: a quantized model (onnxruntime.quantization) keeps
+    its ReLUs in the quantization ranges (QDQ) or inside QLinear ops, where no float activation is left."""
+    import onnx
+
+    try:
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    except Exception:
+        return ""
+    if ops & {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"}:
+        return (" (a quantized model: its activations are folded into the quantization ranges or QLinear ops); "
+                "collapse the float model, then quantize the result")
+    return ""
+
+
 def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
     from . import api
     from .report import print_report, report_json
@@ -338,6 +353,9 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
         sys.stdout.write("".join(f"{r['key']}\t{r['kind']}\t{', '.join(shown(k) for k in r['keys'] if k != r['key'])}\n"
                                  for r in rows))
         sys.stdout.flush()
+        if not rows and not args.quiet:
+            err.print(f"note: {args.model}: no activation to collapse{_why_no_activations(args.model)}",
+                      highlight=False, markup=False, soft_wrap=True)
         return 0
     # the input is parsed once, here: the output checks need its external data files, the run its graph
     from .onnx.graph import load_model_file

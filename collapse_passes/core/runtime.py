@@ -194,7 +194,12 @@ def _session(model, optimize: bool, threads, spinning, ours, arena: bool | None 
         msg = ort_message(exc, 200)
         if ours:
             raise RuntimeError(f"onnxruntime cannot load the transformed model ({msg})") from exc
-        raise CollapseError(f"onnxruntime cannot load the model ({msg})") from None
+        way_out = ""
+        if "Could not find an implementation" in str(exc):   # a float64 Conv, a bfloat16 MatMul, an opset-6 BN
+            way_out = ("; onnxruntime's CPU build has no kernel for that op at that opset and element type, and every "
+                       "result is verified with it: give the model in float32 (or float16), e.g. exported from "
+                       "model.float(), at an opset it runs (onnx.version_converter.convert_version(model, 13))")
+        raise CollapseError(f"onnxruntime cannot load the model ({msg}){way_out}") from None
     sess._collapse_weights = keep   # onnxruntime reads them for as long as the session lives
     return sess
 

@@ -72,7 +72,52 @@ def load_model(path: str | os.PathLike, external_files: list | None = None) -> o
     _load_external(model, p)
     check_model(model, str(p))
     name_nameless_nodes(model)
+    return normalize_model(model)
+
+
+#: the IR version models are read as at least: IR 4 lets initializers be constants, not graph inputs
+MIN_IR_VERSION = 4
+
+
+def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model, in place, in the form every pass reads: an IR < 4 model (opset <= 8 era exporters: every
+    initializer also a graph input) raised to IR 4 (under IR < 4 shape inference ignores initializers that
+    are not inputs, and every model the passes export, weights as initializers only, would be invalid; the
+    ops and their semantics are the opset's, which stays as it is), and sparse initializers written dense
+    (graphsurgeon reads them as float64 constants of the wrong shape: the result did not load)."""
+    if model.ir_version < MIN_IR_VERSION:
+        model.ir_version = MIN_IR_VERSION
+    if model.graph.sparse_initializer:
+        dense = [_dense(sp) for sp in model.graph.sparse_initializer]
+        del model.graph.sparse_initializer[:]
+        model.graph.initializer.extend(dense)
+    for n in model.graph.node:   # Constant(sparse_value=...): graphsurgeon drops the attribute, leaving no value
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "sparse_value":
+            value = _dense(n.attribute[0].sparse_tensor)
+            del n.attribute[:]
+            n.attribute.append(onnx.helper.make_attribute("value", value))
     return model
+
+
+def _needs_normalizing(model: onnx.ModelProto) -> bool:
+    """Whether normalize_model would change the model."""
+    return (model.ir_version < MIN_IR_VERSION or bool(model.graph.sparse_initializer)
+            or any(n.op_type == "Constant" and n.attribute and n.attribute[0].name == "sparse_value"
+                   for n in model.graph.node))
+
+
+def _dense(sp: onnx.SparseTensorProto) -> onnx.TensorProto:
+    """A sparse initializer as the dense tensor it stands for (indices: [NNZ] linear or [NNZ, rank])."""
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(sp.values)
+    dims = [int(d) for d in sp.dims]
+    out = np.zeros(int(np.prod(dims)) if dims else 1, dtype=values.dtype)
+    if values.size:
+        idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+        flat = idx if idx.ndim == 1 else np.ravel_multi_index(tuple(idx.T), dims)
+        out[flat] = values.reshape(-1)
+    return numpy_helper.from_array(out.reshape(dims), sp.values.name)
 
 
 def name_nameless_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -134,6 +179,12 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
         # models over 2 GiB cannot be checked in memory; the passes still validate shapes later
         pass
     except onnx.checker.ValidationError as exc:
+        shapeless = [f"{kind} {v.name!r}" for kind, vs in (("input", model.graph.input), ("output", model.graph.output))
+                     for v in vs if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")]
+        if shapeless and "'shape' of 'type' is required" in str(exc):   # the checker does not say which tensor
+            raise CollapseError(f"{where}: invalid ONNX model (graph {', '.join(shapeless[:3])}: no shape declared; "
+                                "ONNX requires one, its dims may be unknown): give it its rank, e.g. "
+                                "onnx.helper.make_tensor_value_info(name, elem_type, ['N', 3, 'H', 'W'])") from None
         raise CollapseError(f"{where}: invalid ONNX model ({_short(exc)})") from None
 
 
@@ -232,10 +283,10 @@ def _as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:
         if ext is not None:   # a proto from onnx.load(..., load_external_data=False): its weights are elsewhere
             raise CollapseError(f"the ModelProto's weights are not loaded (initializer {ext!r} is stored in an "
                                 "external data file): pass the model's path, or onnx.load(path) with its data")
-        if _needs_names(model_or_path):
+        if _needs_names(model_or_path) or _needs_normalizing(model_or_path):
             copy = onnx.ModelProto()
             copy.CopyFrom(model_or_path)   # the caller's proto is never modified
-            return name_nameless_nodes(copy), None
+            return normalize_model(name_nameless_nodes(copy)), None
         return model_or_path, None
     if isinstance(model_or_path, (str, os.PathLike)):
         return load_model(model_or_path), Path(model_or_path)

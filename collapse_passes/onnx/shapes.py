@@ -61,12 +61,43 @@ def light_export(graph: gs.Graph) -> onnx.ModelProto:
 
 
 def inferred_types(model: onnx.ModelProto) -> dict | None:
-    """tensor name -> ValueInfoProto from shape inference (strict off, data propagation on); None if it fails."""
+    """tensor name -> ValueInfoProto from shape inference (strict off, data propagation on); None if it fails.
+
+    The model's own intermediate value_info is a cache an exporter or an earlier tool wrote, and may be
+    wrong (onnxruntime merges it leniently and runs the model): inference starts without it, so a wrong
+    declared shape is neither kept nor propagated (a channel count read from it broke pruning). Declared
+    entries inference cannot reach (outputs of ops it does not know) are given back and inferred again."""
+    lm = light_model(model)
+    declared = {vi.name: vi for vi in lm.graph.value_info}
+    del lm.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(light_model(model), strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(lm, strict_mode=False, data_prop=True)
+        types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        unreached = [vi for name, vi in declared.items() if _adds_to(vi, types.get(name))]
+        if unreached:
+            lm.graph.value_info.extend(unreached)
+            inferred = onnx.shape_inference.infer_shapes(lm, strict_mode=False, data_prop=True)
+            types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     except Exception:
         return None
-    return {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    return types
+
+
+def _adds_to(declared, inferred) -> bool:
+    """Whether a declared value_info tells more than inference did without contradicting it: inference did
+    not reach the tensor, or left dims unknown that the declaration gives (shapes the passes read from a
+    run, fill_shapes). A declaration of another element type, rank or size than inference's is wrong."""
+    if inferred is None or not inferred.type.tensor_type.HasField("shape"):
+        return True
+    d, i = declared.type.tensor_type, inferred.type.tensor_type
+    if not d.HasField("shape") or (d.elem_type and i.elem_type and d.elem_type != i.elem_type):
+        return False
+    if len(d.shape.dim) != len(i.shape.dim):
+        return False
+    pairs = list(zip(d.shape.dim, i.shape.dim))
+    if any(a.HasField("dim_value") and b.HasField("dim_value") and a.dim_value != b.dim_value for a, b in pairs):
+        return False
+    return any(a.HasField("dim_value") and not b.HasField("dim_value") for a, b in pairs)
 
 
 def with_shapes(model: onnx.ModelProto) -> gs.Graph:

@@ -109,6 +109,14 @@ class _Builder(SlotBuilder):
         for t in self.g.outputs:
             if t.name in self.slot_of:
                 self.cg.freeze(self.slot_of[t.name], t.name, "tensor", "graph output")
+        # an If / Loop / Scan body reads outer tensors by name, not as inputs of its node: the walk above
+        # never sees that reader, so those channels are frozen (a pruned one would break the body)
+        top = {id(n) for n in self.g.nodes}
+        tensors = self.g.tensors()
+        for name, slot in list(self.slot_of.items()):
+            t = tensors.get(name)
+            if t is not None and any(id(c) not in top for c in t.outputs):
+                self.cg.freeze(slot, name, "tensor", "read inside a subgraph (If / Loop / Scan body)")
         return self.cg
 
     def visit(self, node):
