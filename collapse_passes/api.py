@@ -55,6 +55,22 @@ class CollapseResult:
 
 # ------------------------------------------------------------------------------------ collapse
 
+#: CLI flags whose keyword is not the flag's name (README, Python API)
+_FLAG_KEYWORDS = {"no_merge": "merge=False", "no_prune": "prune=False", "input_shape": "input_shapes=",
+                  "eval": "eval_data="}
+
+
+def _keyword_hint(k: str) -> str:
+    """'; did you mean ...' for a keyword guessed from a CLI flag (input_shape=) or misspelt."""
+    import dataclasses
+    import difflib
+
+    if k in _FLAG_KEYWORDS:
+        return f"; the keyword for --{k.replace('_', '-')} is {_FLAG_KEYWORDS[k]}"
+    near = difflib.get_close_matches(k, [f.name for f in dataclasses.fields(CollapseConfig)], n=3)
+    return f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+
+
 def make_config(config: CollapseConfig | None, scores=None, threshold=None, remove=None, caller: str = "collapse",
                 **kwargs) -> CollapseConfig:
     """A copy of `config` (or a default one) with the keyword arguments of collapse() / torch_backend()
@@ -70,7 +86,7 @@ def make_config(config: CollapseConfig | None, scores=None, threshold=None, remo
         cfg.remove = remove
     for k, v in kwargs.items():
         if not hasattr(cfg, k):
-            raise TypeError(f"{caller}() got an unexpected keyword argument {k!r}")
+            raise TypeError(f"{caller}() got an unexpected keyword argument {k!r}{_keyword_hint(k)}")
         setattr(cfg, k, v)
     check_selection(cfg)
     return cfg
