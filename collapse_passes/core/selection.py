@@ -272,5 +272,6 @@ def choose(acts, index, act_scores: dict, cfg, warnings: list) -> list:
         for a in ranked[:cfg.remove]:
             chosen[id(a)] = a
     elif act_scores and not cfg.collapse and getattr(cfg, "target_speedup", None) is None:
-        warnings.append("scores given without --threshold, --remove or --target-speedup: nothing collapsed")
+        given = f"--method {cfg.method} scored the activations" if getattr(cfg, "method", None) else "scores given"
+        warnings.append(f"{given} without --threshold, --remove or --target-speedup: nothing collapsed")
     return [a for a in acts if id(a) in chosen]
