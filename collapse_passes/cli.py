@@ -198,6 +198,10 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
     if args.collapse is not None and not [k for k in args.collapse.split(",") if k.strip()]:
         raise CollapseError(f"--collapse {args.collapse!r} names no key; give KEY[,KEY...] (see --list-keys)")
     _validate_prune_args(args)
+    if getattr(args, "quiet", False) and getattr(args, "verbose", False):
+        # -v prints MetaSchedule's tuning tables on stdout, where -q promises the output path alone
+        raise CollapseError("-q and -v contradict each other (-v prints progress on stdout, -q only the output "
+                            "path); drop one of them")
     if args.dry_run:
         if args.output is not None:
             raise CollapseError("-o has no effect with --dry-run (no model is written); drop one of them")

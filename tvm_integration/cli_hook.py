@@ -180,9 +180,13 @@ def check_args(args, model=None) -> None:
         raise TVMError("--target is empty; give cpu, cuda, aarch64, a TVM target tag or a JSON target dict")
     if getattr(args, "rpc_key", None) and not getattr(args, "rpc_tracker", None):
         raise TVMError("--rpc-key needs --rpc-tracker HOST:PORT")
-    _, info = resolve_target(args.target, getattr(args, "cuda_arch", None))
+    target, info = resolve_target(args.target, getattr(args, "cuda_arch", None))
     if getattr(args, "cuda_arch", None) and info.kind != "cuda":   # would be ignored: say so, as for other flags
         raise TVMError(f"--cuda-arch applies to CUDA targets only, not {info.name!r}; drop it or pass --target cuda")
+    from .tuning import check_database_target
+
+    # a --tune-dir tuned for another target would be built into this one's library: refused before any work
+    check_database_target(default_tune_dir(args, info), target)
     if getattr(args, "rpc_tracker", None):
         check_tracker(args.rpc_tracker, getattr(args, "rpc_key", None))
     elif int(getattr(args, "tune_trials", 0) or 0) > 0 and not info.runs_on_host:   # as tune_with_report says
@@ -387,6 +391,21 @@ def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, n
     return (*mods, *exs, True)
 
 
+def _from_database_only(tune_report: dict, ex, trials: int, tune_dir: str, which: str, console,
+                        say: bool = True) -> None:
+    """With --tune-trials 0 the run tunes nothing and tune_with_report lists no task, yet the build applies every
+    record of --tune-dir that matches: the report said `tasks_from_database: []` and the console nothing while
+    the tuned column came from the database. Every kernel built from it is such a task (tasks are named after
+    the kernels they tune)."""
+    if trials or not ex.tuned_functions:
+        return
+    names = list(ex.tuned_functions)
+    tune_report["tasks_from_database"] = names
+    if say:
+        _say(console, f"TVM: {which} model: {len(names)} kernel(s) built from the tuning database in {tune_dir} "
+                      f"(--tune-trials 0 tunes nothing): {', '.join(names[:4])}" + (" ..." if len(names) > 4 else ""))
+
+
 def _note_unreplayable(ex, which: str, notes: list[str]) -> None:
     """Say which kernels kept their default schedule because their record (tuned on the same conv / matmul
     with another epilogue) does not replay on them (compile._replayable_only)."""
@@ -541,6 +560,7 @@ def run_from_args(
         seconds["build_tuned"] = time.perf_counter() - t0
         tune_report["tuned_functions"] = ex_tuned.tuned_functions
         tune_report["untuned_functions"] = ex_tuned.untuned_functions
+        _from_database_only(tune_report, ex_tuned, trials, tune_dir, "collapsed", console)
         if not ex_tuned.tuned_functions:
             notes.append("the tuning database had no record for this model: tuned == untuned")
         _note_unreplayable(ex_tuned, "collapsed", notes)
@@ -572,6 +592,7 @@ def run_from_args(
                 _note_unreplayable(ex_tuned_orig, "input", notes)
             tune_report_orig["tuned_functions"] = ex_tuned_orig.tuned_functions
             tune_report_orig["untuned_functions"] = ex_tuned_orig.untuned_functions
+            _from_database_only(tune_report_orig, ex_tuned_orig, trials, tune_dir, "input", console, say=not same)
             if info.runs_on_host:
                 if same:
                     latency["original"]["tvm_tuned"] = latency["collapsed"]["tvm_tuned"]

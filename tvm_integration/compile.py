@@ -74,8 +74,13 @@ def check_onnx_ops(model) -> None:
     if missing:
         raise TVMError(
             "TVM's ONNX importer (tvm.relax.frontend.onnx) does not support op(s): "
-            + ", ".join(missing)
+            + ", ".join(missing) + IMPORTER_WAY_OUT
         )
+
+
+#: what a user whose model TVM's importer cannot take can do (the collapse itself needs no TVM)
+IMPORTER_WAY_OUT = ("; TVM cannot compile this model as it is: export it without that construct, or collapse "
+                    "without --target (the collapse needs no TVM)")
 
 
 def _load_onnx(model):
@@ -170,12 +175,18 @@ def _import_onnx(proto, shape_dict):
             op = printed.getvalue().partition("Error converting operator ")[2].partition(",")[0]
             failure = (f"TVM's ONNX importer failed on this model{f' at a {op} node' if op else ''}: "
                        f"{_first_line(e)}")
+        except Exception as e:  # noqa: BLE001 - the call is the importer alone: any error is a gap of it, not
+            # ours (a MaxPool that also outputs its indices: AssertionError "Missing outputs during conversion";
+            # an opset-23 Attention without num_heads: KeyError), and was a traceback
+            op = printed.getvalue().partition("Error converting operator ")[2].partition(",")[0]
+            failure = (f"TVM's ONNX importer failed on this model{f' at a {op} node' if op else ''}: "
+                       f"{type(e).__name__}: {_first_line(e).rstrip('.')}")
         if failure is not None:
             import gc
 
             gc.collect()   # the half-built BlockBuilder logs a warning when destroyed: here, filtered
     if failure is not None:
-        raise TVMError(failure)
+        raise TVMError(failure + IMPORTER_WAY_OUT)
     return mod
 
 
@@ -469,6 +480,8 @@ def build(
         cuda_graph = target.kind.name == "cuda"
     record: dict[str, list[str]] = {}
     skipped: list[str] = []
+    if database is not None:
+        _check_database_targets(database, target)
 
     @tvm.transform.module_pass(opt_level=0, name="CollapseTVMPipeline")
     def _pipeline(m, _ctx):
@@ -521,6 +534,23 @@ def build(
         build_seconds=time.perf_counter() - t0,
         unreplayable=sorted(set(skipped)),
     )
+
+
+def _check_database_targets(database, target) -> None:
+    """Refuse a database holding records of another target: MetaScheduleApplyDatabase takes a kernel's best record
+    whatever target it was tuned for, so a CPU database built into a CUDA library its x86 loop nests (and the
+    library was reported tuned). TVMError naming the targets."""
+    from .tuning import foreign_record_targets, _short_target, target_identity
+
+    try:
+        records = database.get_all_tuning_records()
+    except Exception:  # noqa: BLE001 - a user's PyDatabase without the listing: nothing to check
+        return
+    foreign = foreign_record_targets([r.target for r in records if r.target is not None], target)
+    if foreign:
+        raise TVMError(f"the tuning database holds records tuned for {', '.join(foreign[:2])}"
+                       f"{' ...' if len(foreign) > 2 else ''}, not for {_short_target(target_identity(target))}; "
+                       "tune for this target into a database of its own (tuning.default_database_dir(target))")
 
 
 def _replayable_only(database, skipped: list):

@@ -504,7 +504,14 @@ def target_slug(info: TargetInfo) -> str:
     if info.name not in ("json",):
         base = info.name
     else:
-        base = info.kind + ("-" + info.arch if info.arch != info.kind else "")
+        # two JSON targets of one arch (another mcpu, num-cores) must not share a default tuning dir: its
+        # records would be built into the other's library
+        import hashlib
+        import json as _json
+
+        ident = _json.dumps({k: v for k, v in info.target_json.items() if k not in ("host", "tag")}, sort_keys=True)
+        base = (info.kind + ("-" + info.arch if info.arch != info.kind else "") + "-"
+                + hashlib.sha1(ident.encode()).hexdigest()[:8])
     if info.kind == "cuda":
         arch = info.target_json.get("arch")
         if arch and arch not in base:

@@ -360,6 +360,79 @@ def _db_paths(work_dir: str) -> list[str]:
     return [os.path.join(work_dir, f) for f in DB_FILES]
 
 
+def target_identity(target) -> str:
+    """A target as the records of a tuning database compare it: its JSON without ``host`` and ``tag`` (a TVM tag
+    and the dict it stands for are the same hardware), keys sorted."""
+    if isinstance(target, str):
+        try:
+            target = json.loads(target)
+        except ValueError:
+            pass
+    if not isinstance(target, dict):
+        from .compile import _as_target
+
+        target = json.loads(str(_as_target(target)))
+    return json.dumps({k: v for k, v in target.items() if k not in ("host", "tag")}, sort_keys=True,
+                      separators=(",", ":"))
+
+
+def _short_target(ident: str) -> str:
+    d = json.loads(ident)
+    keep = {k: d[k] for k in ("kind", "mtriple", "mcpu", "arch", "num-cores") if k in d}
+    return json.dumps(keep, separators=(",", ":"))
+
+
+def foreign_record_targets(record_targets, target) -> list[str]:
+    """The targets among ``record_targets`` (TVM targets, dicts or JSON) that are not ``target``, shortened, sorted."""
+    mine = target_identity(target)
+    return sorted({_short_target(i) for i in map(target_identity, record_targets) if i != mine})
+
+
+def check_database_target(work_dir: str, target, prepack: bool | None = None, flag: str = "--tune-dir") -> None:
+    """Refuse a database directory tuned for another target (or prepacking setting) than ``target``.
+
+    MetaSchedule's JSON database answers a query with the best record of the kernel whatever target it was tuned
+    for: a ``--tune-dir`` used for ``cpu`` and then for ``cuda`` or ``aarch64`` built that target with the x86
+    schedules (a CUDA library of CPU loop nests, reported as tuned). Reads the record file as text (no TVM), so the
+    CLI can check it before any work. Raises TVMError naming both targets and the way out."""
+    from .compile import _as_target, default_prepack
+
+    rec_path = _db_paths(work_dir)[1]
+    targets: dict[str, Any] = {}
+    try:
+        with open(rec_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    t = json.loads(line)[1][2]
+                except (ValueError, IndexError, TypeError, KeyError):
+                    continue   # a line TVM itself cannot read is open_database's business
+                if isinstance(t, dict):   # TVM 0.27 writes a target as its JSON dict
+                    targets.setdefault(json.dumps(t, sort_keys=True), t)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise TVMError(f"cannot read the tuning database in {work_dir} ({exc.strerror or exc}); move it away or "
+                       f"pass another {flag}") from None
+    t = _as_target(target)
+    foreign = foreign_record_targets(targets.values(), t)
+    mine = _short_target(target_identity(t))
+    if foreign:
+        raise TVMError(f"the tuning database in {work_dir} holds records tuned for {', '.join(foreign[:2])}"
+                       f"{' ...' if len(foreign) > 2 else ''}, not for {mine}: their schedules would be built into "
+                       f"this target's library; pass another {flag} (the default is one per target) or move it away")
+    if prepack is None:
+        prepack = default_prepack(t)
+    try:
+        with open(os.path.join(work_dir, SUMMARY_FILE)) as f:
+            was = json.load(f).get("prepack")
+    except (OSError, ValueError, AttributeError):
+        was = None
+    if isinstance(was, bool) and targets and was != bool(prepack):
+        raise TVMError(f"the tuning database in {work_dir} was tuned with weight prepacking "
+                       f"{'on' if was else 'off'}, this build has it {'on' if prepack else 'off'}: pass the same "
+                       f"prepack setting, another {flag}, or move it away")
+
+
 def open_database(work_dir: str, *, create: bool = True, say=None):
     """The JSON database in ``work_dir`` (None when absent and ``create`` is False).
 
@@ -615,6 +688,7 @@ def _run_tune_tasks(
         initializer=initializer,
         f_export=f_export,
     )
+    runner = None
     try:
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50)
         if rpc_info is not None:
@@ -661,6 +735,13 @@ def _run_tune_tasks(
         raise
     finally:
         builder.shutdown()
+        # the runner's worker pool, shut down here in the main thread: left to the garbage collector, its
+        # __del__ ran in one of its own threads after a Ctrl-C and printed "Exception ignored ... RuntimeError:
+        # cannot join current thread" under the run's last line
+        pool = getattr(runner, "pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.shutdown(wait=True)
     _raise_if_interrupted()   # a signal after the last batch: the records are whole, the rest of the run is not done
 
 
@@ -776,6 +857,7 @@ def tune_with_report(
     shared_dir = os.path.abspath(os.path.expanduser(os.fspath(shared_database))) if shared_database else None
     if shared_dir == work_dir:
         shared_dir = None
+    check_database_target(work_dir, target, prepack)   # records of another target must not be reused here
     report = TuneReport(work_dir=work_dir, trials_requested=trials, target=str(target), prepack=bool(prepack))
     t_start = time.perf_counter()
 
