@@ -19,10 +19,11 @@ import onnx
 from onnx import helper
 
 #: ops that are linear (affine) in their float inputs whatever their constant operands are (every op
-#: the passes carry a merge or a bias map through must be here: GlobalAveragePool passes bias maps on)
+#: the passes carry a merge or a bias map through must be here: GlobalAveragePool and ReduceMean, torch.export's
+#: spelling of it, pass bias maps on)
 _LINEAR = {"Conv", "ConvTranspose", "Gemm", "BatchNormalization", "Add", "Sub", "Neg", "Identity", "Pad",
            "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Dropout",
-           "Sum", "Cast", "GlobalAveragePool"}
+           "Sum", "Cast", "GlobalAveragePool", "ReduceMean"}
 #: linear only when one operand is a constant (x @ W, x * s); x @ y and x * y are not
 _LINEAR_WITH_CONSTANT = {"MatMul", "Mul", "Div"}
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}

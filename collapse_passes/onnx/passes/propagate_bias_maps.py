@@ -121,9 +121,19 @@ def _push(node, off: dict):
         elif op == "GlobalAveragePool":
             o = off[ins[0].name]
             res = conv_alg.map_through_mean(o, range(2, o.ndim))
+        elif op == "ReduceMean":   # torch.export's adaptive_avg_pool2d(1) / x.mean((2, 3)): the pooling of GAP
+            o = off[ins[0].name]
+            axes = _reduce_axes(node, consts, o.ndim)
+            if carried == [ins[0]] and axes is not None and 0 not in axes:
+                res = conv_alg.map_through_mean(o, axes) if axes else o
+                if axes and not int(node.attrs.get("keepdims", 1)):
+                    res = np.squeeze(res, axis=axes)
         elif op == "Flatten":
             if int(node.attrs.get("axis", 1)) == 1:
                 res = off[ins[0].name].reshape(1, -1)
+        elif op == "Reshape":   # torch.export's flatten / view(n, -1): TorchScript writes Flatten
+            if len(ins) == 2 and carried == [ins[0]] and _keeps_batch(node, consts[1]):
+                res = off[ins[0].name].reshape((1,) + out_shape[1:])
         elif op == "Gemm":
             if int(node.attrs.get("transA", 0)) == 0 and consts[1] is not None and carried == [ins[0]]:
                 p = from_gemm(consts[1], None, transB=int(node.attrs.get("transB", 0)),
@@ -137,6 +147,40 @@ def _push(node, off: dict):
     if res is None or tuple(res.shape[1:]) != out_shape[1:] or res.shape[0] != 1:
         return None
     return res if isinstance(res, RunMap) else np.asarray(res, dtype=np.float64)
+
+
+def _reduce_axes(node, consts, ndim: int):
+    """ReduceMean's axes, non-negative and sorted (from the axes input, opset 18, or the attribute before it);
+    () for a no-op (empty axes with noop_with_empty_axes), None when unknown or when it reduces every axis."""
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        if consts[1] is None:
+            return None
+        axes = [int(a) for a in np.asarray(consts[1]).reshape(-1)]
+    else:
+        axes = [int(a) for a in node.attrs.get("axes", [])]
+    if not axes:
+        return () if int(node.attrs.get("noop_with_empty_axes", 0)) else None
+    axes = sorted({a + ndim if a < 0 else a for a in axes})
+    return tuple(axes) if all(0 <= a < ndim for a in axes) else None
+
+
+def _keeps_batch(node, target) -> bool:
+    """A Reshape that keeps the first (batch) dim and only regroups the others (view(n, -1), flatten(x, 1)):
+    then it maps each sample's offset on its own, and the (1, ...) offset reshapes with it."""
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = _static(x), _static(y)
+    if target is None or xs is None or ys is None:
+        return False
+    t = [int(d) for d in np.asarray(target).reshape(-1)]
+    if not t or int(np.prod(xs[1:])) != int(np.prod(ys[1:])):
+        return False
+    if 0 in t and int(node.attrs.get("allowzero", 0)):   # a literal 0 (torch.export writes allowzero=1)
+        return False
+    if t[0] == 0:   # copies the input's first dim
+        return True
+    if t[0] == -1:  # the rest fixes every other element, so -1 is the first dim
+        return all(d >= 0 for d in t[1:])
+    return isinstance(x.shape[0], (int, np.integer)) and t[0] == int(x.shape[0])
 
 
 class _Sets:
