@@ -23,9 +23,11 @@ from ..core.selection import KeyIndex, assign_scores, blocks_to_remove, choose, 
 from ..errors import CollapseError, VerificationError, random_model_error
 from ..report import activation_row, build_report
 from .call_path import CallPathTracer
+from .frames import guard_identity, scope_dynamo_graph
 from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, copy_sharing_weights, count_ops,
                     count_params, find_activations, is_collapsible, keep_module_state, key_index, linear_op, own_weights,
                     propagate_shapes, shape_of, state_error, state_writes, training_batchnorms)
+from .graph import _FREE as _FREE_CALLS, batchnorm_op, submodule
 from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, LinearizeActivations, MergeLinearChains,
                      RemoveResidualBlocks)
 
@@ -136,6 +138,8 @@ class _RootHooks(Exception):
 def trace_module(model: torch.nn.Module, example_inputs=None) -> fx.GraphModule:
     """symbolic_trace (parameters left at their defaults traced as constants), or torch.export (non-strict)
     when that fails and example_inputs are given."""
+    if isinstance(example_inputs, torch.Tensor):   # one input given bare: tuple(x) below would split its batch
+        example_inputs = (example_inputs,)
     tracer = _PathTracer()
     try:
         if has_forward_hooks(model) and not isinstance(model, fx.GraphModule):
@@ -163,9 +167,29 @@ def trace_module(model: torch.nn.Module, example_inputs=None) -> fx.GraphModule:
         gm.meta[EXPORT_BATCHES] = _batch_range(ep)
         return gm
     except Exception as exc2:
+        _runs_on(model, example_inputs)   # wrong inputs: say so, not "rewrite its control flow"
         raise CollapseError(f"torch.fx cannot trace {where} ({why}) and torch.export failed too "
                             f"({_first_line(exc2)}); rewrite its data-dependent control flow "
                             "(torch.cond) or export the model to ONNX") from None
+
+
+def _runs_on(model: torch.nn.Module, example_inputs) -> None:
+    """One line when the model itself does not run on example_inputs (a wrong shape or dtype), as for a model
+    symbolic_trace can trace: a failed torch.export fallback blamed the model's control flow for the user's input
+    (Swin-T given 4 channels: "rewrite its data-dependent control flow")."""
+    feeds = [t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs]
+    guard = StateGuard(model)
+    try:
+        with torch.no_grad():
+            model(*feeds)
+    except Exception as exc:   # noqa: BLE001 - any failure of the user's model on the user's inputs
+        shapes = ", ".join(str(tuple(t.shape)) + ("" if t.dtype == torch.float32 else f" {str(t.dtype)[6:]}")
+                           if isinstance(t, torch.Tensor) else type(t).__name__ for t in feeds)
+        raise CollapseError(f"the model does not run on example_inputs of shape {shapes} ({_first_line(exc)}); "
+                            "pass inputs the model accepts") from None
+    finally:
+        if guard.written():   # a forward that updates its own state: the caller refuses it after the trace
+            guard.restore()
 
 
 def inline_grad_regions(gm: fx.GraphModule) -> int:
@@ -856,12 +880,77 @@ def _has_module_layers(gm: fx.GraphModule) -> bool:
     return "call_module" in kinds or not kinds
 
 
+#: functions / methods the nonlinear depth counts (onnx/patterns.NONLINEAR_OPS by their torch / aten names):
+#: an ExportedProgram's graph calls functions only, so the module rule in graph_stats alone missed its SE gates
+_NONLINEAR_CALLS = {"relu", "relu6", "clip", "clamp", "hardtanh", "leaky_relu", "prelu", "hardswish", "hardsigmoid",
+                    "sigmoid", "tanh", "elu", "selu", "celu", "gelu", "silu", "mish", "erf", "softplus", "softsign",
+                    "softmax", "log_softmax", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
+                    "adaptive_max_pool2d", "adaptive_max_pool3d", "exp", "log", "pow", "sqrt", "rsqrt", "abs", "sin",
+                    "cos", "layer_norm", "native_layer_norm", "instance_norm", "group_norm", "native_group_norm",
+                    "normalize", "amax", "amin", "max", "min", "maximum", "minimum", "floor", "ceil", "round", "sign",
+                    "reciprocal"}
+
+
+_MATMULS = {torch.matmul, operator.matmul, torch.bmm, torch.mm, torch.ops.aten.matmul.default,
+            torch.ops.aten.bmm.default, torch.ops.aten.mm.default, "matmul", "bmm", "mm"}
+
+
+def _matmul_macs(node: fx.Node) -> int:
+    """MACs of a matmul of two tensors (attention's q @ k^T, attn @ v), as onnx/analysis.node_macs counts
+    a MatMul: output elements x the shared dim. Torch counted none (Swin-T's 3.5 M of 13.8 M)."""
+    if node.op not in ("call_function", "call_method") or node.target not in _MATMULS or len(node.args) < 2 \
+            or not isinstance(node.args[0], fx.Node):
+        return 0
+    a, out = shape_of(node.args[0]), shape_of(node)
+    return int(np.prod(out)) * int(a[-1]) if a and out is not None else 0
+
+
+def _nonlinear_call(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        name = str(node.target)
+    elif node.op == "call_function":
+        name = getattr(node.target, "__name__", "").split(".")[0]
+    else:
+        return False
+    name = name.strip("_")
+    return name in _NONLINEAR_CALLS or name.split("_with_indices")[0] in _NONLINEAR_CALLS
+
+
+def export_free_nodes(gm: fx.GraphModule) -> tuple[set, int]:
+    """(nodes that are no op of the deployed model, so the report counts them in neither nodes nor depth, as
+    the ONNX front end does not see them: no-ops the clean-up drops (nn.Identity, eval or p=0 dropout) and an
+    eval-mode BatchNorm on a conv / linear's only output (both ONNX exporters fold it into the conv; counting
+    it put 49 BatchNorms of EfficientNet-B0 into the torch "before" depth that the ONNX one never had), the
+    change in parameters that fold makes: the BatchNorm's tensors go, a bias per channel comes if the op had none)."""
+    from .passes.cleanup import _is_noop
+
+    free, params = set(), 0
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        if _is_noop(gm, node):
+            free.add(node)
+            continue
+        bn = batchnorm_op(gm, node)
+        op = linear_op(gm, bn.x) if bn is not None and isinstance(bn.x, fx.Node) else None
+        if op is not None and len(bn.x.users) == 1:
+            free.update(bn.nodes)
+            params -= sum(t.numel() for t in (bn.gamma, bn.beta, bn.mean, bn.var) if isinstance(t, torch.Tensor))
+            params += 0 if op.params.bias is not None else int(bn.mean.numel())
+    return free, params
+
+
 def graph_stats(gm: fx.GraphModule) -> dict:
-    """The ONNX report's model stats for a GraphModule: ops, params, MACs, critical-path depths."""
+    """The ONNX report's model stats for a GraphModule: ops, params, MACs, critical-path depths. Depth
+    counts ops as onnx/analysis.model_stats does: an activation site is one op (its anchor; a composite's
+    other nodes 0), export_free_nodes none."""
     from ..algebra.cost import conv_macs, linear_macs
 
     macs = 0
-    sites = {s.node for s in find_activations(gm)}
+    acts = find_activations(gm)
+    sites = {s.node for s in acts}
+    inside = {n for s in acts for n in s.nodes if n is not s.node}
+    free, folded_params = export_free_nodes(gm)
     depth, depth_nl = {}, {}
     for node in gm.graph.nodes:
         op = linear_op(gm, node)
@@ -871,14 +960,22 @@ def graph_stats(gm: fx.GraphModule) -> dict:
                 macs += out[0] * conv_macs(op.params, out[2:])
             else:
                 macs += linear_macs(op.params, int(np.prod(out[:-1])) if len(out) > 1 else 1)
-        counted = node.op in ("call_module", "call_function", "call_method") and node.target != "_guards_fn"
+        elif op is None:
+            macs += _matmul_macs(node)
+        counted = node.op in ("call_module", "call_function", "call_method") and node.target != "_guards_fn" \
+            and node.target not in _FREE_CALLS and node not in free and node not in inside
         prev = [p for p in node.all_input_nodes]
-        depth[node] = int(counted) + max((depth[p] for p in prev), default=0)
+        # a PaddedConv runs its parts in sequence (pad, conv, + bias map): count_ops' op_count, on the path too
+        w = getattr(submodule(gm, node), "op_count", 1) if counted and node.op == "call_module" else int(counted)
+        depth[node] = w + max((depth[p] for p in prev), default=0)
         nl = node in sites or (node.op == "call_module" and not isinstance(gm.get_submodule(node.target), _LINEAR_MODS)
-                               and node.target != "_guards_fn" and op is None)
+                               and node.target != "_guards_fn" and op is None and node not in free
+                               and node not in inside) or _nonlinear_call(node) and node not in inside
         depth_nl[node] = int(nl) + max((depth_nl[p] for p in prev), default=0)
     outs = [n for n in gm.graph.nodes if n.op == "output"]
-    return {"nodes": count_ops(gm), "params": count_params(gm), "macs": int(macs),
+    return {"nodes": count_ops(gm) - sum(getattr(submodule(gm, n), "op_count", 1) if n.op == "call_module" else 1
+                                         for n in free),
+            "params": count_params(gm) + folded_params, "macs": int(macs),
             "depth_ops": max((depth[n] for n in outs), default=0),
             "depth_nonlinear": max((depth_nl[n] for n in outs), default=0), "activations": len(sites)}
 
@@ -1139,6 +1236,7 @@ def freeze_parameters(gm: fx.GraphModule, example_inputs) -> int:
         c.meta.update({k: v for k, v in n.meta.items() if k in ("val", "example_value", "tensor_meta")})
         c.meta[STATE_NAME] = _source_path(n)
         n.replace_all_uses_with(c)
+        guard_identity(n)   # frozen: another module object's tensors must recompile, not reuse this graph
         frozen += 1
     gm.recompile()
     return frozen
@@ -1181,6 +1279,7 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
                                 "backend is for inference (parameters are frozen into the graph): compile "
                                 "model.eval()")
         gm.meta[PARTIAL_GRAPH] = True   # a graph break may split the forward: no "relu():i" root keys
+        scope_dynamo_graph(gm)   # a graph break inside a module: its frame's names made the model's paths
         freeze_parameters(gm, example_inputs)
         writes = state_writes(gm)
         if writes:   # frozen into constants, a running statistic would stop updating (and the check runs it twice)
@@ -1199,7 +1298,7 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
         notes, warnings = [], []
         # a key that names no activation of *this* graph may live in another graph dynamo split off
         sites = find_activations(gm)
-        index = key_index(sites)
+        index = key_index(sites, node_names=False)   # node names repeat across dynamo's graphs: root sites' only
         keys.note_graph(index, [s.keys[0] for s in sites])
         sub = copy.copy(cfg)
         if cfg.collapse:

@@ -112,7 +112,9 @@ class CallPathTracer(fx.Tracer):
     def trace(self, root, concrete_args=None):
         self._call_paths = CallPaths(root) if isinstance(root, nn.Module) else None
         self._entered: list[tuple[nn.Module, str]] = []
-        return super().trace(root, concrete_args)
+        graph = super().trace(root, concrete_args)
+        resolve_annotations(graph, root)
+        return graph
 
     def call_module(self, m, forward, args, kwargs):
         if getattr(self, "_call_paths", None) is None:
@@ -129,3 +131,21 @@ class CallPathTracer(fx.Tracer):
             if m is mod:
                 return path
         return super().path_of_module(mod)
+
+
+def resolve_annotations(graph: fx.Graph, root) -> None:
+    """Give the graph's input / output nodes the types their forward's annotations name, not the strings.
+
+    Under `from __future__ import annotations` (PEP 563) fx copies each annotation as a string, 'torch.Tensor', and
+    the generated code writes it as the name `_torch_Tensor_`: `torch.jit.script` of the traced model failed on it
+    ("Unknown type name") and `torch.save` of the whole GraphModule raised AttributeError ('str' has no __name__).
+    A string is resolved in the forward's module globals, as typing.get_type_hints does; one that names nothing
+    there is dropped (no annotation), never guessed."""
+    fn = getattr(root, "forward", root)
+    glb = getattr(getattr(fn, "__func__", fn), "__globals__", None)
+    for n in graph.nodes:
+        if n.op in ("placeholder", "output") and isinstance(n.type, str):
+            try:
+                n.type = eval(n.type, dict(glb or {}))   # noqa: S307 - the user's own annotation, as typing does
+            except Exception:
+                n.type = None

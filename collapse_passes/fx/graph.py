@@ -31,6 +31,7 @@ from ..core import activations as catalogue
 from ..core import gates
 from ..core.torch_kinds import function_kind, module_kind
 from ..core.selection import ROOT_CALL, SITE_SEP, root_keys, site_key
+from .frames import RESUMED_GRAPH
 
 aten = torch.ops.aten
 
@@ -191,6 +192,22 @@ def _tuple(v, n: int) -> tuple:
     return v * n if len(v) == 1 else v
 
 
+def _conv_pads(padding, kernel, dilation) -> tuple | None:
+    """ONNX pads (begins, then ends) of a torch conv's `padding`: numbers, "valid", or "same" (total
+    d*(k-1) per axis, the odd one at the end, as torch pads it; torch allows it at stride 1 only). Read
+    as any other padding, a "same" conv folds and merges on this front end as its ONNX export does."""
+    n = len(kernel)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * (2 * n)
+        if padding != "same":
+            return None
+        total = [int(d) * (int(k) - 1) for d, k in zip(dilation, kernel)]
+        return tuple(t // 2 for t in total) + tuple(t - t // 2 for t in total)
+    pad = _tuple(padding, n)
+    return pad + pad
+
+
 def _arg(node, i, name, default):
     if len(node.args) > i:
         return node.args[i]
@@ -221,12 +238,12 @@ def linear_op(gm: fx.GraphModule, node: fx.Node) -> LinearOp | None:
         if isinstance(mod, PaddedConv):
             return LinearOp(node, "conv", mod.conv_params(), x, to_numpy(mod.bias_map))
         if isinstance(mod, _CONV_MODULES):
-            if mod.padding_mode != "zeros" or isinstance(mod.padding, str) and mod.padding != "valid":
-                return None
             n = mod.weight.ndim - 2
-            pad = (0,) * n if isinstance(mod.padding, str) else _tuple(mod.padding, n)
+            pads = _conv_pads(mod.padding, mod.weight.shape[2:], _tuple(mod.dilation, n))
+            if mod.padding_mode != "zeros" or pads is None:
+                return None
             return LinearOp(node, "conv", ConvParams(to_numpy(mod.weight), to_numpy(mod.bias), _tuple(mod.stride, n),
-                                                     pad + pad, _tuple(mod.dilation, n), mod.groups), x)
+                                                     pads, _tuple(mod.dilation, n), mod.groups), x)
         if type(mod) is nn.Linear:
             return LinearOp(node, "linear", LinearParams(to_numpy(mod.weight), to_numpy(mod.bias)), x)
         return None
@@ -246,15 +263,12 @@ def linear_op(gm: fx.GraphModule, node: fx.Node) -> LinearOp | None:
         if w is None or (b_arg is not None and b is None):
             return None
         n = w.ndim - 2
-        pad = _arg(node, n_pad, "padding", 0)
-        if isinstance(pad, str):
-            if pad != "valid":
-                return None
-            pad = 0
-        pad = _tuple(pad, n)
+        dil = _tuple(_arg(node, n_dil, "dilation", 1), n)
+        pads = _conv_pads(_arg(node, n_pad, "padding", 0), w.shape[2:], dil)
+        if pads is None:
+            return None
         return LinearOp(node, "conv", ConvParams(to_numpy(w), to_numpy(b), _tuple(_arg(node, n_stride, "stride", 1), n),
-                                                 pad + pad, _tuple(_arg(node, n_dil, "dilation", 1), n),
-                                                 int(_arg(node, n_groups, "groups", 1))), node.args[0])
+                                                 pads, dil, int(_arg(node, n_groups, "groups", 1))), node.args[0])
     if t in _LINEAR_FUNCS:
         w = const_tensor(gm, _arg(node, 1, "weight", None))
         b_arg = _arg(node, 2, "bias", None)
@@ -347,6 +361,7 @@ class ActivationSite:
     site: str | None = None   # path, or path:i for a module called at several places
     keys: list = field(default_factory=list)
     nodes: list = field(default_factory=list)   # every node of the site in graph order, `node` last
+    numbered: bool = True     # site is the module's call index (False in a dynamo resume graph: fx/frames.py)
 
     def __post_init__(self):
         if not self.nodes:
@@ -511,9 +526,16 @@ def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[
     for s in sites:
         if s.path:
             by_path.setdefault(s.path, []).append(s)
+    # a dynamo resume function's graph (fx/frames.py) is the rest of a forward: a module its own code calls (one
+    # entry in nn_module_stack) may have been called before the break, so the i-th call here is not the module's i-th:
+    # such calls get the bare path only (which names every call of the module). Calls inside a submodule it calls
+    # are all here (a break inside that submodule would have made it a frame of its own).
+    resumed = gm.meta.get(RESUMED_GRAPH, False)
     for path, group in by_path.items():
+        unsure = resumed and any(len(s.node.meta.get("nn_module_stack") or {}) <= 1 for s in group)
         for i, s in enumerate(group):
-            s.site = site_key(path, i, len(group))
+            s.site = path if unsure else site_key(path, i, len(group))
+            s.numbered = not unsure
     # outside any module: "relu():i" too, as the ONNX front end keys them; not in a dynamo graph, which may
     # be one piece of the forward (a graph break), where the i-th would not be the model's i-th
     at_root = {} if gm.meta.get(PARTIAL_GRAPH) else root_keys([s for s in sites if not s.path])
@@ -533,9 +555,12 @@ def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[
 PARTIAL_GRAPH = "collapse_passes.partial_graph"
 
 
-def key_index(sites: list[ActivationSite]) -> dict[str, list[ActivationSite]]:
+def key_index(sites: list[ActivationSite], node_names: bool = True) -> dict[str, list[ActivationSite]]:
     """key -> sites. A module path or site key wins over an fx node name that happens to spell the same
-    (modules `relu` called twice and `relu_1`: the node of `relu`'s second call is also named relu_1)."""
+    (modules `relu` called twice and `relu_1`: the node of `relu`'s second call is also named relu_1).
+    node_names=False: node-name keys only for sites outside any module, which have no other key there
+    (torch_backend: each dynamo graph names its nodes afresh, after local variables, so the node `relu` of every
+    block's graph answered the key of the stem's `relu` module)."""
     index: dict[str, list] = {}
     names: dict[str, list] = {}
     for s in sites:
@@ -543,12 +568,13 @@ def key_index(sites: list[ActivationSite]) -> dict[str, list[ActivationSite]]:
         for k in dict.fromkeys(s.keys):
             (names if k in nodes and k not in (s.site, s.path) else index).setdefault(k, []).append(s)
     for k, found in names.items():
-        if k not in index:
+        found = [s for s in found if node_names or not s.path]
+        if k not in index and found:
             index[k] = found
     # `path:0` of a module called once (and `kind():0` of a lone root activation) names its one call, as on
     # the ONNX front end (onnx/keys.py; README "Keys"): the torch front end refused it as "names no call site"
     for s in sites:
-        one = s.site if s.site is not None and s.site == s.path else \
+        one = s.site if s.site is not None and s.site == s.path and s.numbered else \
             next((k for k in s.keys if k.endswith(ROOT_CALL)), None)
         if one is not None:
             index.setdefault(f"{one}{SITE_SEP}0", [s])
@@ -655,7 +681,13 @@ def insert_linear(gm: fx.GraphModule, before: fx.Node, x: fx.Node, kind: str, pa
     read = _parameters_read(gm, sources)
     if read and not any(t.requires_grad for t in read):
         mod.requires_grad_(False)
-    if isinstance(mod, PaddedConv):
+    # the size guard: a bias map or a strided merge holds the borders of the planned size; asymmetric pads alone
+    # (F.pad folded into the conv, padding="same" with an even kernel, a stride-1 merge of them) hold at any size,
+    # as the conv they came from did; a guard on a source (a merged conv a BatchNorm then folds into) is kept
+    guarded = size_guard or bias_map is not None or any(
+        isinstance(m, PaddedConv) and m.in_spatial is not None
+        for m in (gm.get_submodule(str(n.target)) for n in sources if n.op == "call_module"))
+    if isinstance(mod, PaddedConv) and guarded:
         shape = shape_of(x)
         mod.in_spatial = tuple(int(d) for d in shape[2:]) if shape is not None else None
     gm.add_submodule(name, mod)

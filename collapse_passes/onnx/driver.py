@@ -35,7 +35,11 @@ def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = Fal
         pre.append(RemoveConstantChannels())
     from .passes.fold_static_shapes import FoldStaticShapes
 
-    return PassManager([FoldStaticShapes(), Cleanup(), *pre, ("fixed_point", loop)])
+    # Cleanup after the pre passes too: linearize writes a HardSigmoid / SELU regime as new Mul / Add tensors with
+    # no shape, and a conv chain through them met "shapes unknown" in the loop's first round; when nothing else
+    # changed in that round the loop stopped there and the chain was never merged (dynamo export, conv ->
+    # hardsigmoid -> conv -> hardtanh -> conv: merged on the TorchScript export, whose BatchNorm fold made a 2nd round)
+    return PassManager([FoldStaticShapes(), Cleanup(), *pre, Cleanup(), ("fixed_point", loop)])
 
 
 def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow_border_approx: bool = False,

@@ -557,10 +557,15 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
             raise CollapseError("the module has forward hooks of its own (register_forward_hook on it), which "
                                 "torch.fx's trace leaves out: prune it without them and register them on the result")
         try:
-            gm = torch.fx.symbolic_trace(gm)
+            root = gm
+            gm = torch.fx.symbolic_trace(root)
         except Exception as exc:
             raise CollapseError(f"torch.fx cannot trace this module ({' '.join(str(exc).split())[:160]}); "
                                 "pass a GraphModule") from None
+        from ..fx.call_path import resolve_annotations
+
+        resolve_annotations(gm.graph, root)   # string annotations (PEP 563) broke torch.jit.script / torch.save of it
+        gm.recompile()
     # BatchNorm / dropout in training mode: the channel graph reads BatchNorms with their running statistics (a
     # constant channel's value), so the result is in eval mode; else it keeps the module's modes (keep_module_state)
     train_mode = training_batchnorms(gm)

@@ -30,6 +30,7 @@ class AbsorbResidual(FxPass):
         for add in list(gm.graph.nodes):
             if add.graph is None or not is_add(add) or not all(isinstance(a, fx.Node) for a in add.args):
                 continue
+            n_notes = len(self.record.notes)
             for bi in (0, 1):
                 branch, skip = add.args[bi], add.args[1 - bi]
                 op = linear_op(gm, branch)
@@ -37,6 +38,7 @@ class AbsorbResidual(FxPass):
                     continue
                 if self._absorb(gm, add, op, skip):
                     done += 1
+                    del self.record.notes[n_notes:]   # the failed other way round's "kept" note (as on ONNX)
                     break
         return self.finish(gm, done, "absorbed {} residual skip(s)")
 

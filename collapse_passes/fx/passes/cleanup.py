@@ -1,5 +1,7 @@
-"""cleanup: drop no-op nodes (nn.Identity, eval-mode dropout), dead nodes, then submodules (and the weights
-they hold) no node refers to any more. A no-op between two linear ops would otherwise keep them apart."""
+"""cleanup: drop no-op nodes (nn.Identity, eval-mode dropout, a permute undoing the permute before it), dead
+nodes, then submodules (and the weights they hold) no node refers to any more. A no-op between two linear ops
+would otherwise keep them apart (x.permute(0, 3, 1, 2).permute(0, 2, 3, 1) between two NHWC Linears: both
+ONNX exporters drop that pair, so the ONNX front end merged the Linears and this one did not)."""
 from __future__ import annotations
 
 import torch
@@ -11,7 +13,31 @@ from ..graph import eliminate_dead_code
 from ._base import FxPass, PassResult
 
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-_DROPOUT_FUNCS = {F.dropout: ("training", 2, True), torch.ops.aten.dropout.default: ("train", 2, None)}
+_DROPOUT_FUNCS = {F.dropout: ("training", 2, True), torch.ops.aten.dropout.default: ("train", 2, None),
+                  torch.ops.aten.dropout_.default: ("train", 2, None)}   # Dropout(inplace=True), exported
+
+
+_PERMUTES = {torch.permute, torch.ops.aten.permute.default, "permute"}
+
+
+def _permutation(node: fx.Node):
+    """(input, dims) of a permute node with literal dims, else None."""
+    if node.op not in ("call_function", "call_method") or node.target not in _PERMUTES or node.kwargs \
+            or len(node.args) < 2 or not isinstance(node.args[0], fx.Node):
+        return None
+    dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return node.args[0], [int(d) % len(dims) for d in dims]
+
+
+def _undone_permute(node: fx.Node):
+    """The input x of permute(permute(x, p), q) when q undoes p (the pair is x itself), else None."""
+    outer = _permutation(node)
+    inner = _permutation(outer[0]) if outer is not None else None
+    if inner is None or len(inner[1]) != len(outer[1]):
+        return None
+    return inner[0] if [inner[1][d] for d in outer[1]] == list(range(len(outer[1]))) else None
 
 
 def _is_noop(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -23,7 +49,10 @@ def _is_noop(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in _DROPOUT_FUNCS:
         name, pos, default = _DROPOUT_FUNCS[node.target]
         train = node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
-        return train is False
+        p = node.args[1] if len(node.args) > 1 else node.kwargs.get("p", 0.5)
+        # p=0 keeps every element and scales by 1/(1-0): the input in any mode (a train-mode export of
+        # Swin-T's Dropout(0.0) kept aten.dropout(x, 0.0, True) between fc1 and fc2, which then never merged)
+        return train is False or isinstance(p, (int, float)) and p == 0
     return False
 
 
@@ -36,6 +65,11 @@ class Cleanup(FxPass):
         for node in list(gm.graph.nodes):
             if _is_noop(gm, node):
                 node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+                continue
+            x = _undone_permute(node)
+            if x is not None:
+                node.replace_all_uses_with(x)
                 gm.graph.erase_node(node)
         eliminate_dead_code(gm)
         gm.delete_all_unused_submodules()

@@ -3,7 +3,9 @@ conv/linear goes into that op's weights (algebra.*.fold_affine_after / _before).
 
 After the op is preferred; before it only where the algebra allows (a shift cannot cross a padded
 conv's zero padding: the algebra refuses and the BatchNorm stays). A Linear meets a BatchNorm1d's
-channel axis only on 2-D inputs, so only those are folded."""
+channel axis only on 2-D inputs, so only those are folded. A zero-constant F.pad of the spatial axes
+right before a conv becomes the conv's own padding (as the ONNX fold's FoldPadIntoConv): exact, and the
+conv chain through it can then merge."""
 from __future__ import annotations
 
 import operator
@@ -40,6 +42,26 @@ def _scalar_affine(node: fx.Node):
     return None
 
 
+_PAD = {torch.nn.functional.pad, aten.pad.default, aten.constant_pad_nd.default}
+
+
+def _zero_pad(node: fx.Node):
+    """The pad list (F.pad order: last axis first) of a zero-constant pad node, else None."""
+    if node.op != "call_function" or node.target not in _PAD or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    if node.target is aten.constant_pad_nd.default:
+        mode, value = "constant", node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
+    else:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+    if mode != "constant" or not (value is None or (isinstance(value, (int, float)) and value == 0)):
+        return None
+    if not isinstance(pad, (list, tuple)) or not all(isinstance(v, int) for v in pad):
+        return None
+    return tuple(pad)
+
+
 def _fold_after(op, scale, shift):
     if op.kind == "linear":
         return lin_alg.fold_affine_after(op.params, scale, shift), None
@@ -67,7 +89,36 @@ class FoldBatchNorm(FxPass):
             aff = _scalar_affine(node)
             if aff is not None:
                 done += self._fold_scalar(gm, node, *aff)
+                continue
+            pad = _zero_pad(node)
+            if pad is not None:
+                done += self._fold_pad(gm, node, pad)
         return self.finish(gm, done, "folded {} affine op(s)")
+
+    def _fold_pad(self, gm, node, pad) -> int:
+        nxt = single_user(node)
+        op = linear_op(gm, nxt) if nxt is not None else None
+        if op is None or op.kind != "conv" or op.x is not node or op.bias_map is not None or feeds_output(node):
+            return 0
+        p = op.params
+        n = p.ndim
+        if len(pad) > 2 * n + 2 * 2 or len(pad) % 2 or any(pad[2 * n:]):
+            return 0   # pads the channel or batch axis too
+        pad = list(pad[:2 * n]) + [0] * (2 * n - len(pad[:2 * n]))
+        begin = [pad[2 * (n - 1 - a)] for a in range(n)]   # F.pad lists the last axis first
+        end = [pad[2 * (n - 1 - a) + 1] for a in range(n)]
+        if min(begin + end) < 0:
+            return 0   # a crop
+        q = conv_alg.ConvParams(p.weight, p.bias, p.strides,
+                                tuple(p.pads[a] + begin[a] for a in range(n)) + tuple(p.pads[n + a] + end[a] for a in range(n)),
+                                p.dilations, p.group)
+        names = origin(node) + origin(nxt)
+        new = insert_linear(gm, node, node.args[0], "conv", q, None, hint=f"{nxt.name}_pad", meta_from=nxt,
+                            origin=origin(nxt), sources=[nxt])
+        nxt.replace_all_uses_with(new)
+        self._erase(gm, [nxt, node])
+        self.record.folds.append({"kind": "pad-before", "nodes": names})
+        return 1
 
     def _bn_affine(self, bn):
         g = None if bn.gamma is None else to_numpy(bn.gamma)

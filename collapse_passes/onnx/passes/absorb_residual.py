@@ -49,6 +49,7 @@ class AbsorbResidual:
         for add in list(ctx.graph.nodes):
             if add.op != "Add" or len(add.inputs) != 2 or not add.outputs:
                 continue
+            n_notes = len(ctx.notes)
             for bi in (0, 1):
                 t, skip = add.inputs[bi], add.inputs[1 - bi]
                 br = _branch(t, outs)
@@ -57,6 +58,9 @@ class AbsorbResidual:
                 view, bm_add = br
                 if self._absorb(ctx, add, view, bm_add, skip, outs):
                     done += 1
+                    # an Add whose operands are both convs is tried both ways round: the "kept" note of the way
+                    # that failed (the branch taken as the skip) would contradict the absorb the report lists
+                    del ctx.notes[n_notes:]
                     break
         if done:
             toposort(ctx.graph.cleanup(remove_unused_graph_inputs=False))

@@ -4,6 +4,9 @@ gamma/beta) folded into the Conv / Gemm / MatMul beside them -- only where that 
 One small class per pattern (onnxslim style), all registered in FOLD_PATTERNS; FoldAffine runs
 them until none applies. After a linear op is always exact. Before a Conv only when the conv has
 no padding: zero padding would not see the shift (the reference doc's padding rule).
+A zero-constant Pad of the spatial axes before a Conv (F.pad(x, ...) then a conv, as TF-"same" ports
+write asymmetric padding) becomes the conv's own pads (FoldPadIntoConv): exact, and it lets the conv
+chain through it merge.
 """
 from __future__ import annotations
 
@@ -237,6 +240,71 @@ class FoldLayerNormAffine:
         return False
 
 
+class FoldPadIntoConv:
+    """Pad(mode constant, value 0, spatial axes only, pads >= 0) -> Conv: add the pads to the conv's.
+
+    Why: the TorchScript exporter (and onnx models from other converters) keep F.pad as its own node;
+    left there it cuts the conv chain (conv, collapsed act, Pad, conv never merged) and makes an exactly
+    mergeable padded conv look unpadded to the border rule. The dynamo exporter already fuses it."""
+    name = "pad_into_next_conv"
+
+    @staticmethod
+    def _spatial_pads(pad, rank: int):
+        """(begins, ends) of the spatial axes of a zero constant Pad of a rank-`rank` tensor, else None."""
+        mode = pad.attrs.get("mode", "constant")
+        if (mode.decode() if isinstance(mode, bytes) else str(mode)) != "constant":
+            return None
+        if "pads" in pad.attrs:   # opset < 11: attributes
+            pads, value, axes = pad.attrs["pads"], pad.attrs.get("value", 0.0), None
+        else:
+            if len(pad.inputs) < 2:
+                return None
+            pads = const_value(pad.inputs[1])
+            has = lambda i: len(pad.inputs) > i and pad.inputs[i].name   # noqa: E731
+            value = const_value(pad.inputs[2]) if has(2) else 0.0
+            axes = const_value(pad.inputs[3]) if has(3) else None
+            if pads is None or value is None or (has(3) and axes is None):
+                return None
+        value = np.asarray(value)
+        if value.size > 1 or (value.size == 1 and float(value.reshape(-1)[0]) != 0.0):
+            return None
+        pads = [int(v) for v in np.asarray(pads).reshape(-1)]
+        axes = list(range(rank)) if axes is None else [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+        if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes):
+            return None
+        begin, end = [0] * rank, [0] * rank
+        for k, a in enumerate(axes):
+            begin[a], end[a] = pads[k], pads[len(axes) + k]
+        if min(begin + end) < 0 or any(begin[:2]) or any(end[:2]):
+            return None   # cropping, or padding batch / channels
+        return begin[2:], end[2:]
+
+    def apply(self, ctx) -> bool:
+        outs = ctx.graph_outputs
+        for node in list(ctx.graph.nodes):
+            v = ConvView.of(node)
+            if v is None:
+                continue
+            x = v.input
+            pad = x.inputs[0] if x.inputs else None
+            if pad is None or pad.op != "Pad" or (pad.domain or "") not in ("", "ai.onnx") or not pad.inputs \
+                    or single_consumer(x) is not node or x.name in outs:
+                continue
+            p = v.params
+            nd = p.weight.ndim - 2
+            sp = self._spatial_pads(pad, nd + 2)
+            if sp is None:
+                continue
+            b, e = sp
+            pads = tuple(p.pads[i] + b[i] for i in range(nd)) + tuple(p.pads[nd + i] + e[i] for i in range(nd))
+            v.write(ctx.graph, conv_alg.ConvParams(p.weight, p.bias, p.strides, pads, p.dilations, p.group))
+            node.inputs[0] = pad.inputs[0]
+            _detach(pad)
+            ctx.folds.append({"op": "Pad", "node": pad.name, "into": node.name, "where": "before"})
+            return True
+        return False
+
+
 def _take_output(producer_node, absorbed) -> None:
     """producer now computes what `absorbed` computed: give it absorbed's output tensor."""
     out = absorbed.outputs[0]
@@ -245,7 +313,7 @@ def _take_output(producer_node, absorbed) -> None:
 
 
 FOLD_PATTERNS = [FoldAffineIntoPrev(_ConvKind), FoldAffineIntoPrev(_DenseKind), FoldAffineIntoNext(_ConvKind),
-                 FoldAffineIntoNext(_DenseKind), FoldLayerNormAffine()]
+                 FoldAffineIntoNext(_DenseKind), FoldLayerNormAffine(), FoldPadIntoConv()]
 
 
 class FoldAffine:
