@@ -102,7 +102,8 @@ def test_remove_blocks_replaces_low_scoring_blocks_by_their_skip(kind, resnet_sc
         want, got = ref(xi).detach(), out(xi).detach()
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
     # the branch of each removed block is gone (its in-place ReLU included), not only bypassed
-    assert res.report["after"]["nodes"] < res.report["before"]["nodes"] - 2 * 4
+    # conv, ReLU, conv and the Add of each (its BatchNorms fold into the convs: no op in either column)
+    assert res.report["after"]["nodes"] <= res.report["before"]["nodes"] - 2 * 4
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     assert torch.equal(m(x), y_before)
 

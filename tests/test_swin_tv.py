@@ -187,7 +187,8 @@ def test_torch_front_end_collapses_every_gelu():
     m = _build()
     x = torch.randn(*SHAPE)
     r = cp.collapse(m, collapse=_gelus(m), example_inputs=(x,))
-    assert r.passed and r.report["after"]["depth_nonlinear"] == 0
+    # the GELUs leave the nonlinear path; softmax and LayerNorm stay on it (counted as on ONNX since adv17)
+    assert r.passed and r.report["before"]["depth_nonlinear"] - r.report["after"]["depth_nonlinear"] == len(_gelus(m))
     assert len(r.report["merges"]) == len(_gelus(m))
     with torch.no_grad():
         assert r.model(x).shape == (1, 10)

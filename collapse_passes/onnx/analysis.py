@@ -171,12 +171,25 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
     # graph.toposort() above: predecessors always come first, so the longest paths are one sweep
     preds: dict[int, set] = {}
     w_ops, w_nl = {}, {}
+    # an activation is one op on the path however many nodes it was exported as (a SiLU's Sigmoid + Mul, an
+    # erf GELU's five): its anchor counts, the rest not, as on the torch front end (fx/api.graph_stats),
+    # where nn.SiLU is one node; otherwise EfficientNet-B0 was 49 ops deeper here than there
+    from .passes.cleanup import noop_dropout
+
+    graph_outputs = {t.name for t in graph.outputs}
+    # a MatMul's bias Add is part of its dense op (DenseView), as a torch Linear over 3-D input is one op
+    bias_adds = set()
+    for n in graph.nodes:
+        dv = DenseView.of(n, graph_outputs) if n.op == "MatMul" else None
+        if dv is not None and dv.bias_add is not None:
+            bias_adds.add(id(dv.bias_add))
+
     for n in graph.nodes:
         if n.op in _FREE_OPS:
             continue
         k = id(n)
         ps = preds.setdefault(k, set())
-        w_ops[k] = 1
+        w_ops[k] = 0 if (k in inside and k not in anchor) or k in bias_adds or noop_dropout(n, graph_outputs) else 1
         if k in folded:   # computed at load: on no per-inference path
             w_ops[k] = w_nl[k] = 0
         elif id(n) in anchor:
@@ -192,7 +205,7 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
                 else:  # walk through Identity chains
                     ps.update(id(q) for q in _through_free(p))
     return ModelStats(
-        nodes=len([n for n in graph.nodes if n.op not in _FREE_OPS]),
+        nodes=len([n for n in graph.nodes if n.op not in _FREE_OPS and not noop_dropout(n, graph_outputs)]),
         params=params, macs=int(macs),
         depth_ops=_longest(preds, w_ops), depth_nonlinear=_longest(preds, w_nl), activations=len(acts),
         constant_nodes=sum(1 for n in graph.nodes if id(n) in folded and id(n) not in inside),

@@ -1,10 +1,10 @@
-"""clean: drop Identity nodes, dead nodes and unused initializers, toposort, re-infer shapes."""
+"""clean: drop Identity nodes (and no-op Dropouts), dead nodes and unused initializers, toposort, re-infer shapes."""
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
-from ..graph import toposort
+from ..graph import const_value, toposort
 from ..shapes import apply_types, fill_shapes, inferred_types, light_export, missing_priced_tensors, run_shapes
 
 
@@ -54,6 +54,21 @@ def shape_signature(graph: gs.Graph) -> tuple:
                    tuple(const_sig(t) for t in n.inputs), tuple(t.name for t in n.outputs)) for n in graph.nodes))
 
 
+def noop_dropout(node, graph_outputs=()) -> bool:
+    """A standard Dropout whose mask nobody reads and which passes its input through: inference mode (no
+    training_mode input, or a constant False) or ratio a constant 0 (keeps every element, scales by 1/(1-0)).
+    A train-mode export of Swin-T's Dropout(0.0) left one between fc1 and fc2, which then never merged."""
+    if node.op != "Dropout" or node.domain not in (None, "", "ai.onnx") or not node.inputs or not node.outputs:
+        return False
+    if len(node.outputs) > 1 and node.outputs[1].name and (node.outputs[1].outputs
+                                                          or node.outputs[1].name in graph_outputs):
+        return False   # the mask is read
+    train = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else False
+    ratio = const_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None
+    return train is not None and not bool(train.any() if hasattr(train, "any") else train) \
+        or ratio is not None and ratio.size == 1 and float(ratio.reshape(-1)[0]) == 0.0
+
+
 class Cleanup:
     name = "clean"
 
@@ -66,6 +81,12 @@ class Cleanup:
         outputs = ctx.graph_outputs
         removed = 0
         for node in list(g.nodes):
+            if noop_dropout(node, outputs):   # an Identity from here on (the mask output is unread)
+                node.op, node.attrs = "Identity", {}
+                while len(node.inputs) > 1:
+                    node.inputs.pop()
+                while len(node.outputs) > 1:
+                    node.outputs.pop()
             if node.op != "Identity" or not node.inputs or not node.outputs:
                 continue
             src, dst = node.inputs[0], node.outputs[0]
