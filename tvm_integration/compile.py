@@ -525,7 +525,9 @@ def build(
     except TVMError:
         raise
     except Exception as e:
-        raise TVMError(f"TVM build for {target.kind.name} failed: {_first_line(e)}") from e
+        raise TVMError(f"TVM build for {target.kind.name} failed: {_first_line(e)}; TVM cannot compile an op of this "
+                       "model for this target: try another --target, or collapse without --target (the collapse "
+                       "needs no TVM)") from e
     return TVMExecutable(
         executable=ex,
         target=target,
