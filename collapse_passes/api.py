@@ -197,7 +197,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         from .speedup import onnx_target_choice
 
         stats_before = model_stats(original)   # the planner's base and the report's "before", computed once
-        pruned = prune_to_ratio(original, cfg, score_details)   # the model the passes get: the prune counts
+        pruned = prune_to_ratio(original, cfg, score_details, blocks_removed)   # what the passes get
         chosen, speedup_rows = onnx_target_choice(pruned[0], acts, index, act_scores, chosen, cfg, notes,
                                                   stats_before, cost_model, reference=original)
     if not raw_scores and not cfg.collapse and not block_scores:

@@ -15,8 +15,10 @@ from ..errors import CollapseError
 from .select import check_ratio
 
 
-def prune_to_ratio(original: onnx.ModelProto, cfg, score_details=None) -> tuple[onnx.ModelProto, dict]:
+def prune_to_ratio(original: onnx.ModelProto, cfg, score_details=None,
+                   remove_blocks=()) -> tuple[onnx.ModelProto, dict]:
     """(model to collapse, report dict): `original` pruned to cfg.prune_ratio, or as it is without one.
+    `remove_blocks`: the blocks the run replaces by their skip; the ratio applies to the channels that stay.
 
     --target-speedup plans its collapse on this model (what the passes will get), so its prediction counts
     the prune; planned on the unpruned input, it said "1.002x, target not reached" of a ResNet-50 whose
@@ -35,7 +37,8 @@ def prune_to_ratio(original: onnx.ModelProto, cfg, score_details=None) -> tuple[
 
         importance, channel_scores = _importance(original, cfg, score_details)
         base, info = ratio_prune(original, float(cfg.prune_ratio), scope=cfg.prune_scope, round_to=cfg.round_to,
-                                 importance=importance, channel_scores=channel_scores)
+                                 importance=importance, channel_scores=channel_scores,
+                                 remove_blocks=remove_blocks)
         b, a = model_stats(original), model_stats(base)
         info.update(params_saved=b.params - a.params, macs_saved=b.macs - a.macs, approximate=True)
         report["ratio"] = info
@@ -51,7 +54,7 @@ def prepare_pruning(original: onnx.ModelProto, cfg, score_details=None, chosen=(
     removed blocks skipped): a kept ReLU after a collapsed one sees other values there than in the input
     model, and a channel off only in the input model would be removed wrongly (the gate, whose reference
     masks the same channels, could not tell)."""
-    base, report = pruned if pruned is not None else prune_to_ratio(original, cfg, score_details)
+    base, report = pruned if pruned is not None else prune_to_ratio(original, cfg, score_details, remove_blocks)
     off = {}
     if cfg.prune and cfg.calib is not None and cfg.prune_calib_dead:   # an approximation: opt-in only
         from .onnx_prune import always_off_channels
@@ -158,6 +161,9 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
                                  "pruned": top1(requested, feeds_e, labels, _src)}
         warnings.append(f"prune ratio {ratio['ratio']}: approximate, max abs error {c.max_abs:.3g} against the "
                         "unpruned model" + (" with the same activations collapsed" if chosen or remove_blocks else ""))
+        if ratio.get("removed_block_channels"):
+            warnings.append(f"prune ratio {ratio['ratio']}: {ratio['removed_block_channels']} channel(s) inside the "
+                            f"{len(remove_blocks)} removed block(s) left out of the ratio (they go with their blocks)")
         from .select import misaligned_note
 
         note = misaligned_note(ratio.get("groups", []), ratio["ratio"])
