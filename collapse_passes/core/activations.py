@@ -68,6 +68,18 @@ def _elu_neg(x, alpha):
         return alpha * np.expm1(np.minimum(x, 0.0))
 
 
+def _hardsigmoid_breaks(p) -> tuple[float, float | None]:
+    """(kink, upper) of clip(alpha*x + beta, 0, 1): its linear range [kink, upper] whatever alpha's sign.
+    With alpha < 0 the output is 1 below (1 - beta)/alpha and 0 above -beta/alpha: taken as written (kink
+    -beta/alpha, above upper), every input in the linear range counted as both off and saturated, and a
+    channel half linear, half at 0 scored 0.5 bits instead of 1. alpha = 0 is constant (linear everywhere)."""
+    a, b = float(p["alpha"]), float(p["beta"])
+    if a == 0.0:
+        return -math.inf, None
+    lo, hi = -b / a, (1.0 - b) / a
+    return min(lo, hi), max(lo, hi)
+
+
 CATALOGUE: dict[str, ActivationKind] = {k.name: k for k in [
     ActivationKind("relu", lambda x, p: np.maximum(x, 0.0), fuses=True, description="max(x, 0)"),
     ActivationKind("relu6", lambda x, p: np.clip(x, 0.0, 6.0), upper=lambda p: 6.0,
@@ -84,8 +96,7 @@ CATALOGUE: dict[str, ActivationKind] = {k.name: k for k in [
                    description="x*relu6(x+3)/6; identity for x >= 3, kink taken at 0 like the other gates"),
     ActivationKind("hardsigmoid", lambda x, p: np.clip(p["alpha"] * x + p["beta"], 0.0, 1.0),
                    defaults={"alpha": 0.2, "beta": 0.5}, linear=lambda p: (float(p["alpha"]), float(p["beta"])),
-                   kink=lambda p: -p["beta"] / p["alpha"] if p["alpha"] else 0.0,
-                   upper=lambda p: (1.0 - p["beta"]) / p["alpha"] if p["alpha"] else None,
+                   kink=lambda p: _hardsigmoid_breaks(p)[0], upper=lambda p: _hardsigmoid_breaks(p)[1],
                    fuses=True, description="clip(alpha*x + beta, 0, 1); linear regime alpha*x + beta"),
     ActivationKind("elu", lambda x, p: np.where(x > 0, x, _elu_neg(x, p["alpha"])), defaults={"alpha": 1.0},
                    piecewise_linear=True, description="x if x > 0 else alpha*(exp(x) - 1)"),
@@ -174,7 +185,7 @@ def activation_kink(kind: str, params: dict | None = None) -> float:
     """Input where the activation switches from 'off' to 'on' (the threshold the scores use).
 
     0 for ReLU-like and smooth gates (GELU, SiLU, HardSwish, ...), the lower bound of a Clip,
-    -beta/alpha of a HardSigmoid (where its output leaves 0). Unknown kinds: 0."""
+    the lower end of a HardSigmoid's linear range (-beta/alpha for alpha > 0). Unknown kinds: 0."""
     k = ALIASES.get(kind, kind)
     if k not in CATALOGUE:
         return 0.0

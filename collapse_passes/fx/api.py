@@ -923,6 +923,7 @@ def export_free_nodes(gm: fx.GraphModule) -> tuple[set, int]:
     it put 49 BatchNorms of EfficientNet-B0 into the torch "before" depth that the ONNX one never had), the
     change in parameters that fold makes: the BatchNorm's tensors go, a bias per channel comes if the op had none)."""
     from .passes.cleanup import _is_noop
+    from .passes.fold_batchnorm import FoldBatchNorm
 
     free, params = set(), 0
     for node in gm.graph.nodes:
@@ -932,8 +933,10 @@ def export_free_nodes(gm: fx.GraphModule) -> tuple[set, int]:
             free.add(node)
             continue
         bn = batchnorm_op(gm, node)
-        op = linear_op(gm, bn.x) if bn is not None and isinstance(bn.x, fx.Node) else None
-        if op is not None and len(bn.x.users) == 1:
+        # the fold pass's own rule: a BatchNorm1d over a Linear's 3-D output scales the sequence axis, not the
+        # features (no exporter folds it; counted free, the torch depth was one short of the ONNX file's)
+        op = FoldBatchNorm.producer(gm, bn) if bn is not None else None
+        if op is not None:
             free.update(bn.nodes)
             params -= sum(t.numel() for t in (bn.gamma, bn.beta, bn.mean, bn.var) if isinstance(t, torch.Tensor))
             params += 0 if op.params.bias is not None else int(bn.mean.numel())

@@ -15,6 +15,8 @@ file was saved on: refused, with the way out.
 """
 from __future__ import annotations
 
+import functools
+
 import onnx
 from onnx import helper
 
@@ -61,21 +63,40 @@ def inline_local_functions(model: onnx.ModelProto, notes: list | None = None) ->
     a dynamo export's functions) written out as the ops they are made of; the same object when it calls none.
     The passes see the top-level graph only: a ResNet-18 exported with its blocks as functions showed 1 of its
     17 ReLUs, and no conv inside a block could be merged or pruned. The result is verified against the file as
-    given, functions and all."""
-    local = {(f.domain, f.name) for f in model.functions}
+    given, functions and all. A local function named as a standard op (domain "" Relu) is left alone: onnxruntime
+    runs the op, not the function, and inlining its body wrote another model (verified against the inlined
+    model, it passed while 2.9 off the file)."""
+    shadowing = {(f.domain, f.name) for f in model.functions if _standard_op(f.name, f.domain)}
+    local = {(f.domain, f.name) for f in model.functions} - shadowing
     called = sorted({n.op_type for n in model.graph.node if (n.domain, n.op_type) in local})
     if not called:
         return model
-    from onnx.inliner import inline_local_functions as inline
+    from onnx.inliner import inline_selected_functions
 
     from .graph import name_nameless_nodes
 
-    out = name_nameless_nodes(inline(model))
+    out = name_nameless_nodes(inline_selected_functions(model, sorted(shadowing), exclude=True))
     if notes is not None:
         notes.append(f"local functions inlined ({', '.join(called[:4])}{', ...' if len(called) > 4 else ''}), so the "
                      "activations inside them are seen (keyed by position, relu():i: the function bodies keep no module "
                      "path); verified against the file as given")
     return out
+
+
+def _standard_op(name: str, domain: str) -> bool:
+    """Whether (domain, name) is an op onnxruntime knows (the ONNX standard's, any version, or one of its
+    contrib ops: a com.microsoft Gelu function also ran the Gelu kernel): a node so named runs the op."""
+    domain = "" if domain == "ai.onnx" else domain
+    return onnx.defs.has(name, domain) or (domain, name) in _runtime_ops()
+
+
+@functools.lru_cache(maxsize=1)
+def _runtime_ops() -> frozenset:
+    try:
+        from onnxruntime.capi.onnxruntime_pybind11_state import get_all_operator_schema
+        return frozenset((s.domain, s.name) for s in get_all_operator_schema())
+    except Exception:   # noqa: BLE001 - a build without the schema registry: the ONNX standard's ops only
+        return frozenset()
 
 
 def expand_contrib_ops(model: onnx.ModelProto, notes: list | None = None, in_place: bool = False) -> onnx.ModelProto:

@@ -91,19 +91,38 @@ def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
         dense = [_dense(sp) for sp in model.graph.sparse_initializer]
         del model.graph.sparse_initializer[:]
         model.graph.initializer.extend(dense)
-    for n in model.graph.node:   # Constant(sparse_value=...): graphsurgeon drops the attribute, leaving no value
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "sparse_value":
-            value = _dense(n.attribute[0].sparse_tensor)
-            del n.attribute[:]
-            n.attribute.append(onnx.helper.make_attribute("value", value))
+    # Constant(sparse_value=...): graphsurgeon drops the attribute, leaving no value; inside a local function
+    # (written out at the top level once inlined) or an If/Loop body onnxruntime 1.2x crashes the process on it
+    # (a segfault creating the session that verifies the file as given)
+    for n in _sparse_constants(model):
+        value = _dense(n.attribute[0].sparse_tensor)
+        del n.attribute[:]
+        n.attribute.append(onnx.helper.make_attribute("value", value))
     return model
+
+
+def _sparse_constants(model: onnx.ModelProto) -> list:
+    """Every Constant(sparse_value=...) node: the graph's, its subgraphs', the local functions'."""
+    found = []
+
+    def walk(nodes):
+        for n in nodes:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "sparse_value":
+                found.append(n)
+            for a in n.attribute:
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    walk(g.node)
+
+    walk(model.graph.node)
+    for f in model.functions:
+        walk(f.node)
+    return found
 
 
 def _needs_normalizing(model: onnx.ModelProto) -> bool:
     """Whether normalize_model would change the model."""
     return (model.ir_version < MIN_IR_VERSION or bool(model.graph.sparse_initializer)
-            or any(n.op_type == "Constant" and n.attribute and n.attribute[0].name == "sparse_value"
-                   for n in model.graph.node))
+            or bool(_sparse_constants(model)))
 
 
 def _dense(sp: onnx.SparseTensorProto) -> onnx.TensorProto:

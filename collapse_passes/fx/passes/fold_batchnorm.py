@@ -131,9 +131,8 @@ class FoldBatchNorm(FxPass):
     def _fold_bn(self, gm, bn) -> int:
         scale, shift = self._bn_affine(bn)
         prod = bn.x
-        op = linear_op(gm, prod) if isinstance(prod, fx.Node) else None
-        if op is not None and single_user(prod) is bn.nodes[-1] and not feeds_output(prod) \
-                and self._channels_ok(op, prod):
+        op = self.producer(gm, bn)
+        if op is not None:
             p, bm = _fold_after(op, scale, shift)
             names = origin(prod) + origin(bn.node)
             new = insert_linear(gm, prod, op.x, op.kind, p, bm, hint=f"{op.node.name}_bn", meta_from=bn.node,
@@ -159,6 +158,17 @@ class FoldBatchNorm(FxPass):
             self.record.folds.append({"kind": "batchnorm-before", "nodes": names})
             return 1
         return 0
+
+    @classmethod
+    def producer(cls, gm, bn):
+        """The conv / linear op `bn` folds into (its only reader, not a graph output, channels on the op's
+        output axis), else None. graph_stats counts such a BatchNorm as no op (export_free_nodes): one rule."""
+        prod = bn.x
+        op = linear_op(gm, prod) if isinstance(prod, fx.Node) else None
+        if op is not None and single_user(prod) is bn.nodes[-1] and not feeds_output(prod) \
+                and cls._channels_ok(op, prod):
+            return op
+        return None
 
     @staticmethod
     def _channels_ok(op, node) -> bool:
