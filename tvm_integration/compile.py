@@ -78,9 +78,10 @@ def check_onnx_ops(model) -> None:
         )
 
 
-#: what a user whose model TVM's importer cannot take can do (the collapse itself needs no TVM)
-IMPORTER_WAY_OUT = ("; TVM cannot compile this model as it is: export it without that construct, or collapse "
-                    "without --target (the collapse needs no TVM)")
+#: the way out of any TVM failure on a model: the collapse itself needs no TVM
+WITHOUT_TVM = "collapse without --target (the collapse needs no TVM)"
+#: what a user whose model TVM's importer cannot take can do
+IMPORTER_WAY_OUT = f"; TVM cannot compile this model as it is: export it without that construct, or {WITHOUT_TVM}"
 
 
 def _load_onnx(model):
@@ -526,8 +527,7 @@ def build(
         raise
     except Exception as e:
         raise TVMError(f"TVM build for {target.kind.name} failed: {_first_line(e)}; TVM cannot compile an op of this "
-                       "model for this target: try another --target, or collapse without --target (the collapse "
-                       "needs no TVM)") from e
+                       f"model for this target: try another --target, or {WITHOUT_TVM}") from e
     return TVMExecutable(
         executable=ex,
         target=target,

@@ -282,15 +282,22 @@ def random_nodes(model: onnx.ModelProto) -> list[str]:
             continue
         if n.op_type in RANDOM_OPS:
             found.append(f"{n.name or n.output[0]} ({n.op_type})")
-        elif n.op_type == "Dropout" and len(n.input) > 2 and n.input[2]:
-            train = value(n.input[2])
+        elif n.op_type == "Dropout":
+            train = value(n.input[2]) if len(n.input) > 2 and n.input[2] else False
             ratio = value(n.input[1]) if len(n.input) > 1 and n.input[1] else None
-            if train is not None and not bool(np.asarray(train).any()):
-                continue   # inference: passes its input through
-            if ratio is not None and float(np.asarray(ratio).max()) == 0.0:
-                continue   # drops nothing
-            found.append(f"{n.name or n.output[0]} (Dropout in training mode)")
+            if not dropout_passes_through(train, ratio):
+                found.append(f"{n.name or n.output[0]} (Dropout in training mode)")
     return found
+
+
+def dropout_passes_through(train, ratio) -> bool:
+    """Whether a standard Dropout returns its input, from the constant values of its training_mode and ratio
+    inputs (None: not a constant; pass False for an absent training_mode, which means inference): inference
+    mode, or a ratio of 0 (keeps every element, scales by 1/(1-0)). random_nodes and the clean-up's
+    noop_dropout both read it."""
+    if train is not None and not bool(np.asarray(train).any()):
+        return True
+    return ratio is not None and np.asarray(ratio).size > 0 and float(np.asarray(ratio).max()) == 0.0
 
 
 def _as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:

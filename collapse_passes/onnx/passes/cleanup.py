@@ -4,7 +4,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
-from ..graph import const_value, toposort
+from ..graph import const_value, dropout_passes_through, toposort
 from ..shapes import apply_types, fill_shapes, inferred_types, light_export, missing_priced_tensors, run_shapes
 
 
@@ -65,8 +65,7 @@ def noop_dropout(node, graph_outputs=()) -> bool:
         return False   # the mask is read
     train = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else False
     ratio = const_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None
-    return train is not None and not bool(train.any() if hasattr(train, "any") else train) \
-        or ratio is not None and ratio.size == 1 and float(ratio.reshape(-1)[0]) == 0.0
+    return dropout_passes_through(train, ratio)
 
 
 class Cleanup:
