@@ -258,9 +258,9 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                      "fixes them)")
     reference_cache: dict = {}   # the request's float64 outputs, evaluated once for every verify below
     ver = verify(given, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                 reference_cache=reference_cache)
+                 reference_cache=reference_cache, normalized=original)
     merge_fallback = fold_fallback = None
-    if not ver.against_requested.passed and ctx.merges and not ctx.approximations:
+    if not ver.against_requested.passed and ctx.merges and not ctx.approximations and not ver.normalization_failed:
         # merged kernels of an ill-conditioned stack (every SiLU of EfficientNetV2-S collapsed: outputs ~1e22)
         # can be off where the layers one by one are not: the merged weights, rounded to float32, err in a
         # direction the later layers amplify (the float64 look then disagrees too). The merges that break it are
@@ -275,7 +275,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                                  merge_allowed=allowed)
             c.graph = None   # its arrays duplicate the trial's weights: not held through the search
             v = verify(given, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                       reference_cache=reference_cache)
+                       reference_cache=reference_cache, normalized=original)
             return (m, c, p, v), v.against_requested, c.merges
 
         fb = search(ctx.merges, trial, failed=ver.against_requested)
@@ -285,7 +285,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             result_model, ctx, pm, ver = fb.payload
             stats_after = model_stats(result_model)
     if not ver.against_requested.passed and not ver.against_requested.conditioned and ctx.folds \
-            and not ctx.approximations:
+            and not ctx.approximations and not ver.normalization_failed:
         # the merges refused and still off: the folds' float32 weights (BatchNorm into a conv) are what an
         # ill-conditioned request amplifies. The activations linearized and nothing folded is the request's
         # own ops: a result that verifies, the collapse kept, the folding given up (onnxruntime folds
@@ -294,7 +294,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                              input_shapes=input_shapes, remove_blocks=blocks_removed, prune=cfg.prune,
                              prune_off=prune_off)
         v = verify(given, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                   reference_cache=reference_cache)
+                   reference_cache=reference_cache, normalized=original)
         if v.against_requested.passed:
             line, fold_fallback = unfolded(ver.against_requested, len(ctx.folds), len(ctx.merges))
             warnings.append(line)

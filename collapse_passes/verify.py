@@ -33,6 +33,9 @@ class Verification:
     notes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)   # about the input model itself, not the collapse
     structural: bool = False    # proved by value numbering: the result is the input's own graph, nothing run
+    # the model as the passes read it (local functions inlined, fused contrib ops expanded) against the file as
+    # given, when the two differ: a failure is ours (the request itself is then wrong), and no fallback mends it
+    normalization: Comparison | None = None
     partial: dict = field(default_factory=dict)    # model -> [nodes run, nodes] where only a changed region ran
 
     def as_dict(self) -> dict:
@@ -44,7 +47,13 @@ class Verification:
             d["structural"] = True
         if self.partial:
             d["partial"] = self.partial
+        if self.normalization is not None:
+            d["normalization"] = self.normalization.as_dict()
         return d
+
+    @property
+    def normalization_failed(self) -> bool:
+        return self.normalization is not None and not self.normalization.passed
 
 
 #: how the verification runs are made (core/runtime.session(optimize="auto"))
@@ -156,8 +165,13 @@ def _same_arrays(a, b) -> bool:
 
 def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.ModelProto,
            feeds: list[dict], rtol: float, atol: float, inputs_desc: str, seed: int = 0,
-           reference_cache: dict | None = None) -> Verification:
+           reference_cache: dict | None = None, normalized: onnx.ModelProto | None = None) -> Verification:
     """Run the input model, the requested semantics and the result on `feeds` and compare.
+
+    `normalized`: the model the passes read when it is not `original` (the file as given, with its local functions
+    inlined or onnxruntime's fused ops expanded: onnx/contrib.py). The requested semantics are built from it, so
+    a rewrite that changed what it computes would pass unseen, collapse or not: it is run too (only where it
+    differs from the file) and must match the file as given, or the check fails.
 
     `reference_cache`: a dict shared by calls with the same `requested` and `feeds` (the merge fallback's
     trials): the requested semantics' float64 outputs are evaluated once, not once per trial (onnx's
@@ -172,10 +186,15 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
             raise CollapseError(f"{what} must be a finite number >= 0, got {v}")
     from .onnx.value_numbering import opsets, plan_runs
 
-    models = [original] if requested is original else [original, requested]
+    models = [original]
+    for m in (normalized, requested):
+        if m is not None and all(m is not k for k in models):
+            models.append(m)
+    k_norm = 1 if normalized is not None and normalized is not original else None
     plans = plan_runs(models + [result])
     p_orig, p_req, p_res = plans[0], plans[len(models) - 1], plans[-1]
-    if p_res.outputs == p_req.outputs == p_orig.outputs:
+    p_norm = plans[k_norm] if k_norm is not None else None
+    if p_res.outputs == p_req.outputs == p_orig.outputs and (p_norm is None or p_norm.outputs == p_orig.outputs):
         try:
             # it loads: the file written is one onnxruntime accepts (weights fed: not held twice for a load)
             session(result, ours=True, feed_weights=True)
@@ -199,6 +218,7 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
         # regions save: the other models run whole
         plans = plan_runs(models + [result], regions=False)
         p_orig, p_req, p_res = plans[0], plans[len(models) - 1], plans[-1]
+        p_norm = plans[k_norm] if k_norm is not None else None
     # per feed: value number -> array, the graph inputs first (an output may be an input passed through)
     values = [{n: f[name] for p in plans for name, n in p.inputs.items() if name in f} for f in feeds]
     _keep(values, p_orig, names, orig_out)
@@ -209,10 +229,22 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
         if plan.model is not None:
             _run_plan(plan, feeds, values)
         if not plan.whole:
-            partial["result" if plan is p_res else "requested"] = [plan.nodes_run, plan.nodes_total]
+            label = "result" if plan is p_res else "normalized" if plan is p_norm else "requested"
+            partial[label] = [plan.nodes_run, plan.nodes_total]
     # the input ran on these feeds: a failure of the result or the requested model is ours (a bug)
     res_out = [[vals[n] for n in p_res.outputs] for vals in values]
     req_out = orig_out if requested is original else [[vals[n] for n in p_req.outputs] for vals in values]
+    normalization = None
+    if p_norm is not None and p_norm.outputs != p_orig.outputs:
+        normalization = compare(orig_out, [[vals[n] for n in p_norm.outputs] for vals in values], names, rtol, atol)
+        if not normalization.passed:
+            why = (f"the model as the passes read it (local functions inlined, onnxruntime's fused ops expanded) "
+                   f"differs from the file as given (max abs {normalization.max_abs:.3g}, max rel "
+                   f"{normalization.max_rel:.3g}, output {normalization.worst_output!r}): a bug in collapse_passes, "
+                   "please report it with the model")
+            failed = replace(normalization, why=why)
+            return Verification(failed, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
+                                warnings=warns, partial=partial, normalization=failed)
     against = nonfinite_request(orig_out, req_out, names, len(feeds)) or compare(req_out, res_out, names, rtol, atol)
     # onnx's evaluator may read an op under another opset than onnxruntime does (Softmax's axis before
     # 13): with the opsets apart, its agreement would prove nothing about what onnxruntime computes
@@ -231,7 +263,7 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
         against = float64_second_look(against, run64, requested, result, feeds,
                                       names, rtol, atol, req32=req_out, res32=res_out)
     return Verification(against, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
-                        warnings=warns, partial=partial)
+                        warnings=warns, partial=partial, normalization=normalization)
 
 
 def _keep(values: list[dict], plan, names: list[str], outs: list[list]) -> None:
