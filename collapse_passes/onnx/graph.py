@@ -309,6 +309,7 @@ def _as_model(model_or_path) -> tuple[onnx.ModelProto, Path | None]:
         if ext is not None:   # a proto from onnx.load(..., load_external_data=False): its weights are elsewhere
             raise CollapseError(f"the ModelProto's weights are not loaded (initializer {ext!r} is stored in an "
                                 "external data file): pass the model's path, or onnx.load(path) with its data")
+        check_model(model_or_path, "the ModelProto")   # what a file gets on load: one rule for path and proto
         if _needs_names(model_or_path) or _needs_normalizing(model_or_path):
             copy = onnx.ModelProto()
             copy.CopyFrom(model_or_path)   # the caller's proto is never modified
