@@ -8,6 +8,7 @@
 - runtime: onnxruntime sessions, random inputs, interleaved timing, output comparison (one
   tolerance rule). Imports onnxruntime lazily.
 - chains: conv-chain merge planning on algebra/ + planning.py.
+- nonlinear_ops: the ops the nonlinear depth counts, ONNX op type -> torch / aten names.
 
 Nothing here imports onnx, onnx-graphsurgeon or torch at module level.
 """

@@ -19,6 +19,9 @@ from torch.fx.passes.infra.pass_manager import PassManager
 
 from ..config import CollapseConfig, with_tolerances
 from ..core.merge_fallback import search as merge_search
+# functions / methods the nonlinear depth counts: the ONNX front end's ops by their torch / aten names (one table); an
+# ExportedProgram's graph calls functions only, so the module rule in graph_stats alone missed its SE gates
+from ..core.nonlinear_ops import NONLINEAR_CALLS as _NONLINEAR_CALLS
 from ..core.selection import KeyIndex, assign_scores, blocks_to_remove, choose, read_scores
 from ..errors import CollapseError, VerificationError, random_model_error
 from ..report import activation_row, build_report
@@ -878,17 +881,6 @@ def _has_module_layers(gm: fx.GraphModule) -> bool:
     """False when the graph's convs/linears are all functions (aten-level): the channel graph can't prune them."""
     kinds = {n.op for n in gm.graph.nodes if linear_op(gm, n) is not None}
     return "call_module" in kinds or not kinds
-
-
-#: functions / methods the nonlinear depth counts (onnx/patterns.NONLINEAR_OPS by their torch / aten names):
-#: an ExportedProgram's graph calls functions only, so the module rule in graph_stats alone missed its SE gates
-_NONLINEAR_CALLS = {"relu", "relu6", "clip", "clamp", "hardtanh", "leaky_relu", "prelu", "hardswish", "hardsigmoid",
-                    "sigmoid", "tanh", "elu", "selu", "celu", "gelu", "silu", "mish", "erf", "softplus", "softsign",
-                    "softmax", "log_softmax", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
-                    "adaptive_max_pool2d", "adaptive_max_pool3d", "exp", "log", "pow", "sqrt", "rsqrt", "abs", "sin",
-                    "cos", "layer_norm", "native_layer_norm", "instance_norm", "group_norm", "native_group_norm",
-                    "normalize", "amax", "amin", "max", "min", "maximum", "minimum", "floor", "ceil", "round", "sign",
-                    "reciprocal"}
 
 
 _MATMULS = {torch.matmul, operator.matmul, torch.bmm, torch.mm, torch.ops.aten.matmul.default,

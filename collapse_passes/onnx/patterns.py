@@ -22,16 +22,8 @@ import onnx_graphsurgeon as gs
 
 from ..core import activations as catalogue
 from ..core import gates
+from ..core.nonlinear_ops import NONLINEAR_OPS   # always nonlinear: depth accounting, "ops left alone" listings
 from .graph import const_value, toposort
-
-# op types that are always nonlinear; used by depth accounting and "ops left alone" listings
-NONLINEAR_OPS = {
-    "Relu", "Clip", "LeakyRelu", "PRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Elu",
-    "Selu", "Celu", "Gelu", "Erf", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Softmax",
-    "LogSoftmax", "MaxPool", "GlobalMaxPool", "Exp", "Log", "Pow", "Sqrt", "Abs", "Sin", "Cos",
-    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization",
-    "ReduceMax", "ReduceMin", "Max", "Min", "Floor", "Ceil", "Round", "Sign", "Reciprocal",
-}
 
 # op types that are always elementwise and cheap to evaluate on probe points
 _ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Erf", "Tanh", "Sigmoid", "Pow", "Relu", "Clip",
