@@ -204,15 +204,29 @@ def test_sparse_constant_node_weight():
     np.testing.assert_allclose(_run(res.model, x), _run(_linearized(m, {"act0"}), x), rtol=1e-4, atol=1e-5)
 
 
-def test_graph_output_without_shape_is_named(tmp_path):
+def test_graph_output_without_shape_is_read_and_written_with_its_shape(tmp_path):
+    """onnx.checker refuses a graph output declared without a shape (make_tensor_value_info(name, type, None));
+    onnxruntime runs it and shape inference gives it one: read (it was refused, exit 2), and written with it."""
+    nodes, inits = _chain(np.random.default_rng(8), n=2, k=1)
+    m = _model(nodes, inits)
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    onnx.save(m, tmp_path / "m.onnx")
+    res = cp.collapse(str(tmp_path / "m.onnx"), collapse=["act0"])
+    assert res.passed
+    out = res.model.graph.output[0].type.tensor_type
+    assert out.HasField("shape") and len(out.shape.dim) == 4
+    onnx.checker.check_model(res.model)
+
+
+def test_graph_input_without_shape_is_named(tmp_path):
     """The checker's "Field 'shape' of 'type' is required but missing" names no tensor: the refusal of the file
-    does."""
+    does (an input needs its rank: the check's random inputs are drawn at its shape)."""
     import pytest
 
     from collapse_passes.errors import CollapseError
     nodes, inits = _chain(np.random.default_rng(8), n=2, k=1)
     m = _model(nodes, inits)
-    m.graph.output[0].type.tensor_type.ClearField("shape")
+    m.graph.input[0].type.tensor_type.ClearField("shape")
     onnx.save(m, tmp_path / "m.onnx")
-    with pytest.raises(CollapseError, match=r"graph output 'y': no shape declared.*make_tensor_value_info"):
+    with pytest.raises(CollapseError, match=r"graph input 'x': no shape declared.*make_tensor_value_info"):
         cp.collapse(str(tmp_path / "m.onnx"), collapse=["act0"])

@@ -192,19 +192,43 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
     from .shapes import light_model
 
     _check_weight_sizes(model, where)
+    light = light_model(model)
     try:
-        onnx.checker.check_model(light_model(model))
+        onnx.checker.check_model(light)
     except ValueError:
         # models over 2 GiB cannot be checked in memory; the passes still validate shapes later
         pass
     except onnx.checker.ValidationError as exc:
         shapeless = [f"{kind} {v.name!r}" for kind, vs in (("input", model.graph.input), ("output", model.graph.output))
                      for v in vs if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")]
+        if shapeless and all(s.startswith("output") for s in shapeless) and _outputs_inferred(light):
+            return   # `make_tensor_value_info(name, type, None)` outputs: shape inference gives them their shapes
         if shapeless and "'shape' of 'type' is required" in str(exc):   # the checker does not say which tensor
             raise CollapseError(f"{where}: invalid ONNX model (graph {', '.join(shapeless[:3])}: no shape declared; "
                                 "ONNX requires one, its dims may be unknown): give it its rank, e.g. "
                                 "onnx.helper.make_tensor_value_info(name, elem_type, ['N', 3, 'H', 'W'])") from None
         raise CollapseError(f"{where}: invalid ONNX model ({_short(exc)})") from None
+
+
+def _outputs_inferred(light: onnx.ModelProto) -> bool:
+    """Whether onnx's shape inference gives every graph output of `light` (a weight-less copy, changed here) a
+    shape, and the checker then passes. A graph output declared without one (onnx.helper.make_tensor_value_info(
+    name, type, None), common in hand-built models) is what the checker refuses; onnxruntime runs it, and every
+    model the passes write declares the inferred shapes. An input without a shape stays refused: the check's
+    random inputs need its rank."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light)
+        known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        for out in light.graph.output:
+            if out.type.HasField("tensor_type") and not out.type.tensor_type.HasField("shape"):
+                got = known.get(out.name)
+                if got is None or not got.type.tensor_type.HasField("shape"):
+                    return False
+                out.type.tensor_type.shape.CopyFrom(got.type.tensor_type.shape)
+        onnx.checker.check_model(light)
+        return True
+    except Exception:   # noqa: BLE001 - inference or the checker refuses: the caller's message stands
+        return False
 
 
 def _raw_size(t: onnx.TensorProto) -> int | None:
