@@ -235,30 +235,65 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     ctx.graph = None   # its arrays duplicate the result's weights: not held through verification
 
     from .core.merge_fallback import unfolded
-    from .verify import accept_conditioned, random_inputs, verify
+    from .verify import InputModelRunError, accept_conditioned, random_inputs, verify
 
+    shapes: dict = {}   # the random check inputs' sizes for dynamic dims (core/runtime.check_shapes)
+    ranges: dict = {}   # their integer inputs' ranges: token ids over the whole table (core/runtime.index_ranges)
     if cfg.calib is not None:
         from .calib import calibration_feeds
 
+        from .core.runtime import random_in_range
+
         feeds = calibration_feeds(cfg.calib, original, limit=cfg.calib_batches or 8)
         samples = sum(next(iter(f.values())).shape[0] for f in feeds)
-        desc = f"calibration data ({samples} samples)"
         if _identical_samples(feeds):
             warnings.append(f"the {samples} samples of --calib (calib=) checked are all the same input: scores from data (easier, lacoot, "
                             "tlc's empirical variant) see one input, so every channel looks always on or off, and the "
                             "check runs one input; give varied samples")
+        # the requested semantics holds on every input: --check random inputs in the data's range are checked too
+        # (a calibration set of one blank image exercised no weight, and a wrong fold passed)
+        extra = random_in_range(original, feeds, cfg.check, cfg.seed)
+        feeds = feeds + extra
+        desc = f"calibration data ({samples} samples) + {len(extra)} random input(s) in its range, seed {cfg.seed}"
     else:
         if cfg.check < 1:
             raise CollapseError("--check must be at least 1: every result is verified")
-        feeds = random_inputs(original, cfg.check, cfg.seed)
-        desc = f"{cfg.check} random input(s), seed {cfg.seed}"
-        if dynamic:
-            # a dynamic height/width runs as 1: say so, a model that needs real sizes (Swin) then names it
-            desc += (", dynamic dims after the first run as 1 (--calib data checks real sizes, --input-shape "
-                     "fixes them)")
+        from .core.runtime import check_shapes, index_ranges
+
+        shapes, ranges = check_shapes(original), index_ranges(original)
+        feeds = random_inputs(original, cfg.check, cfg.seed, shapes=shapes, ranges=ranges)
+        desc = _random_desc(cfg, feeds, shapes, bool(dynamic), ranges=ranges)
     reference_cache: dict = {}   # the request's float64 outputs, evaluated once for every verify below
-    ver = verify(given, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                 reference_cache=reference_cache, normalized=original)
+    try:
+        ver = verify(given, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
+                     reference_cache=reference_cache, normalized=original)
+    except InputModelRunError:
+        if not shapes or all(d == 1 for dims in shapes.values() for d in dims):
+            raise
+        # the input model runs only at other sizes (a fixed-size table behind a dynamic dim): the old check at 1,
+        # said; a model that does not run there either fails as before, naming --calib / --input-shape
+        feeds = random_inputs(original, cfg.check, cfg.seed, ranges=ranges)
+        desc = _random_desc(cfg, feeds, {}, bool(dynamic), ranges=ranges)
+        warnings.append(f"the input model does not run at the check's size for its dynamic dims "
+                        f"({_shapes_text(shapes)}); checked at 1, where a 3x3 kernel reads only its centre tap and "
+                        "wrong kernel borders pass: give --input-shape NAME:D0,D1,... or --calib data of a real size")
+        shapes = {}
+        ver = verify(given, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
+                     reference_cache=reference_cache, normalized=original)
+    if cfg.calib is None and ver.input_nonfinite:
+        # NaN/Inf outputs of the input model on standard normal inputs (a Log, a Sqrt of the input) compare as equal
+        # wherever the result has them too, so those values verify nothing: inputs in (0, 1] (images,
+        # probabilities, what a Log reads) are tried, and kept when the input model is finite on more of them
+        alt = random_inputs(original, cfg.check, cfg.seed, shapes={k: list(v.shape) for k, v in feeds[0].items()},
+                            dist="unit", ranges=ranges)
+        alt_desc = _random_desc(cfg, alt, shapes, bool(dynamic), unit=True, ranges=ranges)
+        v = verify(given, requested, result_model, alt, cfg.rtol, cfg.atol, alt_desc, seed=cfg.seed,
+                   reference_cache=reference_cache, normalized=original)
+        if v.input_nonfinite < ver.input_nonfinite:
+            warnings.append(f"the input model itself outputs non-finite values (NaN/Inf) in {ver.input_nonfinite} "
+                            "values on standard normal check inputs; checked on inputs uniform in (0, 1] instead, "
+                            f"where it outputs {v.input_nonfinite}")
+            feeds, desc, ver = alt, alt_desc, v
     merge_fallback = fold_fallback = None
     if not ver.against_requested.passed and ctx.merges and not ctx.approximations and not ver.normalization_failed:
         # merged kernels of an ill-conditioned stack (every SiLU of EfficientNetV2-S collapsed: outputs ~1e22)
@@ -357,6 +392,27 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         raise VerificationError.mismatch(ver.against_requested, cfg.rtol, cfg.atol,
                                          "nothing written (use --force to write anyway)", res)
     return res
+
+
+def _shapes_text(shapes: dict) -> str:
+    return ", ".join(f"{n} {'x'.join(map(str, d))}" for n, d in shapes.items())
+
+
+def _random_desc(cfg, feeds: list[dict], shapes: dict, dynamic: bool, unit: bool = False, ranges=None) -> str:
+    """How the random check inputs were drawn, for the report: the sizes of dynamic dims (check_shapes'), or,
+    `shapes` empty on a model with dynamic dims, that they ran as 1 (a model that needs real sizes names it)."""
+    import numpy as np
+
+    desc = f"{cfg.check} random input(s){' uniform in (0, 1]' if unit else ''}, seed {cfg.seed}"
+    if ranges:   # index inputs drawn over their table (core/runtime.index_ranges)
+        desc += ", " + ", ".join(f"{n} in 0..{k - 1}" for n, k in ranges.items())
+    if shapes:
+        desc += (f", dynamic dims sized from the model ({_shapes_text({k: np.shape(v) for k, v in feeds[0].items()})}; "
+                 "--input-shape fixes them)")
+    elif dynamic:
+        desc += (", dynamic dims after the first run as 1 (--calib data checks real sizes, --input-shape "
+                 "fixes them)")
+    return desc
 
 
 def _identical_samples(feeds: list[dict]) -> bool:

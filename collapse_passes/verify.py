@@ -19,6 +19,7 @@ from .errors import CollapseError
 
 # sessions, random feeds, the comparison rule: one runtime module for every front end and benchmark
 from .core.runtime import Comparison, compare, input_specs, nonfinite_request, ort_message, random_inputs, session  # noqa: F401
+from .core.runtime import nothing_compared
 from .core.runtime import release_free_memory
 from .core.runtime import run as _runtime_run
 
@@ -37,6 +38,7 @@ class Verification:
     # given, when the two differ: a failure is ours (the request itself is then wrong), and no fallback mends it
     normalization: Comparison | None = None
     partial: dict = field(default_factory=dict)    # model -> [nodes run, nodes] where only a changed region ran
+    input_nonfinite: int = 0   # NaN/Inf values in the input model's outputs on these feeds (api redraws random ones)
 
     def as_dict(self) -> dict:
         d = {"against_requested": self.against_requested.as_dict(),
@@ -65,6 +67,11 @@ def run(model: onnx.ModelProto, feeds: list[dict], sess=None) -> tuple[list[list
     return _runtime_run(sess or session(model, feed_weights=True), feeds)
 
 
+class InputModelRunError(CollapseError):
+    """onnxruntime cannot run the input model on the check's feeds: the feeds (or the model) are the user's
+    problem. api.collapse catches it to check a dynamic-size model at 1 when it does not run at check_shapes'."""
+
+
 def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str, extra_outputs=()):
     """Run the input model alone first: if it cannot run on these feeds, the feeds (or the model)
     are the user's problem, not the collapse's. Returns (outputs per feed, output names): the graph's
@@ -85,7 +92,7 @@ def run_input_model(model: onnx.ModelProto, feeds: list[dict], inputs_desc: str,
         except Exception as exc:
             msg = ort_message(exc)
             shapes = ", ".join(f"{n} {tuple(np.shape(v))}" for n, v in f.items())
-            raise CollapseError(f"onnxruntime cannot run the input model on {inputs_desc} (batch {k}: {shapes}): "
+            raise InputModelRunError(f"onnxruntime cannot run the input model on {inputs_desc} (batch {k}: {shapes}): "
                                 f"{msg}; give data that fits the model's inputs") from None
     return outs, names
 
@@ -127,7 +134,8 @@ def input_model_warnings(model: onnx.ModelProto, outs, names, feeds: list[dict],
     probe_outs = list(outs)
     if len(feeds) < 2:
         try:
-            extra = random_inputs(model, 1, seed + 1)[0]
+            # the check's own sizes (a dynamic height/width runs at check_shapes', not 1)
+            extra = random_inputs(model, 1, seed + 1, shapes={k: np.shape(v) for k, v in feeds[0].items()})[0]
             probe_outs = probe_outs + run(model, [extra])[0]
             feeds = list(feeds) + [extra]
         except Exception:
@@ -137,8 +145,8 @@ def input_model_warnings(model: onnx.ModelProto, outs, names, feeds: list[dict],
         return warns
     same = all(_same_arrays(probe_outs[0][i], o[i]) for o in probe_outs[1:] for i in float_idx)
     if same:
-        peak = max(float(np.nanmax(np.abs(np.asarray(probe_outs[0][i])))) if np.asarray(probe_outs[0][i]).size
-                   else 0.0 for i in float_idx)
+        finite = [np.abs(v[np.isfinite(v)]) for v in (np.asarray(probe_outs[0][i]) for i in float_idx)]
+        peak = max((float(v.max()) for v in finite if v.size), default=float("nan"))   # no All-NaN RuntimeWarning
         warns.append(f"the input model's outputs do not depend on its input: identical on {len(probe_outs)} different "
                      f"inputs (max |output| {peak:.3g}); the check cannot show that the collapse preserves anything")
     elif rtol is not None and atol is not None:
@@ -245,7 +253,8 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
             failed = replace(normalization, why=why)
             return Verification(failed, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
                                 warnings=warns, partial=partial, normalization=failed)
-    against = nonfinite_request(orig_out, req_out, names, len(feeds)) or compare(req_out, res_out, names, rtol, atol)
+    against = (nonfinite_request(orig_out, req_out, names, len(feeds))
+               or nothing_compared(req_out, len(feeds), inputs_desc) or compare(req_out, res_out, names, rtol, atol))
     # onnx's evaluator may read an op under another opset than onnxruntime does (Softmax's axis before
     # 13): with the opsets apart, its agreement would prove nothing about what onnxruntime computes
     if not against.passed and not against.why and opsets(requested) == opsets(result):
@@ -262,8 +271,10 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
 
         against = float64_second_look(against, run64, requested, result, feeds,
                                       names, rtol, atol, req32=req_out, res32=res_out)
+    nonfinite = sum(int(np.size(v) - np.isfinite(v).sum()) for out in orig_out for v in map(np.asarray, out)
+                    if v.dtype.kind == "f")
     return Verification(against, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
-                        warnings=warns, partial=partial, normalization=normalization)
+                        warnings=warns, partial=partial, normalization=normalization, input_nonfinite=nonfinite)
 
 
 def _keep(values: list[dict], plan, names: list[str], outs: list[list]) -> None:

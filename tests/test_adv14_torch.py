@@ -151,9 +151,16 @@ def test_path_0_names_the_one_call_of_a_module_called_once(as_program):
 
 def test_nonfinite_example_outputs_are_said():
     """NaN example_inputs with check=1: every output NaN on both sides, compared as equal, so the gate verified
-    nothing and the report said nothing (the ONNX front end warns that the input model outputs NaN/Inf)."""
+    nothing and the report said nothing (the ONNX front end warns that the input model outputs NaN/Inf). Comparing
+    nothing now fails the gate (core/runtime.nothing_compared); force=True writes it, the report says why."""
+    from collapse_passes.errors import VerificationError
+
     m = _net()
-    res = cp.collapse(m, collapse=["r1"], example_inputs=(torch.full((1, 3, 8, 8), float("nan")),), check=1)
+    nan = (torch.full((1, 3, 8, 8), float("nan")),)
+    with pytest.raises(VerificationError, match="nothing was compared"):
+        cp.collapse(m, collapse=["r1"], example_inputs=nan, check=1)
+    res = cp.collapse(m, collapse=["r1"], example_inputs=nan, check=1, force=True)
+    assert not res.passed
     assert any("non-finite" in w and "4 NaN" in w for w in res.report["warnings"])
     clean = cp.collapse(m, collapse=["r1"], example_inputs=(torch.randn(1, 3, 8, 8),), check=1)
     assert not any("non-finite" in w for w in clean.report["warnings"])

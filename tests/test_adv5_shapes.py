@@ -278,13 +278,22 @@ def test_calibration_smaller_than_a_static_batch_names_the_way_out():
 
 
 def test_dynamic_height_width_checked_at_size_one_says_so_and_calib_checks_real_sizes():
-    """Random check inputs run a dynamic H x W as 1 x 1: a model that cannot run there (a 3x3 conv without
-    padding) was refused with "give data that fits" and no word on why the data was 1 x 1."""
+    """Random check inputs ran a dynamic H x W as 1 x 1: a model that cannot run there (a 3x3 conv without
+    padding) was refused with "give data that fits" and no word on why the data was 1 x 1. They now run at
+    core/runtime.check_shapes' size (9 x 9 here), where it runs; a model that runs neither there nor at 1 x 1
+    (an 11x11 conv without padding) says the check ran at 1."""
     import numpy as np
+    from onnx import numpy_helper
 
     model = _conv_relu_model(["N", 3, "H", "W"])
+    r = cp.collapse(model, collapse=["relu1"])
+    assert r.passed and "x 1x3x9x9" in r.report["verification"]["inputs"]
+    w1 = next(t for t in model.graph.initializer if t.name == "w1")
+    w1.CopyFrom(numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 11, 11)).astype(np.float32),
+                                        "w1"))
     with pytest.raises(CollapseError, match=r"dynamic dims after the first run as 1 \(--calib data"):
         cp.collapse(model, collapse=["relu1"])
+    model = _conv_relu_model(["N", 3, "H", "W"])
     r = cp.collapse(model, collapse=["relu1"],
                     calib={"x": np.random.default_rng(0).standard_normal((2, 3, 12, 20)).astype(np.float32)})
     assert r.passed

@@ -262,11 +262,12 @@ def test_calibration_data_of_the_wrong_channels_names_dynamic_dims_apart_from_th
 
 
 class _Patchify(nn.Module):
-    """A stride-4 unpadded patch conv (as Swin's stem): a 1 x 1 input cannot run."""
+    """A stride-4 unpadded patch conv (as Swin's stem): a 1 x 1 input cannot run. With kernel=12 it cannot run at
+    the check's size for its dynamic dims either (core/runtime.check_shapes: 2 * 4 + 1 = 9)."""
 
-    def __init__(self):
+    def __init__(self, kernel: int = 4):
         super().__init__()
-        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.patch = nn.Conv2d(3, 8, kernel, stride=4)
         self.r = nn.ReLU()
         self.fc = nn.Conv2d(8, 4, 1)
 
@@ -274,16 +275,22 @@ class _Patchify(nn.Module):
         return self.fc(self.r(self.patch(x))).mean((2, 3))
 
 
-def test_a_dynamic_model_that_cannot_run_at_1x1_names_input_shape(tmp_path, capsys):
+@pytest.mark.parametrize("kernel", [4, 12])
+def test_a_dynamic_model_that_cannot_run_at_1x1_names_input_shape(tmp_path, capsys, kernel):
+    """The check ran dynamic dims at 1: a patch-4 stem could not run. It runs at check_shapes' 9 x 9 now; a
+    patch-12 stem runs neither there nor at 1, and the one line names --input-shape."""
     torch.manual_seed(0)
     path = str(tmp_path / "p.onnx")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Patchify().eval(), (torch.randn(1, 3, 16, 16),), path, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
+        torch.onnx.export(_Patchify(kernel).eval(), (torch.randn(1, 3, 16, 16),), path, dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}})
     out = tmp_path / "o.onnx"
+    if kernel == 4:
+        assert main([path, "-o", str(out), "-q", "--collapse", "r"]) == 0
+        return
     assert main([path, "-o", str(out), "--collapse", "r"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--input-shape" in err, err

@@ -4,7 +4,10 @@
                                                       spinning off; CollapseError if it cannot load
                                                       (RuntimeError with ours=True)
     input_specs(model_or_session)                  -> [(name, shape, numpy dtype)]
-    random_inputs(model_or_session, count, seed)   -> [feed dict]; dynamic dims taken as 1
+    random_inputs(model_or_session, count, seed)   -> [feed dict]; dynamic dims taken as 1, or as `shapes`
+    check_shapes(model)                            -> {input: dims} the gate's random inputs take
+    index_ranges(model)                            -> {input: n} integer inputs that index a table of n rows
+    random_in_range(model, samples, count, seed)   -> [feed dict] in the range of calibration samples
     run(model_or_session, feeds)                   -> ([[outputs] per feed], output names)
     outputs(model_or_session, feed)                -> [outputs] of one feed
     time_runs(sess, feed, repeat, warmup)          -> [seconds per run]
@@ -16,7 +19,8 @@ Tolerance rule (used by verification, the TVM check and the benchmarks): an elem
 |out - ref| <= atol + rtol * max(|ref|, rms(ref)), rms over the output tensor. fp32 re-association
 (merged kernels sum in another order) errs in proportion to the tensor's scale, not to an element
 that happens to be near zero. max_rel is reported on the same scale. Where the reference itself is
-NaN/Inf the result must hold the same value there; the other elements are compared as usual.
+NaN/Inf the result must hold the same value there; the other elements are compared as usual. (The gate
+also fails when the reference is NaN/Inf everywhere: nothing_compared.)
 
 Thread spinning is off in every session ("session.intra_op.allow_spinning" = "0"): an idle session
 must not spin-wait and steal cores from the next one (interleaved timing, shared machines).
@@ -326,9 +330,17 @@ def _check_input_memory(specs, count: int) -> None:
                             f"({budget / 2**30:.3g} GiB); {way}verify on --calib data of the real input size")
 
 
-def random_inputs(model_or_session, count: int = 1, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """`count` seeded feeds: standard normal floats, 0/1 integers and booleans; dynamic dims = 1."""
+def random_inputs(model_or_session, count: int = 1, seed: int = 0, shapes: dict | None = None,
+                  dist: str = "normal", ranges: dict | None = None) -> list[dict[str, np.ndarray]]:
+    """`count` seeded feeds: floats standard normal (dist="normal") or uniform in (0, 1] (dist="unit": images,
+    probabilities, what a Log or Sqrt reads), 0/1 integers (0..n-1 for an input `ranges` gives n: token ids,
+    see index_ranges) and booleans. Dynamic dims = 1, unless `shapes` ({input name: dims}, see check_shapes)
+    gives them."""
+    if dist not in ("normal", "unit"):
+        raise ValueError(f"dist must be 'normal' or 'unit', not {dist!r}")
     specs = input_specs(model_or_session)
+    if shapes:
+        specs = [(n, list(shapes.get(n, shape)), dt) for n, shape, dt in specs]
     _check_input_memory(specs, count)
     rng = np.random.default_rng(seed)
     feeds = []
@@ -337,13 +349,148 @@ def random_inputs(model_or_session, count: int = 1, seed: int = 0) -> list[dict[
         for name, shape, dt in specs:
             dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
             if np.issubdtype(dt, np.floating):
-                feed[name] = rng.standard_normal(dims).astype(dt)
+                x = rng.standard_normal(dims) if dist == "normal" else 1.0 - rng.random(dims)
+                feed[name] = x.astype(dt)
             elif dt is np.bool_:
                 feed[name] = rng.integers(0, 2, dims).astype(bool)
             else:
-                feed[name] = rng.integers(0, 2, dims).astype(dt)
+                feed[name] = rng.integers(0, max(1, int((ranges or {}).get(name, 2))), dims).astype(dt)
         feeds.append(feed)
     return feeds
+
+
+def random_in_range(model, samples: list[dict], count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """`count` seeded feeds shaped as samples[0] (a dynamic first axis as one sample), each input drawn in the
+    range the samples span: floats uniform in [min, max] (standard normal when the samples hold one value:
+    a blank image exercises no weight), integers in [min, max], booleans at random. The gate adds them to
+    --calib data: the requested semantics holds on every input, and a calibration set of one blank image
+    passed a wrong fold."""
+    if not samples or count < 1:
+        return []
+    specs = {n: shape for n, shape, _ in input_specs(model)}
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for name, first in samples[0].items():
+            first = np.asarray(first)
+            shape = list(first.shape)
+            dims = specs.get(name, shape)
+            if shape and dims and not (isinstance(dims[0], int) and dims[0] > 0):
+                shape[0] = 1
+            if first.dtype == np.bool_:
+                feed[name] = rng.integers(0, 2, shape).astype(bool)
+                continue
+            vals = [np.asarray(f[name]) for f in samples if name in f]
+            lo = min(float(np.min(v)) for v in vals if v.size) if first.size else 0.0
+            hi = max(float(np.max(v)) for v in vals if v.size) if first.size else 0.0
+            if first.dtype.kind == "f":
+                ok = np.isfinite(lo) and np.isfinite(hi) and hi > lo
+                x = rng.uniform(lo, hi, shape) if ok else rng.standard_normal(shape)
+            else:
+                x = rng.integers(int(lo), int(hi) + 1, shape) if hi > lo else rng.integers(0, 2, shape)
+            feed[name] = x.astype(first.dtype)
+        feeds.append(feed)
+    return feeds
+
+
+#: ops an index passes through unchanged on its way to a Gather (index_ranges)
+_INDEX_PASS = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand"}
+
+
+def index_ranges(model) -> dict[str, int]:
+    """{input name: n} for the integer inputs that index a constant table (Gather's indices, through Cast /
+    Reshape / Unsqueeze ...): token ids into an nn.Embedding's n rows. Drawn as 0/1 the check saw two rows, and
+    what follows the embedding only on their span: a merged Linear wrong in the other 14 of 16 directions passed
+    (max rel 14 on real ids). n is the smallest table the input indexes; other integer inputs (masks) stay 0/1."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return {}
+    rows = {t.name: list(t.dims) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output:
+            a = next((a for a in n.attribute if a.name == "value"), None)
+            if a is not None:
+                rows[n.output[0]] = list(a.t.dims)
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            readers.setdefault(x, []).append((n, i))
+    out = {}
+    for name, _, dt in input_specs(model):
+        if not np.issubdtype(dt, np.integer):
+            continue
+        highs, todo, seen = [], [name], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for n, i in readers.get(t, []):
+                if n.op_type in _INDEX_PASS and i == 0:
+                    todo.extend(n.output)
+                elif n.op_type == "Gather" and i == 1 and n.input[0] in rows:
+                    dims = rows[n.input[0]]
+                    axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                    if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
+                        highs.append(dims[axis])
+        if highs:
+            out[name] = min(highs)
+    return out
+
+
+#: the smallest size check_shapes gives a dynamic dim (a sequence, a model without strides)
+MIN_CHECK_SIZE = 9
+#: the largest (a model downsampling by more than 512)
+MAX_CHECK_SIZE = 1025
+#: ops whose `strides` shrink the spatial dims (check_shapes' downsampling factor)
+_STRIDED_OPS = {"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"}
+
+
+def downsampling(model) -> int:
+    """The largest product of strides (Conv, pools) along any path of the graph: 32 for a ResNet."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return 1
+    factor: dict[str, int] = {}
+    top = 1
+    for node in graph.node:   # an ONNX graph is topologically sorted
+        f = max([factor.get(i, 1) for i in node.input if i], default=1)
+        if node.op_type in _STRIDED_OPS:
+            strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [])
+            f *= max(strides, default=1)
+        top = max(top, f)
+        for o in node.output:
+            factor[o] = f
+    return top
+
+
+def check_shapes(model) -> dict[str, list[int]]:
+    """{input name: dims} for the random check inputs of a model with dynamic input dims (empty when every
+    dim is a number or a batch). A batch (axis 0 of an input of rank 2 or more, and that dim's name wherever
+    it is used) stays 1; every other dynamic dim (height, width, sequence) is 2 * D + 1, D the model's downsampling
+    (downsampling(): 65 for a ResNet, 9 at least, MAX_CHECK_SIZE at most). At 1 x 1 a 3 x 3 kernel reads
+    only its centre tap: a result with every kernel transposed, or its borders wrong, passed the gate
+    (ResNet-18 exported with dynamic height and width). 2 * D + 1 keeps a 3 x 3 map with borders at the
+    deepest stage and odd sizes (uneven padding) on the way. Dims with the same name get the same size."""
+    specs = input_specs(model)
+    if all(isinstance(d, int) and d > 0 for _, shape, _ in specs for d in shape):
+        return {}
+    size = min(MAX_CHECK_SIZE, max(MIN_CHECK_SIZE, 2 * downsampling(model) + 1))
+    batch = {shape[0] for _, shape, _ in specs if len(shape) >= 2 and isinstance(shape[0], str) and shape[0]}
+    out, sized = {}, False
+    for name, shape, _ in specs:
+        dims = []
+        for axis, d in enumerate(shape):
+            if isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif (axis == 0 and len(shape) >= 2) or (isinstance(d, str) and d in batch):
+                dims.append(1)
+            else:
+                dims.append(size)
+                sized = True
+        out[name] = dims
+    return out if sized else {}   # a dynamic batch alone: 1, as random_inputs takes it anyway
 
 
 def run(model_or_session, feeds: list[dict]) -> tuple[list[list[np.ndarray]], list[str]]:
@@ -480,6 +627,27 @@ def nonfinite_request(orig_outs, req_outs, names, samples: int) -> Comparison | 
                       f"the requested semantics outputs NaN/Inf in {bad} of {total} values where the input model's "
                       "outputs are finite (the collapsed activations let values overflow float32), so there is "
                       "nothing to verify against; collapse fewer activations")
+
+
+def nothing_compared(ref_outs, samples: int, way_out: str) -> Comparison | None:
+    """A failed Comparison when every floating-point value of the reference outputs (all outputs, all feeds) is
+    NaN/Inf: compare() counts matching NaNs as equal, so the gate would have passed a result while comparing
+    nothing (a wrong merge after a Log of random normal inputs passed). None when some value is finite, or no
+    output is floating-point."""
+    total = bad = 0
+    for out in ref_outs:
+        for v in out:
+            v = np.asarray(v)
+            if v.dtype.kind != "f" or v.size == 0:
+                continue
+            total += v.size
+            bad += int(v.size - np.isfinite(v).sum())
+    if not total or bad < total:
+        return None
+    return Comparison(float("inf"), float("inf"), False, samples, "",
+                      f"the requested semantics outputs NaN/Inf in all {total} values on {way_out}, so nothing was "
+                      "compared; give inputs the model computes finite outputs on (--calib data, or a torch model's "
+                      "example_inputs)")
 
 
 def compare_outputs(outs: list, ref: list, rtol: float, atol: float) -> Comparison:
