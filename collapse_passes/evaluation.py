@@ -27,8 +27,8 @@ def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray
         p = Path(data)
         src = str(p)
         if not p.is_file():
-            raise CollapseError(f"{src}: evaluation data not found; give an .npz with the model inputs and a "
-                                f"'{LABELS}' array")
+            raise CollapseError(f"{src}: " + ("a folder" if p.is_dir() else "evaluation data not found")
+                                + f"; give an .npz with the model inputs and a '{LABELS}' array")
         from .calib import not_numpy_archive
 
         why = not_numpy_archive(p)
@@ -36,7 +36,12 @@ def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray
             raise CollapseError(f"{src}: {why}")
         try:
             npz = np.load(p, allow_pickle=False)
+            if isinstance(npz, np.ndarray):   # a .npy: one array, no labels ("'ndarray' has no attribute 'files'")
+                raise CollapseError(f"{src}: a .npy file holds one array and no '{LABELS}'; save the inputs and "
+                                    f"labels together: numpy.savez(path, <input name>=x, {LABELS}=y)")
             arrays = {k: npz[k] for k in npz.files}
+        except CollapseError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
             raise CollapseError(f"{src}: not a readable .npz file ({' '.join(str(exc).split())[:100]})") from None
         if not isinstance(arrays, dict):

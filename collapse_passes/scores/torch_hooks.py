@@ -156,6 +156,15 @@ def _prelu(acts: dict, calib_batches) -> ScoreResult:
 
 # ------------------------------------------------------------------------------------ hooks
 
+def _first_tensor(obj, torch):
+    """The first tensor in an argument, looking inside tuples / lists / dicts (a model taking one tuple of
+    inputs): it gives the batch's sample count."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
+    return next((t for t in (_first_tensor(o, torch) for o in items) if t is not None), None)
+
+
 def _as_call(batch, torch):
     if isinstance(batch, np.ndarray):
         batch = torch.from_numpy(batch)
@@ -163,12 +172,10 @@ def _as_call(batch, torch):
         return (batch,), {}, batch
     if isinstance(batch, (tuple, list)):
         args = tuple(torch.from_numpy(b) if isinstance(b, np.ndarray) else b for b in batch)
-        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        return args, {}, first
+        return args, {}, _first_tensor(args, torch)
     if isinstance(batch, dict):
         kw = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
-        first = next((a for a in kw.values() if isinstance(a, torch.Tensor)), None)
-        return (), kw, first
+        return (), kw, _first_tensor(kw, torch)
     raise CollapseError(f"module_scores: a calibration batch must be a tensor, array, tuple or dict, "
                         f"got {type(batch).__name__}")
 

@@ -122,6 +122,34 @@ def _nonfinite(t) -> bool:
     return isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
 
 
+def _example_inputs(first, val_b):
+    """Inputs of one batch, to size the convs (padding relocation asks the merge planner) and to export the
+    model (predictions): the first training batch's, else the first validation batch's. Without train_data (a
+    user trainer) the loop relocated every chain, merged or not, and predicted nothing, though val_data held
+    inputs of the same kind."""
+    if first is not None:
+        return first[0]
+    if isinstance(val_b, _TensorBatches):
+        return val_b.x[:val_b.bs]
+    if val_b is None or iter(val_b) is val_b:   # a one-shot iterator: reading it would eat a batch
+        return None
+    b = next(iter(val_b), None)
+    return b[0] if isinstance(b, (tuple, list)) and len(b) == 2 else None
+
+
+def _first_sample(x):
+    """Sample 0 of a batch's inputs, keeping the batch axis: a tensor, or a tuple / list / dict of them (the
+    loop calls model(inputs) with one argument, which may be structured)."""
+    if isinstance(x, torch.Tensor):
+        return x[:1].detach()
+    if isinstance(x, dict):
+        return {k: _first_sample(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        items = [_first_sample(v) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)   # a namedtuple takes fields
+    return x
+
+
 class Diverged(CollapseError):
     """Fine-tuning produced a non-finite loss or non-finite weights. In a round the loop rolls the round
     back (the collapse or the learning rate made training diverge); before any round (the input model, the
@@ -153,8 +181,10 @@ def _counts(model: nn.Module, batches) -> tuple[int, int, int]:
 
 
 def accuracy(model: nn.Module, batches) -> float:
-    """Top-1 accuracy over (x, y) batches, model in eval mode (rows of non-finite logits count as wrong)."""
-    correct, total, _ = _counts(model, batches)
+    """Top-1 accuracy over (x, y) batches, model in eval mode (rows of non-finite logits count as wrong).
+    Takes what val_data takes: an (inputs, labels) pair too (iterated as batches, it unpacked the inputs
+    tensor: "too many values to unpack", or with two samples scored sample 1 as sample 0's labels)."""
+    correct, total, _ = _counts(model, _as_pairs(batches, "batches", reread=False))
     return correct / total
 
 
@@ -248,7 +278,7 @@ class SpeedupPredictor:
     The first model priced is the baseline (the loop prices the original model first)."""
 
     def __init__(self, example_input: torch.Tensor, cost_model=None, required: bool = True):
-        self.x = example_input[:1].detach()
+        self.x = _first_sample(example_input)
         self.cm = make_cost_model(cost_model)
         self.cache: dict[frozenset, float] = {}
         self.base: float | None = None
@@ -266,12 +296,19 @@ class SpeedupPredictor:
 
         buf = io.BytesIO()
         m = copy.deepcopy(model).eval()
+        # the model takes the inputs as one argument (a tensor, or a tuple / dict of them: the exporter flattens
+        # it into one ONNX input per tensor; a trailing {} keeps a dict positional)
+        from torch.utils._pytree import tree_leaves
+
+        leaves = tree_leaves(self.x)
+        names = ["input"] if isinstance(self.x, torch.Tensor) else [f"input_{i}" for i in range(len(leaves))]
         try:   # the TorchScript exporter prints its whole IR graph before raising: the error below says it
             with exporter_silenced():
-                torch.onnx.export(m, (self.x,), buf, opset_version=17, dynamo=False, input_names=["input"],
-                                  output_names=["logits"])
+                torch.onnx.export(m, (self.x, {}) if isinstance(self.x, dict) else (self.x,), buf, opset_version=17,
+                                  dynamo=False, input_names=names, output_names=["logits"])
             out, _, _ = run_passes(onnx.load_from_string(buf.getvalue()), set(), merge=True, cost_model=self.cm,
-                                   input_shapes={"input": list(self.x.shape)})
+                                   input_shapes={n: list(t.shape) for n, t in zip(names, leaves)
+                                                 if isinstance(t, torch.Tensor)})
         except Exception as e:  # noqa: BLE001 - any export / merge failure of the user's model
             raise CollapseError(f"the speed-up prediction exports the model to ONNX and merges it, and that failed "
                                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); run without "
@@ -319,7 +356,7 @@ def _conv_input_spatial(model: nn.Module, x: torch.Tensor) -> dict[str, tuple]:
             hooks.append(m.register_forward_hook(hook(path)))
     try:
         with torch.no_grad():
-            model.eval()(x[:1])
+            model.eval()(_first_sample(x))
     finally:
         for h in hooks:
             h.remove()
@@ -382,7 +419,10 @@ def _site_scores(model, method, score_batches, sites, whole: set | None = None) 
         return {s.key: prelu_score(pre[s.path]) for s in sites if s.path in pre and s.calls == 1}
     from ..scores.torch_hooks import module_scores
 
-    res = module_scores(model, method, calib_batches=score_batches, calib_arg="train_data")   # what the user gives
+    # the loop calls model(inputs): module_scores spreads a tuple batch over forward's arguments, so a
+    # structured input (a tuple / dict the model takes as one argument) goes in a 1-tuple
+    calib = None if score_batches is None else [b if isinstance(b, torch.Tensor) else (b,) for b in score_batches]
+    res = module_scores(model, method, calib_batches=calib, calib_arg="train_data")   # what the user gives
     if method == "tlc" and not any(isinstance(d, dict) and d.get("source") == "bn" for d in res.details.values()):
         raise CollapseError("method tlc scores activations from the BatchNorm before them, and this model has no "
                             "BatchNorm feeding an activation; use method='easier' (data-driven) instead")
@@ -529,11 +569,22 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         fine_tune = default_fine_tune(train_b, steps_per_round, lr, loss_fn, optimizer,
                                       prelu_lambda if name == "prelu" else 0.0, lacoot, lacoot_lambda)
     start_acc = base_acc   # the accuracy of `model` as the rounds start (what the result reports if none is kept)
+    predictor = None
+    example = _example_inputs(first, val_b)
+    if (predict or target_speedup or prefer_speedup) and example is not None:
+        predictor = SpeedupPredictor(example, cost_model, required=bool(target_speedup or prefer_speedup))
     if name == "prelu":
         if not prelu_modules(model):
+            before = copy.deepcopy(model) if predictor is not None else None   # the swap edits in place
             model, swapped = prelu_swap(model)
             if not swapped:
                 raise CollapseError("method prelu needs ReLU / ReLU6 / LeakyReLU / PReLU modules; the model has none")
+            if before is not None:
+                # the baseline of every predicted speed-up is the input model, priced before its ReLUs became
+                # PReLUs: priced after, a PReLU's cost (~350 MACs an element, ReLU's 0) made a result slower than
+                # the input report 1.5x and reach target_speedup
+                predictor.speedup(before, ("<input model>",))
+                del before
         if not pretrain_steps:   # ReLU -> PReLU(0.01) changed the function: measure it
             start_acc = float(evaluate(model))
     if (name == "prelu" or lacoot_lambda > 0) and pretrain_steps:
@@ -548,15 +599,16 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
                                 f"({_nonfinite_state(model)}); lower lr or the lambdas")
         start_acc = float(evaluate(model))
         say(f"regularised training ({pretrain_steps} steps): accuracy {start_acc:.4f}")
-    predictor = None
-    if (predict or target_speedup or prefer_speedup) and first is not None:
-        predictor = SpeedupPredictor(first[0], cost_model, required=bool(target_speedup or prefer_speedup))
     cm = predictor.cm if predictor is not None else make_cost_model(cost_model)
-    example = first[0] if first is not None else None
     if prefer_speedup and predictor is None:
-        raise CollapseError("prefer_speedup needs train_data (an example input to export the model)")
+        raise CollapseError("prefer_speedup needs train_data or val_data (an example input to export the model)")
     if target_speedup is not None and predictor is None:
-        raise CollapseError("target_speedup needs train_data (an example input to export the model)")
+        raise CollapseError("target_speedup needs train_data or val_data (an example input to export the model)")
+    if example is None and relocate:
+        notes.append("no example input (neither train_data nor val_data): the convs cannot be sized, so padding "
+                     "is relocated on every chain a collapse joins, merged or not, and nothing is predicted; give "
+                     "val_data (or relocate=False)")
+        say(notes[-1])
     batches = [b[0] for b in itertools.islice(iter(train_b), score_batches)] if train_b is not None else None
 
     collapsed: list[str] = []
@@ -809,6 +861,10 @@ def _probe(model: nn.Module, batches, what: str, class_labels: bool) -> None:
     except Exception as e:   # noqa: BLE001 - any failure of the user's model on the user's data
         w = next((p for p in model.parameters() if p.is_floating_point()), None)
         way = "check the input shape and dtype"
+        if isinstance(x, (tuple, list)) and isinstance(e, TypeError) and "positional argument" in str(e):
+            way = (f"the loop calls model(inputs) with a batch's inputs as one argument (here a {type(x).__name__} of "
+                   f"{len(x)}); wrap a model of several arguments in a module taking one (forward(self, xs): return "
+                   "model(*xs))")
         if isinstance(x, torch.Tensor) and w is not None and x.dtype != w.dtype and \
                 (x.is_floating_point() or x.dtype == torch.uint8):   # numpy arrays are float64 by default
             way = (f"the inputs are {str(x.dtype).replace('torch.', '')} and the model's weights "
@@ -889,11 +945,26 @@ def _checked_evaluate(evaluate: Callable) -> Callable:
     return run
 
 
+_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
 def _checked_fine_tune(fine_tune: Callable) -> Callable:
+    """fine_tune(m) must return a module. A wrapper of m it returns (DataParallel / DDP, torch.compile: what
+    trainers such as accelerate hand back) is taken as the module it wraps: kept, its keys were the wrapper's
+    (`module.2`, not a site of the input), the next round's sites were lost and the export failed."""
+    from ..fx.api import unwrap_compiled
+
     def run(m):
         out = fine_tune(m)
         if not isinstance(out, nn.Module):
             raise CollapseError(f"fine_tune must return the trained model (an nn.Module), got {type(out).__name__}")
+        while out is not m:
+            inner = unwrap_compiled(out)
+            if inner is out and isinstance(out, _PARALLEL) and not isinstance(m, _PARALLEL):
+                inner = out.module
+            if inner is out:
+                break
+            out = inner
         return out
     return run
 

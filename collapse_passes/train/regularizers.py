@@ -213,7 +213,7 @@ class LacootTerm:
         self.blocks = residual_blocks(model) if blocks is None else list(blocks)
         if not self.blocks:
             raise CollapseError("LaCoOT: no residual block (a submodule computing F(x) + x) found; "
-                                "give blocks=[module paths] or do not use lacoot_lambda")
+                                "give blocks=[module paths], or leave lacoot_lambda at 0 and remove_blocks_below at None")
         self.model, self.directions = model, directions
         self.gen = torch.Generator().manual_seed(seed)
         self.seen: dict[str, tuple] = {}
