@@ -275,6 +275,19 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
+def console_main():
+    """The `collapse-passes` script and `python -m collapse_passes` (pyproject [project.scripts], __main__.py):
+    main() as the process's program. Takes SIGINT/SIGTERM over for the time outside main(), and leaves
+    through outputs.leave_program: `sys.exit(main())` printed a TVM thread-pool traceback under the last line
+    after an interrupted tuning run, and a signal during shutdown printed a KeyboardInterrupt traceback."""
+    from .core import runtime
+    from .outputs import leave_program, take_program_signals
+
+    take_program_signals()
+    runtime.OWN_PROCESS = True   # malloc may be tuned for onnxruntime's buffers (runtime._fix_mmap_threshold)
+    leave_program(main())
+
+
 def _guarded_main(argv, run: _Run) -> int:
     err = Console(stderr=True)
     try:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import stat
 import string
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,9 @@ EXPORT_LAYOUT = {EXPORT_MARKER: None, "model.so": None, "report.json": None,
                  "tuning": {"database_workload.json", "database_tuning_record.json", "tune_summary.json"}}
 NAME_MAX = 255
 _TAG = "~cp"
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.~cp(?P<pid>\d+)-[0-9a-z]{6}\.(?P<kind>tmp|tmpdir|old)$")
+# fullmatch, DOTALL: a name with a newline in it (`-o $'a\nb.onnx'`) is a temp name too ('.' skipped the
+# newline, so a killed run's temp file was never removed), and `$` would also match before a final newline
+_TEMP_RE = re.compile(r"\.(?P<name>.+)\.~cp(?P<pid>\d+)-[0-9a-z]{6}\.(?P<kind>tmp|tmpdir|old)", re.DOTALL)
 _ALPHABET = string.ascii_lowercase + string.digits
 # the model's data file lands before the model that refers to it; export is committed by the TVM hand-off
 COMMIT_ORDER = ("model_data", "model", "scores", "plot", "report")
@@ -56,7 +59,7 @@ def temp_path(dest: str | os.PathLike, kind: str = "tmp") -> Path:
 
 
 def is_temp_name(name: str) -> bool:
-    return _TEMP_RE.match(name) is not None
+    return _TEMP_RE.fullmatch(name) is not None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -80,7 +83,7 @@ def remove_stale_temps(folders) -> list[Path]:
         except OSError:
             continue
         for e in entries:
-            m = _TEMP_RE.match(e.name)
+            m = _TEMP_RE.fullmatch(e.name)
             if not m or _pid_alive(int(m.group("pid"))):
                 continue
             try:
@@ -117,15 +120,23 @@ def create_temp_file(dest: str | os.PathLike) -> tuple[int, Path]:
 def atomic_path(dest: str | os.PathLike):
     """`with atomic_path(path) as tmp:` a new temp file's path beside `path` for a writer that takes a path (an
     exporter), renamed onto `path` when the block ends, removed on any error or ^C: an interrupted write never
-    leaves a truncated `path`. For the scripts that write models, weights and data outside a run's OutputPlan."""
-    fd, tmp = create_temp_file(dest)
-    os.close(fd)
-    try:
+    leaves a truncated `path`. For the scripts that write models, weights and data outside a run's OutputPlan.
+    The path gets the library writers' checks first (checked_output_file): renaming onto it replaced a FIFO or
+    a device node (`export_onnx(model, "/dev/null")` as root) with a regular file, and a symlink with a file
+    instead of writing through it."""
+    dest = checked_output_file(dest)
+    tmp = None
+    try:   # from before the temp file exists: a signal held over its creation is raised right after
+        with signals_blocked():
+            fd, made = create_temp_file(dest)
+            os.close(fd)
+            tmp = made
         yield tmp
         os.replace(tmp, dest)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
 
 
@@ -147,15 +158,18 @@ def write_chunks(fh, data) -> None:
 def write_temp(dest: str | os.PathLike, data) -> Path:
     """Write `data` (bytes or byte-string chunks) to a new temp file beside `dest`, fsync it, return
     the temp path."""
-    fd, tmp = create_temp_file(dest)
-    try:
+    tmp = None
+    try:   # from before the temp file exists (see atomic_path)
+        with signals_blocked():
+            fd, tmp = create_temp_file(dest)
         with os.fdopen(fd, "wb") as fh:
             write_chunks(fh, data)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     return tmp
 
@@ -220,6 +234,8 @@ def interrupt_guard():
         _RECEIVED.append(signum)
         if _DEFERRED:   # inside C++ that calls Python back: raise_if_interrupted() raises at a safe point
             return
+        if _HELD:   # inside signals_blocked(): raised when the block ends
+            return
         raise Interrupted(signum)
 
     _RECEIVED.clear()
@@ -235,9 +251,52 @@ def interrupt_guard():
     try:
         yield
     finally:
-        with signals_blocked():   # a signal now is delivered after both handlers are restored
+        with signals_blocked(deliver=False):   # a signal now is delivered after both handlers are restored
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+def _program_signal(signum, _frame):
+    """SIGINT/SIGTERM outside main()'s own handler, in a process that runs the CLI as its program. Before
+    main() (the imports: seconds with torch/onnxruntime cold) nothing has been written: one line, exit
+    130/143. Once the run is over (everything written, the message printed) a signal during interpreter
+    shutdown (TVM's worker pools join at exit) ends the process with the run's own exit code instead of a
+    KeyboardInterrupt traceback / death by signal."""
+    code = finished_exit_code()
+    if code is None:   # before main() took over (the imports) or after it gave up (a usage error): nothing written
+        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        os.write(2, f"interrupted ({name}); nothing written\n".encode())   # not a KeyboardInterrupt traceback
+        os._exit(128 + signum)
+    _flush_std()
+    os._exit(code)
+
+
+def _flush_std() -> None:
+    import sys
+
+    for f in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            f.flush()
+
+
+def take_program_signals() -> None:
+    """Install _program_signal for SIGINT/SIGTERM: the first thing `python -m collapse_passes` and the
+    `collapse-passes` script do (this module imports nothing heavy)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _program_signal)
+
+
+def leave_program(code: int):
+    """End the process with `code` the way the CLI's programs do: the exit hooks under our handler, then
+    os._exit. Python's own finalization puts SIG_DFL back before the C++ libraries (TVM, LLVM) tear down,
+    so a signal then killed the process after a complete run, and it collected MetaSchedule's
+    PopenPoolExecutor in one of that pool's own threads after an interrupted tuning run ("Exception ignored
+    in ... __del__ ... RuntimeError: cannot join current thread", a traceback under the last line)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    _flush_std()
+    os._exit(code)
 
 
 _DEFERRED: list = []   # non-empty while signals_deferred() is active
@@ -268,20 +327,47 @@ def rearm_signal_handlers() -> None:
                 signal.signal(s, h)
 
 
+_HELD: list = []   # non-empty while signals_blocked() holds the signals
+
+
 @contextlib.contextmanager
-def signals_blocked():
+def signals_blocked(deliver: bool = True):
     """Hold SIGINT/SIGTERM while a rename and its bookkeeping happen, so the interruption message
-    is exact; a pending signal is delivered right after."""
+    is exact; a pending signal is delivered right after (deliver: as Interrupted, when the block ends
+    normally outside signals_deferred()).
+
+    pthread_sigmask alone holds them for this thread only: with other threads running (onnxruntime's
+    pools, always there in a run) the kernel hands the signal to one of those and CPython runs the
+    handler in the main thread at its next instruction, inside the block. So interrupt_guard's handler
+    only records a signal while _HELD is set, and it is raised here. (Python handlers run in the main thread
+    only: a block in another thread holds nothing for them, as before, and raises nothing here.)"""
     sigs = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        with _thread_mask(sigs):
+            yield
+        return
+    seen = len(_RECEIVED)
+    _HELD.append(True)
+    try:
+        with _thread_mask(sigs):
+            yield
+    finally:
+        _HELD.pop()
+    if deliver and not _HELD and not _DEFERRED and not _FINISHED and len(_RECEIVED) > seen:
+        raise Interrupted(_RECEIVED[seen])
+
+
+@contextlib.contextmanager
+def _thread_mask(sigs):
     try:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     except (AttributeError, OSError, ValueError):
-        yield
-        return
+        old = None
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # ------------------------------------------------------------------------------- the plan
@@ -487,7 +573,8 @@ class OutputPlan:
         """The model output's external data file, `<model file>.data` beside the file the model lands in
         (onnx/graph.data_file_for), as `model_data`. The model records it by name only, and loaders look
         for it beside the path they open: a model output that is a symlink into another folder would be
-        written with its data where loading it through the link never finds it, so that is refused."""
+        written with its data where loading it through the link never finds it, so that is refused; so is a
+        data file that is a symlink (onnx refuses external data read through one)."""
         from .onnx.graph import data_file_for
 
         model = self.outputs["model"]
@@ -496,7 +583,12 @@ class OutputPlan:
             raise CollapseError(f"{model.flag} {model.given} is a symbolic link into {model.final.parent}, and the "
                                 f"model is written with an external data file, which loaders look for beside "
                                 f"{model.given}; give the link's target {model.final} or a path that is no link")
-        self.add_output("model_data", flag, data_file_for(model.final))
+        link = data_file_for(model.final)
+        if os.path.islink(link):   # written through, the model recorded the target's name: loaders found nothing
+            raise CollapseError(f"{flag} {os.path.join(os.path.dirname(model.given), link.name)} is a symbolic link "
+                                f"(to {os.readlink(link)}); the model names its data file, which onnx does not read "
+                                f"through a link: remove the link or choose another path for {model.flag}")
+        self.add_output("model_data", flag, link)
         data = self.outputs["model_data"]
         data.given = os.path.join(os.path.dirname(model.given), data.final.name)   # where it really lands
         return data
@@ -557,8 +649,12 @@ class OutputPlan:
             elif o.kind != "file":
                 raise CollapseError(f"{flag} {given} exists and is not a directory; name a new directory")
             elif not stat.S_ISREG(st.st_mode):
+                model = self.outputs.get("model")
                 way = ("give a file path" if not flag.startswith(("-", "the default")) else
-                       "use --dry-run to write no model" if o.role == "model" else f"drop {flag} to write none")
+                       "use --dry-run to write no model" if o.role == "model" else
+                       # no flag names the data file: "drop -o's data file" named no way out
+                       f"move it away or choose another path for {model.flag}" if o.role == "model_data" and model
+                       else f"drop {flag} to write none")
                 raise CollapseError(f"{flag} {given} is {_kind_of(st.st_mode)}; only regular files are written "
                                     f"({way})")
         if st is not None and (stat.S_ISREG(st.st_mode) or o.kind == "dir"):
@@ -627,21 +723,22 @@ class OutputPlan:
                                 f"{self._written_clause()}") from None
 
     def commit(self, roles=COMMIT_ORDER) -> list[Output]:
-        """Rename staged files onto their targets in the fixed order; record each one done."""
+        """Rename staged files onto their targets in the fixed order; record each one done. The signals
+        are held over all of them: a model and its data file (whose offsets it records) land together."""
         raise_if_interrupted()
         done = []
-        for role in roles:
-            o = self.outputs.get(role)
-            if o is None or o.staged is None:
-                continue
-            with signals_blocked():
+        with signals_blocked():
+            for role in roles:
+                o = self.outputs.get(role)
+                if o is None or o.staged is None:
+                    continue
                 try:
                     self._rename(o.staged, o.final)
                 except OSError as exc:
                     raise CollapseError(f"{o.flag} {o.given}: cannot write ({exc.strerror or exc})"
                                         f"{self._written_clause()}") from None
                 o.staged, o.written = None, True
-            done.append(o)
+                done.append(o)
         return done
 
     def mark_written(self, role: str) -> None:

@@ -179,4 +179,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from collapse_passes.outputs import leave_program, take_program_signals
+
+    take_program_signals()   # outside main()'s guard: one line before it, the run's exit code after it
+
+    # as the core CLI: sys.exit(main()) let interpreter finalization collect MetaSchedule's PopenPoolExecutor in
+    # one of its own threads after an interrupted tuning run, a traceback under the last line
+    leave_program(main())

@@ -225,14 +225,18 @@ def atomic_directory(final_dir: str | os.PathLike):
     if not os.path.isdir(parent):   # a folder nobody asked for is not made (the CLI's output plan refuses it too)
         raise TVMError(f"cannot export to {final}: folder {parent} does not exist; create it first or choose "
                        "another path")
-    tmp = os.fspath(temp_path(final, "tmpdir"))
-    os.mkdir(tmp)  # mode 0777 & ~umask, like a plain mkdir
-    try:
+    tmp = None
+    try:   # from before the mkdir: a signal between it and the cleanup's start left the temp dir behind
+        with signals_blocked():
+            made = os.fspath(temp_path(final, "tmpdir"))
+            os.mkdir(made)  # mode 0777 & ~umask, like a plain mkdir
+            tmp = made
         with open(os.path.join(tmp, EXPORT_MARKER), "w") as f:
             f.write("made by collapse_passes --export; a later --export to this path replaces this directory\n")
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     backup = None
     try:

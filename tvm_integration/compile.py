@@ -871,10 +871,12 @@ def export_library(executable, path: str | os.PathLike, target_info=None) -> str
     except CollapseError as e:
         raise TVMError(str(e)) from None
     cross = getattr(target_info, "cross_compiler", None)
-    with signals_blocked():   # recorded for the cleanup below the moment it exists
-        tmp_dir = os.fspath(temp_path(final, "tmpdir"))
-        os.mkdir(tmp_dir)
-    try:
+    tmp_dir = None
+    try:   # from before the mkdir: a signal held over it is raised when the block ends, and must find it recorded
+        with signals_blocked():
+            made = os.fspath(temp_path(final, "tmpdir"))
+            os.mkdir(made)
+            tmp_dir = made
         staged = os.path.join(tmp_dir, final.name)   # same name: TVM picks the format by the suffix (.tar)
         try:
             with stderr_without(SAVE_NOISE):
@@ -886,7 +888,8 @@ def export_library(executable, path: str | os.PathLike, target_info=None) -> str
             raise TVMError(f"exporting {path} failed: {_first_line(e)}") from e
         os.replace(staged, final)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 
