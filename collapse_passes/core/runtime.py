@@ -6,6 +6,7 @@
     input_specs(model_or_session)                  -> [(name, shape, numpy dtype)]
     random_inputs(model_or_session, count, seed)   -> [feed dict]; dynamic dims taken as 1, or as `shapes`
     check_shapes(model)                            -> {input: dims} the gate's random inputs take
+    check_inputs(model, count, seed)               -> random_inputs at check_shapes' sizes, index_ranges' ids
     index_ranges(model)                            -> {input: n} integer inputs that index a table of n rows
     random_in_range(model, samples, count, seed)   -> [feed dict] in the range of calibration samples
     run(model_or_session, feeds)                   -> ([[outputs] per feed], output names)
@@ -491,6 +492,13 @@ def check_shapes(model) -> dict[str, list[int]]:
                 sized = True
         out[name] = dims
     return out if sized else {}   # a dynamic batch alone: 1, as random_inputs takes it anyway
+
+
+def check_inputs(model, count: int = 1, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """random_inputs as the gate draws them: dynamic dims at check_shapes' sizes, token ids over their table
+    (index_ranges). For the checks beside the gate (TVM's output check, --prune-calib-dead's error), which at
+    1 x 1 and ids 0/1 compared kernels' centre taps and two embedding rows."""
+    return random_inputs(model, count, seed, shapes=check_shapes(model), ranges=index_ranges(model))
 
 
 def run(model_or_session, feeds: list[dict]) -> tuple[list[list[np.ndarray]], list[str]]:

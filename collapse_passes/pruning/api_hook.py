@@ -189,12 +189,13 @@ def _measure_calib_dead(report: dict, base, requested, chosen, remove_blocks, cf
     (report["calib_dead_error"], said in the report's warning): channels off on a few samples may be on
     for other inputs."""
     from ..onnx.driver import requested_semantics
-    from ..verify import compare, random_inputs, run
+    from ..core.runtime import check_inputs
+    from ..verify import compare, run
 
     unmasked = requested_semantics(base, set(chosen), remove_blocks=remove_blocks)
     report["calib_dead_error"] = None
     try:
-        feeds = random_inputs(base, cfg.check, cfg.seed + 1)
+        feeds = check_inputs(base, cfg.check, cfg.seed + 1)
         o, names = run(unmasked, feeds)
         m, _ = run(requested, feeds)
     except Exception:   # noqa: BLE001 - a model that needs real data (dynamic sizes): not measured
