@@ -22,7 +22,8 @@ from ..core.torch_kinds import function_kind, module_kind
 from ..errors import CollapseError
 from ..fx.graph import copy_sharing_weights, get_attr_value, keep_module_state, training_batchnorms
 from .builder import SlotBuilder
-from .graph import ChannelGraph, activation_fn, no_dead_channel_note, removal_edits, zero_filters
+from .graph import (ChannelGraph, activation_fn, avg_pool_keeps_constants, no_dead_channel_note, removal_edits,
+                    zero_filters)
 
 
 def _torch():
@@ -51,10 +52,11 @@ def _unary_sets():
     nn, F = torch.nn, torch.nn.functional
     relu_f = {F.relu, torch.relu, "relu", "relu_"}
     index_m = (nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveAvgPool1d,
-               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
+               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
     other_m = (nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.ELU, nn.SELU,
                nn.Softplus, nn.Mish, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.Hardtanh)
-    index_f = {F.dropout, F.max_pool2d, F.max_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, "contiguous",
+    index_f = {F.dropout, F.max_pool2d, F.max_pool1d, F.max_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+               F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, "contiguous",
                "clone", "detach"}
     other_f = {F.gelu, F.silu, torch.sigmoid, torch.tanh, F.hardswish, F.relu6, F.sigmoid, F.avg_pool2d, F.elu,
                "sigmoid", "tanh", torch.nn.functional.hardtanh}
@@ -72,9 +74,17 @@ class _FxBuilder(SlotBuilder):
         self.gm = gm
         _propagate(gm, example_inputs)
         self.calls: dict = {}
+        self.pieces: dict = {}   # split / chunk node name -> (input slot, axis, piece sizes, node)
+        #: module path -> a parameter or buffer of it that the graph also reads directly (get_attr: tied weights,
+        #: F.linear(x, self.fc.weight), a weight penalty): slicing the module would change that reader too
+        self.attr_reads: dict = {}
         for n in gm.graph.nodes:
             if n.op == "call_module":
                 self.calls[n.target] = self.calls.get(n.target, 0) + 1
+            elif n.op == "get_attr":
+                parts = str(n.target).split(".")
+                for k in range(1, len(parts)):
+                    self.attr_reads.setdefault(".".join(parts[:k]), str(n.target))
         self.sets = _unary_sets()
 
     # -- what SlotBuilder reads -------------------------------------------------------------------
@@ -123,11 +133,16 @@ class _FxBuilder(SlotBuilder):
         relu_f, index_m, other_m, _, _, _ = self.sets
         x = n.args[0] if n.args else None
         convt = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-        if self.calls.get(n.target, 0) > 1 and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *convt,
-                                                                 nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        shared = self.calls.get(n.target, 0) > 1
+        read = self.attr_reads.get(n.target)
+        if (shared or read) and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *convt,
+                                                 nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            # a parameter read elsewhere is read unsliced there: F.linear(w, self.fc.weight) broke at run time once
+            # fc was pruned, and a weight penalty changed value silently
             sin = self.get_slot(x, 1 if not isinstance(mod, nn.Linear) else len(self.shape(x) or [1]) - 1, n)
             sout = self.new_slot(n, 1 if not isinstance(mod, nn.Linear) else len(self.shape(n) or [1]) - 1)
-            return self.cg.freeze_op(n.name, self.op_type(n), [sin, sout], "module called at several places (shared weights)")
+            return self.cg.freeze_op(n.name, self.op_type(n), [sin, sout], "module called at several places (shared "
+                                     "weights)" if shared else f"its parameter {read} is also read directly")
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
                 sin, sout = self.get_slot(x, 1, n), self.new_slot(n, 1)
@@ -178,8 +193,10 @@ class _FxBuilder(SlotBuilder):
         if isinstance(mod, nn.PReLU):   # per-channel slope on axis 1, sliced with the channels (apply_fx_removal)
             src = self.slot_of.get(x.name) if hasattr(x, "name") else None
             per_channel = mod.num_parameters > 1
-            if per_channel and (self.calls.get(n.target, 0) > 1 or src is None or src[1] != 1):
-                return self.unknown(n, "per-channel PReLU called at several places or not on axis 1")
+            if per_channel and (self.calls.get(n.target, 0) > 1 or n.target in self.attr_reads or src is None
+                                or src[1] != 1):
+                return self.unknown(n, "per-channel PReLU called at several places, its slope read directly, or not "
+                                       "on axis 1")
             w = _np(mod.weight).astype(np.float64)
             slope = w if per_channel else (np.full(self.cg.size(src), float(w[0])) if src is not None else None)
             return self.unary(n, "prelu", slope=slope, slice_axis=0 if per_channel else None, module=mod)
@@ -187,6 +204,9 @@ class _FxBuilder(SlotBuilder):
             return self.unary(n, "clip", lo=float(mod.min_val), hi=float(mod.max_val))
         if isinstance(mod, index_m):
             return self.unary(n, "index", pool=not isinstance(mod, (nn.Identity, nn.Dropout)))
+        if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)) and avg_pool_keeps_constants(
+                mod.padding, mod.ceil_mode, mod.count_include_pad, getattr(mod, "divisor_override", None)):
+            return self.unary(n, "index", pool=True)
         found = module_kind(mod)
         if found is not None and found[0] != "prelu":   # nn.SELU, nn.CELU: f(c) with their constants
             return self.catalogue_activation(n, *found)
@@ -219,6 +239,10 @@ class _FxBuilder(SlotBuilder):
     def flatten(self, n, start, end=-1):
         src = self.slot_of.get(n.args[0].name)
         xs = self.shape(n.args[0])
+        if xs is not None and (start % len(xs) > src[1] or end % len(xs) < src[1]):
+            # axes after or before the channel axis merged (x.flatten(2) of N, C, H, W): the channels stay whole
+            a = src[1] if start % len(xs) > src[1] else src[1] - (end % len(xs) - start % len(xs))
+            return self.moved(n, src, a)
         if xs is None or start % len(xs) != src[1] or end % len(xs) != len(xs) - 1:
             return self.unknown(n, "flatten that does not start at the channel axis")
         inner = int(np.prod(xs[src[1] + 1:], dtype=np.int64))
@@ -229,6 +253,83 @@ class _FxBuilder(SlotBuilder):
         feats = np.arange(m * inner)
         self.cg.couple(src, sout, feats // inner, feats)
         self.record(n, "index", [src], [sout], src=[(np.zeros(feats.size, int), feats // inner)])
+
+    def moved(self, n, src, axis: int):
+        """n holds src's channels whole on `axis` (a permute, a flatten of other axes): coupled one to one."""
+        sout = self.new_slot(n, axis)
+        if sout is None or self.cg.size(sout) != self.cg.size(src):
+            return self.unknown(n, "unknown output shape")
+        self.cg.couple(src, sout)
+        m = self.cg.size(src)
+        self.record(n, "index", [src], [sout], src=[(np.zeros(m, int), np.arange(m))])
+
+    def split(self, n):
+        """x.chunk(k, dim) / torch.split(x, sizes, dim): its pieces are read by index (split_piece); a piece of the
+        channel axis holds a range of its channels, as ONNX's Split and Slice (not understood, a CSP / GhostNet
+        style split froze groups the ONNX export pruned)."""
+        xs = self.shape(n.args[0])
+        meta = n.meta.get("tensor_meta")
+        if xs is None or not isinstance(meta, (tuple, list)) or not all(hasattr(m, "shape") for m in meta):
+            return self.unknown(n, "split of unknown shape")
+        if any(u.target is not operator.getitem or not isinstance(u.args[1], int) for u in n.users):
+            return self.unknown(n, "split whose pieces are not read one by one")
+        dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
+        dim = int(dim) % len(xs)
+        self.pieces[n.name] = (self.slot_of[n.args[0].name], dim, [int(m.shape[dim]) for m in meta], n)
+
+    def split_piece(self, n):
+        src, dim, sizes, node = self.pieces[n.args[0].name]
+        k = int(n.args[1]) % len(sizes)
+        if dim != src[1]:
+            return self.moved(n, src, src[1])
+        off, m = sum(sizes[:k]), sizes[k]
+        sout = self.new_slot(n, dim)
+        if sout is None or self.cg.size(sout) != m:
+            return self.cg.freeze_op(n.name, self.op_type(n), [src, sout], "unknown output shape")
+        self.cg.couple(src, sout, off + np.arange(m), np.arange(m))
+        self.record(n, "index", [src], [sout], src=[(np.zeros(m, int), off + np.arange(m))], split_node=node,
+                    split_sizes=sizes, split_dim=dim)
+
+    def channel_slice(self, n):
+        """x[:, lo:hi] (basic slices only): a range of the channels, as an ONNX Slice."""
+        src = self.slot_of.get(n.args[0].name) if hasattr(n.args[0], "name") else None
+        xs = self.shape(n.args[0])
+        idx = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+        if src is None or xs is None or len(self.slotted(n)) != 1 or len(idx) > len(xs) or any(
+                not isinstance(i, slice) or any(v is not None and not isinstance(v, int) for v in (i.start, i.stop, i.step))
+                for i in idx):
+            return self.unknown(n, "indexing that is not basic slices")
+        sl = idx[src[1]] if src[1] < len(idx) else slice(None)
+        if sl.step not in (None, 1):
+            return self.unknown(n, "strided slice of the channel axis")
+        lo, hi, _ = sl.indices(self.cg.size(src))
+        m = max(hi - lo, 0)
+        sout = self.new_slot(n, src[1])
+        if sout is None or self.cg.size(sout) != m:
+            return self.unknown(n, "unknown output shape")
+        self.cg.couple(src, sout, lo + np.arange(m), np.arange(m))
+        self.record(n, "index", [src], [sout], src=[(np.zeros(m, int), lo + np.arange(m))], slice_lo=lo)
+
+    def permute(self, n):
+        """x.permute(dims) / torch.permute / x.transpose(d0, d1): the channel axis moves, its channels stay (a
+        channel-last nn.Linear between two permutes, MLP-Mixer / ConvNeXt style; not understood, it froze the
+        groups the ONNX export, whose Transpose is understood, prunes)."""
+        src = self.slot_of.get(n.args[0].name) if n.args and hasattr(n.args[0], "name") else None
+        xs = self.shape(n.args[0]) if src is not None else None
+        if xs is None or len(self.slotted(n)) != 1:
+            return self.unknown(n, "permute of an untracked value")
+        r = len(xs)
+        rest = list(n.args[1:]) + list(n.kwargs.values())
+        if n.target in ("transpose", torch.transpose):
+            d0, d1 = (int(d) % r for d in rest)
+            perm = list(range(r))
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+        else:
+            dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+            perm = [int(d) % r for d in dims]
+        if sorted(perm) != list(range(r)):
+            return self.unknown(n, "permute with dims that are not a permutation")
+        return self.moved(n, src, perm.index(src[1]))
 
     # -- functions / methods ---------------------------------------------------------------------
     def function(self, n):
@@ -242,9 +343,20 @@ class _FxBuilder(SlotBuilder):
                 self.unknown(n, "reads the channel count")
             return
         if t is getattr and n.args[1] == "shape":
+            src, xs = self.slot_of.get(getattr(n.args[0], "name", None)), self.shape(n.args[0])
+            if src is not None and xs is not None and all(
+                    u.target is operator.getitem and isinstance(u.args[1], int) and u.args[1] % len(xs) != src[1]
+                    for u in n.users):
+                return   # x.shape[0] (x.reshape(x.shape[0], -1)) reads the batch only, as x.size(0)
             return self.unknown(n, "reads the tensor's shape (the channel count would change)")
+        if t is operator.getitem and getattr(n.args[0], "name", None) in self.pieces:
+            return self.split_piece(n)
         if not self.slotted(n):
             return
+        if t in ("chunk", "split") or t is torch.chunk or t is torch.split:
+            return self.split(n)
+        if t is operator.getitem:
+            return self.channel_slice(n)
         if t in relu_f:
             return self.unary(n, "relu")
         if t is torch.nn.functional.relu6:
@@ -256,6 +368,12 @@ class _FxBuilder(SlotBuilder):
             return self.unary(n, "leaky_relu", alpha=float(n.args[1] if len(n.args) > 1 else n.kwargs.get("negative_slope", 0.01)))
         if t in index_f:
             return self.unary(n, "index", pool="pool" in getattr(t, "__name__", ""))
+        if t in (torch.nn.functional.avg_pool1d, torch.nn.functional.avg_pool2d, torch.nn.functional.avg_pool3d):
+            names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+            a = dict(zip(names, n.args), **n.kwargs)
+            if avg_pool_keeps_constants(a.get("padding", 0), a.get("ceil_mode", False),
+                                        a.get("count_include_pad", True), a.get("divisor_override")):
+                return self.unary(n, "index", pool=True)
         if t in other_f:
             return self.unary(n, "other", pool="pool" in getattr(t, "__name__", ""))
         if t in binary:
@@ -268,6 +386,8 @@ class _FxBuilder(SlotBuilder):
             return self.flatten(n, start, end)
         if t in ("view", "reshape") or t is torch.reshape:
             return self.view(n)
+        if t in ("permute", "transpose") or t is torch.permute or t is torch.transpose:
+            return self.permute(n)
         if t in (torch.mean, "mean", torch.amax, "amax"):
             return self.reduce(n)
         return self.unknown(n, "function not understood by the channel graph")
@@ -340,7 +460,10 @@ class _FxBuilder(SlotBuilder):
             self.cg.couple(slot, sout)
             ins.append(slot)
             consts.append(None)
-        self.record(n, "binary", ins, [sout], fn=fn, consts=consts)
+        # torch.add(x, y, alpha=a) is x + a*y and torch.div(x, y, rounding_mode=...) rounds: the channels still go
+        # together, but the value is not fn(x, y) (read as it, a constant channel was folded wrong: 0.57 off)
+        plain = all((k == "alpha" and v == 1) or (k == "rounding_mode" and v is None) for k, v in n.kwargs.items())
+        self.record(n, "binary" if plain else "other", ins, [sout], fn=fn, consts=consts)
 
     def cat(self, n):
         tensors = n.args[0]
@@ -429,6 +552,21 @@ def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
             t = get_attr_value(gm, rec.data["param_target"])
             _set_attr(gm, rec.data["param_target"], nn.Parameter(t.detach()[torch.as_tensor(edit.k_out)].clone(),
                                                                  requires_grad=t.requires_grad))
+        if "split_node" in rec.data and k_in is not None:   # the pieces' sizes: what each keeps of its range
+            node, sizes = rec.data["split_node"], rec.data["split_sizes"]
+            offs = np.cumsum([0] + sizes)
+            kept = [int(np.sum((k_in >= offs[i]) & (k_in < offs[i + 1]))) for i in range(len(sizes))]
+            node.op, node.target = "call_function", torch.split
+            node.args, node.kwargs = (node.args[0], kept), {"dim": rec.data["split_dim"]}
+        if "slice_lo" in rec.data and (k_in is not None or edit.k_out is not None):
+            n, a = rec.data["fx_node"], rec.outs[0][1]
+            kin = k_in if k_in is not None else np.arange(cg.size(rec.ins[0]))
+            lo = int(np.sum(kin < rec.data["slice_lo"]))
+            m = len(edit.k_out) if edit.k_out is not None else cg.size(rec.outs[0])
+            idx = list(n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],))
+            idx += [slice(None)] * (a + 1 - len(idx))
+            idx[a] = slice(lo, lo + m)
+            n.args = (n.args[0], tuple(idx))
         if "module" not in rec.data:
             continue
         mod, new = rec.data["module"], edit.params

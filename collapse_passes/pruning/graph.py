@@ -56,6 +56,16 @@ def activation_fn(kind: str, params: dict | None = None):
     return lambda x: float(reference(kind, np.array([x], np.float64), params)[0])
 
 
+def avg_pool_keeps_constants(padding, ceil_mode, count_include_pad, divisor_override=None) -> bool:
+    """An average pool whose every window averages input values only (no zero padding counted, no divisor of its
+    own), so a constant channel stays that constant: as nn.AdaptiveAvgPool2d, which was read so while
+    nn.AvgPool2d / F.avg_pool2d (and ONNX AveragePool, the exporters' spelling of both) stopped the constant."""
+    pads = padding if isinstance(padding, (tuple, list)) else (padding,)
+    if divisor_override is not None or not all(isinstance(p, int) for p in pads):
+        return False
+    return not count_include_pad or (not any(pads) and not ceil_mode)
+
+
 #: ops with weights whose output channels are filters (a group's producers)
 LAYERS = ("conv", "dense", "convt")
 
@@ -369,6 +379,8 @@ class ChannelGraph:
             op = self.ops[k]
             outs_in = [s for s in op.outs if s in slots]
             if not outs_in:
+                if op.kind == "index" and not _reads_any(op, members):
+                    continue   # a Slice of the other channels (TorchScript's torch.chunk): it reads none of the unit
                 # a reader outside the unit: must absorb the constant (a transposed conv does not: the
                 # contribution of a constant input differs across its output positions)
                 if op.kind not in ("conv", "dense"):
@@ -446,6 +458,18 @@ class ChannelGraph:
             fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[d["fn"]]
             return float(fn(xs[0], xs[1])), False
         return None, False
+
+
+def _reads_any(op: OpRecord, members: dict) -> bool:
+    """Does an index op (its data["src"]: per output, the input position and channel of each output channel) read
+    any of `members` {slot: channels}? A channel Slice reads only its range: the TorchScript exporter writes
+    torch.chunk as one Slice per chunk, and a constant channel of one chunk was kept because the other chunk's Slice
+    read its tensor (the torch.export-based exporter's Split, one op, let it go)."""
+    for pos, src in op.data["src"]:
+        for p, c in zip(np.asarray(pos).reshape(-1), np.asarray(src).reshape(-1)):
+            if int(c) in members.get(op.ins[int(p)], ()):
+                return True
+    return False
 
 
 def zero_filters(w) -> np.ndarray:

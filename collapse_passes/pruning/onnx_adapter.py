@@ -15,7 +15,7 @@ from ..core.activations import SELU_ALPHA, SELU_GAMMA
 from ..onnx.graph import const_value, make_const, toposort
 from ..onnx.linear_ops import ConvView, DenseView
 from .builder import SlotBuilder
-from .graph import ChannelGraph, activation_fn, removal_edits
+from .graph import ChannelGraph, activation_fn, avg_pool_keeps_constants, removal_edits
 
 #: elementwise unary ops: channel i of the output depends on channel i of the input only
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu", "Celu",
@@ -47,6 +47,18 @@ def scalar_fn(node):
         e = float(np.asarray(const_value(node.inputs[1])).reshape(()))
         return lambda x: float(np.power(np.float64(x), e))
     return {"Erf": math.erf, "Neg": lambda x: -x, "Abs": abs}.get(node.op)
+
+
+def _average_pool_keeps_constants(node) -> bool:
+    """An AveragePool whose windows average input values only (count_include_pad=0, or no padding and no ceil_mode):
+    a constant channel stays that constant, as through GlobalAveragePool (the exporters write adaptive_avg_pool2d(4)
+    as one; it stopped the constant, so torch removed channels the ONNX export kept)."""
+    a = node.attrs
+    mode = a.get("auto_pad", "NOTSET")
+    if (mode.decode() if isinstance(mode, bytes) else str(mode)) not in ("NOTSET", "VALID"):
+        return bool(not int(a.get("count_include_pad", 0)))
+    return avg_pool_keeps_constants(list(a.get("pads", [0])), bool(int(a.get("ceil_mode", 0))),
+                                    bool(int(a.get("count_include_pad", 0))))
 
 
 def infer_shapes(graph: gs.Graph) -> dict[str, list]:
@@ -224,7 +236,7 @@ class _Builder(SlotBuilder):
             if len(node.inputs) > 2 and node.inputs[2].name:
                 hi = float(np.asarray(const_value(node.inputs[2])).reshape(()))
             self.record(node, "clip", [src], [sout], lo=lo, hi=hi)
-        elif node.op in CONST_PRESERVING:
+        elif node.op in CONST_PRESERVING or node.op == "AveragePool" and _average_pool_keeps_constants(node):
             self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))])
         elif scalar_fn(node) is not None:   # a constant channel stays constant: f(c)
             self.record(node, "fn", [src], [sout], fn=scalar_fn(node))
@@ -434,10 +446,54 @@ class _Builder(SlotBuilder):
         sout, inner, feats = res
         self.record(node, "index", [src], [sout], src=[(np.zeros(feats.size, int), feats // inner)])
 
+    def _dynamic_flatten(self, node, src):
+        """Reshape(x, Concat(Unsqueeze(Gather(Shape(x), i)) for i < a, [-1 or C*inner])): x.view(x.size(0), -1)
+        as the TorchScript exporter writes it for a dynamic batch; a flatten of the channel axis. Returns the Concat
+        input and position holding the flattened size when it is a number (the rewrite sets it), else None; False
+        when the target shape is anything else."""
+        cat = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
+        xs = self.shape(node.inputs[0])
+        a = src[1]
+        if cat is None or cat.op != "Concat" or int(cat.attrs.get("axis", 0)) != 0 or xs is None or any(
+                c.op != "Reshape" or c.inputs[0] is not node.inputs[0] for c in node.inputs[1].outputs):
+            return False   # the shape is read elsewhere too: its size entry can't be rewritten for this reshape
+        entries = []   # (value: int or ("dim", i), concat input index, position in it)
+        for j, t in enumerate(cat.inputs):
+            c = const_value(t)
+            if c is not None:
+                entries += [(int(v), j, k) for k, v in enumerate(np.asarray(c).reshape(-1))]
+                continue
+            u = t.inputs[0] if t.inputs else None
+            g = u.inputs[0].inputs[0] if u is not None and u.op == "Unsqueeze" and u.inputs[0].inputs else None
+            sh = g.inputs[0].inputs[0] if g is not None and g.op == "Gather" and g.inputs[0].inputs else None
+            idx = const_value(g.inputs[1]) if g is not None else None
+            if sh is None or sh.op != "Shape" or sh.inputs[0] is not node.inputs[0] or idx is None or np.size(idx) != 1 \
+                    or int(sh.attrs.get("start", 0)) != 0 or int(g.attrs.get("axis", 0)) != 0:
+                return False
+            entries.append((("dim", int(np.asarray(idx).reshape(())) % len(xs)), j, 0))
+        inner = int(np.prod(xs[a + 1:], dtype=np.int64)) if all(isinstance(d, int) and d > 0 for d in xs[a + 1:]) else 0
+        n = self.cg.size(src)
+        if len(entries) != a + 1 or not inner or entries[a][0] not in (-1, n * inner) or any(
+                e != ("dim", i) and not (isinstance(xs[i], int) and e == xs[i]) for i, (e, _, _) in enumerate(entries[:a])):
+            return False
+        return None if entries[a][0] == -1 else (cat, entries[a][1], entries[a][2])
+
     def op_Reshape(self, node):
         src = self.slot_of.get(node.inputs[0].name)
         shape_c = const_value(node.inputs[1])
         xs, ys = self.shape(node.inputs[0]), self.shape(node.outputs[0])
+        if shape_c is None and xs is not None and self.slotted(node)[1] is None:
+            piece = self._dynamic_flatten(node, src)
+            if piece is not False:
+                a = src[1]
+                flat = self.cg.size(src) * int(np.prod(xs[a + 1:], dtype=np.int64))
+                self.shapes[node.outputs[0].name] = list(xs[:a]) + [flat]   # inference leaves the -1 unknown
+                res = self._flatten_like(node, src, True)
+                if res is None:
+                    return self.unknown(node, "reshape of unknown shape")
+                sout, inner, feats = res
+                return self.record(node, "index", [src], [sout], src=[(np.zeros(feats.size, int), feats // inner)],
+                                   reshape_axis=a, inner=inner, shape_piece=piece)
         if shape_c is None or xs is None or ys is None or self.slotted(node)[1] is not None:
             return self.unknown(node, "reshape with a dynamic target shape")
         a = src[1]
@@ -455,6 +511,50 @@ class _Builder(SlotBuilder):
             return self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))],
                                reshape_axis=a, inner=1)
         return self.unknown(node, "reshape that splits or moves the channel axis")
+
+    def _axes(self, node):
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+            axes = const_value(node.inputs[1])
+            if axes is None:
+                return None
+        return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+
+    def op_Unsqueeze(self, node):
+        """Unsqueeze / Squeeze of other axes move the channel axis, its channels stay (the torch.export-based
+        exporter writes adaptive_avg_pool1d as Unsqueeze, AveragePool, Squeeze; not understood, it froze the group
+        its TorchScript export, one AveragePool, prunes)."""
+        src = self.slot_of.get(node.inputs[0].name)
+        r = self.rank(node.inputs[0])
+        axes = self._axes(node)
+        if axes is None or r is None or self.slotted(node)[1:] != [None] * (len(node.inputs) - 1):
+            return self.unknown(node, "unsqueeze with dynamic axes or of unknown rank")
+        ro = r + len(axes)
+        inserted = {a % ro for a in axes}
+        return self._moved(node, src, [i for i in range(ro) if i not in inserted][src[1]])
+
+    def op_Squeeze(self, node):
+        src = self.slot_of.get(node.inputs[0].name)
+        xs = self.shape(node.inputs[0])
+        axes = self._axes(node)
+        if xs is None or self.slotted(node)[1:] != [None] * (len(node.inputs) - 1):
+            return self.unknown(node, "squeeze with dynamic axes or of unknown shape")
+        if axes is None:   # every axis of size 1 (their sizes must be known)
+            if any(not isinstance(d, int) for d in xs):
+                return self.unknown(node, "squeeze of all unit axes of a tensor of unknown shape")
+            axes = [i for i, d in enumerate(xs) if d == 1]
+        axes = {a % len(xs) for a in axes}
+        if src[1] in axes:
+            return self.unknown(node, "squeezes the channel axis")
+        return self._moved(node, src, src[1] - sum(1 for a in axes if a < src[1]))
+
+    def _moved(self, node, src, axis: int):
+        sout = self.new_slot(node.outputs[0], axis)
+        if sout is None or self.cg.size(sout) != self.cg.size(src):
+            return self.unknown(node, "unknown output shape")
+        self.cg.couple(src, sout)
+        n = self.cg.size(src)
+        self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))])
 
     def op_Transpose(self, node):
         src = self.slot_of.get(node.inputs[0].name)
@@ -578,6 +678,15 @@ def apply_removal(graph: gs.Graph, cg: ChannelGraph, removed, folds=()) -> dict:
             sizes = np.array([len(keep[s]) if s in keep else cg.size(s) for s in rec.outs], dtype=np.int64)
             if len(node.inputs) > 1 and node.inputs[1].name:
                 node.inputs[1] = make_const(graph, f"{node.name}.split", sizes)
+            elif int(graph.opset or 13) >= 13:
+                # the sizes are an input from opset 13 (the attribute made the model invalid); opset 18's
+                # num_outputs (torch.chunk through the torch.export-based exporter) goes with the equal split it meant
+                node.attrs.pop("num_outputs", None)
+                const = make_const(graph, f"{node.name}.split", sizes)
+                if len(node.inputs) > 1:
+                    node.inputs[1] = const
+                else:
+                    node.inputs.append(const)
             else:
                 node.attrs["split"] = sizes.tolist()
         elif node.op == "Slice" and "slice_k" in rec.data and (k_in is not None or k_out is not None):
@@ -589,6 +698,12 @@ def apply_removal(graph: gs.Graph, cg: ChannelGraph, removed, folds=()) -> dict:
                 arr = np.array(const_value(node.inputs[j]), dtype=np.int64)
                 arr[k] = v
                 node.inputs[j] = make_const(graph, f"{node.name}.b{j}", arr)
+        elif node.op == "Reshape" and "shape_piece" in rec.data:   # a dynamic target shape (_dynamic_flatten)
+            if rec.data["shape_piece"] is not None and k_out is not None:
+                cat, j, k = rec.data["shape_piece"]
+                arr = np.array(const_value(cat.inputs[j]), dtype=np.int64)
+                arr.reshape(-1)[k] = len(k_out)
+                cat.inputs[j] = make_const(graph, f"{cat.name}.p{j}", arr)
         elif node.op == "Reshape" and "reshape_axis" in rec.data and k_out is not None:
             arr = np.array(const_value(node.inputs[1]), dtype=np.int64)
             a = rec.data["reshape_axis"]

@@ -71,7 +71,8 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
             keep = keep_count(n, ratio, rounds[gid])
             ranked = sorted(units, key=lambda k: (importance[(gid, k)], k))
             removed += [(gid, k) for k in ranked[: n - keep]]
-        return _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()}, rounds)
+        return _round_every_layer(cg, _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()},
+                                                         rounds), importance, round_to)
     scored = []
     for gid, units in cands.items():
         vals = np.array([importance[(gid, k)] for k in units], dtype=np.float64)
@@ -98,7 +99,35 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
                 "importance); lower --prune-ratio or prune per layer")
         ks_sorted = sorted(ks, key=lambda k: (importance[(gid, k)], k))
         removed += [(gid, k) for k in ks_sorted[: n - keep]]
-    return _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()}, rounds)
+    return _round_every_layer(cg, _keep_every_tensor(cg, removed, importance, {g: len(u) for g, u in cands.items()},
+                                                     rounds), importance, round_to)
+
+
+def _round_every_layer(cg: ChannelGraph, removed: list, importance: dict, round_to: int) -> list:
+    """`removed` less the most important units it takes from a layer (a conv / linear output) until every layer keeps
+    a multiple of round_to channels, or all it has. A group's count can be a multiple while its layers' are not: the
+    branches of an Inception concat (8 + 16 + 4 channels) pruned to 0.5 with round_to 8 kept 16 as 1 + 11 + 4, convs
+    that leave onnxruntime's blocked layout, which is what round_to is for."""
+    if round_to == 1:
+        return removed
+    groups = cg.groups()
+    prod = cg.producer_slots()
+    removed = list(removed)
+    takes: dict = {}   # unit -> {producer slot: channels it takes from it}
+    dropped: dict = {}   # producer slot -> channels removed from it
+    for u in removed:
+        for s, _ in groups[u[0]].units[u[1]]:
+            if s in prod:
+                takes.setdefault(u, {})[s] = takes.get(u, {}).get(s, 0) + 1
+                dropped[s] = dropped.get(s, 0) + 1
+    while True:
+        bad = next((s for s, d in dropped.items() if (cg.size(s) - d) % round_to), None)
+        if bad is None:
+            return removed
+        best = max((u for u in removed if bad in takes.get(u, {})), key=lambda u: (importance[u], u))
+        removed.remove(best)
+        for s, c in takes[best].items():
+            dropped[s] -= c
 
 
 def _keep_every_tensor(cg: ChannelGraph, removed: list, importance: dict, n_units: dict, rounds: dict) -> list:
