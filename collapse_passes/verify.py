@@ -424,7 +424,9 @@ def _reference_run(model: onnx.ModelProto, feeds: list[dict]):
     """Per-feed outputs of `model` evaluated in float64 by onnx's reference evaluator (numpy)."""
     from onnx.reference import ReferenceEvaluator
 
-    ev = ReferenceEvaluator(as_float64(model))
+    from .core.reference_conv import REFERENCE_OPS   # onnx's Conv, its im2col gather made fast: the same outputs
+
+    ev = ReferenceEvaluator(as_float64(model), new_ops=REFERENCE_OPS)
     names = [o.name for o in model.graph.output]
     with np.errstate(all="ignore"):   # its Sigmoid evaluates both branches: inf/inf warnings on stderr, unused
         return [[np.asarray(v) for v in ev.run(names, f)] for f in feeds]
