@@ -267,12 +267,13 @@ FLOAT32_NOISE_FACTOR = 4.0
 
 
 def _compare(got: list[np.ndarray], ref: list[np.ndarray], rtol: float = RTOL, atol: float = ATOL,
-             model=None, inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+             model=None, inputs: Mapping[str, np.ndarray] | None = None, target=None) -> dict[str, Any]:
     """TVM's outputs against onnxruntime's, with the verification's tolerance rule (core.runtime).
     When that fails and `model`/`inputs` are given, a float64 look (like the core verification's): deep
     BatchNorm-scaled nets (EfficientNet with random weights: outputs ~1e3) make two correct float32
     programs differ by more than rtol; TVM passes when it is as close to the float64 value as
-    onnxruntime's float32 is (FLOAT32_NOISE_FACTOR)."""
+    onnxruntime's float32 is (FLOAT32_NOISE_FACTOR). With `target` (a host target), a TVM output still
+    further off gets a float64 TVM build of the model (_float64_look)."""
     from collapse_passes.core.runtime import compare_outputs
 
     c = compare_outputs(got, ref, rtol, atol)
@@ -280,7 +281,7 @@ def _compare(got: list[np.ndarray], ref: list[np.ndarray], rtol: float = RTOL, a
         return {"ok": False, "max_abs_err": None, "why": c.why}
     out = {"ok": c.passed, "max_abs_err": c.max_abs, "max_rel_err": c.max_rel, "rtol": rtol, "atol": atol}
     if not c.passed and model is not None and inputs is not None:
-        look = _float64_look(got, ref, model, inputs, rtol, atol)
+        look = _float64_look(got, ref, model, inputs, rtol, atol, target)
         if look is not None:
             out["float64_look"] = look
             out["ok"] = look["ok"]
@@ -291,8 +292,12 @@ def _f64_note(check: Mapping[str, Any]) -> str:
     f = check.get("float64_look")
     if not f:
         return ""
-    return (f"; in float64 terms TVM is off by max rel {f['tvm_max_rel_vs_float64']:.3g}, onnxruntime's float32 "
+    text = (f"; in float64 terms TVM is off by max rel {f['tvm_max_rel_vs_float64']:.3g}, onnxruntime's float32 "
             f"by {f['onnxruntime_max_rel_vs_float64']:.3g}")
+    b = f.get("tvm_float64_build_max_rel_vs_float64")
+    if b is not None:
+        text += f", TVM's float64 build by {b:.3g}"
+    return text
 
 
 def _float64_pass_notes(verification: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -306,9 +311,23 @@ def _float64_pass_notes(verification: Mapping[str, Mapping[str, Any]]) -> list[s
     return notes
 
 
-def _float64_look(got, ref, model, inputs, rtol: float, atol: float) -> dict[str, Any] | None:
+#: with its own float64 build right, TVM's float32 output may be this many times further from the float64
+#: value than onnxruntime's float32 (an ill-conditioned collapsed model: one input's rounding can land 8x
+#: further in one program than in another, and the other way on the next input); a miscompile is O(1)
+FLOAT64_BUILD_FACTOR = 32.0
+
+
+def _float64_look(got, ref, model, inputs, rtol: float, atol: float, target=None) -> dict[str, Any] | None:
     """TVM's and onnxruntime's float32 outputs against the model evaluated in float64 (onnx's reference
-    evaluator, collapse_passes.verify); None when the evaluator cannot run the model."""
+    evaluator, collapse_passes.verify); None when the evaluator cannot run the model.
+
+    Which of two correct float32 programs lands closer to the float64 value on one input is luck: on a
+    MobileNetV3-small with three activations collapsed (outputs ~150, merges refused as ill-conditioned)
+    TVM was 8x further than onnxruntime on one input and onnxruntime 7x further than TVM on another, so a
+    FLOAT32_NOISE_FACTOR bound alone failed a correct compile (exit 1, nothing exported). Given the
+    `target` the output came from, a TVM output outside that bound is judged by TVM's float64 build of the
+    same model: when that build is within the bound (TVM computes the model's function) and the float32
+    output within FLOAT64_BUILD_FACTOR of onnxruntime's distance, the gap is float32 rounding."""
     from collapse_passes.core.runtime import compare_outputs
     from collapse_passes.verify import _reference_run
 
@@ -322,8 +341,32 @@ def _float64_look(got, ref, model, inputs, rtol: float, atol: float) -> dict[str
     if tvm64.why or ort64.why:
         return None
     bound = max(rtol, FLOAT32_NOISE_FACTOR * ort64.max_rel)
-    return {"ok": bool(tvm64.passed or tvm64.max_rel <= bound), "tvm_max_rel_vs_float64": tvm64.max_rel,
+    look = {"ok": bool(tvm64.passed or tvm64.max_rel <= bound), "tvm_max_rel_vs_float64": tvm64.max_rel,
             "onnxruntime_max_rel_vs_float64": ort64.max_rel, "factor": FLOAT32_NOISE_FACTOR}
+    if look["ok"] or target is None or tvm64.max_rel > max(rtol, FLOAT64_BUILD_FACTOR * ort64.max_rel):
+        return look
+    built = _float64_build_max_rel(model, feeds, r64, target, rtol, atol)
+    if built is not None:
+        look["tvm_float64_build_max_rel_vs_float64"] = built
+        look["ok"] = bool(built <= bound)
+    return look
+
+
+def _float64_build_max_rel(model, feeds, r64, target, rtol: float, atol: float) -> float | None:
+    """Max rel of TVM's float64 build of `model` (untuned, for the shapes of `feeds`) against `r64`; None
+    when TVM cannot import, build or run the model in float64 (then the float32 verdict stands)."""
+    from collapse_passes.core.runtime import compare_outputs
+    from collapse_passes.verify import as_float64
+
+    from . import compile as tc
+
+    try:
+        mod = tc.import_onnx(as_float64(model), {k: list(np.shape(v)) for k, v in feeds.items()})
+        got = tc.run(tc.build(mod, target), feeds)
+    except Exception:  # noqa: BLE001 - a float64 gap of TVM's: no rescue, the float32 verdict stands
+        return None
+    c = compare_outputs(got, r64, rtol, atol)
+    return None if c.why else float(c.max_rel)
 
 
 def _library_to_export(ex_untuned, ex_tuned, latency: Mapping[str, float | None]):
@@ -536,7 +579,7 @@ def run_from_args(
     if info.runs_on_host:
         got = tc.run(ex_coll, inputs)
         verification["collapsed_tvm_untuned_vs_onnxruntime"] = _compare(got, ref_coll, rtol, atol,
-                                                                          collapsed_model, inputs)
+                                                                          collapsed_model, inputs, target)
         latency["original"]["tvm_untuned"] = timed(ex_orig, "original", "untuned")
         latency["collapsed"]["tvm_untuned"] = timed(ex_coll, "collapsed", "untuned")
     else:
@@ -571,7 +614,7 @@ def run_from_args(
         if info.runs_on_host:
             got = tc.run(ex_tuned, inputs)
             verification["collapsed_tvm_tuned_vs_onnxruntime"] = _compare(got, ref_coll, rtol, atol,
-                                                                            collapsed_model, inputs)
+                                                                            collapsed_model, inputs, target)
             latency["collapsed"]["tvm_tuned"] = timed(ex_tuned, "collapsed", "tuned")
         stage_done()
 
@@ -602,7 +645,8 @@ def run_from_args(
                     latency["original"]["tvm_tuned"] = latency["collapsed"]["tvm_tuned"]
                 else:
                     got = tc.run(ex_tuned_orig, inputs)
-                    check = _compare(got, tc.run_ort(original_model, inputs), rtol, atol, original_model, inputs)
+                    check = _compare(got, tc.run_ort(original_model, inputs), rtol, atol, original_model, inputs,
+                                     target)
                     verification["original_tvm_tuned_vs_onnxruntime"] = check
                     if not check["ok"]:
                         notes.append("TVM output of the input model differs from onnxruntime")
