@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--method", choices=METHODS, help="compute scores: tlc (BN / activation stats), easier "
                    "(calibration entropy), prelu (Layer Folding slopes), lacoot (residual blocks)")
     g.add_argument("--calib", metavar="FILE.npz|DIR", help="calibration data: .npz with arrays named after the "
-                   "model inputs, or a folder of .npy files; also used by the verification gate")
+                   "model inputs, or a folder of .npy files; also used by the verification gate (with --check "
+                   "random inputs in the data's range)")
     g.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
     g.add_argument("--save-scores", metavar="FILE.json", help="write the computed scores (editable, re-usable)")
     g.add_argument("--plot", metavar="FILE.png", help="plot per-layer scores with the threshold")
@@ -63,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--approx-max-error", type=float, metavar="E",
                    help="with --allow-border-approx: fail if the measured max abs error exceeds E")
     m.add_argument("--cost", choices=("macs", "measured"), default="macs",
-                   help="cost model for merge planning: MACs + per-op overhead, or op latencies measured "
+                   help="cost model for merge planning: MACs + per-op overhead (default), or op latencies measured "
                         "with onnxruntime on this machine")
-    m.add_argument("--per-op-overhead", type=float, metavar="MACS", help="MAC-equivalent cost of one extra op")
+    m.add_argument("--per-op-overhead", type=float, metavar="MACS",
+                   help="MAC-equivalent cost of one extra op (default 20000)")
     pr = p.add_argument_group("channel pruning (docs/pruning.md)")
     pr.add_argument("--no-prune", action="store_true",
                     help="keep constant channels (by default they are removed exactly: zero filters before a ReLU, "
@@ -79,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--prune-scope", choices=("global", "layer"), default="global",
                     help="rank channels across all layers (default) or take R of every layer")
     pr.add_argument("--prune-importance", default="l1", metavar="l1|l2|tlc|easier|FILE.json",
-                    help="channel importance: L1/L2 norm of the filters, TLC/EASIER per-channel p_on, or "
+                    help="channel importance: L1/L2 norm of the filters (default l1), TLC/EASIER per-channel p_on, or "
                          'per-channel scores {"<tensor or node>": [...]} (higher = keep)')
     pr.add_argument("--round-to", type=int, default=1, metavar="N",
-                    help="keep channel counts a multiple of N (SIMD width) when pruning to a ratio")
+                    help="keep every pruned layer's channel count a multiple of N (SIMD width) when pruning to a ratio "
+                         "(default 1)")
     pr.add_argument("--prune-max-error", type=float, metavar="E",
                     help="refuse (unless --force) a ratio prune whose max abs error against the unpruned model exceeds E")
     v = p.add_argument_group("verification and output")
@@ -90,10 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sizes for the input's dynamic dims, e.g. input:1,3,224,224 (repeat per input; D0,D1,... "
                         "alone for a model with one input; a name such as N keeps that dim dynamic): MACs, merge "
                         "planning and the check use them, and the model written takes these sizes only")
-    v.add_argument("--check", type=int, default=3, metavar="N", help="random inputs for the check (default 3)")
-    v.add_argument("--rtol", type=float, default=None)   # None: 1e-4 (float16 outputs: 1e-2), config.with_tolerances
-    v.add_argument("--atol", type=float, default=None)   # None: 1e-5 (float16 outputs: 1e-3)
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--check", type=int, default=3, metavar="N",
+                   help="random inputs for the check (default 3): floats standard normal (uniform in (0, 1] "
+                   "when the input model outputs NaN/Inf on those), token ids over their table; a dynamic "
+                   "height/width without --input-shape at 2 x the model's downsampling + 1")
+    # None: config.with_tolerances picks them
+    v.add_argument("--rtol", type=float, default=None, help="default 1e-4 (float16 outputs: 1e-2)")
+    v.add_argument("--atol", type=float, default=None, help="default 1e-5 (float16 outputs: 1e-3)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random check inputs (default 0)")
     v.add_argument("--force", action="store_true", help="write the model even if verification fails")
     v.add_argument("--dry-run", action="store_true", help="compute and report, write no model")
     v.add_argument("--report", metavar="FILE.json", help="write the report as JSON")
@@ -450,7 +457,7 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
             console.print(f"{o.role} written to {o.given}", highlight=False)
     if plan.path("model") is None:
         console.print("dry run: no model written")
-    _say_if_nothing_changed(report, args, err)
+    _say_if_nothing_changed(report, args, err, result)
 
     if getattr(args, "target", None):
         # the collapsed model is verified and written first: a TVM failure leaves it in place
@@ -484,7 +491,7 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
     return 0
 
 
-def _say_if_nothing_changed(report: dict, args, err: Console) -> None:
+def _say_if_nothing_changed(report: dict, args, err: Console, result=None) -> None:
     """A selection that selects nothing is not silent: exit 0, but say it on stderr."""
     removed = sum(1 for b in report.get("blocks", []) if b.get("removed"))
     pruning = report.get("pruning") or {}
@@ -496,6 +503,10 @@ def _say_if_nothing_changed(report: dict, args, err: Console) -> None:
     else:
         why = "the selection chose no activation and nothing could be folded or merged"
     before, after = (report.get("before") or {}).get("nodes"), (report.get("after") or {}).get("nodes")
+    if result is not None and result.original is not None and hasattr(result.model, "graph"):
+        # the files' ops: the report's "before" counts the input with its size arithmetic folded (model_stats)
+        ops = lambda m: sum(1 for n in m.graph.node if n.op_type not in ("Constant", "Identity"))   # noqa: E731
+        before, after = ops(result.original), ops(result.model)
     # shape folding and dead-node clean-up still ran: "nothing" would hide the smaller graph written
     done = f"only exact clean-ups ran ({before} -> {after} nodes)" if before and after and after < before \
         else "collapsed, folded and merged nothing"

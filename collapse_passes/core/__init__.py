@@ -9,6 +9,10 @@
   tolerance rule). Imports onnxruntime lazily.
 - chains: conv-chain merge planning on algebra/ + planning.py.
 - nonlinear_ops: the ops the nonlinear depth counts, ONNX op type -> torch / aten names.
+- merge_fallback: a merged result that fails verification keeps the merges that verify (bisection).
+- quiet: keeps torch's exporter noise off the terminal.
+- reference_conv: onnx's reference Conv with a faster im2col, for verify's float64 look.
 
-Nothing here imports onnx, onnx-graphsurgeon or torch at module level.
+Nothing here imports onnx, onnx-graphsurgeon or torch at module level, except reference_conv (onnx's
+reference Conv), which only verify imports, inside the function that needs it.
 """

@@ -1,7 +1,8 @@
-"""cleanup: drop no-op nodes (nn.Identity, eval-mode dropout, a permute undoing the permute before it), dead
-nodes, then submodules (and the weights they hold) no node refers to any more. A no-op between two linear ops
-would otherwise keep them apart (x.permute(0, 3, 1, 2).permute(0, 2, 3, 1) between two NHWC Linears: both
-ONNX exporters drop that pair, so the ONNX front end merged the Linears and this one did not)."""
+"""cleanup: drop no-op nodes (nn.Identity, eval-mode dropout, a zero pad, a slice keeping all, a permute undoing
+the permute before it), dead nodes, then submodules (and the weights they hold) no node refers to any more. A
+no-op between two linear ops would otherwise keep them apart (x.permute(0, 3, 1, 2).permute(0, 2, 3, 1) between
+two NHWC Linears: both ONNX exporters drop that pair, so the ONNX front end merged the Linears and this one did
+not)."""
 from __future__ import annotations
 
 import torch
@@ -40,9 +41,43 @@ def _undone_permute(node: fx.Node):
     return inner[0] if [inner[1][d] for d in outer[1]] == list(range(len(outer[1]))) else None
 
 
+_PADS = {F.pad, torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default}
+
+
+def _zero_pad_or_full_slice(node: fx.Node) -> bool:
+    """A pad by literal zeros, or an aten.slice from 0 to the end of a static dim (or to 2**62 and beyond) with
+    step 1: its output is its input (a view of all of it). Swin pads each map to whole windows and crops back;
+    where no padding is needed these compute nothing, and the ONNX front end drops them too (onnx cleanup's
+    noop_slice_or_pad), so both count the same ops."""
+    if node.op != "call_function":
+        return False
+    if node.target is torch.ops.aten.alias.default:   # torch.export's spelling of a slice that keeps all
+        return True
+    if node.target in _PADS:
+        pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+        return isinstance(pad, (list, tuple)) and len(pad) > 0 and all(type(p) is int and p == 0 for p in pad)
+    if node.target is not torch.ops.aten.slice.Tensor:
+        return False
+    names = ("input", "dim", "start", "end", "step")
+    a = dict(zip(names, node.args))
+    a.update({k: v for k, v in node.kwargs.items() if k in names})
+    dim, start, end, step = a.get("dim", 0), a.get("start"), a.get("end"), a.get("step", 1)
+    if step != 1 or start not in (None, 0) or type(dim) is not int:
+        return False
+    if end is None or (type(end) is int and end >= 2 ** 62):
+        return True
+    v = node.args[0].meta.get("val")
+    if type(end) is not int or not isinstance(v, torch.Tensor) or not -v.dim() <= dim < v.dim():
+        return False
+    size = v.shape[dim]
+    return type(size) is int and end >= size   # a symbolic (dynamic) dim may be longer than `end`
+
+
 def _is_noop(gm: fx.GraphModule, node: fx.Node) -> bool:
     if not node.args or not isinstance(node.args[0], fx.Node):
         return False
+    if _zero_pad_or_full_slice(node):
+        return True
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
         return type(mod) is nn.Identity or isinstance(mod, _DROPOUT_MODULES) and (not mod.training or mod.p == 0)

@@ -1,6 +1,8 @@
-"""clean: drop Identity nodes (and no-op Dropouts), dead nodes and unused initializers, toposort, re-infer shapes."""
+"""clean: drop Identity nodes (and no-op Dropouts, Slices, Pads), dead nodes and unused initializers, toposort,
+re-infer shapes."""
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...pipeline import PassResult
@@ -68,6 +70,57 @@ def noop_dropout(node, graph_outputs=()) -> bool:
     return dropout_passes_through(train, ratio)
 
 
+#: ends at or past this count as "to the end" on a dim of unknown size (torch writes INT64_MAX, some INT32_MAX)
+_TO_THE_END = 2 ** 31 - 1
+
+
+def noop_slice_or_pad(node) -> bool:
+    """A Slice that keeps every element in order (each axis it cuts from 0 to the end, step 1), or a Pad whose
+    pads are all 0: its output is its input. The TorchScript exporter writes Swin's crop back to the map
+    (`x[:, :h, :w, :]`, a no-op when no window padding was needed) as two such Slices per block and both
+    exporters its `F.pad(x, (0, 0, 0, pad_r, 0, pad_b))` with pads 0 at 224: 39 ops of a Swin-T's critical
+    path that compute nothing, and 24 more ops on the TorchScript file than on the torch.export-based one."""
+    if node.domain not in (None, "", "ai.onnx") or not node.inputs or not node.outputs or len(node.outputs) != 1:
+        return False
+    if node.op == "Pad":
+        pads = const_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None
+        return pads is not None and pads.size > 0 and not np.any(pads)
+    if node.op != "Slice" or len(node.inputs) < 3:
+        return False
+    vals = [const_value(t) if t is not None and t.name else None for t in node.inputs[1:5]]
+    if vals[0] is None or vals[1] is None or any(t is not None and t.name and v is None
+                                                 for t, v in zip(node.inputs[3:5], vals[2:])):
+        return False
+    shape = node.inputs[0].shape
+    if shape is None:
+        return False
+    rank = len(shape)
+    starts, ends = vals[0].reshape(-1), vals[1].reshape(-1)
+    axes = vals[2].reshape(-1) if len(vals) > 2 and vals[2] is not None else np.arange(len(starts))
+    steps = vals[3].reshape(-1) if len(vals) > 3 and vals[3] is not None else np.ones(len(starts), np.int64)
+    if not (len(starts) == len(ends) == len(axes) == len(steps)):
+        return False
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a = int(a) + rank if a < 0 else int(a)
+        if not 0 <= a < rank or int(st) != 1:
+            return False
+        d = shape[a]
+        known = isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
+        start = int(s) + d if known and s < 0 else int(s)
+        if start > 0 if known else int(s) != 0:
+            return False
+        if not (int(e) >= d if known else int(e) >= _TO_THE_END):
+            return False
+    return True
+
+
+def noop_op(node, graph_outputs=()) -> bool:
+    """An op whose output is its input (noop_dropout, noop_slice_or_pad): removed by Cleanup, and no op of the
+    model's node count or critical path (analysis.model_stats), so the report does not credit their removal
+    to a collapse."""
+    return noop_dropout(node, graph_outputs) or noop_slice_or_pad(node)
+
+
 class Cleanup:
     name = "clean"
 
@@ -80,7 +133,7 @@ class Cleanup:
         outputs = ctx.graph_outputs
         removed = 0
         for node in list(g.nodes):
-            if noop_dropout(node, outputs):   # an Identity from here on (the mask output is unread)
+            if noop_op(node, outputs):   # an Identity from here on (a Dropout's mask output is unread)
                 node.op, node.attrs = "Identity", {}
                 while len(node.inputs) > 1:
                     node.inputs.pop()
