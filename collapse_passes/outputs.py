@@ -347,14 +347,32 @@ def signals_blocked(deliver: bool = True):
             yield
         return
     seen = len(_RECEIVED)
+    # outside the CLI (a library call: export_onnx, write_bytes_atomic) SIGINT is Python's KeyboardInterrupt, raised
+    # inside the block the same way (a temp file created, its name not yet returned: left behind); held as well
+    library = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if library:
+        held = len(_LIBRARY_HELD)
+        signal.signal(signal.SIGINT, _hold_interrupt)
     _HELD.append(True)
     try:
         with _thread_mask(sigs):
             yield
     finally:
         _HELD.pop()
+        if library:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if library and len(_LIBRARY_HELD) > held:
+        del _LIBRARY_HELD[held:]
+        raise KeyboardInterrupt
     if deliver and not _HELD and not _DEFERRED and not _FINISHED and len(_RECEIVED) > seen:
         raise Interrupted(_RECEIVED[seen])
+
+
+_LIBRARY_HELD: list = []   # SIGINTs held by signals_blocked() where Python's own handler was in place
+
+
+def _hold_interrupt(signum, _frame):
+    _LIBRARY_HELD.append(signum)
 
 
 @contextlib.contextmanager

@@ -262,8 +262,8 @@ def test_calibration_data_of_the_wrong_channels_names_dynamic_dims_apart_from_th
 
 
 class _Patchify(nn.Module):
-    """A stride-4 unpadded patch conv (as Swin's stem): a 1 x 1 input cannot run. With kernel=12 it cannot run at
-    the check's size for its dynamic dims either (core/runtime.check_shapes: 2 * 4 + 1 = 9)."""
+    """A stride-4 unpadded patch conv (as Swin's stem): a 1 x 1 input cannot run. With kernel=13 it cannot run at
+    the check's sizes for its dynamic dims either (core/runtime.check_shapes: 2 * 4 + 1 = 9, aligned 3 * 4 = 12)."""
 
     def __init__(self, kernel: int = 4):
         super().__init__()
@@ -275,10 +275,10 @@ class _Patchify(nn.Module):
         return self.fc(self.r(self.patch(x))).mean((2, 3))
 
 
-@pytest.mark.parametrize("kernel", [4, 12])
+@pytest.mark.parametrize("kernel", [4, 13])
 def test_a_dynamic_model_that_cannot_run_at_1x1_names_input_shape(tmp_path, capsys, kernel):
     """The check ran dynamic dims at 1: a patch-4 stem could not run. It runs at check_shapes' 9 x 9 now; a
-    patch-12 stem runs neither there nor at 1, and the one line names --input-shape."""
+    patch-13 stem runs neither there, nor at the aligned 12 x 12, nor at 1, and the one line names --input-shape."""
     torch.manual_seed(0)
     path = str(tmp_path / "p.onnx")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \

@@ -383,6 +383,14 @@ def random_in_range(model, samples: list[dict], count: int, seed: int = 0) -> li
                 feed[name] = rng.integers(0, 2, shape).astype(bool)
                 continue
             vals = [np.asarray(f[name]) for f in samples if name in f]
+            if first.dtype.kind in "iu":   # exact integers: through float, int64's max rounded to 2 ** 63, out of
+                info = np.iinfo(first.dtype)   # numpy's bounds (a traceback on hashed ids spanning int64)
+                lo = max(info.min, min(int(np.min(v)) for v in vals if v.size)) if first.size else 0
+                hi = min(info.max, max(int(np.max(v)) for v in vals if v.size)) if first.size else 0
+                x = (rng.integers(lo, hi, shape, dtype=first.dtype, endpoint=True) if hi > lo
+                     else rng.integers(0, 2, shape))
+                feed[name] = x.astype(first.dtype)
+                continue
             lo = min(float(np.min(v)) for v in vals if v.size) if first.size else 0.0
             hi = max(float(np.max(v)) for v in vals if v.size) if first.size else 0.0
             if first.dtype.kind == "f":
@@ -466,19 +474,35 @@ def downsampling(model) -> int:
     return top
 
 
-def check_shapes(model) -> dict[str, list[int]]:
+def check_shapes(model, aligned: bool = False) -> dict[str, list[int]]:
     """{input name: dims} for the random check inputs of a model with dynamic input dims (empty when every
     dim is a number or a batch). A batch (axis 0 of an input of rank 2 or more, and that dim's name wherever
     it is used) stays 1; every other dynamic dim (height, width, sequence) is 2 * D + 1, D the model's downsampling
-    (downsampling(): 65 for a ResNet, 9 at least, MAX_CHECK_SIZE at most). At 1 x 1 a 3 x 3 kernel reads
+    (downsampling(): 65 for a ResNet, 9 at least, MAX_CHECK_SIZE at most, and at most MAX_CHECK_SIZE ** 2
+    positions an input: 101 for three dynamic dims). At 1 x 1 a 3 x 3 kernel reads
     only its centre tap: a result with every kernel transposed, or its borders wrong, passed the gate
     (ResNet-18 exported with dynamic height and width). 2 * D + 1 keeps a 3 x 3 map with borders at the
-    deepest stage and odd sizes (uneven padding) on the way. Dims with the same name get the same size."""
+    deepest stage and odd sizes (uneven padding) on the way. Dims with the same name get the same size.
+    `aligned`: 3 * D instead, a multiple of every stage's stride, for a model that runs only there (a UNet, whose
+    skip Concat needs each map exactly halved: 9 -> 4 -> 8 meets 9 and fails, as did 1)."""
     specs = input_specs(model)
     if all(isinstance(d, int) and d > 0 for _, shape, _ in specs for d in shape):
         return {}
-    size = min(MAX_CHECK_SIZE, max(MIN_CHECK_SIZE, 2 * downsampling(model) + 1))
+    down = downsampling(model)
+    size = min(MAX_CHECK_SIZE, max(MIN_CHECK_SIZE, 2 * down + 1))
+    if aligned:
+        size = down * min(max(3, -(-MIN_CHECK_SIZE // down)), max(1, MAX_CHECK_SIZE // down))
     batch = {shape[0] for _, shape, _ in specs if len(shape) >= 2 and isinstance(shape[0], str) and shape[0]}
+    # at most MAX_CHECK_SIZE ** 2 positions per input: a Conv3d stack downsampling by 1024 with dynamic D/H/W got
+    # 1025 ** 3 (4 GiB an input) and was refused, where it had run at 1 (the largest odd size that fits)
+    sized_dims = max(sum(1 for axis, d in enumerate(shape) if not (isinstance(d, int) and d > 0)
+                         and not ((axis == 0 and len(shape) >= 2) or (isinstance(d, str) and d in batch)))
+                     for _, shape, _ in specs)
+    if sized_dims > 2:
+        fits = int(round(MAX_CHECK_SIZE ** (2 / sized_dims)))
+        while fits > 1 and fits ** sized_dims > MAX_CHECK_SIZE ** 2:
+            fits -= 1
+        size = min(size, (max(1, fits // down) * down if aligned else fits if fits % 2 or fits == 1 else fits - 1))
     out, sized = {}, False
     for name, shape, _ in specs:
         dims = []

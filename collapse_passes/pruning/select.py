@@ -121,7 +121,9 @@ def _round_every_layer(cg: ChannelGraph, removed: list, importance: dict, round_
                 takes.setdefault(u, {})[s] = takes.get(u, {}).get(s, 0) + 1
                 dropped[s] = dropped.get(s, 0) + 1
     while True:
-        bad = next((s for s, d in dropped.items() if (cg.size(s) - d) % round_to), None)
+        # a layer nothing is taken from keeps all it has, a multiple or not (a 5-channel branch of a concat: asking
+        # it for a multiple re-added units until none took from it, then max() of nothing, a traceback)
+        bad = next((s for s, d in dropped.items() if d and (cg.size(s) - d) % round_to), None)
         if bad is None:
             return removed
         best = max((u for u in removed if bad in takes.get(u, {})), key=lambda u: (importance[u], u))
