@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -31,6 +31,10 @@ class CollapseResult:
     passed: bool = True
     original: onnx.ModelProto | None = None   # the input as loaded (external data resolved)
     source: Path | None = None                # the input model's file, when it was given as a path
+    # how the gate drew its random inputs: dynamic dims' sizes (core/runtime.check_shapes; empty: as 1, or --calib)
+    # and the float distribution; the TVM hand-off's output check draws its input the same way
+    check_shapes: dict = field(default_factory=dict)
+    check_dist: str = "normal"
 
     def save(self, path) -> Path:
         if not isinstance(self.model, onnx.ModelProto):   # a torch result (GraphModule / ExportedProgram)
@@ -294,6 +298,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         reference_cache.clear()
         ver = verify(given, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
                      reference_cache=reference_cache, normalized=original)
+    check_dist = "normal"
     if cfg.calib is None and ver.input_nonfinite:
         # NaN/Inf outputs of the input model on standard normal inputs (a Log, a Sqrt of the input) compare as equal
         # wherever the result has them too, so those values verify nothing: inputs in (0, 1] (images,
@@ -308,6 +313,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                             "values on standard normal check inputs; checked on inputs uniform in (0, 1] instead, "
                             f"where it outputs {v.input_nonfinite}")
             feeds, desc, ver = alt, alt_desc, v
+            check_dist = "unit"
     merge_fallback = fold_fallback = None
     if not ver.against_requested.passed and ctx.merges and not ctx.approximations and not ver.normalization_failed:
         # merged kernels of an ill-conditioned stack (every SiLU of EfficientNetV2-S collapsed: outputs ~1e22)
@@ -399,7 +405,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         from .evaluation import eval_report
 
         report.update(eval_report(original, result_model, eval_set))
-    res = CollapseResult(result_model, report, requested, passed, original, source=path)
+    res = CollapseResult(result_model, report, requested, passed, original, source=path,
+                         check_shapes=dict(shapes), check_dist=check_dist)
     if prune_report.get("refused") and not cfg.force:
         raise VerificationError(f"{prune_report['refused']}; nothing written (use --force to write anyway)", report=res)
     if not passed and not cfg.force:

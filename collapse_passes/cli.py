@@ -554,9 +554,13 @@ def _run_tvm(args, result, console):
         from tvm_integration.cli_hook import TVMError, run_from_args
     except ImportError as exc:
         raise CollapseError(f"--target needs the TVM extra: pip install '.[tvm]' ({exc})") from None
+    from .core.runtime import index_ranges
     from .verify import random_inputs
 
-    feeds = random_inputs(result.original, 1, args.seed)[0]
+    # the input drawn as the gate drew its own (dynamic dims at its sizes, token ids over their table): at 1 x 1 and
+    # ids 0/1 TVM's check compared kernels' centre taps and two embedding rows
+    feeds = random_inputs(result.original, 1, args.seed, shapes=getattr(result, "check_shapes", None),
+                          dist=getattr(result, "check_dist", "normal"), ranges=index_ranges(result.original))[0]
     ver = result.report.get("verification") or {}
     for what in ("rtol", "atol"):   # the TVM check uses the tolerances the collapse was verified with
         if getattr(args, what, None) is None and ver.get(what) is not None:
