@@ -7,6 +7,8 @@ reads. The channel graph itself (pruning/graph.py) never sees a front-end object
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .graph import ChannelGraph, OpRecord, broadcast_channel_axis
 
 
@@ -57,6 +59,16 @@ class SlotBuilder:
         if slot is not None:
             self.cg.freeze(slot, v.name, self.VALUE_KIND, self.origin(v))
         return slot
+
+    def moved(self, node, out, src, axis: int):
+        """`node` holds src's channels whole on `axis` of its output `out` (a permute / transpose, a flatten,
+        squeeze or unsqueeze of other axes): coupled one to one, on both front ends."""
+        sout = self.new_slot(out, axis)
+        if sout is None or self.cg.size(sout) != self.cg.size(src):
+            return self.unknown(node, "unknown output shape")
+        self.cg.couple(src, sout)
+        m = self.cg.size(src)
+        self.record(node, "index", [src], [sout], src=[(np.zeros(m, int), np.arange(m))])
 
     def unknown(self, node, reason: str):
         self.cg.freeze_op(node.name, self.op_type(node), [s for s in self.slotted(node) if s is not None], reason)

@@ -242,7 +242,7 @@ class _FxBuilder(SlotBuilder):
         if xs is not None and (start % len(xs) > src[1] or end % len(xs) < src[1]):
             # axes after or before the channel axis merged (x.flatten(2) of N, C, H, W): the channels stay whole
             a = src[1] if start % len(xs) > src[1] else src[1] - (end % len(xs) - start % len(xs))
-            return self.moved(n, src, a)
+            return self.moved(n, n, src, a)
         if xs is None or start % len(xs) != src[1] or end % len(xs) != len(xs) - 1:
             return self.unknown(n, "flatten that does not start at the channel axis")
         inner = int(np.prod(xs[src[1] + 1:], dtype=np.int64))
@@ -253,15 +253,6 @@ class _FxBuilder(SlotBuilder):
         feats = np.arange(m * inner)
         self.cg.couple(src, sout, feats // inner, feats)
         self.record(n, "index", [src], [sout], src=[(np.zeros(feats.size, int), feats // inner)])
-
-    def moved(self, n, src, axis: int):
-        """n holds src's channels whole on `axis` (a permute, a flatten of other axes): coupled one to one."""
-        sout = self.new_slot(n, axis)
-        if sout is None or self.cg.size(sout) != self.cg.size(src):
-            return self.unknown(n, "unknown output shape")
-        self.cg.couple(src, sout)
-        m = self.cg.size(src)
-        self.record(n, "index", [src], [sout], src=[(np.zeros(m, int), np.arange(m))])
 
     def split(self, n):
         """x.chunk(k, dim) / torch.split(x, sizes, dim): its pieces are read by index (split_piece); a piece of the
@@ -281,7 +272,7 @@ class _FxBuilder(SlotBuilder):
         src, dim, sizes, node = self.pieces[n.args[0].name]
         k = int(n.args[1]) % len(sizes)
         if dim != src[1]:
-            return self.moved(n, src, src[1])
+            return self.moved(n, n, src, src[1])
         off, m = sum(sizes[:k]), sizes[k]
         sout = self.new_slot(n, dim)
         if sout is None or self.cg.size(sout) != m:
@@ -329,7 +320,7 @@ class _FxBuilder(SlotBuilder):
             perm = [int(d) % r for d in dims]
         if sorted(perm) != list(range(r)):
             return self.unknown(n, "permute with dims that are not a permutation")
-        return self.moved(n, src, perm.index(src[1]))
+        return self.moved(n, n, src, perm.index(src[1]))
 
     # -- functions / methods ---------------------------------------------------------------------
     def function(self, n):

@@ -531,7 +531,7 @@ class _Builder(SlotBuilder):
             return self.unknown(node, "unsqueeze with dynamic axes or of unknown rank")
         ro = r + len(axes)
         inserted = {a % ro for a in axes}
-        return self._moved(node, src, [i for i in range(ro) if i not in inserted][src[1]])
+        return self.moved(node, node.outputs[0], src, [i for i in range(ro) if i not in inserted][src[1]])
 
     def op_Squeeze(self, node):
         src = self.slot_of.get(node.inputs[0].name)
@@ -546,15 +546,7 @@ class _Builder(SlotBuilder):
         axes = {a % len(xs) for a in axes}
         if src[1] in axes:
             return self.unknown(node, "squeezes the channel axis")
-        return self._moved(node, src, src[1] - sum(1 for a in axes if a < src[1]))
-
-    def _moved(self, node, src, axis: int):
-        sout = self.new_slot(node.outputs[0], axis)
-        if sout is None or self.cg.size(sout) != self.cg.size(src):
-            return self.unknown(node, "unknown output shape")
-        self.cg.couple(src, sout)
-        n = self.cg.size(src)
-        self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))])
+        return self.moved(node, node.outputs[0], src, src[1] - sum(1 for a in axes if a < src[1]))
 
     def op_Transpose(self, node):
         src = self.slot_of.get(node.inputs[0].name)
