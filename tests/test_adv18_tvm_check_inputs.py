@@ -47,3 +47,13 @@ def test_tvm_check_runs_at_the_gate_sizes(dyn_path, tmp_path):
     note = next(n for n in tvm["notes"] if "dynamic input size" in n)
     size = cp.collapse(dyn_path, collapse=["r"]).check_shapes["input"]
     assert f"input {'x'.join(map(str, size))}" in note, note
+
+
+def test_standalone_tvm_entry_draws_at_the_check_sizes(dyn_path):
+    import onnx
+
+    from collapse_passes.core.runtime import check_shapes
+    from tvm_integration.__main__ import random_inputs
+
+    model = onnx.load(dyn_path)
+    assert list(random_inputs(model)["input"].shape) == check_shapes(model)["input"]
