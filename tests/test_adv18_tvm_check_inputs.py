@@ -57,3 +57,18 @@ def test_standalone_tvm_entry_draws_at_the_check_sizes(dyn_path):
 
     model = onnx.load(dyn_path)
     assert list(random_inputs(model)["input"].shape) == check_shapes(model)["input"]
+
+
+def test_tvm_mismatch_names_a_way_out(dyn_path, tmp_path, monkeypatch, capsys):
+    """A TVM build that differs from onnxruntime ends the run (exit 1, nothing exported): the line says what the
+    user can do (it gave the numbers only)."""
+    from tvm_integration import cli_hook
+
+    monkeypatch.setattr(cli_hook, "_compare", lambda *a, **k: {"ok": False, "max_abs_err": 1.0})
+    out = tmp_path / "o.onnx"
+    rc = main([dyn_path, "-o", str(out), "--collapse", "r", "--target", "cpu", "--tune-trials", "0",
+               "--tvm-repeat", "1", "--export", str(tmp_path / "lib"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1 and out.exists() and not (tmp_path / "lib").exists()
+    line = next(ln for ln in err.splitlines() if "differs from onnxruntime" in ln)
+    assert "onnxruntime" in line and "--target" in line and "--rtol" in line
