@@ -241,8 +241,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     from .core.merge_fallback import unfolded
     from .verify import InputModelRunError, accept_conditioned, random_inputs, verify
 
-    shapes: dict = {}   # the random check inputs' sizes for dynamic dims (core/runtime.check_shapes)
-    ranges: dict = {}   # their integer inputs' ranges: token ids over the whole table (core/runtime.index_ranges)
+    ladder: list = [{}]   # the sizes tried for dynamic dims, in order (core/runtime.check_size_ladder)
+    ranges: dict = {}   # the check's integer inputs' ranges: token ids over the whole table (core/runtime.index_ranges)
     if cfg.calib is not None:
         from .calib import calibration_feeds
 
@@ -262,42 +262,42 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     else:
         if cfg.check < 1:
             raise CollapseError("--check must be at least 1: every result is verified")
-        from .core.runtime import check_shapes, index_ranges
+        from .core.runtime import check_size_ladder, index_ranges
 
-        shapes, ranges = check_shapes(original), index_ranges(original)
-        feeds = random_inputs(original, cfg.check, cfg.seed, shapes=shapes, ranges=ranges)
-        desc = _random_desc(cfg, feeds, shapes, bool(dynamic), ranges=ranges)
+        ladder, ranges = check_size_ladder(original), index_ranges(original)
+        feeds = random_inputs(original, cfg.check, cfg.seed, shapes=ladder[0], ranges=ranges)
+        desc = _random_desc(cfg, feeds, ladder[0], bool(dynamic), ranges=ranges)
+    shapes = ladder[0]
     reference_cache: dict = {}   # the request's float64 outputs, evaluated once for every verify below
+
+    def check(model, feeds, desc, normalized=original):
+        return verify(given, requested, model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
+                      reference_cache=reference_cache, normalized=normalized)
+
     try:
-        ver = verify(given, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                     reference_cache=reference_cache, normalized=original)
+        ver = check(result_model, feeds, desc)
     except InputModelRunError:
-        if not shapes or all(d == 1 for dims in shapes.values() for d in dims):
+        if len(ladder) < 2:
             raise
-        ver = None
-        aligned = check_shapes(original, aligned=True)   # a multiple of every stride: a UNet's skip Concat runs there
-        if aligned and aligned != shapes:
-            feeds = random_inputs(original, cfg.check, cfg.seed, shapes=aligned, ranges=ranges)
-            desc = _random_desc(cfg, feeds, aligned, bool(dynamic), ranges=ranges)
+        # the input model runs only at other sizes: the next rung (aligned sizes, then every dynamic dim as 1, said;
+        # a model that runs at none fails as before, naming --calib / --input-shape)
+        for sizes in ladder[1:]:
+            feeds = random_inputs(original, cfg.check, cfg.seed, shapes=sizes, ranges=ranges)
+            desc = _random_desc(cfg, feeds, sizes, bool(dynamic), ranges=ranges)
+            if not sizes:
+                warnings.append(f"the input model does not run at the check's size for its dynamic dims "
+                                f"({_shapes_text(ladder[0])}); checked at 1, where a 3x3 kernel reads only its centre "
+                                "tap and wrong kernel borders pass: give --input-shape NAME:D0,D1,... or --calib data "
+                                "of a real size")
+            reference_cache.clear()   # of other feeds
             try:
-                reference_cache.clear()   # of other feeds
-                ver = verify(given, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                             reference_cache=reference_cache, normalized=original)
-                shapes = aligned
+                ver = check(result_model, feeds, desc)
             except InputModelRunError:
-                ver = None
-    if ver is None:
-        # the input model runs only at other sizes (a fixed-size table behind a dynamic dim): the old check at 1,
-        # said; a model that does not run there either fails as before, naming --calib / --input-shape
-        feeds = random_inputs(original, cfg.check, cfg.seed, ranges=ranges)
-        desc = _random_desc(cfg, feeds, {}, bool(dynamic), ranges=ranges)
-        warnings.append(f"the input model does not run at the check's size for its dynamic dims "
-                        f"({_shapes_text(shapes)}); checked at 1, where a 3x3 kernel reads only its centre tap and "
-                        "wrong kernel borders pass: give --input-shape NAME:D0,D1,... or --calib data of a real size")
-        shapes = {}
-        reference_cache.clear()
-        ver = verify(given, requested, result_model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                     reference_cache=reference_cache, normalized=original)
+                if not sizes:
+                    raise
+                continue
+            shapes = sizes
+            break
     check_dist = "normal"
     if cfg.calib is None and ver.input_nonfinite:
         # NaN/Inf outputs of the input model on standard normal inputs (a Log, a Sqrt of the input) compare as equal
@@ -306,8 +306,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         alt = random_inputs(original, cfg.check, cfg.seed, shapes={k: list(v.shape) for k, v in feeds[0].items()},
                             dist="unit", ranges=ranges)
         alt_desc = _random_desc(cfg, alt, shapes, bool(dynamic), unit=True, ranges=ranges)
-        v = verify(given, requested, result_model, alt, cfg.rtol, cfg.atol, alt_desc, seed=cfg.seed,
-                   reference_cache=reference_cache, normalized=original)
+        v = check(result_model, alt, alt_desc)
         if v.input_nonfinite < ver.input_nonfinite:
             warnings.append(f"the input model itself outputs non-finite values (NaN/Inf) in {ver.input_nonfinite} "
                             "values on standard normal check inputs; checked on inputs uniform in (0, 1] instead, "
@@ -329,8 +328,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                                  remove_blocks=blocks_removed, prune=cfg.prune, prune_off=prune_off,
                                  merge_allowed=allowed)
             c.graph = None   # its arrays duplicate the trial's weights: not held through the search
-            v = verify(given, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                       reference_cache=reference_cache, normalized=original)
+            v = replace(check(m, feeds, desc, normalized=None), normalization=ver.normalization)
             return (m, c, p, v), v.against_requested, c.merges
 
         fb = search(ctx.merges, trial, failed=ver.against_requested)
@@ -348,8 +346,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         m, c, p = run_passes(base, {a.name for a in chosen}, merge=False, fold=False, cost_model=cost_model,
                              input_shapes=input_shapes, remove_blocks=blocks_removed, prune=cfg.prune,
                              prune_off=prune_off)
-        v = verify(given, requested, m, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                   reference_cache=reference_cache, normalized=original)
+        v = replace(check(m, feeds, desc, normalized=None), normalization=ver.normalization)
         if v.against_requested.passed:
             line, fold_fallback = unfolded(ver.against_requested, len(ctx.folds), len(ctx.merges))
             warnings.append(line)

@@ -19,19 +19,20 @@ from .cli_hook import add_arguments, check_args, run_from_args
 from .errors import TVMError
 
 def random_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:
-    """One seeded random feed for the inputs of ``model``, drawn as the core's gate draws them
-    (core.runtime.check_inputs: dynamic dims at check_shapes' sizes, token ids over their table); at 1 when
-    ``model`` does not run at those sizes."""
-    from collapse_passes.core.runtime import check_inputs, check_shapes, index_ranges, outputs
+    """One seeded random feed for the inputs of ``model``, drawn as the core's gate draws them: dynamic dims at
+    the first sizes of core.runtime.check_size_ladder the model runs at, token ids over their table."""
+    from collapse_passes.core.runtime import check_size_ladder, index_ranges, outputs
     from collapse_passes.core.runtime import random_inputs as feeds
 
-    feed = check_inputs(model, 1, seed)[0]
-    if check_shapes(model):   # sized dynamic dims: a model may not run there (a UNet's skip Concat)
+    ladder, ranges = check_size_ladder(model), index_ranges(model)
+    for sizes in ladder[:-1]:
+        feed = feeds(model, 1, seed, shapes=sizes, ranges=ranges)[0]
         try:
             outputs(model, feed)
-        except Exception:   # noqa: BLE001 - then at 1, as before
-            feed = feeds(model, 1, seed, ranges=index_ranges(model))[0]
-    return feed
+            return feed
+        except Exception:   # noqa: BLE001 - the next sizes (a UNet's skip Concat runs only at aligned ones)
+            continue
+    return feeds(model, 1, seed, shapes=ladder[-1], ranges=ranges)[0]
 
 
 def _input_mismatch(a, b) -> str | None:

@@ -6,6 +6,7 @@
     input_specs(model_or_session)                  -> [(name, shape, numpy dtype)]
     random_inputs(model_or_session, count, seed)   -> [feed dict]; dynamic dims taken as 1, or as `shapes`
     check_shapes(model)                            -> {input: dims} the gate's random inputs take
+    check_size_ladder(model)                       -> the sizes the gate tries, in order, until the model runs
     check_inputs(model, count, seed)               -> random_inputs at check_shapes' sizes, index_ranges' ids
     index_ranges(model)                            -> {input: n} integer inputs that index a table of n rows
     random_in_range(model, samples, count, seed)   -> [feed dict] in the range of calibration samples
@@ -516,6 +517,17 @@ def check_shapes(model, aligned: bool = False) -> dict[str, list[int]]:
                 sized = True
         out[name] = dims
     return out if sized else {}   # a dynamic batch alone: 1, as random_inputs takes it anyway
+
+
+def check_size_ladder(model) -> list[dict[str, list[int]]]:
+    """The sizes the gate tries for a model's dynamic dims, in order, until the input model runs: check_shapes'
+    (2 * D + 1), then its aligned ones (3 * D: a UNet's skip Concat), then none (every dim as 1, said with a
+    warning). [{}] for a model with static inputs (or a dynamic batch only): nothing to try."""
+    first = check_shapes(model)
+    if not first:
+        return [{}]
+    aligned = check_shapes(model, aligned=True)
+    return [first] + ([aligned] if aligned and aligned != first else []) + [{}]
 
 
 def check_inputs(model, count: int = 1, seed: int = 0) -> list[dict[str, np.ndarray]]:
