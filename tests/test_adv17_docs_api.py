@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from pathlib import Path
+
+import pytest
 
 from collapse_passes.cli import build_parser
 from collapse_passes.config import CollapseConfig
+
+try:   # Python 3.11+; on 3.10 (which the README supports) the tomli backport, or skip
+    import tomllib
+except ModuleNotFoundError:
+    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
