@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ import shutil
 import signal
 import stat
 import string
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,12 +250,34 @@ def interrupt_guard():
             old[s] = signal.signal(s, handler)
     except ValueError:  # not the main thread
         pass
+    old_hook = sys.unraisablehook
+    if old:
+        sys.unraisablehook = functools.partial(_unraisable, old_hook)
     try:
         yield
     finally:
         with signals_blocked(deliver=False):   # a signal now is delivered after both handlers are restored
             for s, h in old.items():
                 signal.signal(s, h)
+            if old:
+                sys.unraisablehook = old_hook
+
+
+def _unraisable(previous, unraisable) -> None:
+    """sys.unraisablehook inside interrupt_guard. The handler's Interrupted can land in code whose
+    exceptions Python only prints (a weakref callback of importlib's module locks, a __del__): seen, a
+    SIGINT during an import printed "Exception ignored in ... Traceback ... Interrupted: 2" and the run went
+    on. The signal is recorded (_RECEIVED); another thread sends it again 20 ms later, so that the handler raises
+    in the main thread's ordinary code (signal.raise_signal would run the handler inside this hook), and
+    raise_if_interrupted() still stops anything from landing if that one is swallowed too."""
+    exc = unraisable.exc_value
+    if isinstance(exc, Interrupted):
+        if not _FINISHED:
+            resend = threading.Timer(0.02, os.kill, (os.getpid(), exc.signum))   # once this hook has returned
+            resend.daemon = True
+            resend.start()
+        return
+    previous(unraisable)
 
 
 def _program_signal(signum, _frame):

@@ -495,8 +495,9 @@ def test_real_signals_leave_no_temp_and_an_exact_message(work, sig):
     for delay in (0.05, 0.2, 0.5):
         for f in names:
             (work / f).unlink(missing_ok=True)
+        # faulthandler: a crash of the child (one SIGSEGV seen in CI, 2026-11-29) shows its threads' stacks in `err`
         p = subprocess.Popen(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": ROOT})
+                             env={**os.environ, "PYTHONPATH": ROOT, "PYTHONFAULTHANDLER": "1"})
         assert p.stdout.readline().strip() == "ready"
         time.sleep(delay)
         p.send_signal(sig)
