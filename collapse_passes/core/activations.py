@@ -6,6 +6,10 @@ For each kind it records
   gamma*x, HardSigmoid's alpha*x + beta). Exact on [kink, upper] for piecewise-linear kinds, the
   x -> +inf asymptote for smooth gates (GELU, SiLU, ...; for the non-collapsible ones too);
 - the *kink*: the input where it switches from "off" to "on" (what the scores threshold at);
+- the *band*: for an activation exactly off below one point and exactly on above another, with a curved
+  stretch between (HardSwish: 0 for x <= -3, x for x >= 3, x(x+3)/6 between), the lower end of that
+  stretch; the kink is then its upper end. The scores count an input in the band as neither regime
+  (half on, half off). None: it switches straight from off to on at the kink;
 - the *upper bound*: the input above which it leaves the linear regime again (ReLU6's 6), or None;
 - a float64 numpy *reference* function (used to identify decomposed activations on probe points
   and by the tests against torch);
@@ -54,6 +58,7 @@ class ActivationKind:
     linear: Callable = lambda p: (1.0, 0.0)          # params -> (scale, shift) of the "on" regime
     kink: Callable = lambda p: 0.0                     # params -> input where off switches to on
     upper: Callable = lambda p: None                   # params -> input where on ends, or None
+    band: Callable = lambda p: None                    # params -> lower end of a curved band below the kink, or None
     piecewise_linear: bool = True   # the linear regime holds exactly on [kink, upper]; False: only as x -> +inf
     description: str = ""
     fuses: bool = False   # runtimes compute it inside the conv / gemm before it (onnxruntime's FusedConv): no op of its own
@@ -92,8 +97,10 @@ CATALOGUE: dict[str, ActivationKind] = {k.name: k for k in [
                    fuses=True, description="x if x >= 0 else alpha*x"),
     ActivationKind("prelu", lambda x, p: _where_pos(x, np.asarray(p["slope"], np.float64) * x),
                    defaults={"slope": 0.25}, description="x if x >= 0 else slope*x (slope per channel)"),
-    ActivationKind("hardswish", lambda x, p: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, piecewise_linear=False,
-                   description="x*relu6(x+3)/6; identity for x >= 3, kink taken at 0 like the other gates"),
+    ActivationKind("hardswish", lambda x, p: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, kink=lambda p: 3.0,
+                   band=lambda p: -3.0,
+                   description="x*relu6(x+3)/6; off (0) for x <= -3, on (identity) for x >= 3, curved x(x+3)/6 "
+                               "between: that band counts half on, half off in the scores"),
     ActivationKind("hardsigmoid", lambda x, p: np.clip(p["alpha"] * x + p["beta"], 0.0, 1.0),
                    defaults={"alpha": 0.2, "beta": 0.5}, linear=lambda p: (float(p["alpha"]), float(p["beta"])),
                    kink=lambda p: _hardsigmoid_breaks(p)[0], upper=lambda p: _hardsigmoid_breaks(p)[1],
@@ -182,15 +189,32 @@ def linear_regime(kind: str, params: dict | None = None) -> tuple[float, float]:
 
 
 def activation_kink(kind: str, params: dict | None = None) -> float:
-    """Input where the activation switches from 'off' to 'on' (the threshold the scores use).
+    """Input from which the activation is 'on' (in its linear regime): the threshold the scores use.
 
-    0 for ReLU-like and smooth gates (GELU, SiLU, HardSwish, ...), the lower bound of a Clip,
-    the lower end of a HardSigmoid's linear range (-beta/alpha for alpha > 0). Unknown kinds: 0."""
+    0 for ReLU-like kinds, ELU/CELU/SELU and the smooth gates (GELU, SiLU, Mish: the papers' convention,
+    they have no exactly linear range), 3 for HardSwish (identity from 3 on; band_start gives -3), the
+    lower bound of a Clip, the lower end of a HardSigmoid's linear range (-beta/alpha for alpha > 0).
+    Unknown kinds: 0."""
     k = ALIASES.get(kind, kind)
     if k not in CATALOGUE:
         return 0.0
     e = CATALOGUE[k]
     return float(e.kink(_p(params, e.defaults)))
+
+
+def band_start(kind: str, params: dict | None = None) -> float | None:
+    """Lower end of the curved band below the kink (HardSwish: -3), or None when the activation switches
+    straight from off to on at its kink. Off is input <= band_start, the band band_start < input < kink.
+
+    Why: taking HardSwish's kink at 0 like the gates counted a channel living in [0, 3) "always on"
+    (score 0, collapsible), though x(x+3)/6 is far from the identity there; the training loop collapsed
+    MobileNetV3's such sites first. Unknown kinds: None."""
+    k = ALIASES.get(kind, kind)
+    if k not in CATALOGUE:
+        return None
+    e = CATALOGUE[k]
+    b = e.band(_p(params, e.defaults))
+    return None if b is None else float(b)
 
 
 def upper_bound(kind: str, params: dict | None = None) -> float | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.activations import activation_kink, upper_bound  # noqa: F401 (re-exported)
+from ..core.activations import activation_kink, band_start, upper_bound  # noqa: F401 (re-exported)
 from ..errors import CollapseError
 
 #: a channel counts as "always off" (dead) when p_off >= DEAD_P, "always on" (linear) when p_off <= 1 - DEAD_P
@@ -93,42 +93,72 @@ def gaussian_p_above(mu, sigma, upper: float | None) -> np.ndarray | None:
     return 1.0 - gaussian_p_off(mu, sigma, upper)
 
 
-def layer_summary(p_off: np.ndarray, p_above: np.ndarray | None = None) -> dict:
-    """Per-layer numbers shared by EASIER and TLC from per-channel p_off (input below the kink) and, for an
-    activation with an upper bound (ReLU6, HardSigmoid), p_above (input above it: saturated, constant).
+def gaussian_regimes(mu, sigma, kink: float = 0.0, upper: float | None = None, band: float | None = None):
+    """(p_off, p_above, p_band) for x ~ N(mu, sigma^2) per channel, the arguments of layer_summary: off below
+    the kink, or at / below `band` when the activation has a curved band (band, kink) (HardSwish: -3, 3);
+    p_above None without an upper bound, p_band None without a band. sigma = 0 gives steps."""
+    below_kink = gaussian_p_off(mu, sigma, kink)
+    p_above = gaussian_p_above(mu, sigma, upper)
+    if band is None:
+        return below_kink, p_above, None
+    mu = np.asarray(mu, dtype=np.float64)
+    sigma = np.abs(np.asarray(sigma, dtype=np.float64))
+    p_off = np.where(sigma > 0, gaussian_p_off(mu, sigma, band), np.where(mu <= band, 1.0, 0.0))
+    return p_off, p_above, np.clip(below_kink - p_off, 0.0, 1.0)
+
+
+def activation_gaussian_regimes(mu, sigma, kind: str, params: dict | None = None):
+    """gaussian_regimes with `kind`'s thresholds from the catalogue (TLC's BatchNorm variant, both front ends)."""
+    return gaussian_regimes(mu, sigma, activation_kink(kind, params), upper_bound(kind, params),
+                            band_start(kind, params))
+
+
+def layer_summary(p_off: np.ndarray, p_above: np.ndarray | None = None, p_band: np.ndarray | None = None) -> dict:
+    """Per-layer numbers shared by EASIER and TLC from per-channel p_off (input in the off regime), for an
+    activation with an upper bound (ReLU6, HardSigmoid) p_above (input above it: saturated, constant) and,
+    for one with a curved band between off and on (HardSwish's (-3, 3)), p_band (input in that band).
 
     The channel score is the entropy in bits of the regime the input falls in: off / on without an upper
     bound (the methods' binary entropy), off / linear / saturated with one. As a two-state count, a ReLU6
     channel half in its linear range and half above 6 was "always on", scored 0 and was collapsed to the
     identity, wrong on every saturated input; here it scores 1 bit. A channel in one regime throughout
     scores 0 either way, and without saturation both counts give the same number.
+
+    An input in the curved band is in neither regime: it counts half off, half on (linear), so a channel
+    living in the band scores 1 bit like one split evenly between off and on (counted as on, HardSwish's
+    [0, 3) scored 0 and was collapsed to the identity). The reported p_off / p_on include those halves
+    (p_on = 1 - p_off; pruning ranks channels by it); frac_dead / frac_linear count the exact regimes only.
     """
-    p_off = np.asarray(p_off, dtype=np.float64).ravel()
+    p_off = np.clip(np.asarray(p_off, dtype=np.float64).ravel(), 0.0, 1.0)
+    band = np.zeros_like(p_off) if p_band is None else np.clip(np.asarray(p_band, dtype=np.float64).ravel(), 0.0, 1.0)
+    above = np.zeros_like(p_off) if p_above is None else np.clip(np.asarray(p_above, dtype=np.float64).ravel(), 0.0, 1.0)
+    p_lin = np.clip(1.0 - p_off - above - band, 0.0, 1.0)      # exactly in the linear regime
+    off_eff = p_off + band / 2.0
     if p_above is None:
-        h = binary_entropy(p_off)
-        p_lin = 1.0 - p_off
+        h = binary_entropy(off_eff)
     else:
-        p_above = np.clip(np.asarray(p_above, dtype=np.float64).ravel(), 0.0, 1.0)
-        p_lin = np.clip(1.0 - p_off - p_above, 0.0, 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            terms = [np.nan_to_num(-p * np.log2(p), nan=0.0) for p in (np.clip(p_off, 0.0, 1.0), p_lin, p_above)]
+            terms = [np.nan_to_num(-p * np.log2(p), nan=0.0) for p in (off_eff, p_lin + band / 2.0, above)]
         h = terms[0] + terms[1] + terms[2]
     out = {
         "score": float(h.mean()) if h.size else 0.0,
         "channels": int(p_off.size),
         "frac_dead": float(np.mean(p_off >= DEAD_P)) if p_off.size else 0.0,
         "frac_linear": float(np.mean(p_lin >= DEAD_P)) if p_off.size else 0.0,
-        "frac_mostly_off": float(np.mean(p_off >= 0.5)) if p_off.size else 0.0,
-        "p_off": rounded(p_off),
-        "p_on": rounded(1.0 - p_off),
+        "frac_mostly_off": float(np.mean(off_eff >= 0.5)) if p_off.size else 0.0,
+        "p_off": rounded(off_eff),
+        "p_on": rounded(1.0 - off_eff),
     }
     if p_above is not None:
-        out["frac_saturated"] = float(np.mean(p_above >= DEAD_P)) if p_off.size else 0.0
-        out["p_above"] = rounded(p_above)
+        out["frac_saturated"] = float(np.mean(above >= DEAD_P)) if p_off.size else 0.0
+        out["p_above"] = rounded(above)
+    if p_band is not None:
+        out["frac_curved"] = float(np.mean(band >= DEAD_P)) if p_off.size else 0.0
+        out["p_band"] = rounded(band)
     return out
 
 
-# activation_kink(kind, params) / upper_bound(kind, params): the thresholds the scores use, from the
+# activation_kink / band_start / upper_bound(kind, params): the thresholds the scores use, from the
 # one activation catalogue (core/activations.py); re-exported here for the score methods.
 
 
@@ -144,21 +174,32 @@ def _move_channels(arr: np.ndarray, axis: int | None) -> np.ndarray:
 
 class ChannelStats:
     """Streamed per-channel statistics of one tensor over calibration batches: count of entries at
-    or above the kink (EASIER's p_on), above an optional upper bound, and mean / variance (Chan's
-    parallel update, float64) for TLC's empirical variant."""
+    or above the kink (EASIER's p_on), above an optional upper bound, inside an optional curved band
+    (band, kink) (HardSwish), and mean / variance (Chan's parallel update, float64) for TLC's empirical
+    variant. regimes() gives layer_summary's arguments."""
 
-    def __init__(self, axis: int | None, kink: float = 0.0, upper: float | None = None, moments: bool = True):
+    def __init__(self, axis: int | None, kink: float = 0.0, upper: float | None = None, moments: bool = True,
+                 band: float | None = None):
         self.axis = axis
         self.kink = kink
         self.upper = upper
+        self.band = band
         self.moments = moments
         self.n = 0              # entries per channel
         self.samples = 0
         self.on = None
         self.above = None
+        self.in_band = None
         self.mean = None
         self.m2 = None
         self.shape = None
+
+    @classmethod
+    def for_activation(cls, axis: int | None, kind: str, params: dict | None, moments: bool) -> "ChannelStats":
+        """Stats thresholded by the catalogue's kink, upper bound and band for `kind`: the one way every front
+        end (ONNX taps, torch hooks) builds them, so both count the same regimes."""
+        return cls(axis, activation_kink(kind, params), upper_bound(kind, params), moments=moments,
+                   band=band_start(kind, params))
 
     def update(self, arr: np.ndarray) -> None:
         a = np.asarray(arr)
@@ -176,6 +217,9 @@ class ChannelStats:
         if self.upper is not None:
             ab = np.count_nonzero(x > self.upper, axis=0).astype(np.int64)
             self.above = ab if self.above is None else self.above + ab
+        if self.band is not None:
+            bd = np.count_nonzero((x > self.band) & (x < self.kink), axis=0).astype(np.int64)
+            self.in_band = bd if self.in_band is None else self.in_band + bd
         if self.moments:
             xd = x.astype(np.float64, copy=False)
             mean_b = xd.mean(axis=0)
@@ -198,6 +242,20 @@ class ChannelStats:
     def p_above(self) -> np.ndarray | None:
         """Fraction of entries above the upper bound (None without one)."""
         return None if self.above is None else self.above / max(self.n, 1)
+
+    @property
+    def p_band(self) -> np.ndarray | None:
+        """Fraction of entries in the curved band (None without one)."""
+        return None if self.in_band is None else self.in_band / max(self.n, 1)
+
+    def regimes(self):
+        """(p_off, p_above, p_band) counted on the data: layer_summary's arguments (EASIER)."""
+        band = self.p_band
+        return 1.0 - self.p_on - (0.0 if band is None else band), self.p_above, band
+
+    def gaussian_regimes(self):
+        """(p_off, p_above, p_band) of N(mean, std^2) per channel: layer_summary's arguments (TLC empirical)."""
+        return gaussian_regimes(self.mean, self.std, self.kink, self.upper, self.band)
 
     @property
     def std(self) -> np.ndarray:

@@ -4,7 +4,8 @@ Per channel, p_on = fraction of (sample, position) entries where the activation 
 activation's kink (0 for ReLU-like and smooth gates; see _common.activation_kink). The channel
 score is the binary entropy H(p_on) in bits; the layer score is the mean over channels. 0 means
 every channel is always on (linear) or always off (dead): the activation can be removed. An activation
-with an upper bound (ReLU6, HardSigmoid) has a third state, saturated (_common.layer_summary).
+with an upper bound (ReLU6, HardSigmoid) has a third state, saturated; an entry in HardSwish's curved
+band (-3, 3) counts half on, half off (_common.layer_summary).
 
 Calibration batches are streamed (calib.iter_calibration): only per-channel counts are kept.
 """
@@ -12,8 +13,7 @@ from __future__ import annotations
 
 from ..errors import CollapseError
 from ._acts import conv_like, load_activations, per_site
-from ._common import (ChannelStats, ScoreResult, activation_kink, channel_axis_for_rank, layer_summary,
-                      require_calib, tapped_batches, upper_bound)
+from ._common import ChannelStats, ScoreResult, channel_axis_for_rank, layer_summary, require_calib, tapped_batches
 
 #: EASIER needs at least two samples: one sample cannot tell a channel's on/off frequency from noise
 MIN_SAMPLES = 2
@@ -27,8 +27,9 @@ def easier_scores(model, calib=None, calib_batches=None, activations=None) -> Sc
     stats = collect_stats(model, acts, calib, calib_batches, "easier", MIN_SAMPLES, moments=False)
     scores, details = per_site(acts, {id(a): activation_details(a, stats[id(a)]) for a in acts})
     samples = next(iter(stats.values())).samples
-    notes = [f"easier: entropy of on/off (input >= 0; off/linear/saturated for ReLU6 and HardSigmoid) per channel "
-             f"over {samples} calibration sample(s), mean over channels; 0 = always in one state"]
+    notes = [f"easier: entropy of on/off (input >= 0; off/linear/saturated for ReLU6 and HardSigmoid; HardSwish's "
+             f"curved band (-3, 3) counts half on, half off) per channel over {samples} calibration sample(s), mean "
+             "over channels; 0 = always in one state"]
     return ScoreResult("easier", "empirical", "activation", scores, details, notes)
 
 
@@ -41,8 +42,7 @@ def collect_stats(model, acts, calib, calib_batches, method: str, min_samples: i
             st = stats.get(id(a))
             if st is None:
                 axis = channel_axis_for_rank(arr.ndim, conv_like(a.input))
-                st = stats[id(a)] = ChannelStats(axis, activation_kink(a.kind, a.params),
-                                                 upper_bound(a.kind, a.params), moments=moments)
+                st = stats[id(a)] = ChannelStats.for_activation(axis, a.kind, a.params, moments=moments)
             st.update(arr)
     if not stats:
         raise CollapseError(f"{method}: the calibration data holds no batches")
@@ -50,7 +50,7 @@ def collect_stats(model, acts, calib, calib_batches, method: str, min_samples: i
 
 
 def activation_details(a, st: ChannelStats) -> dict:
-    d = {"kind": a.kind, "node": a.name, **layer_summary(1.0 - st.p_on, st.p_above), "channel_axis": st.axis,
+    d = {"kind": a.kind, "node": a.name, **layer_summary(*st.regimes()), "channel_axis": st.axis,
          "samples": st.samples, "positions_per_channel": int(st.n)}
     if st.above is not None:
         d["frac_above_upper_bound"] = float(st.above.sum() / max(st.n * st.above.size, 1))

@@ -3,7 +3,8 @@
 Per channel the pre-activation is taken as N(mu, sigma^2) and p_off = Phi((kink - mu) / sigma)
 (kink 0 for ReLU-like and smooth gates); the channel score is the binary entropy of p_off in bits,
 the layer score the mean over channels. With an upper bound (ReLU6, HardSigmoid) p_above = P(x > upper)
-is a third state, saturated (_common.layer_summary).
+is a third state, saturated; HardSwish is off for x <= -3 and on for x >= 3, and the probability of its
+curved band (-3, 3) counts half on, half off: p_on = P(x >= 3) + P(-3 < x < 3)/2 (_common.layer_summary).
 
 - variant "bn" (data-free, the paper's): mu = beta, sigma = |gamma| of the BatchNormalization that
   feeds the activation directly (through Identity nodes at most).
@@ -22,7 +23,7 @@ import numpy as np
 from ..errors import CollapseError
 from ..core.selection import display_key
 from ._acts import load_activations, per_site
-from ._common import ScoreResult, activation_kink, gaussian_p_above, gaussian_p_off, layer_summary, upper_bound
+from ._common import ScoreResult, activation_gaussian_regimes, layer_summary
 
 #: the empirical variant needs a standard deviation: at least two samples
 MIN_SAMPLES = 2
@@ -84,10 +85,8 @@ def tlc_scores(model, calib=None, calib_batches=None, variant: str = "auto", act
     for a in acts:
         if bns[id(a)] is not None:
             gamma, beta, name = bns[id(a)]
-            p_off = gaussian_p_off(beta, gamma, activation_kink(a.kind, a.params))
-            p_above = gaussian_p_above(beta, gamma, upper_bound(a.kind, a.params))
             per_act[id(a)] = {"kind": a.kind, "node": a.name, "source": "bn", "bn": name,
-                              **layer_summary(p_off, p_above)}
+                              **layer_summary(*activation_gaussian_regimes(beta, gamma, a.kind, a.params))}
     samples = 0
     if rest:
         from .easier import collect_stats
@@ -96,9 +95,8 @@ def tlc_scores(model, calib=None, calib_batches=None, variant: str = "auto", act
         for a in rest:
             st = stats[id(a)]
             samples = st.samples
-            p_off = gaussian_p_off(st.mean, st.std, activation_kink(a.kind, a.params))
-            p_above = gaussian_p_above(st.mean, st.std, st.upper)
-            per_act[id(a)] = {"kind": a.kind, "node": a.name, "source": "empirical", **layer_summary(p_off, p_above),
+            per_act[id(a)] = {"kind": a.kind, "node": a.name, "source": "empirical",
+                              **layer_summary(*st.gaussian_regimes()),
                               "channel_axis": st.axis, "samples": st.samples}
     scores, details = per_site(acts, per_act)
     if variant == "bn":

@@ -7,7 +7,8 @@ inputs, or a dict of keyword inputs), first axis = samples. The model is run in 
 torch.no_grad() (its training flag is restored afterwards); it is not modified.
 
 - "easier": hooks on the collapsible activation modules (nn.ReLU, ReLU6, Hardtanh, LeakyReLU, PReLU,
-  GELU, SiLU, Hardswish, Hardsigmoid, ELU, SELU, CELU, Mish: core/torch_kinds.py) count, per channel, how often their input is >= 0.
+  GELU, SiLU, Hardswish, Hardsigmoid, ELU, SELU, CELU, Mish: core/torch_kinds.py) count, per channel, how often their
+  input is >= the kink (0; HardSwish: off <= -3 <band< 3 <= on; see _common.layer_summary).
 - "tlc": an nn.BatchNorm1d/2d/3d feeding an activation module directly (found data-free with
   torch.fx.symbolic_trace; if the model cannot be traced, from the calibration run's hooks) gives
   p_off = Phi(-beta/|gamma|); other activations use the empirical per-channel mean/std of their input.
@@ -29,8 +30,7 @@ from ..core.activations import is_collapsible
 from ..core.torch_kinds import module_kind
 from ..errors import CollapseError
 from ..core.selection import site_key
-from ._common import (ChannelStats, ScoreResult, activation_kink, gaussian_p_above, gaussian_p_off, layer_summary,
-                      upper_bound)
+from ._common import ChannelStats, ScoreResult, activation_gaussian_regimes, layer_summary
 
 _BN = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 _CONV_LIKE = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
@@ -123,7 +123,7 @@ def module_scores(model, method: str, calib_batches=None, calib_arg: str = "cali
             raise CollapseError(f"module_scores: easier needs {calib_arg} (an iterable of input batches)")
         stats, _, calls = _run_hooks(model, acts, calib_batches, moments=False, min_samples=2,
                                      calib_arg=calib_arg)
-        return _from_stats("easier", "empirical", _called_only(acts, calls), stats, calls, lambda st: (1.0 - st.p_on, st.p_above),
+        return _from_stats("easier", "empirical", _called_only(acts, calls), stats, calls, ChannelStats.regimes,
                            {})
     return _tlc(model, acts, calib_batches, calib_arg)
 
@@ -220,7 +220,7 @@ def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int
             rank = x.dim()
             axis = None if rank <= 1 else (1 if rank != 3 else (1 if types.get(prod) in _CONV_LIKE else 2))
             p = _params(mod, kind)
-            stats[(key, call)] = ChannelStats(axis, activation_kink(kind, p), upper_bound(kind, p), moments=moments)
+            stats[(key, call)] = ChannelStats.for_activation(axis, kind, p, moments=moments)
         # float32 to numpy (ChannelStats counts in the input's precision and sums moments in float64 itself):
         # a float64 copy of every activation input doubled the transient memory
         x = x.detach()
@@ -281,7 +281,7 @@ def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int
 
 def _from_stats(method, variant, acts, stats, calls, p_fn, fixed: dict, notes=None) -> ScoreResult:
     """Scores per call site: `fixed` (site key -> details, e.g. from a BatchNorm) wins, else the hooked
-    statistics of that call; calls: module path -> calls per forward; p_fn(stats) -> (p_off, p_above)."""
+    statistics of that call; calls: module path -> calls per forward; p_fn(stats) -> (p_off, p_above, p_band)."""
     scores, details = {}, {}
     notes = list(notes or [])
     unused = []
@@ -303,8 +303,9 @@ def _from_stats(method, variant, acts, stats, calls, p_fn, fixed: dict, notes=No
             details[key] = d if key == path else {**d, "module": path, "call": call}
     samples = max((st.samples for st in stats.values()), default=0)
     if method == "easier":
-        notes.insert(0, f"easier: entropy of on/off (input >= 0; off/linear/saturated for ReLU6 and HardSigmoid) per "
-                        f"channel over {samples} calibration sample(s), mean over channels (forward hooks)")
+        notes.insert(0, f"easier: entropy of on/off (input >= 0; off/linear/saturated for ReLU6 and HardSigmoid; "
+                        f"HardSwish's curved band (-3, 3) counts half on, half off) per channel over {samples} "
+                        "calibration sample(s), mean over channels (forward hooks)")
     if unused:
         notes.append(f"{method}: {len(unused)} activation module(s) or call(s) never run on the calibration data get "
                      f"no score ({', '.join(unused[:3])})")
@@ -342,7 +343,7 @@ def _bn_regimes(bn, kind: str, params: dict):
     n = bn.num_features
     gamma = bn.weight.detach().cpu().double().numpy() if bn.weight is not None else np.ones(n)
     beta = bn.bias.detach().cpu().double().numpy() if bn.bias is not None else np.zeros(n)
-    return gaussian_p_off(beta, gamma, activation_kink(kind, params)), gaussian_p_above(beta, gamma, upper_bound(kind, params))
+    return activation_gaussian_regimes(beta, gamma, kind, params)
 
 
 def _tlc(model, acts: dict, calib_batches, calib_arg: str = "calib_batches") -> ScoreResult:
@@ -390,6 +391,6 @@ def _tlc(model, acts: dict, calib_batches, calib_arg: str = "calib_batches") -> 
              "mixed": [f"tlc: variant mixed: {len(fixed)} activation(s) from their BatchNorm (found with {how}), "
                        f"{len(rest)} from per-channel mean/std on the calibration batches"]}[variant]
     res = _from_stats("tlc", variant, acts, stats or {}, calls,
-                      lambda st: (gaussian_p_off(st.mean, st.std, st.kink), gaussian_p_above(st.mean, st.std, st.upper)),
+                      ChannelStats.gaussian_regimes,
                       fixed, notes)
     return res
