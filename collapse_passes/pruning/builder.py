@@ -21,6 +21,10 @@ class SlotBuilder:
     def __init__(self):
         self.cg = ChannelGraph()
         self.slot_of: dict[str, tuple] = {}
+        #: reads of a value's channel count (x.size(1), Gather(Shape(x), 1)): [(slot, node, reader keys)]
+        self.count_reads: list = []
+        #: (count key, reader key) -> the slot whose channel axis that reader sizes with the count
+        self.count_uses: dict = {}
 
     # -- what a front end says about its graph --------------------------------------------------
     def shape(self, v) -> list | None:
@@ -69,6 +73,50 @@ class SlotBuilder:
         self.cg.couple(src, sout)
         m = self.cg.size(src)
         self.record(node, "index", [src], [sout], src=[(np.zeros(m, int), np.arange(m))])
+
+    def read_count(self, slot, node, key, readers) -> None:
+        """`node` reads slot's channel count into the value `key`, which `readers` (keys) take. Allowed when each
+        reader is a reshape / expand that sizes the channel axis of a slot of the same group with it
+        (use_count): the count read at run time is then the pruned one. The SE reference code's
+        `b, c, _, _ = x.size(); y.view(b, c, 1, 1)` froze every squeeze-excitation group on torch (ONNX folds
+        the static shape away). Resolved when the build ends (resolve_counts), since readers come later."""
+        self.count_reads.append((slot, node, key, tuple(readers)))
+
+    def use_count(self, key, reader, slot) -> None:
+        """Reader `reader` sizes the channel axis of `slot` with the channel count `key` (see read_count)."""
+        self.count_uses[(key, reader)] = slot
+
+    def resolve_counts(self) -> None:
+        """Freeze the slots whose channel count is read other than as read_count allows: a reader that did not
+        say which slot it sizes, or one of another group, or one whose kept count can differ (a concat input
+        and its output are one group, of different sizes): every unit must hold as many channels of both."""
+        for slot, node, key, readers in self.count_reads:
+            bad = False   # a count nothing reads (`c = x.shape[1]` left unused) changes nothing
+            for r in readers:
+                other = self.count_uses.get((key, r))
+                if other is None or not self.same_counts(slot, other):
+                    bad = True
+                    break
+            if bad:   # the readers that took it as their channel count are frozen too (their sizes would not follow)
+                self.cg.freeze_op(node.name, self.op_type(node),
+                                  [slot] + [self.count_uses[(key, r)] for r in readers if (key, r) in self.count_uses],
+                                  "reads the channel count (the channel count would change)")
+
+    def same_counts(self, a, b) -> bool:
+        """Do slots a and b keep as many channels whatever units go (each unit holds as many of both)?"""
+        if a == b:
+            return True
+        if a not in self.cg.slots or b not in self.cg.slots or self.cg.size(a) != self.cg.size(b):
+            return False
+        import networkx as nx
+
+        if not nx.has_path(self.cg.slots, a, b):
+            return False
+        for comp in nx.connected_components(self.cg.chan.subgraph(
+                [(s, i) for s in nx.node_connected_component(self.cg.slots, a) for i in range(self.cg.size(s))])):
+            if sum(1 for s, _ in comp if s == a) != sum(1 for s, _ in comp if s == b):
+                return False
+        return True
 
     def unknown(self, node, reason: str):
         self.cg.freeze_op(node.name, self.op_type(node), [s for s in self.slotted(node) if s is not None], reason)

@@ -124,6 +124,7 @@ class _FxBuilder(SlotBuilder):
             except (TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError) as exc:
                 # a shape or argument this builder did not expect: not understood, so frozen (never guessed)
                 self.unknown(n, f"could not analyse ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})")
+        self.resolve_counts()
         return self.cg
 
     # -- modules -------------------------------------------------------------------------------
@@ -282,24 +283,38 @@ class _FxBuilder(SlotBuilder):
                     split_sizes=sizes, split_dim=dim)
 
     def channel_slice(self, n):
-        """x[:, lo:hi] (basic slices only): a range of the channels, as an ONNX Slice."""
+        """x[:, lo:hi] (basic slices, and None for a new axis: the SE gate `s[:, :, None, None]`): a range of the
+        channels, as an ONNX Slice; None entries move the channel axis (an Unsqueeze)."""
         src = self.slot_of.get(n.args[0].name) if hasattr(n.args[0], "name") else None
         xs = self.shape(n.args[0])
         idx = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
-        if src is None or xs is None or len(self.slotted(n)) != 1 or len(idx) > len(xs) or any(
-                not isinstance(i, slice) or any(v is not None and not isinstance(v, int) for v in (i.start, i.stop, i.step))
-                for i in idx):
+        if src is None or xs is None or len(self.slotted(n)) != 1 or sum(i is not None for i in idx) > len(xs) or any(
+                i is not None and (not isinstance(i, slice) or any(
+                    v is not None and not isinstance(v, int) for v in (i.start, i.stop, i.step))) for i in idx):
             return self.unknown(n, "indexing that is not basic slices")
-        sl = idx[src[1]] if src[1] < len(idx) else slice(None)
+        pos, axis, out_axis = None, 0, 0   # the index entry and output axis of the channel axis
+        for k, i in enumerate(idx):
+            if i is None:
+                out_axis += 1
+                continue
+            if axis == src[1]:
+                pos = k
+                break
+            axis += 1
+            out_axis += 1
+        sl = idx[pos] if pos is not None else slice(None)
+        if pos is None:
+            out_axis += src[1] - axis   # past the entries: the channel axis keeps its place after them
         if sl.step not in (None, 1):
             return self.unknown(n, "strided slice of the channel axis")
         lo, hi, _ = sl.indices(self.cg.size(src))
         m = max(hi - lo, 0)
-        sout = self.new_slot(n, src[1])
+        sout = self.new_slot(n, out_axis)
         if sout is None or self.cg.size(sout) != m:
             return self.unknown(n, "unknown output shape")
         self.cg.couple(src, sout, lo + np.arange(m), np.arange(m))
-        self.record(n, "index", [src], [sout], src=[(np.zeros(m, int), lo + np.arange(m))], slice_lo=lo)
+        self.record(n, "index", [src], [sout], src=[(np.zeros(m, int), lo + np.arange(m))], slice_lo=lo,
+                    slice_pos=pos if pos is not None else len(idx) + src[1] - axis)
 
     def permute(self, n):
         """x.permute(dims) / torch.permute / x.transpose(d0, d1): the channel axis moves, its channels stay (a
@@ -322,6 +337,17 @@ class _FxBuilder(SlotBuilder):
             return self.unknown(n, "permute with dims that are not a permutation")
         return self.moved(n, n, src, perm.index(src[1]))
 
+    def size_tuple(self, n, src):
+        """x.size() / x.shape read by index: x.shape[0] (x.reshape(x.shape[0], -1)) reads the batch only; the channel
+        entry (`b, c, _, _ = x.size()` of the SE reference code) is a count read (read_count); any other use of the
+        whole tuple reads the channel count as it is, so it freezes."""
+        xs = self.shape(n.args[0])
+        if xs is None or not all(u.target is operator.getitem and isinstance(u.args[1], int) for u in n.users):
+            return self.unknown(n, "reads the tensor's shape (the channel count would change)")
+        for u in n.users:
+            if u.args[1] % len(xs) == src[1]:
+                self.read_count(src, u, u.name, [v.name for v in u.users])
+
     # -- functions / methods ---------------------------------------------------------------------
     def function(self, n):
         torch = _torch()
@@ -330,16 +356,18 @@ class _FxBuilder(SlotBuilder):
         if n.op == "call_method" and t == "size":
             src = self.slot_of.get(n.args[0].name)
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-            if src is not None and (dim is None or not isinstance(dim, int) or dim % len(self.shape(n.args[0])) == src[1]):
-                self.unknown(n, "reads the channel count")
+            if src is None:
+                return
+            if dim is None:
+                return self.size_tuple(n, src)
+            if not isinstance(dim, int):
+                return self.unknown(n, "reads the channel count")
+            if dim % len(self.shape(n.args[0])) == src[1]:
+                self.read_count(src, n, n.name, [u.name for u in n.users])
             return
         if t is getattr and n.args[1] == "shape":
-            src, xs = self.slot_of.get(getattr(n.args[0], "name", None)), self.shape(n.args[0])
-            if src is not None and xs is not None and all(
-                    u.target is operator.getitem and isinstance(u.args[1], int) and u.args[1] % len(xs) != src[1]
-                    for u in n.users):
-                return   # x.shape[0] (x.reshape(x.shape[0], -1)) reads the batch only, as x.size(0)
-            return self.unknown(n, "reads the tensor's shape (the channel count would change)")
+            src = self.slot_of.get(getattr(n.args[0], "name", None))
+            return self.size_tuple(n, src) if src is not None else None
         if t is operator.getitem and getattr(n.args[0], "name", None) in self.pieces:
             return self.split_piece(n)
         if not self.slotted(n):
@@ -379,6 +407,10 @@ class _FxBuilder(SlotBuilder):
             return self.view(n)
         if t in ("permute", "transpose") or t is torch.permute or t is torch.transpose:
             return self.permute(n)
+        if t in ("unsqueeze", "squeeze") or t is torch.unsqueeze or t is torch.squeeze:
+            return self.unsqueeze(n)
+        if t == "expand_as":
+            return self.expand_as(n)
         if t in (torch.mean, "mean", torch.amax, "amax"):
             return self.reduce(n)
         return self.unknown(n, "function not understood by the channel graph")
@@ -470,15 +502,83 @@ class _FxBuilder(SlotBuilder):
         self.record(n, "index", ins, [sout], src=[self.cg.couple_concat(ins, sout)])
 
     def view(self, n):
+        """x.view / x.reshape / torch.reshape that flattens the channel axis with all after it (`x.view(b, -1)`) or
+        keeps the axes up to the channel axis and reshapes only after it (`y.view(b, c, 1, 1)`, `view(b, c)` of an
+        (N, C, 1, 1) pool: the squeeze-excitation gate of the SE reference code). The channel entry is -1, a count
+        read of a value of the same group (`c` of `b, c, _, _ = x.size()`, read_count) or a number (rewritten with
+        the kept channels, as the ONNX Reshape's constant is); before 2026-11-29 only flatten(-1) was understood."""
         fx = _torch().fx
         src = self.slot_of.get(n.args[0].name)
         xs, ys = self.shape(n.args[0]), self.shape(n)
-        dims = list(n.args[1:]) if not (len(n.args) == 2 and isinstance(n.args[1], (tuple, list))) else list(n.args[1])
+        as_tuple = len(n.args) == 2 and isinstance(n.args[1], (tuple, list))
+        dims = list(n.args[1]) if as_tuple else list(n.args[1:])
+        if not dims and isinstance(n.kwargs.get("shape"), (tuple, list)):
+            dims, as_tuple = list(n.kwargs["shape"]), "shape"
         a = src[1]
-        if xs and ys and len(ys) == a + 1 and ys[:a] == xs[:a] and len(dims) == a + 1 and dims[a] == -1 \
-                and all(isinstance(d, fx.Node) or d == xs[i] for i, d in enumerate(dims[:a])):
-            return self.flatten(n, a, -1)
-        return self.unknown(n, "view/reshape that is not a flatten(-1) of the channel axis")
+        lead_free = a == 1 and dims[:1] == [-1] and sum(1 for e in dims if e == -1) == 1   # reshape(-1, c, 1, 1)
+        if not xs or not ys or len(dims) != len(ys) or len(ys) <= a or ys[:a] != xs[:a] or any(
+                not (isinstance(d, fx.Node) and d.name not in self._counts() or d == xs[i] or lead_free)
+                for i, d in enumerate(dims[:a])):
+            return self.unknown(n, "view/reshape that is not a flatten of the channel axis or a reshape after it")
+        if any(not isinstance(d, int) or d <= 0 for d in xs[a:]):
+            return self.unknown(n, "view/reshape of unknown shape")
+        inner = int(np.prod(xs[a + 1:], dtype=np.int64))
+        d = dims[a]
+        flat = len(ys) == a + 1 and ys[a] == xs[a] * inner and inner > 1
+        keep = ys[a] == xs[a] and int(np.prod(ys[a + 1:], dtype=np.int64)) == inner
+        count = isinstance(d, fx.Node) and d.name in self._counts()
+        if not (flat or keep) or isinstance(d, fx.Node) and not count or count and not keep \
+                or d == -1 and sum(1 for e in dims if e == -1) != 1:
+            return self.unknown(n, "view/reshape that is not a flatten of the channel axis or a reshape after it")
+        if flat:
+            self.flatten(n, a, -1)
+        else:
+            self.moved(n, n, src, a)
+        last = self.cg.ops[-1] if self.cg.ops else None
+        if last is not None and last.name == n.name:   # understood (flatten / moved recorded it)
+            if count:
+                self.use_count(d.name, n.name, src)
+            elif d != -1:
+                last.data.update(view_dim=a, view_args=as_tuple)
+
+    def _counts(self) -> set:
+        """Names of the nodes that hold a channel count (read_count keys)."""
+        return {key for _, _, key, _ in self.count_reads}
+
+    def unsqueeze(self, n):
+        """x.unsqueeze(d) / x.squeeze(d) of another axis: the channels move whole (ONNX's Unsqueeze / Squeeze)."""
+        src = self.slot_of.get(n.args[0].name) if hasattr(n.args[0], "name") else None
+        xs, ys = self.shape(n.args[0]), self.shape(n)
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        if src is None or xs is None or ys is None or len(self.slotted(n)) != 1 or not isinstance(dim, int):
+            return self.unknown(n, "unsqueeze / squeeze of all axes or of unknown shape")
+        if len(ys) == len(xs) + 1:
+            at = dim % len(ys)
+            return self.moved(n, n, src, src[1] + (1 if at <= src[1] else 0))
+        at = dim % len(xs)
+        if at == src[1]:
+            return self.unknown(n, "squeezes the channel axis")
+        return self.moved(n, n, src, src[1] - (1 if len(ys) < len(xs) and at < src[1] else 0))
+
+    def expand_as(self, n):
+        """y.expand_as(x) with y's channel axis whole (the SE reference code's gate, (N, C, 1, 1) to x's shape): the
+        output's channels are y's, and x's count sizes it, so x, y and the output are coupled one to one."""
+        y, x = n.args[0], n.args[1]
+        sy = self.slot_of.get(getattr(y, "name", None))
+        ys, xs, os_ = self.shape(y), self.shape(x), self.shape(n)
+        if sy is None or ys is None or xs is None or os_ is None or len(xs) != len(os_):
+            return self.unknown(n, "expand_as of an untracked value or of unknown shape")
+        a = sy[1] + len(os_) - len(ys)
+        if ys[sy[1]] != os_[a]:
+            return self.unknown(n, "expands the channel axis")
+        sout = self.new_slot(n, a)
+        sx = self.get_slot(x, a, n)
+        if sout is None or sx is None:
+            return self.unknown(n, "unknown output shape")
+        self.cg.couple(sy, sout)
+        self.cg.couple(sx, sout)
+        m = self.cg.size(sy)
+        self.record(n, "index", [sy, sx], [sout], src=[(np.zeros(m, int), np.arange(m))])
 
     def reduce(self, n):
         src = self.slot_of.get(n.args[0].name)
@@ -550,7 +650,7 @@ def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
             node.op, node.target = "call_function", torch.split
             node.args, node.kwargs = (node.args[0], kept), {"dim": rec.data["split_dim"]}
         if "slice_lo" in rec.data and (k_in is not None or edit.k_out is not None):
-            n, a = rec.data["fx_node"], rec.outs[0][1]
+            n, a = rec.data["fx_node"], rec.data.get("slice_pos", rec.outs[0][1])
             kin = k_in if k_in is not None else np.arange(cg.size(rec.ins[0]))
             lo = int(np.sum(kin < rec.data["slice_lo"]))
             m = len(edit.k_out) if edit.k_out is not None else cg.size(rec.outs[0])
@@ -558,6 +658,15 @@ def apply_fx_removal(gm, cg: ChannelGraph, removed, folds=()) -> dict:
             idx += [slice(None)] * (a + 1 - len(idx))
             idx[a] = slice(lo, lo + m)
             n.args = (n.args[0], tuple(idx))
+        if "view_dim" in rec.data and edit.k_out is not None:   # a number at the channel entry of a view's shape
+            n, a = rec.data["fx_node"], rec.data["view_dim"]
+            if rec.data["view_args"] == "shape":
+                n.kwargs = dict(n.kwargs, shape=tuple(len(edit.k_out) if i == a else v
+                                                      for i, v in enumerate(n.kwargs["shape"])))
+            elif rec.data["view_args"]:
+                n.args = (n.args[0], tuple(len(edit.k_out) if i == a else v for i, v in enumerate(n.args[1])))
+            else:
+                n.args = tuple(len(edit.k_out) if i == a + 1 else v for i, v in enumerate(n.args))
         if "module" not in rec.data:
             continue
         mod, new = rec.data["module"], edit.params

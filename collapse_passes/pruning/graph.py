@@ -30,7 +30,8 @@ OFF_IS_ZERO = ("relu", "relu6", "hardswish", "clip")   # clip: with min 0 only
 def no_dead_channel_note(flag: str) -> str:
     """What a calibration-data removal that removed nothing says (`flag`: how the user asked for it)."""
     return (f"{flag} removed no channel: no ReLU / ReLU6 / HardSwish channel is 0 on every calibration sample (or "
-            "each such channel feeds an op that cannot absorb a constant, such as a squeeze-excitation scale)")
+            "each such channel feeds an op that cannot absorb a constant, such as a transposed conv, or one the channel "
+            "graph does not understand: the report's frozen ops)")
 
 
 KINDS = {
@@ -453,6 +454,12 @@ class ChannelGraph:
             for k, t in enumerate(op.ins):
                 c = d["consts"][k]
                 xs.append(val.get((t, i)) if t is not None else (None if c is None else float(c[i])))
+            if d["fn"] == "mul" and 0.0 in xs:
+                # 0 times anything is 0: a dead channel scaled by a squeeze-excitation gate (x * sigmoid(fc2(...)),
+                # whose gate channel varies with the input) is still 0; the gate's own channel is read only here, so
+                # fc2's row goes with the unit. Before 2026-11-29 the Mul stopped the constant: every SE block kept
+                # its dead channels (MobileNetV3, EfficientNet)
+                return 0.0, False
             if any(v is None for v in xs):
                 return None, False
             fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[d["fn"]]

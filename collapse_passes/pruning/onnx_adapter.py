@@ -118,6 +118,7 @@ class _Builder(SlotBuilder):
             except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
                 # a shape or attribute this builder did not expect: not understood, so frozen (never guessed)
                 self.unknown(node, f"could not analyse ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})")
+        self.resolve_counts()
         for t in self.g.outputs:
             if t.name in self.slot_of:
                 self.cg.freeze(self.slot_of[t.name], t.name, "tensor", "graph output")
@@ -446,18 +447,23 @@ class _Builder(SlotBuilder):
         sout, inner, feats = res
         self.record(node, "index", [src], [sout], src=[(np.zeros(feats.size, int), feats // inner)])
 
-    def _dynamic_flatten(self, node, src):
-        """Reshape(x, Concat(Unsqueeze(Gather(Shape(x), i)) for i < a, [-1 or C*inner])): x.view(x.size(0), -1)
-        as the TorchScript exporter writes it for a dynamic batch; a flatten of the channel axis. Returns the Concat
-        input and position holding the flattened size when it is a number (the rewrite sets it), else None; False
-        when the target shape is anything else."""
+    def _dynamic_reshape(self, node, src):
+        """Reshape(x, Concat(Unsqueeze(Gather(Shape(t), i)) for i < a, [size at a], [sizes after a])), as the
+        TorchScript exporter writes x.view(x.size(0), -1) and the SE reference code's y.view(b, c) / view(b, c, 1, 1)
+        for a dynamic batch (b read from another tensor of the block, `b, c, _, _ = x.size()`; its c is folded to a
+        number). Either a flatten of the channel axis (size at a: -1 or C*inner, nothing after) or a reshape after it
+        (size at a: C, numbers after it whose product is the inner size). Returns (flat, piece, output shape): piece is
+        the Concat input and position holding the size at a when it is a number (the rewrite sets it), else None;
+        False when the target shape is anything else. The leading sizes are the input's (the element count fixes
+        them when there is one: the batch); before 2026-11-29 only Shape(x) of the input itself and the flatten were
+        understood, so every SE gate of a dynamic-batch export froze its group."""
         cat = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
         xs = self.shape(node.inputs[0])
         a = src[1]
         if cat is None or cat.op != "Concat" or int(cat.attrs.get("axis", 0)) != 0 or xs is None or any(
                 c.op != "Reshape" or c.inputs[0] is not node.inputs[0] for c in node.inputs[1].outputs):
             return False   # the shape is read elsewhere too: its size entry can't be rewritten for this reshape
-        entries = []   # (value: int or ("dim", i), concat input index, position in it)
+        entries = []   # (value: int or ("dim", i, read from the input itself), concat input index, position in it)
         for j, t in enumerate(cat.inputs):
             c = const_value(t)
             if c is not None:
@@ -467,27 +473,47 @@ class _Builder(SlotBuilder):
             g = u.inputs[0].inputs[0] if u is not None and u.op == "Unsqueeze" and u.inputs[0].inputs else None
             sh = g.inputs[0].inputs[0] if g is not None and g.op == "Gather" and g.inputs[0].inputs else None
             idx = const_value(g.inputs[1]) if g is not None else None
-            if sh is None or sh.op != "Shape" or sh.inputs[0] is not node.inputs[0] or idx is None or np.size(idx) != 1 \
+            if sh is None or sh.op != "Shape" or idx is None or np.size(idx) != 1 \
                     or int(sh.attrs.get("start", 0)) != 0 or int(g.attrs.get("axis", 0)) != 0:
                 return False
-            entries.append((("dim", int(np.asarray(idx).reshape(())) % len(xs)), j, 0))
-        inner = int(np.prod(xs[a + 1:], dtype=np.int64)) if all(isinstance(d, int) and d > 0 for d in xs[a + 1:]) else 0
-        n = self.cg.size(src)
-        if len(entries) != a + 1 or not inner or entries[a][0] not in (-1, n * inner) or any(
-                e != ("dim", i) and not (isinstance(xs[i], int) and e == xs[i]) for i, (e, _, _) in enumerate(entries[:a])):
+            t_slot, t_rank = self.slot_of.get(sh.inputs[0].name), self.rank(sh.inputs[0])
+            i = int(np.asarray(idx).reshape(()))
+            if t_rank is None or t_slot is not None and i % t_rank == t_slot[1]:
+                return False   # a channel count read at run time (not folded): not this pattern
+            entries.append((("dim", i % t_rank, sh.inputs[0] is node.inputs[0]), j, 0))
+        if any(not isinstance(d, int) or d <= 0 for d in xs[a + 1:]) or len(entries) <= a:
             return False
-        return None if entries[a][0] == -1 else (cat, entries[a][1], entries[a][2])
+        inner = int(np.prod(xs[a + 1:], dtype=np.int64))
+        n = self.cg.size(src)
+        lead_ok = all((isinstance(e, tuple) and e[1] == i and (e[2] or a == 1)) or (isinstance(xs[i], int) and e == xs[i])
+                      for i, (e, _, _) in enumerate(entries[:a]))
+        rest = [e for e, _, _ in entries[a + 1:]]
+        at = entries[a][0]
+        flat = len(entries) == a + 1 and at in (-1, n * inner)
+        keep = at == n and all(isinstance(e, int) and e > 0 for e in rest) and int(np.prod(rest, dtype=np.int64)) == inner
+        if not lead_ok or not (flat or keep):
+            return False
+        piece = None if at == -1 else (cat, entries[a][1], entries[a][2])
+        return flat, piece, list(xs[:a]) + ([n * inner] if flat else [n] + rest)
 
     def op_Reshape(self, node):
         src = self.slot_of.get(node.inputs[0].name)
         shape_c = const_value(node.inputs[1])
         xs, ys = self.shape(node.inputs[0]), self.shape(node.outputs[0])
         if shape_c is None and xs is not None and self.slotted(node)[1] is None:
-            piece = self._dynamic_flatten(node, src)
-            if piece is not False:
+            got = self._dynamic_reshape(node, src)
+            if got is not False:
                 a = src[1]
-                flat = self.cg.size(src) * int(np.prod(xs[a + 1:], dtype=np.int64))
-                self.shapes[node.outputs[0].name] = list(xs[:a]) + [flat]   # inference leaves the -1 unknown
+                flat, piece, shape = got
+                self.shapes[node.outputs[0].name] = shape   # inference leaves the -1 / the read sizes unknown
+                if not flat:
+                    sout = self.new_slot(node.outputs[0], a)
+                    if sout is None:
+                        return self.unknown(node, "reshape of unknown shape")
+                    self.cg.couple(src, sout)
+                    n = self.cg.size(src)
+                    return self.record(node, "index", [src], [sout], src=[(np.zeros(n, int), np.arange(n))],
+                                       reshape_axis=a, inner=1, shape_piece=piece)
                 res = self._flatten_like(node, src, True)
                 if res is None:
                     return self.unknown(node, "reshape of unknown shape")
@@ -607,14 +633,94 @@ class _Builder(SlotBuilder):
             self.record(node, "other", [src], [sout])
 
     def op_Shape(self, node):
-        """Only the batch/spatial sizes may be read (x.view(x.size(0), -1)); reading the channel count freezes."""
+        """Only the batch/spatial sizes may be read (x.view(x.size(0), -1)), or the whole shape as the target of an
+        Expand of the same group (`y.expand_as(x)`: a count read, builder.read_count); reading the channel count
+        otherwise freezes."""
         src = self.slot_of.get(node.inputs[0].name)
-        ok = all(c.op == "Gather" and const_value(c.inputs[1]) is not None
+        whole = "start" not in node.attrs and "end" not in node.attrs
+        r = self.rank(node.inputs[0])
+        if not whole and r:   # Shape(x, start, end) of other axes (torch.export's batch size): no channel count read
+            lo, hi, _ = slice(int(node.attrs.get("start", 0)), node.attrs.get("end"), None).indices(r)
+            if not lo <= src[1] < hi:
+                return None
+        expands = [c for c in node.outputs[0].outputs if c.op == "Expand" and whole and c.inputs[1] is node.outputs[0]
+                   and c.inputs[0] is not node.outputs[0]]
+        ok = all(c in expands or c.op == "Gather" and const_value(c.inputs[1]) is not None
                  and src[1] not in np.asarray(const_value(c.inputs[1])).reshape(-1).tolist()
                  and int(node.attrs.get("start", 0)) == 0
                  for c in node.outputs[0].outputs)
         if not ok:
             return self.unknown(node, "reads the tensor's shape (the channel count would change)")
+        if expands:
+            self.read_count(src, node, node.name, [c.name for c in expands])
+
+    def _expand_piece(self, shape_t, ro: int, a: int, n: int):
+        """An Expand target Concat(sizes read from Shape(t) of other axes, numbers) with 1 or n at a (torch.export's
+        expand_as for a dynamic batch: Concat(Shape(input, 0, 1), [C], [H], [W])): the Concat input and position of
+        a's number when it is n (the rewrite sets it), None when 1; False for anything else."""
+        cat = shape_t.inputs[0] if shape_t.inputs else None
+        if cat is None or cat.op != "Concat" or int(cat.attrs.get("axis", 0)) != 0 or len(shape_t.outputs) != 1:
+            return False
+        entries = []
+        for j, t in enumerate(cat.inputs):
+            c = const_value(t)
+            if c is not None:
+                entries += [(int(v), j, k) for k, v in enumerate(np.asarray(c).reshape(-1))]
+                continue
+            p = t.inputs[0] if t.inputs else None
+            if p is None or p.op != "Shape" or "end" not in p.attrs or self.rank(p.inputs[0]) is None:
+                return False
+            lo, hi, _ = slice(int(p.attrs.get("start", 0)), int(p.attrs["end"]), None).indices(self.rank(p.inputs[0]))
+            ps = self.slot_of.get(p.inputs[0].name)
+            if ps is not None and lo <= ps[1] < hi:
+                return False
+            entries += [(None, j, k) for k in range(max(hi - lo, 0))]
+        k = a - (ro - len(entries))
+        if k < 0 or len(entries) > ro or entries[k][0] not in (1, n):
+            return False
+        return None if entries[k][0] == 1 or n == 1 else (cat, entries[k][1], entries[k][2])
+
+    def op_Expand(self, node):
+        """Expand(y, shape) with y's channel axis whole (the SE reference code's `y.expand_as(x)`, y (N, C, 1, 1)):
+        the output's channels are y's. The shape is a constant (its channel entry, when not 1, is rewritten with the
+        kept count) or Shape(x) of a value on the same axis, which is then coupled too (x's count sizes the output).
+        Not understood before 2026-11-29: it froze the SE block's group on both exporters."""
+        src = self.slot_of.get(node.inputs[0].name)
+        ry, ro = self.rank(node.inputs[0]), self.rank(node.outputs[0])
+        if src is None or ry is None or ro is None or self.slotted(node)[1] is not None:
+            return self.unknown(node, "expand of an untracked value or of unknown rank")
+        a, n = src[1] + ro - ry, self.cg.size(src)
+        os_ = self.shape(node.outputs[0])
+        if os_ is None or os_[a] != n:
+            return self.unknown(node, "expands the channel axis")
+        target = const_value(node.inputs[1])
+        sh = node.inputs[1].inputs[0] if target is None and node.inputs[1].inputs else None
+        other = None
+        if target is not None:
+            target = np.asarray(target).reshape(-1)
+            k = a - (ro - target.size)
+            if k >= 0 and int(target[k]) not in (1, n):
+                return self.unknown(node, "expands the channel axis")
+            entry = k if k >= 0 and int(target[k]) == n and n != 1 else None
+        elif sh is not None and sh.op == "Shape" and "start" not in sh.attrs and "end" not in sh.attrs \
+                and self.rank(sh.inputs[0]) == ro:
+            other = self.get_slot(sh.inputs[0], a, node)
+            if other is None:
+                return self.unknown(node, "expand to the shape of a value without channels on that axis")
+            entry = None
+        else:
+            entry = self._expand_piece(node.inputs[1], ro, a, n)
+            if entry is False:
+                return self.unknown(node, "expand to a computed shape")
+        sout = self.new_slot(node.outputs[0], a)
+        if sout is None:
+            return self.unknown(node, "unknown output shape")
+        self.cg.couple(src, sout)
+        if other is not None:
+            self.cg.couple(other, sout)
+            self.use_count(sh.name, node.name, src)
+        self.record(node, "index", [src] + ([other] if other is not None else []), [sout],
+                    src=[(np.zeros(n, int), np.arange(n))], expand_entry=entry)
 
     def op_LayerNormalization(self, node):
         src = self.slot_of.get(node.inputs[0].name)
@@ -690,7 +796,16 @@ def apply_removal(graph: gs.Graph, cg: ChannelGraph, removed, folds=()) -> dict:
                 arr = np.array(const_value(node.inputs[j]), dtype=np.int64)
                 arr[k] = v
                 node.inputs[j] = make_const(graph, f"{node.name}.b{j}", arr)
-        elif node.op == "Reshape" and "shape_piece" in rec.data:   # a dynamic target shape (_dynamic_flatten)
+        elif node.op == "Expand" and isinstance(rec.data.get("expand_entry"), tuple) and k_out is not None:
+            cat, j, k = rec.data["expand_entry"]   # a number in a Concat target (_expand_piece)
+            arr = np.array(const_value(cat.inputs[j]), dtype=np.int64)
+            arr.reshape(-1)[k] = len(k_out)
+            cat.inputs[j] = make_const(graph, f"{cat.name}.p{j}", arr)
+        elif node.op == "Expand" and rec.data.get("expand_entry") is not None and k_out is not None:
+            arr = np.array(const_value(node.inputs[1]), dtype=np.int64).reshape(-1)
+            arr[rec.data["expand_entry"]] = len(k_out)
+            node.inputs[1] = make_const(graph, f"{node.name}.shape", arr)
+        elif node.op == "Reshape" and "shape_piece" in rec.data:   # a dynamic target shape (_dynamic_reshape)
             if rec.data["shape_piece"] is not None and k_out is not None:
                 cat, j, k = rec.data["shape_piece"]
                 arr = np.array(const_value(cat.inputs[j]), dtype=np.int64)
