@@ -898,6 +898,66 @@ def _matmul_macs(node: fx.Node) -> int:
     return int(np.prod(out)) * int(a[-1]) if a and out is not None else 0
 
 
+_LINEAR_CALLS = {torch.nn.functional.linear, torch.ops.aten.linear.default, torch.addmm, torch.ops.aten.addmm.default,
+                 torch.baddbmm, torch.ops.aten.baddbmm.default}
+_CONV_CALLS = {torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d, torch.conv1d,
+               torch.conv2d, torch.conv3d, torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
+               torch.ops.aten.conv3d.default, torch.ops.aten.convolution.default,
+               torch.nn.functional.conv_transpose1d, torch.nn.functional.conv_transpose2d,
+               torch.nn.functional.conv_transpose3d, torch.ops.aten.conv_transpose1d.default,
+               torch.ops.aten.conv_transpose2d.input, torch.ops.aten.conv_transpose3d.input}
+
+
+def _arg_shape(arg) -> tuple | None:
+    return tuple(arg.shape) if isinstance(arg, torch.Tensor) else shape_of(arg)
+
+
+def _dense_macs(gm: fx.GraphModule, node: fx.Node) -> int:
+    """MACs of a conv / linear / matmul that linear_op does not take (computed weights or bias, a padding mode
+    or transposed conv no pass folds), counted by shapes as onnx/analysis.node_macs counts its Conv, Gemm, MatMul
+    and ConvTranspose; and of a call torch.fx keeps whole (a torch.fx.wrap-ped function), as measured when its
+    shapes were (node.meta["opaque_macs"], fx/graph.propagate_shapes). Before 2026-11-29 these counted none:
+    Swin V2-T at 224 reported 2.98 G MACs from the nn.Module, 3.63 G from its ExportedProgram (its qkv F.linear
+    takes a bias built at run time), 4.92 G from either ONNX export."""
+    if "opaque_macs" in node.meta:
+        return int(node.meta["opaque_macs"])
+    out = shape_of(node)
+    if out is None:
+        return 0
+    if node.op == "call_module":
+        mod = submodule(gm, node)
+        if isinstance(mod, torch.nn.Linear):
+            return int(np.prod(out[:-1])) * mod.in_features if len(out) > 1 else mod.in_features
+        if isinstance(mod, torch.nn.modules.conv._ConvNd) and node.args and isinstance(node.args[0], fx.Node):
+            w = tuple(mod.weight.shape)
+            if mod.transposed:
+                a = shape_of(node.args[0])
+                return int(np.prod(a)) * w[1] * int(np.prod(w[2:])) if a else 0
+            return int(np.prod(out)) * int(np.prod(w[1:]))
+        return 0
+    if node.op != "call_function":
+        return _matmul_macs(node)
+    t = node.target
+    if t in _LINEAR_CALLS and len(node.args) >= 2:
+        if t in (torch.nn.functional.linear, torch.ops.aten.linear.default):
+            w = _arg_shape(node.args[1])
+            return int(np.prod(out)) * int(w[-1]) if w else 0
+        a = _arg_shape(node.args[1])   # addmm / baddbmm(bias, a, b)
+        return int(np.prod(out)) * int(a[-1]) if a else 0
+    if t in _CONV_CALLS and len(node.args) >= 2:
+        w = _arg_shape(node.args[1])
+        if not w:
+            return 0
+        transposed = (t is torch.ops.aten.convolution.default and bool(node.args[6] if len(node.args) > 6
+                                                                       else node.kwargs.get("transposed", False))) \
+            or "transpose" in getattr(t, "__name__", "")
+        if transposed:
+            a = shape_of(node.args[0])
+            return int(np.prod(a)) * w[1] * int(np.prod(w[2:])) if a else 0
+        return int(np.prod(out)) * int(np.prod(w[1:]))
+    return _matmul_macs(node)
+
+
 def _nonlinear_call(node: fx.Node) -> bool:
     if node.op == "call_method":
         name = str(node.target)
@@ -936,6 +996,22 @@ def export_free_nodes(gm: fx.GraphModule) -> tuple[set, int]:
     return free, params
 
 
+def _opaque_note(gm: fx.GraphModule) -> str | None:
+    """The report's note on calls torch.fx kept whole (fx/graph.opaque_call): their MACs are measured, but each
+    is one op in `nodes` and on the critical path, and no activation inside one is seen."""
+    from collections import Counter
+
+    from .graph import opaque_call
+
+    calls = Counter(n.target.__name__ for n in gm.graph.nodes if opaque_call(n))
+    if not calls:
+        return None
+    names = ", ".join(f"{k} x{v}" for k, v in calls.most_common(3)) + (" ..." if len(calls) > 3 else "")
+    return (f"{sum(calls.values())} call(s) of functions torch.fx keeps whole ({names}: torch.fx.wrap) count one op "
+            "each in nodes and depth, with their MACs measured on example_inputs; activations inside them are not "
+            "seen (torch.export.export the model and collapse the ExportedProgram to look inside)")
+
+
 def graph_stats(gm: fx.GraphModule) -> dict:
     """The ONNX report's model stats for a GraphModule: ops, params, MACs, critical-path depths. Depth
     counts ops as onnx/analysis.model_stats does: an activation site is one op (its anchor; a composite's
@@ -957,7 +1033,7 @@ def graph_stats(gm: fx.GraphModule) -> dict:
             else:
                 macs += linear_macs(op.params, int(np.prod(out[:-1])) if len(out) > 1 else 1)
         elif op is None:
-            macs += _matmul_macs(node)
+            macs += _dense_macs(gm, node)
         counted = node.op in ("call_module", "call_function", "call_method") and node.target != "_guards_fn" \
             and node.target not in _FREE_CALLS and node not in free and node not in inside
         prev = [p for p in node.all_input_nodes]
@@ -1032,6 +1108,9 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         guard.restore()
         raise CollapseError(state_error(writes))
     before = graph_stats(original)
+    kept_whole = _opaque_note(original)
+    if kept_whole:
+        notes.append(kept_whole)
     record = FxRecord()
     # prune after linearize: the constants are those of the requested semantics (a collapsed ReLU passes
     # a negative constant channel on). Exact removal keeps the semantics (the gate checks it against the

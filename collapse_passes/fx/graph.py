@@ -111,13 +111,14 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True, rea
     from ..errors import CollapseError
 
     feeds = [t.clone() if clone and isinstance(t, torch.Tensor) else t for t in example_inputs]
+    prop_cls = _measuring_shape_prop() if any(opaque_call(n) for n in gm.graph.nodes) else ShapeProp
     if real:
         from torch._guards import tracing
 
         with tracing(None):   # ShapeProp takes the fake mode of the ambient tracing context (dynamo's)
-            prop = ShapeProp(gm)
+            prop = prop_cls(gm)
     else:
-        prop = ShapeProp(gm)
+        prop = prop_cls(gm)
     import io
 
     try:   # ShapeProp prints the traceback of a failing node to stderr itself: the user gets our one line
@@ -131,6 +132,34 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True, rea
         raise CollapseError(f"the model does not run on example_inputs of shape {shapes} ({why}); "
                             "pass inputs the model accepts") from None
 
+
+
+def opaque_call(node: fx.Node) -> bool:
+    """A call torch.fx keeps whole: a Python function of the model's own code that the tracer did not enter
+    (torch.fx.wrap, as torchvision's Swin wraps its window attention), not a torch op. Its ops are invisible to
+    the passes and to the report's static counts."""
+    t = node.target
+    return node.op == "call_function" and inspect.isfunction(t) and not str(getattr(t, "__module__", "") or "") \
+        .startswith(("torch", "collapse_passes", "_operator", "operator", "math", "builtins"))
+
+
+def _measuring_shape_prop():
+    from torch.fx.passes.shape_prop import ShapeProp
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class MeasuringShapeProp(ShapeProp):
+        """ShapeProp that also counts the MACs of each opaque call (opaque_call) while it runs, in
+        node.meta["opaque_macs"] (FlopCounterMode's FLOPs / 2): what the report cannot count from shapes."""
+
+        def run_node(self, n):
+            if not opaque_call(n):
+                return super().run_node(n)
+            with FlopCounterMode(display=False) as counter:
+                out = super().run_node(n)
+            n.meta["opaque_macs"] = int(counter.get_total_flops()) // 2
+            return out
+
+    return MeasuringShapeProp
 
 
 def copy_sharing_weights(gm: nn.Module):

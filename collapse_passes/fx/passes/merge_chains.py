@@ -14,7 +14,7 @@ from torch import fx
 from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
 from ...core.merge_fallback import join_key, joins_ok
-from ..graph import (feeds_output, insert_linear, linear_op, origin, propagate_shapes, shape_of,
+from ..graph import (StateGuard, feeds_output, insert_linear, linear_op, origin, propagate_shapes, shape_of,
                      single_user)
 from ._base import FxPass, PassResult
 
@@ -64,7 +64,13 @@ class MergeLinearChains(FxPass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         if self.example_inputs is not None:
+            # the shape run must leave the graph's state as it was: in a user's PassManager the graph may hold
+            # a train-mode BatchNorm (collapse() refuses one, the pass leaves it unfolded), whose running statistics
+            # the run updated, in the user's own model (symbolic_trace shares its modules) on every step
+            guard = StateGuard(gm)
             propagate_shapes(gm, self.example_inputs)
+            if guard.written():
+                guard.restore()
         done = 0
         for chain in _chains(gm, "conv"):
             done += self._merge_convs(gm, chain)
