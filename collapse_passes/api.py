@@ -363,7 +363,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         warnings.append(f"--target-speedup {cfg.target_speedup}: the merges{' and folds' if fold_fallback else ''} the "
                         f"check refused were part of the plan; the result written predicts {written_speedup:.3f}x, "
                         "not the speed-up planned above")
-    ver = accept_conditioned(ver)
+    ver = accept_conditioned(ver, approximate=bool(ctx.approximations))
     warnings.extend(ver.warnings)
     if ver.against_requested.passed and ver.against_requested.why:   # passed on the float64 second look
         warnings.append(f"verification: {ver.against_requested.why}")
@@ -373,10 +373,10 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                             requested=requested, chosen={a.name for a in chosen}, remove_blocks=blocks_removed)
     approx = bool(ctx.approximations)
     if approx and not passed:
-        warnings.append(f"border approximation: max abs error {ver.against_requested.max_abs:.3g} vs the requested "
-                        f"semantics (opt-in with --allow-border-approx)")
-        limit = cfg.approx_max_error
-        passed = limit is None or ver.against_requested.max_abs <= limit
+        from .verify import border_approximation_gate
+
+        ver, passed, line = border_approximation_gate(ver, cfg.approx_max_error, "--allow-border-approx")
+        warnings.append(line)
 
     chosen_ids = {id(a) for a in chosen}
     report = build_report(

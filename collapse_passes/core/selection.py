@@ -212,6 +212,12 @@ def check_selection(cfg) -> None:
                             "it saved (--save-scores, given as --scores): the blocks are chosen by their LaCoOT score")
     chooses_by_score = [f for f, v in (("threshold", cfg.threshold), ("remove", cfg.remove),
                                        ("target_speedup", getattr(cfg, "target_speedup", None))) if v is not None]
+    if chooses_by_score and cfg.scores is None and cfg.method is None:
+        # as the CLI refuses --threshold without --scores / --method: the library ran, collapsed nothing and said
+        # only "no scores given" in a note (collapse(m, threshold=0.2))
+        flag = chooses_by_score[0]
+        raise CollapseError(f"{flag} (--{flag.replace('_', '-')}) chooses activations by their scores, and none are "
+                            "given: add scores= (--scores FILE.json) or method= (--method), or name keys with collapse=")
     if (lacoot and cfg.scores is None or saved_blocks) and chooses_by_score:
         # LaCoOT scores blocks only: a threshold meant for them would otherwise select no activation, exit 0
         what = "these scores (saved after --method lacoot) are" if saved_blocks else \

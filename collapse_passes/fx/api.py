@@ -1174,7 +1174,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
             warnings.append(line)
             result, record, ver = alt, rec, v
             after = graph_stats(result)
-    ver = accept_conditioned(ver)
+    ver = accept_conditioned(ver, approximate=bool(record.approximations))
     passed = ver.against_requested.passed
     if passed and ver.against_requested.why:   # passed on the float64 second look
         warnings.append(f"verification: {ver.against_requested.why}")
@@ -1184,9 +1184,10 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     warnings.extend(nonfinite_output_warnings(orig_out, [f"output{i}" for i in range(len(orig_out[0]))]))
     approx = bool(record.approximations)
     if approx and not passed:
-        warnings.append(f"border approximation: max abs error {ver.against_requested.max_abs:.3g} vs the requested "
-                        "semantics (opt-in with allow_border_approx)")
-        passed = cfg.approx_max_error is None or ver.against_requested.max_abs <= cfg.approx_max_error
+        from ..verify import border_approximation_gate
+
+        ver, passed, line = border_approximation_gate(ver, cfg.approx_max_error, "allow_border_approx")
+        warnings.append(line)
 
     out_model = result
     keep_module_state(result, model)   # non-persistent buffers and training flags, which fx's copies drop
