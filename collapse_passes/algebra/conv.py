@@ -339,8 +339,9 @@ def conv_nd(x, p: ConvParams):
     return y
 
 
-#: spatial size from which conv_nd looks for runs of equal slices to cut (below it the conv is cheap)
-CUT_RUNS_MIN_SIZE = 1024
+#: spatial size from which conv_nd looks for runs of equal slices to cut (below it the conv is cheap). 256: the
+#: 28 x 28 maps of a MobileNetV2 at 224 (up to 960 channels, 5-30 ms each in float64) are cut too (was 1024)
+CUT_RUNS_MIN_SIZE = 256
 
 
 def _cut_runs(x: np.ndarray, p: ConvParams, idx=None):
@@ -420,13 +421,20 @@ def _conv_nd(x: np.ndarray, p: ConvParams) -> np.ndarray:
     return y
 
 
-def constant_through_conv(values, p: ConvParams, input_spatial) -> np.ndarray:
+def constant_through_conv(values, p: ConvParams, input_spatial, compact: bool = False):
     """conv_nd of a map holding values[c] at every position of channel c (input size `input_spatial`),
     float64, shape (O, *out_spatial): what a per-channel constant (a bias) becomes through a conv with
     zero padding. Exact and cheap: the input is constant, so output (o, y) = sum over taps k of
     V[o, k] * prod_a inside_a(k_a, y_a), with V the taps' weights summed against the constants and
     inside_a(k, y) = 1 when tap k of output y reads a real pixel along axis a. conv_nd on the broadcast
-    map (a float64 copy of the padded map per tap) took 0.8 s and ~80 MB per MobileNetV2 merge at 224."""
+    map (a float64 copy of the padded map per tap) took 0.8 s and ~80 MB per MobileNetV2 merge at 224.
+
+    compact=True: the map as a RunMap (1, O, *out_spatial), the dense map's bits. Along every axis but the
+    last, positions whose taps read the same real pixels (every interior one) are kept once, as rows of
+    the later products: each BLAS call keeps its sums (K) and columns (N) and only loses rows (M). The last
+    axis is summed at every position: given fewer columns BLAS may sum one differently (a 1-D 4-tap conv
+    summed on its one distinct column: 2 ulp apart), and the map written must be the dense computation's.
+    A CIFAR MobileNetV2 at 224 wrote a 77 MB float64 map here per merge."""
     values = f64(values).reshape(-1)
     if values.shape[0] != p.in_channels:
         raise AlgebraError(f"{values.shape[0]} constants for a conv with {p.in_channels} in channels")
@@ -436,17 +444,30 @@ def constant_through_conv(values, p: ConvParams, input_spatial) -> np.ndarray:
     if not np.all(np.isfinite(values)):
         # inf * (tap reads padding: 0) is NaN in the separable sum, while the conv adds weight * 0 there
         shape = (1, p.in_channels) + tuple(input_spatial)
-        return conv_nd(np.broadcast_to(values.reshape((1, -1) + (1,) * p.ndim), shape), p)[0]
+        y = conv_nd(np.broadcast_to(values.reshape((1, -1) + (1,) * p.ndim), shape), p)
+        return RunMap.from_dense(y) if compact else y[0]
     g, O = p.group, p.out_channels
     Ig = p.in_channels // g
     w = f64(p.weight).reshape((g, O // g, Ig) + p.kernel_shape)
     out = np.einsum("goi...,gi->go...", w, values.reshape(g, Ig)).reshape((O,) + p.kernel_shape)
-    for k, d, s, b, n, m in zip(p.kernel_shape, p.dilations, p.strides, p.pads_begin, input_spatial, out_sp):
+    idx = []
+    for a, (k, d, s, b, n, m) in enumerate(zip(p.kernel_shape, p.dilations, p.strides, p.pads_begin, input_spatial,
+                                               out_sp)):
         read = np.arange(m)[None, :] * s - b + np.arange(k)[:, None] * d   # (k, m): input index read
-        out = np.tensordot(out, ((read >= 0) & (read < n)).astype(np.float64), axes=([1], [0]))
+        inside = (read >= 0) & (read < n)
+        out = np.tensordot(out, inside.astype(np.float64), axes=([1], [0]))
+        if compact and a < p.ndim - 1:
+            # positions whose taps read the same real pixels hold the same numbers from here on: the later
+            # products take the distinct ones as rows (M), their sums and N the dense map's
+            _, first, inv = np.unique(inside, axis=1, return_index=True, return_inverse=True)
+            if out.size // m * len(first) // out.shape[1] > 1:   # a matrix still (numpy takes a vector to gemv)
+                out = np.take(out, first, axis=out.ndim - 1)
+                idx.append(inv.reshape(-1))
+                continue
+        idx.append(np.arange(m))
     if p.bias is not None:
         out += f64(p.bias).reshape((O,) + (1,) * p.ndim)
-    return out
+    return RunMap(out[None], idx) if compact else out
 
 
 def auto_pads(auto_pad: str, input_spatial, kernel_shape, strides=(), dilations=()) -> tuple | None:
@@ -688,13 +709,15 @@ def _placeholder(shape, dtype) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype), tuple(shape))
 
 
-def compose_conv(first: ConvParams, second: ConvParams, input_spatial=None, values: bool = True) -> MergedConv:
+def compose_conv(first: ConvParams, second: ConvParams, input_spatial=None, values: bool = True,
+                 compact: bool = False) -> MergedConv:
     """second(first(x)) with nothing nonlinear between, as one conv (see module docstring for exactness).
 
     input_spatial (the first conv's input size) enables end-pad trimming, exact bias maps and the
     exact end-side check; without it the checks assume any input size. values=False skips the kernel
     composition and the bias map's values (the costly parts): the result is shape_only, enough for
-    a planner to price the merge and know whether it needs a bias map.
+    a planner to price the merge and know whether it needs a bias map. compact=True (compose_conv_chain's
+    steps): a bias map is a RunMap (1, O, *out_spatial), the same numbers as the dense one.
     """
     _check_chain(first, second)
     dtype = out_dtype(first.weight, second.weight, first.bias, second.bias)
@@ -725,18 +748,23 @@ def compose_conv(first: ConvParams, second: ConvParams, input_spatial=None, valu
     bias_map = None
     if exact and padded_read and b1 is not None:  # exact only because the bias goes in as a map
         if values:
-            bias_map = constant_through_conv(b1, second_t, n1)
+            bias_map = constant_through_conv(b1, second_t, n1, compact=compact)
         else:
             bias_map = _placeholder((second.out_channels,) + tuple(n2), np.float64)
         bias = None
 
-    cast = (lambda a: a.astype(dtype)) if values else (lambda a: _placeholder(a.shape, dtype))
+    cast = (lambda a: _cast(a, dtype)) if values else (lambda a: _placeholder(a.shape, dtype))
     params = ConvParams(weight=cast(weight), bias=None if bias is None else bias.astype(dtype),
                         strides=strides, pads=pads, dilations=mdil, group=G)
     if n2 is not None and params.output_spatial(input_spatial) != n2:  # the floor identity guarantees this
         raise AlgebraError(f"internal: merged output {params.output_spatial(input_spatial)} != sequential {n2}")
     return MergedConv(params=params, bias_map=None if bias_map is None else cast(bias_map),
                       exact=exact, reason=reason, shape_only=not values)
+
+
+def _cast(a, dtype):
+    """a in dtype; a RunMap stays one (its core cast: element for element the dense map's cast)."""
+    return RunMap(a.core.astype(dtype), a.idx) if isinstance(a, RunMap) else a.astype(dtype)
 
 
 def compose_conv_chain(convs, input_spatial=None) -> MergedConv:
@@ -746,28 +774,44 @@ def compose_conv_chain(convs, input_spatial=None) -> MergedConv:
     linear, so its image of the map (with its own zero padding, via conv_nd) is the new map, while the
     weights compose as if the earlier bias were zero. So pointwise -> depthwise(padded) -> pointwise
     (a MobileNetV2 block with BN folded) merges exactly into one conv plus a bias_map.
+
+    The map is carried as a RunMap (compact=True: its distinct slices, the dense map's numbers) and made
+    full once, at the end: a CIFAR MobileNetV2 at 224 summed, cast, scanned and expanded 192 x 224 x 224
+    float64 maps at every step (docs/pass_runtime.md, 2026-11-29 13:34).
     """
     convs = list(convs)
     if not convs:
         raise AlgebraError("empty conv chain")
     acc = MergedConv(convs[0], None, True, "single conv")
     for c in convs[1:]:
-        acc = extend_chain(acc, c, input_spatial)
+        acc = extend_chain(acc, c, input_spatial, compact=True)
+    if isinstance(acc.bias_map, RunMap):
+        acc = dataclasses.replace(acc, bias_map=acc.bias_map.dense()[0])
     return acc
 
 
-def extend_chain(acc: MergedConv, c: ConvParams, input_spatial=None, values: bool = True) -> MergedConv:
+def extend_chain(acc: MergedConv, c: ConvParams, input_spatial=None, values: bool = True,
+                 compact: bool = False) -> MergedConv:
     """One step of compose_conv_chain: acc (a merged prefix) followed by conv c.
 
     A planner that scores every segment of a chain extends prefixes instead of recomposing them
     (values=False: shape-only, see compose_conv; a shape-only prefix gives a shape-only result).
+    compact=True: bias maps as RunMaps (1, O, *spatial) (compose_conv_chain densifies the last one).
     """
     values = values and not acc.shape_only
     if acc.bias_map is None:
-        m = compose_conv(acc.params, c, input_spatial, values)
+        m = compose_conv(acc.params, c, input_spatial, values, compact)
     else:
-        m = compose_conv(acc.params, c.replace(bias=None), input_spatial, values)
-        if values:
+        m = compose_conv(acc.params, c.replace(bias=None), input_spatial, values, compact)
+        if values and isinstance(acc.bias_map, RunMap):   # the dense branch below, on the map's distinct slices
+            carried = conv_nd(RunMap(f64(acc.bias_map.core), acc.bias_map.idx),
+                              c.replace(weight=f64(c.weight), bias=f64(c.bias)))
+            if m.bias_map is not None:  # cannot happen (first bias is None), kept for safety
+                carried = carried + RunMap(f64(m.bias_map.core), m.bias_map.idx)
+            if m.params.bias is not None:
+                carried = carried + f64(m.params.bias).reshape((-1,) + (1,) * c.ndim)
+            carried = _cast(carried, m.params.weight.dtype)
+        elif values:
             carried = conv_nd(f64(acc.bias_map)[None], c.replace(weight=f64(c.weight), bias=f64(c.bias)))[0]
             if m.bias_map is not None:  # cannot happen (first bias is None), kept for safety
                 carried = carried + f64(m.bias_map)

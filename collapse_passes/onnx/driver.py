@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import onnx
 
+from ..core.blas import single_threaded_blas
 from ..pipeline import PassManager
 from .context import OnnxContext
 from .graph import check_model, keep_node_metadata, node_key_names, to_graph, to_model
@@ -59,7 +60,8 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
     # keyed before the passes change the graph: the result keeps the input's site keys (onnx.keys)
     sites = site_metadata(find_activations(ctx.graph), ctx.node_meta)
     pm = build_pass_manager(merge, remove_blocks, prune, fold)
-    pm.run(ctx)
+    with single_threaded_blas():   # many small float64 products: worker threads cost more than they give (core/blas)
+        pm.run(ctx)
     ctx.notes.extend(ctx.chain_notes.values())
     out = to_model(ctx.graph, model)   # the input's node metadata back (to_model); the site keys on top
     keep_node_metadata(out, sites)
