@@ -203,7 +203,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         stats_before = model_stats(original)   # the planner's base and the report's "before", computed once
         pruned = prune_to_ratio(original, cfg, score_details, blocks_removed)   # what the passes get
         chosen, speedup_rows = onnx_target_choice(pruned[0], acts, index, act_scores, chosen, cfg, notes,
-                                                  stats_before, cost_model, reference=original)
+                                                  stats_before, cost_model, reference=original, warnings=warnings)
     if not raw_scores and not cfg.collapse and not block_scores:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
 

@@ -254,8 +254,26 @@ def mac_price(cm):
     return lambda m, ctx: stats_cost(model_stats(m, graph=ctx.graph).as_dict(), cm)
 
 
+def uncapped_choice_warning(taken_scores: list, pool_scores: list, cfg) -> str | None:
+    """The warning of a --target-speedup choice without --threshold / --remove that went into the upper half of
+    the score range: the target alone decided how far down the ranking to go, and activations that separate
+    their inputs went too (seen: ReLUs scoring 0.94 and HardSwishes scoring 1.0 of EASIER's 1 bit collapsed,
+    the result 1e5 off the input model, exit 0 with a note only). Scale-free: a --scores file's scale is the
+    user's. None when capped, when nothing was taken, or when every score taken is in the lower half."""
+    if cfg.threshold is not None or cfg.remove is not None or not taken_scores or not pool_scores:
+        return None
+    lo, hi, top = min(pool_scores), max(pool_scores), max(taken_scores)
+    if not (hi > lo) or top < lo + 0.5 * (hi - lo):
+        return None
+    n_upper = sum(s >= lo + 0.5 * (hi - lo) for s in taken_scores)
+    return (f"--target-speedup {cfg.target_speedup}: with no --threshold / --remove, {n_upper} of the "
+            f"{len(taken_scores)} activation(s) it collapsed score in the upper half of the range ({lo:.3g}-{hi:.3g}; "
+            f"up to {top:.3g}): they separate their inputs, so expect the outputs to move away from the input model's "
+            "(verification.against_original in the report); cap the choice with --threshold T")
+
+
 def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: list, cfg, notes: list,
-                       stats_before, cm, reference=None) -> tuple[list, list]:
+                       stats_before, cm, reference=None, warnings: list | None = None) -> tuple[list, list]:
     """--target-speedup S on an ONNX model: among the scored activations (those --threshold / --remove
     picked, when given), lowest score first, keep the ones whose collapse lowers the cost of the merged
     graph, until cost(original) / cost(result) >= S. --collapse keys are always collapsed.
@@ -312,6 +330,9 @@ def onnx_target_choice(original, acts, index: dict, act_scores: dict, chosen: li
                  + ("" if final >= cfg.target_speedup else "; target not reached"))
     from .core.selection import display_key
 
+    line = uncapped_choice_warning([act_scores[id(a)] for a in taken], [act_scores[id(a)] for a in ranked], cfg)
+    if line and warnings is not None:
+        warnings.append(line)
     rows = [{"key": display_key(h["item"]), "predicted_speedup": h["speedup"], "taken": h["taken"],
              **({"with": [display_key(g) for g in h["with"]]} if h["with"] else {})} for h in hist]
     ids = {id(a) for a in forced + taken}
