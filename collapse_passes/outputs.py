@@ -48,6 +48,10 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+        _RAISED[0] += 1   # one more interruption on its way (see _unraisable: a resend is only for a swallowed one)
+
+
+_RAISED = [0]   # Interrupted made so far in this process
 
 
 # ------------------------------------------------------------------------------- temp names
@@ -234,6 +238,10 @@ def interrupt_guard():
         if _FINISHED:   # main() is returning its exit code: nothing left to interrupt
             return
         _RECEIVED.append(signum)
+        if _RESEND:   # the resend of a swallowed Interrupted (or a signal that came before it): one stop, not two
+            since = _RESEND.pop()[1]
+            if _RAISED[0] != since:   # another Interrupted was raised since: the run is already stopping
+                return
         if _DEFERRED:   # inside C++ that calls Python back: raise_if_interrupted() raises at a safe point
             return
         if _HELD:   # inside signals_blocked(): raised when the block ends
@@ -243,6 +251,7 @@ def interrupt_guard():
     _RECEIVED.clear()
     _FINISHED.clear()
     _RENAMED_DIRS.clear()
+    _RESEND.clear()
 
     old = {}
     try:
@@ -257,10 +266,17 @@ def interrupt_guard():
         yield
     finally:
         with signals_blocked(deliver=False):   # a signal now is delivered after both handlers are restored
+            pending = _cancel_resend()
             for s, h in old.items():
                 signal.signal(s, h)
             if old:
                 sys.unraisablehook = old_hook
+    # a swallowed Interrupted whose resend had not come when the block ended normally: the signal arrived inside
+    # the block, so the block ends with it (the timer fired after the handlers were restored: the caller's
+    # SIGTERM handler, or SIG_DFL, got a signal this guard had already taken; a run that had finished is not
+    # interrupted)
+    if pending is not None and not _FINISHED:
+        raise Interrupted(pending)
 
 
 def _unraisable(previous, unraisable) -> None:
@@ -272,12 +288,41 @@ def _unraisable(previous, unraisable) -> None:
     raise_if_interrupted() still stops anything from landing if that one is swallowed too."""
     exc = unraisable.exc_value
     if isinstance(exc, Interrupted):
-        if not _FINISHED:
-            resend = threading.Timer(0.02, os.kill, (os.getpid(), exc.signum))   # once this hook has returned
+        if not _FINISHED and not _RESEND:
+            resend = threading.Timer(0.02, _resend, (exc.signum,))   # once this hook has returned
             resend.daemon = True
+            _RESEND[:] = [(resend, _RAISED[0], exc.signum)]
             resend.start()
         return
     previous(unraisable)
+
+
+_RESEND: list = []   # [(timer, _RAISED when the swallowed Interrupted was made, signum)] while its resend is due
+
+
+def _resend(signum) -> None:
+    """The timer's action: the signal again, unless the run stopped meanwhile. Dropped when another
+    Interrupted came first (raise_if_interrupted, the user's second ^C): resent anyway, it was raised inside
+    that one's cleanup (the plan's discard, a finally) and a temp file stayed with a traceback."""
+    due = _RESEND[0] if _RESEND else None
+    if due is None or due[0] is not threading.current_thread():
+        return
+    if due[1] == _RAISED[0] and not _FINISHED:
+        os.kill(os.getpid(), signum)   # the handler takes the entry
+    elif _RESEND and _RESEND[0] is due:   # not sent: a later signal of the user's is raised as usual
+        _RESEND.clear()
+
+
+def _cancel_resend():
+    """End a pending resend (interrupt_guard's exit): its signal number if the swallowed Interrupted is the
+    last one made (nothing stopped the block since), else None."""
+    if not _RESEND:
+        return None
+    timer, since, signum = _RESEND.pop()
+    timer.cancel()
+    if timer is not threading.current_thread():
+        timer.join()   # a kill under way lands now, while our handler (which only records it here) is in place
+    return signum if since == _RAISED[0] else None
 
 
 def _program_signal(signum, _frame):
