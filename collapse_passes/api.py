@@ -17,8 +17,8 @@ from .errors import CollapseError, VerificationError, random_model_error
 from .onnx.analysis import model_stats
 from .onnx.graph import ONNX_FLOAT_TYPES, as_model, node_key_names, random_nodes, save_model_atomic, to_graph
 from .report import activation_row, build_report
-from .core.selection import (KeyIndex, assign_scores, block_scores_given, blocks_to_remove, check_selection, choose,
-                             display_key, read_scores)
+from .core.selection import (COLLAPSED_META, KeyIndex, assign_scores, block_scores_given, blocks_to_remove,
+                             check_selection, choose, collapsed_before, display_key, read_scores, record_collapsed)
 from .onnx.keys import never_collapsed_keys, resolve_keys
 from .onnx.patterns import find_activations, unknown_nonlinear_nodes
 
@@ -160,7 +160,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     acts = find_activations(graph)
     meta = node_key_names(original)
     unknown = unknown_nonlinear_nodes(graph, acts)
-    index = KeyIndex(resolve_keys(acts, meta), never_collapsed_keys(unknown, meta))
+    index = KeyIndex(resolve_keys(acts, meta), never_collapsed_keys(unknown, meta), collapsed_before(original))
 
     raw_scores: dict[str, float] = {}
     block_scores: dict[str, float] = {}
@@ -192,6 +192,11 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     src = str(cfg.scores) if isinstance(cfg.scores, (str, os.PathLike)) else "scores"
     act_scores = assign_scores(acts, index, raw_scores, src, notes) if raw_scores else {}
 
+    skipped = index.skipped_before(raw_scores)   # a --collapse key among them is refused (core.selection.lookup)
+    if skipped:
+        notes.append(f"{len(skipped)} score key(s) name activations an earlier collapse_passes run collapsed (the "
+                     f"model's metadata, {COLLAPSED_META}): skipped ({', '.join(skipped[:4])}"
+                     f"{' ...' if len(skipped) > 4 else ''})")
     chosen = choose(acts, index, act_scores, cfg, warnings)
     speedup_rows = stats_before = None
     cost_model = _cost_model(cfg, original)   # one per run: a measured one times each signature once
@@ -402,6 +407,9 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         from .evaluation import eval_report
 
         report.update(eval_report(original, result_model, eval_set))
+    collapsed_keys = [k for a in report.get("activations", []) if a.get("collapsed") for k in [a["key"], *a["keys"]]]
+    if collapsed_keys and result_model is not original:   # a proto this run made (never the caller's)
+        record_collapsed(result_model, collapsed_keys)
     res = CollapseResult(result_model, report, requested, passed, original, source=path,
                          check_shapes=dict(shapes), check_dist=check_dist)
     if prune_report.get("refused") and not cfg.force:

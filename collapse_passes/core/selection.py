@@ -55,11 +55,49 @@ def display_key(a) -> str:
 class KeyIndex(dict):
     """key -> [sites], and `never` {key: op}: the keys of nonlinear ops no front end collapses (Tanh,
     Sigmoid, Softplus...), so that a key naming one is told why, not offered a near match (acts.hardtanh
-    for acts.tanh)."""
+    for acts.tanh); `before`: the keys an earlier run collapsed (COLLAPSED_META in the model's metadata),
+    which name no site any more and are skipped (skipped_before says which)."""
 
-    def __init__(self, index: dict, never: dict | None = None):
+    def __init__(self, index: dict, never: dict | None = None, before=()):
         super().__init__(index)
         self.never = dict(never or {})
+        self.before = frozenset(before) - set(index)
+
+    def skipped_before(self, keys) -> list:
+        """The given keys that an earlier run collapsed (they name no site of this model)."""
+        return [k for k in keys if k in self.before]
+
+
+#: model metadata_props key under which a written ONNX model lists (JSON) the activation keys collapsed in it, by
+#: this run and the runs before: a second run given the first run's scores file (or --collapse keys) skips them
+#: with a note, where it stopped at "unknown layer key" without saying the key was collapsed before
+COLLAPSED_META = "collapse_passes.collapsed"
+
+
+def collapsed_before(model) -> list:
+    """The keys COLLAPSED_META of an ONNX model lists (none when absent or unreadable)."""
+    import json
+
+    for p in getattr(model, "metadata_props", ()):
+        if p.key == COLLAPSED_META:
+            try:
+                keys = json.loads(p.value)
+            except ValueError:
+                return []
+            return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+    return []
+
+
+def record_collapsed(model, keys) -> None:
+    """Set COLLAPSED_META of `model` (an ONNX proto this run made) to `keys` plus those it listed already."""
+    import json
+
+    keys = sorted(set(collapsed_before(model)) | set(keys))
+    kept = [p for p in model.metadata_props if p.key != COLLAPSED_META]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = COLLAPSED_META, json.dumps(keys)
 
 
 def lookup(index: dict, key: str, source: str = "scores") -> list:
@@ -67,6 +105,14 @@ def lookup(index: dict, key: str, source: str = "scores") -> list:
     if key in index:
         return index[key]
     path, sep, call = key.rpartition(SITE_SEP)
+    if key in getattr(index, "before", ()):   # collapsed by an earlier run: a score for it is skipped (api's note)
+        if not source.startswith("collapse"):
+            return []
+        rest = (f"; module {path!r}'s remaining call sites are {', '.join(display_key(a) for a in index[path])}"
+                if sep and path in index else "")
+        raise CollapseError(f"{source}: {key!r} was collapsed by an earlier collapse_passes run of this model (its "
+                            f"metadata, {COLLAPSED_META}, lists it), so it names no activation now{rest}; drop the key, "
+                            "or collapse the original model")
     never = getattr(index, "never", {})
     op = never.get(key) or (never.get(path) if sep and call.isdigit() else None)
     if op:
