@@ -253,7 +253,7 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
             failed = replace(normalization, why=why)
             return Verification(failed, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
                                 warnings=warns, partial=partial, normalization=failed)
-    against = (nonfinite_request(orig_out, req_out, names, len(feeds))
+    against = (nonfinite_request(orig_out, req_out, names, len(feeds), inputs_desc)
                or nothing_compared(req_out, len(feeds), inputs_desc) or compare(req_out, res_out, names, rtol, atol))
     # onnx's evaluator may read an op under another opset than onnxruntime does (Softmax's axis before
     # 13): with the opsets apart, its agreement would prove nothing about what onnxruntime computes

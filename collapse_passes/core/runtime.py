@@ -651,12 +651,15 @@ def compare(ref_outs, outs, names, rtol: float, atol: float) -> Comparison:
     return Comparison(max_abs, max_rel, passed, len(ref_outs), worst)
 
 
-def nonfinite_request(orig_outs, req_outs, names, samples: int) -> Comparison | None:
+def nonfinite_request(orig_outs, req_outs, names, samples: int, inputs_desc: str | None = None) -> Comparison | None:
     """A failed Comparison when the requested semantics outputs NaN/Inf where the input model does not
     (collapsing those activations overflows float32): matching NaNs would otherwise pass the gate while
-    comparing nothing. None when the requested outputs are as finite as the input's."""
-    bad, total, worst = 0, 0, ""
-    for o_list, r_list in zip(orig_outs, req_outs):
+    comparing nothing. None when the requested outputs are as finite as the input's. With more than one
+    feed it says which overflowed, in the order `inputs_desc` lists them: --calib samples come first and
+    the random inputs in their range (wider than the data) last, so a user sees whether the data itself
+    overflows (it was blamed on the activations while only the random inputs did, H36)."""
+    bad, total, worst, feeds_bad = 0, 0, "", []
+    for i, (o_list, r_list) in enumerate(zip(orig_outs, req_outs)):
         for name, o, r in zip(names, o_list, r_list):
             o, r = np.asarray(o), np.asarray(r)
             if o.shape != r.shape or r.dtype.kind != "f":
@@ -664,12 +667,19 @@ def nonfinite_request(orig_outs, req_outs, names, samples: int) -> Comparison | 
             new = ~np.isfinite(r) & np.isfinite(o)
             if new.any():
                 bad, worst = bad + int(new.sum()), worst or name
+                if not feeds_bad or feeds_bad[-1] != i + 1:
+                    feeds_bad.append(i + 1)
             total += r.size
     if not bad:
         return None
+    where = ""
+    if len(orig_outs) > 1:
+        shown = ", ".join(map(str, feeds_bad[:8])) + (" ..." if len(feeds_bad) > 8 else "")
+        where = f", on check input(s) {shown} of {len(orig_outs)}" + (f" ({inputs_desc}, in that order)" if inputs_desc
+                                                                      else "")
     return Comparison(float("inf"), float("inf"), False, samples, worst,
                       f"the requested semantics outputs NaN/Inf in {bad} of {total} values where the input model's "
-                      "outputs are finite (the collapsed activations let values overflow float32), so there is "
+                      f"outputs are finite{where} (the collapsed activations let values overflow float32), so there is "
                       "nothing to verify against; collapse fewer activations")
 
 
