@@ -262,8 +262,11 @@ def check_selection(cfg) -> None:
         # as the CLI refuses --threshold without --scores / --method: the library ran, collapsed nothing and said
         # only "no scores given" in a note (collapse(m, threshold=0.2))
         flag = chooses_by_score[0]
+        data = (" (calib= is the data a method= scores with; it gives no scores by itself)"
+                if getattr(cfg, "calib", None) is not None else "")
         raise CollapseError(f"{flag} (--{flag.replace('_', '-')}) chooses activations by their scores, and none are "
-                            "given: add scores= (--scores FILE.json) or method= (--method), or name keys with collapse=")
+                            f"given{data}: add scores= (--scores FILE.json) or method= (--method), or name keys with "
+                            "collapse=")
     if (lacoot and cfg.scores is None or saved_blocks) and chooses_by_score:
         # LaCoOT scores blocks only: a threshold meant for them would otherwise select no activation, exit 0
         what = "these scores (saved after --method lacoot) are" if saved_blocks else \

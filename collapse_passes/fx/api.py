@@ -505,7 +505,8 @@ def _copied(batch):
 def method_scores(model, cfg: CollapseConfig, notes: list, gm: fx.GraphModule | None = None):
     """ScoreResult of cfg.method on a torch model fed with cfg.calib (an iterable of input batches;
     cfg.calib_batches caps how many are read). Activation scores come from forward hooks on the
-    activation modules (scores/torch_hooks.py), keyed like the fx sites (module path, path:i per call);
+    activation modules (scores/torch_hooks.py), keyed like the fx sites (module path, path:i per call), and
+    for activations called as functions (F.relu) from the values of the traced graph `gm`, keyed by its sites;
     LaCoOT's block scores from the residual blocks of the traced graph `gm` (fx/blocks.py), keyed like
     the ONNX front end's blocks, on the same numpy core (scores/lacoot.mswd_scores)."""
     if str(cfg.method).strip().lower() == "lacoot":
@@ -516,10 +517,10 @@ def method_scores(model, cfg: CollapseConfig, notes: list, gm: fx.GraphModule | 
         raise CollapseError("method= on an ExportedProgram: its aten graph has no activation modules to hook; "
                             "pass the nn.Module it was exported from (or give scores=)")
     batches = _calib_batches(cfg)
-    computed = module_scores(model, cfg.method, calib_batches=batches, calib_arg="calib=[batch, ...]")
+    computed = module_scores(model, cfg.method, calib_batches=batches, calib_arg="calib=[batch, ...]", gm=gm)
     notes.extend(computed.notes)
-    notes.append(f"scores: {computed.method} ({computed.variant}) of {len(computed.scores)} activation module "
-                 "call(s) (scores/torch_hooks)"
+    notes.append(f"scores: {computed.method} ({computed.variant}) of {len(computed.scores)} activation site(s) "
+                 "(scores/torch_hooks)"
                  + (f" over {len(batches)} calibration batch(es)" if batches else ""))
     return computed
 
@@ -582,7 +583,7 @@ def select(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, warnings: list,
         unscored = [s.keys[0] for s in sites if id(s) not in scores]
         if unscored:
             notes.append(f"{len(unscored)} activation site(s) have no {computed.method} score and are left as "
-                         f"they are (called as functions, not modules, so no hook sees them): "
+                         f"they are (see the {computed.method} notes): "
                          + ", ".join(unscored[:5]) + (" ..." if len(unscored) > 5 else ""))
     chosen = choose(sites, index, scores, cfg, warnings)
     if not raw and not cfg.collapse and not (computed is not None and computed.kind == "block"):

@@ -113,11 +113,15 @@ def tapped_values(gm: fx.GraphModule, nodes, batches, method: str, min_samples: 
                     # a graph with static shapes (torch.export specializes the batch): run the batch in pieces
                     # of the traced batch size
                     n = int(first.shape[0]) if first is not None and first.dim() else 0
+                    failed = CollapseError(f"{method}: the model failed on a calibration batch "
+                                           f"({' '.join(str(exc).split())[:160]})")
                     if not step or n <= step or n % step:
-                        raise CollapseError(f"{method}: the model failed on a calibration batch "
-                                            f"({' '.join(str(exc).split())[:160]})") from None
-                    parts = [_run(gm, wanted, tuple(a[i:i + step] if isinstance(a, torch.Tensor) and a.dim() else a
-                                                    for a in args)) for i in range(0, n, step)]
+                        raise failed from None
+                    try:   # pieces failing too (another spatial size than traced): the first error, one line
+                        parts = [_run(gm, wanted, tuple(a[i:i + step] if isinstance(a, torch.Tensor) and a.dim()
+                                                        else a for a in args)) for i in range(0, n, step)]
+                    except Exception:
+                        raise failed from None
                     got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                 samples += int(first.shape[0]) if first is not None and first.dim() else 1
                 yield got

@@ -1,4 +1,4 @@
-"""The score methods on a torch.nn.Module, through forward hooks (keys = module paths).
+"""The score methods on a torch.nn.Module, through forward hooks (keys = module paths) and the traced graph.
 
     module_scores(model, method, calib_batches=None) -> ScoreResult
 
@@ -16,11 +16,15 @@ torch.no_grad() (its training flag is restored afterwards); it is not modified.
 Keys are call sites, as in the ONNX front end (onnx.keys): the module path for a module called once,
 `path:i` for the i-th call (execution order) of a module called at several places. "prelu" scores a
 module's slopes, shared by all its calls, so it keys by module path (which names all the sites).
+Activations called as functions (F.relu, x.relu(), x * torch.sigmoid(x)) have no module to hook: easier / tlc
+score them on the traced graph (_GraphSites: the torch front end's own sites and keys, relu():0 or the enclosing
+module's path), with the same ChannelStats; a model that cannot be traced gets module scores only, with a note.
 
 torch is imported here only: the ONNX core never needs it.
 """
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections import defaultdict
 
@@ -94,9 +98,12 @@ def _params(mod, kind: str) -> dict:
     return found[1] if found is not None else {}
 
 
-def module_scores(model, method: str, calib_batches=None, calib_arg: str = "calib_batches") -> ScoreResult:
+def module_scores(model, method: str, calib_batches=None, calib_arg: str = "calib_batches",
+                  gm=None) -> ScoreResult:
     """`calib_arg` is how the caller's user passes the batches, named in the way-outs of the errors (collapse()
-    takes them as calib=[...], where calib_batches is a count: naming it there sent users to the wrong argument)."""
+    takes them as calib=[...], where calib_batches is a count: naming it there sent users to the wrong argument).
+    gm: the model traced by the torch front end (fx/api.to_graph_module), whose activations called as functions
+    are scored on its values (_GraphSites); None: traced here the same way (none when it cannot be traced)."""
     torch = _torch()
     if not isinstance(model, torch.nn.Module):
         raise CollapseError(f"module_scores expects a torch.nn.Module, got {type(model).__name__}")
@@ -113,19 +120,48 @@ def module_scores(model, method: str, calib_batches=None, calib_arg: str = "cali
     if name not in METHODS:
         raise CollapseError(f"unknown score method {method!r} for a torch module; valid methods: {', '.join(METHODS)}")
     acts = activation_modules(model)
-    if not acts:
-        raise CollapseError("module_scores: the model has no activation modules (nn.ReLU, nn.GELU, ...); "
-                            "activations called as functions (F.relu) cannot be hooked")
     if name == "prelu":
+        if not acts:
+            raise CollapseError("module_scores: --method prelu scores nn.PReLU / nn.LeakyReLU modules, and this "
+                                "model has none; use easier or tlc")
         return _prelu(_called_only(acts, _traced_calls(model) or ()), calib_batches)
+    # a one-shot iterator (a generator): its first batch may be read to trace with (torch.export) and put back;
+    # it is held in a list only when it is read twice (the module hooks, then the graph's functional sites)
+    try:
+        one_shot = calib_batches is not None and iter(calib_batches) is calib_batches
+    except TypeError:
+        raise CollapseError(f"module_scores: {calib_arg} must be an iterable of input batches, got a "
+                            f"{type(calib_batches).__name__}") from None
+    held: list = []
+
+    def first_batch():
+        if not one_shot:
+            return next(iter(calib_batches), None) if calib_batches is not None else None
+        if not held:
+            held.append(next(calib_batches, None))
+        return held[0]
+
+    graph = _GraphSites.of(model, gm, acts, first_batch)
+    if one_shot:
+        rest = itertools.chain([b for b in held if b is not None], calib_batches)
+        calib_batches = list(rest) if acts and graph.sites else rest
+    if not acts and not graph.sites:
+        raise CollapseError("module_scores: the model has no activation modules (nn.ReLU, nn.GELU, ...)" +
+                            (f"; activations called as functions (F.relu) are scored on the traced graph, and "
+                             f"{graph.why}" if graph.why else " and no activation called as a function"))
     if name == "easier":
         if calib_batches is None:
             raise CollapseError(f"module_scores: easier needs {calib_arg} (an iterable of input batches)")
-        stats, _, calls = _run_hooks(model, acts, calib_batches, moments=False, min_samples=2,
-                                     calib_arg=calib_arg)
-        return _from_stats("easier", "empirical", _called_only(acts, calls), stats, calls, ChannelStats.regimes,
-                           {})
-    return _tlc(model, acts, calib_batches, calib_arg)
+        stats, calls = {}, {}
+        if acts:
+            stats, _, calls = _run_hooks(model, acts, calib_batches, moments=False, min_samples=2,
+                                         calib_arg=calib_arg, allow_none=bool(graph.sites))
+        g_stats = graph.tapped(graph.sites, calib_batches, False, calib_arg, others=bool(stats))
+        g_acts, g_calls = graph.entries()
+        res = _from_stats("easier", "empirical", {**_called_only(acts, calls), **g_acts}, {**stats, **g_stats},
+                          {**calls, **g_calls}, ChannelStats.regimes, {}, graph.notes(bool(acts)))
+        return graph.in_model_order(res)
+    return graph.in_model_order(_tlc(model, acts, calib_batches, calib_arg, graph))
 
 
 # ------------------------------------------------------------------------------------ prelu
@@ -180,7 +216,8 @@ def _as_call(batch, torch):
                         f"got {type(batch).__name__}")
 
 
-def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int, calib_arg: str = "calib_batches"):
+def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int, calib_arg: str = "calib_batches",
+               allow_none: bool = False):
     """Run the batches with hooks; return ((key, call) -> ChannelStats, (key, call) -> module path of
     the leaf module that produced that call's input ("" if none), key -> calls per forward).
 
@@ -274,7 +311,7 @@ def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int
     if samples < min_samples:
         raise CollapseError(f"module_scores: the batches scored ({calib_arg}) hold {samples} sample(s), at least "
                             f"{min_samples} needed")
-    if not stats:
+    if not stats and not allow_none:   # allow_none: the traced graph's functional sites are scored too
         raise CollapseError("module_scores: no activation module was called on the calibration batches")
     return stats, producer, calls
 
@@ -305,7 +342,9 @@ def _from_stats(method, variant, acts, stats, calls, p_fn, fixed: dict, notes=No
     if method == "easier":
         notes.insert(0, f"easier: entropy of on/off (input >= 0; off/linear/saturated for ReLU6 and HardSigmoid; "
                         f"HardSwish's curved band (-3, 3) counts half on, half off) per channel over {samples} "
-                        "calibration sample(s), mean over channels (forward hooks)")
+                        "calibration sample(s), mean over channels (forward hooks"
+                        + (", and the traced graph's values for activations called as functions)"
+                           if any(m is None for m, _ in acts.values()) else ")"))
     if unused:
         notes.append(f"{method}: {len(unused)} activation module(s) or call(s) never run on the calibration data get "
                      f"no score ({', '.join(unused[:3])})")
@@ -346,51 +385,221 @@ def _bn_regimes(bn, kind: str, params: dict):
     return activation_gaussian_regimes(beta, gamma, kind, params)
 
 
-def _tlc(model, acts: dict, calib_batches, calib_arg: str = "calib_batches") -> ScoreResult:
+def _tlc(model, acts: dict, calib_batches, calib_arg: str = "calib_batches", graph=None) -> ScoreResult:
+    graph = graph if graph is not None else _GraphSites([], None, "")
     modules = dict(model.named_modules(remove_duplicate=False))
-    traced_sites = _bn_by_fx(model, acts)
-    traced = traced_sites is not None
-    stats = producer = None
-    if traced:
-        bn_of, calls = traced_sites
-        acts = _called_only(acts, calls)
-    else:
-        if calib_batches is None:
-            raise CollapseError(f"module_scores: tlc could not trace the model with torch.fx to find the BatchNorm "
-                                f"before each activation; give {calib_arg} (hooks then find it, and the empirical "
-                                "variant covers the rest)")
-        stats, producer, calls = _run_hooks(model, acts, calib_batches, moments=True, min_samples=2,
-                                            calib_arg=calib_arg)
-        acts = _called_only(acts, calls)
-        # the hooks saw which leaf module produced each call's input
-        bn_of = {site_key(path, call, calls[path]): p for (path, call), p in producer.items()
-                 if p and _is(modules.get(p), _BN)}
+    traced, stats, calls, bn_of = True, None, {}, {}
+    if acts:
+        traced_sites = _bn_by_fx(model, acts)
+        traced = traced_sites is not None
+        if traced:
+            bn_of, calls = traced_sites
+            acts = _called_only(acts, calls)
+        else:
+            if calib_batches is None:
+                raise CollapseError(f"module_scores: tlc could not trace the model with torch.fx to find the "
+                                    f"BatchNorm before each activation; give {calib_arg} (hooks then find it, and the "
+                                    "empirical variant covers the rest)")
+            stats, producer, calls = _run_hooks(model, acts, calib_batches, moments=True, min_samples=2,
+                                                calib_arg=calib_arg)
+            acts = _called_only(acts, calls)
+            # the hooks saw which leaf module produced each call's input
+            bn_of = {site_key(path, call, calls[path]): p for (path, call), p in producer.items()
+                     if p and _is(modules.get(p), _BN)}
     fixed = {}
     for key, bn in bn_of.items():
         mod, kind = acts[key if key in acts else key.rpartition(":")[0]]
         fixed[key] = {"kind": kind, "source": "bn", "bn": bn, **layer_summary(*_bn_regimes(modules[bn], kind, _params(mod, kind)))}
+    fixed.update(graph.bn_fixed(modules))
     # a module is hooked when one of its calls has no BatchNorm right before it
     rest = [k for k in acts if not calls.get(k) or any(site_key(k, c, calls[k]) not in fixed for c in range(calls[k]))]
-    if rest and stats is None:
-        if calib_batches is None:
-            if not fixed:
-                raise CollapseError("module_scores: tlc found no BatchNorm directly before the activations; give "
-                                    f"{calib_arg} for the empirical variant (per-channel mean/std of each input)")
+    g_rest = [site for site in graph.sites if site.keys[0] not in fixed]
+    extra = []
+    if calib_batches is None:
+        if not fixed:
+            raise CollapseError("module_scores: tlc found no BatchNorm directly before the activations; give "
+                                f"{calib_arg} for the empirical variant (per-channel mean/std of each input)")
+        if rest and stats is None:
             raise CollapseError(f"module_scores: tlc: {len(rest)} of {len(acts)} activation modules have no BatchNorm "
                                 f"right before them (e.g. {', '.join(repr(k) for k in rest[:3])}); give {calib_arg} "
                                 "for their empirical statistics")
+        if g_rest:   # data-free: a functional site after no BatchNorm stays unscored (as before it was scored at all)
+            extra.append(f"tlc: {len(g_rest)} activation(s) called as functions have no BatchNorm right before them "
+                         f"and get no score without {calib_arg} ({', '.join(x.keys[0] for x in g_rest[:3])})")
+            graph.dropped.update(site.keys[0] for site in g_rest)
+            g_rest = []
+    if rest and stats is None:
         stats, _, hooked = _run_hooks(model, {k: acts[k] for k in rest}, calib_batches, moments=True, min_samples=2,
-                                      calib_arg=calib_arg)
+                                      calib_arg=calib_arg, allow_none=bool(g_rest))
         calls = {**calls, **hooked}
-    variant = "bn" if not rest else ("empirical" if not fixed else "mixed")
+    g_stats = graph.tapped(g_rest, calib_batches, True, calib_arg, others=bool(stats or fixed))
+    g_acts, g_calls = graph.entries()
+    n_rest = len(rest) + len([site for site in g_rest if site.keys[0] not in graph.dropped])
+    variant = "bn" if not n_rest else ("empirical" if not fixed else "mixed")
     how = "torch.fx" if traced else "forward hooks"
     notes = {"bn": [f"tlc: variant bn (data-free): p_off = Phi(-beta/|gamma|) of the BatchNorm before each activation "
                     f"(found with {how})"],
              "empirical": ["tlc: variant empirical: no BatchNorm directly before the activations, so p_off = "
                            "Phi(-mean/std) of each activation input per channel on the calibration batches"],
              "mixed": [f"tlc: variant mixed: {len(fixed)} activation(s) from their BatchNorm (found with {how}), "
-                       f"{len(rest)} from per-channel mean/std on the calibration batches"]}[variant]
-    res = _from_stats("tlc", variant, acts, stats or {}, calls,
-                      ChannelStats.gaussian_regimes,
-                      fixed, notes)
+                       f"{n_rest} from per-channel mean/std on the calibration batches"]}[variant]
+    res = _from_stats("tlc", variant, {**acts, **g_acts}, {**(stats or {}), **g_stats}, {**calls, **g_calls},
+                      ChannelStats.gaussian_regimes, fixed, notes + extra + graph.notes(bool(acts)))
     return res
+
+
+# ------------------------------------------------------------------------------------ functional sites
+
+class _GraphSites:
+    """The activation sites of the traced model that no module hook sees (F.relu(x), x.relu(), torch.sigmoid(x) * x,
+    F.hardswish: fx/graph.find_activations, the sites and keys the torch front end collapses), scored on the
+    values of the traced graph (fx/tap.tapped_values) with the ChannelStats the hooks use. Without them
+    collapse(module, method=...) scored fewer sites than the ONNX front end on the same model's export."""
+
+    def __init__(self, sites: list, gm, why: str, order: dict | None = None):
+        self.sites, self.gm, self.why, self.order = sites, gm, why, order or {}
+        self.dropped: set = set()   # keys left unscored (data-free TLC without a BatchNorm; the graph failed on the data)
+
+    @classmethod
+    def of(cls, model, gm, acts: dict, first_batch) -> "_GraphSites":
+        if gm is None:
+            gm, why = _trace(model, first_batch)
+            if gm is None:
+                return cls([], None, why)
+        from ..fx.graph import find_activations
+
+        try:
+            found = find_activations(gm)
+        except Exception as exc:   # noqa: BLE001 - the module scores stand without the graph's sites
+            return cls([], None, f"its traced graph's activations could not be found ({_line(exc)})")
+        # a module's calls are its hooks' (call_module nodes; under torch.export, nodes inside the activation module)
+        sites = [site for site in found if site.node.op != "call_module" and site.path not in acts]
+        return cls(sites, gm, "", {site.keys[0]: i for i, site in enumerate(found)})
+
+    def entries(self) -> tuple[dict, dict]:
+        """(key -> (None, kind), key -> 1): each scored site as _from_stats reads an activation module called once."""
+        kept = [site for site in self.sites if site.keys[0] not in self.dropped]
+        return {site.keys[0]: (None, site.kind) for site in kept}, {site.keys[0]: 1 for site in kept}
+
+    def tapped(self, sites: list, calib_batches, moments: bool, calib_arg: str, others: bool) -> dict:
+        """(key, 0) -> ChannelStats of each site's input over the batches. When the traced graph fails on a batch the
+        model itself ran (torch.export's graph at a spatial size other than the one it was traced at) and `others`
+        (module hooks) scored something, the sites are left unscored with a note."""
+        if not sites:
+            return {}
+        try:
+            return self._tapped(sites, calib_batches, moments, calib_arg)
+        except CollapseError as exc:
+            if not others:
+                raise
+            self.dropped.update(site.keys[0] for site in sites)
+            self.why = f"the traced graph failed on the calibration data ({exc})"
+            return {}
+
+    def _tapped(self, sites: list, calib_batches, moments: bool, calib_arg: str) -> dict:
+        from ..fx.tap import tapped_values
+
+        xs = list(dict.fromkeys(site.x for site in sites))
+        stats: dict[tuple, ChannelStats] = {}
+        for got in tapped_values(self.gm, xs, calib_batches, f"module_scores ({calib_arg})", min_samples=2):
+            for site in sites:
+                x = got.get(site.x)
+                if x is None:
+                    continue
+                st = stats.get((site.keys[0], 0))
+                if st is None:
+                    rank = x.ndim
+                    axis = None if rank <= 1 else (1 if rank != 3 else (1 if self._conv_fed(site.x) else 2))
+                    st = stats[(site.keys[0], 0)] = ChannelStats.for_activation(axis, site.kind, site.params,
+                                                                                moments=moments)
+                st.update(x)
+        return stats
+
+    def _producer_module(self, x):
+        """(module path, module) of the leaf module that computed x (as the hooks' leaf producer), else (None, None)."""
+        import operator
+
+        from ..fx.graph import module_path
+
+        node = x.args[0] if x.op == "call_function" and x.target is operator.getitem and x.args else x
+        if not hasattr(node, "op") or node.op in ("placeholder", "get_attr", "output"):
+            return None, None
+        path = module_path(node)
+        if path is None:
+            return None, None
+        try:
+            mod = self.gm.get_submodule(path) if node.op == "call_module" else None
+        except AttributeError:
+            mod = None
+        return path, mod
+
+    def _conv_fed(self, x) -> bool:
+        """A rank-3 input is (B, C, L) when a Conv / norm module feeds it (the hooks' rule), else (B, L, C)."""
+        path, mod = self._producer_module(x)
+        if mod is not None:
+            return _is(mod, _CONV_LIKE)
+        node = x.args[0] if x.op == "call_function" and getattr(x.target, "__name__", "") == "getitem" else x
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            kind = list(stack.values())[-1][1]
+            return (kind if isinstance(kind, str) else kind.__name__).rpartition(".")[2] in _CONV_LIKE
+        return False
+
+    def bn_fixed(self, modules: dict) -> dict:
+        """site key -> TLC's BatchNorm-variant details for each site whose input an nn.BatchNorm computes."""
+        from ..fx.graph import batchnorm_op
+
+        out = {}
+        for site in self.sites:
+            path, mod = self._producer_module(site.x)
+            bn = modules.get(path) if path is not None else None
+            if bn is None or not _is(bn, _BN):
+                continue
+            if site.x.op != "call_module":   # torch.export: the aten batch_norm op inside that module
+                node = site.x.args[0] if site.x.op == "call_function" and site.x.args and \
+                    getattr(site.x.target, "__name__", "") == "getitem" else site.x
+                op = batchnorm_op(self.gm, node)
+                if op is None or op.node is not site.x:
+                    continue
+            out[site.keys[0]] = {"kind": site.kind, "source": "bn", "bn": path,
+                                 **layer_summary(*_bn_regimes(bn, site.kind, site.params))}
+        return out
+
+    def notes(self, modules: bool) -> list:
+        if self.why and modules:
+            return [f"activations called as functions (F.relu, x * torch.sigmoid(x)) get no score: {self.why}"]
+        return []
+
+    def in_model_order(self, res: ScoreResult) -> ScoreResult:
+        """res with its keys in the traced graph's call order (the ONNX front end's order; ties rank by it)."""
+        if self.order:
+            keys = sorted(res.scores, key=lambda k: self.order.get(k, len(self.order)))
+            res.scores = {k: res.scores[k] for k in keys}
+            res.details = {**{k: res.details[k] for k in keys if k in res.details}, **res.details}
+        return res
+
+
+def _trace(model, first_batch) -> tuple:
+    """(GraphModule, "") as the torch front end traces the model (symbolic_trace, else torch.export on the first
+    calibration batch), in eval mode; (None, why) when it cannot be traced."""
+    from ..fx.api import to_graph_module
+
+    was = model.training
+    model.eval()
+    try:
+        try:
+            return to_graph_module(model, None)[0], ""
+        except Exception as exc:   # noqa: BLE001 - untraceable: the module hooks alone, as before
+            first = first_batch()
+            if first is None or isinstance(first, dict):
+                return None, f"the model could not be traced ({_line(exc)})"
+        try:
+            return to_graph_module(model, _as_call(first, _torch())[0])[0], ""
+        except Exception as exc:   # noqa: BLE001
+            return None, f"the model could not be traced ({_line(exc)})"
+    finally:
+        model.train(was)
+
+
+def _line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
