@@ -211,6 +211,12 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
                                                   stats_before, cost_model, reference=original, warnings=warnings)
     if not raw_scores and not cfg.collapse and not block_scores:
         notes.append("no scores given: nothing collapsed; only the exact clean-ups (folding, merging) ran")
+    regimes, regime_rows = {}, None   # --channel-regimes: per-channel maps of the chosen sites (core/channel_regimes)
+    if cfg.channel_regimes:
+        from .core.channel_regimes import plan, regime_details
+
+        regimes, regime_rows = plan([(a.name, [display_key(a), *a.keys], a.kind, a.params) for a in chosen],
+                                    regime_details(score_details, cfg.scores), warnings)
 
     from .onnx.driver import requested_semantics, run_passes
     from .onnx.shapes import dynamic_inputs
@@ -228,9 +234,10 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     result_model, ctx, pm = run_passes(base, {a.name for a in chosen}, merge=cfg.merge,
                                        allow_border_approx=cfg.allow_border_approx, cost_model=cost_model,
                                        input_shapes=input_shapes, remove_blocks=blocks_removed,
-                                       prune=cfg.prune, prune_off=prune_off)
+                                       prune=cfg.prune, prune_off=prune_off, channel_regimes=regimes)
     requested = requested_semantics(base, {a.name for a in chosen}, remove_blocks=blocks_removed,
-                                    constant_channels=ctx.pruning.get("data_dependent_channels"))
+                                    constant_channels=ctx.pruning.get("data_dependent_channels"),
+                                    channel_regimes=regimes)
     stats_after = model_stats(result_model, graph=ctx.graph)   # shapes inferred by the last Cleanup
     overridable = _overridable_weights(original, result_model)
     if overridable:
@@ -331,7 +338,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
             m, c, p = run_passes(base, {a.name for a in chosen}, merge=bool(allowed), cost_model=cost_model,
                                  allow_border_approx=cfg.allow_border_approx, input_shapes=input_shapes,
                                  remove_blocks=blocks_removed, prune=cfg.prune, prune_off=prune_off,
-                                 merge_allowed=allowed)
+                                 merge_allowed=allowed, channel_regimes=regimes)
             c.graph = None   # its arrays duplicate the trial's weights: not held through the search
             v = replace(check(m, feeds, desc, normalized=None), normalization=ver.normalization)
             return (m, c, p, v), v.against_requested, c.merges
@@ -350,7 +357,7 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         # BatchNorm when it loads anyway)
         m, c, p = run_passes(base, {a.name for a in chosen}, merge=False, fold=False, cost_model=cost_model,
                              input_shapes=input_shapes, remove_blocks=blocks_removed, prune=cfg.prune,
-                             prune_off=prune_off)
+                             prune_off=prune_off, channel_regimes=regimes)
         v = replace(check(m, feeds, desc, normalized=None), normalization=ver.normalization)
         if v.against_requested.passed:
             line, fold_fallback = unfolded(ver.against_requested, len(ctx.folds), len(ctx.merges))
@@ -399,6 +406,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         report["merge_fallback"] = merge_fallback
     if fold_fallback is not None:
         report["fold_fallback"] = fold_fallback
+    if regime_rows is not None:   # per site: channels set to their off regime; the price: the check vs the input
+        report["channel_regimes"] = {"sites": regime_rows, "against_original": ver.against_original.as_dict()}
     if speedup_rows is not None:
         report["target_speedup"] = {"target": cfg.target_speedup, "tried": speedup_rows}
         if written_speedup is not None:   # a fallback refused merges the plan counted on

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "model inputs, or a folder of .npy files; also used by the verification gate (with --check "
                    "random inputs in the data's range)")
     g.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
+    g.add_argument("--channel-regimes", action="store_true",
+                   help="per-channel collapse (with --method easier / tlc): channels of a collapsed activation that "
+                        "were always off take its off regime (0 for ReLU: then pruned), the rest its linear regime")
     g.add_argument("--save-scores", metavar="FILE.json", help="write the computed scores (editable, re-usable)")
     g.add_argument("--plot", metavar="FILE.png", help="plot per-layer scores with the threshold")
     g.add_argument("--remove-blocks", type=float, metavar="T",
@@ -402,7 +405,7 @@ def _main(args, parser, console: Console, err: Console, run: _Run) -> int:
         prune=not args.no_prune, prune_ratio=args.prune_ratio, prune_scope=args.prune_scope,
         prune_importance=args.prune_importance, round_to=args.round_to, prune_max_error=args.prune_max_error,
         prune_calib_dead=args.prune_calib_dead, eval_data=args.eval, target_speedup=args.target_speedup,
-        input_shapes=args.input_shape)
+        input_shapes=args.input_shape, channel_regimes=args.channel_regimes)
     try:
         result = api.collapse(source, config=cfg)
     except VerificationError as exc:

@@ -39,6 +39,7 @@ class CollapseConfig:
     eval_data: object = None         # .npz / dict: model inputs + "labels": top-1 accuracy and latency in the report
     target_speedup: float | None = None    # pick lowest-scored activations that buy predicted speed-up until S
     input_shapes: object = None      # ONNX: {input: [dims]} (or "input:1,3,224,224" strings) for dynamic dims
+    channel_regimes: bool = False    # per-channel collapse: channels always off take the off regime (0), the rest linear
 
 
 def check_settings(cfg) -> None:
@@ -88,6 +89,15 @@ def check_settings(cfg) -> None:
     if cfg.approx_max_error is not None and not cfg.allow_border_approx:
         raise CollapseError("--approx-max-error (approx_max_error) has an effect only with --allow-border-approx "
                             "(allow_border_approx=True): add it or drop approx_max_error")
+    if cfg.channel_regimes and cfg.method not in (None, "easier", "tlc"):
+        raise CollapseError(f"--channel-regimes (channel_regimes) reads per-channel statistics of --method easier or tlc, "
+                            f"and --method {cfg.method} has none: use --method easier / tlc, or drop it")
+    if cfg.channel_regimes and cfg.method is None and cfg.scores is None:
+        raise CollapseError("--channel-regimes (channel_regimes) needs per-channel statistics: add --method easier or tlc "
+                            "(with --calib data, or TLC's BatchNorm variant), or --scores of a file they saved, or drop it")
+    if cfg.channel_regimes and cfg.prune_ratio is not None:
+        raise CollapseError("--channel-regimes (channel_regimes) and --prune-ratio (prune_ratio) do not combine: the ratio prune "
+                            "removes channels the per-channel statistics describe; drop one of them")
     if cfg.prune_calib_dead and cfg.calib is None:
         raise CollapseError("--prune-calib-dead (prune_calib_dead) removes ReLU / ReLU6 / HardSwish channels that are 0 on the "
                             "calibration data: give --calib data (calib=), or drop it")

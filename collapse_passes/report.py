@@ -155,6 +155,14 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
                   f"(rtol {v['rtol']}, atol {v['atol']})")
     console.print(f"  vs original model (the price of the collapse): max abs {o['max_abs']:.3g}, "
                   f"max rel {o['max_rel']:.3g}")
+    for row in (report.get("channel_regimes") or {}).get("sites", [])[:max_rows]:
+        # --channel-regimes: what each collapsed site became; the price is the "vs original model" line above
+        console.print(f"  per-channel collapse {row['key']} ({row['kind']}): "
+                      + (f"{row['off_channels']} of {row['channels']} channel(s) in the off regime"
+                         + (f", {row['saturated_channels']} saturated" if row.get("saturated_channels") else "")
+                         + f", {row['to_zero']} to 0"
+                         if row["regime"] == "per-channel" else f"linear regime on every channel ({row['why']})"),
+                      highlight=False)
     if report.get("left_alone"):
         console.print(f"nonlinear ops left alone (not collapsible activations): {', '.join(report['left_alone'])}")
     notes = report.get("notes", [])

@@ -33,6 +33,10 @@ from typing import Callable
 
 import numpy as np
 
+#: a channel is "always off" (dead) when its p_off >= DEAD_P and "always on" when p_off <= 1 - DEAD_P: the scores'
+#: frac_dead / frac_linear (scores/_common.py) and the per-channel collapse's split (core/channel_regimes.py)
+DEAD_P = 0.99
+
 SELU_ALPHA = 1.6732632423543772
 SELU_GAMMA = 1.0507009873554805
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -62,6 +66,9 @@ class ActivationKind:
     piecewise_linear: bool = True   # the linear regime holds exactly on [kink, upper]; False: only as x -> +inf
     description: str = ""
     fuses: bool = False   # runtimes compute it inside the conv / gemm before it (onnxruntime's FusedConv): no op of its own
+    # params -> (scale, shift) of the "off" regime (input below the kink) where it is exactly affine (ReLU: 0,
+    # LeakyReLU: alpha*x, Clip: its min); None where it is curved (ELU, the smooth gates): off_regime()
+    off: Callable | None = None
 
 
 def _where_pos(x, neg):
@@ -71,6 +78,14 @@ def _where_pos(x, neg):
 def _elu_neg(x, alpha):
     with np.errstate(over="ignore"):
         return alpha * np.expm1(np.minimum(x, 0.0))
+
+
+def _hardsigmoid_off(p) -> tuple[float, float]:
+    """The constant a HardSigmoid outputs below its linear range: 0 for alpha > 0, 1 for alpha < 0."""
+    a, b = float(p["alpha"]), float(p["beta"])
+    if a == 0.0:
+        return 0.0, float(np.clip(b, 0.0, 1.0))
+    return 0.0, float(np.clip(a * _hardsigmoid_breaks(p)[0] + b, 0.0, 1.0))
 
 
 def _hardsigmoid_breaks(p) -> tuple[float, float | None]:
@@ -86,24 +101,26 @@ def _hardsigmoid_breaks(p) -> tuple[float, float | None]:
 
 
 CATALOGUE: dict[str, ActivationKind] = {k.name: k for k in [
-    ActivationKind("relu", lambda x, p: np.maximum(x, 0.0), fuses=True, description="max(x, 0)"),
-    ActivationKind("relu6", lambda x, p: np.clip(x, 0.0, 6.0), upper=lambda p: 6.0,
+    ActivationKind("relu", lambda x, p: np.maximum(x, 0.0), fuses=True, off=lambda p: (0.0, 0.0), description="max(x, 0)"),
+    ActivationKind("relu6", lambda x, p: np.clip(x, 0.0, 6.0), upper=lambda p: 6.0, off=lambda p: (0.0, 0.0),
                    fuses=True, description="min(max(x, 0), 6)"),
     ActivationKind("clip", lambda x, p: np.clip(x, p["min"], np.inf if p.get("max") is None else p["max"]),
-                   defaults={"min": 0.0, "max": None}, kink=lambda p: float(p["min"]),
+                   defaults={"min": 0.0, "max": None}, kink=lambda p: float(p["min"]), off=lambda p: (0.0, float(p["min"])),
                    upper=lambda p: None if p.get("max") is None else float(p["max"]),
                    fuses=True, description="min(max(x, min), max); ReLU6 when (0, 6)"),
     ActivationKind("leaky_relu", lambda x, p: _where_pos(x, p["alpha"] * x), defaults={"alpha": 0.01},
-                   fuses=True, description="x if x >= 0 else alpha*x"),
+                   off=lambda p: (float(p["alpha"]), 0.0), fuses=True, description="x if x >= 0 else alpha*x"),
     ActivationKind("prelu", lambda x, p: _where_pos(x, np.asarray(p["slope"], np.float64) * x),
-                   defaults={"slope": 0.25}, description="x if x >= 0 else slope*x (slope per channel)"),
+                   defaults={"slope": 0.25}, off=lambda p: (np.asarray(p["slope"], np.float64), 0.0),
+                   description="x if x >= 0 else slope*x (slope per channel)"),
     ActivationKind("hardswish", lambda x, p: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, kink=lambda p: 3.0,
-                   band=lambda p: -3.0,
+                   band=lambda p: -3.0, off=lambda p: (0.0, 0.0),
                    description="x*relu6(x+3)/6; off (0) for x <= -3, on (identity) for x >= 3, curved x(x+3)/6 "
                                "between: that band counts half on, half off in the scores"),
     ActivationKind("hardsigmoid", lambda x, p: np.clip(p["alpha"] * x + p["beta"], 0.0, 1.0),
                    defaults={"alpha": 0.2, "beta": 0.5}, linear=lambda p: (float(p["alpha"]), float(p["beta"])),
                    kink=lambda p: _hardsigmoid_breaks(p)[0], upper=lambda p: _hardsigmoid_breaks(p)[1],
+                   off=_hardsigmoid_off,
                    fuses=True, description="clip(alpha*x + beta, 0, 1); linear regime alpha*x + beta"),
     ActivationKind("elu", lambda x, p: np.where(x > 0, x, _elu_neg(x, p["alpha"])), defaults={"alpha": 1.0},
                    piecewise_linear=True, description="x if x > 0 else alpha*(exp(x) - 1)"),
@@ -186,6 +203,18 @@ def linear_regime(kind: str, params: dict | None = None) -> tuple[float, float]:
     e = get(kind)
     s, b = e.linear(_p(params, e.defaults))
     return float(s), float(b)
+
+
+def off_regime(kind: str, params: dict | None = None):
+    """(scale, shift) of the map an activation follows below its kink, where that map is exactly affine: ReLU,
+    ReLU6, HardSwish (x <= -3) 0, a Clip its min, HardSigmoid its lower constant, LeakyReLU alpha*x, PReLU
+    slope*x (scale per channel); None for the curved off sides (ELU / CELU / SELU, GELU, SiLU, Mish) and
+    unknown kinds. What a channel that is always off becomes in a per-channel collapse (core/channel_regimes)."""
+    k = ALIASES.get(kind, kind)
+    if k not in CATALOGUE or CATALOGUE[k].off is None:
+        return None
+    e = CATALOGUE[k]
+    return e.off(_p(params, e.defaults))
 
 
 def activation_kink(kind: str, params: dict | None = None) -> float:

@@ -1094,6 +1094,12 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     blocks_removed = blocks_to_remove(block_scores, cfg.remove_blocks, warnings)
     sites, chosen, scores = select(gm, cfg, notes, warnings, computed)
     names = [s.keys[0] for s in chosen]   # the site's own key: an fx node name can equal a shared root module's path
+    regimes, regime_rows = {}, None   # channel_regimes: per-channel maps by site key (core/channel_regimes)
+    if cfg.channel_regimes:
+        from ..core.channel_regimes import plan, regime_details
+
+        regimes, regime_rows = plan([(s.keys[0], s.keys, s.kind, s.params) for s in chosen], regime_details(
+            computed.as_dict() if computed is not None else None, cfg.scores), warnings)
     original = copy_sharing_weights(gm)
     feeds = _feeds(example_inputs, cfg.check, cfg.seed)
     outputs = CheckOutputs(feeds)   # every model runs at most once per check input (see docs/torch.md)
@@ -1119,7 +1125,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     # model and the prune's own error is reported
     shared = SharedWeightWrites.of(gm)   # the user's tensors: no pass may write one in place (the gate reads them too)
     RemoveResidualBlocks(blocks_removed, record)(gm)
-    LinearizeActivations(names, record)(gm)
+    LinearizeActivations(names, record, regimes)(gm)
     # the requested semantics (the gate's reference) are the input with these two passes alone: gm now. The
     # pruning and the passes below work on copies of it (prune_module copies; else copy_sharing_weights)
     requested = reference = gm
@@ -1212,6 +1218,8 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         report["merge_fallback"] = fallback
     if fold_fallback is not None:
         report["fold_fallback"] = fold_fallback
+    if regime_rows is not None:   # as the ONNX path: per site what went to the off regime; the price vs the input
+        report["channel_regimes"] = {"sites": regime_rows, "against_original": ver.against_original.as_dict()}
     if prune_report is not None and cfg.prune_ratio is not None:
         # the prune's own error, as the ONNX path measures it (pruning/api_hook): a comparison of the gate's runs.
         # verify_torch here ran its float64 second look on every ratio prune (the error is never within rtol):
@@ -1342,6 +1350,8 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
             else list(collapse)
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):
         raise CollapseError(f"threshold must be a finite number, got {cfg.threshold}")
+    if cfg.channel_regimes:
+        raise CollapseError("torch_backend: channel_regimes is implemented for ONNX models only; drop it")
 
     def backend(gm: fx.GraphModule, example_inputs):
         low = _low_precision(list(example_inputs) + list(gm.parameters()) + list(gm.buffers()))

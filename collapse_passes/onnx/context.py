@@ -11,6 +11,7 @@ class OnnxContext:
     graph: gs.Graph
     chosen: set = field(default_factory=set)          # anchor node names of activations to linearize
     remove_blocks: set = field(default_factory=set)   # residual-block keys to replace by their skip (LaCoOT)
+    channel_regimes: dict = field(default_factory=dict)   # anchor name -> core.channel_regimes.ChannelRegime
     node_meta: dict = field(default_factory=dict)     # node name -> metadata_props (graphsurgeon drops them)
     allow_border_approx: bool = False
     cost_model: object = None                         # algebra.cost.CostModel, used by merge planning

@@ -46,7 +46,7 @@ def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = Fal
 def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow_border_approx: bool = False,
                cost_model=None, input_shapes=None, remove_blocks=None, prune: bool = False,
                prune_off: dict | None = None, run_cache: OnnxContext | None = None, merge_allowed=None,
-               fold: bool = True) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
+               fold: bool = True, channel_regimes: dict | None = None) -> tuple[onnx.ModelProto, OnnxContext, PassManager]:
     """`run_cache`: the context of an earlier run on the same `model`, whose run-read shapes
     (ctx.run_shapes, shapes.run_shapes) this run reuses instead of running the model again.
     `merge_allowed`: the join keys merges may use (None: all), core/merge_fallback.
@@ -54,7 +54,8 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), allow_border_approx=allow_border_approx,
                       cost_model=cost_model, input_shapes=dict(input_shapes or {}),
                       remove_blocks=set(remove_blocks or ()), node_meta=node_key_names(model),
-                      prune=prune, prune_off=dict(prune_off or {}), source=model, merge_allowed=merge_allowed)
+                      prune=prune, prune_off=dict(prune_off or {}), source=model, merge_allowed=merge_allowed,
+                      channel_regimes=dict(channel_regimes or {}))
     if run_cache is not None:   # shared, not copied: what one candidate reads, the next one has
         ctx.run_shapes, ctx.run_asked = run_cache.run_shapes, run_cache.run_asked
     # keyed before the passes change the graph: the result keeps the input's site keys (onnx.keys)
@@ -70,13 +71,14 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
 
 
 def requested_semantics(model: onnx.ModelProto, chosen: set, remove_blocks=None,
-                        constant_channels: dict | None = None) -> onnx.ModelProto:
+                        constant_channels: dict | None = None, channel_regimes: dict | None = None) -> onnx.ModelProto:
     """The input model with the chosen activations linearized (and chosen residual blocks replaced by
     their skip) and nothing else: the reference the result is verified against.
 
     constant_channels {tensor: channels}: channels removed because they were off on the calibration data
     (a data-dependent removal) are forced to 0 in the reference first; structural constant-channel
     removals need nothing (those channels are constant in the original already).
+    channel_regimes {anchor: ChannelRegime}: those activations become their per-channel map (--channel-regimes).
 
     Nothing requested returns `model` itself (the same object): verify then reuses its outputs."""
     if not chosen and not remove_blocks and not constant_channels:
@@ -86,7 +88,7 @@ def requested_semantics(model: onnx.ModelProto, chosen: set, remove_blocks=None,
 
         model = mask_channels(model, constant_channels)
     ctx = OnnxContext(graph=to_graph(model), chosen=set(chosen), remove_blocks=set(remove_blocks or ()),
-                      node_meta=node_key_names(model))
+                      node_meta=node_key_names(model), channel_regimes=dict(channel_regimes or {}))
     for p in _pre_passes(remove_blocks):
         p(ctx)
     return to_model(ctx.graph, model)

@@ -365,6 +365,12 @@ class ChannelGraph:
                 out.update((op.outs[0], int(i)) for i in np.flatnonzero(zero_filters(_filters(op))))
             elif op.kind == "bn":
                 out.update((op.outs[0], int(i)) for i in np.flatnonzero(np.asarray(op.data["scale"]) == 0))
+            elif op.kind == "binary" and op.data["fn"] == "mul":
+                # a Mul by a per-channel constant with zeros: what a per-channel collapse writes for the channels that
+                # were always off (core/channel_regimes.py); _value already says 0 * anything is 0
+                for c in op.data["consts"]:
+                    if c is not None:
+                        out.update((op.outs[0], int(i)) for i in np.flatnonzero(np.asarray(c) == 0))
         return out
 
     def _unit_constant(self, unit, readers, writers, dd):

@@ -82,12 +82,16 @@ def exact_removal(graph: gs.Graph, data_dependent_off: dict | None = None) -> di
 def may_hold_constant_channels(graph: gs.Graph) -> bool:
     """A cheap look before building the channel graph: a constant channel starts only at an all-zero
     filter of a Conv/ConvTranspose/Gemm/MatMul or a BatchNormalization with a zero scale
-    (ChannelGraph._constant_sources, data-dependent ReLUs aside). Unreadable weights count as "may"."""
+    (ChannelGraph._constant_sources, data-dependent ReLUs aside), or a Mul by a per-channel constant with zeros.
+    Unreadable weights count as "may"."""
     from ..onnx.graph import const_value
     from ..onnx.linear_ops import ConvView, DenseView
 
     outs = {t.name for t in graph.outputs}
     for n in graph.nodes:
+        if n.op == "Mul" and any(c is not None and c.size > 1 and not np.all(c)
+                                 for c in (const_value(t) for t in n.inputs)):
+            return True   # a per-channel collapse's off channels (core/channel_regimes: x * 0)
         if n.op == "BatchNormalization":
             gamma = const_value(n.inputs[1]) if len(n.inputs) > 1 else None
             if gamma is None or not np.all(np.asarray(gamma)):

@@ -16,7 +16,8 @@ from ..core.activations import activation_kink, band_start, upper_bound  # noqa:
 from ..errors import CollapseError
 
 #: a channel counts as "always off" (dead) when p_off >= DEAD_P, "always on" (linear) when p_off <= 1 - DEAD_P
-DEAD_P = 0.99
+#: (defined with the catalogue: the per-channel collapse, core/channel_regimes.py, splits channels by it too)
+from ..core.activations import DEAD_P  # noqa: E402,F401
 
 
 @dataclass

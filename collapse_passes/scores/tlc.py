@@ -86,7 +86,8 @@ def tlc_scores(model, calib=None, calib_batches=None, variant: str = "auto", act
         if bns[id(a)] is not None:
             gamma, beta, name = bns[id(a)]
             per_act[id(a)] = {"kind": a.kind, "node": a.name, "source": "bn", "bn": name,
-                              **layer_summary(*activation_gaussian_regimes(beta, gamma, a.kind, a.params))}
+                              **layer_summary(*activation_gaussian_regimes(beta, gamma, a.kind, a.params)),
+                              "channel_axis": 1}   # BatchNormalization's channels (what --channel-regimes reads)
     samples = 0
     if rest:
         from .easier import collect_stats

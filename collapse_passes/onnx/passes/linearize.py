@@ -2,12 +2,17 @@
 
 This is the collapse itself. The requested semantics that verify.py checks against is this pass
 alone applied to the input model, so it must stay the single definition of "collapsed".
+
+With ctx.channel_regimes (--channel-regimes, core/channel_regimes.py) an activation listed there becomes its
+per-channel map instead: x * scale[c] (+ shift[c]), the channels that were always off in their off regime (0 for a
+ReLU), the others linear; fold_affine folds it into the conv before, and the zero channels are pruned.
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ...errors import CollapseError
 from ...pipeline import PassResult
 from ..graph import make_const, replace_tensor_uses, toposort
 from ..patterns import find_activations
@@ -19,6 +24,12 @@ class LinearizeActivations:
     def __call__(self, ctx) -> PassResult:
         graph = ctx.graph
         acts = [a for a in find_activations(graph) if a.name in ctx.chosen]
+        regimes = getattr(ctx, "channel_regimes", None) or {}
+        if any(a.name in regimes and a.input.shape is None for a in acts):
+            # the per-channel constants need the input's rank: the requested semantics linearizes without a Cleanup
+            from .cleanup import infer_shapes
+
+            infer_shapes(graph)
         now = {}   # an activation's output -> what replaced it (a collapsed activation may feed the next one)
         for a in acts:
             x, y = a.input, a.output
@@ -26,12 +37,24 @@ class LinearizeActivations:
                 x = now[id(x)]
             new = x
             dt = x.dtype if x.dtype is not None else np.float32
-            if a.linear_scale != 1.0:
+            shaped = _per_channel(regimes.get(a.name), a)
+            if shaped is not None:
+                scale, shift = shaped
+                s = gs.Variable(f"{y.name}__ch_scale", dtype=x.dtype, shape=y.shape)   # the pruning reads its rank
+                graph.nodes.append(gs.Node("Mul", name=f"{a.name}__ch_scale", inputs=[
+                    new, make_const(graph, f"{a.name}.ch_scale", scale.astype(dt))], outputs=[s]))
+                new = s
+                if np.any(shift):
+                    s = gs.Variable(f"{y.name}__ch_shift", dtype=x.dtype, shape=y.shape)
+                    graph.nodes.append(gs.Node("Add", name=f"{a.name}__ch_shift", inputs=[
+                        new, make_const(graph, f"{a.name}.ch_shift", shift.astype(dt))], outputs=[s]))
+                    new = s
+            elif a.linear_scale != 1.0:
                 s = gs.Variable(f"{y.name}__lin_scale", dtype=x.dtype)
                 graph.nodes.append(gs.Node("Mul", name=f"{a.name}__lin_scale", inputs=[
                     new, make_const(graph, f"{a.name}.lin_scale", np.asarray(a.linear_scale, dtype=dt))], outputs=[s]))
                 new = s
-            if a.linear_shift != 0.0:
+            if shaped is None and a.linear_shift != 0.0:
                 s = gs.Variable(f"{y.name}__lin_shift", dtype=x.dtype)
                 graph.nodes.append(gs.Node("Add", name=f"{a.name}__lin_shift", inputs=[
                     new, make_const(graph, f"{a.name}.lin_shift", np.asarray(a.linear_shift, dtype=dt))], outputs=[s]))
@@ -44,3 +67,21 @@ class LinearizeActivations:
         if acts:
             toposort(graph.cleanup(remove_unused_graph_inputs=False))
         return PassResult(bool(acts), [f"linearized {len(acts)} activation(s)"] if acts else [])
+
+
+def _per_channel(r, a):
+    """(scale, shift) of `a`'s per-channel map `r` shaped to broadcast along its channel axis, or None (plain
+    linear regime). A tensor whose rank is unknown or whose channel count differs from the statistics' is
+    refused rather than broadcast wrongly."""
+    from ...core.channel_regimes import broadcast_shape
+
+    if r is None:
+        return None
+    x = a.input
+    shape = broadcast_shape(r.scale.size, r.axis, None if x.shape is None else len(x.shape))
+    dim = None if shape is None else x.shape[r.axis]
+    if shape is None or (isinstance(dim, int) and dim != r.scale.size):
+        raise CollapseError(f"--channel-regimes: activation {a.name} ({r.key}): its input's shape "
+                            f"({x.shape}) does not match the {r.scale.size} channels of its statistics on axis "
+                            f"{r.axis}; run without --channel-regimes (channel_regimes=False)")
+    return r.scale.reshape(shape), r.shift.reshape(shape)
