@@ -210,11 +210,18 @@ def off_regime(kind: str, params: dict | None = None):
     ReLU6, HardSwish (x <= -3) 0, a Clip its min, HardSigmoid its lower constant, LeakyReLU alpha*x, PReLU
     slope*x (scale per channel); None for the curved off sides (ELU / CELU / SELU, GELU, SiLU, Mish) and
     unknown kinds. What a channel that is always off becomes in a per-channel collapse (core/channel_regimes)."""
+    return _catalogue_field(kind, params, "off", None, float_=False)
+
+
+def _catalogue_field(kind: str, params: dict | None, field: str, unknown, float_: bool = True):
+    """The catalogue entry's `field` (kink, band, upper, off) for `kind` with `params` over its defaults;
+    `unknown` for a kind the catalogue does not know or an entry without one; a number as a float."""
     k = ALIASES.get(kind, kind)
-    if k not in CATALOGUE or CATALOGUE[k].off is None:
-        return None
-    e = CATALOGUE[k]
-    return e.off(_p(params, e.defaults))
+    fn = getattr(CATALOGUE[k], field) if k in CATALOGUE else None
+    if fn is None:
+        return unknown
+    v = fn(_p(params, CATALOGUE[k].defaults))
+    return v if v is None or not float_ else float(v)
 
 
 def activation_kink(kind: str, params: dict | None = None) -> float:
@@ -224,11 +231,7 @@ def activation_kink(kind: str, params: dict | None = None) -> float:
     they have no exactly linear range), 3 for HardSwish (identity from 3 on; band_start gives -3), the
     lower bound of a Clip, the lower end of a HardSigmoid's linear range (-beta/alpha for alpha > 0).
     Unknown kinds: 0."""
-    k = ALIASES.get(kind, kind)
-    if k not in CATALOGUE:
-        return 0.0
-    e = CATALOGUE[k]
-    return float(e.kink(_p(params, e.defaults)))
+    return _catalogue_field(kind, params, "kink", 0.0)
 
 
 def band_start(kind: str, params: dict | None = None) -> float | None:
@@ -238,22 +241,12 @@ def band_start(kind: str, params: dict | None = None) -> float | None:
     Why: taking HardSwish's kink at 0 like the gates counted a channel living in [0, 3) "always on"
     (score 0, collapsible), though x(x+3)/6 is far from the identity there; the training loop collapsed
     MobileNetV3's such sites first. Unknown kinds: None."""
-    k = ALIASES.get(kind, kind)
-    if k not in CATALOGUE:
-        return None
-    e = CATALOGUE[k]
-    b = e.band(_p(params, e.defaults))
-    return None if b is None else float(b)
+    return _catalogue_field(kind, params, "band", None)
 
 
 def upper_bound(kind: str, params: dict | None = None) -> float | None:
     """Input above which the activation leaves its linear regime again (ReLU6: 6), or None."""
-    k = ALIASES.get(kind, kind)
-    if k not in CATALOGUE:
-        return None
-    e = CATALOGUE[k]
-    u = e.upper(_p(params, e.defaults))
-    return None if u is None else float(u)
+    return _catalogue_field(kind, params, "upper", None)
 
 
 def reference(kind: str, x, params: dict | None = None) -> np.ndarray:
