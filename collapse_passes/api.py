@@ -181,6 +181,12 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         from .onnx.blocks import find_residual_blocks
 
         known = {k for b in find_residual_blocks(graph, meta) for k in b.keys}   # the graph read above
+        gone = [k for k in saved_blocks if k not in known and k in index.before]   # removed by an earlier run
+        if gone:
+            notes.append(f"{len(gone)} block score key(s) name residual blocks an earlier collapse_passes run removed "
+                         f"(the model's metadata, {COLLAPSED_META}): skipped ({', '.join(gone[:4])}"
+                         f"{' ...' if len(gone) > 4 else ''})")
+            saved_blocks = {k: v for k, v in saved_blocks.items() if k not in gone}
         bad = [k for k in saved_blocks if k not in known]
         if bad:
             raise CollapseError(f"{cfg.scores}: {bad[0]!r} names no residual block of this model (block scores, "
@@ -417,6 +423,10 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
 
         report.update(eval_report(original, result_model, eval_set))
     collapsed_keys = [k for a in report.get("activations", []) if a.get("collapsed") for k in [a["key"], *a["keys"]]]
+    if blocks_removed:   # the removed blocks, and the activations that went with them (their nodes are gone)
+        left = {n.name for n in result_model.graph.node}
+        collapsed_keys += [*blocks_removed, *(k for a in acts if id(a) not in chosen_ids
+                                              and not any(n in left for n in a.node_names) for k in a.keys)]
     if collapsed_keys and result_model is not original:   # a proto this run made (never the caller's)
         record_collapsed(result_model, collapsed_keys)
     res = CollapseResult(result_model, report, requested, passed, original, source=path,

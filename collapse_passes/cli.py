@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("merging")
     m.add_argument("--no-merge", action="store_true", help="do not merge linear chains (fold BN/affine only)")
     m.add_argument("--allow-border-approx", action="store_true",
-                   help="also merge padded conv pairs whose merge is inexact on the border; the error is measured")
+                   help="also merge padded conv pairs whose merge is inexact on the border; the error is measured "
+                        "(a non-finite one is refused)")
     m.add_argument("--approx-max-error", type=float, metavar="E",
                    help="with --allow-border-approx: fail if the measured max abs error exceeds E")
     m.add_argument("--cost", choices=("macs", "measured"), default="macs",

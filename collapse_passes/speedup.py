@@ -263,11 +263,13 @@ def uncapped_choice_warning(taken_scores: list, pool_scores: list, cfg) -> str |
     if cfg.threshold is not None or cfg.remove is not None or not taken_scores or not pool_scores:
         return None
     lo, hi, top = min(pool_scores), max(pool_scores), max(taken_scores)
-    if not (hi > lo) or top < lo + 0.5 * (hi - lo):
+    mid = 0.5 * lo + 0.5 * hi   # not lo + (hi - lo) / 2: hi - lo overflows to inf on scores of +-1e308
+    if not (hi > lo) or top < mid:
         return None
-    n_upper = sum(s >= lo + 0.5 * (hi - lo) for s in taken_scores)
+    n_upper = sum(s >= mid for s in taken_scores)
     return (f"--target-speedup {cfg.target_speedup}: with no --threshold / --remove, {n_upper} of the "
-            f"{len(taken_scores)} activation(s) it collapsed score in the upper half of the range ({lo:.3g}-{hi:.3g}; "
+            f"{len(taken_scores)} activation(s) it collapsed score in the upper half of the range "
+            f"({lo:.3g} to {hi:.3g}; "
             f"up to {top:.3g}): they separate their inputs, so expect the outputs to move away from the input model's "
             "(verification.against_original in the report); cap the choice with --threshold T")
 

@@ -10,6 +10,7 @@ original, uncollapsed model is reported separately as the price of the collapse 
 from __future__ import annotations
 
 import gc
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -253,7 +254,7 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
             failed = replace(normalization, why=why)
             return Verification(failed, compare(orig_out, res_out, names, rtol, atol), rtol, atol, inputs_desc,
                                 warnings=warns, partial=partial, normalization=failed)
-    against = (nonfinite_request(orig_out, req_out, names, len(feeds), inputs_desc)
+    against = (nonfinite_request(orig_out, req_out, names, len(feeds), inputs_desc, feeds=feeds)
                or nothing_compared(req_out, len(feeds), inputs_desc) or compare(req_out, res_out, names, rtol, atol))
     # onnx's evaluator may read an op under another opset than onnxruntime does (Softmax's axis before
     # 13): with the opsets apart, its agreement would prove nothing about what onnxruntime computes
@@ -419,6 +420,12 @@ def border_approximation_gate(ver: Verification, limit: float | None, flag: str)
     (not the float64 second look's analysis, which cannot tell the border error from float32 rounding)."""
     c = ver.against_requested
     line = f"border approximation: max abs error {c.max_abs:.3g} vs the requested semantics (opt-in with {flag})"
+    if not math.isfinite(c.max_abs):
+        # no error measured: the requested semantics overflow (nonfinite_request: nothing to verify against) or
+        # the result's outputs are NaN/Inf. Passed with no limit, a result compared against nothing was written
+        why = c.why or (f"the result outputs NaN/Inf where the requested semantics are finite: the border "
+                        f"approximation's error is not measurable ({flag} accepts a measured error only)")
+        return replace(ver, against_requested=replace(c, why=why)), False, line
     if limit is None or c.max_abs <= limit:
         return ver, True, line
     why = (f"the border approximation is max abs {c.max_abs:.3g} (max rel {c.max_rel:.3g}) from the requested "

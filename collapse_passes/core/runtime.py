@@ -651,15 +651,36 @@ def compare(ref_outs, outs, names, rtol: float, atol: float) -> Comparison:
     return Comparison(max_abs, max_rel, passed, len(ref_outs), worst)
 
 
-def nonfinite_request(orig_outs, req_outs, names, samples: int, inputs_desc: str | None = None) -> Comparison | None:
+def feed_rows(feed) -> int:
+    """The samples one check input holds: the first axis of its first array (a dict's values, a tuple's items,
+    nested; torch tensors too), 1 for scalars. A --calib .npz of 16 samples is one feed of 16 rows."""
+    if isinstance(feed, dict):
+        feed = list(feed.values())
+    if isinstance(feed, (list, tuple)):
+        for x in feed:
+            n = feed_rows(x)
+            if n:
+                return n
+        return 0
+    shape = getattr(feed, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) >= 1 else (1 if shape is not None else 0)
+
+
+def nonfinite_request(orig_outs, req_outs, names, samples: int, inputs_desc: str | None = None,
+                      feeds=None) -> Comparison | None:
     """A failed Comparison when the requested semantics outputs NaN/Inf where the input model does not
     (collapsing those activations overflows float32): matching NaNs would otherwise pass the gate while
     comparing nothing. None when the requested outputs are as finite as the input's. With more than one
     feed it says which overflowed, in the order `inputs_desc` lists them: --calib samples come first and
     the random inputs in their range (wider than the data) last, so a user sees whether the data itself
-    overflows (it was blamed on the activations while only the random inputs did, H36)."""
-    bad, total, worst, feeds_bad = 0, 0, "", []
+    overflows (it was blamed on the activations while only the random inputs did, H36). `feeds` (the check
+    inputs): a feed of several samples (a --calib .npz is one feed of all its samples) also names the samples
+    (rows of its outputs' first axis) that overflowed: "check input 1 of 5" alone read as the first sample of
+    a description counting 16 (H45)."""
+    bad, total, worst, feeds_bad = 0, 0, "", {}
+    rows = [feed_rows(f) for f in feeds] if feeds is not None else []
     for i, (o_list, r_list) in enumerate(zip(orig_outs, req_outs)):
+        n = rows[i] if i < len(rows) else 0
         for name, o, r in zip(names, o_list, r_list):
             o, r = np.asarray(o), np.asarray(r)
             if o.shape != r.shape or r.dtype.kind != "f":
@@ -667,14 +688,22 @@ def nonfinite_request(orig_outs, req_outs, names, samples: int, inputs_desc: str
             new = ~np.isfinite(r) & np.isfinite(o)
             if new.any():
                 bad, worst = bad + int(new.sum()), worst or name
-                if not feeds_bad or feeds_bad[-1] != i + 1:
-                    feeds_bad.append(i + 1)
+                hit = feeds_bad.setdefault(i + 1, set())
+                if n > 1 and new.ndim >= 1 and new.shape[0] == n:   # batch-first: which samples
+                    hit.update(int(j) + 1 for j in np.flatnonzero(new.reshape(n, -1).any(axis=1)))
             total += r.size
     if not bad:
         return None
+
+    def listed(items, cap=8):
+        items = sorted(items)
+        return ", ".join(map(str, items[:cap])) + (" ..." if len(items) > cap else "")
+
     where = ""
-    if len(orig_outs) > 1:
-        shown = ", ".join(map(str, feeds_bad[:8])) + (" ..." if len(feeds_bad) > 8 else "")
+    if len(orig_outs) > 1 or any(feeds_bad.values()):
+        parts = [f"{i} (sample(s) {listed(hit)} of its {rows[i - 1]})" if hit else str(i)
+                 for i, hit in sorted(feeds_bad.items())]
+        shown = ", ".join(parts[:8]) + (" ..." if len(parts) > 8 else "")
         where = f", on check input(s) {shown} of {len(orig_outs)}" + (f" ({inputs_desc}, in that order)" if inputs_desc
                                                                       else "")
     return Comparison(float("inf"), float("inf"), False, samples, worst,

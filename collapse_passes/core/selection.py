@@ -82,7 +82,7 @@ def collapsed_before(model) -> list:
         if p.key == COLLAPSED_META:
             try:
                 keys = json.loads(p.value)
-            except ValueError:
+            except (ValueError, RecursionError):   # a hostile value ("[[[[..." nested past the stack) is unreadable too
                 return []
             return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
     return []

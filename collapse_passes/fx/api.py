@@ -812,7 +812,8 @@ def verify_torch(original, requested, result, feeds, rtol: float, atol: float, d
     res = outputs(result)
     names = [f"output{i}" for i in range(len(res[0]))]
     orig, req = outputs(original), outputs(requested)
-    against = (nonfinite_request(orig, req, names, len(feeds), desc) or nothing_compared(req, len(feeds), desc)
+    against = (nonfinite_request(orig, req, names, len(feeds), desc, feeds=feeds)
+               or nothing_compared(req, len(feeds), desc)
                or compare(req, res, names, rtol, atol))
     if not against.passed and not against.why:
         against = float64_second_look(against, _run64, requested, result, feeds, names, rtol, atol, req32=req,

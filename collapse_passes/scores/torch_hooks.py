@@ -99,11 +99,13 @@ def _params(mod, kind: str) -> dict:
 
 
 def module_scores(model, method: str, calib_batches=None, calib_arg: str = "calib_batches",
-                  gm=None) -> ScoreResult:
+                  gm=None, functional: bool = True) -> ScoreResult:
     """`calib_arg` is how the caller's user passes the batches, named in the way-outs of the errors (collapse()
     takes them as calib=[...], where calib_batches is a count: naming it there sent users to the wrong argument).
     gm: the model traced by the torch front end (fx/api.to_graph_module), whose activations called as functions
-    are scored on its values (_GraphSites); None: traced here the same way (none when it cannot be traced)."""
+    are scored on its values (_GraphSites); None: traced here the same way (none when it cannot be traced).
+    functional=False: activation modules only, nothing traced (the training loop swaps modules and scores every
+    round: a trace and a second pass over its batches each round, for scores it never read)."""
     torch = _torch()
     if not isinstance(model, torch.nn.Module):
         raise CollapseError(f"module_scores expects a torch.nn.Module, got {type(model).__name__}")
@@ -141,7 +143,7 @@ def module_scores(model, method: str, calib_batches=None, calib_arg: str = "cali
             held.append(next(calib_batches, None))
         return held[0]
 
-    graph = _GraphSites.of(model, gm, acts, first_batch)
+    graph = _GraphSites.of(model, gm, acts, first_batch) if functional else _GraphSites([], None, "")
     if one_shot:
         rest = itertools.chain([b for b in held if b is not None], calib_batches)
         calib_batches = list(rest) if acts and graph.sites else rest

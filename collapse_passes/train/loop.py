@@ -289,7 +289,9 @@ def _reestimate_bn(model: nn.Module, batches, n: int = BN_BATCHES) -> None:
     finally:
         for m, mo, st in zip(bns, momenta, saved):
             m.momentum = mo
-            if not used:   # nothing seen: keep the statistics the training left
+            # nothing seen (no batch ran, or a branch the training batches never reach: an eval-only head, one
+            # input kind's path): keep the statistics the training left, not reset_running_stats' 0 / 1
+            if not used or not int(m.num_batches_tracked):
                 m.load_state_dict(st, strict=False)
 
 
@@ -462,7 +464,8 @@ def _site_scores(model, method, score_batches, sites, whole: set | None = None) 
     # the loop calls model(inputs): module_scores spreads a tuple batch over forward's arguments, so a
     # structured input (a tuple / dict the model takes as one argument) goes in a 1-tuple
     calib = None if score_batches is None else [b if isinstance(b, torch.Tensor) else (b,) for b in score_batches]
-    res = module_scores(model, method, calib_batches=calib, calib_arg="train_data")   # what the user gives
+    # what the user gives; its sites are modules (find_sites): functional ones are not traced and scored each round
+    res = module_scores(model, method, calib_batches=calib, calib_arg="train_data", functional=False)
     if method == "tlc" and not any(isinstance(d, dict) and d.get("source") == "bn" for d in res.details.values()):
         raise CollapseError("method tlc scores activations from the BatchNorm before them, and this model has no "
                             "BatchNorm feeding an activation; use method='easier' (data-driven) instead")
