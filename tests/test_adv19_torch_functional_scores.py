@@ -250,3 +250,13 @@ def test_a_generator_of_batches_is_read_for_both_hooks_and_graph():
     assert set(got) == KEYS and got == pytest.approx(want, abs=1e-12)
     untraced = module_scores(Untraceable().eval(), "easier", calib_batches=(b for b in _calib()))
     assert set(untraced.scores) == {"act"} and untraced.details["act"]["samples"] == 12
+
+
+def test_a_long_trace_error_is_cut_at_a_word():
+    """The "could not be traced (...)" note cut the error mid-word at 200 characters (H45)."""
+    from collapse_passes.scores.torch_hooks import _line
+
+    text = _line(ValueError("alpha beta " * 40))
+    assert text.endswith("beta ...") or text.endswith("alpha ...")
+    assert len(text) <= 204 and "  " not in text
+    assert _line(ValueError("")) == "ValueError"

@@ -604,4 +604,9 @@ def _trace(model, first_batch) -> tuple:
 
 
 def _line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    """The exception on one line, at most ~200 characters, cut at a word where there is one (it was cut mid-word)."""
+    text = " ".join(str(exc).split())
+    if len(text) > 200:
+        cut = text.rfind(" ", 100, 200)
+        text = text[:cut if cut > 0 else 200] + " ..."
+    return text or type(exc).__name__
