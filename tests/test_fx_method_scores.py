@@ -89,7 +89,9 @@ def test_method_errors_are_one_line():
     m, x = _net(), torch.randn(1, 3, 12, 12)
     ep = torch.export.export(m, (x,))
     cases = [
-        (dict(model=ep, method="easier", calib=_calib()), "ExportedProgram"),
+        # an ExportedProgram is scored on its own graph (since 2026-11-29, tests/test_adv19_ep_method_scores.py);
+        # batches its static shapes reject are refused
+        (dict(model=ep, method="easier", calib=[torch.randn(4, 3, 16, 16)]), "ExportedProgram's static shapes"),
         # every case passes threshold=: without method= it has no scores to choose by (refused first since
         # 2026-11-29, as the CLI refuses it), and the line says what calib= is for
         (dict(model=m, calib=_calib()), r"none are given \(calib= is the data a method= scores with"),

@@ -506,18 +506,21 @@ def method_scores(model, cfg: CollapseConfig, notes: list, gm: fx.GraphModule | 
     """ScoreResult of cfg.method on a torch model fed with cfg.calib (an iterable of input batches;
     cfg.calib_batches caps how many are read). Activation scores come from forward hooks on the
     activation modules (scores/torch_hooks.py), keyed like the fx sites (module path, path:i per call), and
-    for activations called as functions (F.relu) from the values of the traced graph `gm`, keyed by its sites;
+    for activations called as functions (F.relu) from the values of the traced graph `gm`, keyed by its sites
+    (an ExportedProgram, which has no modules, has all its sites read on `gm`, its own module());
     LaCoOT's block scores from the residual blocks of the traced graph `gm` (fx/blocks.py), keyed like
     the ONNX front end's blocks, on the same numpy core (scores/lacoot.mswd_scores)."""
-    if str(cfg.method).strip().lower() == "lacoot":
-        return _lacoot_scores(gm, cfg, notes)
     from ..scores.torch_hooks import module_scores
 
-    if isinstance(model, torch.export.ExportedProgram):
-        raise CollapseError("method= on an ExportedProgram: its aten graph has no activation modules to hook; "
-                            "pass the nn.Module it was exported from (or give scores=)")
     batches = _calib_batches(cfg)
-    computed = module_scores(model, cfg.method, calib_batches=batches, calib_arg="calib=[batch, ...]", gm=gm)
+    if batches and isinstance(model, torch.export.ExportedProgram):
+        _refuse_program_shapes(gm, batches)
+    if str(cfg.method).strip().lower() == "lacoot":
+        return _lacoot_scores(gm, cfg, notes, batches)
+    # an ExportedProgram has no activation modules to hook: its sites are all read on its own graph module `gm`
+    # (module_scores' _GraphSites, the keys collapse(ep, collapse=[...]) and list_keys use)
+    scored = gm if isinstance(model, torch.export.ExportedProgram) else model
+    computed = module_scores(scored, cfg.method, calib_batches=batches, calib_arg="calib=[batch, ...]", gm=gm)
     notes.extend(computed.notes)
     notes.append(f"scores: {computed.method} ({computed.variant}) of {len(computed.scores)} activation site(s) "
                  "(scores/torch_hooks)"
@@ -525,12 +528,37 @@ def method_scores(model, cfg: CollapseConfig, notes: list, gm: fx.GraphModule | 
     return computed
 
 
-def _lacoot_scores(gm: fx.GraphModule, cfg: CollapseConfig, notes: list):
+def _refuse_program_shapes(gm: fx.GraphModule, batches: list) -> None:
+    """One line when a calibration batch has a shape an ExportedProgram's static dims reject (its graph module
+    runs only those; a batch that is a multiple of a static batch is run in pieces by fx/tap): the graph's own
+    guard error named neither the input nor the way out."""
+    from .tap import _batch_args
+
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, batch in enumerate(batches):
+        for ph, a in zip(phs, _batch_args(gm, batch)):
+            val = ph.meta.get("val")   # export's fake tensor: a dynamic dim is a SymInt, a static one an int
+            if not isinstance(a, torch.Tensor) or not isinstance(val, torch.Tensor):
+                continue
+            want = tuple(val.shape)
+            got = tuple(a.shape)
+            bad = len(got) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want[1:], got[1:])) \
+                or (got and isinstance(want[0], int) and want[0] and got[0] % want[0])
+            if bad:
+                spec = "(" + ", ".join(str(w) if isinstance(w, int) else "any" for w in want) + ")"
+                step = f", a static batch runs multiples of {want[0]}" \
+                    if want and isinstance(want[0], int) and want[0] > 1 else ""
+                raise CollapseError(f"calib= batch {i} gives input {ph.name} the shape {got}, which the "
+                                    f"ExportedProgram's static shapes reject (exported as {spec}{step}): give "
+                                    "calibration batches of that shape, or export with dynamic_shapes= for the dims "
+                                    "that vary (or pass the nn.Module)")
+
+
+def _lacoot_scores(gm: fx.GraphModule, cfg: CollapseConfig, notes: list, batches: list | None):
     from ..scores.lacoot import MIN_SAMPLES, N_DIRECTIONS, SEED, identity_blocks, mswd_scores
     from .blocks import find_residual_blocks
     from .tap import tapped_values
 
-    batches = _calib_batches(cfg)
     if batches is None:
         raise CollapseError("method='lacoot' needs calib=[batch, ...]: LaCoOT compares each residual block's input "
                             "and output distributions on calibration data")
@@ -846,13 +874,22 @@ def _program_dynamic_shapes(ep) -> list[dict] | None:
             expr = d.node.expr
             if expr not in dims:
                 vr = ep.range_constraints.get(expr)
-                lo = int(vr.lower) if vr is not None and vr.lower.is_finite else None
-                hi = int(vr.upper) if vr is not None and vr.upper.is_finite else None
+                lo = _finite_bound(vr.lower) if vr is not None else None
+                hi = _finite_bound(vr.upper) if vr is not None else None
                 dims[expr] = Dim(f"d{len(dims)}_{expr}", **({"min": lo} if lo is not None else {}),
                                  **({"max": hi} if hi is not None else {}))
             spec[i] = dims[expr]
         specs.append(spec)
     return specs if dims else None
+
+
+def _finite_bound(v) -> int | None:
+    """A range bound as an int, None when unbounded: torch's int_oo (a Dim without max=) says is_finite True, and
+    int() of it raised a sympy AttributeError out of collapse(ep)."""
+    try:
+        return int(v) if v.is_finite else None
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None
 
 
 def _reexport(result: fx.GraphModule, example_inputs, dyn_shapes) -> torch.export.ExportedProgram:

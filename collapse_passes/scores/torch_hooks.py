@@ -344,9 +344,11 @@ def _from_stats(method, variant, acts, stats, calls, p_fn, fixed: dict, notes=No
     if method == "easier":
         notes.insert(0, f"easier: entropy of on/off (input >= 0; off/linear/saturated for ReLU6 and HardSigmoid; "
                         f"HardSwish's curved band (-3, 3) counts half on, half off) per channel over {samples} "
-                        "calibration sample(s), mean over channels (forward hooks"
-                        + (", and the traced graph's values for activations called as functions)"
-                           if any(m is None for m, _ in acts.values()) else ")"))
+                        "calibration sample(s), mean over channels ("
+                        + ("the traced graph's values: no activation module to hook)"
+                           if acts and all(m is None for m, _ in acts.values()) else
+                           "forward hooks, and the traced graph's values for activations called as functions)"
+                           if any(m is None for m, _ in acts.values()) else "forward hooks)"))
     if unused:
         notes.append(f"{method}: {len(unused)} activation module(s) or call(s) never run on the calibration data get "
                      f"no score ({', '.join(unused[:3])})")
@@ -381,9 +383,13 @@ def _bn_by_fx(model, acts: dict) -> tuple[dict, dict] | None:
 
 
 def _bn_regimes(bn, kind: str, params: dict):
-    n = bn.num_features
-    gamma = bn.weight.detach().cpu().double().numpy() if bn.weight is not None else np.ones(n)
-    beta = bn.bias.detach().cpu().double().numpy() if bn.bias is not None else np.zeros(n)
+    return _gamma_beta_regimes(bn.weight, bn.bias, bn.num_features, kind, params)
+
+
+def _gamma_beta_regimes(weight, bias, n: int, kind: str, params: dict):
+    """TLC's BN-variant regimes from a BatchNorm's affine weight / bias (None: 1 / 0), n channels."""
+    gamma = weight.detach().cpu().double().numpy() if weight is not None else np.ones(n)
+    beta = bias.detach().cpu().double().numpy() if bias is not None else np.zeros(n)
     return activation_gaussian_regimes(beta, gamma, kind, params)
 
 
@@ -555,16 +561,21 @@ class _GraphSites:
         for site in self.sites:
             path, mod = self._producer_module(site.x)
             bn = modules.get(path) if path is not None else None
-            if bn is None or not _is(bn, _BN):
-                continue
+            op = None
             if site.x.op != "call_module":   # torch.export: the aten batch_norm op inside that module
                 node = site.x.args[0] if site.x.op == "call_function" and site.x.args and \
                     getattr(site.x.target, "__name__", "") == "getitem" else site.x
                 op = batchnorm_op(self.gm, node)
                 if op is None or op.node is not site.x:
                     continue
-            out[site.keys[0]] = {"kind": site.kind, "source": "bn", "bn": path,
-                                 **layer_summary(*_bn_regimes(bn, site.kind, site.params))}
+            if bn is not None and _is(bn, _BN):
+                regimes = _bn_regimes(bn, site.kind, site.params)
+            elif op is not None:   # no nn.BatchNorm to read (an ExportedProgram's module()): the op's own gamma / beta
+                regimes = _gamma_beta_regimes(op.gamma, op.beta, int(op.mean.numel()), site.kind, site.params)
+                path = path or op.node.name
+            else:
+                continue
+            out[site.keys[0]] = {"kind": site.kind, "source": "bn", "bn": path, **layer_summary(*regimes)}
         return out
 
     def notes(self, modules: bool) -> list:
