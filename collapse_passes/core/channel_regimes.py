@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import CollapseError
 from .activations import DEAD_P, linear_regime, off_regime, reference, upper_bound
 
 #: score methods whose details carry per-channel p_off
@@ -61,15 +62,17 @@ def plan(sites, details: dict, warnings: list) -> tuple[dict, list]:
             row.update(regime="linear", why="no per-channel statistics for this site")
             revived.append((key, "no statistics"))
             continue
-        p_off = np.asarray([np.nan if v is None else v for v in d["p_off"]], dtype=np.float64)
+        p_off = _per_channel_field(d, "p_off", key, np.nan)
         dead = p_off >= DEAD_P
         up = upper_bound(kind, params)
-        p_above = d.get("p_above")
-        sat = (np.asarray([0.0 if v is None else v for v in p_above], dtype=np.float64) >= DEAD_P
-               if up is not None and p_above is not None and len(p_above) == p_off.size else np.zeros_like(dead))
+        p_above = None if d.get("p_above") is None else _per_channel_field(d, "p_above", key, 0.0)
+        sat = (p_above >= DEAD_P if up is not None and p_above is not None and p_above.size == p_off.size
+               else np.zeros_like(dead))
         row.update(channels=int(p_off.size), off_channels=int(dead.sum()), saturated_channels=int(sat.sum()), to_zero=0)
         off = off_regime(kind, params)
         axis = d.get("channel_axis", 1 if d.get("source") == "bn" else None)   # TLC's BN variant: the BN's axis 1
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int) or axis < 0):
+            raise CollapseError(_malformed(key, "channel_axis", axis, "a non-negative integer"))
         if not dead.any() and not sat.any():
             row.update(regime="linear", why="no channel always off or saturated")
             continue
@@ -98,6 +101,25 @@ def plan(sites, details: dict, warnings: list) -> tuple[dict, list]:
                         f"({', '.join(f'{k}: {w}' for k, w in revived[:4])}{' ...' if len(revived) > 4 else ''}); "
                         "a channel that was always off there passes its inputs on (docs/scores.md, per-channel collapse)")
     return regimes, rows
+
+
+def _malformed(key, field: str, value, want: str) -> str:
+    return (f"--channel-regimes: the score details of {key} hold {field} = {str(value)[:60]}, not {want}: re-save "
+            "the scores with --method easier / tlc --save-scores, or drop --channel-regimes (channel_regimes)")
+
+
+def _per_channel_field(d: dict, field: str, key, none_as: float) -> np.ndarray:
+    """d[field] as float64 (C,): a list of probabilities per channel (None: `none_as`). A scores file is editable:
+    a scalar, a string or a nested list there was a traceback (np.asarray / iteration); CollapseError, one line."""
+    import numbers
+
+    v = d.get(field)
+    if isinstance(v, (tuple, np.ndarray)):   # details handed in as a dict in-process
+        v = list(np.asarray(v, dtype=object).reshape(-1)) if isinstance(v, np.ndarray) else list(v)
+    ok = isinstance(v, list) and all(x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool)) for x in v)
+    if not ok:
+        raise CollapseError(_malformed(key, field, v, "a list of numbers (one per channel)"))
+    return np.asarray([none_as if x is None else x for x in v], dtype=np.float64)
 
 
 def broadcast_shape(channels: int, axis: int, rank: int) -> tuple | None:

@@ -42,6 +42,15 @@ _CONV_LIKE = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d"
 METHODS = ("tlc", "easier", "prelu")
 
 
+def _passes_through(mod) -> bool:
+    """A module that returns its input unchanged in eval (Dropout, Identity): the exporters drop it, so the ONNX
+    scores see the tensor's real producer (a Conv1d: channel axis 1); here it hid that producer (a Conv1d ->
+    Dropout -> ReLU was scored on axis 2, its length, and --channel-regimes chose differently from ONNX)."""
+    import torch
+
+    return isinstance(mod, (torch.nn.Identity, torch.nn.modules.dropout._DropoutNd))
+
+
 def _torch():
     try:
         import torch
@@ -238,6 +247,8 @@ def _run_hooks(model, acts: dict, calib_batches, moments: bool, min_samples: int
     types = {n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False) if not list(m.children())}
 
     def leaf_hook(mod, inputs, output):
+        if isinstance(output, torch.Tensor) and _passes_through(mod) and any(output is i for i in inputs):
+            return   # Dropout / Identity in eval return their input: it keeps its producer (a conv's (B, C, L))
         if isinstance(output, torch.Tensor):
             # a weak reference: holding every leaf's output kept the whole forward pass alive until the batch
             # ended (MobileNetV2 at 224 x 224, 64 images: 5.2 GB vs 1 GB for the forward alone); an
@@ -539,6 +550,8 @@ class _GraphSites:
             mod = self.gm.get_submodule(path) if node.op == "call_module" else None
         except AttributeError:
             mod = None
+        if mod is not None and _passes_through(mod) and node.args and hasattr(node.args[0], "op"):
+            return self._producer_module(node.args[0])   # as the hooks: an eval Dropout / Identity is its input
         return path, mod
 
     def _conv_fed(self, x) -> bool:

@@ -4,14 +4,15 @@ This is the collapse itself, and alone it defines the requested semantics the re
 against (the same pass on a copy of the input).
 
 With `regimes` {site key: core.channel_regimes.ChannelRegime} (channel_regimes=True) a site listed there becomes
-its per-channel map x*scale[c] + shift[c] instead. On the channel axis 1 it is written as an eval-mode BatchNorm
-module (mean 0, var 1, eps 0: exactly that map), which the fold pass folds into the conv / linear next to it and
+its per-channel map x*scale[c] + shift[c] instead. On the channel axis 1 it is written as a BatchNorm module
+(ChannelMap2d: mean 0, var 1, eps 0, eval arithmetic in train mode too: exactly that map), which the fold pass folds into the conv / linear next to it and
 the channel pruning reads (a zero scale: a constant channel, removed exactly); on another axis (tokens) as a Mul /
 Add by buffers, exact but left as ops."""
 from __future__ import annotations
 
 import operator
 
+import torch
 from torch import fx
 
 from ...core import activations as catalogue
@@ -19,6 +20,29 @@ from ...errors import CollapseError
 from ...core.selection import lookup
 from ..graph import find_activations, key_index, mutated_between, mutates
 from ._base import FxPass, PassResult
+
+
+class _ModeFree:
+    """The per-channel map is BatchNorm's eval arithmetic in train mode too: a plain BatchNorm left in the result
+    (one the fold could not take: a ResNet's ReLU after the residual Add) normalized by batch statistics and moved
+    its running stats once `res.model.train()` ran (fine-tuning), and eps 0 made torch refuse it there outright."""
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+class ChannelMap1d(_ModeFree, torch.nn.BatchNorm1d):
+    pass
+
+
+class ChannelMap2d(_ModeFree, torch.nn.BatchNorm2d):
+    pass
+
+
+class ChannelMap3d(_ModeFree, torch.nn.BatchNorm3d):
+    pass
 
 
 class LinearizeActivations(FxPass):
@@ -123,7 +147,7 @@ def _per_channel(gm: fx.GraphModule, s, x: fx.Node, r) -> fx.Node:
         i += 1
         name = f"{base}_{i}"
     if r.axis == 1 and len(shape) in (2, 3, 4, 5):
-        bn_cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
+        bn_cls = {2: ChannelMap1d, 3: ChannelMap1d, 4: ChannelMap2d, 5: ChannelMap3d}
         bn = bn_cls[len(shape)](r.scale.size, eps=0.0, device=device, dtype=dtype).eval()
         with torch.no_grad():
             bn.weight.copy_(scale)

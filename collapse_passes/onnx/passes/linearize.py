@@ -80,6 +80,14 @@ def _per_channel(r, a):
     x = a.input
     shape = broadcast_shape(r.scale.size, r.axis, None if x.shape is None else len(x.shape))
     dim = None if shape is None else x.shape[r.axis]
+    if shape is not None and isinstance(dim, str):
+        # a named (dynamic) dim: the statistics' "channels" are positions along an axis that changes with the input
+        # (an NHWC tensor's H, the scores' axis 1 of a rank-4 tensor); constants of the calibration size broadcast
+        # at that size only, and the written model (dynamic dims kept) failed at any other size
+        raise CollapseError(f"--channel-regimes: activation {a.name} ({r.key}): the axis {r.axis} its statistics "
+                            f"split into {r.scale.size} channels is dynamic ({dim!r} in {x.shape}), not a channel "
+                            "axis; fix the input's dims with --input-shape (input_shapes=) or run without "
+                            "--channel-regimes (channel_regimes=False)")
     if shape is None or (isinstance(dim, int) and dim != r.scale.size):
         raise CollapseError(f"--channel-regimes: activation {a.name} ({r.key}): its input's shape "
                             f"({x.shape}) does not match the {r.scale.size} channels of its statistics on axis "
