@@ -78,6 +78,26 @@ def infer_shapes(graph: gs.Graph) -> dict[str, list]:
     return out
 
 
+
+def _concat_entries(cat, read):
+    """The sizes a shape-building Concat(axis 0) lists, one (value, concat input index, position in it) per size:
+    constant inputs give their numbers, any other input goes to read(tensor, index), which returns its entries or
+    False for a pattern it does not understand. False when `cat` is no axis-0 Concat or read refused an input.
+    The dynamic-batch Reshape and Expand targets of both exporters are read this way (op_Reshape, op_Expand)."""
+    if cat is None or cat.op != "Concat" or int(cat.attrs.get("axis", 0)) != 0:
+        return False
+    entries = []
+    for j, t in enumerate(cat.inputs):
+        c = const_value(t)
+        if c is not None:
+            entries += [(int(v), j, k) for k, v in enumerate(np.asarray(c).reshape(-1))]
+            continue
+        more = read(t, j)
+        if more is False:
+            return False
+        entries += more
+    return entries
+
 class _Builder(SlotBuilder):
     VALUE_KIND = "tensor"
 
@@ -457,18 +477,12 @@ class _Builder(SlotBuilder):
         False when the target shape is anything else. The leading sizes are the input's (the element count fixes
         them when there is one: the batch); before 2026-11-29 only Shape(x) of the input itself and the flatten were
         understood, so every SE gate of a dynamic-batch export froze its group."""
-        cat = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
         xs = self.shape(node.inputs[0])
         a = src[1]
-        if cat is None or cat.op != "Concat" or int(cat.attrs.get("axis", 0)) != 0 or xs is None or any(
-                c.op != "Reshape" or c.inputs[0] is not node.inputs[0] for c in node.inputs[1].outputs):
+        if xs is None or any(c.op != "Reshape" or c.inputs[0] is not node.inputs[0] for c in node.inputs[1].outputs):
             return False   # the shape is read elsewhere too: its size entry can't be rewritten for this reshape
-        entries = []   # (value: int or ("dim", i, read from the input itself), concat input index, position in it)
-        for j, t in enumerate(cat.inputs):
-            c = const_value(t)
-            if c is not None:
-                entries += [(int(v), j, k) for k, v in enumerate(np.asarray(c).reshape(-1))]
-                continue
+
+        def read(t, j):   # Unsqueeze(Gather(Shape(t), i)): ("dim", i, read from the input itself)
             u = t.inputs[0] if t.inputs else None
             g = u.inputs[0].inputs[0] if u is not None and u.op == "Unsqueeze" and u.inputs[0].inputs else None
             sh = g.inputs[0].inputs[0] if g is not None and g.op == "Gather" and g.inputs[0].inputs else None
@@ -480,7 +494,12 @@ class _Builder(SlotBuilder):
             i = int(np.asarray(idx).reshape(()))
             if t_rank is None or t_slot is not None and i % t_rank == t_slot[1]:
                 return False   # a channel count read at run time (not folded): not this pattern
-            entries.append((("dim", i % t_rank, sh.inputs[0] is node.inputs[0]), j, 0))
+            return [(("dim", i % t_rank, sh.inputs[0] is node.inputs[0]), j, 0)]
+
+        cat = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
+        entries = _concat_entries(cat, read)
+        if entries is False:
+            return False
         if any(not isinstance(d, int) or d <= 0 for d in xs[a + 1:]) or len(entries) <= a:
             return False
         inner = int(np.prod(xs[a + 1:], dtype=np.int64))
@@ -658,15 +677,10 @@ class _Builder(SlotBuilder):
         """An Expand target Concat(sizes read from Shape(t) of other axes, numbers) with 1 or n at a (torch.export's
         expand_as for a dynamic batch: Concat(Shape(input, 0, 1), [C], [H], [W])): the Concat input and position of
         a's number when it is n (the rewrite sets it), None when 1; False for anything else."""
-        cat = shape_t.inputs[0] if shape_t.inputs else None
-        if cat is None or cat.op != "Concat" or int(cat.attrs.get("axis", 0)) != 0 or len(shape_t.outputs) != 1:
+        if len(shape_t.outputs) != 1:
             return False
-        entries = []
-        for j, t in enumerate(cat.inputs):
-            c = const_value(t)
-            if c is not None:
-                entries += [(int(v), j, k) for k, v in enumerate(np.asarray(c).reshape(-1))]
-                continue
+
+        def read(t, j):   # Shape(t, start, end) of axes other than t's channel axis: one None entry per size
             p = t.inputs[0] if t.inputs else None
             if p is None or p.op != "Shape" or "end" not in p.attrs or self.rank(p.inputs[0]) is None:
                 return False
@@ -674,7 +688,12 @@ class _Builder(SlotBuilder):
             ps = self.slot_of.get(p.inputs[0].name)
             if ps is not None and lo <= ps[1] < hi:
                 return False
-            entries += [(None, j, k) for k in range(max(hi - lo, 0))]
+            return [(None, j, k) for k in range(max(hi - lo, 0))]
+
+        cat = shape_t.inputs[0] if shape_t.inputs else None
+        entries = _concat_entries(cat, read)
+        if entries is False:
+            return False
         k = a - (ro - len(entries))
         if k < 0 or len(entries) > ro or entries[k][0] not in (1, n):
             return False
