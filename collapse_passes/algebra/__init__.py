@@ -19,6 +19,7 @@ from .conv import (
     densify_weight,
     exact_output_region,
     max_block_diagonal_groups,
+    pointwise_as_linear,
     regroup_weight,
     trim_unread_end_pads,
 )
@@ -52,7 +53,7 @@ from .linear import fold_affine_before as fold_affine_before_linear
 __all__ = [
     "conv", "cost", "linear", "prune", "AlgebraError",
     "ConvParams", "MergedConv", "add_identity_skip", "add_pointwise_skip", "bn_to_affine", "compose_conv",
-    "compose_conv_chain", "constant_through_conv", "conv_nd", "densify_weight", "exact_output_region", "max_block_diagonal_groups",
+    "compose_conv_chain", "constant_through_conv", "conv_nd", "densify_weight", "exact_output_region", "max_block_diagonal_groups", "pointwise_as_linear",
     "regroup_weight", "trim_unread_end_pads", "fold_affine_after_conv", "fold_affine_before_conv",
     "DEFAULT_MACS_PER_SECOND", "DEFAULT_PER_OP_OVERHEAD_MACS", "CostModel", "conv_chain_macs", "conv_macs",
     "conv_signature", "linear_macs", "linear_signature", "merged_conv_macs",

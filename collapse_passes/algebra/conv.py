@@ -67,6 +67,7 @@ __all__ = [
     "map_through_scale",
     "map_through_mean",
     "spatially_constant",
+    "pointwise_as_linear",
 ]
 
 
@@ -966,3 +967,20 @@ def spatially_constant(bias_map, rtol: float = 1e-12) -> np.ndarray | None:
             return _by_channels(bias_map, lambda d: d.reshape(d.shape[1], -1).mean(axis=1)[None])[0]
         return flat.mean(axis=1)
     return None
+
+
+def pointwise_as_linear(p: ConvParams):
+    """A 1x1 conv without padding (any groups and strides) on a map pooled to one position per channel, as
+    the dense layer it then is: weight (O, I) (a grouped conv's blocks on the diagonal), same bias.
+
+    Global average pooling commutes with a pointwise conv (mean(W x + b) = W mean(x) + b), so a pool after a
+    1x1 conv can go before it; the conv then runs on one position and, after a flatten, is a Gemm that the
+    dense chain planner can merge with the classifier. Padding would add border positions of bias only, so
+    it is refused. No arithmetic: the weights are copied (a grouped conv's off-diagonal blocks are zeros)."""
+    from .linear import LinearParams
+
+    if any(k != 1 for k in p.kernel_shape) or any(p.pads):
+        raise AlgebraError(f"only a 1x1 conv without padding acts on one position as a dense layer; got "
+                           f"kernel {p.kernel_shape}, pads {p.pads}")
+    w = densify_weight(p.weight, p.group).reshape(p.out_channels, p.in_channels)
+    return LinearParams(np.ascontiguousarray(w), None if p.bias is None else np.array(p.bias))
