@@ -160,7 +160,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     acts = find_activations(graph)
     meta = node_key_names(original)
     unknown = unknown_nonlinear_nodes(graph, acts)
-    index = KeyIndex(resolve_keys(acts, meta), never_collapsed_keys(unknown, meta), collapsed_before(original))
+    index = KeyIndex(resolve_keys(acts, meta), never_collapsed_keys(unknown, meta), collapsed_before(original),
+                     _nested_nodes(original.graph))
 
     raw_scores: dict[str, float] = {}
     block_scores: dict[str, float] = {}
@@ -221,7 +222,13 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     if cfg.channel_regimes:
         from .core.channel_regimes import plan, regime_details
 
-        regimes, regime_rows = plan([(a.name, [display_key(a), *a.keys], a.kind, a.params) for a in chosen],
+        from .onnx.shapes import inferred_types
+
+        types = inferred_types(original) or {}   # the input ranks: a PReLU slope's broadcast axis (channel_regimes)
+        ranks = {n: len(vi.type.tensor_type.shape.dim) for n, vi in types.items() if vi.type.tensor_type.HasField("shape")}
+        ranks.update({t.name: len(t.shape) for t in graph.inputs if t.shape is not None})
+        regimes, regime_rows = plan([(a.name, [display_key(a), *a.keys], a.kind, a.params, ranks.get(a.input.name))
+                                     for a in chosen],
                                     regime_details(score_details, cfg.scores), warnings)
 
     from .onnx.driver import requested_semantics, run_passes
@@ -262,12 +269,12 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     ladder: list = [{}]   # the sizes tried for dynamic dims, in order (core/runtime.check_size_ladder)
     ranges: dict = {}   # the check's integer inputs' ranges: token ids over the whole table (core/runtime.index_ranges)
     if cfg.calib is not None:
-        from .calib import calibration_feeds
+        from .calib import calibration_feeds, feed_samples
 
         from .core.runtime import random_in_range
 
         feeds = calibration_feeds(cfg.calib, original, limit=cfg.calib_batches or 8)
-        samples = sum(next(iter(f.values())).shape[0] for f in feeds)
+        samples = sum(feed_samples(f) for f in feeds)
         if _identical_samples(feeds):
             warnings.append(f"the {samples} samples of --calib (calib=) checked are all the same input: scores from data (easier, lacoot, "
                             "tlc's empirical variant) see one input, so every channel looks always on or off, and the "
@@ -460,20 +467,38 @@ def _random_desc(cfg, feeds: list[dict], shapes: dict, dynamic: bool, unit: bool
     return desc
 
 
+def _nested_nodes(graph, holder: str | None = None) -> dict:
+    """Node name -> the control-flow node whose body holds it ("If node 'if0'"), at any depth: a key naming one
+    was answered "unknown layer key ...; did you mean 'relu()'?", though the node is in the file."""
+    out: dict = {}
+    for n in graph.node:
+        if holder and n.name:
+            out.setdefault(n.name, holder)
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                out.update({k: v for k, v in _nested_nodes(g, holder or f"{n.op_type} node {n.name!r}").items()
+                            if k not in out})
+    return out
+
+
 def _identical_samples(feeds: list[dict]) -> bool:
-    """Whether more than one sample was given and every one equals the first (eight zero images, say)."""
+    """Whether more than one sample was given and every one equals the first (eight zero images, say). Row by row of
+    each input: inputs of different fixed batch sizes hold different row counts (calib._fixed_batches), and a scalar
+    input (an If's condition) has no rows."""
     import numpy as np
 
-    first = None
+    from .calib import feed_samples
+
+    first: dict = {}
     count = 0
     for f in feeds:
-        for i in range(next(iter(f.values())).shape[0] if f else 0):
-            sample = {k: v[i] for k, v in f.items()}
-            count += 1
-            if first is None:
-                first = sample
-            elif any(not np.array_equal(sample[k], first[k]) for k in first):
-                return False
+        count += feed_samples(f)
+        for k, v in f.items():
+            for row in (v if np.ndim(v) else [v]):
+                if k not in first:
+                    first[k] = row
+                elif not np.array_equal(row, first[k]):
+                    return False
     return count > 1
 
 

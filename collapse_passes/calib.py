@@ -36,6 +36,9 @@ def _check_array(src: str, name: str, arr: np.ndarray, dims: list, dt) -> np.nda
         raise CollapseError(f"{src}: array {name!r} has dtype {arr.dtype}, expected numbers ({np.dtype(dt).name})")
     if np.issubdtype(dt, np.floating) and arr.dtype.kind != "f":
         raise CollapseError(f"{src}: array {name!r} has dtype {arr.dtype}, expected a float array ({np.dtype(dt).name})")
+    if not dims and arr.ndim:
+        raise CollapseError(f"{src}: array {name!r} has shape {arr.shape}, the model input is a scalar (rank 0) and "
+                            f"has no sample axis; give one 0-d value (numpy.array(v)), fed with every batch")
     if arr.ndim != len(dims):
         raise CollapseError(f"{src}: array {name!r} has shape {arr.shape}, the model input has rank {len(dims)} "
                             f"({_fmt(dims)}); the first axis is the sample axis")
@@ -162,13 +165,21 @@ def _iter_arrays(src: str, arrays: dict, model, batch_size, max_batches, min_sam
                             f"arrays present: {sorted(arrays)}; name them after the model inputs")
     checked = {n: _check_array(src, n, np.asarray(arrays[n]) if not isinstance(arrays[n], np.memmap) else arrays[n],
                                dims, dt) for n, dims, dt in inputs}
-    counts = {n: a.shape[0] for n, a in checked.items()}
+    # a scalar (rank-0) input has no sample axis: its one value goes with every batch (an If's condition)
+    counts = {n: a.shape[0] for n, a in checked.items() if a.ndim}
+    if not counts:
+        yield {n: np.ascontiguousarray(a) for n, a in checked.items()}
+        return
+    fixed = {n: dims[0] for n, dims, _ in inputs if dims and n in counts}
+    if len(set(fixed.values())) > 1 and None not in fixed.values():
+        yield from _fixed_batches(src, checked, counts, fixed, max_batches)
+        return
     if len(set(counts.values())) != 1:
         raise CollapseError(f"{src}: arrays have different sample counts {counts}")
     total = next(iter(counts.values()))
     if total < min_samples:
         raise CollapseError(f"{src}: {total} sample(s), at least {min_samples} needed")
-    static_b = {dims[0] for _, dims, _ in inputs}
+    static_b = {dims[0] for _, dims, _ in inputs if dims}
     b = next(iter(static_b)) if len(static_b) == 1 and None not in static_b else (batch_size or 16)
     if total % b and None not in static_b:
         total -= total % b  # a model with a static batch cannot take a partial batch
@@ -178,7 +189,27 @@ def _iter_arrays(src: str, arrays: dict, model, batch_size, max_batches, min_sam
     for k, start in enumerate(range(0, total, b)):
         if max_batches is not None and k >= max_batches:
             break
-        yield {n: np.ascontiguousarray(a[start:start + b]) for n, a in checked.items()}
+        yield {n: np.ascontiguousarray(a[start:start + b] if a.ndim else a) for n, a in checked.items()}
+
+
+def _fixed_batches(src: str, checked: dict, counts: dict, fixed: dict, max_batches):
+    """Inputs of different fixed batch sizes (x: 2 rows, x3: 1, an auxiliary [1, K] input beside a batch): batch k
+    is rows k*b..(k+1)*b of each array, b its input's own size, so each array holds the same number of batches.
+    Equal sample counts, asked of every other model, cannot be fed to such a model at all."""
+    batches = {n: counts[n] // fixed[n] for n in counts}
+    if len(set(batches.values())) != 1 or not min(batches.values()):
+        raise CollapseError(f"{src}: the model's inputs have fixed batch sizes {fixed}, so each array holds whole "
+                            f"batches of its own input's size, the same number for all; the arrays hold {counts} "
+                            f"rows ({batches} batches)")
+    for k in range(next(iter(batches.values()))):
+        if max_batches is not None and k >= max_batches:
+            break
+        yield {n: np.ascontiguousarray(a[k * fixed[n]:(k + 1) * fixed[n]] if a.ndim else a) for n, a in checked.items()}
+
+
+def feed_samples(feed: dict) -> int:
+    """Samples in one calibration feed: the first axis of its arrays; a scalar (rank-0) input has none, 1 if all are."""
+    return next((int(a.shape[0]) for a in feed.values() if np.ndim(a)), 1 if feed else 0)
 
 
 def calibration_feeds(path, model: onnx.ModelProto, limit: int | None = None) -> list[dict]:

@@ -62,10 +62,10 @@ def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray
     if counts and any(c != len(labels) for c in counts.values()):
         raise CollapseError(f"{src}: {len(labels)} labels but {next(iter(counts.values()))} samples in "
                             f"{next(iter(counts))!r}; give one label per sample")
-    from .calib import _iter_arrays
+    from .calib import _iter_arrays, feed_samples
 
     feeds = list(_iter_arrays(src, arrays, model, 64, None, 1))   # errors name the --eval file, not "calibration"
-    got = sum(len(next(iter(f.values()))) for f in feeds)
+    got = sum(feed_samples(f) for f in feeds)
     return feeds, labels[:got].astype(np.int64), src
 
 

@@ -49,11 +49,13 @@ def site_details(details: dict, keys) -> dict | None:
 
 
 def plan(sites, details: dict, warnings: list) -> tuple[dict, list]:
-    """sites: (name, keys, kind, params) of each chosen activation; details: the scores' per-key details.
-    Returns ({name: ChannelRegime} for the sites that get a per-channel map, one report row per site)."""
+    """sites: (name, keys, kind, params[, rank of the activation's input]) of each chosen activation; details: the
+    scores' per-key details. Returns ({name: ChannelRegime} for the sites that get a per-channel map, one report row
+    per site)."""
     regimes, rows = {}, []
     revived = []
-    for name, keys, kind, params in sites:
+    for name, keys, kind, params, *rest in sites:
+        rank = rest[0] if rest else None
         key = keys[0] if keys else name
         d = site_details(details, keys)
         row = {"key": key, "kind": kind}
@@ -85,6 +87,11 @@ def plan(sites, details: dict, warnings: list) -> tuple[dict, list]:
             row.update(regime="linear", why="channels not matched to the activation's parameters")
             revived.append((key, "unmatched channels"))
             continue
+        if not _along_axis(off[0], axis, rank):
+            row.update(regime="linear", why=f"its slope {list(np.shape(off[0]))} broadcasts along another axis of its "
+                                            f"rank-{rank} input than the statistics' channels (axis {axis})")
+            revived.append((key, "slope along another axis"))
+            continue
         lin_s, lin_b = linear_regime(kind, params)
         scale = np.full(p_off.size, lin_s)
         shift = np.full(p_off.size, lin_b)
@@ -101,6 +108,20 @@ def plan(sites, details: dict, warnings: list) -> tuple[dict, list]:
                         f"({', '.join(f'{k}: {w}' for k, w in revived[:4])}{' ...' if len(revived) > 4 else ''}); "
                         "a channel that was always off there passes its inputs on (docs/scores.md, per-channel collapse)")
     return regimes, rows
+
+
+def _along_axis(v, axis: int, rank: int | None) -> bool:
+    """Whether an off-regime scale `v` (a PReLU slope, shaped as the file broadcasts it) varies along `axis` alone of a
+    rank-`rank` input. ONNX broadcasts right-aligned: a (C,) slope on an NCHW tensor runs along W, and its C values
+    are no per-channel slopes even when W == C (nor, on an NHWC tensor whose H == C, per-row ones). Rank unknown
+    (the torch front end's nn.PReLU weight is per channel by definition): taken as given."""
+    v = np.asarray(v)
+    if v.size <= 1 or rank is None:
+        return True
+    if v.ndim > rank:
+        return False
+    shape = (1,) * (rank - v.ndim) + tuple(v.shape)
+    return all(d == 1 for i, d in enumerate(shape) if i != axis)
 
 
 def _malformed(key, field: str, value, want: str) -> str:

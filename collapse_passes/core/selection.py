@@ -58,10 +58,12 @@ class KeyIndex(dict):
     for acts.tanh); `before`: the keys an earlier run collapsed (COLLAPSED_META in the model's metadata),
     which name no site any more and are skipped (skipped_before says which)."""
 
-    def __init__(self, index: dict, never: dict | None = None, before=()):
+    def __init__(self, index: dict, never: dict | None = None, before=(), nested: dict | None = None):
         super().__init__(index)
         self.never = dict(never or {})
         self.before = frozenset(before) - set(index)
+        # node name -> "If node 'if0'": nodes inside control-flow bodies, which no pass touches (told, not near-matched)
+        self.nested = {k: v for k, v in (nested or {}).items() if k not in index}
 
     def skipped_before(self, keys) -> list:
         """The given keys that an earlier run collapsed (they name no site of this model)."""
@@ -118,6 +120,11 @@ def lookup(index: dict, key: str, source: str = "scores") -> list:
     if op:
         raise CollapseError(f"{source}: {key!r} is a {op}, which has no linear regime: it is never collapsed and "
                             "stays as it is; --list-keys (collapse_passes.list_keys) lists the activations that can be")
+    holder = getattr(index, "nested", {}).get(key)
+    if holder:
+        raise CollapseError(f"{source}: {key!r} is inside the body of {holder}: activations in If / Loop / Scan bodies "
+                            "are left as they are; save the branch you need as a model of its own to collapse it, or "
+                            "drop the key")
     if sep and call.isdigit() and path in index:
         sites = [display_key(a) for a in index[path]]
         raise CollapseError(f"{source}: {key!r} names no call site: module {path!r} is called "

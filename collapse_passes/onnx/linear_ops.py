@@ -199,3 +199,57 @@ def _dtype(t) -> np.dtype:
 
 def linear_view(node, graph_outputs: set | None = None):
     return ConvView.of(node) or DenseView.of(node, graph_outputs)
+
+
+def _from_constants(t, depth: int = 8) -> bool:
+    """Whether `t` is computed from constants alone (a weight a DequantizeLinear or Cast makes at run time)."""
+    if const_value(t) is not None:
+        return True
+    p = t.inputs[0] if t.inputs else None
+    if p is None or depth == 0 or any(isinstance(v, gs.Graph) for v in p.attrs.values()):
+        return False
+    ins = [i for i in p.inputs if i is not None and i.name]
+    return bool(ins) and all(_from_constants(i, depth - 1) for i in ins)
+
+
+def _computed(t) -> str:
+    """How a weight / bias that is no constant is made: a graph input, or computed from constants at run time."""
+    if not t.inputs:
+        return "is a graph input (set at run time)"
+    p = t.inputs[0]
+    if p.op == "DequantizeLinear":
+        return (f"is a quantized weight (DequantizeLinear {p.name or t.name}); merges need float weights: collapse "
+                "the float model, then quantize")
+    return f"is computed at run time ({p.op} {p.name or t.name}); fold constants first (onnxslim, onnxsim)"
+
+
+def why_not_view(node) -> str | None:
+    """Why a Conv / ConvTranspose / Gemm / MatMul is no ConvView / DenseView (so no merge reads it), or None when it
+    is one, or is a product of two activations (attention), or the reason is not one a user can act on. What the
+    merge note says for two linear ops left back to back."""
+    if node is None or (node.domain or "") not in ("", "ai.onnx"):
+        return None
+    op = node.op
+    if op == "ConvTranspose":
+        return "ConvTranspose is not merged (no exact rule for a transposed conv yet)"
+    if op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2 or linear_view(node) is not None:
+        return None
+    x, w = node.inputs[0], node.inputs[1]
+    if op == "MatMul":
+        if _from_constants(x) and not _from_constants(w):
+            return "its constant is the left operand (W @ x); only x @ W is merged"
+        if const_value(w) is not None:
+            return f"its weight has rank {const_value(w).ndim}; only 2-D weights are merged"
+        return f"its weight {w.name} {_computed(w)}" if _from_constants(w) else None
+    if const_value(w) is None:
+        return f"its weight {w.name} {_computed(w)}" if _from_constants(w) or not w.inputs else None
+    if len(node.inputs) > 2 and node.inputs[2].name and const_value(node.inputs[2]) is None:
+        b = node.inputs[2]
+        return f"its bias {b.name} {_computed(b)}" if _from_constants(b) or not b.inputs else None
+    if op == "Gemm" and int(node.attrs.get("transA", 0)):
+        return "Gemm with transA=1 is not merged"
+    if op == "Gemm":
+        return "its C operand is a full matrix (not one bias per output)"
+    if all(int(d) == 1 for d in node.attrs.get("dilations", [1])):
+        return "auto_pad on an input of unknown size (--input-shape fixes it)"
+    return None

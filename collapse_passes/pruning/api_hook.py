@@ -35,10 +35,11 @@ def prune_to_ratio(original: onnx.ModelProto, cfg, score_details=None,
         from ..onnx.analysis import model_stats
         from .onnx_prune import ratio_prune
 
-        importance, channel_scores = _importance(original, cfg, score_details)
+        axes: dict = {}   # the axis TLC / EASIER statistics were measured along, per tensor
+        importance, channel_scores = _importance(original, cfg, score_details, axes)
         base, info = ratio_prune(original, float(cfg.prune_ratio), scope=cfg.prune_scope, round_to=cfg.round_to,
                                  importance=importance, channel_scores=channel_scores,
-                                 remove_blocks=remove_blocks)
+                                 remove_blocks=remove_blocks, channel_axes=axes)
         b, a = model_stats(original), model_stats(base)
         info.update(params_saved=b.params - a.params, macs_saved=b.macs - a.macs, approximate=True)
         report["ratio"] = info
@@ -66,7 +67,7 @@ def prepare_pruning(original: onnx.ModelProto, cfg, score_details=None, chosen=(
     return base, off, report
 
 
-def _importance(model, cfg, score_details):
+def _importance(model, cfg, score_details, axes: dict | None = None):
     imp = cfg.prune_importance
     if isinstance(imp, str) and imp in ("l1", "l2"):
         return imp, None
@@ -78,7 +79,7 @@ def _importance(model, cfg, score_details):
             from ..scores import compute_scores
 
             score_details = compute_scores(imp, model, calib=cfg.calib, calib_batches=cfg.calib_batches).as_dict()
-        scores = channel_scores_from_details(score_details.get("details", {}), to_graph(model))
+        scores = channel_scores_from_details(score_details.get("details", {}), to_graph(model), axes)
         if not scores:
             raise CollapseError(f"--prune-importance {imp}: the method gave no per-channel statistics for this model")
         return "scores", scores
@@ -169,7 +170,13 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
         note = misaligned_note(ratio.get("groups", []), ratio["ratio"])
         if note:
             warnings.append(note)
-        if not ratio.get("removed_channels"):   # say why, rather than report a prune that did nothing
+        if not ratio.get("removed_channels") and not ratio.get("prunable_groups"):
+            # "a lower --round-to or a higher ratio removes more" does not hold when no group can be pruned at all
+            unread = _unread_layers(original)
+            warnings.append(f"prune ratio {ratio['ratio']} removed no channel: no channel group can be pruned "
+                            f"({ratio.get('frozen_groups', 0)} frozen, report: pruning.ratio.frozen_ops)"
+                            + (f"; layers the channel graph cannot read: {unread}" if unread else ""))
+        elif not ratio.get("removed_channels"):   # say why, rather than report a prune that did nothing
             warnings.append(f"prune ratio {ratio['ratio']} removed no channel: {ratio.get('prunable_groups', 0)} "
                             f"prunable group(s), {ratio.get('frozen_groups', 0)} frozen (report: pruning.ratio."
                             f"frozen_ops); --round-to {ratio.get('round_to', 1)} keeps multiples of it, a lower "
@@ -180,6 +187,21 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
                                  f"--prune-max-error {limit}; lower --prune-ratio or raise the limit")
             return False
     return passed
+
+
+def _unread_layers(model, limit: int = 3) -> str:
+    """'conv0: auto_pad on an input of unknown size (--input-shape fixes it), ...': the Conv / Gemm / MatMul layers no
+    ConvView / DenseView reads (onnx.linear_ops.why_not_view), which the channel graph cannot slice either."""
+    from ..onnx.linear_ops import why_not_view
+    from ..onnx.shapes import with_shapes
+
+    try:
+        graph = with_shapes(model)
+    except Exception:   # an analysis for a message: never the reason a run fails
+        return ""
+    why = [(n.name or n.op, w) for n in graph.nodes if (w := why_not_view(n))]
+    text = ", ".join(f"{n}: {w}" for n, w in why[:limit])
+    return text + (f" (+{len(why) - limit} more)" if len(why) > limit else "")
 
 
 def _measure_calib_dead(report: dict, base, requested, chosen, remove_blocks, cfg) -> None:

@@ -294,19 +294,28 @@ class ChannelGraph:
                 out[(g.gid, k)] = float(sum(norms[s][i] for s, i in g.units[k] if s in norms))
         return out
 
-    def score_importance(self, channel_scores: dict) -> dict:
+    def score_importance(self, channel_scores: dict, axes: dict | None = None) -> dict:
         """(gid, unit) -> sum of user/statistics per-channel scores over the unit's channels on named tensors.
 
         channel_scores maps a tensor name to one score per channel (higher = more important); units with
         no scored channel get +inf (kept). A list whose length is not the tensor's channel count is a
         CollapseError: a short one left the channels past its end unranked (kept, so a 0.5 ratio removed one
-        channel) and a long one was cut, both without a word.
+        channel) and a long one was cut, both without a word. `axes` {name: axis the scores were measured along}
+        (TLC / EASIER statistics): an axis that is not the tensor's channel axis is a CollapseError too (an NHWC
+        activation's statistics run along H: "give one score per channel" named no way out, and with H == C the
+        rows were ranked as channels).
         """
         from ..errors import CollapseError
 
-        sizes = {}
+        sizes, slot_axis = {}, {}
         for s in self.slots.nodes:
             sizes.setdefault(s[0], self.size(s))
+            slot_axis.setdefault(s[0], s[1])
+        for name, ax in (axes or {}).items():
+            if ax is not None and name in slot_axis and int(ax) != slot_axis[name]:
+                raise CollapseError(f"channel importance from statistics: {name!r} was measured along axis {ax}, its "
+                                    f"channels run along axis {slot_axis[name]} (channels last); use "
+                                    "--prune-importance l1 or l2 (prune_importance=)")
         for name, v in channel_scores.items():
             if name in sizes and len(v) != sizes[name]:
                 raise CollapseError(f"per-channel scores for {name!r}: {len(v)} value(s), the tensor has "

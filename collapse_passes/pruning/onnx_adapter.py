@@ -105,6 +105,14 @@ class _Builder(SlotBuilder):
         super().__init__()
         self.g = graph
         self.shapes = infer_shapes(graph)
+        # a Conv's auto_pad is read as the explicit pads of its input's size (linear_ops.conv_pads), from the shape on
+        # the tensor: a file without value_info (tf2onnx's auto_pad=SAME_UPPER convs) froze every such conv, and a
+        # ratio prune of it removed nothing. Inner shapes are re-inferred after a removal (apply_removal).
+        for n in graph.nodes:
+            x = n.inputs[0] if n.op == "Conv" and n.inputs else None
+            s = None if x is None or x.shape is not None else self.shapes.get(x.name)
+            if s and all(isinstance(d, int) and d > 0 for d in s):
+                x.shape = list(s)
         self.skip: set = set()
         self.inputs = {t.name for t in graph.inputs}
 

@@ -193,8 +193,9 @@ def _stats(graph: gs.Graph):
     return model_stats(gs.export_onnx(graph, do_type_check=False))
 
 
-def channel_scores_from_details(details: dict, graph: gs.Graph) -> dict:
-    """TLC/EASIER per-channel p_on (1 - p_off) keyed by the activation's output tensor (higher = keep)."""
+def channel_scores_from_details(details: dict, graph: gs.Graph, axes: dict | None = None) -> dict:
+    """TLC/EASIER per-channel p_on (1 - p_off) keyed by the activation's output tensor (higher = keep); `axes`, when
+    given, is filled with the axis each was measured along (ChannelGraph.score_importance checks it)."""
     nodes = {n.name: n for n in graph.nodes}
     out = {}
     for d in details.values():
@@ -202,12 +203,14 @@ def channel_scores_from_details(details: dict, graph: gs.Graph) -> dict:
         if n is None or "p_on" not in d:
             continue
         out[n.outputs[0].name] = np.asarray(d["p_on"], dtype=np.float64)
+        if axes is not None and isinstance(d.get("channel_axis"), int):
+            axes[n.outputs[0].name] = d["channel_axis"]
     return out
 
 
 def ratio_prune(model: onnx.ModelProto, ratio: float, *, scope: str = "global", round_to: int = 1,
                 importance="l1", channel_scores: dict | None = None,
-                remove_blocks=()) -> tuple[onnx.ModelProto, dict]:
+                remove_blocks=(), channel_axes: dict | None = None) -> tuple[onnx.ModelProto, dict]:
     """Prune about `ratio` of the prunable channels (lowest importance first): an approximation.
 
     importance: "l1" / "l2" (norms of each unit's filters) or "scores" with channel_scores {tensor or
@@ -230,7 +233,7 @@ def ratio_prune(model: onnx.ModelProto, ratio: float, *, scope: str = "global", 
             raise CollapseError("per-channel importance scores are empty; give {\"<tensor or node>\": [scores...]}")
         names = {n.name: n.outputs[0].name for n in graph.nodes if n.outputs}
         scores = {names.get(k, k): np.asarray(v, dtype=np.float64).reshape(-1) for k, v in channel_scores.items()}
-        imp = cg.score_importance(scores)
+        imp = cg.score_importance(scores, {names.get(k, k): a for k, a in (channel_axes or {}).items()})
     else:
         raise CollapseError(f"unknown pruning importance {importance!r}; use one of {', '.join(IMPORTANCE)} "
                             "or per-channel scores")

@@ -303,7 +303,7 @@ def tapped_batches(model, tensor_names: list[str], calib, calib_batches, min_sam
     ({name: array}, batch_samples) per batch. The caller's model is never modified (a copy is run)."""
     import onnx
 
-    from ..calib import iter_calibration
+    from ..calib import feed_samples, iter_calibration
     from ..core.runtime import session
 
     graph_inputs = {i.name for i in model.graph.input}
@@ -331,7 +331,7 @@ def tapped_batches(model, tensor_names: list[str], calib, calib_batches, min_sam
         for n in wanted:
             if n in graph_inputs:
                 got[n] = feed[n]
-        yield got, next(iter(feed.values())).shape[0]
+        yield got, feed_samples(feed)
 
 
 def _tensor_types(model) -> dict:

@@ -121,6 +121,25 @@ def noop_op(node, graph_outputs=()) -> bool:
     return noop_dropout(node, graph_outputs) or noop_slice_or_pad(node)
 
 
+def inverse_transpose_pair(node) -> bool:
+    """A Transpose reading another Transpose's output whose perm undoes it: its output is the first one's input.
+    tf2onnx and TFLite converters write NHWC activations between two such transposes (Conv -> Transpose(0,2,3,1)
+    -> Relu -> Transpose(0,3,1,2) -> Conv); once the activation is collapsed the pair is back to back and, left
+    there, kept the two convs from ever meeting (no merge, and no word why)."""
+    if node.op != "Transpose" or node.domain not in (None, "", "ai.onnx") or len(node.inputs) != 1:
+        return False
+    prev = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+    if prev is None or prev.op != "Transpose" or prev.domain not in (None, "", "ai.onnx") or len(prev.inputs) != 1:
+        return False
+    p1, p2 = prev.attrs.get("perm"), node.attrs.get("perm")
+    if p1 is None and p2 is None:
+        return True   # both reverse the axes
+    rank = len(p1 if p1 is not None else p2)
+    p1 = list(p1) if p1 is not None else list(range(rank))[::-1]
+    p2 = list(p2) if p2 is not None else list(range(rank))[::-1]
+    return len(p1) == len(p2) and all(int(p1[int(p2[i])]) == i for i in range(rank))
+
+
 class Cleanup:
     name = "clean"
 
@@ -139,6 +158,9 @@ class Cleanup:
                     node.inputs.pop()
                 while len(node.outputs) > 1:
                     node.outputs.pop()
+            if inverse_transpose_pair(node):   # an Identity of the first Transpose's input (that one dies if unread)
+                node.inputs[0] = node.inputs[0].inputs[0].inputs[0]
+                node.op, node.attrs = "Identity", {}
             if node.op != "Identity" or not node.inputs or not node.outputs:
                 continue
             src, dst = node.inputs[0], node.outputs[0]

@@ -16,8 +16,8 @@ from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
 from ...core.merge_fallback import join_key, joins_ok
 from ...pipeline import PassResult
-from ..graph import make_const, single_consumer, toposort
-from ..linear_ops import ConvView, DenseView
+from ..graph import const_value, make_const, single_consumer, toposort
+from ..linear_ops import ConvView, DenseView, why_not_view
 
 
 def _spatial(t) -> tuple | None:
@@ -87,6 +87,35 @@ def _dense_chains(ctx) -> list[list]:
     return chains
 
 
+_CONV_OPS, _DENSE_OPS = ("Conv", "ConvTranspose"), ("Gemm", "MatMul")
+_WHY = "not a view"   # the first item of the chain_notes keys this pass's pair notes use
+
+
+def _unmergeable_pairs(ctx) -> None:
+    """A note for each two linear ops of one family left back to back (a collapsed activation between them gone)
+    where one is no ConvView / DenseView, so no chain saw them: a ConvTranspose, a weight computed at run time
+    (a DequantizeLinear or Cast of a stored weight), W @ x, Gemm transA. Those pairs stayed apart with no word.
+    Rebuilt every round (chain_notes: said once, at the end of the run)."""
+    for key in [k for k in ctx.chain_notes if k and k[0] == _WHY]:
+        del ctx.chain_notes[key]
+    outs = ctx.graph_outputs
+    for n in ctx.graph.nodes:
+        fam = _CONV_OPS if n.op in _CONV_OPS else _DENSE_OPS if n.op in _DENSE_OPS else None
+        if fam is None or not n.outputs or n.outputs[0].name in outs:
+            continue
+        nxt = single_consumer(n.outputs[0])
+        if nxt is not None and nxt.op == "Add" and n.op == "MatMul" and nxt.outputs and nxt.outputs[0].name not in outs \
+                and any(t is not n.outputs[0] and const_value(t) is not None for t in nxt.inputs):
+            nxt = single_consumer(nxt.outputs[0])   # MatMul + its bias Add
+        if nxt is None or nxt.op not in fam:
+            continue
+        why = [(m, w) for m in (n, nxt) if (w := why_not_view(m))]
+        if why:
+            m, w = why[0]
+            ctx.chain_notes[(_WHY, n.name, nxt.name)] = (f"not merged {ctx.label(n.name)} + {ctx.label(nxt.name)}: "
+                                                         f"{ctx.label(m.name)}: {w}")
+
+
 class MergeLinearChains:
     name = "merge"
 
@@ -101,6 +130,7 @@ class MergeLinearChains:
                 merged += self._merge_dense_chain(ctx, chain, cm)
         if merged:
             toposort(ctx.graph.cleanup(remove_unused_graph_inputs=False))
+        _unmergeable_pairs(ctx)
         return PassResult(merged > 0, [f"merged {merged} segment(s)"] if merged else [])
 
     # ------------------------------------------------------------------------------ convs
