@@ -282,8 +282,10 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         # the requested semantics holds on every input: --check random inputs in the data's range are checked too
         # (a calibration set of one blank image exercised no weight, and a wrong fold passed)
         extra = random_in_range(original, feeds, cfg.check, cfg.seed)
+        data_feeds = len(feeds)   # the user's data first: the price of the collapse is also said on it alone
         feeds = feeds + extra
-        desc = f"calibration data ({samples} samples) + {len(extra)} random input(s) in its range, seed {cfg.seed}"
+        desc = (f"calibration data ({samples} samples) + {len(extra)} random input(s) in its range, seed {cfg.seed}"
+                 if extra else f"calibration data ({samples} samples) alone (--check 0)")
     else:
         if cfg.check < 1:
             raise CollapseError("--check must be at least 1: every result is verified")
@@ -292,12 +294,13 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         ladder, ranges = check_size_ladder(original), index_ranges(original)
         feeds = random_inputs(original, cfg.check, cfg.seed, shapes=ladder[0], ranges=ranges)
         desc = _random_desc(cfg, feeds, ladder[0], bool(dynamic), ranges=ranges)
+        data_feeds = 0
     shapes = ladder[0]
     reference_cache: dict = {}   # the request's float64 outputs, evaluated once for every verify below
 
     def check(model, feeds, desc, normalized=original):
         return verify(given, requested, model, feeds, cfg.rtol, cfg.atol, desc, seed=cfg.seed,
-                      reference_cache=reference_cache, normalized=normalized)
+                      reference_cache=reference_cache, normalized=normalized, data_feeds=data_feeds)
 
     try:
         ver = check(result_model, feeds, desc)

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--check", type=int, default=3, metavar="N",
                    help="random inputs for the check (default 3): floats standard normal (uniform in (0, 1] "
                    "when the input model outputs NaN/Inf on those), token ids over their table; a dynamic "
-                   "height/width without --input-shape at 2 x the model's downsampling + 1")
+                   "height/width without --input-shape at 2 x the model's downsampling + 1; with --calib, "
+                   "in the data's range after the data (0: the data alone)")
     # None: config.with_tolerances picks them
     v.add_argument("--rtol", type=float, default=None, help="default 1e-4 (float16 outputs: 1e-2)")
     v.add_argument("--atol", type=float, default=None, help="default 1e-5 (float16 outputs: 1e-3)")
@@ -166,8 +167,9 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
     _finite("--atol", args.atol)
     if args.seed < 0:
         raise CollapseError(f"--seed must be >= 0, got {args.seed}")
-    if args.check < 1:
-        raise CollapseError(f"--check must be at least 1 (every result is verified), got {args.check}")
+    if args.check < (0 if args.calib is not None else 1):   # with --calib, 0 verifies on the data alone
+        raise CollapseError(f"--check must be at least 1 (every result is verified; 0 only with --calib, to verify on "
+                            f"the data alone), got {args.check}")
     if args.check > MAX_CHECK:   # each input is held in memory and run through both models
         raise CollapseError(f"--check must be at most {MAX_CHECK}, got {args.check}; verify on more data with --calib")
     if args.calib_batches is not None:

@@ -70,7 +70,7 @@ def check_settings(cfg) -> None:
             raise CollapseError(f"{name} must be a finite number >= 0, got {v!r}")
         setattr(cfg, name, float(v))
 
-    integer("check", 1)
+    integer("check", 0 if cfg.calib is not None else 1)   # 0: the --calib data alone (no random inputs in its range)
     integer("seed", 0)
     if cfg.calib_batches is not None:
         integer("calib_batches", 1)

@@ -155,6 +155,9 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
                   f"(rtol {v['rtol']}, atol {v['atol']})")
     console.print(f"  vs original model (the price of the collapse): max abs {o['max_abs']:.3g}, "
                   f"max rel {o['max_rel']:.3g}")
+    d = v.get("against_original_on_data")
+    if d:   # the random inputs in the data's range can be far from every sample: the price on the data alone
+        console.print(f"    on the calibration data alone: max abs {d['max_abs']:.3g}, max rel {d['max_rel']:.3g}")
     for row in (report.get("channel_regimes") or {}).get("sites", [])[:max_rows]:
         # --channel-regimes: what each collapsed site became; the price is the "vs original model" line above
         console.print(f"  per-channel collapse {row['key']} ({row['kind']}): "

@@ -1,6 +1,7 @@
 """Runs the ONNX passes: builds the pass list from the config and returns the new model."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..core.blas import single_threaded_blas
@@ -61,7 +62,10 @@ def run_passes(model: onnx.ModelProto, chosen: set, *, merge: bool = True, allow
     # keyed before the passes change the graph: the result keeps the input's site keys (onnx.keys)
     sites = site_metadata(find_activations(ctx.graph), ctx.node_meta)
     pm = build_pass_manager(merge, remove_blocks, prune, fold)
-    with single_threaded_blas():   # many small float64 products: worker threads cost more than they give (core/blas)
+    # many small float64 products: worker threads cost more than they give (core/blas). A merged constant cast back
+    # to a float16 model's type may overflow to inf: the gate refuses (or the fallback unmerges) that result, so
+    # numpy's "overflow encountered in cast" on stderr said nothing the run does not say in its own words
+    with single_threaded_blas(), np.errstate(over="ignore"):
         pm.run(ctx)
     ctx.notes.extend(ctx.chain_notes.values())
     out = to_model(ctx.graph, model)   # the input's node metadata back (to_model); the site keys on top

@@ -216,6 +216,8 @@ def _measure_calib_dead(report: dict, base, requested, chosen, remove_blocks, cf
 
     unmasked = requested_semantics(base, set(chosen), remove_blocks=remove_blocks)
     report["calib_dead_error"] = None
+    if cfg.check < 1:   # --check 0 (with --calib): no random inputs to measure it on; said as not measured
+        return
     try:
         feeds = check_inputs(base, cfg.check, cfg.seed + 1)
         o, names = run(unmasked, feeds)
