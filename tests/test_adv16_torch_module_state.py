@@ -25,7 +25,8 @@ class Net(nn.Module):
 
     def forward(self, x):
         y = self.c2(self.r(self.c1(x)))
-        return torch.relu(self.bn(y * self.scale + self.sub.off)) + self.keep
+        # the buffers after the ReLU: right after the conv they fold into it (per-channel Mul/Add) and are gone
+        return torch.relu(self.bn(y)) * self.scale + self.sub.off + self.keep
 
 
 def _model(train=True):

@@ -265,19 +265,30 @@ def _export_any_batch(model: torch.nn.Module, example_inputs: tuple) -> torch.ex
     """torch.export with dim 0 of every tensor input left dynamic where the model allows it (Dim.AUTO). A plain
     export of a batch-1 example specializes the batch to 1 (0/1 specialization), and the result of an nn.Module
     that symbolic_trace cannot trace (torchvision's Swin) then failed on any other batch with a guard error;
-    size-oblivious reasoning keeps it symbolic. A model the dynamic export fails on is exported as given."""
+    size-oblivious reasoning keeps it symbolic. That reasoning assumes every size > 1 and writes it into the program
+    as a guard: from a batch-2 example torchvision's Swin-T came back refusing batch 1 ("Guard failed: x.size()[0] >
+    1"), which the plain dynamic export of that example runs. So an example batch > 1 is exported plainly first,
+    size-obliviously only where that fails. A model neither dynamic export takes is exported as given."""
     import torch.fx.experimental._config as fx_config
     from torch.export import Dim
 
     from ..core.quiet import exporter_silenced
 
-    dims = tuple({0: Dim.AUTO} if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in example_inputs)
-    try:   # silenced: torch.export logs its whole graph at a guard it cannot decide; the caller says it in one line
-        with fx_config.patch(backed_size_oblivious=True), exporter_silenced():
-            return torch.export.export(model, example_inputs, dynamic_shapes=dims)
-    except Exception:   # noqa: BLE001 - the static export below says what is wrong, if anything
-        with exporter_silenced():
-            return torch.export.export(model, example_inputs)
+    from torch.utils._pytree import tree_leaves, tree_map
+
+    # tensors inside a dict / list input too (forward(batch) reading batch["image"]): they were left static
+    tensors = [t for t in tree_leaves(example_inputs) if isinstance(t, torch.Tensor) and t.ndim > 0]
+    dims = tuple(tree_map(lambda t: {0: Dim.AUTO} if isinstance(t, torch.Tensor) and t.ndim > 0 else None, x)
+                 for x in example_inputs)
+    modes = (True,) if any(t.shape[0] <= 1 for t in tensors) else (False, True)
+    for oblivious in modes:
+        try:   # silenced: torch.export logs its whole graph at a guard it cannot decide; the caller says it
+            with fx_config.patch(backed_size_oblivious=oblivious), exporter_silenced():
+                return torch.export.export(model, example_inputs, dynamic_shapes=dims)
+        except Exception:   # noqa: BLE001 - the static export below says what is wrong, if anything
+            pass
+    with exporter_silenced():
+        return torch.export.export(model, example_inputs)
 
 
 def unwrap_compiled(model):
@@ -771,6 +782,21 @@ class CheckOutputs:
         return [got[i] for i in wanted]
 
 
+def _graph_inputs_given(gm: fx.GraphModule, example_inputs) -> int:
+    """How many placeholders example_inputs fill. A program's module (ep.module(), also the torch.export fallback)
+    takes forward's arguments and flattens them into one placeholder per leaf: a forward(batch) reading
+    batch["image"] and batch["gain"] has 2 placeholders for 1 input, and collapse(ep) of it was refused as
+    "batch_gain are missing", even with the program's own example inputs."""
+    from torch.fx.graph import _PyTreeCodeGen
+
+    if isinstance(gm.graph._codegen, _PyTreeCodeGen):
+        try:
+            return len(gm.graph.process_inputs(*example_inputs))
+        except Exception:   # noqa: BLE001 - another structure than the program's: the run below says it in one line
+            pass
+    return len(example_inputs)
+
+
 def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
     """symbolic tracing makes every forward parameter an input, `mask=None` included: the traced graph
     then follows the `mask is not None` branch, so inputs left at their default cannot be traced. Parameters
@@ -780,17 +806,18 @@ def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
 
     if gm.meta.get(TRACED_DEFAULTS):   # traced at their defaults: the graph needs only example_inputs
         return
-    specialized = _specialized_inputs(gm, len(example_inputs))
+    given = _graph_inputs_given(gm, example_inputs)
+    specialized = _specialized_inputs(gm, given)
     if specialized:   # a GraphModule the user traced with concrete_args: as trace_module's own (a copy: ours)
         _drop_specialized_inputs(gm.graph, specialized)
         gm.recompile()
         return
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    missing = [n for n in phs[len(example_inputs):] if not isinstance(n.target, str) or not n.target.startswith("*")]
+    missing = [n for n in phs[given:] if not isinstance(n.target, str) or not n.target.startswith("*")]
     if not missing:
         return
     defaults = [n.name for n in missing if n.args and n.args[0] is not inspect.Parameter.empty]
-    raise CollapseError(f"the traced model takes {len(phs)} input(s) and example_inputs gives {len(example_inputs)}; "
+    raise CollapseError(f"the traced model takes {len(phs)} input(s) and example_inputs gives {given}; "
                         f"{', '.join(n.name for n in missing)} "
                         + (("keeps its default" if len(missing) == 1 else "keep their defaults") +
                            ", which symbolic tracing cannot follow (it traces them as inputs); "
@@ -892,6 +919,22 @@ def _finite_bound(v) -> int | None:
         return None
 
 
+def _nest_dynamic_shapes(result: fx.GraphModule, flat: list) -> tuple:
+    """The per-placeholder dynamic dims in the structure of forward's arguments, which torch.export wants: a
+    forward(batch) of a dict has one spec per tensor in it ({"image": {0: b}, "gain": {0: b}}), not one per
+    placeholder (before, the re-export of such a program failed on the structure mismatch)."""
+    from torch.fx.graph import _PyTreeCodeGen
+    from torch.utils._pytree import tree_unflatten
+
+    codegen = result.graph._codegen
+    spec = codegen.pytree_info.in_spec if isinstance(codegen, _PyTreeCodeGen) else None
+    if spec is not None and spec.num_leaves == len(flat):
+        args, kwargs = tree_unflatten(list(flat), spec)
+        if not kwargs:
+            return tuple(args)
+    return tuple(flat)
+
+
 def _reexport(result: fx.GraphModule, example_inputs, dyn_shapes) -> torch.export.ExportedProgram:
     """The result as an ExportedProgram, with the input program's dynamic dims (a program exported for any
     batch came back fixed to its example batch)."""
@@ -902,7 +945,7 @@ def _reexport(result: fx.GraphModule, example_inputs, dyn_shapes) -> torch.expor
             return torch.export.export(result, example_inputs)
     try:
         with exporter_silenced():
-            return torch.export.export(result, example_inputs, dynamic_shapes=tuple(dyn_shapes))
+            return torch.export.export(result, example_inputs, dynamic_shapes=_nest_dynamic_shapes(result, dyn_shapes))
     except Exception as exc:   # noqa: BLE001 - a dim the result cannot keep dynamic: say which, in one line
         raise CollapseError(f"the collapsed program cannot keep the input program's dynamic dims "
                             f"({_first_line(exc)}); export the model with static shapes, or pass the nn.Module "

@@ -1,5 +1,6 @@
-"""fold: an eval-mode BatchNorm (or a scalar Mul/Add a linearized SELU/HardSigmoid left) next to a
-conv/linear goes into that op's weights (algebra.*.fold_affine_after / _before).
+"""fold: an eval-mode BatchNorm (or a scalar Mul/Add a linearized SELU/HardSigmoid left, or a Mul/Add by a
+per-channel parameter / buffer such as a layer scale) next to a conv/linear goes into that op's weights
+(algebra.*.fold_affine_after / _before).
 
 After the op is preferred; before it only where the algebra allows (a shift cannot cross a padded
 conv's zero padding: the algebra refuses and the BatchNorm stays). A Linear meets a BatchNorm1d's
@@ -17,7 +18,7 @@ from torch import fx
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
 from ...errors import CollapseError
-from ..graph import (batchnorm_op, feeds_output, insert_linear, linear_op, origin, shape_of,
+from ..graph import (batchnorm_op, feeds_output, get_attr_value, insert_linear, linear_op, origin, shape_of,
                      single_user, to_numpy)
 from ._base import FxPass, PassResult
 
@@ -40,6 +41,40 @@ def _scalar_affine(node: fx.Node):
     if node.target in _ADD:
         return a, 1.0, float(b)
     return None
+
+
+def _channel_affine(gm: fx.GraphModule, node: fx.Node):
+    """(x, scale, shift) of x*c or x+c with c a parameter / buffer that varies along x's channels only (a layer
+    scale `x + gamma * conv(x)` with gamma of shape (C, 1, 1), as ConvNeXt / CaiT / timm blocks write it; a (F,)
+    vector after a linear), else None. Its value is read at fold time: the result keeps no reference to c.
+    Before, only Python numbers folded, so such a scale stayed an op between the conv and the next linear op
+    and blocked the merges the ONNX front end (which folds per-channel Mul/Add) made: 3 ops more on the path."""
+    if node.op not in ("call_function", "call_method") or len(node.args) != 2 or node.kwargs \
+            or node.target not in _MUL | _ADD:
+        return None
+    a, b = node.args
+    if isinstance(a, fx.Node) and a.op == "get_attr":
+        a, b = b, a
+    if not isinstance(a, fx.Node) or not isinstance(b, fx.Node) or b.op != "get_attr":
+        return None
+    c = get_attr_value(gm, str(b.target))
+    shape = shape_of(a)
+    if not isinstance(c, torch.Tensor) or not c.is_floating_point() or shape is None or len(shape) < 2 \
+            or c.ndim > len(shape) or c.numel() == 0:
+        return None
+    op = linear_op(gm, a)
+    if op is None:
+        return None
+    axis = 1 if op.kind == "conv" else len(shape) - 1   # the op's output channels
+    full = (1,) * (len(shape) - c.ndim) + tuple(c.shape)
+    if any(d != 1 for i, d in enumerate(full) if i != axis) or full[axis] not in (1, shape[axis]):
+        return None   # varies along the batch or a spatial / token axis, or broadcasts x up
+    vec = np.broadcast_to(c.detach().cpu().numpy().reshape(-1), (shape[axis],))
+    if vec.dtype != np.dtype(op.dtype):
+        return None   # a float64 constant would promote the output
+    if node.target in _MUL:
+        return a, vec, np.zeros_like(vec)
+    return a, np.ones_like(vec), vec
 
 
 _PAD = {torch.nn.functional.pad, aten.pad.default, aten.constant_pad_nd.default}
@@ -86,7 +121,7 @@ class FoldBatchNorm(FxPass):
             if bn is not None:
                 done += self._fold_bn(gm, bn)
                 continue
-            aff = _scalar_affine(node)
+            aff = _scalar_affine(node) or _channel_affine(gm, node)
             if aff is not None:
                 done += self._fold_scalar(gm, node, *aff)
                 continue
@@ -185,7 +220,7 @@ class FoldBatchNorm(FxPass):
         p, bm = _fold_after(op, np.asarray(scale, dt), np.asarray(shift, dt))   # shift -> bias; the bias map only scales
         names = origin(x) + origin(node)
         new = insert_linear(gm, x, op.x, op.kind, p, bm, hint=f"{op.node.name}_affine", meta_from=node,
-                            origin=origin(x), sources=[x])
+                            origin=origin(x), sources=[x, node])   # node: a layer scale's parameter is read too
         node.replace_all_uses_with(new)
         self._erase(gm, [node, x])
         self.record.folds.append({"kind": "scalar-affine-after", "nodes": names})
