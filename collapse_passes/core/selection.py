@@ -138,9 +138,24 @@ def lookup(index: dict, key: str, source: str = "scores") -> list:
                             "so module-path keys name nothing; use the keys --list-keys prints, or score this file "
                             "with --method")
     near = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else \
+    shown = list(dict.fromkeys(_offered(index, n) if source.startswith("collapse") else repr(n) for n in near))
+    hint = f"; did you mean {', '.join(shown)}?" if near else \
         "; collapse_passes.list_keys(model) (--list-keys on the command line) lists this model's activation keys"
     raise CollapseError(f"{source}: unknown layer key {key!r}{hint}")
+
+
+def _offered(index: dict, key: str) -> str:
+    """A near match as --collapse can take it: a node name with a comma (tf2onnx's "relu,1") is split there by
+    --collapse K1,K2 and the string form collapse="k1,k2", so the site's own comma-free key is offered in its place
+    (resolve_keys makes the display key one where it can), else the ways that take any key."""
+    if "," not in key:
+        return repr(key)
+    sites = index.get(key, [])
+    alt = display_key(sites[0]) if len(sites) == 1 else None
+    if alt and "," not in alt and index.get(alt) == sites:
+        return f"{alt!r} (node {key!r}: --collapse splits keys at commas)"
+    return (f"{key!r} (--collapse splits keys at commas: give it in a --scores file with --threshold, or as "
+            f"collapse=[{key!r}] in Python)")
 
 
 def _unique_keys(pairs, src: str) -> dict:

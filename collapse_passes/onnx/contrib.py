@@ -4,11 +4,13 @@ A model onnxruntime optimized and saved (SessionOptions.optimized_model_filepath
 hides its activations inside com.microsoft ops: FusedConv / FusedGemm carry the ReLU, Clip, Sigmoid, ...
 after the conv as an attribute and QuickGelu is x*sigmoid(alpha*x) (SiLU when alpha = 1). Read as they
 are, those activations are invisible: a MobileNetV2 saved so had no activation to score and an
-EfficientNet-B0 none of its 49 SiLUs. FusedMatMul (alpha * A @ B, a Swin's scaled attention) is written as
-MatMul and Mul, so its MACs are counted. `expand_contrib_ops` rewrites them as Conv/Gemm + Add + the
-activation op (the definition of those kernels), so every activation is found, scored, collapsed and
-merged as in the exported file, and the model written is standard ONNX (onnxruntime fuses it again when
-it loads; TVM can import it). The run verifies against the file as given, contrib ops and all.
+EfficientNet-B0 none of its 49 SiLUs. FusedMatMul (alpha * A @ B, a Swin's scaled attention; transA/transB and
+transBatchA/B: a transposed operand) is written as Transpose, MatMul and Mul, so its MACs are counted and no
+com.microsoft op is left in the model written (a transposed operand of unknown rank is the one form kept).
+`expand_contrib_ops` rewrites them as Conv/Gemm + Add + the activation op (the definition of those kernels),
+so every activation is found, scored, collapsed and merged as in the exported file, and the model written is
+standard ONNX (onnxruntime fuses it again when it loads; TVM can import it). The run verifies against the file
+as given, contrib ops and all.
 
 NCHWc layout ops (com.microsoft.nchwc: what ORT_ENABLE_ALL saves) are blocked layouts for the CPU the
 file was saved on: refused, with the way out.
@@ -26,6 +28,8 @@ MS = "com.microsoft"
 #: contrib ops rewritten here
 EXPANDED = ("FusedConv", "FusedGemm", "QuickGelu", "BiasGelu", "FastGelu", "FusedMatMul")
 _GEMM_ATTRS = ("alpha", "beta", "transA", "transB")
+#: node metadata marking a node inline_local_functions wrote out of a local function's body
+INLINED_META = "collapse_passes.inlined"
 
 
 def has_contrib_ops(model: onnx.ModelProto) -> bool:
@@ -58,6 +62,20 @@ def _act_nodes(kind: str, params: dict, x: str, y: str, name: str) -> list[onnx.
                         "exported, before onnxruntime's optimizations")
 
 
+def _fused_matmul_perm(rank: int | None, trans: int, trans_batch: int):
+    """The Transpose perm that makes a FusedMatMul operand what it multiplies (onnxruntime's definition, checked
+    against its kernel): transA/B swaps the last two dims; transBatchA/B moves dim 0 behind the batch dims
+    (1 .. rank-2), as the row dim ([1, .., r-2, 0, r-1]; with trans too, [1, .., r-1, 0]). None: no transpose;
+    False: one is needed and the rank is unknown (or < 2)."""
+    if not trans and not trans_batch:
+        return None
+    if rank is None or rank < 2:
+        return False
+    if trans_batch:
+        return list(range(1, rank)) + [0] if trans else list(range(1, rank - 1)) + [0, rank - 1]
+    return list(range(rank - 2)) + [rank - 1, rank - 2]
+
+
 def inline_local_functions(model: onnx.ModelProto, notes: list | None = None) -> onnx.ModelProto:
     """`model` with the calls of its own local functions (the TorchScript exporter's export_modules_as_functions,
     a dynamo export's functions) written out as the ops they are made of; the same object when it calls none.
@@ -75,7 +93,14 @@ def inline_local_functions(model: onnx.ModelProto, notes: list | None = None) ->
 
     from .graph import name_nameless_nodes
 
-    out = name_nameless_nodes(inline_selected_functions(model, sorted(shadowing), exclude=True))
+    # a top-level node keeps its outputs' names through inlining; a node from a function body writes an inner
+    # value, or the call's output: mark those, whose names no author or torch exporter gave (onnx/keys.py)
+    kept = {o for n in model.graph.node if (n.domain, n.op_type) not in local for o in n.output}
+    out = inline_selected_functions(model, sorted(shadowing), exclude=True)
+    for n in out.graph.node:
+        if not (n.output and n.output[0] in kept):
+            n.metadata_props.add(key=INLINED_META, value="1")
+    out = name_nameless_nodes(out)
     if notes is not None:
         notes.append(f"local functions inlined ({', '.join(called[:4])}{', ...' if len(called) > 4 else ''}), so the "
                      "activations inside them are seen (keyed by position, relu():i: the function bodies keep no module "
@@ -136,6 +161,21 @@ def expand_contrib_ops(model: onnx.ModelProto, notes: list | None = None, in_pla
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
     counts: dict[str, int] = {}
     new_nodes = []
+    ranks: dict[str, int] = {}
+
+    def rank(t: str) -> int | None:
+        """The rank of tensor t (onnx shape inference, run once and only for a transposed FusedMatMul), or None."""
+        if not ranks:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model).graph
+            except Exception:   # noqa: BLE001 - shape inference refusing the file: no rank known, the op is kept
+                inferred = g
+            ranks[""] = -1
+            for v in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+                if v.type.tensor_type.HasField("shape"):
+                    ranks[v.name] = len(v.type.tensor_type.shape.dim)
+            ranks.update({i.name: len(i.dims) for i in inferred.initializer})
+        return ranks.get(t)
     for n in g.node:
         if n.domain != MS or n.op_type not in EXPANDED:
             new_nodes.append(n)
@@ -147,13 +187,21 @@ def expand_contrib_ops(model: onnx.ModelProto, notes: list | None = None, in_pla
         dtype = elem.get(n.input[0]) or (elem.get(n.input[1]) if len(n.input) > 1 else None) or default_float
         y = n.output[0]
         made: list[onnx.NodeProto] = []
-        if n.op_type == "FusedMatMul":   # alpha * (A @ B) (MatMulScaleFusion); its transposed forms are left
-            if any(attrs.get(k, 0) for k in ("transA", "transB", "transBatchA", "transBatchB")):
+        if n.op_type == "FusedMatMul":   # alpha * (op(A) @ op(B)) (MatMulScaleFusion, MatmulTransposeFusion)
+            perms = [_fused_matmul_perm(rank(t), attrs.get(f"trans{side}", 0), attrs.get(f"transBatch{side}", 0))
+                     for t, side in zip(n.input[:2], "AB")]
+            if any(p is False for p in perms):   # a transposed operand of unknown rank: left as it is
                 new_nodes.append(n)
                 continue
+            ins = list(n.input[:2])
+            for i, (p, side) in enumerate(zip(perms, "AB")):
+                if p is not None:
+                    ins[i] = fresh(f"{n.name}_{side}_T")
+                    made.append(helper.make_node("Transpose", [n.input[i]], [ins[i]], perm=p,
+                                                 name=fresh(f"{n.name}_Transpose{side}")))
             alpha = float(attrs.get("alpha", 1.0))
             mm_out = fresh(f"{y}_matmul") if alpha != 1.0 else y
-            made.append(helper.make_node("MatMul", list(n.input[:2]), [mm_out], name=n.name))
+            made.append(helper.make_node("MatMul", ins, [mm_out], name=n.name))
             if alpha != 1.0:
                 made.append(helper.make_node("Mul", [mm_out, const(f"{n.name}_alpha", alpha, dtype)], [y],
                                              name=fresh(f"{n.name}_Mul")))
@@ -211,7 +259,7 @@ def expand_contrib_ops(model: onnx.ModelProto, notes: list | None = None, in_pla
             m.metadata_props.extend(n.metadata_props)
         new_nodes += made
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    if not counts:   # only forms left as they are (a one-input FastGelu, a transposed FusedMatMul)
+    if not counts:   # only forms left as they are (a one-input FastGelu, a FusedMatMul of unknown rank)
         return model
     del g.node[:]
     g.node.extend(new_nodes)

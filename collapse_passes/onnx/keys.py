@@ -30,6 +30,7 @@ from collections import defaultdict
 
 from ..core.selection import SITE_SEP, display_key, lookup, root_keys, site_key  # noqa: F401  (keys live in core)
 from ..core.selection import ROOT_CALL
+from .contrib import INLINED_META
 from .patterns import Activation
 
 
@@ -103,17 +104,35 @@ def site_metadata(activations: list[Activation], node_meta: dict) -> dict[str, d
             root = [k for k in a.keys if ROOT_CALL in k and k not in a.node_names]
             if not root:
                 continue
-            meta = {SITE_META: root[0]}
+            meta = {SITE_META: root[0], **({NAMED_META: "1"} if a.named else {})}
         for n in a.nodes:
             out[n.name] = meta
     return out
 
 
-def _torch_export(node_meta: dict[str, dict[str, str]]) -> bool:
-    """Whether a torch exporter made the model: TorchScript scope names ("/layer1/Relu") or the
+#: node metadata an earlier run wrote on a root-level activation keyed by its node name first (a hand-built model)
+NAMED_META = "collapse_passes.named"
+
+
+def _torch_named(name: str, meta: dict[str, str]) -> bool:
+    """Whether a torch exporter named this node: a TorchScript scope name ("/layer1/Relu", "/Relu") or the
     torch.export-based exporter's node metadata ("pkg.torch.onnx.*")."""
-    return any(name.startswith("/") or any(k.startswith("pkg.torch.") for k in meta)
-               for name, meta in node_meta.items())
+    return name.startswith("/") or any(k.startswith("pkg.torch.") for k in meta)
+
+
+def _root_key_first(a: Activation, node_meta: dict, stored: tuple | None, torch_model: bool) -> bool:
+    """Whether a root-level activation's kind():i key comes before its node names (its display key). Yes where a
+    torch exporter named its nodes: that key is the same on both exporters and in the torch front end, the node
+    names are not. Decided per activation, from its own nodes: one node named "/abs/Relu" in a hand-built model
+    made every other activation keyed relu():i instead of by the name its author gave. Nodes written out of a
+    local function's body (contrib.INLINED_META) have no name of their own: they follow the rest of the model.
+    An earlier run's stored key keeps the order that run used (NAMED_META)."""
+    if stored is not None:
+        return not any(node_meta.get(n.name, {}).get(NAMED_META) for n in a.nodes)
+    metas = [(n.name, node_meta.get(n.name, {})) for n in a.nodes if n.name]
+    if any(_torch_named(name, meta) for name, meta in metas):
+        return True
+    return bool(metas) and all(meta.get(INLINED_META) for _, meta in metas) and torch_model
 
 
 def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, str]]) -> dict:
@@ -184,7 +203,8 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
             key = stored[id(a)][0]
             bare, sep, call = key.rpartition(SITE_SEP)
             at_root[id(a)] = [key, bare] if sep and call.isdigit() and bare.endswith(ROOT_CALL) else [key]
-    from_torch = bool(paths or stored) or _torch_export(node_meta)
+    torch_model = bool(paths) or any(_torch_named(name, meta) for name, meta in node_meta.items()
+                                     if not meta.get(INLINED_META))
     index: dict[str, list[Activation]] = defaultdict(list)
     for a in activations:
         a.keys = []
@@ -198,7 +218,8 @@ def resolve_keys(activations: list[Activation], node_meta: dict[str, dict[str, s
         # writes, and unlike the node names it is the same on both exporters and in the torch front end.
         # Elsewhere (a hand-built or converted model) the node names are the names its author gave
         names = [n for n in a.node_names if n]
-        for k in (at_root.get(id(a), []) + names if from_torch else names + at_root.get(id(a), [])):
+        a.named = not _root_key_first(a, node_meta, stored.get(id(a)), torch_model)
+        for k in (names + at_root.get(id(a), []) if a.named else at_root.get(id(a), []) + names):
             if k not in a.keys:
                 a.keys.append(k)
         for k in dict.fromkeys(a.keys):

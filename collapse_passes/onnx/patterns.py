@@ -45,6 +45,7 @@ class Activation:
     keys: list = field(default_factory=list)     # filled by keys.resolve_keys, most specific first
     module_path: str | None = None               # torch module path, when an exporter left one
     site: str | None = None                      # call-site key: module_path, or module_path:i when shared
+    named: bool = False                          # keyed by its node names before its root key (keys.resolve_keys)
 
     @property
     def node_names(self) -> list[str]:
@@ -76,10 +77,10 @@ def _clip_bounds(node) -> tuple[float | None, float | None, bool]:
     return lo, hi, ok
 
 
-def _max_scalar(node) -> tuple[float, object] | None:
-    """(c, x) of Max(x, c) with one float tensor x and a float scalar constant c, else None: torch.export
-    writes x.clamp(min=c) / clamp_min as this Max, where the TorchScript exporter writes Clip(x, c) (the
-    same activation, and the same key, on both exporters). Integer Max (shape arithmetic) is no activation."""
+def _scalar_operand(node) -> tuple[float, object] | None:
+    """(c, x) of a two-input elementwise node (Max, Min, Mul) of one float tensor x and a float scalar constant c
+    (an initializer or a Constant node; shape () or (1,): the output has x's shape, so the identity replaces it
+    exactly), else None. Integer operands (shape arithmetic) are no activation."""
     if len(node.inputs) != 2 or len(node.outputs) != 1:
         return None
     consts = [const_value(t) for t in node.inputs]
@@ -87,9 +88,15 @@ def _max_scalar(node) -> tuple[float, object] | None:
         return None
     c = next(c for c in consts if c is not None)
     if c.size != 1 or c.ndim > 1 or c.dtype.kind != "f":
-        return None   # a scalar: the output has x's shape, so the identity replaces it exactly
+        return None
     x = node.inputs[0] if consts[0] is None else node.inputs[1]
     return float(c.reshape(())), x
+
+
+def _max_scalar(node) -> tuple[float, object] | None:
+    """(c, x) of Max(x, c) (_scalar_operand): torch.export writes x.clamp(min=c) / clamp_min as this Max, where
+    the TorchScript exporter writes Clip(x, c) (the same activation, and the same key, on both exporters)."""
+    return _scalar_operand(node)
 
 
 def _single_op(node) -> Activation | None:
@@ -299,6 +306,63 @@ def _fused(graph: gs.Graph, order: dict, claimed: set, outputs: set) -> list[Act
     return found
 
 
+# ----------------------------------------------------------------- two-op spellings of single-op kinds
+
+_STD = ("", "ai.onnx")
+
+
+def _sole_reader(t, outputs: set, claimed: set):
+    """The one node reading tensor t, when t is read by that node alone and is no graph output, else None."""
+    if t.name in outputs or len(t.outputs) != 1:
+        return None
+    n = t.outputs[0]
+    return None if id(n) in claimed or (n.domain or "") not in _STD else n
+
+
+def _two_op_forms(graph: gs.Graph, claimed: set, outputs: set) -> list[Activation]:
+    """Activations exporters spell as two elementwise ops (tf2onnx, TFLite converters), found as one site with
+    one key, so collapsing it removes both ops:
+    - Min(Max(x, lo), hi) and Max(Min(x, hi), lo), scalar lo < hi: a Clip (ReLU6 for 0, 6). Matched alone, the
+      Max was a clip(min) site and collapsing it left the Min in the graph. A bound that is not a scalar (per
+      channel, (C, 1, 1)) is no ReLU6: the Max alone stays a clip(min) site (its collapse is exact, the Min kept);
+    - Max(x, a*x), the Mul reading the same tensor x and a scalar 0 < a < 1: LeakyReLU(alpha=a). Any other
+      Max of a product (another tensor, a >= 1, a per-channel a) is left alone."""
+    found = []
+    for first in list(graph.nodes):
+        if id(first) in claimed or (first.domain or "") not in _STD or first.op not in ("Max", "Min", "Mul"):
+            continue
+        inner = _scalar_operand(first)
+        if inner is None:
+            continue
+        c1, x = inner
+        second = _sole_reader(first.outputs[0], outputs, claimed)
+        if second is None or len(second.outputs) != 1:
+            continue
+        if first.op == "Mul":
+            if second.op != "Max" or len(second.inputs) != 2 or not 0.0 < c1 < 1.0:
+                continue
+            mid = first.outputs[0]
+            other = second.inputs[1] if second.inputs[0] is mid else second.inputs[0]
+            if other is not x or other is mid:
+                continue   # Max(y, a*x) of another tensor y is no LeakyReLU
+            kind, params = "leaky_relu", {"alpha": c1}
+        else:
+            if second.op != ({"Max": "Min", "Min": "Max"}[first.op]):
+                continue
+            outer = _scalar_operand(second)
+            if outer is None:
+                continue
+            lo, hi = (c1, outer[0]) if first.op == "Max" else (outer[0], c1)
+            if not lo < hi:
+                continue   # a constant output, not a clip: the single-op forms below take what they can
+            kind, params = ("relu6", {}) if (lo, hi) == (0.0, 6.0) else ("clip", {"min": lo, "max": hi})
+        claimed.update((id(first), id(second)))
+        scale, shift = catalogue.linear_regime(kind, params)
+        found.append(Activation(second.name, kind, [first, second], x, second.outputs[0], linear_scale=scale,
+                                linear_shift=shift, params=params))
+    return found
+
+
 def find_activations(graph: gs.Graph) -> list[Activation]:
     """All collapsible activations in topological order."""
     toposort(graph)
@@ -306,6 +370,7 @@ def find_activations(graph: gs.Graph) -> list[Activation]:
     outputs = {t.name for t in graph.outputs}
     claimed: set = set()
     acts = _fused(graph, order, claimed, outputs)
+    acts += _two_op_forms(graph, claimed, outputs)
     for n in graph.nodes:
         if id(n) in claimed:
             continue
