@@ -22,7 +22,9 @@ class Net(nn.Module):
         x = self.r1(self.b1(self.c1(x)))
         x = self.r2(self.b2(self.c2(x)))
         x = self.r3(self.b3(self.c3(x)) + x)
-        return self.fc(x.mean((2, 3)))
+        # a max pool: a global average pool would go before the frozen 1x1 convs (fx/passes/hoist_global_pool.py)
+        # and merge them with the trainable fc, a layer rightly trainable (the test below)
+        return self.fc(x.amax((2, 3)))
 
 
 def _net(frozen):

@@ -37,7 +37,10 @@ def test_mobilenet_blocks_merge_to_one_conv_and_lower_macs(exported):
     r = cp.collapse(path, collapse=keys)
     rep = r.report
     conv_merges = [m for m in rep["merges"] if m["kind"] == "conv"]
-    assert len(conv_merges) >= 16                      # every inverted-residual block
+    hoists = [m for m in rep["merges"] if m["kind"] == "pool-hoist"]
+    # every inverted-residual block but the last, whose project conv runs after the global pool with the head
+    # conv instead (onnx/passes/hoist_global_pool.py; cheaper than merging it into the block)
+    assert len(conv_merges) >= 15 and len(hoists) == 2
     assert any(len(m["nodes"]) == 3 for m in conv_merges)  # pointwise-depthwise-pointwise -> one conv
     assert rep["after"]["macs"] < rep["before"]["macs"]
     assert any(m["kind"] == "residual-identity" for m in rep["merges"])

@@ -10,8 +10,10 @@ from collapse_passes.verify import random_inputs, verify
 from conftest import make_model, rnd, vinfo
 
 
-def _chain(depth=6, seed=0):
-    """x -> [Conv 3x3 -> Relu] x depth -> Conv 1x1 -> Relu(r_b) -> Conv 1x1 -> GAP -> Flatten -> Gemm."""
+def _chain(depth=6, seed=0, relu_before_pool=False):
+    """x -> [Conv 3x3 -> Relu] x depth -> Conv 1x1 -> Relu(r_b) -> Conv 1x1 [-> Relu] -> GAP -> Flatten -> Gemm.
+    relu_before_pool: a model with nothing to change unless relu_b is collapsed (else the pool goes before pb:
+    onnx/passes/hoist_global_pool.py)."""
     nodes, inits, x = [], {}, "x"
     for i in range(depth):
         inits[f"w{i}"] = rnd(8, 3 if i == 0 else 8, 3, 3, seed=seed + i)
@@ -22,7 +24,8 @@ def _chain(depth=6, seed=0):
     nodes += [helper.make_node("Conv", [x, "pa"], ["pa_o"], name="pa"),
               helper.make_node("Relu", ["pa_o"], ["r_b"], name="relu_b"),
               helper.make_node("Conv", ["r_b", "pb"], ["pb_o"], name="pb"),
-              helper.make_node("GlobalAveragePool", ["pb_o"], ["g"], name="gap"),
+              *([helper.make_node("Relu", ["pb_o"], ["pb_r"], name="relu_c")] if relu_before_pool else []),
+              helper.make_node("GlobalAveragePool", ["pb_r" if relu_before_pool else "pb_o"], ["g"], name="gap"),
               helper.make_node("Flatten", ["g"], ["f"], name="flat"),
               helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
     return make_model(nodes, [vinfo("x", [1, 3, 16, 16])], [vinfo("y", [1, 5])], inits)
@@ -73,7 +76,8 @@ def test_partial_runs_give_the_numbers_whole_runs_give(monkeypatch):
     m = _chain()
     res = _collapse(m)
     part = res.report["verification"]
-    assert [n.op_type for n in res.model.graph.node].count("Conv") == 7   # pa and pb merged
+    # pa and pb run after the pool (onnx/passes/hoist_global_pool.py), merged with fc: the 6 3x3 convs are left
+    assert [n.op_type for n in res.model.graph.node].count("Conv") == 6
     # both the requested semantics and the result skipped the shared prefix of 6 conv + relu pairs
     assert part["partial"]["requested"][0] < part["partial"]["requested"][1]
     assert part["partial"]["result"][0] < part["partial"]["result"][1]
@@ -93,7 +97,9 @@ def test_a_wrong_result_fails_wherever_the_change_is(where):
     res = _collapse(m)
     bad = onnx.ModelProto()
     bad.CopyFrom(res.model)
-    name = next(n.input[1] for n in bad.graph.node if n.name.startswith(where) or where in n.input[1:])
+    # fc: the last op's weight (pa, pb and fc are one dense op after the pool, named pa: hoist_global_pool)
+    name = next(n.input[1] for n in bad.graph.node if n.name.startswith(where)) if where != "fc" else \
+        bad.graph.node[-1].input[1]
     k = next(i for i, t in enumerate(bad.graph.initializer) if t.name == name)
     w = numpy_helper.to_array(bad.graph.initializer[k]) * 1.5
     bad.graph.initializer[k].CopyFrom(numpy_helper.from_array(w.astype(np.float32), name))
@@ -107,7 +113,7 @@ def test_a_wrong_result_fails_wherever_the_change_is(where):
 def test_nothing_changed_is_proved_by_structure_without_a_run(monkeypatch):
     import onnxruntime as ort
 
-    m = _chain()
+    m = _chain(relu_before_pool=True)
     m.graph.node.insert(1, helper.make_node("Identity", ["c0"], ["c0_id"], name="id"))
     m.graph.node[2].input[0] = "c0_id"
     runs = []
@@ -127,7 +133,7 @@ def test_cli_says_what_ran(tmp_path):
     import sys
 
     src = tmp_path / "m.onnx"
-    onnx.save(_chain(), src)
+    onnx.save(_chain(relu_before_pool=True), src)
     out = subprocess.run([sys.executable, "-m", "collapse_passes", str(src), "-o", str(tmp_path / "o.onnx"),
                           "--collapse", "relu_b"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

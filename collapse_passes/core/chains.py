@@ -127,14 +127,27 @@ def plan_dense_chain(params, rows: int, cm: CostModel, joins_ok=None) -> dict:
     """{(i, j): composed LinearParams} for the segments of a chain of linears worth merging (always exact);
     rows = how many rows (tokens x batch) each linear sees; joins_ok as plan_conv_chain."""
     cache = {}
+    cost = _dense_segment_cost(params, rows, cm, joins_ok, cache)
+    return {(i, j): cache[(i, j)] for i, j in plan_segments(len(params), cost, MAX_SEGMENT) if j - i > 1}
 
+
+def _dense_segment_cost(params, rows: int, cm: CostModel, joins_ok, cache: dict):
+    """The planner's price of segment [i, j) of a dense chain (None where a join is refused); composed
+    segments are kept in `cache`."""
     def cost(i, j):
         if j - i > 1 and joins_ok is not None and not all(joins_ok[i:j - 1]):
             return None
         p = params[i] if j - i == 1 else cache.setdefault((i, j), lin_alg.compose_linear_chain(params[i:j]))
         return cm.op_cost("Gemm", linear_macs(p, rows), linear_signature(p, rows))
+    return cost
 
-    return {(i, j): cache[(i, j)] for i, j in plan_segments(len(params), cost, MAX_SEGMENT) if j - i > 1}
+
+def dense_chain_cost(params, rows: int, cm: CostModel, joins_ok=None) -> float:
+    """Cost of a dense chain as plan_dense_chain would cut it (0 for none)."""
+    if not params:
+        return 0.0
+    cost = _dense_segment_cost(params, rows, cm, joins_ok, {})
+    return sum(cost(i, j) for i, j in plan_segments(len(params), cost, MAX_SEGMENT))
 
 
 def merge_record(kind: str, nodes: list, before: int, after: int, ops_before: int, m=None, joins=()) -> dict:
@@ -147,3 +160,38 @@ def merge_record(kind: str, nodes: list, before: int, after: int, ops_before: in
         rec.update(kernel=list(m.params.kernel_shape), group=m.params.group)
     rec["reason"] = merge_reason(before, after, ops_before, m)
     return rec
+
+
+
+def pool_hoist_costs(params, spatials, outs, cm: CostModel, *, dense_after=None, pool_kind: str = "GlobalAveragePool",
+                     allow_border_approx: bool = False, joins_ok=None, dense_joins_ok=None) -> tuple[float, float]:
+    """(cost kept, cost hoisted) of a global average pool after the pointwise conv params[-1], the last of the conv
+    chain params (conv k reads spatial size spatials[k], writes outs[k]; joins_ok as plan_conv_chain).
+
+    Hoisted, the pool reads the conv's input and the conv runs on one position: with dense_after (a list, maybe
+    empty: the pooled vector is flattened) as the dense layer algebra.conv.pointwise_as_linear makes of it (a
+    grouped conv densified) in front of the dense chain dense_after (LinearParams of the Gemms reading the
+    flattened vector one after the other, planned with it: dense_joins_ok[0] the conv's join to the first),
+    else as the conv itself. But the conv no longer joins the conv chain before it, whose plan may have merged it
+    away (a 1x1 3->64 then a 1x1 64->2 are one 3->2 conv: hoisting the second leaves the wide first at every
+    position). Both sides priced with the planners' own costs (plan_conv_chain, plan_dense_chain)."""
+    last, n = params[-1], len(params)
+
+    def chain(k):
+        if k == 0:
+            return 0.0
+        plan = plan_conv_chain(params[:k], spatials[:k], outs[:k], cm, allow_border_approx,
+                               joins_ok=None if joins_ok is None else list(joins_ok)[:k - 1])
+        return plan_cost(plan, spatials[:k], outs[:k], cm)
+
+    if dense_after is not None:
+        lin = conv_alg.pointwise_as_linear(last)
+        tail = None if dense_joins_ok is None else list(dense_joins_ok)
+        moved = dense_chain_cost([lin] + list(dense_after), 1, cm, tail) \
+            - dense_chain_cost(list(dense_after), 1, cm, None if tail is None else tail[1:])
+    else:
+        one = (1,) * len(outs[-1])
+        moved = cm.op_cost("Conv", conv_macs(last, one), conv_signature(last, one))
+    kept = chain(n) + cm.elementwise_cost(pool_kind, (last.out_channels,) + tuple(outs[-1]))
+    hoisted = chain(n - 1) + moved + cm.elementwise_cost(pool_kind, (last.in_channels,) + tuple(spatials[-1]))
+    return kept, hoisted

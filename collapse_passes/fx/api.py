@@ -31,8 +31,8 @@ from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, c
                     count_params, find_activations, is_collapsible, keep_module_state, key_index, linear_op, own_weights,
                     propagate_shapes, shape_of, state_error, state_writes, training_batchnorms)
 from .graph import _FREE as _FREE_CALLS, batchnorm_op, submodule
-from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, LinearizeActivations, MergeLinearChains,
-                     RemoveResidualBlocks)
+from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, HoistGlobalPool, LinearizeActivations,
+                     MergeLinearChains, RemoveResidualBlocks)
 
 MAX_STEPS = 20
 
@@ -640,8 +640,11 @@ def run_passes(gm: fx.GraphModule, chosen_names, cfg: CollapseConfig, record: Fx
     LinearizeActivations(chosen_names, record)(gm)
     loop = [FoldBatchNorm(record)] if fold else []
     if cfg.merge and merge_allowed != frozenset():
+        cm = _cost_model(cfg)
+        # the pool hoist before the merge: a merge first fuses the head's 1x1 conv into the conv before it
         loop += [AbsorbResidual(record, merge_allowed),
-                 MergeLinearChains(_cost_model(cfg), cfg.allow_border_approx, None, record, any_size=any_size,
+                 HoistGlobalPool(record, None, cm, cfg.allow_border_approx, allowed=merge_allowed),
+                 MergeLinearChains(cm, cfg.allow_border_approx, None, record, any_size=any_size,
                                    allowed=merge_allowed)]
     loop.append(Cleanup(record))
     res = PassManager(loop, steps=MAX_STEPS)(gm)

@@ -27,8 +27,11 @@ def build_pass_manager(merge: bool = True, remove_blocks=None, prune: bool = Fal
         from .passes.merge_chains import MergeLinearChains
         from .passes.absorb_residual import AbsorbResidual
         from .passes.propagate_bias_maps import PropagateBiasMaps
+        from .passes.hoist_global_pool import HoistGlobalPool
 
-        loop += [AbsorbResidual(), MergeLinearChains(), PropagateBiasMaps()]
+        # the pool goes up before merging: merged first, a head 1x1 conv would join the 3x3 before it and the
+        # pool could no longer pass it (MobileNetV2's 320->1280 conv, then a Gemm merged with the classifier)
+        loop += [AbsorbResidual(), HoistGlobalPool(), MergeLinearChains(), PropagateBiasMaps()]
     loop.append(Cleanup())
     pre = list(_pre_passes(remove_blocks))
     if prune:   # after linearize: a collapsed ReLU no longer turns a negative constant channel into 0
