@@ -25,7 +25,7 @@ run: setup
 		--eval models/examples/digits_eval.npz --calib models/examples/digits_calib.npz \
 		-o out/mobilenet_v2_digits.collapsed.onnx --report out/report.json
 
-## the whole test suite (under 15 minutes on 2 cores)
+## the whole test suite (its time on 2 cores: README, Quick start)
 test: setup
 	$(PY) -m pytest -q -n 2 --durations=15
 

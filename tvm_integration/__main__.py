@@ -3,7 +3,8 @@
 Compiles MODEL.onnx (or ``--collapsed C.onnx``, compared with MODEL.onnx) with
 TVM, compares latencies with onnxruntime and optionally exports; the same
 flags as ``collapse-passes --target``.  Inputs are random (seed 0) with
-dynamic dimensions set to 1, or to ``--input-shape NAME:D0,D1,...``.
+dynamic dimensions at the core check's sizes (height/width 2 x the model's downsampling + 1, batch 1), or at
+``--input-shape NAME:D0,D1,...``.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def _main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--verbose", action="store_true", help="show MetaSchedule progress tables")
     p.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...",
-                   help="sizes for dynamic input dims (else they run as 1), e.g. input:1,3,224,224")
+                   help="sizes for dynamic input dims, e.g. input:1,3,224,224 (else checked and timed at the core "
+                        "check's sizes: height/width 2 x the model's downsampling + 1, batch 1)")
     p.add_argument("--rtol", type=float, default=None,
                    help="relative tolerance of the TVM-vs-onnxruntime check (default 1e-4, as the core CLI)")
     p.add_argument("--atol", type=float, default=None, help="absolute tolerance of that check (default 1e-5)")

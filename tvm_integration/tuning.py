@@ -980,8 +980,10 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
         host_threads = os.cpu_count() or 1
         # Threads of the search (cost model, evolutionary search) run on this host.
         num_threads = int(target_info.num_cores or host_threads) if target_info.kind == "llvm" else host_threads
+        shared_n = sum(r.source == "shared" for r in task_reports.values())
         say(
-            f"tuning {n} task(s) ({report.tasks_reused} reused from {work_dir}) "
+            f"tuning {n} task(s) ({report.tasks_reused} reused from {work_dir}, {shared_n} of them copied from the "
+            f"shared database) "
             f"with {trials} trials ({per_iter} per round, at most {per_task} per task) "
             f"on {target_info.name}"
             + (f" via RPC {rpc_tracker} key={rpc_key}" if rpc_tracker else "")

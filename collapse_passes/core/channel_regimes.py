@@ -170,8 +170,10 @@ def regime_details(computed: dict | None, scores) -> dict:
     method = src.get("method") if isinstance(src, dict) else None
     details = src.get("details") if isinstance(src, dict) else None
     if method not in METHODS or not isinstance(details, dict) or not details:
+        why = ("" if method is None else f", and the scores are of {method}" if method not in METHODS
+               else f"; these {method} scores carry no per-channel details")   # a file saved without them
         raise CollapseError(f"--channel-regimes (channel_regimes) needs the per-channel statistics of --method easier or "
-                            f"tlc{'' if method is None else f', and the scores are of {method}'}: add --method easier / "
+                            f"tlc{why}: add --method easier / "
                             "tlc (with --calib data, or TLC's BatchNorm variant), give --scores a file they saved, or "
                             "drop it")
     return details
