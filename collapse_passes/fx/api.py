@@ -28,6 +28,7 @@ from ..report import activation_row, build_report
 from .call_path import CallPathTracer
 from .frames import guard_identity, scope_dynamo_graph
 from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, copy_sharing_weights, count_ops,
+                    module_op_count,
                     count_params, find_activations, is_collapsible, keep_module_state, key_index, linear_op, own_weights,
                     propagate_shapes, shape_of, state_error, state_writes, training_batchnorms)
 from .graph import _FREE as _FREE_CALLS, batchnorm_op, submodule
@@ -1123,14 +1124,14 @@ def graph_stats(gm: fx.GraphModule) -> dict:
             and node.target not in _FREE_CALLS and node not in free and node not in inside
         prev = [p for p in node.all_input_nodes]
         # a PaddedConv runs its parts in sequence (pad, conv, + bias map): count_ops' op_count, on the path too
-        w = getattr(submodule(gm, node), "op_count", 1) if counted and node.op == "call_module" else int(counted)
+        w = module_op_count(submodule(gm, node)) if counted and node.op == "call_module" else int(counted)
         depth[node] = w + max((depth[p] for p in prev), default=0)
         nl = node in sites or (node.op == "call_module" and not isinstance(gm.get_submodule(node.target), _LINEAR_MODS)
                                and node.target != "_guards_fn" and op is None and node not in free
                                and node not in inside) or _nonlinear_call(node) and node not in inside
         depth_nl[node] = int(nl) + max((depth_nl[p] for p in prev), default=0)
     outs = [n for n in gm.graph.nodes if n.op == "output"]
-    return {"nodes": count_ops(gm) - sum(getattr(submodule(gm, n), "op_count", 1) if n.op == "call_module" else 1
+    return {"nodes": count_ops(gm) - sum(module_op_count(submodule(gm, n)) if n.op == "call_module" else 1
                                          for n in free),
             "params": count_params(gm) + folded_params, "macs": int(macs),
             "depth_ops": max((depth[n] for n in outs), default=0),

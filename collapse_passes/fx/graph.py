@@ -434,7 +434,11 @@ def activation_kind(gm: fx.GraphModule, node: fx.Node):
     else:
         return None
     if found is None:
-        return None
+        lo_x = _scalar_operand(gm, node) if _op_name(node) in _MAX_OPS else None
+        if lo_x is None or catalogue.is_eps_guard(lo_x[0], None):
+            return None
+        # torch.maximum(x, c) with a scalar tensor constant c: the ONNX front end's Max(x, c), a clip(min) site
+        return "clip", {"min": lo_x[0]}, lo_x[1]
     kind, params = found
     if kind == "prelu" and isinstance(params.get("slope"), fx.Node):
         slope = const_tensor(gm, params["slope"])
@@ -534,6 +538,73 @@ def _composites(gm: fx.GraphModule, order: dict, claimed: set) -> list:
     return found
 
 
+_MAX_OPS = {"maximum", "max"}   # not fmax: it drops NaNs, which ONNX Max and the identity keep
+_MIN_OPS = {"minimum", "min"}
+
+
+def _scalar_operand(gm: fx.GraphModule, node: fx.Node):
+    """(c, x) of a two-operand maximum / minimum / mul of one tensor x and a float scalar c (a Python number for
+    mul, a 0-d or (1,) float tensor constant as the ONNX front end's initializer), else None. A (1,) constant of
+    another dtype than x would promote the output: not a bound of x then."""
+    if node.op not in ("call_function", "call_method") or len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    consts = [const_tensor(gm, v) if isinstance(v, fx.Node) else v for v in (a, b)]
+    is_c = [isinstance(c, torch.Tensor) or (isinstance(c, (int, float)) and not isinstance(c, bool)) for c in consts]
+    if sum(is_c) != 1:
+        return None
+    c, x = (consts[0], b) if is_c[0] else (consts[1], a)
+    if not isinstance(x, fx.Node):
+        return None
+    if isinstance(c, torch.Tensor):
+        if c.numel() != 1 or c.ndim > 1 or not c.is_floating_point():
+            return None
+        xt = x.meta.get("val", x.meta.get("tensor_meta"))
+        if c.ndim == 1 and getattr(xt, "dtype", None) != c.dtype:
+            return None
+        c = float(c.reshape(()))
+    elif _op_name(node) != "mul":
+        return None   # torch.max(x, 1) is a reduction, not a bound
+    return float(c), x
+
+
+def _two_op_forms(gm: fx.GraphModule, claimed: set) -> list:
+    """(last node, kind, params, nodes, x) of activations spelled as two elementwise ops, found as the ONNX
+    front end's onnx/patterns._two_op_forms finds them in the export (one site, one key; collapsing it removes
+    both ops, where matching the first op alone left the second in the graph):
+    - minimum(maximum(x, lo), hi) / maximum(minimum(x, hi), lo), scalar tensor bounds lo < hi: clip (relu6 for 0, 6);
+    - maximum(x, a * x), the mul reading the same x and a scalar 0 < a < 1: leaky_relu(alpha=a)."""
+    found = []
+    for first in gm.graph.nodes:
+        name = _op_name(first)
+        if first in claimed or name not in _MAX_OPS | _MIN_OPS | {"mul"}:
+            continue
+        inner = _scalar_operand(gm, first)
+        users = list(first.users)
+        if inner is None or len(users) != 1 or users[0] in claimed or users[0].op == "output":
+            continue
+        (c1, x), second = inner, users[0]
+        sname = _op_name(second)
+        if name == "mul":
+            if sname not in _MAX_OPS or len(second.args) != 2 or second.kwargs or not 0.0 < c1 < 1.0 \
+                    or set(second.args) != {first, x}:
+                continue   # maximum(y, a*x) of another tensor y is no LeakyReLU
+            kind, params = "leaky_relu", {"alpha": c1}
+        else:
+            if sname not in (_MIN_OPS if name in _MAX_OPS else _MAX_OPS):
+                continue
+            outer = _scalar_operand(gm, second)
+            if outer is None or outer[1] is not first:
+                continue
+            lo, hi = (c1, outer[0]) if name in _MAX_OPS else (outer[0], c1)
+            if not lo < hi:
+                continue
+            kind, params = ("relu6", {}) if (lo, hi) == (0.0, 6.0) else ("clip", {"min": lo, "max": hi})
+        claimed.update((first, second))
+        found.append((second, kind, params, [first, second], x))
+    return found
+
+
 def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[ActivationSite]:
     """Every (collapsible) activation call in graph (= call) order, with keys resolved; a composite
     written functionally (x * torch.sigmoid(x)) is one site of its catalogue kind (silu), keyed like
@@ -542,6 +613,8 @@ def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[
     claimed: set = set()
     sites = [ActivationSite(a.name, a, kind, {}, x, module_path(a), nodes=nodes)
              for a, kind, nodes, x in _composites(gm, order, claimed)]
+    sites += [ActivationSite(a.name, a, kind, params, x, module_path(a), nodes=nodes)
+              for a, kind, params, nodes, x in _two_op_forms(gm, claimed)]
     for node in gm.graph.nodes:
         if node in claimed:
             continue
@@ -900,15 +973,24 @@ def feeds_output(node: fx.Node) -> bool:
 _FREE = {operator.getitem}
 
 
+def module_op_count(mod) -> int:
+    """Ops one call of a module runs: a PaddedConv its parts; a conv with padding_mode reflect / replicate /
+    circular two (torch's _conv_forward pads, then convolves; the ONNX export's Pad + Conv), so the fold pass writing
+    it as F.pad + conv changes no count."""
+    if isinstance(mod, _CONV_MODULES) and mod.padding_mode != "zeros" and any(mod._reversed_padding_repeated_twice):
+        return 2
+    return getattr(mod, "op_count", 1)
+
+
 def count_ops(gm: fx.GraphModule) -> int:
-    """Ops a run executes: call nodes, a PaddedConv counted as its parts; getitem and guards are free."""
+    """Ops a run executes: call nodes, a module as module_op_count says; getitem and guards are free."""
     n = 0
     for node in gm.graph.nodes:
         if node.op == "call_module":
             mod = submodule(gm, node)
             if node.target == "_guards_fn":
                 continue
-            n += getattr(mod, "op_count", 1)
+            n += module_op_count(mod)
         elif node.op in ("call_function", "call_method") and node.target not in _FREE:
             n += 1
     return n

@@ -18,8 +18,8 @@ from torch import fx
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
 from ...errors import CollapseError
-from ..graph import (batchnorm_op, feeds_output, get_attr_value, insert_linear, linear_op, origin, shape_of,
-                     single_user, to_numpy)
+from ..graph import (_CONV_MODULES, batchnorm_op, feeds_output, get_attr_value, insert_linear, linear_op, origin,
+                     shape_of, single_user, submodule, to_numpy)
 from ._base import FxPass, PassResult
 
 aten = torch.ops.aten
@@ -27,54 +27,94 @@ _MUL = {operator.mul, torch.mul, aten.mul.Tensor, aten.mul.Scalar, "mul"}
 _ADD = {operator.add, torch.add, aten.add.Tensor, aten.add.Scalar, "add"}
 
 
-def _scalar_affine(node: fx.Node):
-    """(x, scale, shift) of x*c or x+c with a Python-number c, else None."""
+_SUB = {operator.sub, torch.sub, aten.sub.Tensor, aten.sub.Scalar, "sub"}
+_DIV = {operator.truediv, torch.div, torch.true_divide, aten.div.Tensor, aten.div.Scalar, "div", "truediv"}
+
+
+def _affine_form(gm: fx.GraphModule, node: fx.Node):
+    """(x, c, scale_shift) of x*c, x+c, x-c, c-x or x/c (either order where it commutes) with c a Python number or a
+    float parameter / buffer; scale_shift(c) -> (scale, shift), None where the form is no affine map (x/0). Else None."""
     if node.op not in ("call_function", "call_method") or len(node.args) != 2 or node.kwargs:
         return None
     a, b = node.args
-    if isinstance(b, fx.Node) and isinstance(a, (int, float)):
-        a, b = b, a
-    if not isinstance(a, fx.Node) or isinstance(b, bool) or not isinstance(b, (int, float)):
+    def const(v):
+        if isinstance(v, fx.Node):
+            t = get_attr_value(gm, str(v.target)) if v.op == "get_attr" else None
+            return t if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() else None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    ca, cb = const(a), const(b)
+    if (ca is None) == (cb is None):
         return None
-    if node.target in _MUL:
-        return a, float(b), 0.0
-    if node.target in _ADD:
-        return a, 1.0, float(b)
+    x_first = cb is not None
+    x, c = (a, cb) if x_first else (b, ca)
+    if not isinstance(x, fx.Node):
+        return None
+    t = node.target
+    if t in _MUL:
+        return x, c, lambda v: (v, 0.0 * v)
+    if t in _ADD:
+        return x, c, lambda v: (1.0 + 0.0 * v, v)
+    if t in _SUB:
+        return x, c, (lambda v: (1.0 + 0.0 * v, -v)) if x_first else (lambda v: (-1.0 + 0.0 * v, v))
+    if t in _DIV and x_first:
+        return x, c, lambda v: None if np.any(np.asarray(v) == 0) else (1.0 / v, 0.0 * v)
     return None
 
 
-def _channel_affine(gm: fx.GraphModule, node: fx.Node):
-    """(x, scale, shift) of x*c or x+c with c a parameter / buffer that varies along x's channels only (a layer
-    scale `x + gamma * conv(x)` with gamma of shape (C, 1, 1), as ConvNeXt / CaiT / timm blocks write it; a (F,)
-    vector after a linear), else None. Its value is read at fold time: the result keeps no reference to c.
-    Before, only Python numbers folded, so such a scale stayed an op between the conv and the next linear op
-    and blocked the merges the ONNX front end (which folds per-channel Mul/Add) made: 3 ops more on the path."""
-    if node.op not in ("call_function", "call_method") or len(node.args) != 2 or node.kwargs \
-            or node.target not in _MUL | _ADD:
+def _channel_vector(c, n: int, shape, axis: int, dtype):
+    """c (a number, or a tensor broadcast against a tensor of `shape`) as a vector of the n channels on `axis`, in
+    dtype; None where it varies along another axis, broadcasts x up, or has another dtype (a float64 constant
+    promotes). A number needs no shape (a PassManager run without ShapeProp folded x * 2 before)."""
+    if not isinstance(c, torch.Tensor):
+        return np.full(n, c, dtype=dtype)
+    if shape is None or len(shape) < 2 or shape[axis] != n:
         return None
-    a, b = node.args
-    if isinstance(a, fx.Node) and a.op == "get_attr":
-        a, b = b, a
-    if not isinstance(a, fx.Node) or not isinstance(b, fx.Node) or b.op != "get_attr":
+    if c.ndim > len(shape) or str(c.dtype) != f"torch.{np.dtype(dtype).name}":
         return None
-    c = get_attr_value(gm, str(b.target))
-    shape = shape_of(a)
-    if not isinstance(c, torch.Tensor) or not c.is_floating_point() or shape is None or len(shape) < 2 \
-            or c.ndim > len(shape) or c.numel() == 0:
+    full = (1,) * (len(shape) - c.ndim) + tuple(c.shape)
+    if any(d != 1 for i, d in enumerate(full) if i != axis) or full[axis] not in (1, n):
         return None
-    op = linear_op(gm, a)
+    return np.broadcast_to(c.detach().cpu().numpy().reshape(-1), (n,)).astype(dtype)
+
+
+def _affine_after(gm: fx.GraphModule, node: fx.Node):
+    """(x, scale, shift) of a constant per-channel affine `node` of a conv / linear's output x (a scalar, or a
+    parameter / buffer varying along the op's output channels only: a layer scale `gamma * conv(x)`), else None.
+    Its value is read at fold time: the result keeps no reference to c."""
+    form = _affine_form(gm, node)
+    if form is None:
+        return None
+    x, c, how = form
+    op = linear_op(gm, x)
     if op is None:
         return None
-    axis = 1 if op.kind == "conv" else len(shape) - 1   # the op's output channels
-    full = (1,) * (len(shape) - c.ndim) + tuple(c.shape)
-    if any(d != 1 for i, d in enumerate(full) if i != axis) or full[axis] not in (1, shape[axis]):
-        return None   # varies along the batch or a spatial / token axis, or broadcasts x up
-    vec = np.broadcast_to(c.detach().cpu().numpy().reshape(-1), (shape[axis],))
-    if vec.dtype != np.dtype(op.dtype):
-        return None   # a float64 constant would promote the output
-    if node.target in _MUL:
-        return a, vec, np.zeros_like(vec)
-    return a, np.ones_like(vec), vec
+    shape = shape_of(x)
+    axis = 1 if op.kind == "conv" else len(shape or (0, 0)) - 1   # the op's output channels
+    vec = _channel_vector(c, op.params.weight.shape[0], shape, axis, op.dtype)
+    aff = None if vec is None else how(vec)
+    return None if aff is None else (x, *aff)
+
+
+def _affine_before(gm: fx.GraphModule, node: fx.Node):
+    """(op, x, scale, shift) of a constant per-channel affine `node` whose only reader is a conv / linear op, on
+    that op's input channels (input normalisation `(x - mean) / std` before a stem conv), else None."""
+    form = _affine_form(gm, node)
+    nxt = single_user(node)
+    op = linear_op(gm, nxt) if form is not None and nxt is not None else None
+    if op is None or op.x is not node or op.bias_map is not None or feeds_output(node):
+        return None
+    x, c, how = form
+    shape = shape_of(node)
+    if isinstance(c, torch.Tensor) and (shape is None or shape_of(x) != shape):
+        return None   # unknown shapes, or the constant broadcasts x up
+    meta = x.meta.get("val", x.meta.get("tensor_meta"))
+    if str(getattr(meta, "dtype", None)) != f"torch.{np.dtype(op.dtype).name}":
+        return None   # an integer image `(x - 127.5) / 255`: the conv would read x as it is
+    axis = 1 if op.kind == "conv" else len(shape or (0, 0)) - 1
+    vec = _channel_vector(c, op.params.weight.shape[1] * (op.params.group if op.kind == "conv" else 1), shape,
+                          axis, op.dtype)
+    aff = None if vec is None else how(vec)
+    return None if aff is None else (op, x, *aff)
 
 
 _PAD = {torch.nn.functional.pad, aten.pad.default, aten.constant_pad_nd.default}
@@ -114,6 +154,7 @@ class FoldBatchNorm(FxPass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         done = 0
+        self._protected = None   # nodes of multi-op activation sites, read when first needed
         for node in list(gm.graph.nodes):
             if node.graph is None:   # erased by an earlier fold in this sweep
                 continue
@@ -121,14 +162,56 @@ class FoldBatchNorm(FxPass):
             if bn is not None:
                 done += self._fold_bn(gm, bn)
                 continue
-            aff = _scalar_affine(node) or _channel_affine(gm, node)
+            aff = _affine_after(gm, node)
+            if aff is not None and self._fold_scalar(gm, node, *aff):
+                done += 1
+                continue
+            aff = _affine_before(gm, node)
             if aff is not None:
-                done += self._fold_scalar(gm, node, *aff)
+                done += self._fold_affine_before(gm, node, *aff)
                 continue
             pad = _zero_pad(node)
             if pad is not None:
                 done += self._fold_pad(gm, node, pad)
+                continue
+            done += self._split_padding_mode(gm, node)
         return self.finish(gm, done, "folded {} affine op(s)")
+
+    def _split_padding_mode(self, gm, node) -> int:
+        """A conv module with padding_mode reflect / replicate / circular computes F.pad(x, mode) then an unpadded
+        conv (torch's Conv._conv_forward); written so when a conv or BatchNorm reads it alone, as its ONNX export
+        (Pad + Conv) is. Left whole it was no linear op: the 1x1 conv after it never merged and a BatchNorm after
+        it never folded, where the export's Conv did both (exact: the pad stays before the merged conv)."""
+        mod = submodule(gm, node)
+        if not isinstance(mod, _CONV_MODULES) or mod.padding_mode == "zeros" or len(node.args) != 1 \
+                or node.kwargs or not isinstance(node.args[0], fx.Node) or feeds_output(node):
+            return 0
+        nxt = single_user(node)
+        if nxt is None:
+            return 0
+        op, bn = linear_op(gm, nxt), batchnorm_op(gm, nxt)
+        if not ((op is not None and op.x is node) or (bn is not None and bn.x is node)):
+            return 0
+        x = node.args[0]
+        shape = shape_of(x)
+        n = mod.weight.ndim - 2
+        pad = tuple(int(v) for v in mod._reversed_padding_repeated_twice)   # F.pad order: last axis first
+        with gm.graph.inserting_before(node):
+            padded = gm.graph.call_function(torch.nn.functional.pad, (x, pad, mod.padding_mode))
+        padded.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
+        if shape is not None:
+            grown = list(shape)
+            for a in range(n):
+                grown[2 + a] += pad[2 * (n - 1 - a)] + pad[2 * (n - 1 - a) + 1]
+            padded.meta["val"] = torch.empty(grown, dtype=mod.weight.dtype, device="meta")
+        p = conv_alg.ConvParams(to_numpy(mod.weight), to_numpy(mod.bias), tuple(mod.stride), (0,) * (2 * n),
+                                tuple(mod.dilation), mod.groups)
+        new = insert_linear(gm, node, padded, "conv", p, None, hint=f"{node.name}_unpadded", meta_from=node,
+                            origin=origin(node), sources=[node])
+        node.replace_all_uses_with(new)
+        self._erase(gm, [node])
+        self.note(f"{node.name}: its {mod.padding_mode} padding written as an F.pad before the conv")
+        return 1
 
     def _fold_pad(self, gm, node, pad) -> int:
         nxt = single_user(node)
@@ -224,6 +307,28 @@ class FoldBatchNorm(FxPass):
         node.replace_all_uses_with(new)
         self._erase(gm, [node, x])
         self.record.folds.append({"kind": "scalar-affine-after", "nodes": names})
+        return 1
+
+    def _fold_affine_before(self, gm, node, op, x, scale, shift) -> int:
+        """As the ONNX fold's FoldAffineIntoNext: a shift crosses no zero padding (the algebra refuses it: the
+        border would need the shift too), a scale always does. Not inside an activation spelled out (the `/ 6` of
+        `x * relu6(x + 3) / 6`): folded, it would no longer be one site."""
+        if self._protected is None:
+            from ..graph import find_activations
+            self._protected = {n for a in find_activations(gm) if len(a.nodes) > 1 for n in a.nodes}
+        if node in self._protected:
+            return 0
+        try:
+            p = (conv_alg if op.kind == "conv" else lin_alg).fold_affine_before(op.params, scale, shift)
+        except CollapseError as exc:
+            self.note(f"{node.name} kept before {op.node.name}: {exc}")
+            return 0
+        names = origin(node) + origin(op.node)
+        new = insert_linear(gm, node, x, op.kind, p, None, hint=f"{op.node.name}_affine", meta_from=op.node,
+                            origin=origin(op.node), sources=[op.node, node])
+        op.node.replace_all_uses_with(new)
+        self._erase(gm, [op.node, node])
+        self.record.folds.append({"kind": "affine-before", "nodes": names})
         return 1
 
     @staticmethod
