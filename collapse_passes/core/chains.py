@@ -31,13 +31,14 @@ class ConvChainPlan:
 
 
 def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: bool = False,
-                    any_size: bool = False, joins_ok=None) -> ConvChainPlan:
+                    any_size: bool = False, joins_ok=None, values: bool = True) -> ConvChainPlan:
     """Where to cut a chain of ConvParams (input spatial size spatials[k], output outs[k] of conv k).
 
     Segments are priced by cm (a bias-map Add counted as an elementwise op); a merge the algebra
     calls inexact is refused (refused[(i, j)] = why) unless allow_border_approx. any_size: the input's
     spatial size is dynamic (spatials are one instance of it), so a merge that holds at that size only
-    (a per-position bias map, strides, asymmetric pads: size_bound) is refused too."""
+    (a per-position bias map, strides, asymmetric pads: size_bound) is refused too. values=False: priced only,
+    nothing composed (`merged` then holds the shape-only candidates: plan_cost reads them alike)."""
     merged, refused = {}, {}
 
     def get(i, j):
@@ -82,6 +83,8 @@ def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: 
 
     segs = plan_segments(len(params), cost, MAX_SEGMENT)
     # segments are priced on shapes (extend_chain(values=False)); only the chosen ones are composed
+    if not values:
+        return ConvChainPlan(segs, {k: merged[k] for k in segs if k[1] - k[0] > 1}, refused, merged)
     chosen = {(i, j): conv_alg.compose_conv_chain(params[i:j], spatials[i]) for i, j in segs if j - i > 1}
     merged.update(chosen)
     return ConvChainPlan(segs, chosen, refused, merged)
@@ -126,18 +129,27 @@ def merge_reason(before, after, n, m=None) -> str:
 def plan_dense_chain(params, rows: int, cm: CostModel, joins_ok=None) -> dict:
     """{(i, j): composed LinearParams} for the segments of a chain of linears worth merging (always exact);
     rows = how many rows (tokens x batch) each linear sees; joins_ok as plan_conv_chain."""
-    cache = {}
-    cost = _dense_segment_cost(params, rows, cm, joins_ok, cache)
-    return {(i, j): cache[(i, j)] for i, j in plan_segments(len(params), cost, MAX_SEGMENT) if j - i > 1}
+    cost = _dense_segment_cost(params, rows, cm, joins_ok)
+    # priced on shapes; only the chosen segments are composed
+    return {(i, j): lin_alg.compose_linear_chain(params[i:j])
+            for i, j in plan_segments(len(params), cost, MAX_SEGMENT) if j - i > 1}
 
 
-def _dense_segment_cost(params, rows: int, cm: CostModel, joins_ok, cache: dict):
-    """The planner's price of segment [i, j) of a dense chain (None where a join is refused); composed
-    segments are kept in `cache`."""
+@dataclass
+class _DenseShape:
+    """A composed segment's shape, all its price reads (linear_macs, linear_signature)."""
+    out_features: int
+    in_features: int
+
+
+def _dense_segment_cost(params, rows: int, cm: CostModel, joins_ok):
+    """The planner's price of segment [i, j) of a dense chain (None where a join is refused), from shapes: the
+    composed (out of the last, in of the first) layer, without composing it (pricing a 960->320->1280->10 head
+    composed every candidate product)."""
     def cost(i, j):
         if j - i > 1 and joins_ok is not None and not all(joins_ok[i:j - 1]):
             return None
-        p = params[i] if j - i == 1 else cache.setdefault((i, j), lin_alg.compose_linear_chain(params[i:j]))
+        p = params[i] if j - i == 1 else _DenseShape(params[j - 1].out_features, params[i].in_features)
         return cm.op_cost("Gemm", linear_macs(p, rows), linear_signature(p, rows))
     return cost
 
@@ -146,7 +158,7 @@ def dense_chain_cost(params, rows: int, cm: CostModel, joins_ok=None) -> float:
     """Cost of a dense chain as plan_dense_chain would cut it (0 for none)."""
     if not params:
         return 0.0
-    cost = _dense_segment_cost(params, rows, cm, joins_ok, {})
+    cost = _dense_segment_cost(params, rows, cm, joins_ok)
     return sum(cost(i, j) for i, j in plan_segments(len(params), cost, MAX_SEGMENT))
 
 
@@ -181,7 +193,7 @@ def pool_hoist_costs(params, spatials, outs, cm: CostModel, *, dense_after=None,
         if k == 0:
             return 0.0
         plan = plan_conv_chain(params[:k], spatials[:k], outs[:k], cm, allow_border_approx,
-                               joins_ok=None if joins_ok is None else list(joins_ok)[:k - 1])
+                               joins_ok=None if joins_ok is None else list(joins_ok)[:k - 1], values=False)
         return plan_cost(plan, spatials[:k], outs[:k], cm)
 
     if dense_after is not None:
