@@ -640,6 +640,20 @@ def unique_name(graph: gs.Graph, base: str) -> str:
     return _unique_name(graph, base)
 
 
+def tensor_namer(graph: gs.Graph):
+    """fresh(base) -> a tensor name no tensor of `graph` has yet, nor any name it returned before (base, then
+    base_1, base_2, ...): for the Variables a rewrite adds between existing ops."""
+    taken = set(graph.tensors())
+
+    def fresh(base: str) -> str:
+        name, i = base, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+    return fresh
+
+
 def make_const(graph: gs.Graph, base: str, value: np.ndarray) -> gs.Constant:
     names = set(graph.tensors().keys())
     name = base

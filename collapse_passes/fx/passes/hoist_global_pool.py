@@ -44,7 +44,7 @@ from ...algebra.conv import pointwise_as_linear
 from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import MAX_SEGMENT, pool_hoist_costs
 from ...core.merge_fallback import join_key, joins_ok
-from ..graph import (PaddedConv, StateGuard, feeds_output, insert_linear, linear_op, mutated_between, origin,
+from ..graph import (PaddedConv, _arg, StateGuard, feeds_output, insert_linear, linear_op, mutated_between, origin,
                      propagate_shapes, shape_of, single_user, submodule)
 from ._base import FxPass, PassResult
 from .cleanup import _is_noop
@@ -61,12 +61,6 @@ _MEANS = {torch.mean, aten.mean.dim, "mean"}
 _FLATTENS = {torch.flatten, aten.flatten.using_ints, "flatten"}
 _VIEWS = {torch.reshape, aten.view.default, aten.reshape.default, aten._unsafe_view.default, "view", "reshape"}
 _SIZES = {aten.sym_size.int, "size"}
-
-
-def _arg(node, i, name, default):
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
 
 
 def _target(node):

@@ -45,7 +45,7 @@ from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import MAX_SEGMENT, pool_hoist_costs
 from ...core.merge_fallback import join_key, joins_ok
 from ...pipeline import PassResult
-from ..graph import const_value, make_const, single_consumer, toposort
+from ..graph import const_value, make_const, single_consumer, tensor_namer, toposort
 from ..linear_ops import ConvView, DenseView
 
 __all__ = ["HoistGlobalPool", "find_hoist", "pool_spatial_axes"]
@@ -283,14 +283,7 @@ class HoistGlobalPool:
         g, pool, conv = ctx.graph, h.pool, h.conv
         p = ConvView(conv).params
         x_in, x, y = conv.inputs[0], conv.outputs[0], pool.outputs[0]
-        taken = set(g.tensors())
-
-        def fresh(base):
-            name, i = base, 1
-            while name in taken:
-                name, i = f"{base}_{i}", i + 1
-            taken.add(name)
-            return name
+        fresh = tensor_namer(g)
 
         for s in _batch_shapes(x, ctx.graph_outputs):   # x.size(0) of the conv's output: its input's batch
             s.inputs[0] = x_in

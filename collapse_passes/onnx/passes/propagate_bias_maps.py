@@ -23,7 +23,7 @@ from ...algebra.linear import from_gemm
 from ...algebra.runmap import RunMap
 from ...pipeline import PassResult
 from ...planning import cheapest_point, rewrite_pays
-from ..graph import const_value, make_const, toposort, unique_name
+from ..graph import const_value, make_const, tensor_namer, toposort, unique_name
 from ..linear_ops import ConvView, DenseView
 
 __all__ = ["PropagateBiasMaps", "bias_map_source", "count_bias_map_adds"]
@@ -337,13 +337,7 @@ class PropagateBiasMaps:
                 view.write(g, q.__class__(q.weight, bias.astype(np.asarray(q.weight).dtype)))
             return
         k = make_const(g, f"{u.name}.bias_map", o.astype(dtype))
-        taken = set(g.tensors())
-
-        def fresh(base):
-            name, i = base, 1
-            while name in taken:
-                name, i = f"{base}_{i}", i + 1
-            return name
+        fresh = tensor_namer(g)
 
         if u is e:  # the producer writes a raw tensor; readers linear in e keep the raw one, the rest get e
             raw = gs.Variable(fresh(f"{e.name}__raw"), dtype=e.dtype)
