@@ -15,7 +15,7 @@ import onnx
 from .config import CollapseConfig, check_settings, with_tolerances
 from .errors import CollapseError, VerificationError, random_model_error
 from .onnx.analysis import model_stats
-from .onnx.graph import ONNX_FLOAT_TYPES, as_model, node_key_names, random_nodes, save_model_atomic, to_graph
+from .onnx.graph import ONNX_FLOAT_TYPES, as_model, node_key_names, random_nodes, save_model_atomic, subgraphs, to_graph
 from .report import activation_row, build_report
 from .core.selection import (COLLAPSED_META, KeyIndex, assign_scores, block_scores_given, blocks_to_remove,
                              check_selection, choose, collapsed_before, display_key, read_scores, record_collapsed)
@@ -477,10 +477,9 @@ def _nested_nodes(graph, holder: str | None = None) -> dict:
     for n in graph.node:
         if holder and n.name:
             out.setdefault(n.name, holder)
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                out.update({k: v for k, v in _nested_nodes(g, holder or f"{n.op_type} node {n.name!r}").items()
-                            if k not in out})
+        for g in subgraphs(n):
+            out.update({k: v for k, v in _nested_nodes(g, holder or f"{n.op_type} node {n.name!r}").items()
+                        if k not in out})
     return out
 
 

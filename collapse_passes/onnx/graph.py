@@ -101,6 +101,11 @@ def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def subgraphs(node: onnx.NodeProto) -> list:
+    """The bodies an If / Loop / Scan node holds (its GRAPH and GRAPHS attributes)."""
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)]
+
+
 def _sparse_constants(model: onnx.ModelProto) -> list:
     """Every Constant(sparse_value=...) node: the graph's, its subgraphs', the local functions'."""
     found = []
@@ -109,9 +114,8 @@ def _sparse_constants(model: onnx.ModelProto) -> list:
         for n in nodes:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "sparse_value":
                 found.append(n)
-            for a in n.attribute:
-                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    walk(g.node)
+            for g in subgraphs(n):
+                walk(g.node)
 
     walk(model.graph.node)
     for f in model.functions:
