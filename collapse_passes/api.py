@@ -15,7 +15,8 @@ import onnx
 from .config import CollapseConfig, check_settings, with_tolerances
 from .errors import CollapseError, VerificationError, random_model_error
 from .onnx.analysis import model_stats
-from .onnx.graph import ONNX_FLOAT_TYPES, as_model, node_key_names, random_nodes, save_model_atomic, subgraphs, to_graph
+from .onnx.graph import (ONNX_FLOAT_TYPES, as_model, node_key_names, optional_values, random_nodes, save_model_atomic,
+                         subgraphs, to_graph)
 from .report import activation_row, build_report
 from .core.selection import (COLLAPSED_META, KeyIndex, assign_scores, block_scores_given, blocks_to_remove,
                              check_selection, choose, collapsed_before, display_key, read_scores, record_collapsed)
@@ -133,6 +134,12 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
     if rand:
         raise random_model_error(rand, "export it in eval mode (model.eval(), and training=TrainingMode.EVAL for the "
                                  "TorchScript exporter), or remove the random ops")
+    opt = optional_values(original)
+    if opt:
+        shown = ", ".join(opt[:2]) + (" ..." if len(opt) > 2 else "")
+        raise CollapseError(f"the model uses ONNX optional values ({shown}), which the graph rewriter "
+                            "(onnx-graphsurgeon) cannot write back; export it with plain tensors (return the tensor "
+                            "itself, not an Optional of it)")
     if cfg.input_shapes is not None:
         from .onnx.shapes import fix_input_shapes, input_shapes_text, parse_input_shapes
 

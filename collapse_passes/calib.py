@@ -48,7 +48,22 @@ def _check_array(src: str, name: str, arr: np.ndarray, dims: list, dt) -> np.nda
                                 f"(axis {i} is {a}, expected {d})")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise CollapseError(f"{src}: array {name!r} contains NaN or Inf values; clean the data")
-    return arr.astype(dt, copy=False)
+    if np.issubdtype(dt, np.integer) and arr.size:   # the cast truncated 1.7 to 1 and wrapped 2**40 into int32
+        info, lo, hi = np.iinfo(dt), arr.min(), arr.max()
+        frac = arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0)
+        if frac or lo < info.min or hi > info.max:
+            what = "fractional values" if frac else f"values outside [{info.min}, {info.max}] ({lo} .. {hi})"
+            raise CollapseError(f"{src}: array {name!r} holds {what} for the model's integer input "
+                                f"({np.dtype(dt).name}); give integers in its range (e.g. token ids)")
+    with np.errstate(over="ignore"):
+        out = arr.astype(dt, copy=False)
+    # checked at the model's type too: float64 data past float32's range became Inf in the cast, and the scores
+    # were computed from it (exit 0, numpy warnings on stderr)
+    if out.dtype.kind == "f" and out is not arr and not np.all(np.isfinite(out)):
+        raise CollapseError(f"{src}: array {name!r} holds values beyond the range of the model input's type "
+                            f"{np.dtype(dt).name} (|x| <= {float(np.finfo(dt).max):.3g}), which become Inf there; "
+                            "scale the data to the range the model was trained on")
+    return out
 
 
 def _fmt(dims) -> str:

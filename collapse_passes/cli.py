@@ -22,14 +22,14 @@ from rich.markup import escape
 from .config import CollapseConfig
 from .errors import BUG_REPORT, EXIT_BAD_INPUT, EXIT_BUG, CollapseError, VerificationError
 from .outputs import (Interrupted, OutputPlan, finish_run, interrupt_guard, raise_if_interrupted,
-                      rearm_signal_handlers, received_signal)
+                      rearm_signal_handlers, received_signal, tolerant_stdout)
 
 METHODS = ("tlc", "easier", "prelu", "lacoot")
 MAX_CHECK = 10_000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m collapse_passes",
         description="Collapse activations of an ONNX model, fold and merge the linear ops around them, "
                     "verify the result against the requested semantics, and write it.")
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (exit 2) like every other bad input."""
 
     def error(self, message):
@@ -282,7 +282,7 @@ class _Run:
 
 def main(argv: list[str] | None = None) -> int:
     run = _Run()
-    with interrupt_guard():
+    with interrupt_guard(), tolerant_stdout():   # a closed `| head` or /dev/full stdout changes no file, no exit code
         rc = _guarded_main(argv, run)
         finish_run(rc)   # from here a signal ends the process with rc (see __main__), not a traceback
     return rc

@@ -80,9 +80,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folders) -> list[Path]:
-    """Remove temp files/dirs this tool left in `folders` when a run was killed (its pid is gone)."""
+def remove_stale_temps(folders, keep=()) -> list[Path]:
+    """Remove temp files/dirs this tool left in `folders` when a run was killed (its pid is gone).
+    `keep`: the run's inputs (resolved paths): one whose name looks like a temp name (a killed run's file
+    renamed back by hand), or that lies in a folder with such a name, is read by this run; it was deleted
+    before it was read (or, the model, after it was loaded)."""
     removed = []
+    keep = {Path(k) for k in keep}
     for d in dict.fromkeys(Path(f) for f in folders):
         try:
             entries = list(os.scandir(d))
@@ -91,6 +95,8 @@ def remove_stale_temps(folders) -> list[Path]:
         for e in entries:
             m = _TEMP_RE.fullmatch(e.name)
             if not m or _pid_alive(int(m.group("pid"))):
+                continue
+            if keep and any(_inside(k, Path(os.path.realpath(e.path))) for k in keep):   # the input or its folder
                 continue
             try:
                 if e.is_dir(follow_symlinks=False):
@@ -355,6 +361,76 @@ def take_program_signals() -> None:
         signal.signal(s, _program_signal)
 
 
+class _TolerantStdout:
+    """The run's stdout (the report table, "wrote ...", -q's path, --list-keys), which only informs: a stdout that
+    cannot take it never changes what the run writes or its exit code. Seen: `... | head` closed the pipe and
+    rich ended the process with SystemExit(1) mid-run (exit 1 says "verification failed"; no word, no file);
+    `> /dev/full` stopped the run with "error: No space left on device" (as if the outputs' disk were full);
+    a non-ASCII output path under an ASCII stdout was a UnicodeEncodeError traceback (exit 3) after the model
+    had been written. Now: a character the encoding lacks is written escaped (as Python does on stderr); on a
+    write error the rest of the output goes to /dev/null (fd 1 too: TVM's C++ logs), with a note on stderr
+    unless the reader just went away (EPIPE, `| head`), and the run goes on."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.lost: OSError | None = None
+
+    def write(self, text):
+        if self.lost is None:
+            try:
+                try:
+                    return self._stream.write(text)
+                except UnicodeEncodeError:
+                    enc = getattr(self._stream, "encoding", None) or "ascii"
+                    return self._stream.write(text.encode(enc, "backslashreplace").decode(enc))
+            except OSError as exc:
+                self._lose(exc)
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        if self.lost is None:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._lose(exc)
+
+    def _lose(self, exc: OSError) -> None:
+        self.lost = exc
+        with contextlib.suppress(Exception):   # later writes (and the buffered rest) go nowhere, also at exit
+            fd = self._stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        if exc.errno != errno.EPIPE:
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"note: stdout: {exc.strerror or exc}; the rest of the output is not shown "
+                                 "(the files are still written)\n")
+                sys.stderr.flush()
+
+    def __getattr__(self, name):   # isatty, encoding, fileno, ...: rich reads them
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def tolerant_stdout():
+    """sys.stdout as _TolerantStdout for the block (the CLIs' main())."""
+    previous = sys.stdout
+    if previous is None or isinstance(previous, _TolerantStdout):   # fd 1 closed at start-up: print() is a no-op
+        yield
+        return
+    wrapper = sys.stdout = _TolerantStdout(previous)
+    try:
+        yield
+    finally:
+        wrapper.flush()
+        if sys.stdout is wrapper:
+            sys.stdout = previous
+
+
 def leave_program(code: int):
     """End the process with `code` the way the CLI's programs do: the exit hooks under our handler, then
     os._exit. Python's own finalization puts SIG_DFL back before the C++ libraries (TVM, LLVM) tear down,
@@ -575,6 +651,22 @@ def _check_replaceable(flag: str, given: str, final: Path) -> None:
                             f"replaced; choose another path or remove the flag (chattr -{'i' if what == 'immutable' else 'a'})")
 
 
+def _check_sticky_owner(flag: str, given: str, final: Path, st) -> None:
+    """In a sticky folder (chmod +t: /tmp) only the file's owner, the folder's owner or root may rename over
+    a file, and the folder probe (a temp file of our own) cannot tell: an output left there by another user
+    was refused (EPERM) at the rename, after the whole run."""
+    euid = os.geteuid() if hasattr(os, "geteuid") else 0
+    if euid == 0:
+        return
+    try:
+        folder = os.stat(final.parent)
+    except OSError:
+        return
+    if folder.st_mode & stat.S_ISVTX and euid not in (st.st_uid, folder.st_uid):
+        raise CollapseError(f"{flag} {given} belongs to another user (uid {st.st_uid}) and lies in the sticky folder "
+                            f"{final.parent}, where only its owner may replace it; choose another path")
+
+
 def _suffix(role: str) -> str:
     return {"model": ".onnx", "plot": ".png"}.get(role, ".json")
 
@@ -696,7 +788,7 @@ class OutputPlan:
                         raise CollapseError(f"{y.flag} {y.given} lies inside {x.flag} {x.given}, which is replaced "
                                             f"as a whole; put it elsewhere")
         folders = {o.final.parent for o in outs}
-        self.removed_stale = remove_stale_temps(folders)
+        self.removed_stale = remove_stale_temps(folders, keep=[ip for _, _, ip, _ in self.inputs])
 
     def _check_one(self, o: Output) -> None:
         flag, given, final = o.flag, o.given, o.final
@@ -746,6 +838,7 @@ class OutputPlan:
                                     f"({way})")
         if st is not None and (stat.S_ISREG(st.st_mode) or o.kind == "dir"):
             _check_replaceable(flag, given, final)
+            _check_sticky_owner(flag, given, final, st)
         if o.role == "model_data" and st is not None and stat.S_ISREG(st.st_mode):
             self._check_data_file_owner(o)
         parent = final.parent
@@ -756,8 +849,13 @@ class OutputPlan:
 
     def _check_data_file_owner(self, o: Output) -> None:
         """An existing `<model>.data` is named by no flag: replace it only when the model file being
-        replaced refers to it (an earlier run's output), never another model's weights."""
+        replaced refers to it (an earlier run's output), never another model's weights. An empty one holds no
+        weights to lose: it is what a run writes when no weight is large enough for the data file (each under
+        EXTERNAL_MIN_BYTES), and the model refers to nothing in it, so rerunning into the same -o was refused."""
         model = self.outputs.get("model")
+        with contextlib.suppress(OSError):
+            if os.path.getsize(o.final) == 0:
+                return
         owned = False
         if model is not None and os.path.isfile(model.final):
             try:

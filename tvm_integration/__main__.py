@@ -71,7 +71,9 @@ def _check_outputs(args) -> None:
 
 
 def _main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tvm_integration", description=__doc__.splitlines()[0])
+    from collapse_passes.cli import OneLineParser   # a usage error is one line, as every other bad input
+
+    p = OneLineParser(prog="python -m tvm_integration", description=__doc__.splitlines()[0])
     p.add_argument("model", help="ONNX model (the input model)")
     p.add_argument("--collapsed", default=None, help="collapsed ONNX model (default: MODEL itself)")
     p.add_argument("--output", default=None, help=argparse.SUPPRESS)
@@ -164,10 +166,10 @@ def main(argv=None) -> int:
     import time
 
     from collapse_passes.outputs import (Interrupted, finish_run, interrupt_guard, rearm_signal_handlers,
-                                         received_signal)
+                                         received_signal, tolerant_stdout)
 
     t0 = time.time()
-    with interrupt_guard():
+    with interrupt_guard(), tolerant_stdout():   # --json into a closed pipe: no traceback after the export
         try:
             try:
                 rc = _main(argv)

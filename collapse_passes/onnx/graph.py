@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +52,18 @@ def load_model(path: str | os.PathLike, external_files: list | None = None) -> o
     """Read and validate an ONNX file, with external data, or raise a one-line CollapseError.
     `external_files`, if given, receives the external data files read."""
     p = Path(path)
-    if not p.exists():
-        raise CollapseError(f"{p}: no such file; check the path")
-    if p.is_dir():
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise CollapseError(f"{p}: no such file; check the path") from None
+    except OSError as exc:   # a symbolic link loop, a file used as a folder: "no such file" was untrue
+        raise CollapseError(f"{p}: {exc.strerror or exc}; check the path") from None
+    if stat.S_ISDIR(mode):
         raise CollapseError(f"{p}: is a directory, expected an .onnx file")
+    if not stat.S_ISREG(mode):   # a FIFO or device has size 0: it was called an empty file (a FIFO's read blocks)
+        from ..outputs import _kind_of
+
+        raise CollapseError(f"{p}: is {_kind_of(mode)}, not an ONNX file; give a regular .onnx file")
     if not os.access(p, os.R_OK):
         raise CollapseError(f"{p}: not readable (permission denied); check its permissions")
     if p.stat().st_size == 0:
@@ -104,6 +113,29 @@ def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
 def subgraphs(node: onnx.NodeProto) -> list:
     """The bodies an If / Loop / Scan node holds (its GRAPH and GRAPHS attributes)."""
     return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)]
+
+
+#: ops that make or read ONNX optional values
+OPTIONAL_OPS = {"Optional", "OptionalGetElement", "OptionalHasElement"}
+
+
+def optional_values(model: onnx.ModelProto) -> list[str]:
+    """Where `model` uses ONNX optional types, as "name (op or graph input/output)": onnx-graphsurgeon, which
+    every rewrite goes through, cannot write such a value back (`unhashable type: 'TypeProto'`: exit 3 and a
+    traceback, for a model with nothing to collapse too)."""
+    found = [f"{v.name} (graph {kind})" for kind, vs in (("input", model.graph.input), ("output", model.graph.output))
+             for v in vs if v.type.WhichOneof("value") == "optional_type"]
+
+    def walk(nodes):
+        for n in nodes:
+            if n.op_type in OPTIONAL_OPS and n.domain in ("", "ai.onnx"):
+                found.append(f"{n.name or n.output[0]} ({n.op_type})")
+            for g in subgraphs(n):
+                walk(g.node)
+    walk(model.graph.node)
+    for f in model.functions:
+        walk(f.node)
+    return found
 
 
 def _sparse_constants(model: onnx.ModelProto) -> list:
@@ -195,6 +227,9 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
     onnxruntime in verification anyway. ResNet-18: 0.2 s -> 0.01 s per call."""
     from .shapes import light_model
 
+    if not model.graph.output:   # onnxruntime's session on it failed deep in the gate: exit 3, a traceback
+        raise CollapseError(f"{where}: the graph declares no outputs, so it computes nothing to collapse or verify; "
+                            "declare the tensors it computes as graph outputs (graph.output)")
     _check_weight_sizes(model, where)
     light = light_model(model)
     try:
@@ -456,16 +491,34 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external:
         external = needs_external_data(model)
     if not external:
         return write_bytes_atomic(serialized_pieces(model), path)
+    from ..outputs import checked_output_file, signals_blocked, write_temp
+
     data = data_file_for(path)
     new_data = not os.path.lexists(data)
     pieces, chunks = external_data_pieces(model, data.name)
-    write_bytes_atomic(chunks, data)   # the data first: the model file refers to it
+    # both staged, then both renamed with the signals held: the model records offsets into its data file, and a
+    # data file renamed before a failed (or ^C'd) model write left an earlier output's model reading new weights
+    dests = [checked_output_file(data), checked_output_file(path)]
+    temps: list = []
+    landed = 0
     try:
-        return write_bytes_atomic(pieces, path)
-    except BaseException:
-        if new_data:   # a data file no model refers to is not left behind (one that was there stays replaced)
+        for dest, content in zip(dests, (chunks, pieces)):
+            temps.append(write_temp(dest, content))   # removes its own temp file when the write fails
+        with signals_blocked():
+            for tmp, dest in zip(temps, dests):
+                os.replace(tmp, dest)
+                landed += 1
+        return dests[1]
+    except BaseException as exc:
+        for tmp in temps[landed:]:
             with contextlib.suppress(OSError):
-                os.unlink(data)
+                os.unlink(tmp)
+        if landed == 1 and new_data:   # a data file no model refers to is not left behind
+            with contextlib.suppress(OSError):
+                os.unlink(dests[0])
+        if isinstance(exc, OSError):   # as write_bytes_atomic: one line for a library caller too
+            raise CollapseError(f"output {path}: cannot write ({exc.strerror or exc}); nothing was written there: "
+                                "free space or choose another path") from None
         raise
 
 
