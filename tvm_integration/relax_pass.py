@@ -14,14 +14,16 @@ Recognised activations (Relax ops as produced by TVM 0.27's importers):
 kind           pattern
 =============  ====================================================================
 relu           ``R.nn.relu(x)``
-relu6          ``R.nn.relu6(x)``, ``R.clip(x, 0, 6)``, or a clip pair with bounds 0 and 6
+relu6          ``R.nn.relu6(x)``, ``R.clip(x, 0, 6)``, or a clip pair with bounds 0 and 6 (ONNX
+               ``Min(Max(x, 0), 6)`` in either nesting too: see below)
 clip           a lower bound, then optionally an upper one: ``R.clip(x, lo, hi)``; ONNX ``Clip``
                as from_onnx imports it, ``call_tir(maximum, x, lo)`` then ``call_tir(minimum, .,
                hi)`` (bounds behind its ``where(isnan(c), -inf, c)`` guard); hardtanh as
                from_exported_program writes it, ``R.clip(x, lo, inf)`` then ``R.clip(., -inf, hi)``.
                Not an activation (as in the ONNX and torch front ends): an upper bound alone, and
                ``clamp_min(eps)`` with eps <= 1e-4 before a division (``catalogue.is_eps_guard``)
-leakyrelu      ``R.nn.leakyrelu(x, alpha)``
+leakyrelu      ``R.nn.leakyrelu(x, alpha)``, or ``maximum(x, alpha * x)`` (either order; scalar
+               0 < alpha < 1, the product read by the maximum alone), as the ONNX and torch front ends
 prelu          ``R.nn.prelu(x, alpha)``
 gelu           ``R.nn.gelu(x)``, or the erf formula as several ops (both torch ONNX exporters)
 gelu_tanh      ``R.nn.gelu_tanh(x)``, or the tanh formula as several ops
@@ -34,6 +36,12 @@ mish           ``x * tanh(softplus(x))``
 selu           ``R.nn.selu(x)``, or ``gamma * (relu(x) - alpha * relu(1 - exp(x)))``; regime ``gamma * x``
 elu, celu      ``relu(x) - alpha * relu(1 - exp(x))`` (both importers' ELU), CELU's ``where`` form
 =============  ====================================================================
+
+ONNX ``Max`` / ``Min`` of two tensors, which from_onnx writes as ``R.max`` / ``R.min`` over axis 0 of
+``R.stack`` of both operands broadcast to the output's shape, are read as ``R.maximum`` / ``R.minimum`` (the stack
+and broadcasts go with the site), so ``Min(Max(x, lo), hi)`` in either nesting is one clip / relu6 site and
+``Max(x, a*x)`` one leakyrelu site, with the kinds the one-op spellings get: the ONNX front end's
+``_two_op_forms``.
 
 Softplus as from_onnx writes it (``max(x, 0) + log(1 + exp(-|x|))``) is found too, so that its ``max`` is no
 "clip", and is not listed: the catalogue marks it not collapsible.
@@ -155,6 +163,8 @@ _ELEMENTWISE = {
 #: family relu(x) - alpha * relu(1 - exp(x)) (from_exported_program) or where(x > 0, x, ...) (CELU)
 _ANCHORS = {"relax.multiply", "relax.divide", "relax.clip", "relax.maximum", "relax.minimum", "call_tir:maximum",
             "call_tir:minimum", "relax.add", "relax.subtract", "relax.where"}
+#: from_onnx's Max / Min of two tensors: a reduction over a stack (_FunctionGraph._read_stacked_pairs)
+_STACKED = {"relax.max": "relax.maximum", "relax.min": "relax.minimum"}
 
 
 class _Node:
@@ -189,6 +199,8 @@ class _FunctionGraph:
         self.producer: dict[int, _Node] = {}
         self.users: dict[int, list] = {}
         self._values: dict[int, _Value] = {}
+        self.pair_args: dict[int, list] = {}     # _read_stacked_pairs: a reduction's two operands
+        self.internal: dict[int, list] = {}      # ... and the stack / broadcast_to bindings it reads
         body = func.body
         if not isinstance(body, relax.SeqExpr):
             return
@@ -207,6 +219,62 @@ class _FunctionGraph:
                         self.users.setdefault(_key(v), []).append(self.OUTPUT)
         for v in relax.analysis.free_vars(body.body):
             self.users.setdefault(_key(v), []).append(self.OUTPUT)
+        self._read_stacked_pairs()
+
+    def _read_stacked_pairs(self) -> None:
+        """from_onnx writes an ONNX Max / Min of two tensors (Max(x, 0), Min(., 6), Max(x, a*x)) as R.max / R.min
+        over axis 0 of R.stack of the operands, each broadcast_to the output's shape. Such a reduction is read as the
+        elementwise R.maximum / R.minimum of its operands (its op, tensor_args and the operands' users), its stack
+        and broadcast_to bindings as part of it (`internal`: dropped with it), so the bound and the LeakyReLU rules
+        see it as they see R.maximum (from_exported_program's torch.maximum)."""
+        for node in self.nodes:
+            op = _STACKED.get(node.op)
+            got = self._stacked_operands(node) if op else None
+            if got is None:
+                continue
+            operands, internal = got
+            node.op = op
+            self.pair_args[node.idx], self.internal[node.idx] = operands, internal
+            inside = {id(n) for n in internal}
+            for v in operands:
+                if _is_var(v):
+                    users = [u for u in self.users.get(_key(v), []) if id(u) not in inside]
+                    self.users[_key(v)] = users + [node]
+
+    def _stacked_operands(self, node: _Node):
+        """([a, b], [stack, broadcast_to nodes]) of R.max / R.min(R.stack((broadcast_to(a), broadcast_to(b)), 0), 0)
+        whose stack and broadcasts are read by it alone and broadcast a tensor to its own shape (a scalar constant:
+        any); else None."""
+        import tvm
+
+        v, attrs = node.value, node.value.attrs
+        axes = getattr(attrs, "axis", None)
+        if len(v.args) != 1 or not _is_var(v.args[0]) or axes is None or [int(a) for a in axes] != [0] \
+                or bool(getattr(attrs, "keepdims", True)):
+            return None
+        stack = self.producer.get(_key(v.args[0]))
+        if stack is None or stack.op != "relax.stack" or len(self.users.get(_key(stack.var), [])) != 1 \
+                or not isinstance(stack.value.args[0], tvm.ir.Tuple):
+            return None
+        axis = getattr(stack.value.attrs, "axis", None)
+        if axis is None or int(axis) != 0:
+            return None
+        fields = list(stack.value.args[0].fields)
+        if len(fields) != 2:
+            return None
+        operands, internal = [], [stack]
+        for f in fields:
+            b = self.producer.get(_key(f)) if _is_var(f) else None
+            if b is None or b.op != "relax.broadcast_to":
+                operands.append(f)
+                continue
+            src = b.value.args[0]
+            if len(self.users.get(_key(f), [])) != 1 or (_is_var(src) and not _same_type(f, src)) \
+                    or (not _is_var(src) and self.scalar(src) is None):
+                return None
+            operands.append(src)
+            internal.append(b)
+        return operands, internal
 
     def value(self, var) -> _Value:
         k = _key(var)
@@ -254,9 +322,11 @@ class _FunctionGraph:
 
     def operands(self, node: _Node) -> list:
         """The non-constant tensor operands of a binding (core/gates: constants are not operands)."""
-        return [self.value(a) for a in _tensor_args(node.value) if _is_var(a) and self.const(a) is None]
+        return [self.value(a) for a in self.tensor_args(node) if _is_var(a) and self.const(a) is None]
 
     def tensor_args(self, node: _Node) -> list:
+        if node.idx in self.pair_args:
+            return list(self.pair_args[node.idx])
         return _tensor_args(node.value)
 
 
@@ -473,6 +543,33 @@ def _composites(g: _FunctionGraph, claimed: set) -> list:
     return found
 
 
+def _leaky_pair(g: _FunctionGraph, node: _Node, claimed: set):
+    """(alpha, x, the multiply) of maximum(x, alpha * x) in either operand order, alpha a scalar in (0, 1) and the
+    product read by this maximum alone: LeakyReLU as tf2onnx / TFLite converters write it, by the ONNX front end's
+    rule (onnx/patterns._two_op_forms; torch's matchers take torch.maximum(x, a * x) alike), else None. A maximum
+    of a product of another tensor, alpha >= 1 or a per-channel alpha is no LeakyReLU."""
+    if node.op not in ("relax.maximum", "call_tir:maximum"):
+        return None
+    args = g.tensor_args(node)
+    if len(args) != 2 or not all(_is_var(a) and g.const(a) is None for a in args):
+        return None
+    for x, prod in (args, args[::-1]):
+        inner = g.producer.get(_key(prod))
+        if inner is None or inner.idx in claimed or inner.op != "relax.multiply" \
+                or len(g.users.get(_key(prod), [])) != 1:
+            continue
+        margs = g.tensor_args(inner)
+        if len(margs) != 2:
+            continue
+        consts = [g.scalar(a) for a in margs]
+        if sum(c is None for c in consts) != 1:
+            continue
+        alpha, y = (consts[1], margs[0]) if consts[0] is None else (consts[0], margs[1])
+        if _is_var(y) and _key(y) == _key(x) and 0.0 < alpha < 1.0:
+            return alpha, x, inner
+    return None
+
+
 def _single(g: _FunctionGraph, node: _Node, claimed: set):
     """(kind, params, input, absorbed nodes) of a one-op activation, else None. A lower bound followed by an
     upper one on a value used nowhere else (from_onnx's Clip: maximum then minimum; from_exported_program's
@@ -481,6 +578,10 @@ def _single(g: _FunctionGraph, node: _Node, claimed: set):
 
     if node.op in ACTIVATION_OPS:
         return ACTIVATION_OPS[node.op], {}, node.value.args[0], []
+    leaky = _leaky_pair(g, node, claimed)
+    if leaky is not None:
+        alpha, x, inner = leaky
+        return "leakyrelu", {"alpha": alpha}, x, [inner]
     b = _clip_like(g, node)
     if b is None:
         return None
@@ -525,7 +626,9 @@ def _scan_function(func, func_name: str):
     for anchor, kind, params, x, inner in found:
         site = ActivationSite(index=len(sites), kind=kind, var_name=_var_name(anchor.var), function=func_name,
                               op=_op_name(anchor.value) or "")
-        sites.append((site, anchor.var, x, params, [n.var for n in inner]))
+        # a Max / Min read through its stack and broadcasts (_read_stacked_pairs): those go with it
+        inside = list(inner) + [m for n in [anchor, *inner] for m in g.internal.get(n.idx, [])]
+        sites.append((site, anchor.var, x, params, [n.var for n in inside]))
     return sites
 
 

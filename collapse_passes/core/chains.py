@@ -164,7 +164,9 @@ def dense_chain_cost(params, rows: int, cm: CostModel, joins_ok=None) -> float:
 
 def merge_record(kind: str, nodes: list, before: int, after: int, ops_before: int, m=None, joins=()) -> dict:
     """The report's record of one merged segment (kind "conv" with its MergedConv m, or "dense"); joins: the
-    join keys (merge_fallback.join_key) it fused, by which a refused merge is named on a rerun."""
+    join keys (merge_fallback.join_key) it fused, by which a refused merge is named on a rerun. before / after:
+    the MACs of the whole batch, as the report's totals count them (every record does: conv, dense, pool-hoist,
+    residual), so that the records' savings add up (docs/architecture.md, "The report's MACs")."""
     rec = {"kind": kind, "nodes": list(nodes), "joins": list(joins), "macs_before": int(before), "macs_after": int(after),
            "ops_before": ops_before, "ops_after": 1 + (m is not None and m.bias_map is not None),
            "exact": m is None or bool(m.exact)}

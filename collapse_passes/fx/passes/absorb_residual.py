@@ -7,15 +7,28 @@ y = linear(x) + x   -> one linear with W + I
 A skip the algebra cannot take (stride, misaligned padding, channel change) is kept, with a note."""
 from __future__ import annotations
 
+import numpy as np
 from torch import fx
 
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
+from ...algebra.cost import conv_macs, linear_macs
 from ...core.merge_fallback import join_key
 from ...errors import CollapseError
-from ..graph import (feeds_output, insert_linear, is_add, linear_op, mutated_between, origin,
+from ..graph import (feeds_output, insert_linear, is_add, linear_op, mutated_between, origin, shape_of,
                      single_user)
 from ._base import FxPass, PassResult
+
+
+def _macs(op, params) -> int:
+    """MACs of the op `op` with `params` at its output's shape, as api.graph_stats counts them for the report's
+    totals (the batch included; 0 where the shape is unknown)."""
+    out = shape_of(op.node)
+    if not out:
+        return 0
+    if op.kind == "conv":
+        return int(out[0] * conv_macs(params, tuple(out[2:])))
+    return int(linear_macs(params, int(np.prod(out[:-1])) if len(out) > 1 else 1))
 
 
 class AbsorbResidual(FxPass):
@@ -69,6 +82,9 @@ class AbsorbResidual(FxPass):
             self.note(f"residual at {add.name} kept: its input is changed in place between the branch and the add")
             return False
         names = origin(op.node) + (origin(proj.node) if proj is not None else []) + [add.name]
+        # the MACs the report's totals count: a projection's go, the branch's kernel stays
+        before = _macs(op, op.params) + (_macs(proj, proj.params) if proj is not None else 0)
+        after = _macs(op, new)
         node = insert_linear(gm, first, op.x, op.kind, new, op.bias_map, hint=f"{op.node.name}_skip", meta_from=add,
                              origin=names, sources=[op.node] + ([proj.node] if proj is not None else []))
         add.replace_all_uses_with(node)
@@ -76,7 +92,7 @@ class AbsorbResidual(FxPass):
         gm.graph.erase_node(op.node)
         if proj is not None:
             gm.graph.erase_node(proj.node)
-        self.record.merges.append({"kind": f"residual-{kind}", "nodes": names, "joins": [join], "macs_before": 0,
-                                   "macs_after": 0, "ops_before": 2 + (proj is not None), "ops_after": 1,
+        self.record.merges.append({"kind": f"residual-{kind}", "nodes": names, "joins": [join], "macs_before": before,
+                                   "macs_after": after, "ops_before": 2 + (proj is not None), "ops_after": 1,
                                    "exact": True, "reason": f"skip ({kind}) folded into the branch's kernel"})
         return True

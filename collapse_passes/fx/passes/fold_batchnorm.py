@@ -3,7 +3,8 @@ per-channel parameter / buffer such as a layer scale) next to a conv/linear goes
 (algebra.*.fold_affine_after / _before).
 
 After the op is preferred; before it only where the algebra allows (a shift cannot cross a padded
-conv's zero padding: the algebra refuses and the BatchNorm stays). A Linear meets a BatchNorm1d's
+conv's zero padding: the algebra refuses and the BatchNorm stays; through a reflect / replicate / circular pad,
+which copies pixels of the same channel, both cross, as on ONNX). A Linear meets a BatchNorm1d's
 channel axis only on 2-D inputs, so only those are folded. A zero-constant F.pad of the spatial axes
 right before a conv becomes the conv's own padding (as the ONNX fold's FoldPadIntoConv): exact, and the
 conv chain through it can then merge."""
@@ -96,13 +97,20 @@ def _affine_after(gm: fx.GraphModule, node: fx.Node):
 
 
 def _affine_before(gm: fx.GraphModule, node: fx.Node):
-    """(op, x, scale, shift) of a constant per-channel affine `node` whose only reader is a conv / linear op, on
-    that op's input channels (input normalisation `(x - mean) / std` before a stem conv), else None."""
+    """(op, x, scale, shift, pad) of a constant per-channel affine `node` whose only reader is a conv / linear op, on
+    that op's input channels (input normalisation `(x - mean) / std` before a stem conv), else None. pad: a
+    reflect / replicate / circular pad of the spatial axes between them (_copying_pad; a padding_mode conv split by
+    _split_padding_mode), which the affine commutes with, else None."""
     form = _affine_form(gm, node)
     nxt = single_user(node)
+    pad = None
+    if form is not None and nxt is not None and _copying_pad(nxt) is not None and not feeds_output(nxt):
+        pad, nxt = nxt, single_user(nxt)
     op = linear_op(gm, nxt) if form is not None and nxt is not None else None
-    if op is None or op.x is not node or op.bias_map is not None or feeds_output(node):
+    if op is None or op.x is not (node if pad is None else pad) or op.bias_map is not None or feeds_output(node):
         return None
+    if pad is not None and (op.kind != "conv" or len(_copying_pad(pad)) > 2 * op.params.ndim):
+        return None   # pads the channel axis too: channels mix
     x, c, how = form
     shape = shape_of(node)
     if isinstance(c, torch.Tensor) and (shape is None or shape_of(x) != shape):
@@ -114,10 +122,25 @@ def _affine_before(gm: fx.GraphModule, node: fx.Node):
     vec = _channel_vector(c, op.params.weight.shape[1] * (op.params.group if op.kind == "conv" else 1), shape,
                           axis, op.dtype)
     aff = None if vec is None else how(vec)
-    return None if aff is None else (op, x, *aff)
+    return None if aff is None else (op, x, *aff, pad)
 
 
 _PAD = {torch.nn.functional.pad, aten.pad.default, aten.constant_pad_nd.default}
+#: pad modes that fill the border with pixels of the same channel: a per-channel affine commutes with them
+_COPYING = ("reflect", "replicate", "circular")
+
+
+def _copying_pad(node: fx.Node):
+    """The pad list (F.pad order) of an F.pad / aten.pad in a copying mode (_COPYING), else None: the ONNX fold's
+    _ConvKind.copying_pad (a Pad in mode reflect / edge / wrap)."""
+    if node.op != "call_function" or node.target not in (torch.nn.functional.pad, aten.pad.default) or not node.args \
+            or not isinstance(node.args[0], fx.Node):
+        return None
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    if mode not in _COPYING or not isinstance(pad, (list, tuple)) or not all(isinstance(v, int) for v in pad):
+        return None
+    return tuple(pad)
 
 
 def _zero_pad(node: fx.Node):
@@ -179,20 +202,20 @@ class FoldBatchNorm(FxPass):
 
     def _split_padding_mode(self, gm, node) -> int:
         """A conv module with padding_mode reflect / replicate / circular computes F.pad(x, mode) then an unpadded
-        conv (torch's Conv._conv_forward); written so when a conv or BatchNorm reads it alone, as its ONNX export
-        (Pad + Conv) is. Left whole it was no linear op: the 1x1 conv after it never merged and a BatchNorm after
-        it never folded, where the export's Conv did both (exact: the pad stays before the merged conv)."""
+        conv (torch's Conv._conv_forward); written so when a conv or BatchNorm reads it alone, or it alone reads a
+        per-channel affine (which then folds into it through the pad: _affine_before), as its ONNX export (Pad +
+        Conv) is. Left whole it was no linear op: the 1x1 conv after it never merged and a BatchNorm after it never
+        folded, where the export's Conv did both (exact: the pad stays before the merged conv)."""
         mod = submodule(gm, node)
         if not isinstance(mod, _CONV_MODULES) or mod.padding_mode == "zeros" or len(node.args) != 1 \
                 or node.kwargs or not isinstance(node.args[0], fx.Node) or feeds_output(node):
             return 0
-        nxt = single_user(node)
-        if nxt is None:
-            return 0
-        op, bn = linear_op(gm, nxt), batchnorm_op(gm, nxt)
-        if not ((op is not None and op.x is node) or (bn is not None and bn.x is node)):
-            return 0
         x = node.args[0]
+        after_affine = single_user(x) is node and not feeds_output(x) and _affine_form(gm, x) is not None
+        nxt = single_user(node)
+        op, bn = (linear_op(gm, nxt), batchnorm_op(gm, nxt)) if nxt is not None else (None, None)
+        if not ((op is not None and op.x is node) or (bn is not None and bn.x is node) or after_affine):
+            return 0
         shape = shape_of(x)
         n = mod.weight.ndim - 2
         pad = tuple(int(v) for v in mod._reversed_padding_repeated_twice)   # F.pad order: last axis first
@@ -309,10 +332,11 @@ class FoldBatchNorm(FxPass):
         self.record.folds.append({"kind": "scalar-affine-after", "nodes": names})
         return 1
 
-    def _fold_affine_before(self, gm, node, op, x, scale, shift) -> int:
+    def _fold_affine_before(self, gm, node, op, x, scale, shift, pad=None) -> int:
         """As the ONNX fold's FoldAffineIntoNext: a shift crosses no zero padding (the algebra refuses it: the
-        border would need the shift too), a scale always does. Not inside an activation spelled out (the `/ 6` of
-        `x * relu6(x + 3) / 6`): folded, it would no longer be one site."""
+        border would need the shift too), a scale always does; both cross a copying `pad` between them, which
+        then reads x. Not inside an activation spelled out (the `/ 6` of `x * relu6(x + 3) / 6`): folded, it would
+        no longer be one site."""
         if self._protected is None:
             from ..graph import find_activations
             self._protected = {n for a in find_activations(gm) if len(a.nodes) > 1 for n in a.nodes}
@@ -324,8 +348,11 @@ class FoldBatchNorm(FxPass):
             self.note(f"{node.name} kept before {op.node.name}: {exc}")
             return 0
         names = origin(node) + origin(op.node)
-        new = insert_linear(gm, node, x, op.kind, p, None, hint=f"{op.node.name}_affine", meta_from=op.node,
-                            origin=origin(op.node), sources=[op.node, node])
+        if pad is not None:
+            pad.replace_input_with(node, x)
+        new = insert_linear(gm, node if pad is None else op.node, x if pad is None else pad, op.kind, p, None,
+                            hint=f"{op.node.name}_affine", meta_from=op.node, origin=origin(op.node),
+                            sources=[op.node, node])
         op.node.replace_all_uses_with(new)
         self._erase(gm, [op.node, node])
         self.record.folds.append({"kind": "affine-before", "nodes": names})

@@ -105,10 +105,11 @@ class MergeLinearChains(FxPass):
         plan = plan_conv_chain(params, spatials, outs, self.cm, self.allow_border_approx, self.any_size,
                                joins_ok(self.allowed, joins))
         done = 0
+        batch = int(shapes_out[-1][0])   # the record counts the batch, as graph_stats' totals do
         for (i, j), m in plan.merged.items():
             ops = chain[i:j]
-            before = sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
-            after = conv_macs(m.params, outs[j - 1])
+            before = batch * sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
+            after = batch * conv_macs(m.params, outs[j - 1])
             rec = merge_record("conv", [n for op in ops for n in origin(op.node)], before, after, len(ops), m,
                                joins[i:j - 1])
             self._replace(gm, ops, "conv", m.params, m.bias_map)

@@ -8,13 +8,28 @@ A bias-map Add left by an earlier merge is looked through: (conv(x) + M) + x -> 
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ...algebra import conv as conv_alg
 from ...algebra import linear as lin_alg
+from ...algebra.cost import conv_macs, linear_macs
 from ...core.merge_fallback import join_key
 from ...errors import CollapseError
 from ...pipeline import PassResult
+from ..analysis import _dims
 from ..graph import const_value, single_consumer, toposort
 from ..linear_ops import ConvView, DenseView
+
+
+def _macs(view, params) -> int:
+    """MACs of `view`'s op with `params` at its output's shape, as analysis.node_macs counts them for the report's
+    totals (the batch included; 0 where the shape is unknown)."""
+    dims = _dims(view.output)
+    if not dims:
+        return 0
+    if isinstance(view, ConvView):
+        return int(dims[0] * conv_macs(params, tuple(dims[2:])))
+    return int(linear_macs(params, int(np.prod(dims[:-1]))))
 
 
 def _branch(t, outs):
@@ -67,7 +82,7 @@ class AbsorbResidual:
         return PassResult(done > 0, [f"absorbed {done} residual skip(s)"] if done else [])
 
     def _absorb(self, ctx, add, view, bm_add, skip, outs) -> bool:
-        x = view.input
+        x, proj_macs = view.input, 0
         join = join_key(view.node.name or view.output.name, add.name or add.outputs[0].name)
         if ctx.merge_allowed is not None and join not in ctx.merge_allowed:   # refused after verification
             return False
@@ -81,6 +96,7 @@ class AbsorbResidual:
                     if proj is None or proj.input is not x or len(skip.outputs) != 1 or skip.name in outs:
                         return False
                     new, kind = conv_alg.add_pointwise_skip(p, proj.params), "projection"
+                    proj_macs = _macs(proj, proj.params)
                     proj.node.inputs.clear()
                     proj.node.outputs.clear()
             else:
@@ -90,13 +106,16 @@ class AbsorbResidual:
         except CollapseError as exc:
             ctx.notes.append(f"residual at {ctx.label(add.name)} kept: {exc}")
             return False
+        # the MACs the report's totals count (analysis.node_macs): a projection's go, the branch's kernel stays
+        before = _macs(view, view.params) + proj_macs
+        after = _macs(view, new)
         view.write(ctx.graph, new)
         out = add.outputs[0]
         add.inputs.clear()
         add.outputs.clear()
         last = bm_add or (view.bias_add if isinstance(view, DenseView) and view.bias_add is not None else view.node)
         last.outputs[0] = out
-        ctx.merges.append({"kind": f"residual-{kind}", "nodes": [view.node.name, add.name], "joins": [join], "macs_before": 0,
-                           "macs_after": 0, "ops_before": 2, "ops_after": 1, "exact": True,
+        ctx.merges.append({"kind": f"residual-{kind}", "nodes": [view.node.name, add.name], "joins": [join], "macs_before": before,
+                           "macs_after": after, "ops_before": 2 + (kind == "projection"), "ops_after": 1, "exact": True,
                            "reason": f"skip ({kind}) folded into the branch's kernel"})
         return True

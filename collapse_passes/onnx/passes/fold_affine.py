@@ -2,8 +2,12 @@
 gamma/beta) folded into the Conv / Gemm / MatMul beside them -- only where that is exact.
 
 One small class per pattern (onnxslim style), all registered in FOLD_PATTERNS; FoldAffine runs
-them until none applies. After a linear op is always exact. Before a Conv only when the conv has
-no padding: zero padding would not see the shift (the reference doc's padding rule).
+them until none applies. After a linear op is always exact. Before a Conv a per-channel scale always (s*x
+padded with zeros is s*(x padded with zeros)), a shift only where the conv has no padding: zero padding would
+not see the shift (the reference doc's padding rule; the torch front end's too). A Pad that fills the border with
+pixels of the same channel (reflect, edge, wrap: a torch padding_mode conv exports as one) may stand between them:
+both commute with it, so the affine goes into the conv and the Pad stays (the shift again only where the conv
+itself has no pads).
 A zero-constant Pad of the spatial axes before a Conv (F.pad(x, ...) then a conv, as TF-"same" ports
 write asymmetric padding) becomes the conv's own pads (FoldPadIntoConv): exact, and it lets the conv
 chain through it merge.
@@ -99,10 +103,49 @@ def _detach(node) -> None:
     node.outputs.clear()
 
 
+#: Pad modes that fill the border with pixels of the same channel: a per-channel affine commutes with them
+_COPYING_MODES = ("reflect", "edge", "wrap")
+
+
+def _pad_mode(pad) -> str:
+    mode = pad.attrs.get("mode", "constant")
+    return mode.decode() if isinstance(mode, bytes) else str(mode)
+
+
+def spatial_pads(pad, rank: int):
+    """(begins, ends) of a Pad of a rank-`rank` tensor that pads its spatial axes only (2..), by >= 0, with zeros in
+    constant mode (in a copying mode the value is read by nothing), else None."""
+    if "pads" in pad.attrs:   # opset < 11: attributes
+        pads, value, axes = pad.attrs["pads"], pad.attrs.get("value", 0.0), None
+    else:
+        if len(pad.inputs) < 2:
+            return None
+        pads = const_value(pad.inputs[1])
+        has = lambda i: len(pad.inputs) > i and pad.inputs[i].name   # noqa: E731
+        value = const_value(pad.inputs[2]) if has(2) else 0.0
+        axes = const_value(pad.inputs[3]) if has(3) else None
+        if pads is None or (has(3) and axes is None):
+            return None
+    if _pad_mode(pad) == "constant":
+        value = None if value is None else np.asarray(value)
+        if value is None or value.size > 1 or (value.size == 1 and float(value.reshape(-1)[0]) != 0.0):
+            return None
+    pads = [int(v) for v in np.asarray(pads).reshape(-1)]
+    axes = list(range(rank)) if axes is None else [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+    if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes):
+        return None
+    begin, end = [0] * rank, [0] * rank
+    for k, a in enumerate(axes):
+        begin[a], end[a] = pads[k], pads[len(axes) + k]
+    if min(begin + end) < 0 or any(begin[:2]) or any(end[:2]):
+        return None   # cropping, or padding batch / channels
+    return begin[2:], end[2:]
+
+
 # ------------------------------------------------------------------------------- the patterns
 
 class _ConvKind:
-    """How a Conv sees a per-channel affine: channels on axis 1; folding before needs no padding."""
+    """How a Conv sees a per-channel affine: channels on axis 1; a shift folds before it only without padding."""
     name = "conv"
     fold_after = staticmethod(conv_alg.fold_affine_after)
     fold_before = staticmethod(conv_alg.fold_affine_before)
@@ -117,12 +160,25 @@ class _ConvKind:
         return p.ndim + 2, 1
 
     @staticmethod
-    def can_fold_before(p) -> bool:
-        return not any(p.pads)
+    def can_fold_before(p, shift) -> bool:
+        """A scale crosses zero padding (scaled zeros are zeros), a shift does not (algebra.conv.fold_affine_before
+        refuses it): the torch front end's rule (fx/passes/fold_batchnorm.py)."""
+        return not any(p.pads) or not np.any(shift)
 
     @staticmethod
     def in_channels(p) -> int:
         return p.in_channels
+
+    @staticmethod
+    def copying_pad(v, outs):
+        """The Pad writing conv view v's input when it pads the spatial axes only, with pixels of the same channel
+        (reflect, edge, wrap), and nothing else reads its output: a per-channel affine commutes with it."""
+        x = v.input
+        pad = x.inputs[0] if x.inputs else None
+        if pad is None or pad.op != "Pad" or (pad.domain or "") not in ("", "ai.onnx") or not pad.inputs \
+                or _pad_mode(pad) not in _COPYING_MODES or single_consumer(x) is not v.node or x.name in outs:
+            return None
+        return pad if spatial_pads(pad, v.params.weight.ndim) is not None else None
 
 
 class _DenseKind:
@@ -143,12 +199,16 @@ class _DenseKind:
         return rank, -1
 
     @staticmethod
-    def can_fold_before(p) -> bool:
+    def can_fold_before(p, shift) -> bool:
         return True
 
     @staticmethod
     def in_channels(p) -> int:
         return p.in_features
+
+    @staticmethod
+    def copying_pad(v, outs):
+        return None
 
 
 class FoldAffineIntoPrev:
@@ -183,7 +243,8 @@ class FoldAffineIntoPrev:
 class FoldAffineIntoNext:
     """BN/Mul/Add -> linear: scale the input channels of the weight, push the shift into the bias.
 
-    Before a conv only when it has no padding (zero padding would not see the shift).
+    Before a padded conv a scale only (zero padding would not see the shift); through a reflect / edge / wrap Pad
+    (_ConvKind.copying_pad), which stays.
     """
 
     def __init__(self, kind):
@@ -196,23 +257,27 @@ class FoldAffineIntoNext:
             v = self.kind.view(node, outs)
             if v is None:
                 continue
-            x = v.input
+            x, reader = v.input, node
+            pad = self.kind.copying_pad(v, outs)
+            if pad is not None:
+                x, reader = pad.inputs[0], pad
             prev = x.inputs[0] if x.inputs else None
-            if prev is None or single_consumer(x) is not node or x.name in outs or not _may_be_affine(prev, ctx):
+            if prev is None or single_consumer(x) is not reader or x.name in outs or not _may_be_affine(prev, ctx):
                 continue
             src = prev.inputs[0] if prev.inputs else None
             p = v.params
-            if src is None or not self.kind.can_fold_before(p):
+            if src is None:
                 continue
-            ra = self.kind.channel_axis(prev.op, p, x)
+            ra = self.kind.channel_axis(prev.op, p, v.input)
             aff = affine_of(prev, src, self.kind.in_channels(p), *ra) if ra and id(prev) not in ctx.fold_protected \
                 else None
-            if aff is None:
+            if aff is None or not self.kind.can_fold_before(p, aff[1]):
                 continue
             v.write(ctx.graph, self.kind.fold_before(p, *aff))
-            node.inputs[0] = src
+            reader.inputs[0] = src
             _detach(prev)
-            ctx.folds.append({"op": prev.op, "node": prev.name, "into": node.name, "where": "before"})
+            ctx.folds.append({"op": prev.op, "node": prev.name, "into": node.name, "where": "before",
+                              **({"through": pad.name} if pad is not None else {})})
             return True
         return False
 
@@ -263,37 +328,6 @@ class FoldPadIntoConv:
     mergeable padded conv look unpadded to the border rule. The dynamo exporter already fuses it."""
     name = "pad_into_next_conv"
 
-    @staticmethod
-    def _spatial_pads(pad, rank: int):
-        """(begins, ends) of the spatial axes of a zero constant Pad of a rank-`rank` tensor, else None."""
-        mode = pad.attrs.get("mode", "constant")
-        if (mode.decode() if isinstance(mode, bytes) else str(mode)) != "constant":
-            return None
-        if "pads" in pad.attrs:   # opset < 11: attributes
-            pads, value, axes = pad.attrs["pads"], pad.attrs.get("value", 0.0), None
-        else:
-            if len(pad.inputs) < 2:
-                return None
-            pads = const_value(pad.inputs[1])
-            has = lambda i: len(pad.inputs) > i and pad.inputs[i].name   # noqa: E731
-            value = const_value(pad.inputs[2]) if has(2) else 0.0
-            axes = const_value(pad.inputs[3]) if has(3) else None
-            if pads is None or value is None or (has(3) and axes is None):
-                return None
-        value = np.asarray(value)
-        if value.size > 1 or (value.size == 1 and float(value.reshape(-1)[0]) != 0.0):
-            return None
-        pads = [int(v) for v in np.asarray(pads).reshape(-1)]
-        axes = list(range(rank)) if axes is None else [int(a) % rank for a in np.asarray(axes).reshape(-1)]
-        if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes):
-            return None
-        begin, end = [0] * rank, [0] * rank
-        for k, a in enumerate(axes):
-            begin[a], end[a] = pads[k], pads[len(axes) + k]
-        if min(begin + end) < 0 or any(begin[:2]) or any(end[:2]):
-            return None   # cropping, or padding batch / channels
-        return begin[2:], end[2:]
-
     def apply(self, ctx) -> bool:
         outs = ctx.graph_outputs
         for node in list(ctx.graph.nodes):
@@ -307,7 +341,7 @@ class FoldPadIntoConv:
                 continue
             p = v.params
             nd = p.weight.ndim - 2
-            sp = self._spatial_pads(pad, nd + 2)
+            sp = spatial_pads(pad, nd + 2) if _pad_mode(pad) == "constant" else None
             if sp is None:
                 continue
             b, e = sp

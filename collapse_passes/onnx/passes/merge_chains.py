@@ -16,6 +16,7 @@ from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
 from ...core.merge_fallback import join_key, joins_ok
 from ...pipeline import PassResult
+from ..analysis import _dims
 from ..graph import const_value, make_const, single_consumer, toposort
 from ..linear_ops import ConvView, DenseView, why_not_view
 
@@ -33,9 +34,24 @@ def _name(node) -> str:
 
 
 def _rows(t) -> int:
+    """Rows (batch x tokens) a dense op reads, as the planner prices them (a dynamic dim counts 1)."""
     if t.shape is None:
         return 1
     return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in t.shape[:-1]])) if len(t.shape) else 1
+
+
+def _counted_rows(t) -> int:
+    """Rows (batch x tokens) as analysis.node_macs counts them for the report's totals (a dynamic dim written as
+    an expression, `4*N`, at its value for N = 1): what a merge record counts."""
+    dims = _dims(t)
+    return int(np.prod(dims[:-1])) if dims else 1
+
+
+def _batch(t) -> int:
+    """The batch of a conv's output, as analysis.node_macs counts it for the report's totals (dynamic: its value
+    at every dynamic size 1)."""
+    dims = _dims(t)
+    return int(dims[0]) if dims else 1
 
 
 def _conv_chains(ctx) -> list[list]:
@@ -148,14 +164,15 @@ class MergeLinearChains:
         joins = [join_key(_name(a), _name(b)) for a, b in zip(chain, chain[1:])]
         plan = plan_conv_chain(params, spatials, outs, cm, ctx.allow_border_approx,
                                joins_ok=joins_ok(ctx.merge_allowed, joins))
+        batch = _batch(chain[-1].outputs[0])   # records and notes count the batch, as the report's totals
 
         def seq_macs(i, j):
-            return sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
+            return batch * sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
 
         for (i, j), m in plan.merged.items():
             nodes = chain[i:j]
-            rec = merge_record("conv", [n.name for n in nodes], seq_macs(i, j), conv_macs(m.params, outs[j - 1]),
-                               len(nodes), m, joins[i:j - 1])
+            rec = merge_record("conv", [n.name for n in nodes], seq_macs(i, j),
+                               batch * conv_macs(m.params, outs[j - 1]), len(nodes), m, joins[i:j - 1])
             self._apply_conv(ctx, nodes, m)
             ctx.merges.append(rec)
             if not m.exact:
@@ -167,7 +184,7 @@ class MergeLinearChains:
                 ctx.notes.append(f"not merged {ctx.label(chain[k].name)} + {ctx.label(chain[k + 1].name)}: {plan.refused[(k, k + 2)]}")
             elif (k, k + 2) in plan.candidates:
                 m = plan.candidates[(k, k + 2)]
-                a, b = seq_macs(k, k + 2), conv_macs(m.params, outs[k + 1])
+                a, b = seq_macs(k, k + 2), batch * conv_macs(m.params, outs[k + 1])
                 ctx.notes.append(f"kept {ctx.label(chain[k].name)} + {ctx.label(chain[k + 1].name)} separate: merging is exact but costs more "
                                  f"(MACs {a:,} -> {b:,}, kernel {list(m.params.kernel_shape)}, group {m.params.group})")
         return len(plan.merged)
@@ -191,11 +208,12 @@ class MergeLinearChains:
     def _merge_dense_chain(self, ctx, chain, cm) -> int:
         params = [v.params for v in chain]
         rows = _rows(chain[0].input)
+        counted = _counted_rows(chain[0].input)   # the record counts as the totals do
         joins = [join_key(_name(a.node), _name(b.node)) for a, b in zip(chain, chain[1:])]
         plan = plan_dense_chain(params, rows, cm, joins_ok(ctx.merge_allowed, joins))
         for (i, j), p in plan.items():
             views = chain[i:j]
-            before = sum(linear_macs(q, rows) for q in params[i:j])
+            before = sum(linear_macs(q, counted) for q in params[i:j])
             out = views[-1].output
             head = views[0]
             for v in views[1:]:
@@ -207,7 +225,7 @@ class MergeLinearChains:
             else:
                 head.node.outputs[0] = out
             head.write(ctx.graph, p)
-            rec = merge_record("dense", [v.node.name for v in views], before, linear_macs(p, rows),
+            rec = merge_record("dense", [v.node.name for v in views], before, linear_macs(p, counted),
                                sum(len(v.nodes) for v in views), joins=joins[i:j - 1])
             rec["ops_after"] = len(head.nodes)
             ctx.merges.append(rec)
