@@ -247,7 +247,8 @@ def collapse(model, scores=None, threshold: float | None = None, remove: int | N
         # of the requested semantics and the result (docs/pass_runtime.md, 2026-11-28 13:40)
         stats_before = model_stats(original)
     base, prune_off, prune_report = prepare_pruning(original, cfg, score_details, chosen={a.name for a in chosen},
-                                                    remove_blocks=blocks_removed, pruned=pruned)
+                                                    remove_blocks=blocks_removed, pruned=pruned,
+                                                    channel_regimes=regimes)
     collapsed_outputs = {a.output.name for a in chosen}   # a collapsed ReLU is no longer "always off"
     prune_off = {t: c for t, c in prune_off.items() if t not in collapsed_outputs}
     input_shapes = _input_shapes(original)

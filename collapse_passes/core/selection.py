@@ -141,6 +141,11 @@ def lookup(index: dict, key: str, source: str = "scores") -> list:
     shown = list(dict.fromkeys(_offered(index, n) if source.startswith("collapse") else repr(n) for n in near))
     hint = f"; did you mean {', '.join(shown)}?" if near else \
         "; collapse_passes.list_keys(model) (--list-keys on the command line) lists this model's activation keys"
+    if onnx_sites and not any(a.module_path for a in sites) and key.replace(SITE_SEP, "_").isidentifier():
+        # a top-level module's path ("relu", a ResNet stem's) has no dot: the scores of the export before onnxslim
+        # were offered 'relu()', the key of every root-level call, with no word of the paths the file lost
+        hint += (" (if it is a torch module path: this model's nodes carry none, the exporter's scope names and "
+                 "metadata are gone, as after onnxslim or onnxruntime's optimizer; score this file with --method)")
     raise CollapseError(f"{source}: unknown layer key {key!r}{hint}")
 
 

@@ -47,14 +47,16 @@ def prune_to_ratio(original: onnx.ModelProto, cfg, score_details=None,
 
 
 def prepare_pruning(original: onnx.ModelProto, cfg, score_details=None, chosen=(),
-                    remove_blocks=(), pruned=None) -> tuple[onnx.ModelProto, dict, dict]:
+                    remove_blocks=(), pruned=None, channel_regimes=None) -> tuple[onnx.ModelProto, dict, dict]:
     """(model to collapse, data-dependent off channels, report dict); `pruned`: prune_to_ratio's result
-    when the caller has it already.
+    when the caller has it already; `channel_regimes`: the chosen sites' per-channel maps (--channel-regimes).
 
-    The off channels are found on the requested semantics (the chosen activations linearized, the
-    removed blocks skipped): a kept ReLU after a collapsed one sees other values there than in the input
-    model, and a channel off only in the input model would be removed wrongly (the gate, whose reference
-    masks the same channels, could not tell)."""
+    The off channels are found on the requested semantics (the chosen activations linearized, or mapped
+    per channel, the removed blocks skipped): a kept ReLU after a collapsed one sees other values there than
+    in the input model, and a channel off only in the input model would be removed wrongly (the gate, whose
+    reference masks the same channels, could not tell). With --channel-regimes a dead channel of a collapsed
+    ReLU is 0 in the request, not its negative input: a kept ReLU it feeds, off under plain linearization,
+    can be on (it was removed: 1.0 off on the calibration data, and the gate passed it)."""
     base, report = pruned if pruned is not None else prune_to_ratio(original, cfg, score_details, remove_blocks)
     off = {}
     if cfg.prune and cfg.calib is not None and cfg.prune_calib_dead:   # an approximation: opt-in only
@@ -62,7 +64,8 @@ def prepare_pruning(original: onnx.ModelProto, cfg, score_details=None, chosen=(
 
         from ..onnx.driver import requested_semantics
 
-        off = always_off_channels(requested_semantics(base, set(chosen), remove_blocks=remove_blocks),
+        off = always_off_channels(requested_semantics(base, set(chosen), remove_blocks=remove_blocks,
+                                                      channel_regimes=channel_regimes),
                                   cfg.calib, cfg.calib_batches)
     return base, off, report
 
@@ -143,7 +146,12 @@ def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list
     elif cfg.prune_calib_dead and cfg.prune:   # say so, rather than leave the flag looking applied
         from .graph import no_dead_channel_note
 
-        warnings.append(no_dead_channel_note("--prune-calib-dead"))
+        line = no_dead_channel_note("--prune-calib-dead")
+        if chosen:   # a collapsed site is no ReLU any more: "no channel is 0" read as if its dead channels were missed
+            line += (f"; the {len(chosen)} collapsed activation(s) are not looked at (linear now"
+                     + ("; --channel-regimes sends their dead channels, if any, to 0, removed exactly as constant channels)"
+                        if getattr(cfg, "channel_regimes", False) else ")"))
+        warnings.append(line)
     ratio = report.get("ratio")
     if ratio is not None:
         from ..onnx.driver import requested_semantics
