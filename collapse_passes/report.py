@@ -200,8 +200,10 @@ def _print_pruning(pr: dict, console: Console, max_rows: int) -> None:
     ratio = pr.get("ratio") or {}
     err = ratio.get("error_vs_unpruned")
     if err:
+        acc = ratio.get("accuracy") or {}
         console.print(f"ratio prune (approximate): max abs error {err['max_abs']:.3g} against the unpruned model"
-                      + (f", accuracy {ratio['accuracy']}" if ratio.get("accuracy") else ""), highlight=False)
+                      + (f", top-1 on --eval {acc['unpruned']:.2%} unpruned -> {acc['pruned']:.2%} pruned"
+                         if acc else ""), highlight=False)
     frozen = pr.get("frozen_ops") or ratio.get("frozen_ops") or []
     if frozen and (pr.get("groups") or ratio):
         kinds = sorted({f"{f['op_type']} ({f['reason']})" for f in frozen})
