@@ -46,6 +46,10 @@ def _check_array(src: str, name: str, arr: np.ndarray, dims: list, dt) -> np.nda
         if d is not None and a != d:
             raise CollapseError(f"{src}: array {name!r} has shape {arr.shape}, model input expects {_fmt(dims)} "
                                 f"(axis {i} is {a}, expected {d})")
+    if 0 in arr.shape[1:]:   # scores of no value and a check of no element (core/runtime.empty_check_input)
+        raise CollapseError(f"{src}: array {name!r} has shape {arr.shape}: its samples hold no elements (axis "
+                            f"{arr.shape.index(0, 1)} is 0), so nothing would be scored or checked; give every axis "
+                            "after the sample axis a size of at least 1")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise CollapseError(f"{src}: array {name!r} contains NaN or Inf values; clean the data")
     if np.issubdtype(dt, np.integer) and arr.size:   # the cast truncated 1.7 to 1 and wrapped 2**40 into int32
@@ -97,6 +101,7 @@ def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None
             raise CollapseError(f"{p}: folder holds no .npy files")
         by_name = {f.stem: f for f in files}
         if all(n in by_name for n in names):
+            unused_arrays(str(p), by_name, names, what="file(s)", suffix=".npy")
             arrays = {n: _load_npy(by_name[n], mmap_mode="r") for n in names}
             yield from _iter_arrays(str(p), arrays, model, batch_size, max_batches, min_samples)
             return
@@ -128,6 +133,7 @@ def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None
             raise CollapseError(f"{p}: a single array, but the model has inputs {names}; use an .npz with those names")
         arrays = {names[0]: data}
     else:
+        duplicate_members(p, data)
         arrays = {k: _load_member(p, data, k) for k in data.files}
     yield from _iter_arrays(str(p), arrays, model, batch_size, max_batches, min_samples)
 
@@ -149,6 +155,31 @@ def _load_member(p: Path, data, key: str) -> np.ndarray:
     except Exception as exc:
         raise CollapseError(f"{p}: array {key!r} cannot be read ({_why(exc)}); save numeric arrays with "
                             "numpy.savez") from None
+
+
+def duplicate_members(p, npz) -> None:
+    """Refuse an .npz (numpy.lib.npyio.NpzFile) holding two members of one array name: a zip allows it (written
+    with zipfile, or by appending), and numpy silently reads one of them."""
+    seen: set = set()
+    for member in npz.zip.namelist():
+        key = member[:-4] if member.endswith(".npy") else member
+        if key in seen:
+            raise CollapseError(f"{p}: the archive holds two arrays named {key!r} (member {member!r} twice), and "
+                                "numpy would read only one of them; write it again with numpy.savez, one array per name")
+        seen.add(key)
+
+
+def unused_arrays(src: str, arrays, names: list, what: str = "array(s)", suffix: str = "") -> None:
+    """Refuse arrays that name no model input, as onnxruntime refuses a feed of an unknown name and
+    torch's load_state_dict unexpected keys: a misspelt or stale name would otherwise go unused unseen.
+    `labels`, the --eval format's class array, is allowed: one labelled file serves --calib and --eval."""
+    from .evaluation import LABELS
+
+    extra = sorted((k for k in arrays if k not in names and k != LABELS), key=str)
+    if extra:
+        shown = ", ".join(repr(f"{k}{suffix}") for k in extra[:5]) + (" ..." if len(extra) > 5 else "")
+        raise CollapseError(f"{src}: {what} {shown} name no model input (the model's inputs: {names}); rename "
+                            f"them after an input or remove them")
 
 
 def not_numpy_archive(p) -> str | None:
@@ -178,6 +209,7 @@ def _iter_arrays(src: str, arrays: dict, model, batch_size, max_batches, min_sam
     if missing:
         raise CollapseError(f"{src}: no array named {', '.join(map(repr, missing))}; "
                             f"arrays present: {sorted(arrays)}; name them after the model inputs")
+    unused_arrays(src, arrays, [n for n, _, _ in inputs])
     checked = {n: _check_array(src, n, np.asarray(arrays[n]) if not isinstance(arrays[n], np.memmap) else arrays[n],
                                dims, dt) for n, dims, dt in inputs}
     # a scalar (rank-0) input has no sample axis: its one value goes with every batch (an If's condition)

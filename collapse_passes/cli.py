@@ -267,7 +267,7 @@ def build_plan(args, source=None) -> OutputPlan:
     if getattr(args, "target", None):
         plan.add_output("export", "--export", getattr(args, "export", None), kind="dir")
         tune = getattr(args, "tune_dir", None)
-        if tune:
+        if tune is not None:   # "" is an empty path, refused as --export "" is (it meant the default folder)
             plan.add_output("tune", "--tune-dir", tune, kind="tree")
         else:  # cli_hook.default_tune_dir: <output or model stem>.tvm/<target>/
             base = args.output or args.model

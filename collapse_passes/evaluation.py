@@ -29,7 +29,7 @@ def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray
         if not p.is_file():
             raise CollapseError(f"{src}: " + ("a folder" if p.is_dir() else "evaluation data not found")
                                 + f"; give an .npz with the model inputs and a '{LABELS}' array")
-        from .calib import not_numpy_archive
+        from .calib import duplicate_members, not_numpy_archive
 
         why = not_numpy_archive(p)
         if why:
@@ -39,6 +39,7 @@ def load_eval_data(data, model: onnx.ModelProto) -> tuple[list[dict], np.ndarray
             if isinstance(npz, np.ndarray):   # a .npy: one array, no labels ("'ndarray' has no attribute 'files'")
                 raise CollapseError(f"{src}: a .npy file holds one array and no '{LABELS}'; save the inputs and "
                                     f"labels together: numpy.savez(path, <input name>=x, {LABELS}=y)")
+            duplicate_members(p, npz)
             arrays = {k: npz[k] for k in npz.files}
         except CollapseError:
             raise

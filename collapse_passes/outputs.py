@@ -542,7 +542,7 @@ def _show(p) -> str:
 def check_path_form(flag: str, p: str | os.PathLike) -> None:
     s = os.fspath(p)
     if not s:
-        raise CollapseError(f"{flag}: empty path")
+        raise CollapseError(f"{flag}: empty path; give a path")
     if "\x00" in s:
         raise CollapseError(f"{flag}: the path contains a NUL byte; give a plain file name")
     for part in Path(s).parts:

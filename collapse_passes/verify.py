@@ -20,7 +20,7 @@ from .errors import CollapseError
 
 # sessions, random feeds, the comparison rule: one runtime module for every front end and benchmark
 from .core.runtime import Comparison, compare, input_specs, nonfinite_request, ort_message, random_inputs, session  # noqa: F401
-from .core.runtime import nothing_compared
+from .core.runtime import empty_check_input, nothing_compared
 from .core.runtime import release_free_memory
 from .core.runtime import run as _runtime_run
 
@@ -203,6 +203,12 @@ def verify(original: onnx.ModelProto, requested: onnx.ModelProto, result: onnx.M
     for what, v in (("rtol", rtol), ("atol", atol)):
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise CollapseError(f"{what} must be a finite number >= 0, got {v}")
+    empty = empty_check_input(feeds)
+    if empty:   # every output empty too: "max abs 0" over zero elements, a check never made
+        raise CollapseError(f"check input {empty[0]!r} has shape {empty[1]}, no elements, so a check on it compares "
+                            f"nothing; give it at least 1 in every dim (--input-shape {empty[0]}:D0,D1,... for a "
+                            "dynamic dim, --calib arrays with elements; a dim the model fixes at 0 needs a re-export "
+                            "with it dynamic)")
     from .onnx.value_numbering import opsets, plan_runs
 
     models = [original]

@@ -63,7 +63,7 @@ def _check_outputs(args) -> None:
     if args.collapsed:
         plan.add_model_input(args.collapsed)
     plan.add_output("export", "--export", args.export, kind="dir")
-    if args.tune_dir:
+    if args.tune_dir is not None:   # "" is an empty path, refused as --export "" is (it meant the default folder)
         plan.add_output("tune", "--tune-dir", args.tune_dir, kind="tree")
     else:   # cli_hook.default_tune_dir: <output stem>.tvm/<target>/
         plan.add_output("tune", "the default tuning dir", os.path.splitext(args.output)[0] + ".tvm", kind="tree")

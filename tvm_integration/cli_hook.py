@@ -463,6 +463,56 @@ def _note_unreplayable(ex, which: str, notes: list[str]) -> None:
                      + (" ..." if len(names) > 4 else ""))
 
 
+#: what the docs measured for a tuning budget (docs/tvm.md "Measured latency", runs E, F, H, I, L, M), said with the
+#: slowdown notes: before 2026-11-29 they claimed "512 trials tuned a MobileNetV2 in about 20 minutes", which no
+#: run measured
+TUNING_BUDGET_FACT = ("docs/tvm.md: 512 trials, about 30 per kernel, brought the 17 kernels of a CIFAR MobileNetV2 to "
+                      "0.83-1.07x onnxruntime in 4-8.5 minutes of tuning on 2 cores; the input model is tuned with the "
+                      "same budget after it")
+
+
+def _slowdown_notes(latency: Mapping[str, float | None], tune_report: Mapping[str, Any] | None, trials: int,
+                    seconds: Mapping[str, float], export: bool = False) -> list[str]:
+    """What the user must hear when TVM (its best build of the collapsed model) is far slower than onnxruntime:
+    how far, why, and what a budget that helps costs (TUNING_BUDGET_FACT); and, without --export (whose own note
+    says it, _library_to_export), a tuned build slower than the untuned one: 2 trials gave a 4 -> 4 1x1 conv a
+    9.7 ms schedule, the tuned model ran 23.5 ms against 0.009 ms untuned, and no note said so."""
+    notes = []
+    tuned, untuned = latency.get("tvm_tuned"), latency.get("tvm_untuned")
+    if not export and tuned is not None and untuned is not None and tuned > untuned:
+        notes.append(f"the tuned build measured slower than the untuned one ({tuned:.3f} ms vs {untuned:.3f} ms): "
+                     "too few trials leave kernels with schedules worse than TVM's defaults; raise --tune-trials")
+    slow = _untuned_slowdown(latency)
+    if slow is not None:
+        return notes + [f"untuned TVM is {slow:.0f}x slower than onnxruntime here: without tuning TVM compiles loop "
+                        f"nests with default schedules; --tune-trials N tunes its kernels ({TUNING_BUDGET_FACT})"]
+    slow = _tuned_slowdown(latency)
+    if slow is None or tune_report is None:
+        return notes
+    if trials:
+        tunable = [t for t in tune_report.get("tasks", []) if not t.get("skipped")]
+        untried = sum(1 for t in tunable if t.get("best_us") is None)
+        done = (f"{trials} trial(s) over {len(tunable)} tunable kernel(s)"
+                + (f", {untried} of them without a measured schedule" if untried else "")
+                + f", {seconds.get('tune', 0) + seconds.get('tune_original', 0):.0f} s of tuning")
+    else:
+        done = "built from the records already in --tune-dir (--tune-trials 0 tunes nothing)"
+    return notes + [f"tuned TVM is still {slow:.0f}x slower than onnxruntime here ({done}); MetaSchedule needs tens "
+                    f"of trials per kernel ({TUNING_BUDGET_FACT}); raise --tune-trials (a rerun with the same "
+                    "--tune-dir keeps these records)"]
+
+
+def _tuned_slowdown(latency: Mapping[str, float | None]) -> float | None:
+    """How many times slower than onnxruntime the best TVM build ran when a tuned one was timed and even the best
+    is slower: 32 trials over MobileNetV3-small's 49 kernels (25 minutes at load 7) left tuned TVM 25x and untuned
+    12x behind onnxruntime, and the run said only "raise --tune-trials", not how far off TVM was."""
+    ort, tuned, untuned = latency.get("onnxruntime"), latency.get("tvm_tuned"), latency.get("tvm_untuned")
+    if tuned is None or not ort:
+        return None
+    best = min(v for v in (tuned, untuned) if v is not None)
+    return best / ort if best > 1.5 * ort else None
+
+
 def _untuned_slowdown(latency: Mapping[str, float | None]) -> float | None:
     """How many times slower than onnxruntime the untuned build ran, when nothing tuned was timed and it
     is slower: a user who ran --target without --tune-trials should learn that tuning is the way to speed."""
@@ -516,9 +566,19 @@ def run_from_args(
     from .tuning import check_tracker, tune_with_report
 
     t_all = time.perf_counter()
+    from collapse_passes.cli import MAX_CHECK   # the core CLI's bound (validate_args): one limit for both CLIs
+
     given = getattr(args, "tvm_repeat", None)
-    if given is not None and int(given) < 1:   # 0 ran as the default, -3 as 1 (python -m tvm_integration)
-        raise TVMError(f"--tvm-repeat must be >= 1, got {given}")
+    # 0 ran as the default, -3 as 1, and 10**8 timed for hours (python -m tvm_integration)
+    if given is not None and not 1 <= int(given) <= MAX_CHECK:
+        raise TVMError(f"--tvm-repeat must be in [1, {MAX_CHECK}], got {given}")
+    from collapse_passes.core.runtime import empty_check_input
+
+    empty = empty_check_input([inputs])
+    if empty:   # a model fixed at [0, C]: TVM and onnxruntime "agreed" on zero elements (max abs 0)
+        raise TVMError(f"check input {empty[0]!r} has shape {empty[1]}, no elements, so TVM's output check compares "
+                       f"nothing; give it at least 1 in every dim (--input-shape {empty[0]}:D0,D1,... for a dynamic "
+                       "dim; a dim the model fixes at 0 needs a re-export with it dynamic)")
     repeat = max(1, int(given or DEFAULT_REPEAT))
     budget = None if given else TIMING_BUDGET_S   # the user's own --tvm-repeat is kept, however slow a call
     trials = int(getattr(args, "tune_trials", 0) or 0)
@@ -584,7 +644,10 @@ def run_from_args(
         latency["original"]["tvm_untuned"] = timed(ex_orig, "original", "untuned")
         latency["collapsed"]["tvm_untuned"] = timed(ex_coll, "collapsed", "untuned")
     else:
-        notes.append(f"target {info.name} does not run on this host: TVM latencies not measured here")
+        # nothing of TVM ran here: "verified" would be read into an export that no check ever saw
+        notes.append(f"target {info.name} does not run on this host: TVM's output was not checked against "
+                     "onnxruntime and its latencies not measured here; run the library on the device and compare it "
+                     "with the collapsed ONNX model")
 
     stage_done()
     # 4. Tuning (also picks up an existing database when trials == 0).
@@ -654,11 +717,7 @@ def run_from_args(
                     latency["original"]["tvm_tuned"] = timed(ex_tuned_orig, "original", "tuned")
 
     stage_done()
-    slow = _untuned_slowdown(latency["collapsed"])
-    if slow is not None:
-        notes.append(f"untuned TVM is {slow:.0f}x slower than onnxruntime here: without tuning TVM compiles "
-                     "loop nests with default schedules; --tune-trials N tunes its kernels (docs/tvm.md: 512 trials "
-                     "tuned a MobileNetV2 in about 20 minutes on 2 cores)")
+    notes.extend(_slowdown_notes(latency["collapsed"], tune_report, trials, seconds, export=bool(export_dir)))
     if shortened:
         notes.append(f"TVM timed with fewer than {repeat} repeats where one call is slow: {'; '.join(shortened)}")
     notes.extend(_float64_pass_notes(verification))

@@ -257,11 +257,32 @@ def _arch_of_llvm_target(target) -> str:
     return head
 
 
+def _check_buildable(target) -> None:
+    """UnknownTargetError for a target kind this TVM cannot compile to: no code generator in the wheel
+    (``{"kind": "vulkan"}``: "Cannot find global function target.build.vulkan") or no Relax pipeline
+    (``{"kind": "c"}``, ``ext_dev``). Both failed only at the build, after the collapse had run and written its
+    model; the target is refused here, before any work, like an unknown name."""
+    import tvm
+
+    from .compile import _backend_pipeline_module
+
+    kind = target.kind.name
+    if tvm.get_global_func(f"target.build.{kind}", allow_missing=True) is None:
+        raise UnknownTargetError(f"this TVM ({tvm.__version__}) has no code generator for target kind {kind!r} (it "
+                                 f"was built without it); use cpu, cuda, aarch64 or another kind it has")
+    try:
+        _backend_pipeline_module(target)
+    except TVMError as e:
+        raise UnknownTargetError(f"{e}, so it cannot compile a model for it; use cpu, cuda, aarch64 or a GPU "
+                                 "kind (opencl, rocm, metal, webgpu)") from None
+
+
 def _info_for(target, name: str) -> TargetInfo:
     """Build a TargetInfo from an already created tvm Target."""
     import tvm
 
     kind = target.kind.name
+    _check_buildable(target)
     target_json = json.loads(str(target))
     num_cores = target.attrs.get("num-cores", None)
     num_cores = int(num_cores) if num_cores is not None else None
@@ -320,6 +341,10 @@ def _info_for(target, name: str) -> TargetInfo:
     )
 
 
+_JSON_WAY_OUT = ("give a JSON object in shell quotes, such as '{\"kind\": \"llvm\", \"num-cores\": 4}', or a name "
+                 "such as cpu")
+
+
 def _valid_names_message() -> str:
     return (
         "valid names: "
@@ -351,9 +376,9 @@ def resolve_target(spec: str | dict, cuda_arch: str | None = None):
         try:
             d = json.loads(s)
         except json.JSONDecodeError as e:
-            raise UnknownTargetError(f"--target looks like JSON but does not parse: {e}") from None
+            raise UnknownTargetError(f"--target looks like JSON but does not parse ({e}); {_JSON_WAY_OUT}") from None
         if not isinstance(d, dict):
-            raise UnknownTargetError("--target JSON must be an object")
+            raise UnknownTargetError(f"--target JSON must be an object; {_JSON_WAY_OUT}")
         return _from_dict(d, "json", cuda_arch)
 
     low = s.lower()

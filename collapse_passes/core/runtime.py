@@ -349,7 +349,9 @@ def random_inputs(model_or_session, count: int = 1, seed: int = 0, shapes: dict 
     for _ in range(count):
         feed = {}
         for name, shape, dt in specs:
-            dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
+            # a dim the model fixes at 0 stays 0 (not 1, which onnxruntime refused as "Expected: 0": the message
+            # blamed the user's data); the gate refuses such inputs by name (empty_check_input)
+            dims = [d if isinstance(d, int) and d >= 0 else 1 for d in shape]
             if np.issubdtype(dt, np.floating):
                 x = rng.standard_normal(dims) if dist == "normal" else 1.0 - rng.random(dims)
                 feed[name] = x.astype(dt)
@@ -721,6 +723,30 @@ def nonfinite_request(orig_outs, req_outs, names, samples: int, inputs_desc: str
                       f"{_float_name(req_outs)}), so there is nothing to verify against; collapse fewer activations"
                       + ("; the calibration data itself stays finite: --check 0 (check=0) verifies on it alone"
                          if 0 < data_feeds < min(feeds_bad) else ""))
+
+
+def empty_check_input(feeds) -> tuple[str, tuple] | None:
+    """(name, shape) of the first check input with a 0-sized dim, else None. Feeds are dicts (ONNX: input name ->
+    array) or tuples (torch: example_inputs, nested lists / dicts walked, named `example_inputs[i]...`). On such
+    an input every output of a batch-wise model is empty too: the gate compared zero elements and said "max abs 0",
+    a check it did not make; the front ends refuse it by name before any comparison."""
+    def leaves(name, v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                yield from leaves(f"{name}[{k!r}]", x)
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                yield from leaves(f"{name}[{i}]", x)
+        elif hasattr(v, "shape") and hasattr(v, "dtype"):
+            yield name, tuple(int(d) for d in v.shape)
+
+    for feed in feeds:
+        items = feed.items() if isinstance(feed, dict) else ((f"example_inputs[{i}]", x) for i, x in enumerate(feed))
+        for top, value in items:
+            for name, shape in leaves(top, value):
+                if 0 in shape:
+                    return name, shape
+    return None
 
 
 def nothing_compared(ref_outs, samples: int, way_out: str) -> Comparison | None:

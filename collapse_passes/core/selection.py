@@ -175,6 +175,30 @@ def _unique_keys(pairs, src: str) -> dict:
     return out
 
 
+#: the fields of a scores file besides "scores" (--save-scores, ScoreResult.as_dict; docs/scores.md): what each must
+#: hold, and its test; null reads as absent, other fields are left alone (a newer writer's)
+SCORE_KINDS = ("activation", "block")
+_FIELDS = {
+    "method": ("a string (the method's name)", lambda v: isinstance(v, str)),
+    "variant": ("a string", lambda v: isinstance(v, str)),
+    "kind": (f"one of {list(SCORE_KINDS)}", lambda v: isinstance(v, str) and v in SCORE_KINDS),
+    "details": ("an object of per-key objects", lambda v: isinstance(v, dict) and all(isinstance(d, dict)
+                                                                                      for d in v.values())),
+    "notes": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
+}
+
+
+def _check_fields(data: dict, src: str) -> None:
+    """A known field of the wrong type or value is refused: `"kind": 5` (or "blocks") was read as activation
+    scores, and `"details": []` as a file without per-channel statistics, silently."""
+    for field, (want, ok) in _FIELDS.items():
+        v = data.get(field)
+        if v is not None and not ok(v):
+            shown = repr(v) if len(repr(v)) < 40 else f"a {type(v).__name__}"
+            raise CollapseError(f'{src}: "{field}" is {shown}, expected {want}; fix the field or remove it '
+                                "(--save-scores writes the format, docs/scores.md)")
+
+
 def read_scores(scores) -> dict[str, float]:
     """Accept {"scores": {...}}, a plain {key: score} dict, or a path to a JSON file."""
     src = "scores"
@@ -195,8 +219,11 @@ def read_scores(scores) -> dict[str, float]:
                                 'expected {"scores": {"<key>": <float>}}') from None
         if not isinstance(data, dict) or "scores" not in data:
             raise CollapseError(f'{src}: no "scores" object; expected {{"scores": {{"<key>": <float>}}}}')
+        _check_fields(data, src)
         data = data["scores"]
     elif isinstance(scores, dict):
+        if "scores" in scores and isinstance(scores["scores"], dict):
+            _check_fields(scores, src)
         data = scores["scores"] if "scores" in scores and isinstance(scores["scores"], dict) else scores
     else:
         raise CollapseError(f"scores must be a dict or a JSON path, got {type(scores).__name__}")
@@ -230,6 +257,8 @@ def block_scores_given(scores) -> dict[str, float] | None:
             return None   # read_scores says what is wrong with it
     if not isinstance(data, dict):
         return None
+    if isinstance(data.get("scores"), dict):   # a "kind" of the wrong type read as activation scores
+        _check_fields(data, str(scores) if isinstance(scores, (str, os.PathLike)) else "scores")
     kind = data.get("kind") or ("block" if str(data.get("method", "")).lower() == "lacoot" else None)
     return read_scores(scores) if kind == "block" else None
 

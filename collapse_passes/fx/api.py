@@ -30,10 +30,10 @@ from .frames import guard_identity, scope_dynamo_graph
 from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, copy_sharing_weights, count_ops,
                     module_op_count,
                     count_params, find_activations, is_collapsible, keep_module_state, key_index, linear_op, own_weights,
-                    propagate_shapes, shape_of, state_error, state_writes, training_batchnorms)
+                    propagate_shapes, shape_of, shape_runs_scope, state_error, state_writes, training_batchnorms)
 from .graph import _FREE as _FREE_CALLS, batchnorm_op, submodule
 from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, HoistGlobalPool, LinearizeActivations,
-                     MergeLinearChains, RemoveResidualBlocks)
+                     MergeLinearChains, PropagateBiasMaps, RemoveResidualBlocks)
 
 MAX_STEPS = 20
 
@@ -646,7 +646,8 @@ def run_passes(gm: fx.GraphModule, chosen_names, cfg: CollapseConfig, record: Fx
         loop += [AbsorbResidual(record, merge_allowed),
                  HoistGlobalPool(record, None, cm, cfg.allow_border_approx, allowed=merge_allowed),
                  MergeLinearChains(cm, cfg.allow_border_approx, None, record, any_size=any_size,
-                                   allowed=merge_allowed)]
+                                   allowed=merge_allowed),
+                 PropagateBiasMaps(record, cm)]   # a merged conv's bias map to its region's end, as on ONNX
     loop.append(Cleanup(record))
     res = PassManager(loop, steps=MAX_STEPS)(gm)
     return res.graph_module
@@ -846,6 +847,17 @@ def _check_trace(model, got: list, example_inputs, cfg: CollapseConfig) -> None:
                             f"(max abs {c.max_abs:.3g}{'; ' + c.why if c.why else ''}): its forward branches on "
                             "Python values tracing cannot see (torch.is_tensor, isinstance, shape or data checks); "
                             "pass torch.export.export(model, example_inputs) instead")
+
+
+def _refuse_empty(example_inputs) -> None:
+    """example_inputs with a 0-sized dim: the check's inputs (example_inputs and random ones of their shapes) hold no
+    element, every output is empty, and the gate said "max abs 0" over nothing (core/runtime.empty_check_input)."""
+    from ..core.runtime import empty_check_input
+
+    empty = empty_check_input([example_inputs])
+    if empty:
+        raise CollapseError(f"{empty[0]} has shape {empty[1]}, no elements, so a check on it compares nothing; give "
+                            "example_inputs at least 1 in every dim (a batch of 1)")
 
 
 def _refuse_shared_writes(shared, module, where: str) -> None:
@@ -1141,6 +1153,7 @@ def graph_stats(gm: fx.GraphModule) -> dict:
 # ----------------------------------------------------------------------------------- collapse
 
 
+@shape_runs_scope   # a graph of ours that does not run where the input graph ran is a bug, not the user's inputs
 def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     """The torch half of collapse_passes.collapse (see api.collapse); returns a CollapseResult whose
     .model is of the input's kind (GraphModule for an nn.Module or GraphModule; ExportedProgram)."""
@@ -1151,6 +1164,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     model = unwrap_compiled(model)   # torch.compile(model): keys are the wrapped module's paths
     gm, kind = to_graph_module(model, example_inputs)
     example_inputs = _example_inputs(model, example_inputs, gm)
+    _refuse_empty(example_inputs)
     # our own copies: shape propagation and pruning run the model, which may write into its input
     example_inputs = _cloned(example_inputs)
     if cfg.calib is not None and not cfg.method:
@@ -1438,6 +1452,7 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
     if cfg.channel_regimes:
         raise CollapseError("torch_backend: channel_regimes is implemented for ONNX models only; drop it")
 
+    @shape_runs_scope
     def backend(gm: fx.GraphModule, example_inputs):
         low = _low_precision(list(example_inputs) + list(gm.parameters()) + list(gm.buffers()))
         if low:   # numpy has no bfloat16 (FoldBatchNorm crashed) and float16 fails the float32 gate on rounding

@@ -14,9 +14,11 @@ rule (core/gates.py).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import operator
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,6 +97,24 @@ def _example_dim(d) -> int:
     return int(d)
 
 
+#: within a torch front-end run (shape_runs_scope): [True] once a graph ran on example_inputs (propagate_shapes)
+_SHAPE_RUNS: ContextVar = ContextVar("collapse_passes_shape_runs", default=None)
+
+
+def shape_runs_scope(fn):
+    """Decorates a torch front-end run (collapse_torch, torch_backend's compile): its first propagate_shapes is the
+    input graph's run on example_inputs; once that ran, a graph a pass made that does not run on the same inputs is
+    the tool's failure (a bug report), not "the model does not run on example_inputs", which blamed the user."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        token = _SHAPE_RUNS.set([False])
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _SHAPE_RUNS.reset(token)
+    return run
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True, real: bool = True):
     """Fill node.meta['tensor_meta'] by running the graph once on example_inputs; returns the graph's output
     (collapse() keeps it as that model's first verification run instead of running it again).
@@ -121,16 +141,25 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True, rea
         prop = prop_cls(gm)
     import io
 
+    ran = _SHAPE_RUNS.get()
     try:   # ShapeProp prints the traceback of a failing node to stderr itself: the user gets our one line
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            return prop.propagate(*feeds)
+            out = prop.propagate(*feeds)
     except Exception as exc:   # wrong shapes or dtypes for this model: the user's input, one line
         cause = exc.__cause__ or exc
         why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
         shapes = ", ".join(str(tuple(t.shape)) + ("" if t.dtype == torch.float32 else f" {str(t.dtype)[6:]}")
                            if isinstance(t, torch.Tensor) else type(t).__name__ for t in feeds)
+        if ran and ran[0]:   # the input graph ran on them: a pass broke this one (traceback kept: a bug)
+            from ..errors import BUG_REPORT
+
+            raise RuntimeError(f"a graph collapse_passes rewrote does not run on example_inputs of shape {shapes}, on "
+                               f"which the input model ran ({why}); {BUG_REPORT}") from exc
         raise CollapseError(f"the model does not run on example_inputs of shape {shapes} ({why}); "
                             "pass inputs the model accepts") from None
+    if ran is not None:
+        ran[0] = True
+    return out
 
 
 
@@ -692,23 +721,50 @@ def is_collapsible(site: ActivationSite) -> bool:
 
 class PaddedConv(nn.Module):
     """A conv with asymmetric zero padding and/or a per-position bias map (what an exact merge of
-    padded convs can need): F.pad, then the conv, then + bias_map. Plain torch: exports and compiles."""
+    padded convs can need): F.pad (asymmetric pads only), then the conv, then + bias_map. Plain torch: exports
+    and compiles."""
 
     def __init__(self, p: ConvParams, bias_map: np.ndarray | None = None):
         super().__init__()
-        n = p.ndim
         self.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(p.weight)))
         self.bias = None if p.bias is None else nn.Parameter(torch.from_numpy(np.ascontiguousarray(p.bias)))
         self.stride, self.dilation, self.groups = tuple(p.strides), tuple(p.dilations), int(p.group)
         self.pads = tuple(p.pads)
-        # F.pad wants (last axis begin, last axis end, ..., first axis begin, first axis end)
-        self.pad = tuple(v for a in reversed(range(n)) for v in (p.pads[a], p.pads[n + a]))
         bm = None if bias_map is None else torch.from_numpy(np.ascontiguousarray(bias_map))
         self.register_buffer("bias_map", bm)
-        self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+        self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[p.ndim]
         # a bias map and asymmetric pads hold the borders of the input size the merge was planned at;
         # another size would read other borders (silently wrong), so forward refuses it
-        self.in_spatial: tuple | None = None
+        self.in_spatial = None
+
+    @property
+    def in_spatial(self) -> tuple | None:
+        return self._in_spatial
+
+    @in_spatial.setter
+    def in_spatial(self, size) -> None:
+        self._in_spatial = None if size is None else tuple(int(d) for d in size)
+        self._place_pads()
+
+    def _place_pads(self) -> None:
+        """Pads the conv takes itself (conv_padding: one op, as an ONNX Conv's pads) and those F.pad adds first
+        (pad, in F.pad's order: last axis begin, end, ..., first axis begin, end). Symmetric pads go to the conv;
+        so does a begin pad larger than the end pad where the size is fixed (in_spatial) and padding the end as
+        much changes no output size: the stride stops before the extra end pixels, which are never read (a
+        stride-2 merge's (1, 0) pads)."""
+        n = len(self.pads) // 2
+        begin, end = self.pads[:n], self.pads[n:]
+        sym = begin == end
+        if not sym and self._in_spatial is not None:
+            k = self.weight.shape[2:]
+
+            def out(size, b, e, a):
+                return (size + b + e - self.dilation[a] * (k[a] - 1) - 1) // self.stride[a] + 1
+
+            sym = all(e <= b and out(s, b, b, a) == out(s, b, e, a)
+                      for a, (s, b, e) in enumerate(zip(self._in_spatial, begin, end)))
+        self.conv_padding = tuple(begin) if sym else (0,) * n
+        self.pad = (0,) * (2 * n) if sym else tuple(v for a in reversed(range(n)) for v in (begin[a], end[a]))
 
     def conv_params(self) -> ConvParams:
         return ConvParams(to_numpy(self.weight), to_numpy(self.bias), self.stride, self.pads, self.dilation,
@@ -721,7 +777,8 @@ class PaddedConv(nn.Module):
                              "run collapse() again with example_inputs of the size you run the model at")
         if any(self.pad):
             x = F.pad(x, self.pad)
-        y = self._conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        y = self._conv(x, self.weight, self.bias, self.stride, getattr(self, "conv_padding", 0), self.dilation,
+                       self.groups)
         if self.bias_map is not None:
             y = y + self.bias_map
         return y
@@ -779,16 +836,18 @@ def insert_linear(gm: fx.GraphModule, before: fx.Node, x: fx.Node, kind: str, pa
     `sources`: the nodes whose weights the new op is computed from; where none of their parameters requires grad
     (a frozen backbone), neither do the new op's (they were trainable: a folded frozen conv + BN trained)."""
     name = _fresh_name(gm, hint)
-    mod = make_module(kind, params, bias_map, size_guard)
-    read = _parameters_read(gm, sources)
-    if read and not any(t.requires_grad for t in read):
-        mod.requires_grad_(False)
     # the size guard: a bias map or a strided merge holds the borders of the planned size; asymmetric pads alone
     # (F.pad folded into the conv, padding="same" with an even kernel, a stride-1 merge of them) hold at any size,
-    # as the conv they came from did; a guard on a source (a merged conv a BatchNorm then folds into) is kept
+    # as the conv they came from did; a guard on a source (a merged conv a BatchNorm then folds into, a conv whose
+    # bias map fx/passes/propagate_bias_maps carried on, absorbing its residual) is kept: before 2026-11-29 the
+    # absorb wrote a plain nn.Conv2d there, and the result ran silently wrong at other sizes
     guarded = size_guard or bias_map is not None or any(
         isinstance(m, PaddedConv) and m.in_spatial is not None
         for m in (gm.get_submodule(str(n.target)) for n in sources if n.op == "call_module"))
+    mod = make_module(kind, params, bias_map, guarded)
+    read = _parameters_read(gm, sources)
+    if read and not any(t.requires_grad for t in read):
+        mod.requires_grad_(False)
     if isinstance(mod, PaddedConv) and guarded:
         shape = shape_of(x)
         mod.in_spatial = tuple(int(d) for d in shape[2:]) if shape is not None else None
