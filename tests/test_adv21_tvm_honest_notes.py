@@ -20,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tvm_integration import cli_hook
+from test_adv4_tvm_handoff import _tiny_conv   # a 3x3 conv + ReLU, 1x3x8x8
 
 
 def _report(untried: int, tasks: int = 49):
@@ -69,14 +70,6 @@ def test_the_budget_named_is_what_the_docs_measured():
         assert row in docs, row   # the runs the note's numbers come from are still documented
 
 
-def _tiny(path):
-    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
-    g = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
-                           helper.make_node("Relu", ["c"], ["y"], name="r")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
-                          [numpy_helper.from_array(w, "W")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
 @pytest.mark.tvm
@@ -87,7 +80,7 @@ def test_an_export_for_a_target_that_cannot_run_here_says_its_output_was_not_che
 
     if resolve_target({"kind": "cuda", "arch": "sm_80"})[1].runs_on_host:
         pytest.skip("a GPU is visible: the CUDA build is checked here")
-    _tiny(tmp_path / "m.onnx")
+    _tiny_conv(tmp_path / "m.onnx")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLLAPSE_PASSES_TVM_DB", str(tmp_path / "db"))
     rc = main(["m.onnx", "--collapse", "r", "-o", "o.onnx", "--target", "cuda", "--cuda-arch", "sm_80",

@@ -12,19 +12,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_adv4_tvm_handoff import _tiny_conv   # a 3x3 conv + ReLU, 1x3x8x8
 
 pytestmark = pytest.mark.tvm
 pytest.importorskip("tvm")
 
 
-def _tiny(path):
-    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
-    g = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
-                           helper.make_node("Relu", ["c"], ["y"], name="r")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
-                          [numpy_helper.from_array(w, "W")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
 def _lacks_codegen(kind: str) -> bool:
@@ -43,7 +36,7 @@ def test_a_kind_tvm_cannot_build_is_refused_before_the_collapse(tmp_path, monkey
     from collapse_passes import api
     from collapse_passes.cli import main
 
-    _tiny(tmp_path / "m.onnx")
+    _tiny_conv(tmp_path / "m.onnx")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(api, "collapse", lambda *a, **k: pytest.fail("the collapse ran before the target was checked"))
     rc = main(["m.onnx", "--collapse", "r", "-o", "o.onnx", "--target", spec, "--export", "lib"])

@@ -115,6 +115,19 @@ def subgraphs(node: onnx.NodeProto) -> list:
     return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)]
 
 
+def every_node(model: onnx.ModelProto):
+    """Every node of `model`: the graph's, its If / Loop / Scan bodies' (at any depth), the local functions'."""
+    def walk(nodes):
+        for n in nodes:
+            yield n
+            for g in subgraphs(n):
+                yield from walk(g.node)
+
+    yield from walk(model.graph.node)
+    for f in model.functions:
+        yield from walk(f.node)
+
+
 #: ops that make or read ONNX optional values
 OPTIONAL_OPS = {"Optional", "OptionalGetElement", "OptionalHasElement"}
 
@@ -126,33 +139,15 @@ def optional_values(model: onnx.ModelProto) -> list[str]:
     found = [f"{v.name} (graph {kind})" for kind, vs in (("input", model.graph.input), ("output", model.graph.output))
              for v in vs if v.type.WhichOneof("value") == "optional_type"]
 
-    def walk(nodes):
-        for n in nodes:
-            if n.op_type in OPTIONAL_OPS and n.domain in ("", "ai.onnx"):
-                found.append(f"{n.name or n.output[0]} ({n.op_type})")
-            for g in subgraphs(n):
-                walk(g.node)
-    walk(model.graph.node)
-    for f in model.functions:
-        walk(f.node)
+    found += [f"{n.name or n.output[0]} ({n.op_type})" for n in every_node(model)
+              if n.op_type in OPTIONAL_OPS and n.domain in ("", "ai.onnx")]
     return found
 
 
 def _sparse_constants(model: onnx.ModelProto) -> list:
     """Every Constant(sparse_value=...) node: the graph's, its subgraphs', the local functions'."""
-    found = []
-
-    def walk(nodes):
-        for n in nodes:
-            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "sparse_value":
-                found.append(n)
-            for g in subgraphs(n):
-                walk(g.node)
-
-    walk(model.graph.node)
-    for f in model.functions:
-        walk(f.node)
-    return found
+    return [n for n in every_node(model)
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "sparse_value"]
 
 
 def _needs_normalizing(model: onnx.ModelProto) -> bool:
