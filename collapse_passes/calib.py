@@ -78,6 +78,7 @@ def _fmt(dims) -> str:
 def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None,
                      max_batches: int | None = None, min_samples: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Yield feeds (input name -> batch). The batch is the model's static batch size when it has one."""
+    _refuse_input_fixed_at_zero(model)
     if isinstance(path, np.ndarray):   # one array: the samples of a single-input model
         names = [n for n, _, _ in model_inputs(model)]
         if len(names) != 1:
@@ -136,6 +137,16 @@ def iter_calibration(path, model: onnx.ModelProto, batch_size: int | None = None
         duplicate_members(p, data)
         arrays = {k: _load_member(p, data, k) for k in data.files}
     yield from _iter_arrays(str(p), arrays, model, batch_size, max_batches, min_samples)
+
+
+def _refuse_input_fixed_at_zero(model: onnx.ModelProto) -> None:
+    """A model input with a dim fixed at 0 takes no sample with elements: the scores failed in onnxruntime ("Expected:
+    0") or on a batch of 0, before the gate's one line on such inputs (verify: empty_check_input); the same line."""
+    for name, dims, _ in model_inputs(model):
+        if 0 in dims:
+            raise CollapseError(f"model input {name!r} has shape {_fmt(dims)}, no elements, so nothing fed to it can "
+                                f"be scored or checked (dim {dims.index(0)} is fixed at 0); a dim the model fixes at 0 "
+                                "needs a re-export with it dynamic")
 
 
 def _load_npy(f: Path, mmap_mode=None) -> np.ndarray:

@@ -135,7 +135,9 @@ def input_model_warnings(model: onnx.ModelProto, outs, names, feeds: list[dict],
     weights with fresh BatchNorm statistics shrink the signal to ~1e-8 through a MobileNet, and any result
     then passes). Said as warnings with the numbers, so they are not read as a failure of the collapse."""
     warns = nonfinite_output_warnings(outs, names)
-    float_idx = [i for i in range(len(names)) if all(np.asarray(o[i]).dtype.kind == "f" for o in outs)]
+    # outputs with elements: empty ones read as "identical ... max |output| nan" (the gate says so: nothing_compared)
+    float_idx = [i for i in range(len(names)) if all(np.asarray(o[i]).dtype.kind == "f" for o in outs)
+                 and any(np.size(o[i]) for o in outs)]
     if not float_idx:
         return warns
     probe_outs = list(outs)

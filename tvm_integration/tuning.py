@@ -62,6 +62,11 @@ MIN_TRIALS_PER_ROUND = 16
 # Evolutionary-search population (TVM's default is 512): its cost is paid every
 # round, its benefit shrinks with the small budgets that fit in minutes.
 MAX_POPULATION = 128
+# The fixed cost of one round measured on busy 2-core hosts (docs/tvm.md; 30-57 s per round for
+# torchvision MobileNetV3-Small at 224, where 32 trials over 49 tasks became 16 rounds of 2 and ran
+# 26 minutes for both models): said before a budget below MIN_TRIALS_PER_ROUND per task starts.
+ROUND_FIXED_S = (17, 57)
+USEFUL_BUDGET = "512 trials, 4-10 min per model on the collapsed CIFAR MobileNetV2 (docs/tvm.md)"
 
 
 # --------------------------------------------------------------------------- shared database
@@ -127,6 +132,24 @@ def plan_trials(trials: int, num_tasks: int, *, num_trials_per_iter: int | None 
     per_iter = num_trials_per_iter or max(floor, min(64, trials // (n * ROUNDS_PER_TASK)))
     cap = max_trials_per_task or min(trials, max(per_iter * ROUNDS_PER_TASK, math.ceil(3 * trials / n)))
     return int(per_iter), int(max(cap, per_iter))
+
+
+def describe_plan(trials: int, num_tasks: int, per_iter: int, per_task: int) -> str:
+    """The plan of :func:`plan_trials` in words, said before tuning starts: rounds, tasks left without a trial,
+    and for a small budget (rounds under ``MIN_TRIALS_PER_ROUND`` trials) what it will cost. A round's fixed
+    search cost is paid whatever its size, so a tiny budget over many tasks buys many rounds of 1-2 trials
+    (minutes each few trials), and the user learns it only from the clock."""
+    n = max(1, int(num_tasks))
+    rounds = math.ceil(max(0, int(trials)) / max(1, int(per_iter)))
+    line = f"{rounds} round(s) of {per_iter} trial(s), at most {per_task} per task"
+    if rounds < n:   # the gradient scheduler's first pass is round-robin, heaviest task first
+        line += f"; the {n - rounds} lightest task(s) get no trial"
+    if per_iter < MIN_TRIALS_PER_ROUND:
+        lo, hi = (rounds * s / 60 for s in ROUND_FIXED_S)
+        line += (f"; a small budget for {n} task(s): each round also costs a fixed {ROUND_FIXED_S[0]}-"
+                 f"{ROUND_FIXED_S[1]} s of search whatever its size (busy 2-core hosts), so these {rounds} round(s) "
+                 f"take about {lo:.0f}-{hi:.0f} min, mostly that; a useful budget: {USEFUL_BUDGET}")
+    return line
 
 
 # --------------------------------------------------------------------------- RPC
@@ -984,9 +1007,9 @@ def _tune_locked(all_tasks, target, target_info, work_dir, report, t_start, say,
         say(
             f"tuning {n} task(s) ({report.tasks_reused} reused from {work_dir}, {shared_n} of them copied from the "
             f"shared database) "
-            f"with {trials} trials ({per_iter} per round, at most {per_task} per task) "
-            f"on {target_info.name}"
+            f"with {trials} trials on {target_info.name}"
             + (f" via RPC {rpc_tracker} key={rpc_key}" if rpc_tracker else "")
+            + f": {describe_plan(trials, n, per_iter, per_task)}"
         )
         foreign_handlers = _configure_logging(progress)
         try:

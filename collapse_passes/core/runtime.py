@@ -752,16 +752,24 @@ def empty_check_input(feeds) -> tuple[str, tuple] | None:
 def nothing_compared(ref_outs, samples: int, way_out: str) -> Comparison | None:
     """A failed Comparison when every floating-point value of the reference outputs (all outputs, all feeds) is
     NaN/Inf: compare() counts matching NaNs as equal, so the gate would have passed a result while comparing
-    nothing (a wrong merge after a Log of random normal inputs passed). None when some value is finite, or no
-    output is floating-point."""
-    total = bad = 0
+    nothing (a wrong merge after a Log of random normal inputs passed). Also when every output holds no element
+    on inputs that do (a model that slices to 0 elements): compare() skipped them all and said "max abs 0" over
+    nothing, as on an empty check input (empty_check_input). None when some value is finite, or no output is
+    floating-point."""
+    total = bad = elements = 0
     for out in ref_outs:
         for v in out:
             v = np.asarray(v)
+            elements += v.size
             if v.dtype.kind != "f" or v.size == 0:
                 continue
             total += v.size
             bad += int(v.size - np.isfinite(v).sum())
+    if ref_outs and not elements:
+        return Comparison(float("inf"), float("inf"), False, samples, "",
+                          f"every output of the requested semantics has no elements on {way_out}, so nothing was "
+                          "compared; a model whose outputs hold no element has nothing to verify: check the slice or "
+                          "shape that empties them")
     if not total or bad < total:
         return None
     return Comparison(float("inf"), float("inf"), False, samples, "",

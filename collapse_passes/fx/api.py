@@ -860,6 +860,20 @@ def _refuse_empty(example_inputs) -> None:
                             "example_inputs at least 1 in every dim (a batch of 1)")
 
 
+def _refuse_empty_call(gm: fx.GraphModule, example_inputs) -> None:
+    """torch_backend's call inputs with a 0-sized dim: the compile-time check ran the graph on them and compared
+    zero elements ("verified", max abs 0), as collapse() did before _refuse_empty."""
+    from ..core.runtime import empty_check_input
+
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    empty = empty_check_input([dict(zip(names, example_inputs))] if len(names) == len(example_inputs)
+                              else [example_inputs])
+    if empty:
+        raise CollapseError(f"torch_backend: the call's input {empty[0]!r} has shape {empty[1]}, no elements, so the "
+                            "compile-time check on it compares nothing; call the compiled model on inputs with at "
+                            "least 1 in every dim, or pass verify=False to compile such calls unverified")
+
+
 def _refuse_shared_writes(shared, module, where: str) -> None:
     """Raise VerificationError when a pass wrote one of the user's weights in place (SharedWeightWrites): the
     gate's reference reads the same tensor, so the comparison could not fail; the user's model was changed."""
@@ -1475,6 +1489,8 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
         # example value (a recompile per input shape, and after torch's recompile limit the model runs eagerly,
         # uncollapsed). Their example values run it here; the compiler still gets the symbols.
         concrete = [_size_hint(t) for t in example_inputs]
+        if verify:
+            _refuse_empty_call(gm, concrete)
         any_size = _dynamic_spatial(gm)
         from torch._subclasses.fake_tensor import FakeTensor
 
@@ -1505,7 +1521,7 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
             notes.append("dynamic spatial size: only merges exact at every input size were planned")
         check = fallback = fold_fallback = None
         if requested is not None:
-            from ..core.runtime import compare, nonfinite_request
+            from ..core.runtime import compare, nonfinite_request, nothing_compared
             from ..verify import nonfinite_output_warnings
 
             feeds = [tuple(concrete)]
@@ -1515,7 +1531,8 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
             warnings.extend(nonfinite_output_warnings(orig, outs))
             # as collapse(): a request that overflows to NaN/Inf where the input graph is finite verifies nothing
             # (matching NaNs compare equal): it fails, where the backend compiled it as verified (max abs 0)
-            overflow = nonfinite_request(orig, want, outs, 1)
+            # and one whose outputs hold no element (or only NaN/Inf) compares nothing either (as collapse())
+            overflow = nonfinite_request(orig, want, outs, 1) or nothing_compared(want, 1, "the call's inputs")
 
             ran = {}   # id(graph) -> its outputs on feeds: the float64 second look reuses them
 
@@ -1556,6 +1573,8 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
             why = (f"torch_backend: the collapsed graph differs from the requested semantics (max abs "
                    f"{check.max_abs:.3g}, max rel {check.max_rel:.3g}, rtol {cfg.rtol}, atol {cfg.atol})"
                    + (f": {check.why}" if check.why else ""))
+            if check is overflow:   # nothing compared (NaN/Inf, no elements): no difference to speak of
+                why = f"torch_backend: verification failed: {check.why}"
             if not cfg.force:
                 raise VerificationError(why)
             # force=True, as collapse(force=True): the result anyway, its failed check in the report and a warning
