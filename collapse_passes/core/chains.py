@@ -39,7 +39,7 @@ def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: 
     spatial size is dynamic (spatials are one instance of it), so a merge that holds at that size only
     (a per-position bias map, strides, asymmetric pads: size_bound) is refused too. values=False: priced only,
     nothing composed (`merged` then holds the shape-only candidates: plan_cost reads them alike)."""
-    merged, refused = {}, {}
+    merged, refused = {}, {}   # what the algebra (and any_size) allow, the joins aside
 
     def get(i, j):
         if (i, j) in merged or (i, j) in refused:
@@ -47,9 +47,6 @@ def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: 
         if j - i == 1:
             merged[(i, j)] = conv_alg.MergedConv(params[i], None, True, "single conv")
             return merged[(i, j)]
-        if joins_ok is not None and not all(joins_ok[i:j - 1]):
-            refused[(i, j)] = REFUSED_JOIN
-            return None
         if (i + 1, j) in refused:   # a refused inner pair refuses every segment that contains it
             refused[(i, j)] = refused[(i + 1, j)]
             return None
@@ -77,17 +74,38 @@ def plan_conv_chain(params, spatials, outs, cm: CostModel, allow_border_approx: 
         merged[(i, j)] = m
         return m
 
-    def cost(i, j):
+    def free_cost(i, j):
         m = get(i, j)
         return None if m is None else segment_cost(m, spatials[i], outs[j - 1], cm)
 
+    def join_refused(i, j):
+        return joins_ok is not None and j - i > 1 and not all(joins_ok[i:j - 1])
+
+    def cost(i, j):
+        return None if join_refused(i, j) else free_cost(i, j)
+
     segs = plan_segments(len(params), cost, MAX_SEGMENT)
+    if joins_ok is not None and not all(joins_ok):
+        _name_join_refusals(len(params), merged, refused, joins_ok, free_cost)
+    candidates = {k: m for k, m in merged.items() if k not in refused}
     # segments are priced on shapes (extend_chain(values=False)); only the chosen ones are composed
     if not values:
-        return ConvChainPlan(segs, {k: merged[k] for k in segs if k[1] - k[0] > 1}, refused, merged)
+        return ConvChainPlan(segs, {k: merged[k] for k in segs if k[1] - k[0] > 1}, refused, candidates)
     chosen = {(i, j): conv_alg.compose_conv_chain(params[i:j], spatials[i]) for i, j in segs if j - i > 1}
-    merged.update(chosen)
-    return ConvChainPlan(segs, chosen, refused, merged)
+    candidates.update(chosen)
+    return ConvChainPlan(segs, chosen, refused, candidates)
+
+
+def _name_join_refusals(n, merged, refused, joins_ok, free_cost) -> None:
+    """Say REFUSED_JOIN ("failed verification") only for a segment whose refused join the plan without any
+    refused join fuses (a merge the per-merge fallback took away): a join is refused in a fallback trial merely
+    for not being among the kept merges, and a pair the planner never merges (inexact on the border, or exact
+    but costing more) keeps its own reason (EfficientNet-B0's ONNX report said "failed verification" for 17
+    pairs, two of them tried). merged / refused: plan_conv_chain's, the joins aside; refused gains entries."""
+    fused = {k for a, b in plan_segments(n, free_cost, MAX_SEGMENT) for k in range(a, b - 1)}
+    for i, j in list(merged):
+        if j - i > 1 and any(not joins_ok[k] and k in fused for k in range(i, j - 1)):
+            refused[(i, j)] = REFUSED_JOIN
 
 
 def size_bound(m, params) -> bool:
