@@ -173,9 +173,10 @@ def _tiny_onnx(tmp_path):
     return net, path
 
 
-def test_eval_accuracy_matches_torch_and_extra_arrays_int32_labels_pass(tmp_path):
-    """--eval (API eval_data): top-1 equals the torch model's, computed here; int32 labels and an extra
-    array in the data are fine."""
+def test_eval_accuracy_matches_torch_int32_labels_pass_and_extra_arrays_are_named(tmp_path):
+    """--eval (API eval_data): top-1 equals the torch model's, computed here; int32 labels are fine. An array
+    naming no model input was ignored until 2026-11-29; it is refused by name now, as in --calib data (a misspelt
+    input name went unseen: tests/test_adv21_badinput_npz_unused.py)."""
     import onnx
 
     from collapse_passes import collapse
@@ -184,11 +185,13 @@ def test_eval_accuracy_matches_torch_and_extra_arrays_int32_labels_pass(tmp_path
     x, y = X[:40], Y[:40]
     with torch.no_grad():
         want = float((net(x).argmax(1) == y).float().mean())
-    data = {"input": x.numpy(), "labels": y.numpy().astype(np.int32), "extra": np.zeros(3)}
+    data = {"input": x.numpy(), "labels": y.numpy().astype(np.int32)}
     res = collapse(onnx.load(str(path)), collapse=["2"], eval_data=data)
     acc = res.report["accuracy"]
     assert acc["samples"] == 40
     assert acc["original"] == pytest.approx(want)
+    with pytest.raises(CollapseError, match="'extra' name no model input"):
+        collapse(onnx.load(str(path)), collapse=["2"], eval_data={**data, "extra": np.zeros(3)})
 
 
 def test_eval_label_range_error_names_all_labels(tmp_path):

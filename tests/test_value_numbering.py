@@ -84,9 +84,18 @@ def test_partial_runs_give_the_numbers_whole_runs_give(monkeypatch):
     monkeypatch.setattr(vn, "REGION_MAX_FRACTION", 0.0)   # every model runs whole
     whole = _collapse(m).report["verification"]
     assert "partial" not in whole
+    # the changed regions run on the input's boundary values: onnxruntime may run a sub-graph with other kernels
+    # than the whole model (a znver3 host gave 2 and 6 float32 ulps of the ~860 outputs for the same comparison,
+    # where an AVX-512 host gave the same bits), so the numbers agree to a few ulps of the outputs' scale
+    import onnxruntime as ort
+
+    feed = {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    scale = float(np.abs(ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                         .run(None, feed)[0]).max())
+    ulps = 16 * float(np.spacing(np.float32(scale)))
     for k in ("against_requested", "against_original"):
         assert part[k]["passed"] == whole[k]["passed"]
-        assert part[k]["max_abs"] == pytest.approx(whole[k]["max_abs"], rel=1e-5, abs=1e-7)
+        assert part[k]["max_abs"] == pytest.approx(whole[k]["max_abs"], rel=1e-5, abs=ulps)
 
 
 @pytest.mark.parametrize("where", ["conv0", "fc"])
