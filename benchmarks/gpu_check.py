@@ -18,11 +18,14 @@ and max |TVM CUDA - ORT CPU| over the input-dependent scale max |ORT(x1) - ORT(x
 a row that fails says so on stderr and the exit status is 1.
 
 Writes $OUT/gpu_check.json (or --out) after every row and prints one JSON line per measurement.
---max-seconds (default 480) starts no new batch past it (the tuned runs take --trials' time on top).
+The untuned rows of every batch come first, the tuning after them (a run cut off by its device time keeps
+every untuned row; a tuning that fails is recorded in its row). --max-seconds (default 480) starts no new
+batch past it, --tune-until no new tuning; --models c / a picks the collapsed or the dense model.
 Without a visible GPU it prints one line saying so and exits 2, writing nothing; --dry-run builds the
 models and the ORT CPU references and checks the spread, without TVM or a GPU.
 
-    python benchmarks/gpu_check.py [--out DIR] [--batches 1 32] [--trials 256] [--max-seconds 480]
+    python benchmarks/gpu_check.py [--out DIR] [--batches 1 32] [--models c a] [--trials 256]
+                                   [--max-seconds 480] [--tune-until S]
     python benchmarks/gpu_check.py --dry-run --batches 1
 """
 from __future__ import annotations
@@ -95,6 +98,10 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per model (0: no tuning)")
     ap.add_argument("--cuda-arch", default=None, help="e.g. sm_90 (default: from nvidia-smi)")
     ap.add_argument("--max-seconds", type=float, default=480.0, help="start no new batch after this many seconds")
+    ap.add_argument("--models", nargs="+", default=["c", "a"], choices=["c", "a"],
+                    help="c: collapsed by collapse_passes, a: dense + onnxslim")
+    ap.add_argument("--tune-until", type=float, default=1e9,
+                    help="start no new tuning after this many seconds from the start (untuned rows come first)")
     ap.add_argument("--dry-run", action="store_true", help="no GPU, no TVM: the models, ORT CPU references and spread")
     args = ap.parse_args(argv)
     if args.dry_run:
@@ -140,15 +147,15 @@ def main(argv=None) -> int:
         with open(tmp_path, "w") as fh:
             json.dump(result, fh, indent=2, default=str)
         os.replace(tmp_path, os.path.join(out, "gpu_check.json"))
+    pending = []  # (label, batch, mod, feed, ref, scale, row): tuned after every untuned row is in
     with tempfile.TemporaryDirectory() as tmp:
-        work = os.path.join(args.out, "tvm_cuda_db") if args.trials else None
         for b in args.batches:
             if time.perf_counter() - t_start > args.max_seconds:
                 print(f"gpu_check: batch {b} skipped: over --max-seconds {args.max_seconds:g}", file=sys.stderr)
                 continue
             models, _stats, _shape = ml.variants("mobilenet_v2", b, tmp, calibrate=True)
             feed = {"input": np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32)}
-            for label in ("(c) collapse_passes", "(a) dense+onnxslim"):
+            for label in [lb for lb in ("(c) collapse_passes", "(a) dense+onnxslim") if lb[1] in args.models]:
                 model = models[label]
                 mod = tc.import_onnx(model)
                 t0 = time.perf_counter()
@@ -165,25 +172,40 @@ def main(argv=None) -> int:
                        "tvm_cuda_untuned_ms": tc.measure_latency(ex, feed, repeat=args.repeat),
                        "tvm_cuda_untuned_no_graph_ms": tc.measure_latency(ex_nograph, feed, repeat=args.repeat),
                        "ort_cuda_ms": _time_ort_cuda(model, feed, args.repeat)}
-                if args.trials:
-                    db, rep = tune_with_report(mod, target, info, work_dir=work, trials=args.trials,
-                                               progress=False, shared_database=False,
-                                               log=lambda s: print("  " + s, file=sys.stderr, flush=True))
-                    ext = tc.build(mod, target, database=db)
-                    gott = tc.run(ext, feed)
-                    errt = max(float(np.max(np.abs(g - r))) for g, r in zip(gott, ref))
-                    row.update({"tvm_cuda_tuned_ms": tc.measure_latency(ext, feed, repeat=args.repeat),
-                                "max_abs_tuned_vs_ort_cpu": errt, "tuned_functions": len(ext.tuned_functions),
-                                "rel_err_tuned_vs_ort_cpu": relative_error(gott, ref, scale),
-                                "untuned_functions": ext.untuned_functions})
-                    tuning.append({"model": label, "batch": b, "seconds": rep.seconds,
-                                   "tasks_tuned": rep.tasks_tuned, "from_database": rep.tasks_from_database()})
-                problems = _problems(row)
-                row["ok"] = not problems
-                failed += [f"gpu_check: {label} batch {b}: {p}" for p in problems]
                 rows.append(row)
+                pending.append((label, b, mod, feed, ref, scale, row))
                 print(json.dumps(row), flush=True)
                 _write(args.out, rows, tuning)  # after every row: a run cut off by its timeout keeps what it measured
+        # Tuning last, so that a run cut off by its device time still has every untuned row; the two
+        # models share one work_dir (one database), so their common kernels are tuned once.
+        work = os.path.join(tmp, "tvm_cuda_db")
+        for label, b, mod, feed, ref, scale, row in pending if args.trials else ():
+            if time.perf_counter() - t_start > args.tune_until:
+                row["tuning_skipped"] = f"over --tune-until {args.tune_until:g} s"
+                print(f"gpu_check: {label} batch {b} not tuned: over --tune-until {args.tune_until:g} s", file=sys.stderr)
+                continue
+            try:
+                db, rep = tune_with_report(mod, target, info, work_dir=work, trials=args.trials,
+                                           progress=False, shared_database=False,
+                                           log=lambda s: print("  " + s, file=sys.stderr, flush=True))
+                ext = tc.build(mod, target, database=db)
+                gott = tc.run(ext, feed)
+            except Exception as e:  # noqa: BLE001 -- a device run reports what broke and goes on
+                row["tuning_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
+                print(f"gpu_check: {label} batch {b}: tuning failed: {row['tuning_error']}", file=sys.stderr)
+                _write(args.out, rows, tuning)
+                continue
+            row.update({"tvm_cuda_tuned_ms": tc.measure_latency(ext, feed, repeat=args.repeat),
+                        "max_abs_tuned_vs_ort_cpu": max(float(np.max(np.abs(g - r))) for g, r in zip(gott, ref)),
+                        "rel_err_tuned_vs_ort_cpu": relative_error(gott, ref, scale),
+                        "tuned_functions": len(ext.tuned_functions), "untuned_functions": ext.untuned_functions})
+            tuning.append({"model": label, "batch": b, **rep.to_dict()})
+            print(json.dumps(row), flush=True)
+            _write(args.out, rows, tuning)
+    for row in rows:
+        problems = _problems(row)
+        row["ok"] = not problems
+        failed += [f"gpu_check: {row['model']} batch {row['batch']}: {p}" for p in problems]
     _write(args.out, rows, tuning)
     for line in failed:
         print(line, file=sys.stderr)
@@ -211,7 +233,7 @@ def _dry_run(args) -> int:
         for b in args.batches:
             models, _stats, _shape = ml.variants("mobilenet_v2", b, tmp, calibrate=True)
             feed = {"input": np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32)}
-            for label in ("(c) collapse_passes", "(a) dense+onnxslim"):
+            for label in [lb for lb in ("(c) collapse_passes", "(a) dense+onnxslim") if lb[1] in args.models]:
                 model = models[label]
                 scale, spread = input_scale(lambda f: tc.run_ort(model, f), feed)
                 row = {"model": label, "batch": b, "dry_run": True, "output_spread": spread,
