@@ -28,6 +28,7 @@ import onnx_graphsurgeon as gs
 
 from .graph import const_value, toposort
 from .keys import module_path_from_metadata, module_path_from_scope_name
+from .names import fresh_name
 
 _PROJ_OPS = {"Conv", "BatchNormalization", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div", "AveragePool", "Identity"}
 _SHAPE_OPS = {"Shape", "Size"}
@@ -199,11 +200,7 @@ def find_residual_blocks(graph: gs.Graph, node_meta: dict | None = None) -> list
             key = f"{b.module}/{tail}"
         else:
             key = b.add.name
-        base, k = key, 1
-        while key in taken:
-            key = f"{base}#{k}"
-            k += 1
-        taken.add(key)
+        key = fresh_name(key, taken, sep="#")
         b.key = key
         b.keys = list(dict.fromkeys([key, b.add.name]))
     return found

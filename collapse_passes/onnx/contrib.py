@@ -23,6 +23,7 @@ import onnx
 from onnx import helper
 
 from ..errors import CollapseError
+from .names import fresh_name
 
 MS = "com.microsoft"
 #: contrib ops rewritten here
@@ -144,11 +145,7 @@ def expand_contrib_ops(model: onnx.ModelProto, notes: list | None = None, in_pla
     elem.update({v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.value_info) + list(g.output)})
 
     def fresh(base: str) -> str:
-        n, i = base, 1
-        while n in names:
-            n, i = f"{base}_{i}", i + 1
-        names.add(n)
-        return n
+        return fresh_name(base, names)
 
     def const(base: str, value: float, dtype: int) -> str:
         name = fresh(base)

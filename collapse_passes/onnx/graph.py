@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from ..errors import CollapseError
+from .names import fresh_name
 
 ONNX_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 #: ops that give a new value on every run, even from the same inputs
@@ -181,14 +182,8 @@ def name_nameless_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
         if n.name and n.name not in seen:
             seen.add(n.name)
             continue
-        base = name = n.name or f"{n.op_type}_{i}"
-        k = 1
-        while name in taken:
-            name = f"{base}_{k}"
-            k += 1
-        n.name = name
-        taken.add(name)
-        seen.add(name)
+        n.name = fresh_name(n.name or f"{n.op_type}_{i}", taken)
+        seen.add(n.name)
     return model
 
 
@@ -670,7 +665,7 @@ def replace_tensor_uses(graph: gs.Graph, old, new) -> None:
                 node.inputs[i] = new
     for i, out in enumerate(graph.outputs):
         if out is old:
-            ident = gs.Node(op="Identity", name=_unique_name(graph, f"{old.name}_identity"),
+            ident = gs.Node(op="Identity", name=unique_name(graph, f"{old.name}_identity"),
                             inputs=[new], outputs=[gs.Variable(old.name, dtype=old.dtype, shape=old.shape)])
             # the old producer's output must be renamed so the graph output name stays stable
             old.name = old.name + "__replaced"
@@ -678,42 +673,20 @@ def replace_tensor_uses(graph: gs.Graph, old, new) -> None:
             graph.outputs[i] = ident.outputs[0]
 
 
-def _unique_name(graph: gs.Graph, base: str) -> str:
-    names = {n.name for n in graph.nodes}
-    if base not in names:
-        return base
-    k = 1
-    while f"{base}_{k}" in names:
-        k += 1
-    return f"{base}_{k}"
-
-
 def unique_name(graph: gs.Graph, base: str) -> str:
-    return _unique_name(graph, base)
+    """A node name no node of `graph` has: base, base_1, ..."""
+    return fresh_name(base, {n.name for n in graph.nodes})
 
 
 def tensor_namer(graph: gs.Graph):
     """fresh(base) -> a tensor name no tensor of `graph` has yet, nor any name it returned before (base, then
     base_1, base_2, ...): for the Variables a rewrite adds between existing ops."""
     taken = set(graph.tensors())
-
-    def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        return name
-    return fresh
+    return lambda base: fresh_name(base, taken)
 
 
 def make_const(graph: gs.Graph, base: str, value: np.ndarray) -> gs.Constant:
-    names = set(graph.tensors().keys())
-    name = base
-    k = 1
-    while name in names:
-        name = f"{base}_{k}"
-        k += 1
-    return gs.Constant(name, np.ascontiguousarray(value))
+    return gs.Constant(fresh_name(base, set(graph.tensors())), np.ascontiguousarray(value))
 
 
 def node_key_names(model: onnx.ModelProto) -> dict[str, dict[str, str]]:

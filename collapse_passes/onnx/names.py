@@ -1,0 +1,12 @@
+"""One rule for the names a rewrite adds: `base`, then `base_1`, `base_2`, ... (ONNX needs unique node and tensor
+names; the names carry no semantics, so the first free one is as good as any and keeps diffs readable)."""
+from __future__ import annotations
+
+
+def fresh_name(base: str, taken: set[str], sep: str = "_") -> str:
+    """The first of base, base<sep>1, base<sep>2, ... not in `taken`; it is added to `taken`."""
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}{sep}{k}", k + 1
+    taken.add(name)
+    return name
