@@ -47,6 +47,13 @@ def _dims(t) -> list[int] | None:
     return [d if isinstance(d, int) and d > 0 else _symbolic_dim(d) for d in t.shape]
 
 
+def counted_batch(t) -> int:
+    """The batch of a tensor (its first dim) as node_macs counts it for the report's totals: a dynamic dim at
+    every dynamic size 1 (`N` is 1, `4*N` is 4); unknown: 1. What merge and hoist records count."""
+    dims = _dims(t)
+    return int(dims[0]) if dims else 1
+
+
 @functools.lru_cache(maxsize=4096)
 def _symbolic_dim(d) -> int:
     """A dynamic dim at every dynamic size 1: `N` is 1, but an expression inference or the torch.export-based

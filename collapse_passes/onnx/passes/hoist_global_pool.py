@@ -45,6 +45,7 @@ from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import MAX_SEGMENT, pool_hoist_costs
 from ...core.merge_fallback import join_key, joins_ok
 from ...pipeline import PassResult
+from ..analysis import counted_batch
 from ..graph import const_value, make_const, single_consumer, tensor_namer, toposort
 from ..linear_ops import ConvView, DenseView
 
@@ -332,9 +333,8 @@ class HoistGlobalPool:
             after = conv_macs(p, (1,) * (p.weight.ndim - 2))
             form = "on the 1x1 map"
         x.inputs.clear()
-        # the batch counted, as the report's totals, the dense records and the torch front end count it (1 if dynamic)
-        n = x.shape[0] if x.shape is not None and len(x.shape) and isinstance(x.shape[0], (int, np.integer)) \
-            and x.shape[0] > 0 else 1
+        # the batch counted as the report's totals and the merge records count it (`N` is 1, `4*N` is 4)
+        n = counted_batch(x)
         after *= int(n)
         before = None if h.positions is None else conv_macs(p, (1,) * (p.weight.ndim - 2)) * h.positions * int(n)
         ctx.merges.append({

@@ -16,7 +16,7 @@ from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
 from ...core.merge_fallback import join_key, joins_ok
 from ...pipeline import PassResult
-from ..analysis import _dims
+from ..analysis import _dims, counted_batch
 from ..graph import const_value, make_const, single_consumer, toposort
 from ..linear_ops import ConvView, DenseView, why_not_view
 
@@ -45,13 +45,6 @@ def _counted_rows(t) -> int:
     an expression, `4*N`, at its value for N = 1): what a merge record counts."""
     dims = _dims(t)
     return int(np.prod(dims[:-1])) if dims else 1
-
-
-def _batch(t) -> int:
-    """The batch of a conv's output, as analysis.node_macs counts it for the report's totals (dynamic: its value
-    at every dynamic size 1)."""
-    dims = _dims(t)
-    return int(dims[0]) if dims else 1
 
 
 def _conv_chains(ctx) -> list[list]:
@@ -164,7 +157,7 @@ class MergeLinearChains:
         joins = [join_key(_name(a), _name(b)) for a, b in zip(chain, chain[1:])]
         plan = plan_conv_chain(params, spatials, outs, cm, ctx.allow_border_approx,
                                joins_ok=joins_ok(ctx.merge_allowed, joins))
-        batch = _batch(chain[-1].outputs[0])   # records and notes count the batch, as the report's totals
+        batch = counted_batch(chain[-1].outputs[0])   # records and notes count the batch, as the report's totals
 
         def seq_macs(i, j):
             return batch * sum(conv_macs(p, o) for p, o in zip(params[i:j], outs[i:j]))
