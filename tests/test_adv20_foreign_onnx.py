@@ -8,9 +8,11 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto as TP, helper as h, numpy_helper as nh
 
 import collapse_passes as cp
+from collapse_passes.errors import CollapseError
 
 C = 4
 
@@ -193,7 +195,9 @@ def test_ratio_prune_reads_auto_pad_convs_of_a_file_without_value_info():
 
 def test_prune_that_finds_no_group_names_the_layers_it_cannot_read():
     """With auto_pad convs on an input of unknown size (tf2onnx, dynamic H and W) no channel group exists, and the
-    warning advised "a lower --round-to or a higher ratio removes more", which cannot help; it names the layers."""
+    warning advised "a lower --round-to or a higher ratio removes more", which cannot help; it names the layers.
+    Since 2026-11-29 (H68) a ratio prune with nothing to prune is refused (one line, nothing written), not written
+    with a warning: the refusal names the layers."""
     rng = np.random.default_rng(10)
     inits = [nh.from_array(_w(rng, C, C, 3, 3), "w0"), nh.from_array(_w(rng, C, C, 3, 3), "w1")]
     nodes = [h.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", auto_pad="SAME_UPPER"),
@@ -202,10 +206,10 @@ def test_prune_that_finds_no_group_names_the_layers_it_cannot_read():
     vi = lambda n: h.make_tensor_value_info(n, TP.FLOAT, [1, C, "H", "W"])  # noqa: E731
     m = h.make_model(h.make_graph(nodes, "g", [vi("x")], [vi("y")], inits), opset_imports=[h.make_opsetid("", 13)])
     m.ir_version = 7
-    r = cp.collapse(m, prune_ratio=0.3)
-    w = [x for x in r.report["warnings"] if "removed no channel" in x]
-    assert len(w) == 1 and "no channel group can be pruned" in w[0] and "round-to" not in w[0], w
-    assert "conv0: auto_pad on an input of unknown size (--input-shape fixes it)" in w[0], w
+    with pytest.raises(CollapseError, match="no channel of this model can be pruned") as err:
+        cp.collapse(m, prune_ratio=0.3)
+    assert "round-to" not in str(err.value)
+    assert "conv0: auto_pad on an input of unknown size (--input-shape fixes it)" in str(err.value)
 
 
 def test_inputs_of_different_fixed_batch_sizes_can_be_calibrated(tmp_path):

@@ -126,9 +126,10 @@ def test_torch_frozen_ops_name_the_module_class_as_op_type():
         def __init__(self):
             super().__init__()
             self.stem, self.conv = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+            self.head = nn.Conv2d(4, 4, 1)   # stem -> relu -> head: a prunable group (a prune with none is refused)
 
         def forward(self, x):
-            return self.conv(self.conv(self.stem(x)))
+            return self.conv(self.conv(self.head(torch.relu(self.stem(x)))))
 
     _, rep = prune_module(Shared().eval(), torch.randn(1, 3, 4, 4), ratio=0.5)
     rows = [f for f in rep["ratio"]["frozen_ops"] if f["op"].startswith("conv")]

@@ -418,8 +418,8 @@ def test_unknown_op_freezes_and_is_listed(tmp_path):
     out, rep = _exact_onnx(model)
     assert rep["removed_channels"] == 0
     assert [f["op_type"] for f in rep["frozen_ops"]] == ["Softmax"]
-    pm, frep = prune_module(m, torch.randn(1, 3, 4, 4), ratio=0.5)
-    assert frep["ratio"]["removed_channels"] == 0 and frep["ratio"]["frozen_ops"]
+    with pytest.raises(CollapseError, match="no channel of this model can be pruned.*softmax: function not"):
+        prune_module(m, torch.randn(1, 3, 4, 4), ratio=0.5)   # nothing prunable: refused (H68)
 
 
 def test_bad_prune_input_one_line(tmp_path, exported, capsys):

@@ -811,6 +811,15 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         gm.eval()
     stale = [not shapes_known]   # the node metadata lacks the shapes (or a removal changed them)
     changed = False
+    if stale[0]:   # the first run, on the caller's inputs: a wrong shape or dtype is one line, as collapse() says it
+        try:
+            _propagate(gm, example_inputs)
+        except Exception:
+            from ..fx.api import _runs_on
+
+            _runs_on(module, example_inputs)   # CollapseError when the module itself fails on them
+            raise
+        stale[0] = False
 
     def shape_inputs():   # what a shape reader runs on: nothing while the metadata holds the shapes
         run, stale[0] = stale[0], False

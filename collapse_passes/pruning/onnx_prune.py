@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 from ..errors import CollapseError
 from .graph import OFF_IS_ZERO, ChannelGraph, zero_filters
 from .onnx_adapter import apply_removal, build_channel_graph, infer_shapes
-from .select import check_ratio, select_for_ratio
+from .select import NothingToPrune, check_ratio, nothing_to_prune, select_for_ratio
 
 IMPORTANCE = ("l1", "l2", "tlc", "easier")
 
@@ -239,7 +239,12 @@ def ratio_prune(model: onnx.ModelProto, ratio: float, *, scope: str = "global", 
                             "or per-channel scores")
     exclude = [(g.gid, k) for g in cg.groups() if g.slots and all(s[0] in inside for s in g.slots)
                for k in cg.prunable_units(g)]
-    removed = select_for_ratio(cg, imp, ratio, scope, round_to, exclude=exclude)
+    try:
+        removed = select_for_ratio(cg, imp, ratio, scope, round_to, exclude=exclude)
+    except NothingToPrune:   # say which layers the channel graph could not read (an auto_pad conv of unknown size)
+        from .api_hook import _unread_layers
+
+        raise nothing_to_prune(cg, ratio, exclude, _unread_layers(model)) from None
     rows = group_rows(cg, removed, {gid: "ratio" for gid, _ in removed})
     if removed:
         apply_removal(graph, cg, removed)

@@ -37,6 +37,26 @@ def check_ratio(ratio: float, round_to: int = 1) -> None:
         raise CollapseError(f"--round-to must be an integer >= 1, got {round_to!r} (1 = no rounding)")
 
 
+class NothingToPrune(CollapseError):
+    """A ratio prune of a model with no channel it can remove: every channel group is frozen (a graph output, a
+    LayerNorm'd axis, an op the channel graph does not read...). It used to run, remove nothing and write the model
+    with a warning (exit 0), for a request that could not be met."""
+
+
+def nothing_to_prune(cg: ChannelGraph, ratio, exclude=(), unread: str = "") -> NothingToPrune:
+    """The one line for a ratio prune with no candidate; `unread`: layers the channel graph cannot read."""
+    groups = cg.groups()
+    why = [f"{f['op']}: {f['reason']}" for f in cg.frozen_ops[:2] if isinstance(f, dict) and f.get("reason")]
+    frozen = sum(bool(g.frozen) for g in groups)
+    what = ((f"{len(groups)} channel group(s), {frozen} frozen" if groups else "no conv or linear layer it can read")
+            + (f", e.g. {'; '.join(why)}" if why else ", by the model's inputs and outputs" if frozen else "")
+            + (", the others only inside the removed blocks" if exclude else "")
+            + (f"; layers the channel graph cannot read: {unread}" if unread else ""))
+    return NothingToPrune(f"--prune-ratio {ratio}: no channel of this model can be pruned ({what}); drop "
+                          "--prune-ratio (prune_ratio=, prune_module's ratio=): constant channels are still "
+                          "removed exactly without it")
+
+
 def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: str = "global",
                      round_to: int = 1, exclude=()) -> list:
     """(gid, unit) pairs to remove so that about `ratio` of the prunable channels go.
@@ -61,6 +81,8 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
         if units:
             cands[g.gid] = units
     groups = cg.groups()
+    if not cands and ratio > 0:
+        raise nothing_to_prune(cg, ratio, exclude)
     width = {gid: cg.unit_width(groups[gid]) for gid in cands}
     # kept units rounded so that the kept channels (units * width) are a multiple of round_to
     rounds = {gid: round_to // math.gcd(round_to, w) for gid, w in width.items()}

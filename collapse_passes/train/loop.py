@@ -539,6 +539,11 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         max_rounds=max_rounds, patience=patience, score_batches=score_batches, prelu_lambda=prelu_lambda,
         fold_alpha=fold_alpha, lacoot_lambda=lacoot_lambda, target_speedup=target_speedup, min_gain=min_gain,
         remove_blocks_below=remove_blocks_below)
+    if evaluate is None and max_accuracy_drop > 1:
+        # the default accuracy is a fraction: 1.5 read as "1.5 points" turned the check off without a word
+        raise CollapseError(f"max_accuracy_drop is a fraction of top-1 accuracy (0.01 = 1 point), got "
+                            f"{max_accuracy_drop:g}, which no drop can exceed: pass {max_accuracy_drop / 100:g} for "
+                            f"{max_accuracy_drop:g} points (1.0 accepts any drop)")
     if isinstance(blocks, (str, bytes)) or (blocks is not None and not hasattr(blocks, "__iter__")):
         # a str would be iterated letter by letter ("no submodule 'l'")
         raise CollapseError(f"blocks must be a list of module paths, got {type(blocks).__name__} {blocks!r}; "
