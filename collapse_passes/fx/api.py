@@ -26,7 +26,7 @@ from ..core.selection import KeyIndex, assign_scores, blocks_to_remove, choose, 
 from ..errors import CollapseError, VerificationError, random_model_error
 from ..report import activation_row, build_report
 from .call_path import CallPathTracer
-from .frames import guard_identity, scope_dynamo_graph
+from .frames import _compiled_frame, guard_identity, scope_dynamo_graph
 from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, copy_sharing_weights, count_ops,
                     module_op_count,
                     count_params, find_activations, is_collapsible, keep_module_state, key_index, linear_op, own_weights,
@@ -452,6 +452,13 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
     if not isinstance(model, torch.nn.Module):
         raise CollapseError(f"expected an ONNX model, nn.Module, GraphModule or ExportedProgram, got "
                             f"{type(model).__name__}")
+    scripted = next(((n, m) for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:   # TorchScript: torch.export cannot trace it, and its parameter / buffer wrappers are
+        # no dicts (a TypeError traceback came out of the state checks, for a scripted submodule too)
+        what = f"{type(model).__name__} is" if not scripted[0] else f"submodule {scripted[0]!r} is"
+        raise CollapseError(f"{what} a TorchScript module (torch.jit.script / torch.jit.trace), which collapse_passes "
+                            "cannot trace or copy: pass the nn.Module it was made from, or export the model to ONNX "
+                            "(torch.onnx.export(..., dynamo=False)) and collapse the .onnx file")
     low = _low_precision(list(model.parameters()) + list(model.buffers()))
     if low:
         raise CollapseError(f"the model holds {', '.join(low)} weights: the merges are computed and verified in "
@@ -817,6 +824,7 @@ def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
         _drop_specialized_inputs(gm.graph, specialized)
         gm.recompile()
         return
+    _check_input_structure(gm, example_inputs)
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     missing = [n for n in phs[given:] if not isinstance(n.target, str) or not n.target.startswith("*")]
     if not missing:
@@ -828,6 +836,38 @@ def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
                            ", which symbolic tracing cannot follow (it traces them as inputs); "
                            "give them in example_inputs or pass torch.export.export(model, example_inputs)"
                            if defaults else "are missing: give every input in example_inputs"))
+
+
+def _input_kinds(specs) -> str:
+    """'tensor, dict (image, gain)' for the top-level pytree specs of forward's arguments."""
+    def kind(sp):
+        if sp.type is None:
+            return "tensor"
+        if sp.type is dict:
+            return f"dict ({', '.join(map(str, sp.context))})"
+        return f"{sp.type.__name__} of {sp.num_children}"
+    return ", ".join(kind(sp) for sp in specs) or "nothing"
+
+
+def _check_input_structure(gm: fx.GraphModule, example_inputs) -> None:
+    """A program's module (ep.module()) flattens forward's arguments by the structure it was exported with. The shape
+    run (an fx Interpreter) flattened whatever it was given, so example_inputs of another structure, two tensors for
+    one input or a dict for a tensor, passed it and then the program's own call raised a TypeError / AttributeError
+    traceback out of collapse(ep, example_inputs=...)."""
+    from torch.fx.graph import _PyTreeCodeGen
+    from torch.utils._pytree import tree_flatten
+
+    codegen = gm.graph._codegen
+    spec = codegen.pytree_info.in_spec if isinstance(codegen, _PyTreeCodeGen) else None
+    if spec is None or spec.type is not tuple or spec.num_children != 2:   # (args, kwargs), as torch.export writes it
+        return
+    want = spec.child(0)
+    got = tree_flatten(tuple(example_inputs))[1]
+    if got != want:
+        raise CollapseError(f"example_inputs do not match the inputs the program was exported with: it takes "
+                            f"{_input_kinds(want.children())}, example_inputs give "
+                            f"{_input_kinds(got.children())}; pass inputs of the exported structure (or none: "
+                            "the program's own example inputs are used)")
 
 
 def _check_trace(model, got: list, example_inputs, cfg: CollapseConfig) -> None:
@@ -965,21 +1005,27 @@ def _nest_dynamic_shapes(result: fx.GraphModule, flat: list) -> tuple:
     return tuple(flat)
 
 
-def _reexport(result: fx.GraphModule, example_inputs, dyn_shapes) -> torch.export.ExportedProgram:
+def _reexport(result: fx.GraphModule, example_inputs, dyn_shapes, own_inputs=None) -> torch.export.ExportedProgram:
     """The result as an ExportedProgram, with the input program's dynamic dims (a program exported for any
-    batch came back fixed to its example batch)."""
+    batch came back fixed to its example batch). own_inputs: the input program's example inputs, tried when
+    example_inputs cannot keep them: torch.export specializes a dim whose example size is 1, so a program exported
+    for batches 1..16 and collapsed with a batch-1 example_inputs was refused ("Constraints violated")."""
     from ..core.quiet import exporter_silenced
 
     if dyn_shapes is None:
         with exporter_silenced():
             return torch.export.export(result, example_inputs)
-    try:
-        with exporter_silenced():
-            return torch.export.export(result, example_inputs, dynamic_shapes=_nest_dynamic_shapes(result, dyn_shapes))
-    except Exception as exc:   # noqa: BLE001 - a dim the result cannot keep dynamic: say which, in one line
-        raise CollapseError(f"the collapsed program cannot keep the input program's dynamic dims "
-                            f"({_first_line(exc)}); export the model with static shapes, or pass the nn.Module "
-                            "(its result runs at any batch)") from None
+    tries = [example_inputs] + ([tuple(own_inputs)] if own_inputs is not None else [])
+    for i, inputs in enumerate(tries):
+        try:
+            with exporter_silenced():
+                return torch.export.export(result, inputs, dynamic_shapes=_nest_dynamic_shapes(result, dyn_shapes))
+        except Exception as exc:   # noqa: BLE001 - a dim the result cannot keep dynamic: say which, in one line
+            if i + 1 < len(tries):
+                continue
+            raise CollapseError(f"the collapsed program cannot keep the input program's dynamic dims "
+                                f"({_first_line(exc)}); export the model with static shapes, or pass the nn.Module "
+                                "(its result runs at any batch)") from None
 
 
 # ----------------------------------------------------------------------------------- report
@@ -1313,7 +1359,8 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     keep_module_state(result, model)   # non-persistent buffers and training flags, which fx's copies drop
     own_weights(result, model)   # the unmerged layers still hold the caller's tensors (torch.export does not copy)
     if kind == "ExportedProgram":
-        out_model = _reexport(result, example_inputs, dyn_shapes)
+        own = getattr(model, "example_inputs", None)   # the program's own: they kept its dims dynamic once
+        out_model = _reexport(result, example_inputs, dyn_shapes, own[0] if own is not None and not own[1] else None)
     chosen_ids = {id(s) for s in chosen}
     kept = [s for s in find_activations(original, collapsible_only=False) if not is_collapsible(s)]
     report = build_report(
@@ -1474,9 +1521,9 @@ def torch_backend(scores=None, threshold: float | None = None, remove: int | Non
                                 "and verified in float32/float64; compile model.float() (or use another backend "
                                 "for a low-precision model)")
         _refuse_random(gm, None)   # a model compiled in training mode: its dropouts would fail the check by chance
-        train_bn = training_batchnorm_nodes(gm.graph)
+        train_bn = [_node_where(gm, n) for n in training_batchnorm_nodes(gm.graph)] or _frame_training_batchnorms()
         if train_bn:   # batch statistics: nothing folds, and the frozen graph's running-stat updates differ from eager
-            raise CollapseError(f"torch_backend: BatchNorm {_node_where(gm, train_bn[0])} runs in training mode (batch statistics); the "
+            raise CollapseError(f"torch_backend: BatchNorm {train_bn[0]} runs in training mode (batch statistics); the "
                                 "backend is for inference (parameters are frozen into the graph): compile "
                                 "model.eval()")
         gm.meta[PARTIAL_GRAPH] = True   # a graph break may split the forward: no "relu():i" root keys
@@ -1623,6 +1670,20 @@ def _last_resorts(check, requested, out, record, feeds, want, got, cfg, any_size
     if check.passed and check.why:
         warnings.append(f"verification: {check.why}")
     return out, record, check, fold_fallback
+
+
+def _frame_training_batchnorms() -> list[str]:
+    """BatchNorms in training mode (running statistics tracked) among the modules of the frame dynamo compiles. A
+    BatchNorm with momentum=None (a cumulative average, as models/tv_init.calibrate_bn leaves it) graph-breaks on
+    `float(num_batches_tracked)` in training mode and runs eagerly between two graphs, so no graph shows it: a model
+    compiled before .eval() was collapsed around batch statistics, silently, where momentum 0.1 was refused."""
+    frame = _compiled_frame()
+    me = frame[1] if frame is not None else None
+    if not isinstance(me, torch.nn.Module):
+        return []
+    return [repr(n) if n else type(m).__name__ for n, m in me.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and m.training and m.track_running_stats and m.running_mean is not None]
 
 
 def _size_hint(t):

@@ -20,6 +20,7 @@ import operator
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import List
 
 import numpy as np
 import torch
@@ -786,6 +787,49 @@ class PaddedConv(nn.Module):
     @property
     def op_count(self) -> int:
         return 1 + bool(any(self.pad)) + (self.bias_map is not None)
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script compiles _ScriptedPaddedConv in its place (the size guard's property and the conv function
+        held as an attribute are outside TorchScript: scripting a result with a merged PaddedConv failed)."""
+        return _ScriptedPaddedConv(self)
+
+
+class _ScriptedPaddedConv(nn.Module):
+    """PaddedConv's forward in the TorchScript subset, sharing its tensors; what torch.jit.script compiles for it."""
+
+    def __init__(self, src: PaddedConv):
+        super().__init__()
+        self.weight = src.weight
+        self.bias = src.bias
+        self.register_buffer("bias_map", src.bias_map)
+        n = src.weight.ndim - 2
+        self.ndim = n
+        self.stride, self.dilation, self.groups = list(src.stride), list(src.dilation), int(src.groups)
+        self.conv_padding = list(getattr(src, "conv_padding", (0,) * n))
+        self.pad = [int(v) for v in src.pad] if any(src.pad) else []
+        self.in_spatial = [] if src.in_spatial is None else list(src.in_spatial)
+
+    def forward(self, x):
+        if len(self.in_spatial) > 0 and list(x.shape[2:]) != self.in_spatial:
+            raise ValueError("collapse_passes: this merged conv was planned for inputs of another spatial size (its "
+                             "border terms hold for that size only); run collapse() again with example_inputs of the "
+                             "size you run the model at")
+        if len(self.pad) > 0:
+            x = F.pad(x, self.pad)
+        if self.ndim == 1:
+            y = F.conv1d(x, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+        elif self.ndim == 2:
+            y = F.conv2d(x, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+        else:
+            y = F.conv3d(x, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+        if self.bias_map is not None:
+            y = y + self.bias_map
+        return y
+
+
+# TorchScript reads attribute types from __annotations__, which `from __future__ import annotations` makes strings it
+# cannot resolve ("Unknown type annotation: 'List[int]'"): the types themselves (an empty list has no type to infer)
+_ScriptedPaddedConv.__annotations__ = dict.fromkeys(("stride", "conv_padding", "dilation", "pad", "in_spatial"), List[int])
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
