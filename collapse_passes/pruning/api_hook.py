@@ -81,7 +81,13 @@ def _importance(model, cfg, score_details, axes: dict | None = None):
         if not (score_details and score_details.get("method") == imp):
             from ..scores import compute_scores
 
-            score_details = compute_scores(imp, model, calib=cfg.calib, calib_batches=cfg.calib_batches).as_dict()
+            try:
+                score_details = compute_scores(imp, model, calib=cfg.calib, calib_batches=cfg.calib_batches).as_dict()
+            except CollapseError as e:   # the method's message names --method, which the user did not give
+                msg = str(e)
+                if not msg.startswith(f"--method {imp}"):
+                    raise
+                raise CollapseError(f"--prune-importance {imp}" + msg[len(f"--method {imp}"):]) from None
         scores = channel_scores_from_details(score_details.get("details", {}), to_graph(model), axes)
         if not scores:
             raise CollapseError(f"--prune-importance {imp}: the method gave no per-channel statistics for this model")
