@@ -28,6 +28,7 @@ from ..report import activation_row, build_report
 from .call_path import CallPathTracer
 from .frames import _compiled_frame, guard_identity, scope_dynamo_graph
 from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, copy_sharing_weights, count_ops,
+                    program_graph_way_out,
                     module_op_count,
                     count_params, find_activations, is_collapsible, keep_module_state, key_index, linear_op, own_weights,
                     propagate_shapes, shape_of, shape_runs_scope, state_error, state_writes, training_batchnorms)
@@ -830,6 +831,9 @@ def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
     if not missing:
         return
     defaults = [n.name for n in missing if n.args and n.args[0] is not inspect.Parameter.empty]
+    program = program_graph_way_out(gm, example_inputs)
+    if program:   # an ExportedProgram's graph_module: its parameters are its inputs
+        raise CollapseError(f"the graph takes {len(phs)} input(s) and example_inputs gives {given}: {program}")
     raise CollapseError(f"the traced model takes {len(phs)} input(s) and example_inputs gives {given}; "
                         f"{', '.join(n.name for n in missing)} "
                         + (("keeps its default" if len(missing) == 1 else "keep their defaults") +

@@ -157,7 +157,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs, clone: bool = True, rea
             raise RuntimeError(f"a graph collapse_passes rewrote does not run on example_inputs of shape {shapes}, on "
                                f"which the input model ran ({why}); {BUG_REPORT}") from exc
         raise CollapseError(f"the model does not run on example_inputs of shape {shapes} ({why}); "
-                            "pass inputs the model accepts") from None
+                            + (program_graph_way_out(gm, feeds) or "pass inputs the model accepts")) from None
     if ran is not None:
         ran[0] = True
     return out
@@ -171,6 +171,18 @@ def opaque_call(node: fx.Node) -> bool:
     t = node.target
     return node.op == "call_function" and inspect.isfunction(t) and not str(getattr(t, "__module__", "") or "") \
         .startswith(("torch", "collapse_passes", "_operator", "operator", "math", "builtins"))
+
+
+def program_graph_way_out(gm: fx.GraphModule, feeds) -> str | None:
+    """The way out when `gm` is an ExportedProgram's own graph_module given the user's inputs alone: it takes the
+    lifted parameters, buffers and constants as inputs first (torch.export names them p_*, b_*, c_*), so its shape
+    run failed on the first parameter and "pass inputs the model accepts" pointed nowhere. None otherwise."""
+    phs = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
+    lifted = [t for t in phs if re.match(r"[pbc]_", t)]
+    if lifted and len(phs) > len(feeds):
+        return (f"this is an ExportedProgram's graph_module, which takes its parameters and buffers as inputs "
+                f"({lifted[0]}, ...): pass the ExportedProgram itself, or ep.module()")
+    return None
 
 
 def _measuring_shape_prop():
