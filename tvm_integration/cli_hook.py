@@ -29,6 +29,7 @@ from collapse_passes.config import TOLERANCE
 from collapse_passes.outputs import EXPORT_MARKER  # marks a directory --export made (and may replace)
 
 from .errors import TVMError
+from .tuning import USEFUL_BUDGET
 
 __all__ = ["TVMError", "TVMMismatchError", "add_arguments", "check_args", "run_from_args", "default_tune_dir",
            "atomic_directory", "EXPORT_MARKER"]
@@ -466,9 +467,7 @@ def _note_unreplayable(ex, which: str, notes: list[str]) -> None:
 #: what the docs measured for a tuning budget (docs/tvm.md "Measured latency", runs E, F, H, I, L, M), said with the
 #: slowdown notes: before 2026-11-29 they claimed "512 trials tuned a MobileNetV2 in about 20 minutes", which no
 #: run measured
-TUNING_BUDGET_FACT = ("docs/tvm.md: 512 trials, about 30 per kernel, brought the 17 kernels of a CIFAR MobileNetV2 to "
-                      "0.83-1.07x onnxruntime in 4-8.5 minutes of tuning on 2 cores; the input model is tuned with the "
-                      "same budget after it")
+TUNING_BUDGET_FACT = USEFUL_BUDGET + "; the input model is tuned with the same budget after it"
 
 
 def _slowdown_notes(latency: Mapping[str, float | None], tune_report: Mapping[str, Any] | None, trials: int,
