@@ -2,24 +2,15 @@
 tuning (a run cut off by its device time keeps them all), a tuning that fails is recorded in its row and the run
 goes on, --tune-until stops new tunings, --models picks the models. The H200 run of 2026-11-29 lost three tuned
 rows to its device time; the order and the recording are what let it keep the untuned ones."""
-import importlib.util
 import json
-import os
 import sys
 import types
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+from test_gpu_torch_check import _gpu_check   # a fresh module per call
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check_order", os.path.join(ROOT, "benchmarks", "gpu_check.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _tanh_model(scale: float) -> onnx.ModelProto:
