@@ -11,26 +11,41 @@
 # The device tool carries at most 64 MiB: the working tree (~7 MB) plus .gpu/ (~65 MB) is over, so
 #   benchmarks/gpu_bundle.sh --trim     deletes from the working tree the committed files the check does
 #                                       not read (tests/, docs/, models/examples/, benchmarks/ but for
-#                                       gpu_check.py, merge_latency.py and itself); refuses on changes
+#                                       gpu_check.py, merge_latency.py and itself), listed in
+#                                       .git/gpu_bundle_trimmed; refuses on uncommitted changes there
 #   (device) run: `bash .gpu/run.sh`, carry [".gpu"]; knobs: BATCHES, MODELS, TRIALS, GPU_S, MAXS, TUNE_UNTIL
-#   benchmarks/gpu_bundle.sh --restore  brings back exactly the files git sees deleted
+#   benchmarks/gpu_bundle.sh --restore  brings back the files --trim deleted (its list), and no other: a file
+#                                       you deleted yourself stays deleted (it brought back every deleted file)
 # Measured with this layout (2026-11-29, H200): setup 10-18 s on the device, then gpu_check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIM=(tests docs models/examples benchmarks)
+LIST=$(git rev-parse --git-path gpu_bundle_trimmed)   # what --trim deleted (NUL-separated): all --restore touches
 if [ "${1:-}" = "--trim" ]; then
-  if [ -n "$(git ls-files --deleted)" ]; then
-    echo "gpu_bundle: files are already deleted from the working tree; --restore (or commit) first" >&2; exit 2
+  if [ -e "$LIST" ]; then
+    echo "gpu_bundle: the tree is trimmed already ($LIST lists the files); --restore first" >&2; exit 2
   fi
   if ! git diff --quiet HEAD -- "${TRIM[@]}"; then
     echo "gpu_bundle: uncommitted changes under ${TRIM[*]}: commit them first (--restore checks out HEAD)" >&2; exit 2
   fi
-  git ls-files -z -- "${TRIM[@]}" | grep -zv '^benchmarks/\(gpu_check\.py\|merge_latency\.py\|gpu_bundle\.sh\)$' | xargs -0 rm -f
+  # the committed files still in the tree (one you deleted yourself is not ours to bring back)
+  KEEP='^benchmarks/\(gpu_check\.py\|merge_latency\.py\|gpu_bundle\.sh\)$'
+  git ls-files -z -- "${TRIM[@]}" | { grep -zv "$KEEP" || true; } \
+    | while IFS= read -r -d '' f; do if [ -f "$f" ] || [ -L "$f" ]; then printf '%s\0' "$f"; fi; done > "$LIST.tmp"
+  mv "$LIST.tmp" "$LIST"
+  xargs -0 -r rm -f -- < "$LIST"
   echo "tree + .gpu: $(( ( $(git ls-files -z | xargs -0 cat 2>/dev/null | wc -c) + $(cat .gpu/* | wc -c) ) / 1048576 )) MiB (limit 64)"
   exit 0
 fi
 if [ "${1:-}" = "--restore" ]; then
-  git ls-files -z --deleted | xargs -0 -r git checkout --
+  if [ ! -e "$LIST" ]; then
+    echo "gpu_bundle: nothing to restore ($LIST not found: --trim did not run here); a file you deleted yourself" \
+      "comes back with: git checkout -- <path>" >&2; exit 2
+  fi
+  # only the files --trim deleted that are still missing (one written again since is yours: left as it is)
+  while IFS= read -r -d '' f; do if [ ! -e "$f" ] && [ ! -L "$f" ]; then printf '%s\0' "$f"; fi; done < "$LIST" \
+    | xargs -0 -r git checkout --
+  rm -f "$LIST"
   exit 0
 fi
 PY=${GPU_PY:-3.12}

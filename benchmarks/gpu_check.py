@@ -172,6 +172,7 @@ def main(argv=None) -> int:
                        "tvm_cuda_untuned_ms": tc.measure_latency(ex, feed, repeat=args.repeat),
                        "tvm_cuda_untuned_no_graph_ms": tc.measure_latency(ex_nograph, feed, repeat=args.repeat),
                        "ort_cuda_ms": _time_ort_cuda(model, feed, args.repeat)}
+                row["ok"] = not _problems(row)   # now: a run cut off while tuning keeps the untuned verdict too
                 rows.append(row)
                 pending.append((label, b, mod, feed, ref, scale, row))
                 print(json.dumps(row), flush=True)

@@ -420,6 +420,19 @@ def _refuse_meta(tensors, what: str, way_out: str) -> None:
 _LOAD_WEIGHTS = "load its weights first (model.to_empty(device='cpu') and load_state_dict, or build it on 'cpu')"
 
 
+def refuse_torchscript(model: torch.nn.Module, onnx_way_out: bool = True) -> None:
+    """One line for a TorchScript model or submodule: torch.export cannot trace it, and its parameter / buffer
+    wrappers are no dicts (a TypeError traceback came out of the state checks, for a scripted submodule too; hooks
+    cannot be registered on it). collapse(), prune_module and iterative_collapse refuse it alike."""
+    scripted = next(((n, m) for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:
+        what = f"{type(model).__name__} is" if not scripted[0] else f"submodule {scripted[0]!r} is"
+        raise CollapseError(f"{what} a TorchScript module (torch.jit.script / torch.jit.trace), which collapse_passes "
+                            "cannot trace or copy: pass the nn.Module it was made from"
+                            + (", or export the model to ONNX (torch.onnx.export(..., dynamo=False)) and collapse the "
+                               ".onnx file" if onnx_way_out else ""))
+
+
 def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
     """(a GraphModule the passes may change, the input's kind): never modifies the caller's model."""
     from torch.utils._pytree import tree_leaves
@@ -453,13 +466,7 @@ def to_graph_module(model, example_inputs=None) -> tuple[fx.GraphModule, str]:
     if not isinstance(model, torch.nn.Module):
         raise CollapseError(f"expected an ONNX model, nn.Module, GraphModule or ExportedProgram, got "
                             f"{type(model).__name__}")
-    scripted = next(((n, m) for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
-    if scripted is not None:   # TorchScript: torch.export cannot trace it, and its parameter / buffer wrappers are
-        # no dicts (a TypeError traceback came out of the state checks, for a scripted submodule too)
-        what = f"{type(model).__name__} is" if not scripted[0] else f"submodule {scripted[0]!r} is"
-        raise CollapseError(f"{what} a TorchScript module (torch.jit.script / torch.jit.trace), which collapse_passes "
-                            "cannot trace or copy: pass the nn.Module it was made from, or export the model to ONNX "
-                            "(torch.onnx.export(..., dynamo=False)) and collapse the .onnx file")
+    refuse_torchscript(model)
     low = _low_precision(list(model.parameters()) + list(model.buffers()))
     if low:
         raise CollapseError(f"the model holds {', '.join(low)} weights: the merges are computed and verified in "
@@ -1147,6 +1154,11 @@ def export_free_nodes(gm: fx.GraphModule) -> tuple[set, int]:
         if _is_noop(gm, node):
             free.add(node)
             continue
+        op = linear_op(gm, node)
+        mat2 = node.args[op.x_arg + 1] if op is not None and node.op == "call_function" and op.kind == "linear" \
+            and len(node.args) > op.x_arg + 1 else None
+        if isinstance(mat2, fx.Node) and mat2.op == "call_function" and len(mat2.users) == 1:
+            free.add(mat2)   # a decomposed Linear's W.t(): a view of a constant (the exporters' Gemm transB)
         bn = batchnorm_op(gm, node)
         # the fold pass's own rule: a BatchNorm1d over a Linear's 3-D output scales the sequence axis, not the
         # features (no exporter folds it; counted free, the torch depth was one short of the ONNX file's)
@@ -1207,8 +1219,8 @@ def graph_stats(gm: fx.GraphModule) -> dict:
                                and node not in inside) or _nonlinear_call(node) and node not in inside
         depth_nl[node] = int(nl) + max((depth_nl[p] for p in prev), default=0)
     outs = [n for n in gm.graph.nodes if n.op == "output"]
-    return {"nodes": count_ops(gm) - sum(module_op_count(submodule(gm, n)) if n.op == "call_module" else 1
-                                         for n in free),
+    return {"nodes": count_ops(gm) - sum(module_op_count(submodule(gm, n)) if n.op == "call_module" else
+                                         int(n.target not in _FREE_CALLS) for n in free),
             "params": count_params(gm) + folded_params, "macs": int(macs),
             "depth_ops": max((depth[n] for n in outs), default=0),
             "depth_nonlinear": max((depth_nl[n] for n in outs), default=0), "activations": len(sites)}

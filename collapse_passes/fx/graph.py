@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import operator
 import re
 from contextvars import ContextVar
@@ -176,10 +177,11 @@ def opaque_call(node: fx.Node) -> bool:
 def program_graph_way_out(gm: fx.GraphModule, feeds) -> str | None:
     """The way out when `gm` is an ExportedProgram's own graph_module given the user's inputs alone: it takes the
     lifted parameters, buffers and constants as inputs first (torch.export names them p_*, b_*, c_*), so its shape
-    run failed on the first parameter and "pass inputs the model accepts" pointed nowhere. None otherwise."""
-    phs = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
-    lifted = [t for t in phs if re.match(r"[pbc]_", t)]
-    if lifted and len(phs) > len(feeds):
+    run failed on the first parameter and "pass inputs the model accepts" pointed nowhere. None otherwise: a traced
+    model's own input named b_mask is no lifted buffer (the program's come first, each with its example value)."""
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    lifted = list(itertools.takewhile(lambda t: re.match(r"[pbc]_", t), (str(n.target) for n in phs)))
+    if lifted and len(phs) > len(feeds) and all("val" in n.meta for n in phs):
         return (f"this is an ExportedProgram's graph_module, which takes its parameters and buffers as inputs "
                 f"({lifted[0]}, ...): pass the ExportedProgram itself, or ep.module()")
     return None
@@ -293,6 +295,7 @@ class LinearOp:
     params: object            # ConvParams | LinearParams
     x: fx.Node
     bias_map: np.ndarray | None = None   # a merged conv's per-position bias (PaddedConv)
+    x_arg: int = 0                       # node.args[x_arg] is x (1 for addmm(bias, x, w.t()))
 
     @property
     def dtype(self):
@@ -347,7 +350,43 @@ def linear_op(gm: fx.GraphModule, node: fx.Node) -> LinearOp | None:
         if w is None or w.ndim != 2 or (b_arg is not None and b is None):
             return None
         return LinearOp(node, "linear", LinearParams(to_numpy(w), to_numpy(b)), node.args[0])
+    if t in (aten.addmm.default, aten.mm.default):
+        return _matmul_linear(gm, node)
     return None
+
+
+_TRANSPOSES = {aten.t.default, aten.numpy_T.default}
+
+
+def _weight_of_mat2(gm: fx.GraphModule, mat2) -> np.ndarray | None:
+    """The (out, in) weight W of x @ mat2: mat2 a constant (in, out) matrix, or W.t() / W.permute(1, 0) /
+    W.transpose(0, 1) of a constant W (how run_decompositions() writes a Linear)."""
+    w = const_tensor(gm, mat2)
+    if w is not None:
+        return to_numpy(w).T.copy() if w.ndim == 2 else None
+    if not isinstance(mat2, fx.Node) or mat2.op != "call_function" or not mat2.args:
+        return None
+    t = mat2.target
+    dims = [_arg(mat2, 1, "dim0", None), _arg(mat2, 2, "dim1", None)]
+    swaps = t in _TRANSPOSES or (t is aten.permute.default and list(_arg(mat2, 1, "dims", ())) in ([1, 0], [-1, -2])) \
+        or (t is aten.transpose.int and all(type(d) is int for d in dims) and {d % 2 for d in dims} == {0, 1})
+    w = const_tensor(gm, mat2.args[0]) if swaps else None
+    return to_numpy(w) if w is not None and w.ndim == 2 else None
+
+
+def _matmul_linear(gm: fx.GraphModule, node: fx.Node) -> LinearOp | None:
+    """addmm(bias, x, W.t()) / mm(x, W.t()), a decomposed program's Linear (ep.run_decompositions()), as the
+    linear it is: without this a decomposed program merged no Linear chain its plain export merged."""
+    addmm = node.target is aten.addmm.default
+    x, mat2 = (node.args[1:3] if addmm else node.args[:2]) if len(node.args) >= (3 if addmm else 2) else (None, None)
+    if not isinstance(x, fx.Node) or (addmm and (_arg(node, 3, "beta", 1) != 1 or _arg(node, 4, "alpha", 1) != 1)):
+        return None
+    w = _weight_of_mat2(gm, mat2)
+    b = const_tensor(gm, node.args[0]) if addmm else None
+    if w is None or (addmm and (b is None or b.numel() != w.shape[0] or b.ndim > 2 or b.ndim == 2 and b.shape[0] != 1)):
+        return None
+    return LinearOp(node, "linear", LinearParams(w, None if b is None else to_numpy(b).reshape(-1)), x,
+                    x_arg=1 if addmm else 0)
 
 
 # ----------------------------------------------------------------------------------- BatchNorm
@@ -806,34 +845,46 @@ class PaddedConv(nn.Module):
         return _ScriptedPaddedConv(self)
 
 
-class _ScriptedPaddedConv(nn.Module):
-    """PaddedConv's forward in the TorchScript subset, sharing its tensors; what torch.jit.script compiles for it."""
+class _ScriptedPaddedConv(PaddedConv):
+    """PaddedConv's forward in the TorchScript subset, sharing its tensors; what torch.jit.script compiles for it.
+    torch also leaves it in the PaddedConv's place in the module it scripts (the caller's model): a PaddedConv still
+    (its conv_params, in_spatial, op_count), so a scripted result collapses and counts as before (a class of its own
+    was no conv to the passes: its MACs counted 0 and no merge read it)."""
+
+    __jit_unused_properties__ = ["in_spatial", "op_count"]   # PaddedConv's, outside TorchScript: forward reads s_*
 
     def __init__(self, src: PaddedConv):
-        super().__init__()
+        nn.Module.__init__(self)
         self.weight = src.weight
         self.bias = src.bias
         self.register_buffer("bias_map", src.bias_map)
-        n = src.weight.ndim - 2
-        self.ndim = n
-        self.stride, self.dilation, self.groups = list(src.stride), list(src.dilation), int(src.groups)
-        self.conv_padding = list(getattr(src, "conv_padding", (0,) * n))
-        self.pad = [int(v) for v in src.pad] if any(src.pad) else []
-        self.in_spatial = [] if src.in_spatial is None else list(src.in_spatial)
+        self.stride, self.dilation, self.groups, self.pads = src.stride, src.dilation, src.groups, src.pads
+        self.ndim = src.weight.ndim - 2
+        self.in_spatial = src.in_spatial   # PaddedConv's setter: places the pads, then _place_pads below the lists
+
+    def _place_pads(self) -> None:
+        super()._place_pads()
+        self.s_stride, self.s_dilation = [int(v) for v in self.stride], [int(v) for v in self.dilation]
+        self.s_padding = [int(v) for v in self.conv_padding]
+        self.s_pad = [int(v) for v in self.pad] if any(self.pad) else []
+        self.s_in_spatial = [] if self._in_spatial is None else list(self._in_spatial)
+
+    def __prepare_scriptable__(self):
+        return self
 
     def forward(self, x):
-        if len(self.in_spatial) > 0 and list(x.shape[2:]) != self.in_spatial:
+        if len(self.s_in_spatial) > 0 and list(x.shape[2:]) != self.s_in_spatial:
             raise ValueError("collapse_passes: this merged conv was planned for inputs of another spatial size (its "
                              "border terms hold for that size only); run collapse() again with example_inputs of the "
                              "size you run the model at")
-        if len(self.pad) > 0:
-            x = F.pad(x, self.pad)
+        if len(self.s_pad) > 0:
+            x = F.pad(x, self.s_pad)
         if self.ndim == 1:
-            y = F.conv1d(x, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+            y = F.conv1d(x, self.weight, self.bias, self.s_stride, self.s_padding, self.s_dilation, self.groups)
         elif self.ndim == 2:
-            y = F.conv2d(x, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+            y = F.conv2d(x, self.weight, self.bias, self.s_stride, self.s_padding, self.s_dilation, self.groups)
         else:
-            y = F.conv3d(x, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+            y = F.conv3d(x, self.weight, self.bias, self.s_stride, self.s_padding, self.s_dilation, self.groups)
         if self.bias_map is not None:
             y = y + self.bias_map
         return y
@@ -841,7 +892,8 @@ class _ScriptedPaddedConv(nn.Module):
 
 # TorchScript reads attribute types from __annotations__, which `from __future__ import annotations` makes strings it
 # cannot resolve ("Unknown type annotation: 'List[int]'"): the types themselves (an empty list has no type to infer)
-_ScriptedPaddedConv.__annotations__ = dict.fromkeys(("stride", "conv_padding", "dilation", "pad", "in_spatial"), List[int])
+_ScriptedPaddedConv.__annotations__ = dict.fromkeys(("s_stride", "s_padding", "s_dilation", "s_pad", "s_in_spatial"),
+                                                    List[int])
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from ..algebra.conv import ConvParams, auto_pads
 from ..algebra.linear import LinearParams, from_gemm, from_matmul_const
-from .graph import const_value, make_const, single_consumer
+from .graph import const_value, make_const, single_consumer, tensor_namer, unique_name
 
 
 @dataclass
@@ -185,9 +185,9 @@ class DenseView:
             return
         # insert an Add after the MatMul
         out = n.outputs[0]
-        mid = gs.Variable(f"{out.name}__mm", dtype=out.dtype)
+        mid = gs.Variable(tensor_namer(graph)(f"{out.name}__mm"), dtype=out.dtype)   # a model may hold that name
         n.outputs[0] = mid
-        add = gs.Node("Add", name=f"{base}_bias_add", inputs=[mid, bias], outputs=[out])
+        add = gs.Node("Add", name=unique_name(graph, f"{base}_bias_add"), inputs=[mid, bias], outputs=[out])
         graph.nodes.append(add)
         self.bias_add = add
 

@@ -783,6 +783,10 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         example_inputs = (example_inputs,)
     # copies: ShapeProp runs the module, which may write into its input (x.mul_(2))
     example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    if isinstance(module, torch.nn.Module):
+        from ..fx.api import refuse_torchscript
+
+        refuse_torchscript(module)   # a scripted submodule: a TypeError traceback out of keep_module_state
     shapes_known = shapes_known and isinstance(module, torch.fx.GraphModule)
     if shapes_known:
         gm = copy_sharing_weights(module)

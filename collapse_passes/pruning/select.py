@@ -57,6 +57,16 @@ def nothing_to_prune(cg: ChannelGraph, ratio, exclude=(), unread: str = "") -> N
                           "removed exactly without it")
 
 
+def unranked_channels(groups, importance: dict, ratio) -> CollapseError:
+    """The one line for a ratio prune whose importance (the user's per-channel scores, or the statistics of
+    --prune-importance tlc / easier) ranks none of the prunable channels: every unit is unscored (+inf, kept)."""
+    names = list(dict.fromkeys(s[0] for g in groups for s in g.slots))
+    return CollapseError(f"--prune-ratio {ratio}: the channel importance ranks none of the {len(groups)} prunable "
+                         f"channel group(s) (their tensors: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); "
+                         "give per-channel scores for those tensors, or rank by the weights with --prune-importance "
+                         "l1 (prune_importance='l1', prune_module's importance='l1')")
+
+
 def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: str = "global",
                      round_to: int = 1, exclude=()) -> list:
     """(gid, unit) pairs to remove so that about `ratio` of the prunable channels go.
@@ -82,6 +92,9 @@ def select_for_ratio(cg: ChannelGraph, importance: dict, ratio: float, scope: st
             cands[g.gid] = units
     groups = cg.groups()
     if not cands and ratio > 0:
+        unscored = [g for g in groups if any((g.gid, k) not in exclude for k in cg.prunable_units(g))]
+        if unscored:   # prunable channels, none ranked: "no channel can be pruned" / "drop --prune-ratio" was wrong
+            raise unranked_channels(unscored, importance, ratio)
         raise nothing_to_prune(cg, ratio, exclude)
     width = {gid: cg.unit_width(groups[gid]) for gid in cands}
     # kept units rounded so that the kept channels (units * width) are a multiple of round_to

@@ -525,11 +525,12 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
                                if name == "lacoot" else ""))
     if not isinstance(model, nn.Module):
         raise CollapseError(f"iterative_collapse expects a torch.nn.Module, got {type(model).__name__}")
-    from ..fx.api import unwrap_compiled
+    from ..fx.api import refuse_torchscript, unwrap_compiled
 
     # torch.compile(model): the loop trains and edits the module it wraps (the wrapper's hooks broke dynamo:
     # "already tracked for mutation"; its keys would start with `_orig_mod.`); compile the result again
     model = unwrap_compiled(model)
+    refuse_torchscript(model, onnx_way_out=False)   # a scripted submodule: hooks cannot be registered on it
     if model.training:
         raise CollapseError("the model is in training mode; call model.eval() first (scores and the baseline "
                             "accuracy are taken in eval mode)")
@@ -539,8 +540,9 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         max_rounds=max_rounds, patience=patience, score_batches=score_batches, prelu_lambda=prelu_lambda,
         fold_alpha=fold_alpha, lacoot_lambda=lacoot_lambda, target_speedup=target_speedup, min_gain=min_gain,
         remove_blocks_below=remove_blocks_below)
-    if evaluate is None and max_accuracy_drop > 1:
-        # the default accuracy is a fraction: 1.5 read as "1.5 points" turned the check off without a word
+    if evaluate is None and 1 < max_accuracy_drop < float("inf"):
+        # the default accuracy is a fraction: 1.5 read as "1.5 points" turned the check off without a word (inf
+        # says "any drop" as 1.0 does, and no number of points is read from it)
         raise CollapseError(f"max_accuracy_drop is a fraction of top-1 accuracy (0.01 = 1 point), got "
                             f"{max_accuracy_drop:g}, which no drop can exceed: pass {max_accuracy_drop / 100:g} for "
                             f"{max_accuracy_drop:g} points (1.0 accepts any drop)")

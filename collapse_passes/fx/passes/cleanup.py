@@ -1,5 +1,6 @@
 """cleanup: drop no-op nodes (nn.Identity, eval-mode dropout, a zero pad, a slice keeping all, a permute undoing
-the permute before it), dead nodes, then submodules (and the weights they hold) no node refers to any more. A
+the permute before it, a clone nothing writes into, a view to its input's own shape; a view of a view reads
+the first one's input), dead nodes, then submodules (and the weights they hold) no node refers to any more. A
 no-op between two linear ops would otherwise keep them apart (x.permute(0, 3, 1, 2).permute(0, 2, 3, 1) between
 two NHWC Linears: both ONNX exporters drop that pair, so the ONNX front end merged the Linears and this one did
 not)."""
@@ -10,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
-from ..graph import eliminate_dead_code
+from ..graph import alias_group, eliminate_dead_code, feeds_output, mutates
 from ._base import FxPass, PassResult
 
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -73,10 +74,51 @@ def _zero_pad_or_full_slice(node: fx.Node) -> bool:
     return type(size) is int and end >= size   # a symbolic (dynamic) dim may be longer than `end`
 
 
+_VIEWS = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default}
+
+
+def _static_shape(node) -> tuple | None:
+    v = node.meta.get("val") if isinstance(node, fx.Node) else None
+    if not isinstance(v, torch.Tensor) or not all(type(d) is int for d in v.shape):
+        return None
+    return tuple(v.shape)
+
+
+def _literal_view(node: fx.Node) -> bool:
+    """An aten view / reshape to a shape written as numbers, of a tensor of static shape."""
+    return node.op == "call_function" and node.target in _VIEWS and len(node.args) == 2 and not node.kwargs \
+        and isinstance(node.args[0], fx.Node) and isinstance(node.args[1], (list, tuple)) \
+        and all(type(d) is int for d in node.args[1]) and _static_shape(node.args[0]) is not None
+
+
+def _view_of_view(node: fx.Node) -> bool:
+    """reshape(reshape(x, a), b) reads x as reshape(x, b): rewired, so that a decomposed program's 3-D Linears
+    (view, addmm, view) meet where the activation between them was: view(view(y, [2, 4, 16]), [8, 16]) is y."""
+    if not _literal_view(node) or not _literal_view(node.args[0]) or len(node.args[0].users) != 1:
+        return False
+    inner = node.args[0]
+    node.target = torch.ops.aten.reshape.default   # x itself may not be viewable as b; reshape copies then
+    node.args = (inner.args[0], node.args[1])
+    return True
+
+
+def _view_to_own_shape(node: fx.Node) -> bool:
+    """A view / reshape to the shape its input already has (static shapes)."""
+    return _literal_view(node) and tuple(node.args[1]) == _static_shape(node.args[0])
+
+
+def _unobserved_clone(node: fx.Node) -> bool:
+    """aten.clone of a value nothing writes into, not returned: its copy is the value itself. What
+    run_decompositions() makes of an eval-mode dropout; it kept the Linears around it apart."""
+    if node.op != "call_function" or node.target is not torch.ops.aten.clone.default or feeds_output(node):
+        return False
+    return not any(mutates(u, a) for n in (node.args[0], node) for a in alias_group(n) for u in a.users)
+
+
 def _is_noop(gm: fx.GraphModule, node: fx.Node) -> bool:
     if not node.args or not isinstance(node.args[0], fx.Node):
         return False
-    if _zero_pad_or_full_slice(node):
+    if _zero_pad_or_full_slice(node) or _unobserved_clone(node) or _view_to_own_shape(node):
         return True
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
@@ -98,6 +140,7 @@ class Cleanup(FxPass):
         nodes = len(gm.graph.nodes)
         mods = len(list(gm.named_modules()))
         for node in list(gm.graph.nodes):
+            _view_of_view(node)
             if _is_noop(gm, node):
                 node.replace_all_uses_with(node.args[0])
                 gm.graph.erase_node(node)

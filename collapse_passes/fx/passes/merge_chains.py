@@ -80,7 +80,7 @@ class MergeLinearChains(FxPass):
 
     def _replace(self, gm, ops, kind, params, bias_map=None):
         last = ops[-1].node
-        x = ops[0].node.args[0]   # current input: an earlier segment of the chain may have replaced it
+        x = ops[0].node.args[ops[0].x_arg]   # current input: an earlier segment of the chain may have replaced it
         # a strided chain is exact at the planned size; which borders a stride reads changes with the size, so
         # the merged conv keeps a size guard (fx/graph.PaddedConv); stride-1 merges hold at any size
         sized = kind == "conv" and any(s != 1 for op in ops for s in op.params.strides)

@@ -14,7 +14,8 @@ import onnx_graphsurgeon as gs
 
 from ...errors import CollapseError
 from ...pipeline import PassResult
-from ..graph import make_const, replace_tensor_uses, toposort
+from ..graph import make_const, replace_tensor_uses, tensor_namer, toposort
+from ..names import fresh_name
 from ..patterns import find_activations
 
 
@@ -31,6 +32,9 @@ class LinearizeActivations:
 
             infer_shapes(graph)
         now = {}   # an activation's output -> what replaced it (a collapsed activation may feed the next one)
+        # new names no tensor / node has (a model holding `<y>__lin_scale` had it read as the scaled tensor, in the
+        # result and in the requested-semantics reference the check compares it with)
+        fresh, node_names = tensor_namer(graph), {n.name for n in graph.nodes}
         for a in acts:
             x, y = a.input, a.output
             while id(x) in now:
@@ -40,23 +44,24 @@ class LinearizeActivations:
             shaped = _per_channel(regimes.get(a.name), a)
             if shaped is not None:
                 scale, shift = shaped
-                s = gs.Variable(f"{y.name}__ch_scale", dtype=x.dtype, shape=y.shape)   # the pruning reads its rank
-                graph.nodes.append(gs.Node("Mul", name=f"{a.name}__ch_scale", inputs=[
+                # the pruning reads its rank
+                s = gs.Variable(fresh(f"{y.name}__ch_scale"), dtype=x.dtype, shape=y.shape)
+                graph.nodes.append(gs.Node("Mul", name=fresh_name(f"{a.name}__ch_scale", node_names), inputs=[
                     new, make_const(graph, f"{a.name}.ch_scale", scale.astype(dt))], outputs=[s]))
                 new = s
                 if np.any(shift):
-                    s = gs.Variable(f"{y.name}__ch_shift", dtype=x.dtype, shape=y.shape)
-                    graph.nodes.append(gs.Node("Add", name=f"{a.name}__ch_shift", inputs=[
+                    s = gs.Variable(fresh(f"{y.name}__ch_shift"), dtype=x.dtype, shape=y.shape)
+                    graph.nodes.append(gs.Node("Add", name=fresh_name(f"{a.name}__ch_shift", node_names), inputs=[
                         new, make_const(graph, f"{a.name}.ch_shift", shift.astype(dt))], outputs=[s]))
                     new = s
             elif a.linear_scale != 1.0:
-                s = gs.Variable(f"{y.name}__lin_scale", dtype=x.dtype)
-                graph.nodes.append(gs.Node("Mul", name=f"{a.name}__lin_scale", inputs=[
+                s = gs.Variable(fresh(f"{y.name}__lin_scale"), dtype=x.dtype)
+                graph.nodes.append(gs.Node("Mul", name=fresh_name(f"{a.name}__lin_scale", node_names), inputs=[
                     new, make_const(graph, f"{a.name}.lin_scale", np.asarray(a.linear_scale, dtype=dt))], outputs=[s]))
                 new = s
             if shaped is None and a.linear_shift != 0.0:
-                s = gs.Variable(f"{y.name}__lin_shift", dtype=x.dtype)
-                graph.nodes.append(gs.Node("Add", name=f"{a.name}__lin_shift", inputs=[
+                s = gs.Variable(fresh(f"{y.name}__lin_shift"), dtype=x.dtype)
+                graph.nodes.append(gs.Node("Add", name=fresh_name(f"{a.name}__lin_shift", node_names), inputs=[
                     new, make_const(graph, f"{a.name}.lin_shift", np.asarray(a.linear_shift, dtype=dt))], outputs=[s]))
                 new = s
             replace_tensor_uses(graph, y, new)

@@ -17,7 +17,7 @@ from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
 from ...core.merge_fallback import join_key, joins_ok
 from ...pipeline import PassResult
 from ..analysis import _dims, counted_batch
-from ..graph import const_value, make_const, single_consumer, toposort
+from ..graph import const_value, make_const, single_consumer, tensor_namer, toposort, unique_name
 from ..linear_ops import ConvView, DenseView, why_not_view
 
 
@@ -192,10 +192,11 @@ class MergeLinearChains:
         if m.bias_map is None:
             first.outputs[0] = out
             return
-        mid = gs.Variable(f"{out.name}__merged", dtype=out.dtype)
+        mid = gs.Variable(tensor_namer(ctx.graph)(f"{out.name}__merged"), dtype=out.dtype)
         first.outputs[0] = mid
         bm = make_const(ctx.graph, f"{first.name}.bias_map", m.bias_map[None])
-        ctx.graph.nodes.append(gs.Node("Add", name=f"{first.name}_bias_map", inputs=[mid, bm], outputs=[out]))
+        ctx.graph.nodes.append(gs.Node("Add", name=unique_name(ctx.graph, f"{first.name}_bias_map"), inputs=[mid, bm],
+                                       outputs=[out]))
 
     # ------------------------------------------------------------------------------ dense
     def _merge_dense_chain(self, ctx, chain, cm) -> int:
