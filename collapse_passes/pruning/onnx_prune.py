@@ -325,13 +325,14 @@ def _conv_fed(graph, name) -> bool:
 def mask_channels(model: onnx.ModelProto, off: dict) -> onnx.ModelProto:
     """The model with the listed channels of each tensor forced to 0 (a Mul by a 0/1 mask after it): the
     reference "original with those channels set to their constant" for data-dependent removals."""
-    from ..onnx.graph import make_const, to_graph, to_model, toposort
+    from ..onnx.graph import make_const, tensor_namer, to_graph, to_model, toposort, unique_name
 
     if not off:
         return model
     graph = to_graph(model)
     shapes = infer_shapes(graph)
     tensors = graph.tensors()
+    fresh = tensor_namer(graph)   # a model may hold `<name>__masked` already
     for name, chans in off.items():
         t = tensors.get(name)
         shp = shapes.get(name)
@@ -343,12 +344,12 @@ def mask_channels(model: onnx.ModelProto, off: dict) -> onnx.ModelProto:
         mask[list(chans)] = 0.0
         shape = [1] * r
         shape[axis] = shp[axis]
-        masked = gs.Variable(f"{name}__masked", dtype=t.dtype)
+        masked = gs.Variable(fresh(f"{name}__masked"), dtype=t.dtype)
         for node in list(t.outputs):
             for i, inp in enumerate(node.inputs):
                 if inp is t:
                     node.inputs[i] = masked
-        graph.nodes.append(gs.Node("Mul", name=f"{name}__mask", inputs=[t, make_const(graph, f"{name}.mask",
+        graph.nodes.append(gs.Node("Mul", name=unique_name(graph, f"{name}__mask"), inputs=[t, make_const(graph, f"{name}.mask",
                                                                                         mask.reshape(shape))],
                                    outputs=[masked]))
     toposort(graph)
