@@ -817,26 +817,27 @@ def _graph_inputs_given(gm: fx.GraphModule, example_inputs) -> int:
     return len(example_inputs)
 
 
-def _check_input_count(gm: fx.GraphModule, example_inputs) -> None:
+def _check_input_count(gm: fx.GraphModule, example_inputs) -> tuple:
     """symbolic tracing makes every forward parameter an input, `mask=None` included: the traced graph
     then follows the `mask is not None` branch, so inputs left at their default cannot be traced. Parameters
     traced at their default (trace_module, or the user's concrete_args) need no input: those of a user's
-    GraphModule are dropped from our copy, as trace_module drops its own."""
+    GraphModule are dropped from our copy, as trace_module drops its own. Returns example_inputs (a program's
+    dict inputs in the order it was exported with)."""
     import inspect
 
     if gm.meta.get(TRACED_DEFAULTS):   # traced at their defaults: the graph needs only example_inputs
-        return
+        return example_inputs
     given = _graph_inputs_given(gm, example_inputs)
     specialized = _specialized_inputs(gm, given)
     if specialized:   # a GraphModule the user traced with concrete_args: as trace_module's own (a copy: ours)
         _drop_specialized_inputs(gm.graph, specialized)
         gm.recompile()
-        return
-    _check_input_structure(gm, example_inputs)
+        return example_inputs
+    example_inputs = _check_input_structure(gm, example_inputs)
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     missing = [n for n in phs[given:] if not isinstance(n.target, str) or not n.target.startswith("*")]
     if not missing:
-        return
+        return example_inputs
     defaults = [n.name for n in missing if n.args and n.args[0] is not inspect.Parameter.empty]
     program = program_graph_way_out(gm, example_inputs)
     if program:   # an ExportedProgram's graph_module: its parameters are its inputs
@@ -860,25 +861,37 @@ def _input_kinds(specs) -> str:
     return ", ".join(kind(sp) for sp in specs) or "nothing"
 
 
-def _check_input_structure(gm: fx.GraphModule, example_inputs) -> None:
+def _in_spec_order(value, spec):
+    """value with its dicts' keys in the order of the pytree spec (same keys), as ep.module() reads them."""
+    if spec.type is dict and isinstance(value, dict) and set(value) == set(spec.context):
+        return {k: _in_spec_order(value[k], spec.child(i)) for i, k in enumerate(spec.context)}
+    if spec.type in (tuple, list) and isinstance(value, (tuple, list)) and len(value) == spec.num_children:
+        return type(value)(_in_spec_order(v, spec.child(i)) for i, v in enumerate(value))
+    return value
+
+
+def _check_input_structure(gm: fx.GraphModule, example_inputs) -> tuple:
     """A program's module (ep.module()) flattens forward's arguments by the structure it was exported with. The shape
     run (an fx Interpreter) flattened whatever it was given, so example_inputs of another structure, two tensors for
     one input or a dict for a tensor, passed it and then the program's own call raised a TypeError / AttributeError
-    traceback out of collapse(ep, example_inputs=...)."""
+    traceback out of collapse(ep, example_inputs=...). A dict with the program's keys in another order is what
+    ep.module() accepts too: returned in the program's order (it was refused, or fed by position)."""
     from torch.fx.graph import _PyTreeCodeGen
     from torch.utils._pytree import tree_flatten
 
     codegen = gm.graph._codegen
     spec = codegen.pytree_info.in_spec if isinstance(codegen, _PyTreeCodeGen) else None
     if spec is None or spec.type is not tuple or spec.num_children != 2:   # (args, kwargs), as torch.export writes it
-        return
+        return example_inputs
     want = spec.child(0)
-    got = tree_flatten(tuple(example_inputs))[1]
+    example_inputs = _in_spec_order(tuple(example_inputs), want)
+    got = tree_flatten(example_inputs)[1]
     if got != want:
         raise CollapseError(f"example_inputs do not match the inputs the program was exported with: it takes "
                             f"{_input_kinds(want.children())}, example_inputs give "
                             f"{_input_kinds(got.children())}; pass inputs of the exported structure (or none: "
                             "the program's own example inputs are used)")
+    return example_inputs
 
 
 def _check_trace(model, got: list, example_inputs, cfg: CollapseConfig) -> None:
@@ -1259,7 +1272,7 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         notes.append(f"symbolic_trace could not trace the model and torch.export could not keep its batch dynamic "
                      f"(the model's code bounds it): the result is sure to run at the example batch ({b}) only; "
                      "collapse with example_inputs of the batch you deploy")
-    _check_input_count(gm, example_inputs)
+    example_inputs = _check_input_count(gm, example_inputs)
     # the runs below share the caller's tensors: a write the graph does not show (a leaf module's own
     # update, or one symbolic_trace dropped) is found after the trace check's run, undone and refused
     guard = StateGuard(model) if isinstance(model, torch.nn.Module) else None
