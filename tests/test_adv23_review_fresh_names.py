@@ -1,4 +1,4 @@
-"""The tensors and nodes a rewrite adds get names the model does not hold (onnx/names.fresh_name; adversarial
+"""The tensors and nodes a rewrite adds get names the model does not hold (core/names.fresh_name; adversarial
 round 23, H71). Round 22 unified five copies of the base, base_1, ... loop but left rewrites that name their new
 tensor `<y>__lin_scale`, `<y>__mm`, `<y>__merged` and their Add `<node>_bias_add` whatever the model holds:
 

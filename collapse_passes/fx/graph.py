@@ -33,6 +33,7 @@ from ..algebra.conv import ConvParams
 from ..algebra.linear import LinearParams
 from ..core import activations as catalogue
 from ..core import gates
+from ..core.names import AttributeNames, fresh_name
 from ..core.torch_kinds import function_kind, module_kind
 from ..core.selection import ROOT_CALL, SITE_SEP, root_keys, site_key
 from .frames import RESUMED_GRAPH
@@ -924,12 +925,8 @@ def make_module(kind: str, params, bias_map: np.ndarray | None = None, size_guar
 
 
 def _fresh_name(gm: fx.GraphModule, hint: str) -> str:
-    base = re.sub(r"[^0-9a-zA-Z_]", "_", hint) or "op"
-    name, i = base, 1
-    while hasattr(gm, name):
-        name = f"{base}_{i}"
-        i += 1
-    return name
+    """An attribute name of gm no submodule / parameter / buffer has, made of `hint` (core/names)."""
+    return fresh_name(re.sub(r"[^0-9a-zA-Z_]", "_", hint) or "op", AttributeNames(gm))
 
 
 def insert_linear(gm: fx.GraphModule, before: fx.Node, x: fx.Node, kind: str, params, bias_map=None,

@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 
 from .graph import const_value, toposort
 from .keys import module_path_from_metadata, module_path_from_scope_name
-from .names import fresh_name
+from ..core.names import fresh_name
 
 _PROJ_OPS = {"Conv", "BatchNormalization", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div", "AveragePool", "Identity"}
 _SHAPE_OPS = {"Shape", "Size"}

@@ -23,7 +23,7 @@ import onnx
 from onnx import helper
 
 from ..errors import CollapseError
-from .names import fresh_name
+from ..core.names import fresh_name
 
 MS = "com.microsoft"
 #: contrib ops rewritten here

@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from ..errors import CollapseError
-from .names import fresh_name
+from ..core.names import fresh_name
 
 ONNX_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 #: ops that give a new value on every run, even from the same inputs

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..core.activations import is_collapsible, linear_regime
+from ..core.names import AttributeNames, fresh_name
 from ..core.selection import site_key
 from ..core.torch_kinds import module_kind
 from ..errors import CollapseError
@@ -313,9 +314,7 @@ def _edit_calls(gm: torch.fx.GraphModule, want: dict, prefix: str = "", make: Ca
         if s is None:
             continue
         base = prefix_name + (s.key.rpartition(".")[2] if prefix else s.key).replace(".", "_").replace(":", "_")
-        name, k = base, 1
-        while hasattr(gm, name):   # keys renumber after a collapse: relu:1 can come twice
-            name, k = f"{base}_{k}", k + 1
+        name = fresh_name(base, AttributeNames(gm))   # keys renumber after a collapse: relu:1 can come twice
         gm.add_submodule(name, make(s, gm.get_submodule(n.target)))
         n.target = name
     gm.graph.lint()

@@ -18,7 +18,7 @@ from torch import fx
 from ...core import activations as catalogue
 from ...errors import CollapseError
 from ...core.selection import lookup
-from ..graph import find_activations, key_index, mutated_between, mutates
+from ..graph import _fresh_name, find_activations, key_index, mutated_between, mutates
 from ._base import FxPass, PassResult
 
 
@@ -141,11 +141,7 @@ def _per_channel(gm: fx.GraphModule, s, x: fx.Node, r) -> fx.Node:
                             "channel_regimes")
     scale = torch.as_tensor(r.scale, dtype=dtype, device=device)
     shift = torch.as_tensor(r.shift, dtype=dtype, device=device)
-    base = f"{s.name}_channel_regime"
-    name, i = base, 0
-    while hasattr(gm, name):
-        i += 1
-        name = f"{base}_{i}"
+    name = _fresh_name(gm, f"{s.name}_channel_regime")
     if r.axis == 1 and len(shape) in (2, 3, 4, 5):
         bn_cls = {2: ChannelMap1d, 3: ChannelMap1d, 4: ChannelMap2d, 5: ChannelMap3d}
         bn = bn_cls[len(shape)](r.scale.size, eps=0.0, device=device, dtype=dtype).eval()

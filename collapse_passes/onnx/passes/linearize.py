@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from ...errors import CollapseError
 from ...pipeline import PassResult
 from ..graph import make_const, replace_tensor_uses, tensor_namer, toposort
-from ..names import fresh_name
+from ...core.names import fresh_name
 from ..patterns import find_activations
 
 
