@@ -32,7 +32,7 @@ from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, c
                     module_op_count,
                     count_params, find_activations, is_collapsible, keep_module_state, key_index, linear_op, own_weights,
                     propagate_shapes, shape_of, shape_runs_scope, state_error, state_writes, training_batchnorms)
-from .graph import _FREE as _FREE_CALLS, batchnorm_op, submodule
+from .graph import _FREE as _FREE_CALLS, MATMUL_LINEARS, batchnorm_op, submodule
 from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, HoistGlobalPool, LinearizeActivations,
                      MergeLinearChains, PropagateBiasMaps, RemoveResidualBlocks)
 
@@ -1167,11 +1167,9 @@ def export_free_nodes(gm: fx.GraphModule) -> tuple[set, int]:
         if _is_noop(gm, node):
             free.add(node)
             continue
-        op = linear_op(gm, node)
-        mat2 = node.args[op.x_arg + 1] if op is not None and node.op == "call_function" and op.kind == "linear" \
-            and len(node.args) > op.x_arg + 1 else None
-        if isinstance(mat2, fx.Node) and mat2.op == "call_function" and len(mat2.users) == 1:
-            free.add(mat2)   # a decomposed Linear's W.t(): a view of a constant (the exporters' Gemm transB)
+        op = linear_op(gm, node) if node.target in MATMUL_LINEARS else None
+        if op is not None and op.weight_view is not None and len(op.weight_view.users) == 1:
+            free.add(op.weight_view)   # a decomposed Linear's W.t(): a view of a constant (the exporters' Gemm transB)
         bn = batchnorm_op(gm, node)
         # the fold pass's own rule: a BatchNorm1d over a Linear's 3-D output scales the sequence axis, not the
         # features (no exporter folds it; counted free, the torch depth was one short of the ONNX file's)

@@ -297,6 +297,7 @@ class LinearOp:
     x: fx.Node
     bias_map: np.ndarray | None = None   # a merged conv's per-position bias (PaddedConv)
     x_arg: int = 0                       # node.args[x_arg] is x (1 for addmm(bias, x, w.t()))
+    weight_view: fx.Node | None = None   # the W.t() node a decomposed Linear reads its weight through
 
     @property
     def dtype(self):
@@ -351,11 +352,13 @@ def linear_op(gm: fx.GraphModule, node: fx.Node) -> LinearOp | None:
         if w is None or w.ndim != 2 or (b_arg is not None and b is None):
             return None
         return LinearOp(node, "linear", LinearParams(to_numpy(w), to_numpy(b)), node.args[0])
-    if t in (aten.addmm.default, aten.mm.default):
+    if t in MATMUL_LINEARS:
         return _matmul_linear(gm, node)
     return None
 
 
+#: how a decomposed program (ep.run_decompositions()) writes a Linear: addmm(b, x, W.t()), mm(x, W.t())
+MATMUL_LINEARS = (aten.addmm.default, aten.mm.default)
 _TRANSPOSES = {aten.t.default, aten.numpy_T.default}
 
 
@@ -368,9 +371,11 @@ def _weight_of_mat2(gm: fx.GraphModule, mat2) -> np.ndarray | None:
     if not isinstance(mat2, fx.Node) or mat2.op != "call_function" or not mat2.args:
         return None
     t = mat2.target
-    dims = [_arg(mat2, 1, "dim0", None), _arg(mat2, 2, "dim1", None)]
-    swaps = t in _TRANSPOSES or (t is aten.permute.default and list(_arg(mat2, 1, "dims", ())) in ([1, 0], [-1, -2])) \
-        or (t is aten.transpose.int and all(type(d) is int for d in dims) and {d % 2 for d in dims} == {0, 1})
+    if t is aten.transpose.int:
+        dims = [_arg(mat2, 1, "dim0", None), _arg(mat2, 2, "dim1", None)]
+        swaps = all(type(d) is int for d in dims) and {d % 2 for d in dims} == {0, 1}
+    else:
+        swaps = t in _TRANSPOSES or (t is aten.permute.default and list(_arg(mat2, 1, "dims", ())) in ([1, 0], [-1, -2]))
     w = const_tensor(gm, mat2.args[0]) if swaps else None
     return to_numpy(w) if w is not None and w.ndim == 2 else None
 
@@ -386,8 +391,9 @@ def _matmul_linear(gm: fx.GraphModule, node: fx.Node) -> LinearOp | None:
     b = const_tensor(gm, node.args[0]) if addmm else None
     if w is None or (addmm and (b is None or b.numel() != w.shape[0] or b.ndim > 2 or b.ndim == 2 and b.shape[0] != 1)):
         return None
+    view = mat2 if mat2.op == "call_function" else None
     return LinearOp(node, "linear", LinearParams(w, None if b is None else to_numpy(b).reshape(-1)), x,
-                    x_arg=1 if addmm else 0)
+                    x_arg=1 if addmm else 0, weight_view=view)
 
 
 # ----------------------------------------------------------------------------------- BatchNorm

@@ -668,7 +668,7 @@ def replace_tensor_uses(graph: gs.Graph, old, new) -> None:
             ident = gs.Node(op="Identity", name=unique_name(graph, f"{old.name}_identity"),
                             inputs=[new], outputs=[gs.Variable(old.name, dtype=old.dtype, shape=old.shape)])
             # the old producer's output must be renamed so the graph output name stays stable
-            old.name = old.name + "__replaced"
+            old.name = tensor_namer(graph)(f"{old.name}__replaced")
             graph.nodes.append(ident)
             graph.outputs[i] = ident.outputs[0]
 
@@ -683,6 +683,19 @@ def tensor_namer(graph: gs.Graph):
     base_1, base_2, ...): for the Variables a rewrite adds between existing ops."""
     taken = set(graph.tensors())
     return lambda base: fresh_name(base, taken)
+
+
+def add_after(graph: gs.Graph, out, const, suffix: str, add_name: str) -> gs.Node:
+    """`out` becomes its producer's value + const: the producer now writes a fresh `<out>__<suffix>`, an Add (named
+    add_name, or the first free name after it) writes `out`, so out's readers and name stay. Returns the Add (its
+    inputs[0] is the raw tensor). The one way a rewrite appends a bias (map) to an op's output: the names it adds
+    are checked against the model's (a model holding `<out>__<suffix>` got a wrong or unloadable graph)."""
+    p = out.inputs[0]
+    raw = gs.Variable(tensor_namer(graph)(f"{out.name}__{suffix}"), dtype=out.dtype)
+    p.outputs[p.outputs.index(out)] = raw
+    add = gs.Node("Add", name=unique_name(graph, add_name), inputs=[raw, const], outputs=[out])
+    graph.nodes.append(add)
+    return add
 
 
 def make_const(graph: gs.Graph, base: str, value: np.ndarray) -> gs.Constant:

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from ..algebra.conv import ConvParams, auto_pads
 from ..algebra.linear import LinearParams, from_gemm, from_matmul_const
-from .graph import const_value, make_const, single_consumer, tensor_namer, unique_name
+from .graph import add_after, const_value, make_const, single_consumer
 
 
 @dataclass
@@ -183,13 +183,7 @@ class DenseView:
             i = 1 if a.inputs[0] is n.outputs[0] else 0
             a.inputs[i] = bias
             return
-        # insert an Add after the MatMul
-        out = n.outputs[0]
-        mid = gs.Variable(tensor_namer(graph)(f"{out.name}__mm"), dtype=out.dtype)   # a model may hold that name
-        n.outputs[0] = mid
-        add = gs.Node("Add", name=unique_name(graph, f"{base}_bias_add"), inputs=[mid, bias], outputs=[out])
-        graph.nodes.append(add)
-        self.bias_add = add
+        self.bias_add = add_after(graph, n.outputs[0], bias, "mm", f"{base}_bias_add")   # an Add after the MatMul
 
 
 def _dtype(t) -> np.dtype:

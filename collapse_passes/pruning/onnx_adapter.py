@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 from ..algebra import prune as prune_alg
 from ..algebra.conv import bn_to_affine
 from ..core.activations import SELU_ALPHA, SELU_GAMMA
-from ..onnx.graph import const_value, make_const, tensor_namer, toposort, unique_name
+from ..onnx.graph import add_after, const_value, make_const, toposort
 from ..onnx.linear_ops import ConvView, DenseView
 from .builder import SlotBuilder
 from .graph import ChannelGraph, activation_fn, avg_pool_keeps_constants, removal_edits
@@ -857,8 +857,5 @@ def apply_removal(graph: gs.Graph, cg: ChannelGraph, removed, folds=()) -> dict:
 
 
 def _add_bias_map(graph: gs.Graph, node, bias_map: np.ndarray) -> None:
-    out = node.outputs[0]
-    mid = gs.Variable(tensor_namer(graph)(f"{out.name}__pruned"), dtype=out.dtype)   # a model may hold that name
-    node.outputs[0] = mid
     bm = make_const(graph, f"{node.name}.bias_map", bias_map[None].astype(np.float32))
-    graph.nodes.append(gs.Node("Add", name=unique_name(graph, f"{node.name}_bias_map"), inputs=[mid, bm], outputs=[out]))
+    add_after(graph, node.outputs[0], bm, "pruned", f"{node.name}_bias_map")

@@ -10,14 +10,13 @@ the segment starts there (conv(x) + x as one conv).
 from __future__ import annotations
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from ...algebra.cost import CostModel, conv_macs, linear_macs
 from ...core.chains import merge_record, plan_conv_chain, plan_dense_chain
 from ...core.merge_fallback import join_key, joins_ok
 from ...pipeline import PassResult
 from ..analysis import _dims, counted_batch
-from ..graph import const_value, make_const, single_consumer, tensor_namer, toposort, unique_name
+from ..graph import add_after, const_value, make_const, single_consumer, toposort
 from ..linear_ops import ConvView, DenseView, why_not_view
 
 
@@ -189,14 +188,10 @@ class MergeLinearChains:
         for n in nodes[1:]:
             n.inputs.clear()
             n.outputs.clear()
-        if m.bias_map is None:
-            first.outputs[0] = out
-            return
-        mid = gs.Variable(tensor_namer(ctx.graph)(f"{out.name}__merged"), dtype=out.dtype)
-        first.outputs[0] = mid
-        bm = make_const(ctx.graph, f"{first.name}.bias_map", m.bias_map[None])
-        ctx.graph.nodes.append(gs.Node("Add", name=unique_name(ctx.graph, f"{first.name}_bias_map"), inputs=[mid, bm],
-                                       outputs=[out]))
+        first.outputs[0] = out
+        if m.bias_map is not None:
+            bm = make_const(ctx.graph, f"{first.name}.bias_map", m.bias_map[None])
+            add_after(ctx.graph, out, bm, "merged", f"{first.name}_bias_map")
 
     # ------------------------------------------------------------------------------ dense
     def _merge_dense_chain(self, ctx, chain, cm) -> int:

@@ -23,7 +23,7 @@ from ...algebra.linear import from_gemm
 from ...algebra.runmap import RunMap
 from ...pipeline import PassResult
 from ...planning import cheapest_point, rewrite_pays
-from ..graph import const_value, make_const, tensor_namer, toposort, unique_name
+from ..graph import add_after, const_value, make_const, tensor_namer, toposort, unique_name
 from ..linear_ops import ConvView, DenseView
 
 __all__ = ["PropagateBiasMaps", "bias_map_source", "count_bias_map_adds"]
@@ -337,20 +337,16 @@ class PropagateBiasMaps:
                 view.write(g, q.__class__(q.weight, bias.astype(np.asarray(q.weight).dtype)))
             return
         k = make_const(g, f"{u.name}.bias_map", o.astype(dtype))
-        fresh = tensor_namer(g)
 
         if u is e:  # the producer writes a raw tensor; readers linear in e keep the raw one, the rest get e
-            raw = gs.Variable(fresh(f"{e.name}__raw"), dtype=e.dtype)
-            p = e.inputs[0]
-            p.outputs[p.outputs.index(e)] = raw
+            raw = add_after(g, e, k, "raw", f"{e.name}_bias_map").inputs[0]
             for c in list(e.outputs):
                 if id(c) in linear:
                     for i, t in enumerate(c.inputs):
                         if t is e:
                             c.inputs[i] = raw
-            g.nodes.append(gs.Node("Add", name=unique_name(g, f"{e.name}_bias_map"), inputs=[raw, k], outputs=[e]))
             return
-        fixed = gs.Variable(fresh(f"{u.name}__with_map"), dtype=u.dtype)
+        fixed = gs.Variable(tensor_namer(g)(f"{u.name}__with_map"), dtype=u.dtype)
         c = u.outputs[0]
         c.inputs[c.inputs.index(u)] = fixed
         g.nodes.append(gs.Node("Add", name=unique_name(g, f"{u.name}_bias_map"), inputs=[u, k], outputs=[fixed]))
