@@ -83,6 +83,31 @@ def test_a_clone_something_writes_into_is_kept():
     torch.testing.assert_close(got, want)
 
 
+def test_a_contiguous_clone_a_view_needs_is_kept():
+    """x.permute(...).contiguous().view(...) decomposes to clone(memory_format=contiguous_format) before the view:
+    dropping it left the view a permuted tensor ("view size is not compatible"; a decomposed Swin failed so)."""
+
+    class P(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f1, self.act, self.f2 = nn.Linear(6, 6), nn.ReLU(), nn.Linear(18, 4)
+
+        def forward(self, x):   # (2, 3, 6) -> (2, 6, 3) contiguous -> (2, 18)
+            return self.f2(self.act(self.f1(x).permute(0, 2, 1).contiguous().view(2, 18)))
+
+    torch.manual_seed(0)
+    m = P().eval()
+    x = torch.randn(2, 3, 6)
+    dec = torch.export.export(m, (x,)).run_decompositions()
+    assert any(n.kwargs.get("memory_format") is torch.contiguous_format for n in dec.graph.nodes
+               if n.target is torch.ops.aten.clone.default)
+    res = cp.collapse(dec, collapse=["act"], example_inputs=(x,))
+    ref = P().eval()
+    ref.load_state_dict(m.state_dict())
+    ref.act = nn.Identity()
+    torch.testing.assert_close(res.model.module()(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
 def test_a_returned_clone_is_kept():
     """A clone the graph returns: without it the output would be the input tensor itself."""
 

@@ -108,9 +108,11 @@ def _view_to_own_shape(node: fx.Node) -> bool:
 
 
 def _unobserved_clone(node: fx.Node) -> bool:
-    """aten.clone of a value nothing writes into, not returned: its copy is the value itself. What
-    run_decompositions() makes of an eval-mode dropout; it kept the Linears around it apart."""
-    if node.op != "call_function" or node.target is not torch.ops.aten.clone.default or feeds_output(node):
+    """aten.clone of a value nothing writes into, not returned, in the input's own layout: its copy is the value
+    itself. What run_decompositions() makes of an eval-mode dropout; it kept the Linears around it apart. A clone
+    to contiguous_format is x.contiguous(), which a later view needs: kept."""
+    if node.op != "call_function" or node.target is not torch.ops.aten.clone.default or feeds_output(node) \
+            or node.kwargs.get("memory_format", torch.preserve_format) is not torch.preserve_format:
         return False
     return not any(mutates(u, a) for n in (node.args[0], node) for a in alias_group(n) for u in a.users)
 
