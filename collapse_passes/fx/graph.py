@@ -542,7 +542,9 @@ def activation_kind(gm: fx.GraphModule, node: fx.Node):
 #: elementwise torch ops a composite may be made of, by function / method / aten packet name
 _ELEMENTWISE = {"mul", "truediv", "div", "add", "sub", "rsub", "neg", "pow", "exp", "erf", "tanh", "sigmoid", "expit",
                 "sqrt", "rsqrt", "reciprocal", "abs", "maximum", "minimum", "clamp", "clamp_min", "clamp_max", "clip",
-                "relu", "relu6", "hardtanh", "hardsigmoid", "softplus"}
+                "relu", "relu6", "hardtanh", "hardsigmoid", "softplus",
+                # a decomposed program's softplus inside Mish: where(x > 20, x, log1p(exp(x)))
+                "gt", "lt", "where", "log1p", "expm1"}
 _GATE_ANCHORS = {"mul", "truediv", "div"}
 
 
@@ -616,14 +618,24 @@ def _composites(gm: fx.GraphModule, order: dict, claimed: set) -> list:
                 producer=lambda v: v if v.op in ("call_function", "call_method", "call_module") else None,
                 consumers=lambda v: v.users, order=order.__getitem__,
                 expandable=lambda n: n not in claimed and _is_elementwise(gm, n)):
-            kind = gates.identify_region(_eval_region(gm, nodes, x))
+            values = _eval_region(gm, nodes, x)
+            kind, params = gates.identify_region(values), {}
+            if kind is None and values is not None and _op_name(anchor) in ("div", "truediv") and np.allclose(
+                    values, catalogue.reference("hardsigmoid", gates.PROBE, _TORCH_HARDSIGMOID), rtol=1e-6, atol=1e-9):
+                kind, params = "hardsigmoid", dict(_TORCH_HARDSIGMOID)
             if kind:
-                best = (nodes, x, kind)
+                best = (nodes, x, kind, params)
         if best:
-            nodes, x, kind = best
+            nodes, x, kind, params = best
             claimed.update(nodes)
-            found.append((anchor, kind, nodes, x))
+            found.append((anchor, kind, params, nodes, x))
     return found
+
+
+#: torch's hardsigmoid, relu6(x + 3) / 6: a decomposed program (ep.run_decompositions()) spells it as
+#: add, clamp(min=0), clamp(max=6), div; matched as one site of the plain program's kind, where its first clamp
+#: alone was a clip site and collapsing it left min(x + 3, 6) / 6, a nonlinear op, in the result
+_TORCH_HARDSIGMOID = {"alpha": 1.0 / 6.0, "beta": 0.5}
 
 
 _MAX_OPS = {"maximum", "max"}   # not fmax: it drops NaNs, which ONNX Max and the identity keep
@@ -693,16 +705,107 @@ def _two_op_forms(gm: fx.GraphModule, claimed: set) -> list:
     return found
 
 
+#: shape-only ops a decomposition puts between a PReLU's weight and its mul (view to [1, C, 1, 1])
+_WEIGHT_VIEWS = {"view", "reshape", "_unsafe_view", "unsqueeze", "expand"}
+
+
+def _const_through_views(gm: fx.GraphModule, node) -> tuple[torch.Tensor, list] | None:
+    """(the constant's values in the shape node has, the view nodes read only on the way) for a get_attr constant
+    or a chain of shape-only ops of one, else None."""
+    views = []
+    while isinstance(node, fx.Node) and node.op == "call_function" and _op_name(node) in _WEIGHT_VIEWS:
+        if len(node.users) != 1:
+            return None
+        views.append(node)
+        node = node.args[0]
+    c = const_tensor(gm, node)
+    if c is None or not c.is_floating_point():
+        return None
+    try:
+        with torch.no_grad():
+            for v in reversed(views):
+                c = v.target(c, *v.args[1:], **v.kwargs)
+    except Exception:   # a view these values do not take: not a weight we read
+        return None
+    return c, views[::-1]
+
+
+def _where_forms(gm: fx.GraphModule, order: dict, claimed: set) -> list:
+    """(where, kind, params, nodes, x) of activations a decomposed program (ep.run_decompositions()) spells as
+    where(x > 0, x, g(x)), found as one site of the kind the plain program's op has:
+    - g(x) = w * x, w a constant (through views, [1, C, 1, 1]): prelu with slope w (aten.prelu's decomposition);
+    - g(x) an elementwise region of x with scalar constants equal to ELU's or CELU's negative part for one of them
+      as alpha (aten.celu's decomposition; ELU and SELU stay aten.elu there).
+    Undecomposed, these are one op each (function_kind); decomposed, the sites were not found at all."""
+    found = []
+    for w in gm.graph.nodes:
+        if w in claimed or _op_name(w) != "where" or len(w.args) != 3 or w.kwargs:
+            continue
+        cond, x, neg = w.args
+        if not all(isinstance(a, fx.Node) for a in (cond, x, neg)) or {cond, neg} & claimed:
+            continue
+        if (_op_name(cond) != "gt" or len(cond.args) != 2 or cond.kwargs or cond.args[0] is not x
+                or isinstance(cond.args[1], bool) or cond.args[1] != 0 or len(cond.users) != 1 or len(neg.users) != 1):
+            continue
+        site = None
+        if _op_name(neg) == "mul" and len(neg.args) == 2 and not neg.kwargs and x in neg.args:
+            other = neg.args[1] if neg.args[0] is x else neg.args[0]
+            got = _const_through_views(gm, other)
+            shape = shape_of(x)
+            if got is not None and shape is not None and len(shape) >= 2:
+                c, views = got   # broadcast on the channel axis 1 only, as aten.prelu's weight
+                if c.ndim == len(shape) and all(d == 1 for i, d in enumerate(c.shape) if i != 1) \
+                        and c.shape[1] in (1, shape[1]):
+                    slope = to_numpy(c.reshape(-1)).astype(np.float64)
+                    site = ("prelu", {"slope": slope}, views + [cond, neg])
+        if site is None:
+            region = _region_of(gm, neg, x, order, claimed)
+            if region is not None:
+                values = _eval_region(gm, region + [cond, w], x)
+                scalars = {float(a) for n in region for a in n.args
+                           if isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0}
+                for kind in ("celu", "elu"):
+                    alpha = next((a for a in sorted(scalars) if values is not None and np.allclose(
+                        values, catalogue.reference(kind, gates.PROBE, {"alpha": a}), rtol=1e-6, atol=1e-9)), None)
+                    if alpha is not None:
+                        site = (kind, {"alpha": alpha}, region + [cond])
+                        break
+        if site is None:
+            continue
+        kind, params, inner = site
+        nodes = sorted(inner, key=order.__getitem__) + [w]
+        claimed.update(nodes)
+        found.append((w, kind, params, nodes, x))
+    return found
+
+
+def _region_of(gm: fx.GraphModule, out: fx.Node, x: fx.Node, order: dict, claimed: set, limit: int = 8) -> list | None:
+    """The elementwise nodes computing `out` from `x` and scalar constants alone (graph order), every value but
+    `out`'s read only inside them; else None."""
+    region: set = set()
+    todo = [out]
+    while todo:
+        n = todo.pop()
+        if n is x or n in region:
+            continue
+        if n in claimed or not _is_elementwise(gm, n) or len(region) >= limit:
+            return None
+        region.add(n)
+        todo.extend(_operands(gm, n))
+    if any(u not in region for n in region if n is not out for u in n.users):
+        return None
+    return sorted(region, key=order.__getitem__)
+
+
 def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[ActivationSite]:
     """Every (collapsible) activation call in graph (= call) order, with keys resolved; a composite
     written functionally (x * torch.sigmoid(x)) is one site of its catalogue kind (silu), keyed like
     the ONNX front end keys it: its module path, then its node names in graph order."""
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     claimed: set = set()
-    sites = [ActivationSite(a.name, a, kind, {}, x, module_path(a), nodes=nodes)
-             for a, kind, nodes, x in _composites(gm, order, claimed)]
-    sites += [ActivationSite(a.name, a, kind, params, x, module_path(a), nodes=nodes)
-              for a, kind, params, nodes, x in _two_op_forms(gm, claimed)]
+    sites = [ActivationSite(a.name, a, kind, params, x, module_path(a), nodes=nodes)
+             for a, kind, params, nodes, x in (_composites(gm, order, claimed) + _two_op_forms(gm, claimed)
+                                               + _where_forms(gm, order, claimed))]
     for node in gm.graph.nodes:
         if node in claimed:
             continue

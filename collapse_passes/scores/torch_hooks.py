@@ -132,10 +132,15 @@ def module_scores(model, method: str, calib_batches=None, calib_arg: str = "cali
         raise CollapseError(f"unknown score method {method!r} for a torch module; valid methods: {', '.join(METHODS)}")
     acts = activation_modules(model)
     if name == "prelu":
-        if not acts:
+        # data-free: the slopes of the PReLU / LeakyReLU modules, and of those the traced graph holds as functions
+        # (F.prelu, an ExportedProgram's aten.prelu or its decomposed where(x > 0, x, w * x))
+        graph = _GraphSites.of(model, gm, acts, lambda: None) if functional else _GraphSites([], None, "")
+        sloped = [site for site in graph.sites if site.kind in ("prelu", "leaky_relu")]
+        if not acts and not sloped:
             raise CollapseError("module_scores: --method prelu scores nn.PReLU / nn.LeakyReLU modules, and this "
                                 "model has none; use easier or tlc")
-        return _prelu(_called_only(acts, _traced_calls(model) or ()), calib_batches)
+        return graph.in_model_order(_prelu(_called_only(acts, _traced_calls(model) or ()), calib_batches,
+                                           graph.sites))
     # a one-shot iterator (a generator): its first batch may be read to trace with (torch.export) and put back;
     # it is held in a list only when it is read twice (the module hooks, then the graph's functional sites)
     try:
@@ -177,24 +182,27 @@ def module_scores(model, method: str, calib_batches=None, calib_arg: str = "cali
 
 # ------------------------------------------------------------------------------------ prelu
 
-def _prelu(acts: dict, calib_batches) -> ScoreResult:
+def _prelu(acts: dict, calib_batches, graph_sites=()) -> ScoreResult:
+    """acts: activation modules (key -> (module, kind)); graph_sites: the traced graph's sites no module hook sees,
+    whose slopes fx/graph.find_activations read (params slope / alpha)."""
     from .prelu import slope_details
 
     scores, details = {}, {}
     others = defaultdict(int)
-    for key, (mod, kind) in acts.items():
-        if kind == "prelu":
-            d = slope_details(kind, mod.weight.detach().cpu().double().numpy())
-        elif kind == "leaky_relu":
-            d = slope_details(kind, [float(mod.negative_slope)])
-        else:
+    slopes = [(key, kind, mod.weight.detach().cpu().double().numpy() if kind == "prelu" else
+               [float(mod.negative_slope)] if kind == "leaky_relu" else None) for key, (mod, kind) in acts.items()]
+    slopes += [(site.keys[0], site.kind, site.params.get("slope") if site.kind == "prelu" else
+                [float(site.params.get("alpha", 0.01))] if site.kind == "leaky_relu" else None) for site in graph_sites]
+    for key, kind, slope in slopes:
+        if slope is None:
             others[kind] += 1
             continue
+        d = slope_details(kind, slope)
         scores[key], details[key] = d["score"], d
     if not scores:
         raise CollapseError("module_scores: --method prelu scores nn.PReLU / nn.LeakyReLU slopes, and this model has "
                             f"none (activations: {', '.join(f'{k}: {n}' for k, n in others.items())}); use easier or tlc")
-    notes = ["prelu: score = mean |1 - slope| per nn.PReLU / nn.LeakyReLU (0 = identity); data-free"]
+    notes = ["prelu: score = mean |1 - slope| per PReLU / LeakyReLU (0 = identity); data-free"]
     if others:
         notes.append("prelu: activations of other kinds get no score (" +
                      ", ".join(f"{k}: {n}" for k, n in sorted(others.items())) + ")")
