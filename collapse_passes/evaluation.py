@@ -2,7 +2,8 @@
 
 DATA.npz holds the model inputs (arrays named after them, first axis = samples) and a `labels`
 array (one integer class per sample). Accuracy = argmax over the first output's class axis (axis 1
-of a (N, classes) output). Latency: batch 1 (the first sample), both models on onnxruntime CPU with
+of a (N, classes) output). Latency: batch 1 (the first sample; a model with a static batch N: its first N
+samples, the report's `latency.batch`), both models on onnxruntime CPU with
 full graph optimizations, timed interleaved (core.runtime.time_interleaved), median reported.
 """
 from __future__ import annotations
@@ -101,7 +102,8 @@ def _top1_counts(model: onnx.ModelProto, feeds: list[dict], labels: np.ndarray, 
 
 
 def latency_ms(models: dict, feed: dict, rounds: int = 50) -> dict:
-    """{name: median ms} at batch 1, interleaved, onnxruntime CPU, full optimizations, spinning off."""
+    """{name: median ms} on `feed` (batch 1, or the model's static batch), interleaved, onnxruntime CPU, full
+    optimizations, spinning off."""
     from .core.runtime import session, time_interleaved
 
     sessions = {k: session(m, optimize=True) for k, m in models.items()}
@@ -112,7 +114,7 @@ def latency_ms(models: dict, feed: dict, rounds: int = 50) -> dict:
 def eval_report(original: onnx.ModelProto, result: onnx.ModelProto, data) -> dict:
     feeds, labels, src = data if isinstance(data, tuple) else load_eval_data(data, original)
     (acc_o, bad_o), (acc_r, bad_r) = (_top1_counts(m, feeds, labels, src) for m in (original, result))
-    first = {k: v[:1] for k, v in feeds[0].items()}
+    first, batch = latency_feed(original, feeds[0])
     lat = latency_ms({"original": original, "result": result}, first)
     acc = {"original": acc_o, "result": acc_r, "samples": int(len(labels)), "data": src}
     if bad_o or bad_r:   # counted wrong above; say so (a --force'd overflowing result, NaN-producing weights)
@@ -120,4 +122,26 @@ def eval_report(original: onnx.ModelProto, result: onnx.ModelProto, data) -> dic
     return {"accuracy": acc,
             "latency": {"original_ms": lat["original"], "result_ms": lat["result"],
                         "speedup": lat["original"] / lat["result"] if lat["result"] else None,
-                        "how": "onnxruntime CPU, batch 1, full graph optimizations, 50 interleaved runs, median"}}
+                        "batch": batch,
+                        "how": f"onnxruntime CPU, batch {batch}, full graph optimizations, 50 interleaved runs, "
+                               "median"}}
+
+
+def latency_feed(model: onnx.ModelProto, feed: dict) -> tuple[dict, int]:
+    """(the first sample of `feed`, its batch size): batch 1 where the model's batch is dynamic; an input of a
+    static batch (a model exported at batch 2) keeps the batch it was fed with. Slicing every input to one row
+    fed a static-batch model a batch it refuses (an onnxruntime traceback, exit 3, before 2026-11-30)."""
+    from .calib import model_inputs
+
+    dims = {n: d for n, d, _ in model_inputs(model)}
+    first, batch = {}, 1
+    for k, v in feed.items():
+        d = dims.get(k)
+        if np.ndim(v) == 0:
+            first[k] = v
+        elif d and d[0] is not None:   # a fixed batch: fed as it was
+            first[k] = v
+            batch = max(batch, int(np.shape(v)[0]))
+        else:
+            first[k] = v[:1]
+    return first, batch

@@ -123,7 +123,8 @@ def print_report(report: dict, console: Console | None = None, max_rows: int = 6
                   f"{100 * acc['original']:.2f}%",
                   f"{100 * acc['result']:.2f}%", f"{100 * (acc['result'] - acc['original']):+.2f} pt")
     if lat:
-        m.add_row("latency, onnxruntime CPU batch 1 (median)", f"{lat['original_ms']:.3f} ms", f"{lat['result_ms']:.3f} ms",
+        m.add_row(f"latency, onnxruntime CPU batch {lat.get('batch', 1)} (median)", f"{lat['original_ms']:.3f} ms",
+                  f"{lat['result_ms']:.3f} ms",
                   f"{lat['speedup']:.2f}x" if lat.get("speedup") else "")
     console.print(m)
 

@@ -10,7 +10,8 @@ NONLINEAR = {
     "Sigmoid": ("sigmoid", "silu"),   # ONNX writes SiLU as Sigmoid * x
     "Tanh": ("tanh",), "Elu": ("elu",), "Selu": ("selu",), "Celu": ("celu",), "Gelu": ("gelu",), "Erf": ("erf",),
     "Softplus": ("softplus",), "Softsign": ("softsign",), "Mish": ("mish",), "ThresholdedRelu": (),
-    "Softmax": ("softmax",), "LogSoftmax": ("log_softmax",),
+    # F.scaled_dot_product_attention: one torch call, its softmax is the nonlinear op the exports write as Softmax
+    "Softmax": ("softmax", "scaled_dot_product_attention"), "LogSoftmax": ("log_softmax",),
     "MaxPool": ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
                 "adaptive_max_pool3d"),
     "GlobalMaxPool": (), "Exp": ("exp",), "Log": ("log",), "Pow": ("pow",),

@@ -32,7 +32,7 @@ from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, c
                     module_op_count,
                     count_params, find_activations, is_collapsible, keep_module_state, key_index, linear_op, own_weights,
                     propagate_shapes, shape_of, shape_runs_scope, state_error, state_writes, training_batchnorms)
-from .graph import _FREE as _FREE_CALLS, MATMUL_LINEARS, batchnorm_op, submodule
+from .graph import MATMUL_LINEARS, batchnorm_op, free_call, submodule
 from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, HoistGlobalPool, LinearizeActivations,
                      MergeLinearChains, PropagateBiasMaps, RemoveResidualBlocks)
 
@@ -1080,6 +1080,22 @@ def _matmul_macs(node: fx.Node) -> int:
     return int(np.prod(out)) * int(a[-1]) if a and out is not None else 0
 
 
+_ATTENTION_CALLS = {torch.nn.functional.scaled_dot_product_attention,
+                    torch.ops.aten.scaled_dot_product_attention.default}
+
+
+def _attention_macs(node: fx.Node) -> int:
+    """MACs of F.scaled_dot_product_attention(q, k, v): its two matmuls, q @ k^T ((..., L, E) x (..., S, E)) and
+    attn @ v ((..., L, S) x (..., S, Ev)), as the ONNX exports count the MatMuls they write it as. Torch counted
+    none before 2026-11-30 (a ViT block of timm's layout: 1.5 M of 5.5 M MACs at 64 x 72 missing)."""
+    args = list(node.args[:3]) + [node.kwargs.get(k) for k in ("query", "key", "value")[len(node.args):]]
+    q, k, v = (shape_of(a) if isinstance(a, fx.Node) else None for a in args[:3])
+    out = shape_of(node)
+    if not (q and k and v and out) or len(q) < 2:
+        return 0
+    return int(np.prod(q[:-1])) * int(k[-2]) * int(q[-1]) + int(np.prod(out[:-1])) * int(v[-2]) * int(v[-1])
+
+
 _LINEAR_CALLS = {torch.nn.functional.linear, torch.ops.aten.linear.default, torch.addmm, torch.ops.aten.addmm.default,
                  torch.baddbmm, torch.ops.aten.baddbmm.default}
 _CONV_CALLS = {torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d, torch.conv1d,
@@ -1120,6 +1136,8 @@ def _dense_macs(gm: fx.GraphModule, node: fx.Node) -> int:
     if node.op != "call_function":
         return _matmul_macs(node)
     t = node.target
+    if t in _ATTENTION_CALLS:
+        return _attention_macs(node)
     if t in _LINEAR_CALLS and len(node.args) >= 2:
         if t in (torch.nn.functional.linear, torch.ops.aten.linear.default):
             w = _arg_shape(node.args[1])
@@ -1220,7 +1238,7 @@ def graph_stats(gm: fx.GraphModule) -> dict:
         elif op is None:
             macs += _dense_macs(gm, node)
         counted = node.op in ("call_module", "call_function", "call_method") and node.target != "_guards_fn" \
-            and node.target not in _FREE_CALLS and node not in free and node not in inside
+            and not free_call(node) and node not in free and node not in inside
         prev = [p for p in node.all_input_nodes]
         # a PaddedConv runs its parts in sequence (pad, conv, + bias map): count_ops' op_count, on the path too
         w = module_op_count(submodule(gm, node)) if counted and node.op == "call_module" else int(counted)
@@ -1231,7 +1249,7 @@ def graph_stats(gm: fx.GraphModule) -> dict:
         depth_nl[node] = int(nl) + max((depth_nl[p] for p in prev), default=0)
     outs = [n for n in gm.graph.nodes if n.op == "output"]
     return {"nodes": count_ops(gm) - sum(module_op_count(submodule(gm, n)) if n.op == "call_module" else
-                                         int(n.target not in _FREE_CALLS) for n in free),
+                                         int(not free_call(n)) for n in free),
             "params": count_params(gm) + folded_params, "macs": int(macs),
             "depth_ops": max((depth[n] for n in outs), default=0),
             "depth_nonlinear": max((depth_nl[n] for n in outs), default=0), "activations": len(sites)}

@@ -1244,6 +1244,24 @@ def feeds_output(node: fx.Node) -> bool:
 # ----------------------------------------------------------------------------------- stats
 
 _FREE = {operator.getitem}
+#: reads of a tensor's metadata (x.size(0), x.dim(), x.shape, an ExportedProgram's sym_size of a dynamic dim): no
+#: op runs on the data, and the ONNX exporters fold them into the constants of the Reshape that reads them. Counted
+#: as ops before 2026-11-30: `x.view(x.size(0), -1)` (classic ResNet / VGG flatten) put one op more into the
+#: nn.Module's nodes and critical path than its ExportedProgram and both ONNX exports report
+_SHAPE_METHODS = {"size", "dim"}
+_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
+_SHAPE_FUNCTIONS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default}
+
+
+def free_call(node: fx.Node) -> bool:
+    """A call node that runs no op: a getitem, or a read of a tensor's metadata (_SHAPE_METHODS...)."""
+    if node.op == "call_method":
+        return node.target in _SHAPE_METHODS
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
+    return node.target in _FREE or node.target in _SHAPE_FUNCTIONS
 
 
 def module_op_count(mod) -> int:
@@ -1256,7 +1274,8 @@ def module_op_count(mod) -> int:
 
 
 def count_ops(gm: fx.GraphModule) -> int:
-    """Ops a run executes: call nodes, a module as module_op_count says; getitem and guards are free."""
+    """Ops a run executes: call nodes, a module as module_op_count says; getitem, metadata reads (free_call) and
+    guards are free."""
     n = 0
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -1264,7 +1283,7 @@ def count_ops(gm: fx.GraphModule) -> int:
             if node.target == "_guards_fn":
                 continue
             n += module_op_count(mod)
-        elif node.op in ("call_function", "call_method") and node.target not in _FREE:
+        elif node.op in ("call_function", "call_method") and not free_call(node):
             n += 1
     return n
 
