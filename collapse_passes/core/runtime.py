@@ -30,6 +30,8 @@ must not spin-wait and steal cores from the next one (interleaved timing, shared
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import os
 import re
@@ -138,6 +140,26 @@ def _fix_mmap_threshold() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError):   # not glibc
         pass
+
+
+@contextlib.contextmanager
+def collector_skips_older_objects():
+    """While a run lasts, Python's cycle collector looks only at the objects made since it began.
+
+    The passes' graphs are reference cycles (onnx-graphsurgeon), so verify() runs a full collection before its
+    sessions, and their allocations trigger automatic ones: each walks every object of the process, and with
+    torch and its exporters loaded (~300k objects) each took ~0.5 s of CPU, two or three per ONNX collapse
+    (docs/pass_runtime.md, 2026-11-30). The objects older than the run are frozen (gc.freeze) for its length:
+    what the run makes and drops is collected as before, the caller's own garbage at the first collection after
+    it. A caller that froze objects itself (a pre-fork server, an outer run) is left as it is."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def release_free_memory() -> None:
