@@ -35,6 +35,12 @@ tvm = pytest.importorskip("tvm")
 tvm_ffi = pytest.importorskip("tvm_ffi")
 
 
+#: the evolutionary search's population in the tuning runs here (tune_with_report's default: 64 for these
+#: budgets): they check which records are written, named and applied, not how good the schedules are, and a
+#: round's search took seconds per kernel over 64 on a loaded 2-core host, under one over 8
+POPULATION = 8
+
+
 def _conv_mean(n_convs: int, hw: int = 8) -> onnx.ModelProto:
     """n 1x1 convs then a spatial mean: the mean kernel is the same for every n, its block name is not."""
     rng = np.random.default_rng(0)
@@ -146,7 +152,7 @@ def test_tuning_a_kernel_the_database_holds_under_other_block_names(tmp_path, cp
     open_database(work).commit_workload(a)   # model A's kernel is known, not tuned yet
     mod_b = import_onnx(_conv_mean(3))
     db, rep = tune_with_report(mod_b, cpu[0], cpu[1], work_dir=work, trials=6, progress=False,
-                               shared_database=False)
+                               shared_database=False, population_size=POPULATION)
     assert rep.new_records > 0
     ex = build(mod_b, cpu[0], database=db)   # failed: ScheduleError ... 'get-block'
     assert any("mean" in f for f in ex.tuned_functions), ex.tuned_functions
@@ -259,7 +265,7 @@ def test_a_task_the_budget_never_reached_is_not_reported_as_tuned(tmp_path, cpu)
 
     said = []
     _, rep = tune_with_report(import_onnx(_conv_mean(1)), cpu[0], cpu[1], work_dir=str(tmp_path), trials=2,
-                              progress=False, shared_database=False, log=said.append)
+                              progress=False, shared_database=False, log=said.append, population_size=POPULATION)
     measured = [t.name for t in rep.tasks if t.best_us is not None]
     assert len(rep.tasks) == 2 and len(measured) == 1, rep.tasks   # the premise: one round, one task
     assert rep.tasks_tuned == 1

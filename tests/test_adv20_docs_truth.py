@@ -119,7 +119,7 @@ def test_tuning_line_counts_kernels_copied_from_the_shared_database(tmp_path, mo
     mod = tc.import_onnx(tiny_cnn_onnx(channels=8, size=16)[0])
     shared = tmp_path / "shared"
     tuning.tune_with_report(mod, target, info, work_dir=str(tmp_path / "a"), trials=2, progress=False,
-                            shared_database=str(shared))
+                            shared_database=str(shared), population_size=8)   # the records, not their quality
     said: list[str] = []
     monkeypatch.setattr(tuning, "_run_tune_tasks", lambda *a, **k: None)   # the line is said before any trial
     _, rep = tuning.tune_with_report(mod, target, info, work_dir=str(tmp_path / "b"), trials=2, progress=False,

@@ -41,6 +41,10 @@ from tvm_integration.tuning import (  # noqa: E402
 )
 
 TRIALS = 8
+#: the evolutionary search's population in these runs (tune_with_report's default is 64 for budgets this small):
+#: the tests here check records, reuse, prepacking and RPC plumbing, not how good the schedules are, and a round's
+#: search over a population of 64 took 7-19 s per conv kernel on a loaded 2-core host, 1 s over 8
+POPULATION = 8
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,7 +102,7 @@ def tuned(tmp_path_factory, mod, cpu):
             t0 = time.perf_counter()
             db, report = tune_with_report(
                 mod, target, info, work_dir=str(work), trials=TRIALS, progress=False,
-                shared_database=False,
+                shared_database=False, population_size=POPULATION,
             )
             seconds = time.perf_counter() - t0
             saved.write_text(json.dumps(dataclasses.asdict(report)))
@@ -265,7 +269,7 @@ def test_shared_database_is_reused_by_a_second_model(tuned, cpu, tmp_path):
     model2, inputs2 = _second_model()
     mod2 = tc.import_onnx(model2)
     db, rep = tune_with_report(mod2, target, info, work_dir=str(tmp_path / "run"), trials=2,
-                               progress=False, shared_database=str(shared))
+                               progress=False, shared_database=str(shared), population_size=POPULATION)
     convs = [t for t in rep.tasks if "conv2d" in t.name]
     assert len(convs) == 2
     for t in convs:  # both convs (one with another epilogue) came from the shared database
@@ -394,7 +398,7 @@ def test_tuning_through_rpc(rpc_tracker_and_server, mod, cpu, tmp_path):
     target, info = cpu
     db, rep = tune_with_report(
         mod, target, info, work_dir=str(tmp_path / "rpc"), trials=2,
-        rpc_tracker=spec, rpc_key=key, progress=False,
+        rpc_tracker=spec, rpc_key=key, progress=False, population_size=POPULATION,
     )
     assert rep.rpc is not None and rep.rpc["servers"] >= 1
     assert rep.new_records >= 1, rep.note

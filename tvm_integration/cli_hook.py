@@ -399,13 +399,19 @@ def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, n
         m = " ".join(str(m).split())
         return m if len(m) <= 160 else m[:157] + "..."
 
+    # one model given twice (the standalone entry without --collapsed, a collapse that changed nothing): imported
+    # and built once, not twice (a Swin build is tens of seconds on 2 cores)
+    same = _same_model(original_model, collapsed_model)
+
     def both(shapes):
         t0 = time.perf_counter()
-        mods = tc.import_onnx(original_model, shapes), tc.import_onnx(collapsed_model, shapes)
+        mod_o = tc.import_onnx(original_model, shapes)
+        mods = mod_o, (mod_o if same else tc.import_onnx(collapsed_model, shapes))
         seconds["import"] = time.perf_counter() - t0
         stage_done()   # a signal TVM swallowed ends the run here, not after every later stage (minutes of tuning)
         t0 = time.perf_counter()
-        exs = tc.build(mods[0], target, layout=layout), tc.build(mods[1], target, layout=layout)
+        ex_o = tc.build(mods[0], target, layout=layout)
+        exs = ex_o, (ex_o if same else tc.build(mods[1], target, layout=layout))
         seconds["build_untuned"] = time.perf_counter() - t0
         stage_done()
         return mods, exs
@@ -437,6 +443,17 @@ def _compile_both(tc, original_model, collapsed_model, inputs, target, layout, n
                  "chooses the size)" + ("" if why is None else
                                         f"; dynamic, it failed with: {short(why)}"))
     return (*mods, *exs, True)
+
+
+def _same_model(original_model, collapsed_model) -> bool:
+    """Whether the two models are one (the same object, or the same bytes; a proto over protobuf's 2 GiB cannot be
+    serialized: compared as two)."""
+    if original_model is collapsed_model:
+        return True
+    try:
+        return original_model.SerializeToString() == collapsed_model.SerializeToString()
+    except ValueError:
+        return False
 
 
 def _from_database_only(tune_report: dict, ex, trials: int, tune_dir: str, which: str, console,
@@ -685,9 +702,7 @@ def run_from_args(
     # kernels it shares with the collapsed model are reused, not tuned again.
     tune_report_orig = None
     if db is not None or trials > 0:
-        same = original_model is collapsed_model or (
-            original_model.SerializeToString() == collapsed_model.SerializeToString()
-        )
+        same = _same_model(original_model, collapsed_model)
         if same:
             db_o, rep_o, ex_tuned_orig = db, rep, ex_tuned
         else:
