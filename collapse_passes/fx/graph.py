@@ -613,15 +613,11 @@ def _composites(gm: fx.GraphModule, order: dict, claimed: set) -> list:
         if anchor in claimed or _op_name(anchor) not in _GATE_ANCHORS or not _is_elementwise(gm, anchor):
             continue
         best = None
-        for nodes, x in gates.grow_region(
-                anchor, operands=lambda n: _operands(gm, n),
-                producer=lambda v: v if v.op in ("call_function", "call_method", "call_module") else None,
-                consumers=lambda v: v.users, order=order.__getitem__,
-                expandable=lambda n: n not in claimed and _is_elementwise(gm, n)):
+        for nodes, x in _grow_region(gm, anchor, order, claimed):
             values = _eval_region(gm, nodes, x)
             kind, params = gates.identify_region(values), {}
-            if kind is None and values is not None and _op_name(anchor) in ("div", "truediv") and np.allclose(
-                    values, catalogue.reference("hardsigmoid", gates.PROBE, _TORCH_HARDSIGMOID), rtol=1e-6, atol=1e-9):
+            if kind is None and _op_name(anchor) in ("div", "truediv") and _equals(values, "hardsigmoid",
+                                                                                  _TORCH_HARDSIGMOID):
                 kind, params = "hardsigmoid", dict(_TORCH_HARDSIGMOID)
             if kind:
                 best = (nodes, x, kind, params)
@@ -630,6 +626,21 @@ def _composites(gm: fx.GraphModule, order: dict, claimed: set) -> list:
             claimed.update(nodes)
             found.append((anchor, kind, params, nodes, x))
     return found
+
+
+def _grow_region(gm: fx.GraphModule, anchor: fx.Node, order: dict, claimed: set):
+    """core/gates.grow_region on fx nodes: (region nodes, x) bounded by one value, elementwise ops not yet claimed."""
+    return gates.grow_region(
+        anchor, operands=lambda n: _operands(gm, n),
+        producer=lambda v: v if v.op in ("call_function", "call_method", "call_module") else None,
+        consumers=lambda v: v.users, order=order.__getitem__,
+        expandable=lambda n: n not in claimed and _is_elementwise(gm, n))
+
+
+def _equals(values, kind: str, params: dict) -> bool:
+    """A region's values on gates.PROBE (_eval_region) are `kind` with these params (float64, to rounding)."""
+    return values is not None and np.allclose(values, catalogue.reference(kind, gates.PROBE, params), rtol=1e-6,
+                                              atol=1e-9)
 
 
 #: torch's hardsigmoid, relu6(x + 3) / 6: a decomposed program (ep.run_decompositions()) spells it as
@@ -759,14 +770,14 @@ def _where_forms(gm: fx.GraphModule, order: dict, claimed: set) -> list:
                     slope = to_numpy(c.reshape(-1)).astype(np.float64)
                     site = ("prelu", {"slope": slope}, views + [cond, neg])
         if site is None:
-            region = _region_of(gm, neg, x, order, claimed)
+            # the negative branch: the region from neg back to x alone (ELU / CELU have two ops or more there)
+            region = next((nodes for nodes, bound in _grow_region(gm, neg, order, claimed) if bound is x), None)
             if region is not None:
                 values = _eval_region(gm, region + [cond, w], x)
                 scalars = {float(a) for n in region for a in n.args
                            if isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0}
                 for kind in ("celu", "elu"):
-                    alpha = next((a for a in sorted(scalars) if values is not None and np.allclose(
-                        values, catalogue.reference(kind, gates.PROBE, {"alpha": a}), rtol=1e-6, atol=1e-9)), None)
+                    alpha = next((a for a in sorted(scalars) if _equals(values, kind, {"alpha": a})), None)
                     if alpha is not None:
                         site = (kind, {"alpha": alpha}, region + [cond])
                         break
@@ -777,24 +788,6 @@ def _where_forms(gm: fx.GraphModule, order: dict, claimed: set) -> list:
         claimed.update(nodes)
         found.append((w, kind, params, nodes, x))
     return found
-
-
-def _region_of(gm: fx.GraphModule, out: fx.Node, x: fx.Node, order: dict, claimed: set, limit: int = 8) -> list | None:
-    """The elementwise nodes computing `out` from `x` and scalar constants alone (graph order), every value but
-    `out`'s read only inside them; else None."""
-    region: set = set()
-    todo = [out]
-    while todo:
-        n = todo.pop()
-        if n is x or n in region:
-            continue
-        if n in claimed or not _is_elementwise(gm, n) or len(region) >= limit:
-            return None
-        region.add(n)
-        todo.extend(_operands(gm, n))
-    if any(u not in region for n in region if n is not out for u in n.users):
-        return None
-    return sorted(region, key=order.__getitem__)
 
 
 def find_activations(gm: fx.GraphModule, collapsible_only: bool = True) -> list[ActivationSite]:

@@ -189,15 +189,14 @@ def _prelu(acts: dict, calib_batches, graph_sites=()) -> ScoreResult:
 
     scores, details = {}, {}
     others = defaultdict(int)
-    slopes = [(key, kind, mod.weight.detach().cpu().double().numpy() if kind == "prelu" else
-               [float(mod.negative_slope)] if kind == "leaky_relu" else None) for key, (mod, kind) in acts.items()]
-    slopes += [(site.keys[0], site.kind, site.params.get("slope") if site.kind == "prelu" else
-                [float(site.params.get("alpha", 0.01))] if site.kind == "leaky_relu" else None) for site in graph_sites]
-    for key, kind, slope in slopes:
-        if slope is None:
+    # one rule for both: the catalogue params module_kind / find_activations read (prelu slope, leaky_relu alpha)
+    found = [(key, kind, _params(mod, kind)) for key, (mod, kind) in acts.items()]
+    found += [(site.keys[0], site.kind, site.params) for site in graph_sites]
+    for key, kind, params in found:
+        if kind not in ("prelu", "leaky_relu"):
             others[kind] += 1
             continue
-        d = slope_details(kind, slope)
+        d = slope_details(kind, params["slope"] if kind == "prelu" else [float(params["alpha"])])
         scores[key], details[key] = d["score"], d
     if not scores:
         raise CollapseError("module_scores: --method prelu scores nn.PReLU / nn.LeakyReLU slopes, and this model has "
