@@ -16,6 +16,7 @@ from .config import CollapseConfig, check_settings, with_tolerances
 from .core.runtime import collector_skips_older_objects
 from .errors import CollapseError, VerificationError, random_model_error
 from .onnx.analysis import model_stats
+from .onnx.passes.fold_static_shapes import shared_runs
 from .onnx.graph import (ONNX_FLOAT_TYPES, as_model, node_key_names, optional_values, random_nodes, save_model_atomic,
                          subgraphs, to_graph)
 from .report import activation_row, build_report
@@ -99,6 +100,7 @@ def make_config(config: CollapseConfig | None, scores=None, threshold=None, remo
 
 
 @collector_skips_older_objects()   # the caller's heap (torch loaded: ~0.5 s CPU a full collection) is not walked
+@shared_runs()   # the input's size values, run once for the report's "before" and the passes (fold_static_shapes)
 def collapse(model, scores=None, threshold: float | None = None, remove: int | None = None,
              config: CollapseConfig | None = None, **kwargs) -> CollapseResult:
     """Collapse the chosen activations of an ONNX model (ModelProto or path) and verify the result.

@@ -146,6 +146,44 @@ def constant_nodes(graph: gs.Graph) -> set[int]:
     return out
 
 
+def reshape_to_own_shape(node) -> bool:
+    """A Reshape whose output has its input's shape, dim for dim (numbers, or the same dim name): no op of the
+    deployed model, as the torch.export-based exporter drops it and the torch front end does not count it. SE
+    blocks' `x.mean((2, 3)).view(b, c)` is one: the TorchScript export kept it, one op deeper per block."""
+    if node.op != "Reshape" or not node.inputs or not node.outputs:
+        return False
+    a, b = node.inputs[0].shape, node.outputs[0].shape
+    return a is not None and b is not None and len(a) == len(b) and all(
+        x == y and ((isinstance(x, (int, np.integer)) and x >= 0) or (isinstance(x, str) and not x.startswith("unk__")))
+        for x, y in zip(a, b))
+
+
+def metadata_nodes(graph: gs.Graph) -> set[int]:
+    """ids of the nodes (toposorted graph) that read no tensor's values, only sizes: Shape / Size, and the
+    arithmetic on their outputs and constants alone (Gather, Unsqueeze, Concat, Div ...). The critical path
+    counts none of them: a Shape output is there when its input is (it starts at its input's depth), as the
+    torch front end's `x.size()` (fx/graph.free_call), and the Reshape that reads the sizes is the op. A
+    TorchScript export with a dynamic batch keeps `view(b, c, 1, 1)`'s Shape -> Gather -> Unsqueeze -> Concat
+    in the graph; counted, they put 4 ops per squeeze-excitation block on the path that the static and
+    torch.export-based exports and the torch front end never had (before 2026-11-30)."""
+    sizes: set[int] = set()   # ids of tensors computed from sizes (and constants)
+    out: set[int] = set()
+    for n in graph.nodes:
+        if n.op in RANDOM_OPS or any(isinstance(v, gs.Graph) for v in n.attrs.values()):
+            continue
+        if n.op in ("Shape", "Size"):
+            meta = True
+        else:
+            ins = [t for t in n.inputs if t is not None and t.name]
+            meta = bool(ins) and any(id(t) in sizes for t in ins) and all(
+                id(t) in sizes or isinstance(t, gs.Constant) or (t.inputs and t.inputs[0].op == "Constant")
+                for t in ins)
+        if meta:
+            out.add(id(n))
+            sizes.update(id(t) for t in n.outputs)
+    return out
+
+
 #: ONNX element types counted as parameters: float, float16, double, bfloat16, the float8s
 FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20}
 
@@ -213,13 +251,15 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
         if dv is not None and dv.bias_add is not None:
             bias_adds.add(id(dv.bias_add))
 
+    sizes = metadata_nodes(graph)
     for n in graph.nodes:
         if n.op in _FREE_OPS:
             continue
         k = id(n)
         ps = preds.setdefault(k, set())
-        w_ops[k] = 0 if (k in inside and k not in anchor) or k in bias_adds or noop_op(n, graph_outputs) else 1
-        if k in folded:   # computed at load: on no per-inference path
+        w_ops[k] = 0 if (k in inside and k not in anchor) or k in bias_adds or noop_op(n, graph_outputs) \
+            or reshape_to_own_shape(n) else 1
+        if k in folded or k in sizes:   # computed at load / from sizes alone: on no per-inference value path
             w_ops[k] = w_nl[k] = 0
         elif id(n) in anchor:
             w_nl[k] = 1
@@ -234,7 +274,8 @@ def model_stats(model: onnx.ModelProto, graph: gs.Graph | None = None, acts: lis
                 else:  # walk through Identity chains
                     ps.update(id(q) for q in _through_free(p))
     return ModelStats(
-        nodes=len([n for n in graph.nodes if n.op not in _FREE_OPS and not noop_op(n, graph_outputs)]),
+        nodes=len([n for n in graph.nodes if n.op not in _FREE_OPS and not noop_op(n, graph_outputs)
+                   and not reshape_to_own_shape(n)]),
         params=params, macs=int(macs),
         depth_ops=_longest(preds, w_ops), depth_nonlinear=_longest(preds, w_nl), activations=len(acts),
         constant_nodes=sum(1 for n in graph.nodes if id(n) in folded and id(n) not in inside),

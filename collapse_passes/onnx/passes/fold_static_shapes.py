@@ -30,6 +30,9 @@ from the now constant sizes: it is not a parameter and would count as one.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -118,6 +121,36 @@ def _small_constant(c) -> bool:
         return False
 
 
+#: within shared_runs(): [(model, tensor names, values)] of the runs made for size values
+_RUNS: contextvars.ContextVar = contextvars.ContextVar("fold_shapes_runs", default=None)
+
+
+@contextlib.contextmanager
+def shared_runs():
+    """Within it, the run of a model for the values of its size arithmetic (where inference lost a shape) is made
+    once per model object and set of tensors: the report's "before" (analysis.measured_graph) and the passes'
+    fold_shapes read the same values of the same input. A TorchScript Swin-T at 224 ran its 115 MB model twice for
+    them (a session and a run, ~3.5 s each, before 2026-11-30). The model must not change inside."""
+    token = _RUNS.set([])   # per call: a nested collapse() may get a model changed in between
+    try:
+        yield
+    finally:
+        _RUNS.reset(token)
+
+
+def _run_values(source, names: list) -> dict:
+    runs = _RUNS.get()
+    if runs is None:
+        return run_values(source, names)
+    key = tuple(names)
+    for model, k, values in runs:
+        if model is source and k == key:
+            return values
+    values = run_values(source, names)
+    runs.append((source, key, values))
+    return values
+
+
 def _evaluate(graph: gs.Graph, derived: set, frontier: dict, source) -> dict:
     """{tensor name: value} of the shape-arithmetic tensors `frontier`: from a model of the shape arithmetic alone when inference gives
     every Shape/Size input it reads, else from one run of the input model."""
@@ -145,7 +178,7 @@ def _evaluate(graph: gs.Graph, derived: set, frontier: dict, source) -> dict:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim] \
             if vi is not None and vi.type.tensor_type.HasField("shape") else None
         if dims is None or any(d is None for d in dims):
-            return run_values(source, list(frontier))   # inference lost this shape: the run has it
+            return _run_values(source, list(frontier))   # inference lost this shape: the run has it
         if n.op == "Size":
             known[id(n)] = np.asarray(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)
         else:
@@ -168,7 +201,7 @@ def _evaluate(graph: gs.Graph, derived: set, frontier: dict, source) -> dict:
     try:
         got = runtime.session(model).run(list(frontier), {})
     except Exception:
-        return run_values(source, list(frontier))
+        return _run_values(source, list(frontier))
     return {name: np.asarray(v) for name, v in zip(frontier, got)}
 
 
