@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rank channels across all layers (default) or take R of every layer")
     pr.add_argument("--prune-importance", default="l1", metavar="l1|l2|tlc|easier|FILE.json",
                     help="channel importance: L1/L2 norm of the filters (default l1), TLC/EASIER per-channel p_on, or "
-                         'per-channel scores {"<tensor or node>": [...]} (higher = keep)')
+                         'per-channel scores {"<tensor, node or torch module path>": [...]} (higher = keep)')
     pr.add_argument("--round-to", type=int, default=1, metavar="N",
                     help="keep every pruned layer's channel count a multiple of N (SIMD width) when pruning to a ratio "
                          "(default 1)")

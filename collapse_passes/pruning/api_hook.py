@@ -92,8 +92,8 @@ def _importance(model, cfg, score_details, axes: dict | None = None):
         if not scores:
             raise CollapseError(f"--prune-importance {imp}: the method gave no per-channel statistics for this model")
         return "scores", scores
-    if isinstance(imp, dict):
-        return "scores", imp
+    if isinstance(imp, dict):   # the library's dict: checked as the .json file is (a typo left channels unranked)
+        return "scores", _check_channel_scores("prune_importance", imp, model)
     if isinstance(imp, str) and imp.endswith(".json"):
         import json
         from pathlib import Path
@@ -110,30 +110,106 @@ def _importance(model, cfg, score_details, axes: dict | None = None):
         data = data.get("channels", data) if isinstance(data, dict) else data
         if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
             raise CollapseError(f"{imp}: expected {{\"<tensor or node>\": [one score per channel, ...]}}")
-        _check_channel_scores(imp, data, model)
-        return "scores", data
+        return "scores", _check_channel_scores(imp, data, model)
     raise CollapseError(f"unknown --prune-importance {imp!r}; use l1, l2, tlc, easier or a per-channel scores .json")
 
 
-def _check_channel_scores(src: str, data: dict, model) -> None:
-    """Each entry names a tensor or node of the model and holds finite numbers: a typo or a NaN would
-    otherwise leave those channels unranked (kept) without a word."""
-    known = {t for n in model.graph.node for t in (n.name, *n.output) if t}
+def _check_channel_scores(src: str, data: dict, model) -> dict:
+    """{tensor or node name: scores}: each entry names a tensor or node of the model, or a torch module path (the key
+    collapse(nn.Module, prune_importance=) takes, resolved to the module's output tensor on either exporter), and holds
+    finite numbers. A typo or a NaN would otherwise leave those channels unranked (kept) without a word; the library's
+    dict was not checked at all, and a module path was refused here while the torch front end took it."""
+    import numbers
+
+    import numpy as np
+
+    known = {t for n in model.graph.node for t in (n.name, *n.output) if t} | {i.name for i in model.graph.input}
+    outputs = None
+    out: dict = {}
     for k, v in data.items():
+        name = k
         if k not in known:
-            raise CollapseError(f"{src}: {k!r} names no tensor or node of the model; use the names of the "
-                                "model's nodes or of their output tensors")
-        if not v or not all(_finite_number(x) for x in v):
+            outputs = _module_outputs(model) if outputs is None else outputs
+            calls = outputs.get(k) if isinstance(k, str) else None
+            if not calls:
+                raise CollapseError(f"{src}: {k!r} names no tensor or node of the model, nor a module of it; use the "
+                                    "names of the model's nodes or of their output tensors, or a torch module path "
+                                    "(layer1.0.conv1; the TorchScript exporter folds a BatchNorm into its conv: name "
+                                    "the conv)")
+            if len(calls) > 1:
+                raise CollapseError(f"{src}: module {k!r} is called at {len(calls)} places (outputs "
+                                    f"{', '.join(calls[:3])}); name the output tensor of the call to rank")
+            name = calls[0]
+        try:
+            arr = np.asarray(v, dtype=np.float64).reshape(-1)
+            # numbers, numpy's too (list(np.arange(8, dtype=np.float32))); not true / false, strings or nested lists
+            ok = arr.size > 0 and bool(np.isfinite(arr).all()) and (not isinstance(v, (list, tuple)) or all(
+                isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) for x in v))
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
             raise CollapseError(f"{src}: {k!r} must be a non-empty list of finite numbers (one score per channel)")
+        if name in out:
+            raise CollapseError(f"{src}: {k!r} and another key name the same tensor {name!r}; give its scores once")
+        out[name] = arr
+    return out
 
 
-def _finite_number(x) -> bool:
-    import math
+def _module_outputs(model) -> dict:
+    """{torch module path: [output tensor of each call]} from what the exporters leave: the TorchScript exporter's
+    scope names (/layer1/layer1.0/conv1/Conv; a second call of a module is scoped relu_1), the torch.export-based
+    exporter's name_scopes metadata, and a weight initializer named <path>.weight (that exporter's fused Conv + BN
+    carries the BatchNorm's scope; its weight keeps the conv's name). A call's output is a tensor its nodes make
+    that a node outside the module (or the graph's output) reads: a Gemm's, a MatMul + Add's Add."""
+    import re
+    from collections import defaultdict
 
-    try:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-    except OverflowError:   # an integer too large for a float
-        return False
+    from ..onnx.keys import module_path_from_metadata, module_path_from_scope_name
+
+    nodes = [n for n in model.graph.node if n.op_type != "Constant"]
+    inits = {t.name for t in model.graph.initializer}
+    path = {}
+    for i, n in enumerate(nodes):
+        p = module_path_from_metadata({m.key: m.value for m in n.metadata_props}) or module_path_from_scope_name(n.name)
+        if p:
+            path[i] = p
+    ops, weights = defaultdict(set), defaultdict(set)
+    for i, p in path.items():
+        ops[p].add(nodes[i].op_type)
+        weights[p].update(t for t in nodes[i].input if t in inits)
+    members, own = defaultdict(set), {}
+    for i, p in path.items():
+        # relu_1 of the TorchScript exporter: the second call of relu, when relu has its ops and reads the same
+        # weights (a module of its own named conv_1, beside conv, reads other initializers)
+        head, _, last = p.rpartition(".")
+        m = re.match(r"^(.*)_(\d+)$", last) if nodes[i].name.startswith("/") else None
+        base = (f"{head}.{m.group(1)}" if head else m.group(1)) if m else None
+        same = base in ops and ops[base] == ops[p] and weights[p] <= weights[base]
+        own[i] = base if same else p
+        members[own[i]].add(i)
+    for i, n in enumerate(nodes):   # the torch.export-based exporter's Conv + BN: the BN's scope, the conv's weight
+        rule = next((m.value for m in n.metadata_props if m.key == "pkg.onnxscript.rewriter.rule_name"), "")
+        if "FuseBatchNorm" in rule and len(n.input) > 1 and n.input[1] in inits and n.input[1].endswith(".weight"):
+            members[n.input[1][:-len(".weight")]].add(i)
+    readers = defaultdict(set)
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            readers[t].add(i)
+    graph_out = {o.name for o in model.graph.output}
+    out = {}
+    for p, ms in members.items():
+        def outside(j):   # a node of another module (one inside p, a block's own layers, is p's)
+            q = own.get(j)
+            return j not in ms and not (q is not None and q.startswith(p + "."))
+        out[p] = [t for i in sorted(ms) for t in nodes[i].output
+                  if t and (t in graph_out or any(outside(j) for j in readers[t]))]
+        # a layer called twice in a row (conv(conv(x))): the first call's output is read inside the module, so one
+        # call seemed to leave it; a Conv / Gemm module is one such node a call (exporters share equal initializers
+        # between modules, LayerNorms' ones: no sign of a call)
+        layers = [nodes[j].output[0] for j in sorted(ms) if nodes[j].op_type in ("Conv", "ConvTranspose", "Gemm")]
+        if len(layers) > len(out[p]):
+            out[p] = layers
+    return out
 
 
 def finish_pruning(report: dict, ctx, original, base, feeds, cfg, warnings: list, passed: bool,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import operator
 import warnings
 
@@ -621,7 +622,9 @@ def _propagate(gm, example_inputs) -> None:
 
     if example_inputs is None:
         return
-    with _shape_run():
+    # ShapeProp prints the traceback of a failing node to stderr itself (as fx/graph.shape_run silences it): the
+    # caller's one line (prune_module: "the model does not run on example_inputs ...") came after a page of it
+    with _shape_run(), contextlib.redirect_stderr(io.StringIO()):
         ShapeProp(gm).propagate(*(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs))
 
 
@@ -846,15 +849,20 @@ def prune_module(module, example_inputs, *, exact: bool = True, ratio: float | N
         else:
             raise CollapseError(f"unknown pruning importance {importance!r}; use l1, l2 or scores with channel_scores")
         removed = select_for_ratio(cg, imp, ratio, scope, round_to)
-        from .onnx_prune import group_rows
+        from .onnx_prune import graph_summary, group_rows
 
-        report["ratio"] = {"ratio": ratio, "scope": scope, "round_to": round_to,
+        # the keys the ONNX path's report["pruning"]["ratio"] has (onnx_prune.ratio_prune, api_hook.prune_to_ratio):
+        # importance, the group counts and what the ratio prune alone saved were missing here (a KeyError in a
+        # script that reads both front ends' reports)
+        report["ratio"] = {"ratio": ratio, "scope": scope, "round_to": round_to, "importance": importance,
                            "removed_channels": cg.channel_count(removed),
                            "groups": group_rows(cg, removed, {gid: "ratio" for gid, _ in removed}),
-                           "frozen_ops": cg.frozen_ops[:200]}
+                           **graph_summary(cg)}
         if removed:
             apply_fx_removal(gm, cg, removed)
             stale[0] = changed = True
+        mid = _counts(gm, shape_inputs()) if removed else before   # the ratio prune alone, before exact removal
+        report["ratio"].update(params_saved=before[0] - mid[0], macs_saved=before[1] - mid[1])
         if measure:
             after_ratio = copy_sharing_weights(gm) if calib is not None else gm
     if exact and shapes_known and calib is None and not _constant_source_possible(gm):
@@ -1031,14 +1039,21 @@ def _checked_scores(gm, channel_scores: dict) -> dict:
     """{fx node name: float64 scores}: keys may name a node or a module (its call_module target). What the
     ONNX path checks (pruning/api_hook._check_channel_scores): an unknown name or a NaN used to leave those
     channels unranked (kept), so the ratio prune removed nothing without a word."""
-    by_target = {str(n.target): n.name for n in gm.graph.nodes if n.op == "call_module"}
+    by_target: dict = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            by_target.setdefault(str(n.target), []).append(n.name)
     names = {n.name for n in gm.graph.nodes}
     out = {}
     for k, v in channel_scores.items():
-        name = k if k in names else by_target.get(k)
-        if name is None:
+        calls = [k] if k in names else by_target.get(k)
+        if not calls:
             raise CollapseError(f"prune_importance: {k!r} names no node or module of the traced model; use a "
                                 "module path (layer1.0.relu) or an fx node name")
+        if len(calls) > 1:   # the last call's node was ranked, the others not, without a word (the ONNX path refuses)
+            raise CollapseError(f"prune_importance: module {k!r} is called at {len(calls)} places (fx nodes "
+                                f"{', '.join(calls[:3])}); name the fx node of the call to rank")
+        name = calls[0]
         try:
             arr = np.asarray(v, np.float64).reshape(-1)
         except (TypeError, ValueError):

@@ -523,6 +523,14 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
         raise CollapseError(f"unknown method {method!r}; valid: {', '.join(METHODS)}"
                             + (" (LaCoOT is a term on any of them: lacoot_lambda= and remove_blocks_below=)"
                                if name == "lacoot" else ""))
+    if isinstance(model, torch.export.ExportedProgram) or _exported_module(model):
+        # ep.module() refuses .eval() ("not supported yet"), so "call model.eval() first" was a dead end; and the
+        # program is no model to fine-tune: BatchNorm frozen in its inference form, activations as function calls
+        # (no module to swap), shapes guarded to the exported batch
+        raise CollapseError("iterative_collapse fine-tunes an nn.Module, and a torch.export program (an ExportedProgram "
+                            "or its .module()) cannot be trained here (BatchNorm frozen, activations as function calls, "
+                            "the exported batch size guarded): pass the nn.Module it was exported from, or collapse the "
+                            "program itself with collapse_passes.collapse(program, ...)")
     if not isinstance(model, nn.Module):
         raise CollapseError(f"iterative_collapse expects a torch.nn.Module, got {type(model).__name__}")
     from ..fx.api import refuse_torchscript, unwrap_compiled
@@ -696,11 +704,12 @@ def iterative_collapse(model: nn.Module, method: str = "easier", train_data=None
     for rnd in itertools.count():
         if spent:
             break
-        if max_rounds is not None and rnd >= max_rounds:
-            stopped = "max_rounds"
-            break
+        # the target first: a last round that reached it stopped as "max_rounds", as if the target had been missed
         if target_speedup is not None and cur_speed is not None and cur_speed >= target_speedup:
             stopped = f"target speed-up {target_speedup} reached"
+            break
+        if max_rounds is not None and rnd >= max_rounds:
+            stopped = "max_rounds"
             break
         now = {origin.of(s): s for s in find_sites(model)}   # original key -> site of the current model
         sites = [s for k, s in now.items() if (k,) not in skipped]
@@ -858,6 +867,12 @@ def _wrapper_blocks(model: nn.Module, keys: list) -> dict[str, str]:
                     out.update({wrapper[w]: f"{g}[{run[0]}]" for w in run})
                 run = []
     return out
+
+
+def _exported_module(model) -> bool:
+    """Whether `model` is an ExportedProgram's module() (torch.export's unlifted _StatefulGraphModule)."""
+    return isinstance(model, torch.fx.GraphModule) and \
+        any(c.__name__ == "_StatefulGraphModule" for c in type(model).__mro__)
 
 
 def _check_numbers(**kw) -> list:
