@@ -22,8 +22,10 @@ Cases (ResNet-18 and MobileNetV2 at 224x224, exported with the TorchScript expor
 --torch: the torch front end instead (collapse_passes.collapse on an nn.Module, docs/torch.md "What a collapse
 costs"): each run is a fresh child process that builds the model (seeded), times one collapse() call
 (lazy imports included, as a user's first call) and counts the model runs in it (GraphModule and model calls,
-fx Interpreter runs such as ShapeProp); --baseline DIR runs the same child with DIR's collapse_passes first on
-sys.path, interleaved. Cases: resnet50_tv_layer4 (torchvision-layout ResNet-50, layer4.0's three ReLUs),
+fx Interpreter runs such as ShapeProp, and since 2026-11-30 the runs of fx/shared_prefix.py: the input's runs
+that keep values and the request's runs from them, partial) and its conv2d calls, which say how much ran;
+--baseline DIR runs the same child with DIR's collapse_passes first on sys.path, interleaved. Cases:
+resnet50_tv_layer4 (torchvision-layout ResNet-50, layer4.0's three ReLUs),
 mobilenet_v3_large_last3 (the last three Hardswish of MobileNetV3-large), both at 1x3x224x224, check=3.
 
     python benchmarks/pass_runtime.py --torch [--runs 3] [--threads N] [--baseline DIR] [--json F]
@@ -240,13 +242,33 @@ def torch_child(case: str, tree: str | None, threads: int | None) -> dict:
         runs["interpreted"] += 1
         return interp_run(self, *a, **k)
 
+    conv2d = torch.nn.functional.conv2d
+
+    def conv(*a, **k):   # what the runs compute: a run from a shared prefix (fx/shared_prefix.py) runs few convs
+        runs["convs"] = runs.get("convs", 0) + 1
+        return conv2d(*a, **k)
+
+    try:   # runs of a graph from a shared prefix, and the input's runs that keep its values (this tree on)
+        from collapse_passes.fx import shared_prefix
+    except ImportError:
+        shared_prefix = None
+    if shared_prefix is not None:
+        run_graph = shared_prefix._run_graph
+
+        def graph_run(*a, **k):
+            runs["graph_runs"] = runs.get("graph_runs", 0) + 1
+            return run_graph(*a, **k)
+
+        shared_prefix._run_graph = graph_run
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     fx.Interpreter.run = counted
+    torch.nn.functional.conv2d = conv
     t0 = time.perf_counter()
     res = cp.collapse(model, collapse=keys, example_inputs=(x,))
     seconds = time.perf_counter() - t0
     handle.remove()
     fx.Interpreter.run = interp_run
+    torch.nn.functional.conv2d = conv2d
     return {"seconds": seconds, "passed": bool(res.passed), **runs, "threads": torch.get_num_threads(),
             "source": os.path.dirname(os.path.dirname(os.path.abspath(cp.__file__)))}
 
@@ -270,26 +292,31 @@ def torch_bench(cases: list[str], runs: int, baseline: str | None, threads: int 
                 one["load"] = load
                 got[tool].append(one)
                 print(f"  {case:26s} {tool:16s} run {r}: {one['seconds']:6.2f} s  {one['calls']} calls + "
-                      f"{one['interpreted']} interpreter runs  load {load:.1f}  {one['source']}", flush=True)
+                      f"{one['interpreted']} interpreter runs + {one.get('graph_runs', 0)} shared-prefix runs, "
+                      f"{one.get('convs', 0)} conv2d calls  load {load:.1f}  "
+                      f"{one['source']}", flush=True)
         for tool, v in got.items():
             if not v:
                 continue
             secs = [o["seconds"] for o in v]
             rows.append({"case": case, "tool": tool, "seconds_median": statistics.median(secs),
                          "seconds_min": min(secs), "seconds_max": max(secs), "runs": len(v),
-                         "model_runs": v[0]["calls"] + v[0]["interpreted"], "calls": v[0]["calls"],
-                         "interpreted": v[0]["interpreted"], "passed": all(o["passed"] for o in v),
+                         "model_runs": v[0]["calls"] + v[0]["interpreted"] + v[0].get("graph_runs", 0),
+                         "calls": v[0]["calls"], "interpreted": v[0]["interpreted"],
+                         "graph_runs": v[0].get("graph_runs", 0), "convs": v[0].get("convs", 0),
+                         "passed": all(o["passed"] for o in v),
                          "threads": v[0]["threads"], "load": [o["load"] for o in v]})
     return rows
 
 
 def torch_table(rows: list[dict]) -> str:
-    lines = ["| case | tree | collapse() s, median (min-max) | model runs (calls + interpreter) | passed |",
-             "|---|---|---|---|---|"]
+    lines = ["| case | tree | collapse() s, median (min-max) | model runs (calls + interpreter + shared-prefix) "
+             "| conv2d calls | passed |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['tool']} | {r['seconds_median']:.2f} ({r['seconds_min']:.2f}-"
-                     f"{r['seconds_max']:.2f}) | {r['model_runs']} ({r['calls']} + {r['interpreted']}) | "
-                     f"{'yes' if r['passed'] else 'NO'} |")
+                     f"{r['seconds_max']:.2f}) | {r['model_runs']} ({r['calls']} + {r['interpreted']} + "
+                     f"{r.get('graph_runs', 0)}) | "
+                     f"{r.get('convs', 0)} | {'yes' if r['passed'] else 'NO'} |")
     return "\n".join(lines)
 
 

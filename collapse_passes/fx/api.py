@@ -33,6 +33,7 @@ from .graph import (PARTIAL_GRAPH, STATE_NAME, SharedWeightWrites, StateGuard, c
                     count_params, find_activations, is_collapsible, keep_module_state, key_index, linear_op, own_weights,
                     propagate_shapes, shape_of, shape_runs_scope, state_error, state_writes, training_batchnorms)
 from .graph import MATMUL_LINEARS, batchnorm_op, free_call, submodule
+from .layout_ops import DecompositionGroups, layout_free_nodes
 from .passes import (AbsorbResidual, Cleanup, FoldBatchNorm, FxRecord, HoistGlobalPool, LinearizeActivations,
                      MergeLinearChains, PropagateBiasMaps, RemoveResidualBlocks)
 
@@ -777,11 +778,14 @@ def output_arrays(output) -> list[np.ndarray]:
 class CheckOutputs:
     """Each model's outputs on the check inputs, each run at most once per input: the trace check, the gate and
     the ratio prune's error read the same runs, a model's run on example_inputs may be the shape propagation
-    that filled its metadata (keep), and a model that computes what another does shares its runs (same)."""
+    that filled its metadata (keep), a model that computes what another does shares its runs (same), and one
+    that computes what another does up to some nodes runs only from there (shares_prefix)."""
 
     def __init__(self, feeds: list[tuple]):
         self.feeds = feeds
         self._got: dict = {}   # id(model) -> (model, {feed index: arrays})
+        self._prefix: dict = {}   # id(model) -> [model, base, SharedPrefix | False | None (not planned yet)]
+        self._kept: dict = {}   # (id(model), feed index) -> the base's values its run starts from
 
     def _of(self, model) -> dict:
         return self._got.setdefault(id(model), (model, {}))[1]
@@ -793,12 +797,50 @@ class CheckOutputs:
         """model computes what `like` does (the requested semantics when nothing is collapsed)."""
         self._got[id(model)] = (model, self._of(like))
 
+    def shares_prefix(self, model, base) -> None:
+        """model computes base's values up to some nodes (the requested semantics: the input with some activations
+        linearized): base's runs keep the shared values model reads, and model's runs start from them
+        (fx/shared_prefix.py; ResNet-50 with layer4.0's ReLUs collapsed runs 28 of its 172 ops). Planned at the
+        first run that can use it; a run of base already made (the shape propagation) kept nothing."""
+        self._prefix[id(model)] = [model, base, None]
+
+    def _plan(self, entry: list):
+        if entry[2] is None:
+            from .shared_prefix import SharedPrefix
+
+            try:
+                plan = SharedPrefix(entry[1], entry[0])
+            except Exception:   # noqa: BLE001 - a graph the planner does not read: whole runs, as before it
+                plan = None
+            entry[2] = plan if plan is not None and plan.useful else False
+        return entry[2] or None
+
+    def _run(self, model, i: int) -> list[np.ndarray]:
+        feeds = _cloned(self.feeds[i])   # a model may write its input
+        entry = self._prefix.get(id(model))
+        plan = self._plan(entry) if entry is not None else None
+        if plan is not None and (id(model), i) not in self._kept and i not in self._of(plan.base):
+            self._of(plan.base)[i] = self._run(plan.base, i)   # keeps what model reads
+        kept = self._kept.pop((id(model), i), None) if plan is not None else None
+        if kept is not None:
+            return output_arrays(plan.run_model(feeds, kept))
+        derived = [p for p in (self._plan(e) for e in self._prefix.values() if e[1] is model and
+                               i not in self._of(e[0]) and (id(e[0]), i) not in self._kept) if p is not None]
+        if not derived:
+            return run_outputs(model, [self.feeds[i]])[0]
+        from .shared_prefix import run_keeping
+
+        out, kept = run_keeping(model, feeds, derived)
+        for p, k in zip(derived, kept):
+            self._kept[(id(p.model), i)] = k
+        return output_arrays(out)
+
     def __call__(self, model, upto: int | None = None) -> list[list[np.ndarray]]:
         got = self._of(model)
         wanted = range(len(self.feeds) if upto is None else upto)
         for i in wanted:
             if i not in got:
-                got[i] = run_outputs(model, [self.feeds[i]])[0]
+                got[i] = self._run(model, i)
         return [got[i] for i in wanted]
 
 
@@ -1226,7 +1268,9 @@ def graph_stats(gm: fx.GraphModule) -> dict:
     sites = {s.node for s in acts}
     inside = {n for s in acts for n in s.nodes if n is not s.node}
     free, folded_params = export_free_nodes(gm)
+    free |= layout_free_nodes(gm)   # copies and views to the own shape: no ONNX node either
     depth, depth_nl = {}, {}
+    groups, groups_nl = DecompositionGroups(), DecompositionGroups()   # a decomposed op is one op on the path
     for node in gm.graph.nodes:
         op = linear_op(gm, node)
         out = shape_of(node)
@@ -1242,11 +1286,11 @@ def graph_stats(gm: fx.GraphModule) -> dict:
         prev = [p for p in node.all_input_nodes]
         # a PaddedConv runs its parts in sequence (pad, conv, + bias map): count_ops' op_count, on the path too
         w = module_op_count(submodule(gm, node)) if counted and node.op == "call_module" else int(counted)
-        depth[node] = w + max((depth[p] for p in prev), default=0)
+        depth[node] = w * groups.weight(node, w) + max((depth[p] for p in prev), default=0)
         nl = node in sites or (node.op == "call_module" and not isinstance(gm.get_submodule(node.target), _LINEAR_MODS)
                                and node.target != "_guards_fn" and op is None and node not in free
                                and node not in inside) or _nonlinear_call(node) and node not in inside
-        depth_nl[node] = int(nl) + max((depth_nl[p] for p in prev), default=0)
+        depth_nl[node] = groups_nl.weight(node, nl) + max((depth_nl[p] for p in prev), default=0)
     outs = [n for n in gm.graph.nodes if n.op == "output"]
     return {"nodes": count_ops(gm) - sum(module_op_count(submodule(gm, n)) if n.op == "call_module" else
                                          int(not free_call(n)) for n in free),
@@ -1338,6 +1382,9 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
     gm, prune_report = prune(gm, example_inputs, cfg)
     if cfg.prune_ratio is not None:
         requested = gm
+    if names or blocks_removed:   # the request (and the unpruned one) runs only from the first op it changed
+        for m in {id(m): m for m in (requested, reference)}.values():
+            outputs.shares_prefix(m, original)
     dyn_shapes = _program_dynamic_shapes(model) if kind == "ExportedProgram" else None
     # a program exported with a dynamic height/width runs at other sizes: only merges exact at every size
     any_size = dyn_shapes is not None and any(i > 0 for d in dyn_shapes for i in d)
@@ -1446,9 +1493,13 @@ def collapse_torch(model, cfg: CollapseConfig, example_inputs=None):
         if note:
             report["warnings"].append(note)
         if not ratio.get("removed_channels"):
+            # the ONNX path's words (pruning/api_hook.finish_pruning): "0 op(s) froze channel groups ... round_to keeps
+            # multiples of it" was said of a 0.05 prune of 16 ranked channels at round_to 1
             report["warnings"].append(f"prune ratio {cfg.prune_ratio} removed no channel: "
-                                      f"{len(ratio.get('frozen_ops', []))} op(s) froze channel groups (report: "
-                                      "pruning.ratio.frozen_ops), round_to keeps multiples of it")
+                                      f"{ratio.get('prunable_groups', 0)} prunable group(s), "
+                                      f"{ratio.get('frozen_groups', 0)} frozen (report: pruning.ratio.frozen_ops); "
+                                      f"round_to {ratio.get('round_to', 1)} keeps multiples of it, a lower value or a "
+                                      "higher ratio removes more")
         if cfg.prune_max_error is not None and err.max_abs > cfg.prune_max_error:
             # the refusal names its reason: the gate itself passed, and its numbers would say nothing
             prune_report["refused"] = (f"ratio pruning error {err.max_abs:.3g} (max abs, against the unpruned "
