@@ -612,7 +612,7 @@ def _is_elementwise(gm: fx.GraphModule, node: fx.Node) -> bool:
     """node computes a pure elementwise function of its operands (scalar constants aside): no write."""
     if not node.all_input_nodes or node.kwargs.get("rounding_mode") is not None:   # 1.0 + erf(...) reads one
         return False
-    if node.args and isinstance(node.args[0], fx.Node) and mutates(node, node.args[0]):
+    if written(node):
         return False
     if node.op == "call_module":
         found = module_kind(submodule(gm, node))
@@ -1144,27 +1144,76 @@ def single_user(node: fx.Node) -> fx.Node | None:
 
 
 _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
-                      operator.ipow, operator.iand, operator.ior, operator.ixor}
+                      operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
+                      operator.ilshift, operator.irshift, operator.setitem}
+#: dunder names that write their first operand (`x.__setitem__(i, v)`, `torch.Tensor.__iadd__(x, y)`); any
+#: other dunder (`__getitem__`, `__add__`) only reads, though its name ends in "_" as an in-place method's does
+_INPLACE_DUNDERS = {"__setitem__"} | {f"__i{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod",
+                                                              "pow", "matmul", "and", "or", "xor", "lshift",
+                                                              "rshift")}
+
+
+def _inplace_name(name: str) -> bool:
+    """x.relu_(), torch.relu_, torch.Tensor.copy_, torch._foreach_add_, x.__setitem__: a name that writes."""
+    if name.startswith("__") and name.endswith("__"):
+        return name in _INPLACE_DUNDERS
+    return name.endswith("_")
+
+
+def _out_nodes(node: fx.Node) -> list:
+    """The tensors an out= keyword names (`torch.add(a, b, out=x)`, `torch.max(a, 1, out=(v, i))`)."""
+    out = node.kwargs.get("out")
+    return [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, fx.Node)]
+
+
+def _overload_writes(node: fx.Node) -> list:
+    """The arguments an aten overload's schema marks written (`Tensor(a!) self`, `Tensor(a!) out`,
+    `Tensor(a!) running_mean` of aten._native_batch_norm_legit), positional or keyword."""
+    found = []
+    for i, a in enumerate(node.target._schema.arguments):
+        if a.alias_info is None or not a.alias_info.is_write:
+            continue
+        v = node.args[i] if i < len(node.args) and not a.kwarg_only else node.kwargs.get(a.name)
+        found.extend(o for o in (v if isinstance(v, (tuple, list)) else (v,)) if isinstance(o, fx.Node))
+    return found
+
+
+def written(node: fx.Node) -> list:
+    """The tensors node writes in place (see mutates), each once, first operand first."""
+    if node.op not in ("call_module", "call_function", "call_method"):
+        return []
+    if isinstance(node.target, torch._ops.OpOverload):
+        found = _overload_writes(node)
+    else:
+        first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        found = ([first] if first is not None and _writes_first(node) else []) + _out_nodes(node)
+    return list(dict.fromkeys(found))
 
 
 def mutates(node: fx.Node, x: fx.Node) -> bool:
     """node writes into x in place: nn.ReLU(inplace=True)(x), F.relu(x, inplace=True), x.relu_(), x += y,
-    torch.relu_(x), a mutating aten overload (aten.relu_)."""
-    if not node.args or node.args[0] is not x:
+    torch.relu_(x), x[i] = v (operator.setitem, x.__setitem__), torch.add(a, b, out=x), an aten overload whose
+    schema marks x's argument written (aten.relu_, aten.fill_, aten.add.out)."""
+    if node.op not in ("call_module", "call_function", "call_method"):
         return False
+    if isinstance(node.target, torch._ops.OpOverload):
+        return any(w is x for w in _overload_writes(node))
+    if any(o is x for o in _out_nodes(node)):
+        return True
+    return bool(node.args) and node.args[0] is x and _writes_first(node)
+
+
+def _writes_first(node: fx.Node) -> bool:
+    """A (non-aten) call writes into its first operand."""
     if node.op == "call_module":
         mod = node.graph.owning_module.get_submodule(str(node.target)) if node.graph.owning_module else None
         return getattr(mod, "inplace", False) is True
     if node.op == "call_method":
-        return str(node.target).endswith("_") and not str(node.target).startswith("_")
-    if node.op != "call_function":
-        return False
+        return _inplace_name(str(node.target))
     t = node.target
     if t in _INPLACE_OPERATORS:
         return True
-    if isinstance(t, torch._ops.OpOverload):
-        return any(a.alias_info is not None and a.alias_info.is_write for a in t._schema.arguments[:1])
-    if node.kwargs.get("inplace") is True or getattr(t, "__name__", "").endswith("_"):
+    if node.kwargs.get("inplace") is True or _inplace_name(getattr(t, "__name__", "")):
         return True
     try:
         try:
@@ -1182,7 +1231,9 @@ def _signature(fn) -> inspect.Signature:
     return inspect.signature(fn)
 
 
-_ALIAS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+#: modules that may return their input itself (every dropout in eval mode: an alias, not a copy)
+_ALIAS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                  nn.AlphaDropout, nn.FeatureAlphaDropout)
 _ALIAS_ATTRS = {"T", "mT", "H", "mH", "real", "imag", "data"}
 
 
@@ -1219,17 +1270,26 @@ def aliases_input(node: fx.Node) -> bool:
     return _aten_packet_aliases(_op_name(node))
 
 
+def alias_source(node: fx.Node) -> fx.Node | None:
+    """The tensor node's output shares memory with: the out= tensor of an out= call (`y = torch.add(a, b, out=x)`
+    returns x), else its first operand where aliases_input says so; None for a fresh tensor."""
+    outs = _out_nodes(node) if node.op in ("call_function", "call_method") else []
+    if len(outs) == 1:
+        return outs[0]
+    return node.args[0] if aliases_input(node) else None
+
+
 def alias_group(x: fx.Node) -> set:
     """x, the tensor it is a view of (if any), and every view of that: an in-place write to one of them
     changes x's value."""
     root = x
-    while aliases_input(root):
-        root = root.args[0]
+    while (src := alias_source(root)) is not None:
+        root = src
     group, todo = {root}, [root]
     while todo:
         n = todo.pop()
         for u in n.users:
-            if u not in group and u.args and u.args[0] is n and aliases_input(u):
+            if u not in group and alias_source(u) is n:
                 group.add(u)
                 todo.append(u)
     return group
@@ -1268,16 +1328,16 @@ def eliminate_dead_code(gm: fx.GraphModule) -> bool:
 
     writes = []
     for n in graph.nodes:
-        if n.op in ("output", "placeholder") or n.is_impure() and not (n.args and isinstance(n.args[0], fx.Node)
-                                                                      and mutates(n, n.args[0])):
+        targets = written(n)   # x[i] = v, torch.add(a, b, out=x): fx keeps a setitem always, an out= call never
+        if n.op in ("output", "placeholder") or n.is_impure() and not targets:
             mark(n)
-        elif n.args and isinstance(n.args[0], fx.Node) and mutates(n, n.args[0]):
-            writes.append(n)
+        elif targets:
+            writes.append((n, targets))
     changed = True
     while changed:
         changed = False
-        for w in writes:
-            if w not in live and any(a in live and a is not w for a in alias_group(w.args[0])):
+        for w, targets in writes:
+            if w not in live and any(a in live and a is not w for t in targets for a in alias_group(t)):
                 mark(w)
                 changed = True
     dead = [n for n in graph.nodes if n not in live]

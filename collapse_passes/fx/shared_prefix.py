@@ -17,12 +17,11 @@ call we cannot see into, a torch.fx.wrap function or a module of the model's own
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
 from torch import fx, nn
 
-from .graph import aliases_input, mutates, opaque_call
+from .graph import alias_source, opaque_call, written
 
 #: settings compared by value (anything else by identity: a deep copy of an object we cannot compare is not shared)
 _PLAIN = (type(None), bool, int, float, complex, str, torch.dtype, torch.device, torch.memory_format, torch.layout,
@@ -88,35 +87,29 @@ def _opaque(gm: fx.GraphModule, n: fx.Node) -> bool:
 
 
 class _Writes:
-    """fx/graph's alias_group and mutates over one graph, each node asked once (the planner asks per input)."""
+    """fx/graph's alias_group and written over one graph, each node asked once (the planner asks per input)."""
 
     def __init__(self, gm: fx.GraphModule):
-        self.views = {n: aliases_input(n) for n in gm.graph.nodes}
+        self.views = {n: alias_source(n) for n in gm.graph.nodes}
         self._groups: dict = {}
         self.writers: dict[fx.Node, list] = {}
         for u in gm.graph.nodes:
-            if u.args and isinstance(u.args[0], fx.Node) and mutates(u, u.args[0]):
-                self.writers.setdefault(u.args[0], []).append(u)
-            if u.op == "call_function" and u.target is operator.setitem and isinstance(u.args[0], fx.Node):
-                self.writers.setdefault(u.args[0], []).append(u)   # x[:, :2] = v (graph.mutates does not say it)
-            out = u.kwargs.get("out")
-            for a in (out if isinstance(out, (tuple, list)) else (out,)):
-                if isinstance(a, fx.Node):   # torch.add(x, y, out=z)
-                    self.writers.setdefault(a, []).append(u)
+            for a in written(u):   # x.relu_(), x[:, :2] = v, torch.add(x, y, out=z), aten.fill_
+                self.writers.setdefault(a, []).append(u)
             if _opaque(gm, u):
                 for a in u.all_input_nodes:
                     self.writers.setdefault(a, []).append(u)
 
     def group(self, x: fx.Node) -> set:
         root = x
-        while self.views.get(root):
-            root = root.args[0]
+        while self.views.get(root) is not None:
+            root = self.views[root]
         if root not in self._groups:
             group, todo = {root}, [root]
             while todo:
                 n = todo.pop()
                 for u in n.users:
-                    if u not in group and u.args and u.args[0] is n and self.views.get(u):
+                    if u not in group and self.views.get(u) is n:
                         group.add(u)
                         todo.append(u)
             self._groups[root] = group
