@@ -114,11 +114,46 @@ def noop_slice_or_pad(node) -> bool:
     return True
 
 
+def strided_copy_source(node):
+    """x, when `node` is Gather(Reshape(x, [-1]), arange(x.size).reshape(x.shape)) on axis 0: it reads x back
+    whole, in order, in x's shape. The torch.export-based exporter writes aten.as_strided this way where a
+    decomposition restores a tensor's own strides (AdaptiveAvgPool2d(1) on a channels-last map: ConvNeXt's
+    head, after its permuted blocks); the two ops are 2 of ConvNeXt-T's critical path that the TorchScript
+    export and the torch front end never had. None otherwise."""
+    if node.op != "Gather" or node.domain not in (None, "", "ai.onnx") or len(node.inputs) != 2 \
+            or len(node.outputs) != 1 or int(node.attrs.get("axis", 0)) != 0:
+        return None
+    flat = node.inputs[0]
+    prod = flat.inputs[0] if len(flat.inputs) == 1 else None
+    if prod is None or prod.op != "Reshape" or prod.domain not in (None, "", "ai.onnx") or len(prod.inputs) != 2:
+        return None
+    x = prod.inputs[0]
+    dims = x.shape
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims):
+        return None
+    size = int(np.prod(dims, dtype=np.int64))
+    target = const_value(prod.inputs[1])
+    idx = const_value(node.inputs[1])
+    if target is None or target.reshape(-1).tolist() not in ([-1], [size]) or idx is None \
+            or idx.dtype.kind not in "iu" or tuple(idx.shape) != tuple(int(d) for d in dims):
+        return None
+    return x if np.array_equal(idx.reshape(-1), np.arange(size)) else None
+
+
+def flattened_for_strided_copy(node, graph_outputs=()) -> bool:
+    """A Reshape whose output only strided_copy_source Gathers read (at least one): with them, no op."""
+    if node.op != "Reshape" or len(node.outputs) != 1 or node.outputs[0].name in graph_outputs:
+        return False
+    readers = node.outputs[0].outputs
+    return bool(readers) and all(strided_copy_source(r) is not None for r in readers)
+
+
 def noop_op(node, graph_outputs=()) -> bool:
-    """An op whose output is its input (noop_dropout, noop_slice_or_pad): removed by Cleanup, and no op of the
-    model's node count or critical path (analysis.model_stats), so the report does not credit their removal
-    to a collapse."""
-    return noop_dropout(node, graph_outputs) or noop_slice_or_pad(node)
+    """An op whose output is its input (noop_dropout, noop_slice_or_pad; a strided_copy_source Gather and the
+    Reshape that flattens for it): removed by Cleanup, and no op of the model's node count or critical path
+    (analysis.model_stats), so the report does not credit their removal to a collapse."""
+    return noop_dropout(node, graph_outputs) or noop_slice_or_pad(node) or strided_copy_source(node) is not None \
+        or flattened_for_strided_copy(node, graph_outputs)
 
 
 def inverse_transpose_pair(node) -> bool:
@@ -151,6 +186,12 @@ class Cleanup:
         n0 = len(g.nodes)
         outputs = ctx.graph_outputs
         removed = 0
+        for node in list(g.nodes):   # first, before their flattening Reshape is taken for an Identity below
+            src = strided_copy_source(node)
+            if src is not None:
+                node.inputs[0] = src
+                node.op, node.attrs = "Identity", {}
+                node.inputs.pop()
         for node in list(g.nodes):
             if noop_op(node, outputs):   # an Identity from here on (a Dropout's mask output is unread)
                 node.op, node.attrs = "Identity", {}
