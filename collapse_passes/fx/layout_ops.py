@@ -33,12 +33,15 @@ def layout_copy(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _COPY_FUNCTIONS
 
 
+def _view(node) -> bool:
+    """x.view / x.reshape / torch.reshape / aten.view, reshape, _unsafe_view."""
+    return isinstance(node, fx.Node) and ((node.op == "call_method" and node.target in _VIEW_METHODS)
+                                          or (node.op == "call_function" and node.target in _VIEW_FUNCTIONS))
+
+
 def view_to_own_shape(node: fx.Node) -> bool:
     """A view / reshape whose output has its input's (static) shape."""
-    if not ((node.op == "call_method" and node.target in _VIEW_METHODS)
-            or (node.op == "call_function" and node.target in _VIEW_FUNCTIONS)):
-        return False
-    if not node.args or not isinstance(node.args[0], fx.Node):
+    if not _view(node) or not node.args or not isinstance(node.args[0], fx.Node):
         return False
     a, b = shape_of(node.args[0]), shape_of(node)
     return a is not None and a == b
@@ -60,8 +63,7 @@ def size_arithmetic(gm: fx.GraphModule) -> set:
 
 def _leading_view(node, last) -> bool:
     """A view / reshape that keeps the last dim (`last`) and only folds or unfolds the ones before it."""
-    if not isinstance(node, fx.Node) or not ((node.op == "call_method" and node.target in _VIEW_METHODS)
-                                              or (node.op == "call_function" and node.target in _VIEW_FUNCTIONS)):
+    if not _view(node):
         return False
     a, b = shape_of(node.args[0]) if node.args else None, shape_of(node)
     return last is not None and a is not None and b is not None and len(a) >= 1 and len(b) >= 1 \
